@@ -1,0 +1,92 @@
+"""Preset handling shared by the recipes: named YAML presets, "did you mean", saving the config that ran."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "recipes" / "configs"
+
+
+def available_presets(prefix: str = "", directory: Path = PRESET_DIR) -> list[str]:
+    """Preset names (file stems) under `directory`, optionally filtered by a prefix such as ``"finetune_"``."""
+    if not directory.is_dir():
+        return []
+    return sorted(p.stem for p in directory.glob("*.yaml") if p.stem.startswith(prefix))
+
+
+def resolve_preset(name_or_path: str | os.PathLike, prefix: str = "", directory: Path = PRESET_DIR) -> Path:
+    """Turn a preset name (``tiny``) or a YAML path into a path, with a helpful error when neither exists."""
+    path = Path(name_or_path)
+    if path.suffix in {".yaml", ".yml"} and path.is_file():
+        return path
+    candidate = directory / f"{prefix}{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    names = [n[len(prefix) :] for n in available_presets(prefix, directory)]
+    close = difflib.get_close_matches(str(name_or_path), names, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    raise ValueError(
+        f"config: no preset or YAML file '{name_or_path}'.{hint} Available presets: {names}; "
+        f"or pass a path to a .yaml file."
+    )
+
+
+def parse_config(config_cls: type[T], args: Sequence[str] | None = None, prefix: str = "") -> T:
+    """Parse ``--config NAME_OR_PATH`` plus draccus overrides (``--field value``) into `config_cls`.
+
+    ``--config`` picks a preset under ``recipes/configs/`` (``<prefix><name>.yaml``) or any YAML file;
+    every other flag overrides a field of that preset.
+    """
+    import draccus
+
+    args = list(args or [])
+    config_path = None
+    for flag in ("--config", "--config_path", "--config-path"):
+        if flag in args:
+            i = args.index(flag)
+            if i + 1 >= len(args):
+                raise ValueError(f"{flag} needs a value: a preset name or a .yaml path")
+            config_path = resolve_preset(args[i + 1], prefix)
+            args = args[:i] + args[i + 2 :]
+            break
+        eq = [a for a in args if a.startswith(flag + "=")]
+        if eq:
+            config_path = resolve_preset(eq[0].split("=", 1)[1], prefix)
+            args.remove(eq[0])
+            break
+    return draccus.parse(config_class=config_cls, config_path=config_path, args=args)
+
+
+def save_config(cfg: object, path: str | os.PathLike) -> None:
+    """Write the config that ran as YAML (atomically), so the run can be reproduced exactly."""
+    import draccus
+
+    from stamo_vla.fileio import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        draccus.dump(cfg, f)
+
+
+def load_config(config_cls: type[T], path: str | os.PathLike) -> T:
+    """Load a config saved by `save_config`."""
+    import draccus
+
+    with open(path) as f:
+        return draccus.load(config_cls, f)
+
+
+def check_choice(field: str, value: object, allowed: Sequence[object]) -> None:
+    """Raise ValueError naming the field, the value and the allowed set."""
+    if value not in allowed:
+        raise ValueError(f"{field}={value!r} is not valid; allowed: {list(allowed)}")
+
+
+def replace(cfg: T, **changes) -> T:
+    return dataclasses.replace(cfg, **changes)
