@@ -18,6 +18,8 @@ Batches (what `model.forward(batch)` consumes; B = batch, T = text length, N x D
     INPUT_IDS        (B, T) long                          right-padded
     ATTENTION_MASK   (B, T) bool
     LABELS           (B, T) long                          -100 where not supervised
+    PROMPT_LENGTH    (B,) long                            text tokens before the first action token (the
+                                                          readout position of the StaMo head is this - 1)
     ACTIONS          (B, K, A) float                      normalized continuous actions
     PROPRIO          (B, P) float
     HAS_ACTION       (B,) bool
@@ -45,6 +47,7 @@ PIXEL_VALUES = "pixel_values"
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
 LABELS = "labels"
+PROMPT_LENGTH = "prompt_length"
 ACTIONS = "actions"
 STAMO_PIXELS = "stamo_pixels"
 FUTURE_STAMO_PIXELS = "future_stamo_pixels"
