@@ -1,0 +1,227 @@
+"""One entry point per operation: attach, save_adapter, load_adapter, merge.
+
+On disk (DESIGN.md contract) an adapter directory holds the peft adapter (``adapter_config.json``,
+``adapter_model.safetensors``), the head weights (``stamo_head.safetensors``), the StaMo adapter config
+(``stamo_adapter_config.json``) and ``dataset_statistics.json`` (action + proprio statistics).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from stamo_vla.adapter.configuration_adapter import CONFIG_NAME, StaMoAdapterConfig
+from stamo_vla.adapter.heads import StateHead
+from stamo_vla.adapter.lora import lora_config
+from stamo_vla.adapter.modeling_adapter import StaMoAdapterModel, base_model_of, hidden_size_of
+
+logger = logging.getLogger(__name__)
+
+HEAD_WEIGHTS = "stamo_head.safetensors"
+STATISTICS = "dataset_statistics.json"
+PEFT_CONFIG = "adapter_config.json"
+
+
+def base_signature(model: nn.Module) -> dict:
+    """What an adapter must agree with to be loaded onto `model`: architecture, sizes and parameter shapes."""
+    shapes = sorted((name, tuple(p.shape)) for name, p in model.named_parameters() if "lora_" not in name)
+    digest = hashlib.sha256(json.dumps(shapes).encode()).hexdigest()[:16]
+    return {
+        "model_type": getattr(model.config, "model_type", type(model).__name__),
+        "hidden_size": hidden_size_of(model),
+        "num_parameters": int(sum(p.numel() for p in model.parameters())),
+        "shape_digest": digest,
+    }
+
+
+def _build_head(model: nn.Module, cfg: StaMoAdapterConfig) -> StateHead | None:
+    if not cfg.has_head:
+        return None
+    return StateHead(
+        hidden_size_of(model), cfg.num_state_tokens, cfg.state_dim, cfg.head_depth, cfg.head_width
+    )
+
+
+def _describe_trainable(model: StaMoAdapterModel) -> str:
+    total = sum(p.numel() for p in model.parameters())
+    lora = sum(p.numel() for n, p in model.vla.named_parameters() if p.requires_grad)
+    head = sum(p.numel() for p in model.head.parameters()) if model.head is not None else 0
+    return (
+        f"trainable params: {lora + head:,} (LoRA {lora:,} + head {head:,}) || all params: {total:,} "
+        f"|| trainable%: {100 * (lora + head) / max(total, 1):.4f}"
+    )
+
+
+def attach(
+    vla: nn.Module,
+    cfg: StaMoAdapterConfig,
+    stamo_encoder: nn.Module | None = None,
+    stamo_decoder: nn.Module | None = None,
+) -> StaMoAdapterModel:
+    """Freeze `vla`, add LoRA through peft and the StaMo head; return the trainable model.
+
+    Args:
+        vla: a transformers causal VLA whose forward accepts ``input_ids, attention_mask, pixel_values`` and
+            returns logits and (with ``output_hidden_states=True``) hidden states. Quantized models are prepared
+            with peft's ``prepare_model_for_kbit_training`` first.
+        cfg: adapter config. ``num_state_tokens``/``state_dim`` are taken from `stamo_encoder` when given.
+        stamo_encoder: frozen StaMo encoder for on-the-fly targets (not needed with a target cache).
+        stamo_decoder: frozen StaMo decoder for the optional decoder loss and for decoding predictions.
+    """
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if stamo_encoder is not None:
+        ecfg = stamo_encoder.config
+        cfg.num_state_tokens, cfg.state_dim = int(ecfg.num_state_tokens), int(ecfg.state_dim)
+        from stamo_vla.stamo import fingerprint
+
+        cfg.stamo_fingerprint = fingerprint(stamo_encoder)
+    cfg.base_model = base_signature(vla)
+    if getattr(vla, "is_loaded_in_4bit", False) or getattr(vla, "is_loaded_in_8bit", False):
+        vla = prepare_model_for_kbit_training(vla)
+    vla.requires_grad_(False)
+    peft_model = get_peft_model(vla, lora_config(vla, cfg))
+    head = _build_head(vla, cfg)
+    if head is not None:
+        head.to(next(vla.parameters()).device)
+    model = StaMoAdapterModel(peft_model, cfg, head)
+    model.set_stamo(stamo_encoder, stamo_decoder)
+    logger.info(_describe_trainable(model))
+    print(_describe_trainable(model))
+    return model
+
+
+def save_adapter(
+    model: StaMoAdapterModel, directory: str | Path, dataset_statistics: dict | None = None
+) -> Path:
+    """Write the adapter directory atomically (a crash never leaves a half-written adapter in place)."""
+    from safetensors.torch import save_file
+
+    from stamo_vla.fileio import atomic_dir, write_json_atomic
+
+    directory = Path(directory)
+    stats = (
+        dataset_statistics
+        if dataset_statistics is not None
+        else getattr(base_model_of(model.vla), "norm_stats", None)
+    )
+    if not stats:
+        raise ValueError(
+            "save_adapter needs dataset statistics (action/proprio q01/q99) so the adapter can un-normalize actions; "
+            "pass dataset_statistics=... (the training run's dataset_statistics.json)."
+        )
+    with atomic_dir(directory) as tmp:
+        model.vla.save_pretrained(tmp)
+        if model.head is not None:
+            state = {k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}
+            save_file(state, str(tmp / HEAD_WEIGHTS))
+        model.config.save(tmp)
+        write_json_atomic(tmp / STATISTICS, stats)
+    return directory
+
+
+def _check_compatible(base: nn.Module, cfg: StaMoAdapterConfig, directory: Path) -> None:
+    expected = cfg.base_model
+    if not expected:
+        return
+    found = base_signature(base)
+    diffs = [
+        f"{k}: adapter {expected.get(k)!r} vs base {found[k]!r}" for k in found if expected.get(k) != found[k]
+    ]
+    if diffs:
+        raise ValueError(
+            f"the adapter in {directory} was trained on a different base model ({'; '.join(diffs)}). "
+            "Load it onto the checkpoint it was trained from."
+        )
+
+
+def _load_head(model_for_size: nn.Module, cfg: StaMoAdapterConfig, directory: Path) -> StateHead | None:
+    head = _build_head(model_for_size, cfg)
+    if head is None:
+        return None
+    path = directory / HEAD_WEIGHTS
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} has target={cfg.target!r} but no {HEAD_WEIGHTS}")
+    from safetensors.torch import load_file
+
+    head.load_state_dict(load_file(str(path)))
+    return head.to(next(model_for_size.parameters()).device)
+
+
+def _apply_statistics(base: nn.Module, directory: Path) -> None:
+    path = directory / STATISTICS
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{directory} has no {STATISTICS}: without it actions cannot be un-normalized. Copy the training run's "
+            f"{STATISTICS} into the adapter directory."
+        )
+    if hasattr(base, "norm_stats"):
+        base.norm_stats = json.loads(path.read_text())
+
+
+def load_adapter(base: nn.Module, directory: str | Path, is_trainable: bool = False) -> StaMoAdapterModel:
+    """Load an adapter saved by `save_adapter` (or the head of a merged directory) onto `base`."""
+    from peft import PeftModel
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"adapter directory {directory} does not exist")
+    cfg = StaMoAdapterConfig.load(directory)
+    _apply_statistics(base, directory)
+    if (directory / PEFT_CONFIG).is_file():
+        _check_compatible(base, cfg, directory)
+        vla = PeftModel.from_pretrained(base, str(directory), is_trainable=is_trainable)
+    else:  # a merged checkpoint: the LoRA weights are already inside `base`
+        vla = base
+    head = _load_head(base, cfg, directory)
+    if head is not None:
+        head.requires_grad_(is_trainable)
+    return StaMoAdapterModel(vla, cfg, head)
+
+
+def merge(model: StaMoAdapterModel, out_dir: str | Path, processor=None) -> Path:
+    """Merge LoRA into the base weights and write the upstream checkpoint layout plus the head.
+
+    This consumes `model` (peft merges in place). Run it once, offline, on one process: never on every rank
+    (openvla-oft #28, #151). The result loads with the policy loader; `load_adapter(merged, out_dir)` restores
+    the head on top of it.
+    """
+    from safetensors.torch import save_file
+
+    from stamo_vla.fileio import atomic_dir, write_json_atomic
+
+    out_dir = Path(out_dir)
+    merged = model.vla.merge_and_unload() if hasattr(model.vla, "merge_and_unload") else model.vla
+    stats = getattr(merged, "norm_stats", None)
+    with atomic_dir(out_dir) as tmp:
+        merged.save_pretrained(tmp)
+        if processor is not None:
+            processor.save_pretrained(tmp)
+        if model.head is not None:
+            state = {k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}
+            save_file(state, str(tmp / HEAD_WEIGHTS))
+        cfg = StaMoAdapterConfig(**{**model.config.to_dict(), "base_model": {}})
+        write_json_atomic(tmp / CONFIG_NAME, cfg.to_dict())
+        if stats:
+            write_json_atomic(tmp / STATISTICS, stats)
+    return out_dir
+
+
+def count_trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def frozen_state_digest(model: nn.Module) -> str:
+    """sha256 over all non-LoRA, non-head parameters (to prove the base stays bit-identical)."""
+    h = hashlib.sha256()
+    for name, p in sorted(base_model_of(model).named_parameters(), key=lambda x: x[0]):
+        if "lora_" in name:
+            continue
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -1,0 +1,117 @@
+"""`StaMoAdapterConfig`: what the StaMo adapter predicts, how it reads the backbone, and its LoRA settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stamo_vla.configs import check_choice
+
+TARGETS = ("state", "motion", "none")
+READOUTS = ("action_query", "mean_vision")
+LORA_TARGET_PRESETS = ("openvla-upstream", "all-linear")
+CONFIG_NAME = "stamo_adapter_config.json"
+
+
+@dataclass
+class StaMoAdapterConfig:
+    """Configuration of the StaMo auxiliary head and the LoRA adapter it trains with.
+
+    The defaults follow the paper (lambda_action = lambda_future, future loss = MSE + L1) and upstream OpenVLA's
+    LoRA recipe (r=32, alpha=min(r, 16), dropout 0, gaussian init).
+    """
+
+    # What the head predicts: "state" = s_{t+h}, "motion" = s_{t+h} - s_t, "none" = plain LoRA baseline (no head).
+    target: str = "motion"
+    # Horizon h in environment steps between the current frame and the future frame (1 = next step).
+    horizon: int = 1
+    # Where the head reads the backbone: "action_query" = last-layer hidden state at the position that predicts
+    # the first action token (free at inference: it is part of the prompt pass); "mean_vision" = mean over the
+    # last-layer hidden states of the vision tokens.
+    readout: str = "action_query"
+    # Number of linear layers in the head MLP (>= 1; 1 = a single linear map after LayerNorm).
+    head_depth: int = 2
+    # Width of the head's hidden layers.
+    head_width: int = 1024
+    # Shape of one StaMo state: number of tokens and token dim. Filled from the StaMo encoder when attached.
+    num_state_tokens: int = 2
+    state_dim: int = 1024
+    # Weight of the action loss (token cross-entropy, or L1 for the continuous head).
+    lambda_action: float = 1.0
+    # Weight of the future loss (MSE + L1 between predicted and target state / motion).
+    lambda_future: float = 1.0
+    # Weight of the optional decoder loss: flow-matching loss of the frozen StaMo DiT decoder conditioned on the
+    # predicted future state (0 = off). Needs a StaMo checkpoint with a decoder.
+    lambda_decoder: float = 0.0
+    # LoRA rank.
+    lora_rank: int = 32
+    # LoRA alpha; None means upstream's min(rank, 16).
+    lora_alpha: int | None = None
+    # LoRA dropout (upstream: 0.0).
+    lora_dropout: float = 0.0
+    # LoRA init: "gaussian" (upstream) or "default" (peft's Kaiming-uniform A, zero B).
+    lora_init: str = "gaussian"
+    # Which modules get LoRA. "openvla-upstream" reproduces what upstream's `target_modules="all-linear"` wrapped
+    # under peft 0.11: every nn.Linear *including lm_head*, plus the ViT patch-embedding convolutions named `*.proj`.
+    # "all-linear" is today's peft meaning (every nn.Linear except the output layer). A list of module-name
+    # suffixes is used as given.
+    lora_target_modules: str | list[str] = "openvla-upstream"
+    # Path of the StaMo checkpoint whose encoder supplies targets (recorded for provenance and cache checks).
+    stamo_path: str | None = None
+    # Fingerprint of that encoder (filled when attached; used to refuse mismatched target caches).
+    stamo_fingerprint: str | None = None
+    # Free-form record of the base model the adapter was trained on (filled by `attach`).
+    base_model: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_choice("target", self.target, TARGETS)
+        check_choice("readout", self.readout, READOUTS)
+        check_choice("lora_init", self.lora_init, ("gaussian", "default"))
+        if isinstance(self.lora_target_modules, str):
+            check_choice("lora_target_modules", self.lora_target_modules, LORA_TARGET_PRESETS)
+        elif not self.lora_target_modules:
+            raise ValueError("lora_target_modules=[] is empty; give a preset name or module-name suffixes")
+        for name in ("horizon", "head_depth", "head_width", "num_state_tokens", "state_dim", "lora_rank"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+        for name in ("lambda_action", "lambda_future", "lambda_decoder", "lora_dropout"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0")
+        if self.lora_alpha is not None and self.lora_alpha <= 0:
+            raise ValueError(f"lora_alpha={self.lora_alpha!r} must be positive (or None for min(rank, 16))")
+        if self.lambda_decoder > 0 and self.target == "none":
+            raise ValueError("lambda_decoder > 0 needs a head: set target to 'state' or 'motion'")
+
+    @property
+    def has_head(self) -> bool:
+        return self.target != "none"
+
+    @property
+    def effective_lora_alpha(self) -> int:
+        return self.lora_alpha if self.lora_alpha is not None else min(self.lora_rank, 16)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, directory: str | Path) -> None:
+        from stamo_vla.fileio import write_json_atomic
+
+        write_json_atomic(Path(directory) / CONFIG_NAME, self.to_dict())
+
+    @classmethod
+    def load(cls, directory: str | Path) -> StaMoAdapterConfig:
+        path = Path(directory) / CONFIG_NAME
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{directory} is not a StaMo adapter directory: {CONFIG_NAME} is missing. "
+                "Pass the directory written by `save_adapter` (it also holds adapter_config.json)."
+            )
+        data = json.loads(path.read_text())
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path} has unknown fields {unknown}; it was written by a newer stamo_vla?")
+        return cls(**data)

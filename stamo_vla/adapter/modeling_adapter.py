@@ -1,0 +1,170 @@
+"""`StaMoAdapterModel`: a VLA with LoRA (peft) plus the StaMo future-state head; owns its loss and metrics."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from stamo_vla import keys as K
+from stamo_vla.adapter.configuration_adapter import StaMoAdapterConfig
+from stamo_vla.adapter.heads import StateHead, future_loss
+from stamo_vla.adapter.losses import action_token_loss, readout_positions
+
+
+def base_model_of(vla: nn.Module) -> nn.Module:
+    """The underlying transformers model, with or without a peft wrapper."""
+    get_base = getattr(vla, "get_base_model", None)
+    return get_base() if callable(get_base) else vla
+
+
+def hidden_size_of(model: nn.Module) -> int:
+    config = model.config
+    text = getattr(config, "text_config", None) or getattr(config, "get_text_config", lambda: config)()
+    for cfg in (text, config):
+        size = getattr(cfg, "hidden_size", None)
+        if size:
+            return int(size)
+    raise ValueError(f"{type(model).__name__}.config has no hidden_size; cannot size the StaMo head")
+
+
+def action_vocab_size(model: nn.Module) -> int:
+    """Base vocabulary size whose last 256 ids are the action tokens (32000 for OpenVLA)."""
+    for attr in ("action_vocab_size", "vocab_size"):
+        value = getattr(model, attr, None)
+        if isinstance(value, int):
+            return value
+    config = model.config
+    text = getattr(config, "text_config", None) or config
+    pad = getattr(config, "pad_to_multiple_of", 0) or 0
+    return int(text.vocab_size) - int(pad)
+
+
+class StaMoAdapterModel(nn.Module):
+    """A causal VLA with LoRA adapters and an optional head predicting the future StaMo state or motion.
+
+    ``forward(batch) -> (loss, metrics)``: token cross-entropy on the action tokens (+ EOS) plus, when the config
+    has a head, lambda_future * (MSE + L1) between the predicted and target state/motion. Targets come from the
+    batch (``FUTURE_STATE`` and ``STATE`` from the target cache) or, when those are absent, from the frozen StaMo
+    encoder applied to ``FUTURE_STAMO_PIXELS`` / ``STAMO_PIXELS``.
+    """
+
+    def __init__(
+        self,
+        vla: nn.Module,
+        config: StaMoAdapterConfig,
+        head: StateHead | None,
+        encoder: nn.Module | None = None,
+        decoder: nn.Module | None = None,
+        vocab_size: int | None = None,
+    ):
+        super().__init__()
+        self.vla = vla
+        self.config = config
+        self.head = head
+        self.vocab_size = vocab_size if vocab_size is not None else action_vocab_size(base_model_of(vla))
+        # Frozen helpers are kept out of the module tree so they are never saved, wrapped by DDP or optimized.
+        self._frozen = {"encoder": encoder, "decoder": decoder}
+
+    @property
+    def encoder(self) -> nn.Module | None:
+        return self._frozen["encoder"]
+
+    @property
+    def decoder(self) -> nn.Module | None:
+        return self._frozen["decoder"]
+
+    def set_stamo(self, encoder: nn.Module | None = None, decoder: nn.Module | None = None) -> None:
+        """Attach the frozen StaMo encoder (on-the-fly targets) and/or decoder (decoder loss, visualization)."""
+        for name, module in (("encoder", encoder), ("decoder", decoder)):
+            if module is not None:
+                module.eval().requires_grad_(False)
+                self._frozen[name] = module
+
+    # ------------------------------------------------------------------ targets
+    @torch.no_grad()
+    def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.encoder is None:
+            raise ValueError(
+                "the batch has no cached StaMo targets ('future_state') and no StaMo encoder is attached. "
+                "Build the target cache (`stamo-vla cache-targets`) or pass the encoder to attach(..., stamo_encoder=...)."
+            )
+        return self.encoder.encode(pixels).float()
+
+    def targets(self, batch: dict) -> torch.Tensor:
+        """The head's regression target for this batch, (B, N, D)."""
+        future = batch.get(K.FUTURE_STATE)
+        if future is None:
+            future = self._encode(batch[K.FUTURE_STAMO_PIXELS])
+        if self.config.target == "state":
+            return future.float()
+        current = batch.get(K.STATE)
+        if current is None:
+            current = self._encode(batch[K.STAMO_PIXELS])
+        return (future - current).float()
+
+    # ------------------------------------------------------------------ forward
+    def _readout(self, hidden: torch.Tensor, batch: dict, offset: int) -> torch.Tensor:
+        if self.config.readout == "mean_vision":
+            if offset <= 0:
+                raise ValueError(
+                    "readout='mean_vision' needs vision tokens inserted into the sequence (offset > 0)"
+                )
+            return hidden[:, 1 : 1 + offset].mean(dim=1)
+        positions = readout_positions(batch[K.LABELS], hidden.shape[1], batch.get(K.PROMPT_LENGTH))
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), positions.to(hidden.device)]
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        labels = batch[K.LABELS]
+        has_action = batch.get(K.HAS_ACTION)
+        if has_action is not None and not bool(has_action.all()):
+            labels = labels.masked_fill(~has_action.to(labels.device).bool()[:, None], K.IGNORE_INDEX)
+        outputs = self.vla(
+            input_ids=batch[K.INPUT_IDS],
+            attention_mask=batch[K.ATTENTION_MASK],
+            pixel_values=batch[K.PIXEL_VALUES],
+            output_hidden_states=self.config.has_head,
+            use_cache=False,
+        )
+        loss_action, metrics = action_token_loss(outputs.logits, batch[K.INPUT_IDS], labels, self.vocab_size)
+        loss = self.config.lambda_action * loss_action
+        if self.head is not None:
+            hidden = outputs.hidden_states[-1]
+            offset = hidden.shape[1] - batch[K.INPUT_IDS].shape[1]
+            pred = self.head(self._readout(hidden, batch, offset).float())
+            target = self.targets(batch).to(pred.device)
+            loss_future, future_metrics = future_loss(pred, target)
+            loss = loss + self.config.lambda_future * loss_future
+            metrics.update(future_metrics, loss_future=loss_future.item())
+            if self.config.lambda_decoder > 0:
+                loss_decoder = self._decoder_loss(pred, batch)
+                loss = loss + self.config.lambda_decoder * loss_decoder
+                metrics["loss_decoder"] = loss_decoder.item()
+        metrics["loss"] = loss.item()
+        return loss, metrics
+
+    def _decoder_loss(self, pred: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Flow-matching loss of the frozen DiT decoder reconstructing the future frame from the predicted state."""
+        if self.decoder is None:
+            raise ValueError(
+                "lambda_decoder > 0 needs a StaMo decoder: attach(..., stamo_decoder=autoencoder.decoder)"
+            )
+        if K.FUTURE_STAMO_PIXELS not in batch:
+            raise ValueError("lambda_decoder > 0 needs 'future_stamo_pixels' (the future frame) in the batch")
+        state = pred
+        if self.config.target == "motion":
+            current = batch.get(K.STATE)
+            if current is None:
+                current = self._encode(batch[K.STAMO_PIXELS])
+            state = current.to(pred.device) + pred
+        return self.decoder.loss(batch[K.FUTURE_STAMO_PIXELS], state)
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def predict_future_state(self, hidden_at_readout: torch.Tensor) -> torch.Tensor:
+        """Head output for readout hidden states (B, H) -> (B, N, D) (the motion for target='motion')."""
+        if self.head is None:
+            raise ValueError("this adapter has target='none': it has no future-state head")
+        return self.head(hidden_at_readout.float())
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
