@@ -156,7 +156,13 @@ class StaMoAdapterModel(nn.Module):
             if current is None:
                 current = self._encode(batch[K.STAMO_PIXELS])
             state = current.to(pred.device) + pred
-        return self.decoder.loss(batch[K.FUTURE_STAMO_PIXELS], state)
+        from stamo_vla.stamo.pixels import resize
+
+        pixels = batch[K.FUTURE_STAMO_PIXELS]
+        with torch.no_grad():
+            latents = self.decoder.images_to_latents(resize(pixels, self.decoder.config.image_size))
+        loss, _ = self.decoder.loss(latents, state)
+        return loss
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()

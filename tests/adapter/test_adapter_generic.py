@@ -213,3 +213,27 @@ def test_lora_target_presets():
     assert set(modern) < set(upstream)
     with pytest.raises(ValueError, match="match no module"):
         resolve_lora_targets(model, ["nonexistent_proj"])
+
+
+@pytest.mark.slow
+def test_decoder_loss_trains_the_head_through_the_frozen_decoder():
+    from stamo_vla.stamo import StaMoAutoencoder, tiny_config
+
+    torch.manual_seed(0)
+    stamo = StaMoAutoencoder(tiny_config())
+    model = attach(
+        tiny_llava(),
+        small_cfg(state_dim=64, lambda_decoder=1.0),
+        stamo_encoder=stamo.encoder,
+        stamo_decoder=stamo.decoder,
+    )
+    batch = toy_batch()
+    batch[K.FUTURE_STATE] = torch.randn(3, 2, 64)
+    batch[K.FUTURE_STAMO_PIXELS] = torch.rand(3, 3, 64, 64)
+    before = {k: v.clone() for k, v in stamo.decoder.state_dict().items()}
+    loss, metrics = model(batch)
+    assert metrics["loss_decoder"] > 0
+    loss.backward()
+    assert model.head.mlp[-1].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in stamo.decoder.parameters())
+    assert all(torch.equal(v, stamo.decoder.state_dict()[k]) for k, v in before.items())
