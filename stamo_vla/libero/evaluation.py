@@ -1,0 +1,301 @@
+"""LIBERO evaluation: plan, shard over ranks, resume, run batched rollouts, summarize.
+
+Entry point: `evaluate(cfg)`; ``eval/run_libero_eval.py`` is a thin CLI around it. Under torchrun every
+rank runs a deterministic round-robin share of the (suite, task, trial) list and appends its own JSONL;
+rank 0 merges all rank files into the summary at the end. A rerun with the same output directory skips
+every episode already recorded (by any rank), so an interrupted evaluation resumes without losing or
+repeating episodes.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from stamo_vla import fileio
+from stamo_vla.libero.evaluation_config import EvalConfig
+from stamo_vla.libero.evaluation_loop import PlannedEpisode, RolloutSettings, run_episodes
+from stamo_vla.libero.results import (
+    CONFIG_YAML,
+    ENVIRONMENT_JSON,
+    EpisodeRecord,
+    ResultsStore,
+    environment_info,
+    write_summary,
+)
+
+# fields that change per-episode outcomes: a resumed run must match the run that wrote the records
+OUTCOME_FIELDS = (
+    "policy",
+    "checkpoint",
+    "adapter_dir",
+    "unnorm_key",
+    "dtype",
+    "quantization",
+    "attn_implementation",
+    "open_loop_steps",
+    "seed",
+    "num_steps_wait",
+    "max_steps",
+    "center_crop",
+    "env_resolution",
+)
+
+RENDERING_HELP = """\
+The simulator could not create an offscreen rendering context ({error}).
+LIBERO renders headless through EGL or OSMesa:
+  * EGL (default here):   export MUJOCO_GL=egl PYOPENGL_PLATFORM=egl
+      - CPU machines need Mesa's EGL (Debian/Ubuntu: apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri);
+      - NVIDIA machines need the driver's libEGL_nvidia; pick the GPU with MUJOCO_EGL_DEVICE_ID=<id>;
+      - inside Docker, expose the GPU with --gpus all and NVIDIA_DRIVER_CAPABILITIES=all (graphics included).
+  * OSMesa (software):    apt-get install libosmesa6 && export MUJOCO_GL=osmesa PYOPENGL_PLATFORM=osmesa
+Never import tensorflow in a process that renders MuJoCo (it segfaults on Mesa); the evaluation keeps the
+simulator in spawned, TensorFlow-free workers. Currently MUJOCO_GL={mujoco_gl!r}, PYOPENGL_PLATFORM={pyopengl!r}."""
+
+_RENDERING_MARKERS = ("egl", "osmesa", "opengl", "glfw", "mujoco_gl", "gladloadgl", "render context")
+
+
+class RenderingError(RuntimeError):
+    """The simulator workers could not render headless; the message says how to fix the setup."""
+
+
+def set_seed_everywhere(seed: int) -> None:
+    """Seed torch (CPU and CUDA), numpy and random, make cuDNN deterministic, set PYTHONHASHSEED (as upstream)."""
+    import numpy as np
+    import torch
+
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    os.environ["PYTHONHASHSEED"] = str(seed)
+
+
+def dist_info() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from the torchrun environment; (0, 1, 0) when not launched by it."""
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    if not 0 <= rank < world:
+        raise ValueError(f"RANK={rank} is outside WORLD_SIZE={world}; launch with torchrun or unset both")
+    return rank, world, local
+
+
+def plan_episodes(
+    suites: Sequence[str], task_ids: Sequence[int] | None, trials: int, catalog: Any
+) -> list[PlannedEpisode]:
+    """The full, ordered episode list: suite-major, then task, then trial (= init-state index).
+
+    Args:
+        suites: suite names, in order.
+        task_ids: task subset applied to every suite, or None for all tasks.
+        trials: trials per task.
+        catalog: provides ``task_count(suite)`` and ``task_instruction(suite, task_id)``
+            (``stamo_vla.libero.env`` by default).
+    """
+    episodes = []
+    for suite in suites:
+        count = catalog.task_count(suite)
+        ids = list(range(count)) if task_ids is None else list(task_ids)
+        bad = [t for t in ids if t >= count]
+        if bad:
+            raise ValueError(f"task_ids={list(task_ids)}: {suite} has tasks 0..{count - 1}, got {bad}")
+        for task_id in ids:
+            instruction = catalog.task_instruction(suite, task_id)
+            episodes += [PlannedEpisode(suite, task_id, i, instruction) for i in range(trials)]
+    return episodes
+
+
+def shard(episodes: Sequence[PlannedEpisode], rank: int, world_size: int) -> list[PlannedEpisode]:
+    """Deterministic round-robin share of `episodes` for `rank` (balances long and short suites)."""
+    return list(episodes[rank::world_size])
+
+
+def check_resume_compatible(cfg: EvalConfig, output_dir: Path) -> None:
+    """Refuse to mix results of runs whose outcome-relevant settings differ (or any, if resume=False)."""
+    saved_path = output_dir / CONFIG_YAML
+    if not saved_path.exists():
+        return
+    if not cfg.resume and ResultsStore(output_dir).files():
+        raise ValueError(
+            f"output_dir={str(output_dir)!r} already holds results and resume=False; choose a new output_dir "
+            "or pass --resume true to continue it"
+        )
+    from stamo_vla.configs import load_config
+
+    saved = load_config(EvalConfig, saved_path)
+    diff = {
+        f: (getattr(saved, f), getattr(cfg, f))
+        for f in OUTCOME_FIELDS
+        if getattr(saved, f) != getattr(cfg, f)
+    }
+    if diff:
+        listed = ", ".join(f"{k}: recorded {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(
+            f"output_dir={str(output_dir)!r} holds results of a different evaluation ({listed}). Use a new "
+            "output_dir, or rerun with the recorded settings to resume."
+        )
+
+
+def rendering_guard(err: BaseException) -> BaseException:
+    """Turn a headless-rendering failure into a `RenderingError` with setup guidance; other errors unchanged."""
+    text = f"{type(err).__name__}: {err}".lower()
+    if not any(marker in text for marker in _RENDERING_MARKERS):
+        return err
+    message = RENDERING_HELP.format(
+        error=f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}",
+        mujoco_gl=os.environ.get("MUJOCO_GL"),
+        pyopengl=os.environ.get("PYOPENGL_PLATFORM"),
+    )
+    return RenderingError(message)
+
+
+def _default_pool_factory(cfg: EvalConfig) -> Callable[[int], Any]:
+    def factory(num_workers: int) -> Any:
+        from stamo_vla.libero.workers import EnvWorkerPool
+
+        return EnvWorkerPool(num_workers, resolution=cfg.env_resolution, scripted=cfg.policy == "scripted")
+
+    return factory
+
+
+def _progress(cfg: EvalConfig, total: int, rank: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total, desc=f"LIBERO eval (rank {rank})", disable=not cfg.progress or total == 0, position=rank
+    )
+
+
+def _barrier(world_size: int) -> None:
+    if world_size <= 1:
+        return
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        # gloo works on every machine; only a barrier is needed, the policy stays rank-local
+        dist.init_process_group(backend="gloo")
+    dist.barrier()
+
+
+def evaluate(
+    cfg: EvalConfig,
+    *,
+    pool_factory: Callable[[int], Any] | None = None,
+    policy: Any | None = None,
+    catalog: Any | None = None,
+) -> dict[str, Any] | None:
+    """Run (or resume) the evaluation described by `cfg`.
+
+    Args:
+        cfg: the evaluation config.
+        pool_factory: ``num_workers -> pool``; defaults to ``EnvWorkerPool`` (tests pass a fake).
+        policy: a ready policy; default: built from `cfg` (the scripted oracle is bound to the pool).
+        catalog: task catalog (``task_count``, ``task_instruction``); default ``stamo_vla.libero.env``.
+
+    Returns:
+        The summary dict on rank 0 (also written as summary.json / summary.md); None on other ranks.
+    """
+    rank, world, local_rank = dist_info()
+    set_seed_everywhere(cfg.seed)
+    if catalog is None:
+        from stamo_vla.libero import env as catalog
+    out = Path(cfg.output_dir)
+    check_resume_compatible(cfg, out)
+    planned = plan_episodes(cfg.suites, cfg.task_ids, cfg.num_trials_per_task, catalog)
+    store = ResultsStore(out, rank)
+    done_keys = store.completed()
+    todo = [e for e in shard(planned, rank, world) if e.key not in done_keys]
+
+    if policy is None and cfg.policy == "openvla":
+        # load (and validate the checkpoint, statistics keys, adapter) before paying for env workers
+        cfg.check_paths()
+        from stamo_vla.libero.evaluation_vla import build_openvla_policy
+
+        policy = build_openvla_policy(cfg, device_index=local_rank)
+    if rank == 0:
+        from stamo_vla.configs import save_config
+
+        save_config(cfg, out / CONFIG_YAML)
+        fileio.write_json_atomic(out / ENVIRONMENT_JSON, environment_info(world))
+
+    _run_shard(cfg, todo, store, rank, pool_factory or _default_pool_factory(cfg), policy)
+    _barrier(world)
+    if rank != 0:
+        return None
+    return write_summary(out, store.load(), [e.key for e in planned])
+
+
+def _run_shard(
+    cfg: EvalConfig,
+    todo: list[PlannedEpisode],
+    store: ResultsStore,
+    rank: int,
+    pool_factory: Callable[[int], Any],
+    policy: Any | None,
+) -> None:
+    if not todo:
+        return
+    video_dir = store.output_dir / "videos"
+    for stale in video_dir.glob(f".rank{rank}-slot*.tmp.mp4"):
+        stale.unlink()  # partial videos of episodes that were in flight when a previous run died
+    bar = _progress(cfg, len(todo), rank)
+    tally = {"n": 0, "ok": 0}
+
+    def record(r: EpisodeRecord) -> None:
+        store.append(r)
+        tally["n"] += 1
+        tally["ok"] += int(r.success)
+        bar.update(1)
+        bar.set_postfix(success=f"{tally['ok']}/{tally['n']} ({100 * tally['ok'] / tally['n']:.1f}%)")
+
+    num_workers = min(cfg.num_workers, len(todo))
+    try:
+        with pool_factory(num_workers) as pool:
+            if policy is None:
+                from stamo_vla.libero.evaluation_policies import ScriptedOraclePolicy
+
+                policy = ScriptedOraclePolicy(pool)
+            for suite in dict.fromkeys(e.suite for e in todo):
+                if hasattr(policy, "set_suite"):
+                    policy.set_suite(suite)  # per-suite action statistics (unnorm_key)
+                settings = RolloutSettings(
+                    max_steps=cfg.max_steps_for(suite),
+                    num_steps_wait=cfg.num_steps_wait,
+                    center_crop=cfg.center_crop,
+                    open_loop_steps=cfg.open_loop_steps,
+                    video=cfg.video,
+                    video_dir=video_dir,
+                    video_fps=cfg.video_fps,
+                    rank=rank,
+                )
+                episodes = [e for e in todo if e.suite == suite]
+                run_episodes(pool, policy, episodes, settings, num_workers, on_episode_end=record)
+    except RenderingError:
+        raise
+    except Exception as err:
+        guarded = rendering_guard(err)
+        if guarded is err:
+            raise
+        raise guarded from err
+    finally:
+        bar.close()
+
+
+def summarize_run(output_dir: str | os.PathLike) -> dict[str, Any]:
+    """Rebuild summary.json / summary.md of an output directory from its records and saved config."""
+    from stamo_vla.configs import load_config
+    from stamo_vla.libero import env as catalog
+
+    out = Path(output_dir)
+    config_path = out / CONFIG_YAML
+    if not config_path.exists():
+        raise FileNotFoundError(f"{config_path} not found; is {str(out)!r} an evaluation output_dir?")
+    cfg = load_config(EvalConfig, config_path)
+    planned = plan_episodes(cfg.suites, cfg.task_ids, cfg.num_trials_per_task, catalog)
+    return write_summary(out, ResultsStore(out).load(), [e.key for e in planned])

@@ -1,0 +1,147 @@
+"""`EvalConfig`: every knob of a LIBERO evaluation, validated, with upstream OpenVLA defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from stamo_vla.configs import check_choice
+
+POLICY_TYPES = ("openvla", "scripted")
+VIDEO_MODES = ("all", "failures", "none")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+QUANTIZATIONS = ("none", "8bit", "4bit")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+DEVICES = ("auto", "cpu", "cuda")
+# upstream default trials per task (50 fixed init states ship with each LIBERO task)
+NUM_INIT_STATES = 50
+
+
+def standard_suites() -> tuple[str, ...]:
+    """The five LIBERO suites of the OpenVLA protocol (keys of the per-suite step budgets)."""
+    from stamo_vla.libero.env import SUITE_MAX_STEPS
+
+    return tuple(SUITE_MAX_STEPS)
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """LIBERO evaluation (upstream OpenVLA protocol, batched over parallel env workers, resumable)."""
+
+    # --- what to evaluate ---
+    # policy: "openvla" (our OpenVLA-compatible model, optionally + adapter) or "scripted" (privileged-state oracle)
+    policy: str = "openvla"
+    # model directory: a merged checkpoint, or the base model when adapter_dir is set (unused for "scripted")
+    checkpoint: str = ""
+    # optional StaMo/LoRA adapter directory loaded on top of `checkpoint` (stamo_vla.adapter.load_adapter)
+    adapter_dir: str | None = None
+    # key of the action statistics used to un-normalize; default: the suite, falling back to <suite>_no_noops
+    unnorm_key: str | None = None
+    # compute dtype of the model; "auto" = bfloat16 on CUDA, float32 on CPU
+    dtype: str = "auto"
+    # weight quantization through bitsandbytes: "none", "8bit" or "4bit" (NF4)
+    quantization: str = "none"
+    # attention kernel; "flash_attention_2" falls back to "sdpa" when flash-attn is not installed
+    attn_implementation: str = "sdpa"
+    # device for the policy; "auto" = cuda:<LOCAL_RANK> when CUDA is available, else cpu
+    device: str = "auto"
+    # chunked policies: execute the first n of the K returned actions before querying again (None = all K)
+    open_loop_steps: int | None = None
+
+    # --- the benchmark protocol ---
+    # suites to run, in order: libero_spatial, libero_object, libero_goal, libero_10, libero_90
+    suites: list[str] = dataclasses.field(default_factory=lambda: ["libero_spatial"])
+    # subset of task ids, applied to every suite (None = all tasks of the suite)
+    task_ids: list[int] | None = None
+    # trials per task; trial i uses the task's fixed initial state i (upstream: 50)
+    num_trials_per_task: int = 50
+    # global seed for torch / numpy / random / PYTHONHASHSEED (upstream: 7)
+    seed: int = 7
+    # steps of the dummy action at episode start while objects settle (upstream: 10)
+    num_steps_wait: int = 10
+    # policy-step budget per episode; None = the suite's upstream value (220/280/300/520/400)
+    max_steps: int | None = None
+    # 90%-area center crop of the policy image (upstream default: True, needed for random-crop-trained models)
+    center_crop: bool = True
+    # camera resolution of the simulator before the 224 px resize (upstream: 256)
+    env_resolution: int = 256
+
+    # --- execution ---
+    # parallel simulator worker processes (one env each); episodes are batched across them
+    num_workers: int = 1
+    # rollout videos of the preprocessed 224 px frames: "all", "failures" or "none"
+    video: str = "failures"
+    # frames per second of the rollout videos (upstream: 30)
+    video_fps: int = 30
+    # directory for results, summary, config, environment and videos; a rerun here resumes
+    output_dir: str = "runs/eval/libero"
+    # allow continuing an output_dir that already holds results (False: refuse instead of mixing runs)
+    resume: bool = True
+    # show a tqdm progress bar with the running success rate
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_choice("policy", self.policy, POLICY_TYPES)
+        check_choice("video", self.video, VIDEO_MODES)
+        check_choice("dtype", self.dtype, DTYPES)
+        check_choice("quantization", self.quantization, QUANTIZATIONS)
+        check_choice("attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
+        check_choice("device", self.device, DEVICES)
+        if isinstance(self.suites, str):
+            self.suites = [self.suites]
+        valid = standard_suites()
+        if not self.suites:
+            raise ValueError(f"suites is empty; pass one or more of {list(valid)}")
+        for suite in self.suites:
+            check_choice("suites", suite, valid)
+        if len(set(self.suites)) != len(self.suites):
+            raise ValueError(f"suites={self.suites} lists a suite twice; list each suite once")
+        if self.task_ids is not None and (not self.task_ids or min(self.task_ids) < 0):
+            raise ValueError(
+                f"task_ids={self.task_ids} must be None (all tasks) or non-negative task indices"
+            )
+        _positive("num_trials_per_task", self.num_trials_per_task)
+        if self.num_trials_per_task > NUM_INIT_STATES:
+            raise ValueError(
+                f"num_trials_per_task={self.num_trials_per_task}: LIBERO ships {NUM_INIT_STATES} fixed initial "
+                f"states per task; use at most {NUM_INIT_STATES}"
+            )
+        if self.num_steps_wait < 0:
+            raise ValueError(f"num_steps_wait={self.num_steps_wait} must be >= 0 (upstream: 10)")
+        if self.max_steps is not None:
+            _positive("max_steps", self.max_steps)
+        if self.open_loop_steps is not None:
+            _positive("open_loop_steps", self.open_loop_steps)
+        _positive("num_workers", self.num_workers)
+        _positive("video_fps", self.video_fps)
+        _positive("env_resolution", self.env_resolution)
+        if self.policy == "openvla" and not self.checkpoint:
+            raise ValueError("checkpoint is empty; policy='openvla' needs --checkpoint <model dir>")
+        if self.policy == "scripted" and (self.adapter_dir or self.quantization != "none"):
+            raise ValueError(
+                f"policy='scripted' takes no model options (adapter_dir={self.adapter_dir!r}, "
+                f"quantization={self.quantization!r}); drop them or use policy='openvla'"
+            )
+
+    def max_steps_for(self, suite: str) -> int:
+        """The policy-step budget for `suite`: the override, else the upstream per-suite value."""
+        from stamo_vla.libero.env import SUITE_MAX_STEPS
+
+        return self.max_steps if self.max_steps is not None else SUITE_MAX_STEPS[suite]
+
+    def check_paths(self) -> None:
+        """Raise a clear error for a missing checkpoint / adapter directory (done at run time, not parse time)."""
+        if self.policy != "openvla":
+            return
+        if not Path(self.checkpoint).is_dir():
+            raise FileNotFoundError(
+                f"checkpoint={self.checkpoint!r} is not a directory. Pass a model directory saved with "
+                "save_pretrained (a merged model, or the base model together with --adapter_dir)."
+            )
+        if self.adapter_dir is not None and not Path(self.adapter_dir).is_dir():
+            raise FileNotFoundError(f"adapter_dir={self.adapter_dir!r} is not a directory")
+
+
+def _positive(field: str, value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{field}={value} must be >= 1")

@@ -1,0 +1,122 @@
+"""Policies the evaluation loop can drive, and how they are built from an `EvalConfig`.
+
+The loop needs only the batch protocol below, so our VLA, the VLA + adapter, and the privileged scripted
+oracle all run through the same code path:
+
+    policy.action_chunk: int                                    K actions per call
+    policy.predict_batch(images, instructions, **obs) -> (B, K, 7) float actions
+
+``images`` are upright (224, 224, 3) uint8 frames (flipped, JPEG round trip, resized, optionally center
+cropped), ``instructions`` the task strings. ``obs`` carries ``proprio`` (B, 8) float32 and ``slots``
+(the env worker of each row; only the oracle uses it). Actions are in *dataset* convention (gripper 1 =
+open, 0 = closed) unless the policy sets ``actions_in_env_convention = True`` (then they go to the env
+unchanged). A policy may also expose ``future_frames() -> list[np.ndarray | None]`` returning, for the
+rows of its last call, a decoded predicted future frame shown beside the rollout video.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from stamo_vla.libero.evaluation_config import EvalConfig
+
+
+@runtime_checkable
+class BatchPolicy(Protocol):
+    """What the evaluation loop calls once per step on the batch of live episodes."""
+
+    action_chunk: int
+
+    def predict_batch(self, images: list[np.ndarray], instructions: list[str], **obs: Any) -> np.ndarray: ...
+
+
+class ScriptedOraclePolicy:
+    """The scripted pick-and-place controller as a policy: an upper bound that proves the harness.
+
+    It reads privileged simulator state inside the env workers (``pool.scripted_actions``), so its
+    actions are already env actions (gripper -1 open / +1 close, possibly fractional while pre-shaping):
+    converting them to dataset convention and back would binarize the gripper and change the controller.
+
+    Args:
+        pool: an ``EnvWorkerPool`` started with ``scripted=True``.
+    """
+
+    action_chunk = 1
+    actions_in_env_convention = True
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    def predict_batch(
+        self, images: list[np.ndarray], instructions: list[str], slots: Sequence[int] = (), **obs: Any
+    ) -> np.ndarray:
+        """Ask each row's worker for its controller action; returns (B, 1, 7) env actions."""
+        if len(slots) != len(images):
+            raise ValueError(
+                f"ScriptedOraclePolicy needs one worker slot per image, got {len(slots)} slots for "
+                f"{len(images)} images; the evaluation loop passes slots=..."
+            )
+        actions = self.pool.scripted_actions(list(slots))
+        return np.stack([np.asarray(actions[s], dtype=np.float64) for s in slots])[:, None, :]
+
+
+def resolve_unnorm_key(available: Iterable[str], suite: str, requested: str | None = None) -> str:
+    """Pick the action-statistics key for `suite` as upstream does.
+
+    Args:
+        available: keys of the model's action statistics (``norm_stats`` / ``dataset_statistics.json``).
+        suite: the suite being evaluated; the default key.
+        requested: an explicit key from the config, used as is when present.
+
+    Returns:
+        `requested` if given, else `suite`, else ``<suite>_no_noops`` (the name of the released datasets).
+
+    Raises:
+        ValueError: the key is not among `available`; the message lists the available keys.
+    """
+    keys = sorted(available)
+    candidates = [requested] if requested else [suite, f"{suite}_no_noops"]
+    for key in candidates:
+        if key in keys:
+            return key
+    close = difflib.get_close_matches(candidates[0], keys, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    raise ValueError(
+        f"unnorm_key: none of {candidates} is in the checkpoint's action statistics.{hint} Available keys: "
+        f"{keys}. Pass --unnorm_key <key>, or put the fine-tuning run's dataset_statistics.json beside the "
+        "checkpoint."
+    )
+
+
+def load_adapter_into(model: Any, adapter_dir: str) -> Any:
+    """Attach a saved StaMo/LoRA adapter via ``stamo_vla.adapter.load_adapter`` (imported only when needed)."""
+    try:
+        adapter = importlib.import_module("stamo_vla.adapter")
+        load_adapter = adapter.load_adapter
+    except (ImportError, AttributeError) as err:
+        raise RuntimeError(
+            f"adapter_dir={adapter_dir!r} was given, but stamo_vla.adapter.load_adapter is not available "
+            f"({err}). Evaluate a merged checkpoint instead (stamo-vla merge), or install a stamo_vla "
+            "version that ships the adapter package."
+        ) from err
+    return load_adapter(model, adapter_dir)
+
+
+def build_policy(cfg: EvalConfig, pool: Any) -> Any:
+    """Build the policy named by ``cfg.policy``.
+
+    Args:
+        cfg: the evaluation config (checkpoint, adapter, dtype, quantization, attention, device).
+        pool: the env worker pool (the scripted oracle reads privileged state through it).
+    """
+    if cfg.policy == "scripted":
+        return ScriptedOraclePolicy(pool)
+    from stamo_vla.libero.evaluation_vla import build_openvla_policy
+
+    return build_openvla_policy(cfg)

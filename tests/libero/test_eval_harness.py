@@ -1,0 +1,260 @@
+"""The evaluation harness on a fake env pool: protocol, batching, determinism, resume, crashes, videos.
+
+The fake pool has the EnvWorkerPool interface; each episode's only state is a position x that the
+policy's first action dim pushes forward, and ``done`` fires once x >= 0.3. The fake policy reads its
+speed from the image brightness, which the fake env sets per (task, init state), so outcomes differ per
+episode but are fully deterministic.
+"""
+
+import json
+import types
+
+import numpy as np
+import pytest
+
+from stamo_vla.libero.env import DUMMY_ACTION
+from stamo_vla.libero.evaluation import evaluate, plan_episodes, shard
+from stamo_vla.libero.evaluation_config import EvalConfig
+from stamo_vla.libero.results import ResultsStore
+from stamo_vla.libero.workers import WorkerCrashed
+
+SUITE = "libero_spatial"
+GOAL = 0.3
+
+
+def brightness(task_id, init_index):
+    return 40 + 20 * ((task_id + 2 * init_index) % 4)
+
+
+def speed_from_image(img):
+    # 40 -> 0.0 (never succeeds), 60 -> 0.02 (15 steps), 80 -> 0.04 (8 steps), 100 -> 0.06 (5 steps)
+    return 0.02 * round((float(img.mean()) - 40) / 20)
+
+
+class FakePool:
+    """EnvWorkerPool stand-in; `kill_at_step` raises like a SIGKILL, `crash` = (step call, slot)."""
+
+    def __init__(self, num_workers, kill_at_step=None, crash=None):
+        self.num_workers = num_workers
+        self.kill_at_step, self.crash = kill_at_step, crash
+        self.specs, self.x, self.t = {}, {}, {}
+        self.step_calls, self.received, self.batch_sizes = 0, [], []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def _obs(self, slot):
+        spec = self.specs[slot]
+        img = np.full((256, 256, 3), brightness(spec.task_id, spec.init_index), dtype=np.uint8)
+        return {
+            "agentview_image": img,
+            "robot0_eye_in_hand_image": img,
+            "robot0_eef_pos": np.array([self.x[slot], 0.0, 1.0]),
+            "robot0_eef_quat": np.array([0.0, 0.0, 0.0, 1.0]),
+            "robot0_gripper_qpos": np.array([0.04, -0.04]),
+        }
+
+    def reset(self, specs):
+        for slot, spec in specs.items():
+            self.specs[slot], self.x[slot], self.t[slot] = spec, 0.0, 0
+        return {slot: self._obs(slot) for slot in specs}
+
+    def step(self, actions):
+        self.step_calls += 1
+        if self.kill_at_step == self.step_calls:
+            raise KeyboardInterrupt("simulated kill")
+        self.batch_sizes.append(len(actions))
+        out = {}
+        for slot, action in actions.items():
+            action = np.asarray(action)
+            self.received.append((self.specs[slot], self.t[slot], action.copy()))
+            self.x[slot] += float(action[0])
+            self.t[slot] += 1
+            out[slot] = (self._obs(slot), 0.0, self.x[slot] >= GOAL, {})
+        if self.crash is not None and self.crash[0] == self.step_calls:
+            slot = self.crash[1]
+            spec = self.specs[slot]
+            del out[slot]
+            raise WorkerCrashed(slot, spec, -11, completed=out)
+        return out
+
+    def scripted_actions(self, slots):
+        # privileged "controller": knows the episode; its gripper command is fractional (pre-shaping)
+        return {s: np.array([0.05, 0, 0, 0, 0, 0, 0.5]) for s in slots}
+
+
+class FakePolicy:
+    """Deterministic VLA stand-in in dataset convention (gripper 1 = open)."""
+
+    def __init__(self, chunk=1):
+        self.action_chunk = chunk
+        self.calls = 0
+
+    def predict_batch(self, images, instructions, **obs):
+        self.calls += 1
+        assert all(img.shape == (224, 224, 3) and img.dtype == np.uint8 for img in images)
+        assert obs["proprio"].shape == (len(images), 8)
+        out = np.zeros((len(images), self.action_chunk, 7))
+        out[:, :, 0] = [[speed_from_image(img)] for img in images]
+        out[:, :, 6] = 1.0
+        return out
+
+
+CATALOG = types.SimpleNamespace(
+    task_count=lambda suite: 3, task_instruction=lambda suite, t: f"put object {t} away"
+)
+
+
+def _cfg(tmp_path, name="run", **kw):
+    base = dict(
+        policy="openvla",
+        checkpoint=str(tmp_path),
+        suites=[SUITE],
+        num_trials_per_task=4,
+        max_steps=12,
+        num_steps_wait=3,
+        video="none",
+        num_workers=2,
+        center_crop=False,  # the crop costs ~10 ms a frame here; the protocol test keeps it on
+        progress=False,
+        output_dir=str(tmp_path / name),
+    )
+    base.update(kw)
+    return EvalConfig(**base)
+
+
+def _run(cfg, pool=None, policy=None):
+    pool = pool or FakePool(cfg.num_workers)
+    summary = evaluate(cfg, pool_factory=lambda n: pool, policy=policy or FakePolicy(), catalog=CATALOG)
+    return summary, pool
+
+
+def _outcomes(output_dir):
+    return sorted((r.key, r.success, r.steps, r.error) for r in ResultsStore(output_dir).load())
+
+
+def _strip_times(summary):
+    return {k: v for k, v in summary.items() if k != "episode_wall_time_s"}
+
+
+def _expected_outcome(task_id, init_index, max_steps=12):
+    speed = 0.02 * round((brightness(task_id, init_index) - 40) / 20)
+    needed = int(np.ceil(GOAL / speed - 1e-9)) if speed > 0 else None
+    if needed is not None and needed <= max_steps:
+        return True, needed
+    return False, max_steps
+
+
+def test_protocol_outcomes_and_summary(tmp_path):
+    summary, pool = _run(_cfg(tmp_path, center_crop=True))
+    expected = sorted(((SUITE, t, i), *_expected_outcome(t, i), None) for t in range(3) for i in range(4))
+    assert _outcomes(tmp_path / "run") == expected
+    assert summary["overall"]["episodes"] == 12
+    assert summary["overall"]["successes"] == sum(e[1] for e in expected)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text()) == summary
+    # wait steps send the dummy action; policy steps arrive binarized and sign-flipped (1 = open -> -1)
+    for _spec, t, action in pool.received:
+        if t < 3:
+            np.testing.assert_array_equal(action, DUMMY_ACTION)
+        else:
+            assert action[6] == -1.0
+    # episodes were batched across both workers
+    assert max(pool.batch_sizes) == 2
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    assert "max_steps: 12" in saved
+    env = json.loads((tmp_path / "run" / "environment.json").read_text())
+    assert {"torch", "transformers", "peft", "timm", "mujoco", "stamo-vla"} <= set(env["packages"])
+
+
+def test_same_outcomes_for_any_worker_count(tmp_path):
+    outcomes = []
+    for i, workers in enumerate([1, 2, 3]):
+        _run(_cfg(tmp_path, name=f"w{i}", num_workers=workers))
+        outcomes.append(_outcomes(tmp_path / f"w{i}"))
+    assert all(o == outcomes[0] for o in outcomes)
+
+
+def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
+    reference, _ = _run(_cfg(tmp_path, name="reference"))
+    cfg = _cfg(tmp_path, name="killed")
+    with pytest.raises(KeyboardInterrupt):
+        _run(cfg, pool=FakePool(2, kill_at_step=40))
+    store = ResultsStore(cfg.output_dir, rank=0)
+    done_before = store.completed()
+    assert 0 < len(done_before) < 12
+    with open(store.path, "a") as f:  # a record torn by the kill
+        f.write('{"suite": "libero_spatial", "task_id": 2, "in')
+    policy = FakePolicy()
+    resumed, pool = _run(cfg, policy=policy)
+    assert _strip_times(resumed) == _strip_times(reference)
+    assert _outcomes(cfg.output_dir) == _outcomes(tmp_path / "reference")
+    # nothing was run twice: the resumed run only reset the missing episodes, every line is one episode
+    started = {(s.suite, s.task_id, s.init_index) for s, _, _ in pool.received}
+    assert started.isdisjoint(done_before) and len(started) == 12 - len(done_before)
+    lines = store.path.read_text().splitlines()
+    assert len(lines) == 12 and all(json.loads(line) for line in lines)
+
+
+def test_ranks_shard_and_merge(tmp_path, monkeypatch):
+    cfg = _cfg(tmp_path, name="dist")
+    planned = plan_episodes(cfg.suites, None, cfg.num_trials_per_task, CATALOG)
+    parts = [shard(planned, r, 3) for r in range(3)]
+    assert sorted(e.key for p in parts for e in p) == sorted(e.key for e in planned)
+    assert [len(p) for p in parts] == [4, 4, 4]
+    monkeypatch.setattr("stamo_vla.libero.evaluation._barrier", lambda world: None)
+    for rank in (2, 1, 0):  # rank 0 last: it merges every rank's file
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "3")
+        summary, _ = _run(cfg)
+        assert (summary is None) == (rank != 0)
+    assert sorted(p.name for p in (tmp_path / "dist" / "results").iterdir()) == [
+        f"rank{r}.jsonl" for r in range(3)
+    ]
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    reference, _ = _run(_cfg(tmp_path, name="single"))
+    assert _strip_times(summary) == _strip_times(reference)
+
+
+def test_worker_crash_fails_only_that_episode(tmp_path):
+    cfg = _cfg(tmp_path, name="crash")
+    _run(cfg, pool=FakePool(2, crash=(6, 1)))
+    crashed = [o for o in _outcomes(cfg.output_dir) if o[3] is not None]
+    assert len(crashed) == 1 and crashed[0][1] is False and "WorkerCrashed" in crashed[0][3]
+    _run(_cfg(tmp_path, name="clean"))
+    clean = {o[0]: o for o in _outcomes(tmp_path / "clean")}
+    assert all(clean[o[0]] == o for o in _outcomes(cfg.output_dir) if o[3] is None)
+
+
+def test_chunked_policy_open_loop_steps(tmp_path):
+    policy = FakePolicy(chunk=4)
+    _run(_cfg(tmp_path, name="chunk", open_loop_steps=2, num_workers=1), policy=policy)
+    outcomes = _outcomes(tmp_path / "chunk")
+    # one call per 2 executed actions; the outcome does not change because the chunk repeats one action
+    assert policy.calls == sum((steps + 1) // 2 for _, _, steps, _ in outcomes)
+    _run(_cfg(tmp_path, name="chunk_all", num_workers=1), policy=(full := FakePolicy(chunk=4)))
+    assert full.calls == sum((steps + 3) // 4 for _, _, steps, _ in outcomes)
+    assert _outcomes(tmp_path / "chunk_all") == outcomes
+
+
+def test_scripted_oracle_actions_reach_env_unchanged(tmp_path):
+    cfg = _cfg(tmp_path, name="oracle", policy="scripted", checkpoint="", num_trials_per_task=1)
+    pool = FakePool(2)
+    summary = evaluate(cfg, pool_factory=lambda n: pool, catalog=CATALOG)
+    assert summary["overall"]["successes"] == 3  # 0.05 per step reaches 0.3 in 6 steps
+    policy_actions = [a for _, t, a in pool.received if t >= 3]
+    assert policy_actions and all(a[6] == 0.5 for a in policy_actions)  # not binarized, not flipped
+
+
+def test_resume_refuses_a_different_protocol(tmp_path):
+    _run(_cfg(tmp_path, name="r", num_trials_per_task=1))
+    with pytest.raises(ValueError, match="max_steps: recorded 12 vs now 20"):
+        _run(_cfg(tmp_path, name="r", num_trials_per_task=1, max_steps=20))
+    with pytest.raises(ValueError, match="resume=False"):
+        _run(_cfg(tmp_path, name="r", num_trials_per_task=1, resume=False))
+    # more trials with the same protocol extends the run
+    summary, _ = _run(_cfg(tmp_path, name="r", num_trials_per_task=2, num_workers=1))
+    assert summary["overall"]["episodes"] == 6
