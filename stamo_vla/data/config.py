@@ -1,0 +1,99 @@
+"""`DataConfig`: everything the RLDS sample stream needs (draccus dataclass; `build()` makes the dataset)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from stamo_vla.data.augment import ImageAugConfig
+
+SPLITS = {"train": "train[:{p}%]", "val": "train[{p}%:]", "all": "train"}
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Where the RLDS data is and how samples are drawn from it (upstream OpenVLA defaults where they exist)."""
+
+    # folder that contains <dataset_name>/<version>/ (upstream --data_root_dir, e.g. .../modified_libero_rlds)
+    data_root_dir: str = "datasets/modified_libero_rlds"
+    # datasets to mix; each must exist under data_root_dir (e.g. a labeled and an action-free one)
+    dataset_names: list[str] = dataclasses.field(default_factory=lambda: ["libero_spatial_no_noops"])
+    # mixture weights, one per dataset (empty = equal weights); normalized to sum to 1
+    weights: list[float] = dataclasses.field(default_factory=list)
+    # multiply weights by each dataset's number of transitions (upstream balance_weights=True)
+    balance_weights: bool = False
+    # "train" = first train_percent% of episodes, "val" = the rest, "all" = every episode
+    split: str = "train"
+    # percent of episodes in the train split (upstream train[:95%] / train[95%:])
+    train_percent: int = 95
+    # future-frame offset h: FUTURE_IMAGE is frame min(t + h, T - 1)
+    horizon: int = 1
+    # actions per sample K: a_t .. a_{t+K-1}, repeating the last action past the episode end (1 = OpenVLA, 8 = OFT)
+    action_chunk: int = 1
+    # side of the square images in samples (frames are resized with PIL LANCZOS, like upstream lanczos3)
+    image_size: int = 224
+    # training-time image augmentation (upstream image_aug); always off for the val split
+    image_aug: bool = False
+    # augmentation ranges (used when image_aug is on)
+    aug: ImageAugConfig = dataclasses.field(default_factory=ImageAugConfig)
+    # load the wrist camera into WRIST_IMAGE
+    load_wrist: bool = False
+    # load the normalized 8-D proprio (EEF 6 + gripper 2) into PROPRIO
+    load_proprio: bool = False
+    # frames held by the shuffle buffer (references to JPEG-encoded episodes; decoded only when emitted).
+    # Host memory grows with it (openvla #4/#39/#167): ~2 x 15 KB per frame held plus its episode
+    shuffle_buffer_size: int = 10_000
+    # episodes held by the episode-order shuffle (0 = stored order)
+    episode_shuffle_buffer: int = 16
+    # record files read in parallel by each reader (upstream used 16+ threads; keep small to bound memory)
+    num_parallel_reads: int = 1
+    # loop over the data forever (training); False = one pass (evaluation)
+    repeat: bool = True
+    # base seed of shuffling and augmentation (combined with rank, worker and epoch)
+    seed: int = 7
+    # existing dataset_statistics.json to normalize with (None = compute, cached by fingerprint)
+    statistics_path: str | None = None
+    # StaMo target cache directory written by `stamo-vla cache-targets` (None = no STATE / FUTURE_STATE)
+    target_cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.dataset_names:
+            raise ValueError("dataset_names=[] must name at least one dataset")
+        if self.weights and len(self.weights) != len(self.dataset_names):
+            raise ValueError(
+                f"weights={self.weights} must have one entry per dataset in dataset_names={self.dataset_names}"
+            )
+        if any(w < 0 for w in self.weights) or (self.weights and sum(self.weights) <= 0):
+            raise ValueError(f"weights={self.weights} must be >= 0 with a positive sum")
+        if self.split not in SPLITS:
+            raise ValueError(f"split={self.split!r} is not valid; allowed: {list(SPLITS)}")
+        if not 0 < self.train_percent <= 100:
+            raise ValueError(f"train_percent={self.train_percent} must be in (0, 100]")
+        for name in ("horizon", "shuffle_buffer_size", "episode_shuffle_buffer"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
+        for name in ("action_chunk", "image_size", "num_parallel_reads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+
+    @property
+    def tfds_split(self) -> str:
+        """The tfds split string of `split` (e.g. ``"train[:95%]"``)."""
+        return SPLITS[self.split].format(p=self.train_percent)
+
+    @property
+    def normalized_weights(self) -> list[float]:
+        """Mixture weights summing to 1 (before `balance_weights`)."""
+        weights = self.weights or [1.0] * len(self.dataset_names)
+        total = float(sum(weights))
+        return [w / total for w in weights]
+
+    def build(self, rank: int | None = None, world_size: int | None = None):
+        """Make the sample stream: one `RLDSFrameDataset`, or a `MixtureDataset` over several.
+
+        Args:
+            rank: this process's data-parallel rank (None = from torch.distributed / env, else 0).
+            world_size: number of data-parallel ranks (None = from torch.distributed / env, else 1).
+        """
+        from stamo_vla.data.dataset import build_dataset
+
+        return build_dataset(self, rank=rank, world_size=world_size)

@@ -1,0 +1,279 @@
+"""Torch sample streams over RLDS datasets: `RLDSFrameDataset`, `MixtureDataset`, `make_dataloader`.
+
+One sample = one timestep t of one episode (keys and shapes: `stamo_vla.keys`)::
+
+    IMAGE (S,S,3) uint8, FUTURE_IMAGE (S,S,3) uint8 [frame min(t+h, T-1)], WRIST_IMAGE (optional),
+    INSTRUCTION str, ACTION (K,7) float32 normalized, PROPRIO (8,) float32 normalized (optional),
+    HAS_ACTION bool, DATASET_NAME str, EPISODE_ID str (file_path), STEP int, FUTURE_STEP int,
+    STATE / FUTURE_STATE (N,D) float32 when a StaMo target cache is configured.
+
+Sharding: the split's episodes are cut into ``world_size * num_workers`` contiguous, disjoint blocks and each
+(rank, DataLoader worker) reads only its own block (upstream gave every rank the same stream). Memory stays
+bounded: episodes stay JPEG-encoded, the shuffle buffer holds (episode, step) references and frames are decoded
+only when a sample is emitted. Action-free episodes give ``ACTION = 0`` and ``HAS_ACTION = False``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import sys
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import IterableDataset, get_worker_info
+
+from stamo_vla import keys
+from stamo_vla.data import transforms
+from stamo_vla.data.augment import augment_image, sample_params
+from stamo_vla.data.config import DataConfig
+from stamo_vla.data.normalization import normalize
+
+log = logging.getLogger(__name__)
+
+
+def resolve_rank(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """(rank, world_size): explicit values, else torch.distributed, else RANK / WORLD_SIZE env, else (0, 1)."""
+    if rank is None or world_size is None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            found = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        else:
+            found = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        rank = found[0] if rank is None else rank
+        world_size = found[1] if world_size is None else world_size
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
+    return rank, world_size
+
+
+def decode_frame(jpeg: bytes, size: int) -> np.ndarray:
+    """JPEG bytes -> (size, size, 3) uint8; resized with LANCZOS (upstream: lanczos3 with antialiasing)."""
+    img = Image.open(io.BytesIO(jpeg)).convert("RGB")
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.LANCZOS)
+    return np.asarray(img, dtype=np.uint8)
+
+
+class _Episode:
+    """One episode prepared for sampling: JPEG frames, normalized actions/proprio, optional cached states."""
+
+    def __init__(self, raw: dict, cfg: DataConfig, dataset_name: str, stats: dict, states: np.ndarray | None):
+        self.image, self.wrist = raw["image"], raw["wrist_image"] if cfg.load_wrist else None
+        self.length = len(raw["image"])
+        self.has_action = raw["has_action"]
+        if self.has_action:
+            self.action = normalize(transforms.standardize_gripper(raw["action"]), stats["action"])
+        else:
+            self.action = np.zeros((self.length, raw["action"].shape[-1]), np.float32)
+        self.proprio = (
+            normalize(transforms.proprio_from_state(raw["state"]), stats["proprio"])
+            if cfg.load_proprio
+            else None
+        )
+        self.future = transforms.future_indices(self.length, cfg.horizon)
+        self.instruction, self.file_path, self.dataset_name = (
+            raw["language_instruction"],
+            raw["file_path"],
+            dataset_name,
+        )
+        self.states = states
+
+
+class RLDSFrameDataset(IterableDataset):
+    """Samples from one RLDS dataset, sharded per DDP rank and per DataLoader worker.
+
+    Args:
+        cfg: data settings (split, horizon, chunk, image size, augmentation, buffers, repeat, seed).
+        dataset_name: which dataset under ``cfg.data_root_dir``.
+        statistics: this dataset's statistics block (``{"action": ..., "proprio": ...}``) for normalization.
+        rank: data-parallel rank (None = discover, see `resolve_rank`).
+        world_size: number of data-parallel ranks (None = discover).
+    """
+
+    def __init__(
+        self,
+        cfg: DataConfig,
+        dataset_name: str,
+        statistics: dict,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.cfg, self.dataset_name, self.statistics = cfg, dataset_name, statistics
+        self.rank, self.world_size = resolve_rank(rank, world_size)
+        self.augment = cfg.image_aug and cfg.split == "train"
+        self.target_cache = None
+        if cfg.target_cache_dir:
+            from stamo_vla.data.target_cache import TargetCache
+
+            self.target_cache = TargetCache.open(cfg.target_cache_dir, cfg.data_root_dir, dataset_name)
+
+    def shard(self) -> tuple[int, int]:
+        """(index, count) of the episode block this rank + DataLoader worker reads."""
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        return self.rank * workers + worker, self.world_size * workers
+
+    def _episodes(self, shard: tuple[int, int], seed: int) -> Iterator[_Episode]:
+        from stamo_vla.data.rlds import iter_episodes
+
+        for raw in iter_episodes(
+            self.cfg.data_root_dir,
+            self.dataset_name,
+            self.cfg.tfds_split,
+            decode_images=False,
+            shard=shard,
+            shuffle_episodes=self.cfg.episode_shuffle_buffer if self.cfg.repeat else 0,
+            seed=seed,
+            num_parallel_reads=self.cfg.num_parallel_reads,
+        ):
+            states = (
+                self.target_cache.load_episode(raw["file_path"], len(raw["image"]))
+                if self.target_cache
+                else None
+            )
+            yield _Episode(raw, self.cfg, self.dataset_name, self.statistics, states)
+
+    def _refs(self, shard: tuple[int, int], rng: np.random.Generator) -> Iterator[tuple[_Episode, int]]:
+        """(episode, step) references, epoch after epoch when `repeat` is set."""
+        while True:
+            count = 0
+            for ep in self._episodes(shard, int(rng.integers(2**31))):
+                for t in range(ep.length):
+                    count += 1
+                    yield ep, t
+            if not self.cfg.repeat or count == 0:  # an empty shard must not spin forever
+                if count == 0:
+                    log.warning(
+                        "%s: shard %s of split %s has no episodes", self.dataset_name, shard, self.cfg.split
+                    )
+                return
+
+    def __iter__(self) -> Iterator[dict]:
+        shard = self.shard()
+        rng = np.random.default_rng([self.cfg.seed, shard[0], shard[1]])
+        size = self.cfg.shuffle_buffer_size
+        buffer: list[tuple[_Episode, int]] = []
+        for ref in self._refs(shard, rng):
+            if size <= 1:
+                yield self.make_sample(*ref, rng)
+            elif len(buffer) < size:
+                buffer.append(ref)
+            else:
+                i = int(rng.integers(len(buffer)))
+                out, buffer[i] = buffer[i], ref
+                yield self.make_sample(*out, rng)
+        rng.shuffle(buffer)
+        for ref in buffer:
+            yield self.make_sample(*ref, rng)
+
+    def make_sample(self, ep: _Episode, t: int, rng: np.random.Generator) -> dict:
+        """Decode and assemble the sample of step `t` of `ep`."""
+        size, tf = self.cfg.image_size, int(ep.future[t])
+        images = {
+            keys.IMAGE: decode_frame(ep.image[t], size),
+            keys.FUTURE_IMAGE: decode_frame(ep.image[tf], size),
+        }
+        if ep.wrist is not None:
+            images[keys.WRIST_IMAGE] = decode_frame(ep.wrist[t], size)
+        if self.augment:
+            params = sample_params(rng, self.cfg.aug)  # one draw for every image of the sample
+            images = {k: augment_image(v, params) for k, v in images.items()}
+        sample = {
+            **images,
+            keys.INSTRUCTION: ep.instruction,
+            keys.ACTION: transforms.action_chunk(ep.action, t, self.cfg.action_chunk),
+            keys.HAS_ACTION: ep.has_action,
+            keys.DATASET_NAME: ep.dataset_name,
+            keys.EPISODE_ID: ep.file_path,
+            keys.STEP: t,
+            keys.FUTURE_STEP: tf,
+        }
+        if ep.proprio is not None:
+            sample[keys.PROPRIO] = ep.proprio[t]
+        if ep.states is not None:
+            sample[keys.STATE], sample[keys.FUTURE_STATE] = ep.states[t], ep.states[tf]
+        return sample
+
+
+class MixtureDataset(IterableDataset):
+    """Interleave several sample streams, drawing the next source with probability proportional to `weights`.
+
+    Each source shards itself (rank and worker), so the mixture only decides which source speaks next. A
+    finite source that runs out is dropped and the others continue (weights renormalized).
+
+    Args:
+        datasets: iterable datasets (e.g. a labeled and an action-free `RLDSFrameDataset`).
+        weights: non-negative mixing weights, one per dataset.
+        seed: seed of the source choice (combined with rank and worker).
+    """
+
+    def __init__(self, datasets: Sequence[IterableDataset], weights: Sequence[float], seed: int = 0) -> None:
+        super().__init__()
+        if len(datasets) != len(weights) or not datasets:
+            raise ValueError(
+                f"need one weight per dataset; got {len(datasets)} datasets and weights={list(weights)}"
+            )
+        if any(w < 0 for w in weights) or sum(weights) <= 0:
+            raise ValueError(f"weights={list(weights)} must be >= 0 with a positive sum")
+        self.datasets, self.seed = list(datasets), int(seed)
+        self.weights = np.asarray(weights, dtype=np.float64) / float(sum(weights))
+        self.dataset_statistics = {}
+        for d in self.datasets:
+            self.dataset_statistics.update(getattr(d, "dataset_statistics", {}))
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        rank = getattr(self.datasets[0], "rank", 0)
+        rng = np.random.default_rng([self.seed, rank, info.id if info else 0])
+        iters = [iter(d) for d in self.datasets]
+        weights = self.weights.copy()
+        while weights.sum() > 0:
+            i = int(rng.choice(len(iters), p=weights / weights.sum()))
+            try:
+                yield next(iters[i])
+            except StopIteration:
+                weights[i] = 0.0
+
+
+def build_dataset(cfg: DataConfig, rank: int | None = None, world_size: int | None = None) -> IterableDataset:
+    """The sample stream of `cfg`: statistics loaded (or computed, cached), one dataset or a mixture.
+
+    The returned dataset has ``dataset_statistics`` ({name: block}, the upstream dataset_statistics.json
+    content) to save next to checkpoints.
+    """
+    from stamo_vla.data.statistics import compute_statistics, load_dataset_statistics
+
+    given = load_dataset_statistics(cfg.statistics_path) if cfg.statistics_path else {}
+    datasets = []
+    for name in cfg.dataset_names:
+        stats = given.get(name) or compute_statistics(
+            cfg.data_root_dir, name, num_parallel_reads=cfg.num_parallel_reads
+        )
+        ds = RLDSFrameDataset(cfg, name, stats, rank=rank, world_size=world_size)
+        ds.dataset_statistics = {name: stats}
+        datasets.append(ds)
+    if len(datasets) == 1:
+        return datasets[0]
+    weights = cfg.normalized_weights
+    if cfg.balance_weights:
+        weights = [w * d.statistics["num_transitions"] for w, d in zip(weights, datasets)]
+    return MixtureDataset(datasets, weights, seed=cfg.seed)
+
+
+def make_dataloader(
+    dataset: IterableDataset, batch_size: int, num_workers: int = 0, collate_fn=None, **kwargs
+) -> torch.utils.data.DataLoader:
+    """A DataLoader over a sample stream; uses "spawn" workers when tensorflow is already imported here.
+
+    Forking a process whose TF runtime has started can deadlock the child's TF thread pools, so once TF is
+    loaded (e.g. statistics were just computed) workers are spawned fresh instead.
+    """
+    if num_workers > 0 and "tensorflow" in sys.modules and "multiprocessing_context" not in kwargs:
+        kwargs["multiprocessing_context"] = "spawn"
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn, **kwargs
+    )

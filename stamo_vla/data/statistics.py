@@ -1,0 +1,157 @@
+"""Dataset statistics for action and proprio (upstream `dataset_statistics.json` format), cached by fingerprint.
+
+Format, per dataset name (as OpenVLA's ``save_dataset_statistics`` writes it)::
+
+    {"action": {"mean", "std", "max", "min", "q01", "q99": [7 floats], "mask": [True]*6 + [False]},
+     "proprio": {... 8 floats each ...}, "num_transitions": int, "num_trajectories": int}
+
+Statistics cover every episode of the dataset (upstream computes them over ``split="all"``). Actions are
+standardized first (gripper 1 open / 0 closed); action-free (NaN-action) episodes count towards the
+transition/trajectory totals and proprio, not towards action statistics.
+
+The cache file ``dataset_statistics_<fingerprint>.json`` lives in the dataset directory (or, when that is not
+writable, under ``~/.cache/stamo_vla/statistics/``); the fingerprint covers the dataset files and the
+transform settings, so a rebuilt dataset or a changed transform never reuses stale numbers.
+
+Command line: ``stamo-vla stats --data-root-dir D --dataset-name N [--out FILE]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from stamo_vla.data import transforms
+from stamo_vla.data.normalization import ACTION_MASK
+from stamo_vla.data.rlds import dataset_fingerprint, iter_episodes, resolve_dataset_dir
+from stamo_vla.fileio import write_json_atomic
+
+# bump when the statistics computation or the transforms it depends on change
+TRANSFORM_VERSION = "libero_standardize_v1/proprio_eef6_gripper2/q01q99_numpy_quantile"
+USER_CACHE = Path("~/.cache/stamo_vla/statistics").expanduser()
+
+
+def _block(x: np.ndarray, dim: int) -> dict:
+    if len(x) == 0:  # no labeled data: neutral numbers; min == max makes normalize() map every dim to 0
+        zeros = [0.0] * dim
+        return {"mean": zeros, "std": zeros, "max": zeros, "min": zeros, "q01": zeros, "q99": zeros}
+    x = x.astype(np.float64)
+    return {
+        "mean": x.mean(0).tolist(),
+        "std": x.std(0).tolist(),
+        "max": x.max(0).tolist(),
+        "min": x.min(0).tolist(),
+        "q01": np.quantile(x, 0.01, axis=0).tolist(),
+        "q99": np.quantile(x, 0.99, axis=0).tolist(),
+    }
+
+
+def statistics_from_arrays(actions: list[np.ndarray], states: list[np.ndarray]) -> dict:
+    """Statistics of one dataset from per-episode raw actions (T,7) and states (T,8) (NaN actions skipped)."""
+    labeled = [transforms.standardize_gripper(a) for a in actions if len(a) and not np.isnan(a).all()]
+    action = np.concatenate(labeled) if labeled else np.zeros((0, 7), np.float32)
+    proprio = (
+        np.concatenate([transforms.proprio_from_state(s) for s in states]) if states else np.zeros((0, 8))
+    )
+    return {
+        "action": {**_block(action, 7), "mask": list(ACTION_MASK)},
+        "proprio": _block(proprio, 8),
+        "num_transitions": int(sum(len(s) for s in states)),
+        "num_trajectories": len(states),
+    }
+
+
+def statistics_fingerprint(dataset_dir: str | os.PathLike) -> str:
+    """Fingerprint of the dataset files plus the transform settings the statistics depend on."""
+    return hashlib.sha256(f"{dataset_fingerprint(dataset_dir)}|{TRANSFORM_VERSION}".encode()).hexdigest()
+
+
+def _cache_candidates(dataset_dir: Path, fingerprint: str) -> list[Path]:
+    name = f"dataset_statistics_{fingerprint[:16]}.json"
+    return [dataset_dir / name, USER_CACHE / f"{dataset_dir.parent.name}_{dataset_dir.name}_{name}"]
+
+
+def compute_statistics(
+    data_root_dir: str | os.PathLike, dataset_name: str, use_cache: bool = True, num_parallel_reads: int = 1
+) -> dict:
+    """Return the statistics block of one dataset (see module docstring), from the cache when valid.
+
+    Args:
+        data_root_dir: folder containing ``<dataset_name>/<version>/``.
+        dataset_name: dataset to summarize.
+        use_cache: read/write the fingerprinted cache file.
+        num_parallel_reads: record files read in parallel.
+    """
+    dataset_dir = resolve_dataset_dir(data_root_dir, dataset_name)
+    fingerprint = statistics_fingerprint(dataset_dir)
+    candidates = _cache_candidates(dataset_dir, fingerprint)
+    if use_cache:
+        for path in candidates:
+            if path.is_file():
+                cached = json.loads(path.read_text())
+                if cached.get("fingerprint") == fingerprint:
+                    return cached["statistics"]
+    actions, states = [], []
+    for ep in iter_episodes(
+        data_root_dir, dataset_name, "train", load_images=False, num_parallel_reads=num_parallel_reads
+    ):
+        actions.append(ep["action"])
+        states.append(ep["state"])
+    stats = statistics_from_arrays(actions, states)
+    if use_cache:
+        for path in candidates:
+            try:
+                write_json_atomic(path, {"fingerprint": fingerprint, "statistics": stats})
+                break
+            except OSError:
+                continue  # read-only dataset directory: fall back to the user cache
+    return stats
+
+
+def save_dataset_statistics(statistics: dict[str, dict], path: str | os.PathLike) -> None:
+    """Write ``{dataset_name: block}`` as the upstream ``dataset_statistics.json`` (atomically)."""
+    write_json_atomic(path, statistics)
+
+
+def load_dataset_statistics(path: str | os.PathLike) -> dict[str, dict]:
+    """Read a ``dataset_statistics.json``; a clear error when it is missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"dataset statistics file '{path}' does not exist; create it with `stamo-vla stats`"
+        )
+    data = json.loads(path.read_text())
+    for name, block in data.items():
+        if not isinstance(block, dict) or "action" not in block:
+            raise ValueError(
+                f"'{path}': entry '{name}' has no 'action' statistics; expected the upstream format"
+            )
+    return data
+
+
+def main_stats(argv: list[str] | None = None) -> int:
+    """``stamo-vla stats``: compute and print / write ``dataset_statistics.json``."""
+    parser = argparse.ArgumentParser(prog="stamo-vla stats", description=__doc__.split("\n")[0])
+    parser.add_argument("--data-root-dir", required=True, help="folder containing <dataset_name>/<version>/")
+    parser.add_argument("--dataset-name", required=True, nargs="+", help="one or more dataset names")
+    parser.add_argument("--out", default=None, help="write dataset_statistics.json here (default: print it)")
+    parser.add_argument("--no-cache", action="store_true", help="recompute even when a valid cache exists")
+    args = parser.parse_args(argv)
+    stats = {
+        name: compute_statistics(args.data_root_dir, name, use_cache=not args.no_cache)
+        for name in args.dataset_name
+    }
+    if args.out:
+        save_dataset_statistics(stats, args.out)
+        print(f"wrote {args.out}")
+    else:
+        print(json.dumps(stats, indent=2))
+    return 0
+
+
+main = main_stats
