@@ -28,7 +28,6 @@ def standard_suites() -> tuple[str, ...]:
 class EvalConfig:
     """LIBERO evaluation (upstream OpenVLA protocol, batched over parallel env workers, resumable)."""
 
-    # --- what to evaluate ---
     # policy: "openvla" (our OpenVLA-compatible model, optionally + adapter) or "scripted" (privileged-state oracle)
     policy: str = "openvla"
     # model directory: a merged checkpoint, or the base model when adapter_dir is set (unused for "scripted")
@@ -48,7 +47,6 @@ class EvalConfig:
     # chunked policies: execute the first n of the K returned actions before querying again (None = all K)
     open_loop_steps: int | None = None
 
-    # --- the benchmark protocol ---
     # suites to run, in order: libero_spatial, libero_object, libero_goal, libero_10, libero_90
     suites: list[str] = dataclasses.field(default_factory=lambda: ["libero_spatial"])
     # subset of task ids, applied to every suite (None = all tasks of the suite)
@@ -61,12 +59,11 @@ class EvalConfig:
     num_steps_wait: int = 10
     # policy-step budget per episode; None = the suite's upstream value (220/280/300/520/400)
     max_steps: int | None = None
-    # 90%-area center crop of the policy image (upstream default: True, needed for random-crop-trained models)
+    # center crop keeping 90 percent of the policy image's area (upstream: True; for random-crop-trained models)
     center_crop: bool = True
     # camera resolution of the simulator before the 224 px resize (upstream: 256)
     env_resolution: int = 256
 
-    # --- execution ---
     # parallel simulator worker processes (one env each); episodes are batched across them
     num_workers: int = 1
     # rollout videos of the preprocessed 224 px frames: "all", "failures" or "none"

@@ -67,7 +67,9 @@ class VideoRecorder:
             imageio = require("imageio", "writing rollout videos")
             self.tmp_path.parent.mkdir(parents=True, exist_ok=True)
             # macro_block_size=1: 224 is not a multiple of 16; avoid imageio silently resizing the frames
-            self._writer = imageio.get_writer(self.tmp_path, fps=self.fps, macro_block_size=1)
+            self._writer = imageio.get_writer(
+                self.tmp_path, format="ffmpeg", fps=self.fps, macro_block_size=1
+            )
         out = side_by_side(frame, self._future) if self.with_future else frame
         self._writer.append_data(np.ascontiguousarray(out))
         self.frames += 1
@@ -93,4 +95,10 @@ class VideoRecorder:
 def read_video(path: str | os.PathLike) -> np.ndarray:
     """Decode an MP4 into (T, H, W, 3) uint8 (used by tests and notebooks)."""
     imageio = require("imageio", "reading rollout videos")
-    return np.stack(list(imageio.get_reader(path)))
+    # name the ffmpeg plugin: imageio otherwise may pick a plugin that reads MP4s as one huge image
+    frames = []
+    with imageio.get_reader(path, format="ffmpeg") as reader:
+        # iterate, not list(reader): the reader reports len() = inf and list() would preallocate for it
+        for frame in reader:
+            frames.append(frame)
+    return np.stack(frames)

@@ -258,3 +258,37 @@ def test_resume_refuses_a_different_protocol(tmp_path):
     # more trials with the same protocol extends the run
     summary, _ = _run(_cfg(tmp_path, name="r", num_trials_per_task=2, num_workers=1))
     assert summary["overall"]["episodes"] == 6
+
+
+class FuturePolicy(FakePolicy):
+    """Exposes the optional `future_frames` hook (a decoded predicted future state per row)."""
+
+    def future_frames(self):
+        return [np.full((64, 64, 3), 0.5, dtype=np.float32)] * self._last
+
+    def predict_batch(self, images, instructions, **obs):
+        self._last = len(images)
+        return super().predict_batch(images, instructions, **obs)
+
+
+def test_videos_failures_only_and_with_future_frames(tmp_path):
+    from stamo_vla.libero.videos import read_video
+
+    cfg = _cfg(tmp_path, name="vid", task_ids=[0], video="failures")
+    _run(cfg)
+    records = ResultsStore(cfg.output_dir).load()
+    failed = [r for r in records if not r.success]
+    assert len(failed) == 2 and all(r.video is None for r in records if r.success)
+    for r in failed:
+        frames = read_video(tmp_path / "vid" / r.video)
+        assert frames.shape == (r.steps, 224, 224, 3)  # one preprocessed frame per policy step
+        assert abs(float(frames.mean()) - 40) < 3  # the (flipped, resized) camera frame of that episode
+    assert sorted(p.name for p in (tmp_path / "vid" / "videos").iterdir()) == [SUITE]  # no temporaries left
+
+    cfg = _cfg(tmp_path, name="vid_all", task_ids=[0], video="all", num_trials_per_task=2)
+    _run(cfg, policy=FuturePolicy())
+    records = ResultsStore(cfg.output_dir).load()
+    assert len(records) == 2 and all(r.video and f"success={r.success}" in r.video for r in records)
+    frames = read_video(tmp_path / "vid_all" / records[0].video)
+    assert frames.shape[1:] == (224, 448, 3)
+    assert abs(float(frames[:, :, 224:].mean()) - 128) < 3  # the decoded future frame on the right

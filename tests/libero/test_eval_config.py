@@ -1,0 +1,128 @@
+"""EvalConfig validation, the CLI's error handling, unnorm_key resolution and headless-rendering guidance."""
+
+import sys
+import types
+
+import pytest
+
+from stamo_vla.configs import load_config, save_config
+from stamo_vla.libero.evaluation import RenderingError, evaluate, rendering_guard
+from stamo_vla.libero.evaluation_config import EvalConfig
+from stamo_vla.libero.evaluation_policies import load_adapter_into, resolve_unnorm_key
+
+
+def _load_script():
+    # the script lives outside the package; load it by path so the test works from any working directory
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "eval" / "run_libero_eval.py"
+    spec = importlib.util.spec_from_file_location("run_libero_eval_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SCRIPT = _load_script()
+main = SCRIPT.main
+
+SUITES = ["libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90"]
+
+
+def test_unknown_suite_lists_valid_ones():
+    with pytest.raises(ValueError, match=r"suites='libero_spatal' is not valid; allowed: \[") as info:
+        EvalConfig(policy="scripted", suites=["libero_spatal"])
+    assert all(s in str(info.value) for s in SUITES)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"policy": "diffusion"}, "policy='diffusion' is not valid"),
+        ({"video": "some"}, "video='some' is not valid; allowed: \\['all', 'failures', 'none'\\]"),
+        ({"quantization": "3bit"}, "quantization='3bit'"),
+        ({"num_trials_per_task": 51}, "ships 50 fixed initial states"),
+        ({"num_workers": 0}, "num_workers=0 must be >= 1"),
+        ({"open_loop_steps": 0}, "open_loop_steps=0"),
+        ({"task_ids": [-1]}, "task_ids=\\[-1\\]"),
+        ({"suites": ["libero_10", "libero_10"]}, "lists a suite twice"),
+        ({"adapter_dir": "x"}, "policy='scripted' takes no model options"),
+    ],
+)
+def test_bad_values_name_field_and_allowed_set(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        EvalConfig(**{"policy": "scripted", **kwargs})
+
+
+def test_defaults_follow_upstream_and_round_trip(tmp_path):
+    cfg = EvalConfig(checkpoint="ckpt")
+    assert (cfg.num_trials_per_task, cfg.seed, cfg.num_steps_wait, cfg.center_crop) == (50, 7, 10, True)
+    assert [cfg.max_steps_for(s) for s in SUITES] == [220, 280, 300, 520, 400]
+    assert EvalConfig(checkpoint="c", max_steps=5).max_steps_for("libero_10") == 5
+    custom = EvalConfig(checkpoint="c", suites=["libero_goal", "libero_10"], task_ids=[1, 3], max_steps=9)
+    save_config(custom, tmp_path / "c.yaml")
+    assert load_config(EvalConfig, tmp_path / "c.yaml") == custom
+
+
+def test_missing_checkpoint_is_a_clear_cli_error(tmp_path, capsys):
+    assert main(["--output_dir", str(tmp_path / "o")]) == 2
+    assert "checkpoint is empty" in capsys.readouterr().err
+    assert main(["--checkpoint", str(tmp_path / "nope"), "--output_dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "nope' is not a directory" in err and "Traceback" not in err
+
+
+def test_cli_unknown_suite(capsys):
+    assert main(["--policy", "scripted", "--suites", "[libero_spatal]"]) == 2
+    assert "allowed: ['libero_spatial'" in capsys.readouterr().err
+
+
+def test_unnorm_key_default_fallback_and_error():
+    assert resolve_unnorm_key(["libero_spatial", "bridge"], "libero_spatial") == "libero_spatial"
+    assert resolve_unnorm_key(["libero_spatial_no_noops"], "libero_spatial") == "libero_spatial_no_noops"
+    assert resolve_unnorm_key(["a", "b"], "libero_goal", requested="b") == "b"
+    with pytest.raises(ValueError, match="Available keys: \\['bridge_orig', 'libero_10_no_noops'\\]"):
+        resolve_unnorm_key(["libero_10_no_noops", "bridge_orig"], "libero_spatial")
+    with pytest.raises(ValueError, match="Did you mean 'libero_10_no_noops'"):
+        resolve_unnorm_key(["libero_10_no_noops"], "libero_10", requested="libero_10_no_noop")
+
+
+def test_missing_adapter_module_is_explained(monkeypatch):
+    monkeypatch.setitem(sys.modules, "stamo_vla.adapter", None)  # import fails as if not shipped
+    with pytest.raises(RuntimeError, match="stamo_vla.adapter.load_adapter is not available"):
+        load_adapter_into(object(), "some/adapter")
+
+
+def test_rendering_failures_become_guidance():
+    from stamo_vla.libero.workers import WorkerError
+
+    remote = WorkerError(0, None, "HeadlessRenderingError", "Traceback ...\nEGLError: eglInitialize failed")
+    guarded = rendering_guard(remote)
+    assert isinstance(guarded, RenderingError)
+    assert "MUJOCO_GL=egl" in str(guarded) and "libosmesa6" in str(guarded)
+    other = KeyError("agentview_image")
+    assert rendering_guard(other) is other
+
+
+def test_render_error_in_workers_reaches_the_cli_as_guidance(tmp_path, monkeypatch, capsys):
+    from stamo_vla.libero.env import HeadlessRenderingError
+
+    def broken_pool(num_workers):
+        raise HeadlessRenderingError(
+            "MuJoCo could not create an offscreen rendering context with MUJOCO_GL=egl"
+        )
+
+    catalog = types.SimpleNamespace(task_count=lambda s: 1, task_instruction=lambda s, t: "x")
+    cfg = EvalConfig(policy="scripted", num_trials_per_task=1, output_dir=str(tmp_path), progress=False)
+    with pytest.raises(RenderingError, match="PYOPENGL_PLATFORM"):
+        evaluate(cfg, pool_factory=broken_pool, catalog=catalog)
+
+    import stamo_vla.libero.evaluation as evaluation
+
+    monkeypatch.setattr(evaluation, "_default_pool_factory", lambda cfg: broken_pool)
+    monkeypatch.setattr(SCRIPT, "evaluate", lambda cfg: evaluate(cfg, catalog=catalog))
+    assert (
+        main(["--policy", "scripted", "--num_trials_per_task", "1", "--output_dir", str(tmp_path / "b")]) == 3
+    )
+    err = capsys.readouterr().err
+    assert "apt-get install libosmesa6" in err and "Traceback" not in err
