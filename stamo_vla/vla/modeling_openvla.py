@@ -1,0 +1,411 @@
+"""OpenVLA model: fused timm ViT featurizers -> GELU-MLP projector -> Llama, state-dict compatible upstream.
+
+LLM sequence layout: `[BOS, n_patches image tokens, rest of the text]`; so the logit at position
+`num_vision_tokens + j` predicts text token `j + 1`, and patch positions carry label -100.
+
+The multimodal embedding step (`embed_multimodal`) is separate from running the LLM (`run_language_model`)
+so variants (parallel decoding with 4-D masks, extra proprio tokens) can hook in at the `inputs_embeds`
+level without re-implementing the backbone.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from stamo_vla.keys import ATTENTION_MASK, IGNORE_INDEX, INPUT_IDS, LABELS, PIXEL_VALUES
+from stamo_vla.vla.configuration_openvla import OpenVLAConfig
+
+
+class LayerScale(nn.Module):
+    """timm LayerScale with its parameter named `scale_factor`, the name in the upstream checkpoints.
+
+    (Upstream renamed timm's `gamma` because old transformers rewrote `gamma` keys on load.)
+    """
+
+    def __init__(self, dim: int, init_values: float = 1e-5):
+        super().__init__()
+        self.scale_factor = nn.Parameter(init_values * torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale_factor
+
+
+def _use_scale_factor(model: nn.Module) -> None:
+    from timm.layers import LayerScale as TimmLayerScale
+
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, TimmLayerScale):
+                new = LayerScale(child.gamma.shape[0])
+                new.scale_factor.data.copy_(child.gamma.data)
+                setattr(parent, name, new)
+
+
+def build_featurizer(
+    timm_id: str, image_size: int, act_layer: str | None, overrides: dict | None
+) -> nn.Module:
+    """Build a timm ViT the way upstream does (random init, no head), plus test-size overrides."""
+    import timm
+
+    kwargs: dict[str, Any] = {
+        "pretrained": False,
+        "num_classes": 0,
+        "img_size": image_size,
+        "act_layer": act_layer,
+    }
+    kwargs.update(overrides or {})
+    vit = timm.create_model(timm_id, **kwargs)
+    _use_scale_factor(vit)
+    if len(vit.blocks) < 2:
+        raise ValueError(f"featurizer {timm_id}: needs at least 2 blocks, has {len(vit.blocks)}")
+    return vit
+
+
+def second_to_last_patches(vit: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Patch tokens after the second-to-last block: (B, n_patches, embed_dim), no prefix, no norm."""
+    (tokens,) = vit.forward_intermediates(
+        pixel_values.to(vit.patch_embed.proj.weight.dtype),
+        indices=[len(vit.blocks) - 2],
+        norm=False,
+        stop_early=True,  # the last block's output is never used upstream: skip computing it
+        intermediates_only=True,
+        output_fmt="NLC",
+    )
+    return tokens
+
+
+class OpenVLAVisionBackbone(nn.Module):
+    """One or two featurizers; fused: channels 0:3 -> `featurizer`, 3:6 -> `fused_featurizer`, concat dims."""
+
+    def __init__(self, config: OpenVLAConfig):
+        super().__init__()
+        overrides = config.timm_model_kwargs or [None] * len(config.timm_model_ids)
+        acts, size = config.timm_override_act_layers, config.image_sizes[0]
+        self.use_fused = bool(config.use_fused_vision_backbone)
+        self.featurizer = build_featurizer(config.timm_model_ids[0], size, acts[0], overrides[0])
+        if self.use_fused:
+            self.fused_featurizer = build_featurizer(config.timm_model_ids[1], size, acts[1], overrides[1])
+
+    @property
+    def embed_dim(self) -> int:
+        dim = self.featurizer.embed_dim
+        return dim + self.fused_featurizer.embed_dim if self.use_fused else dim
+
+    @property
+    def num_patches(self) -> int:
+        return self.featurizer.patch_embed.num_patches
+
+    @property
+    def in_channels(self) -> int:
+        return 6 if self.use_fused else 3
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if not self.use_fused:
+            return second_to_last_patches(self.featurizer, pixel_values)
+        img, img_fused = torch.split(pixel_values, [3, 3], dim=1)
+        patches = second_to_last_patches(self.featurizer, img)
+        return torch.cat([patches, second_to_last_patches(self.fused_featurizer, img_fused)], dim=2)
+
+
+class OpenVLAProjector(nn.Module):
+    """Fused: fc1 (v -> 4v), GELU, fc2 (4v -> llm), GELU, fc3 (llm -> llm); else fc1 (v -> llm), GELU, fc2."""
+
+    def __init__(self, fused: bool, vision_dim: int, llm_dim: int):
+        super().__init__()
+        self.fused = fused
+        if fused:
+            self.fc1 = nn.Linear(vision_dim, 4 * vision_dim)
+            self.fc2 = nn.Linear(4 * vision_dim, llm_dim)
+            self.fc3 = nn.Linear(llm_dim, llm_dim)
+        else:
+            self.fc1 = nn.Linear(vision_dim, llm_dim)
+            self.fc2 = nn.Linear(llm_dim, llm_dim)
+        self.act_fn1 = nn.GELU()
+        self.act_fn2 = nn.GELU()
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        x = self.fc2(self.act_fn1(self.fc1(patches)))
+        return self.fc3(self.act_fn2(x)) if self.fused else x
+
+
+@dataclass
+class OpenVLACausalLMOutput(ModelOutput):
+    """Output of `OpenVLAForActionPrediction.forward` (sequence axis includes the image tokens)."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    cache: Any = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    projector_features: torch.Tensor | None = None
+    labels: torch.Tensor | None = None  # labels aligned with the multimodal sequence (-100 on patches)
+
+
+@dataclass
+class MultimodalInputs:
+    """LLM inputs after inserting image tokens after BOS: everything is (B, n_patches + T, ...)."""
+
+    inputs_embeds: torch.Tensor
+    attention_mask: torch.Tensor | None
+    labels: torch.Tensor | None
+    projector_features: torch.Tensor
+
+
+class OpenVLAPreTrainedModel(PreTrainedModel):
+    config_class = OpenVLAConfig
+    config: OpenVLAConfig
+    base_model_prefix = "model"  # no such submodule: keys are loaded as-is, like upstream
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["OpenVLAProjector", "LlamaDecoderLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # timm already initialized the featurizers in their constructors (with their own schemes)
+        if isinstance(module, LayerScale):
+            return
+        if any(module is m for m in self._timm_modules()):
+            return
+        super()._init_weights(module)
+
+    def _timm_modules(self):
+        backbone = getattr(self, "vision_backbone", None)
+        return list(backbone.modules()) if backbone is not None else []
+
+
+class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
+    """OpenVLA policy: `vision_backbone`, `projector`, `language_model` (a transformers LlamaForCausalLM)."""
+
+    def __init__(self, config: OpenVLAConfig):
+        super().__init__(config)
+        self.vision_backbone = OpenVLAVisionBackbone(config)
+        self.projector = OpenVLAProjector(
+            bool(config.use_fused_vision_backbone),
+            self.vision_backbone.embed_dim,
+            config.text_config.hidden_size,
+        )
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
+        """Load an upstream-layout checkpoint directory (no `trust_remote_code`).
+
+        Checks the directory first and raises clear errors (missing directory / config / weights,
+        wrong model_type, missing or unexpected keys, shape mismatches). Extra keyword arguments over
+        transformers': `load_in_4bit`, `load_in_8bit` (bitsandbytes; CPU computes in fp32); placement of
+        quantized models goes through `device_map`. `attn_implementation` defaults to "sdpa";
+        "flash_attention_2" falls back to sdpa with a warning when unavailable. A
+        `dataset_statistics.json` beside the weights replaces `config.norm_stats`.
+        """
+        from stamo_vla.vla.loading import disable_unsupported_bnb_cpu_packing, prepare_load
+
+        directory, kwargs, stats = prepare_load(pretrained_model_name_or_path, kwargs)
+        model = super().from_pretrained(str(directory), *args, **kwargs)
+        if "quantization_config" in kwargs:
+            disable_unsupported_bnb_cpu_packing(model)
+        if stats:
+            model.norm_stats = stats
+        return model
+
+    # --- upstream-compatible accessors -------------------------------------------------------------------
+    @property
+    def num_vision_tokens(self) -> int:
+        """Tokens inserted after BOS (256 for 224px / patch 14)."""
+        return self.vision_backbone.num_patches
+
+    @property
+    def norm_stats(self) -> dict:
+        return self.config.norm_stats or {}
+
+    @norm_stats.setter
+    def norm_stats(self, value: dict) -> None:
+        self.config.norm_stats = value
+
+    @property
+    def action_vocab_size(self) -> int:
+        """Base vocab size the action bins count back from (32000 for openvla-7b)."""
+        return self.config.base_vocab_size
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def get_decoder(self) -> nn.Module:
+        return self.language_model.get_decoder()
+
+    # --- forward pieces -----------------------------------------------------------------------------------
+    def embed_multimodal(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> MultimodalInputs:
+        """Embed text, run vision backbone + projector, and insert the image tokens after BOS."""
+        self._check_pixels(pixel_values, input_ids.shape[0])
+        text = self.get_input_embeddings()(input_ids)
+        patches = self.vision_backbone(pixel_values)
+        projected = self.projector(patches).to(text.dtype)
+        embeds = torch.cat([text[:, :1], projected, text[:, 1:]], dim=1)
+        b, n = projected.shape[:2]
+        mask = None
+        if attention_mask is not None:
+            ones = attention_mask.new_ones(b, n)
+            mask = torch.cat([attention_mask[:, :1], ones, attention_mask[:, 1:]], dim=1)
+        mm_labels = None
+        if labels is not None:
+            ignore = labels.new_full((b, n), IGNORE_INDEX)
+            mm_labels = torch.cat([labels[:, :1], ignore, labels[:, 1:]], dim=1)
+        return MultimodalInputs(embeds, mask, mm_labels, projected)
+
+    def run_language_model(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs):
+        """Run the Llama LM on prepared embeddings (kwargs: position_ids, cache, use_cache, ...)."""
+        return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        cache: Any = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_projector_features: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> OpenVLACausalLMOutput:
+        """Multimodal causal-LM forward.
+
+        Args:
+            input_ids: (B, T) long, starting with BOS; right padding.
+            attention_mask: (B, T) bool/long.
+            pixel_values: (B, 6, H, W) float (3 channels per featurizer); None = text only.
+            labels: (B, T) long, -100 where not supervised.
+            inputs_embeds: precomputed multimodal embeddings (skips the vision path).
+            cache: a transformers Cache for incremental decoding (`past_key_values` is accepted too).
+            output_hidden_states: return all LLM hidden states (B, n_patches + T, D) each.
+
+        Returns:
+            `OpenVLACausalLMOutput` with `loss` = mean CE over supervised next tokens.
+        """
+        cache = kwargs.pop("past_key_values", cache)
+        use_cache = bool(use_cache) and not self.training
+        projector_features, mm_labels = None, labels
+        if inputs_embeds is None and pixel_values is not None and cache is None:
+            mm = self.embed_multimodal(input_ids, pixel_values, attention_mask, labels)
+            inputs_embeds, attention_mask, mm_labels = mm.inputs_embeds, mm.attention_mask, mm.labels
+            projector_features = mm.projector_features
+        elif inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        out = self.run_language_model(
+            inputs_embeds,
+            attention_mask,
+            cache=cache,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            **kwargs,
+        )
+        loss = causal_lm_loss(out.logits, mm_labels) if mm_labels is not None else None
+        return OpenVLACausalLMOutput(
+            loss=loss,
+            logits=out.logits,
+            cache=out.cache,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+            projector_features=projector_features,
+            labels=mm_labels,
+        )
+
+    def compute_loss(self, batch: dict, **forward_kwargs: Any) -> tuple[torch.Tensor, dict[str, float], Any]:
+        """CE loss on the supervised tokens plus upstream's finetune metrics.
+
+        Args:
+            batch: dict with PIXEL_VALUES, INPUT_IDS, ATTENTION_MASK, LABELS (see `stamo_vla.keys`).
+            forward_kwargs: passed to `forward` (e.g. `output_hidden_states=True`).
+
+        Returns:
+            (loss, metrics, outputs); metrics: `loss`, `loss_action` (CE over action tokens only),
+            `action_accuracy`, `action_l1` (normalized units), `num_action_tokens`.
+        """
+        from stamo_vla.vla.metrics import action_metrics
+
+        device = self.get_input_embeddings().weight.device
+        out = self(
+            input_ids=batch[INPUT_IDS].to(device),
+            attention_mask=batch[ATTENTION_MASK].to(device),
+            pixel_values=batch[PIXEL_VALUES].to(device),
+            labels=batch[LABELS].to(device),
+            **forward_kwargs,
+        )
+        metrics = action_metrics(
+            out.logits,
+            batch[LABELS].to(device),
+            self.num_vision_tokens,
+            self.action_vocab_size,
+            self.config.n_action_bins,
+        )
+        metrics["loss"] = float(out.loss.detach())
+        return out.loss, metrics, out
+
+    def predict_action(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        unnorm_key: str | None = None,
+        **kwargs: Any,
+    ) -> np.ndarray:
+        """Batched greedy decoding of one action per row, un-normalized with the BOUNDS_Q99 stats.
+
+        See `stamo_vla.vla.generation.predict_action` for the arguments.
+        """
+        from stamo_vla.vla.generation import predict_action
+
+        return predict_action(self, pixel_values, input_ids, attention_mask, unnorm_key=unnorm_key, **kwargs)
+
+    def _check_pixels(self, pixel_values: torch.Tensor, batch_size: int) -> None:
+        channels = self.vision_backbone.in_channels
+        size = tuple(self.config.image_sizes)
+        if (
+            pixel_values.ndim != 4
+            or pixel_values.shape[1] != channels
+            or tuple(pixel_values.shape[2:]) != size
+        ):
+            raise ValueError(
+                f"pixel_values: got shape {tuple(pixel_values.shape)}, expected (B, {channels}, {size[0]}, "
+                f"{size[1]}); build it with OpenVLAProcessor / OpenVLAImageProcessor."
+            )
+        if pixel_values.shape[0] != batch_size:
+            raise ValueError(
+                f"pixel_values has batch {pixel_values.shape[0]} but input_ids has {batch_size}."
+            )
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token CE over labels != -100 (0 with a graph when nothing is supervised)."""
+    shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+    shift_labels = labels[:, 1:].reshape(-1).to(logits.device)
+    count = (shift_labels != IGNORE_INDEX).sum()
+    total = nn.functional.cross_entropy(
+        shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    return total / count.clamp(min=1)
