@@ -173,12 +173,16 @@ def make_env(suite: str, task_id: int, resolution: int = DEFAULT_RESOLUTION, cam
         "camera_heights": resolution,
         "camera_widths": resolution,
     }
-    if not camera_obs:
-        kwargs.update(use_camera_obs=False, has_offscreen_renderer=False)
     try:
         from libero.libero.envs import OffScreenRenderEnv
+        from libero.libero.envs.env_wrapper import ControlEnv
 
-        env = OffScreenRenderEnv(**kwargs)
+        if camera_obs:
+            env = OffScreenRenderEnv(**kwargs)
+        else:
+            # OffScreenRenderEnv forces an offscreen GL context even without cameras; its base class
+            # with every renderer off is the same task and physics without any GL
+            env = ControlEnv(**kwargs, use_camera_obs=False, has_renderer=False, has_offscreen_renderer=False)
     except (ImportError, RuntimeError, OSError, AttributeError) as err:
         friendly = rendering_error(err, backend) if camera_obs else None
         if friendly is not None:
