@@ -1,0 +1,100 @@
+"""Loading our OpenVLA-compatible policy (optionally + StaMo/LoRA adapter) for LIBERO evaluation."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from stamo_vla.libero.evaluation_policies import load_adapter_into, resolve_unnorm_key
+
+if TYPE_CHECKING:
+    from stamo_vla.libero.evaluation_config import EvalConfig
+
+
+class SuiteKeyedPolicy:
+    """A dataset-convention policy whose un-normalization key follows the suite being evaluated.
+
+    Upstream evaluates one suite per process with ``unnorm_key = suite`` (or ``<suite>_no_noops``); a
+    multi-suite run switches the key with `set_suite` before each suite's episodes.
+
+    Args:
+        policy: an ``OpenVLAPolicy``-like object with ``predict_batch``, ``action_chunk``, ``unnorm_key``
+            and ``model.norm_stats``.
+        requested_key: ``EvalConfig.unnorm_key`` (None = per-suite default with the upstream fallback).
+    """
+
+    def __init__(self, policy: Any, requested_key: str | None = None) -> None:
+        self.policy = policy
+        self.requested_key = requested_key
+        self.action_chunk = int(getattr(policy, "action_chunk", 1))
+        if callable(getattr(policy, "future_frames", None)):
+            self.future_frames = policy.future_frames
+
+    def unnorm_key_for(self, suite: str) -> str:
+        """The statistics key used for `suite` (raises with the available keys when there is none)."""
+        return resolve_unnorm_key(self.policy.model.norm_stats, suite, self.requested_key)
+
+    def set_suite(self, suite: str) -> None:
+        """Un-normalize with `suite`'s statistics from now on."""
+        self.policy.unnorm_key = self.unnorm_key_for(suite)
+
+    def predict_batch(self, images: list[np.ndarray], instructions: list[str], **obs: Any) -> np.ndarray:
+        """(B, K, 7) dataset-convention actions from the wrapped policy."""
+        return self.policy.predict_batch(images, instructions, **obs)
+
+
+def _device(cfg: EvalConfig, device_index: int) -> str:
+    import torch
+
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but CUDA is not available; use --device auto or --device cpu")
+    if cfg.device == "cpu" or not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{device_index % max(1, torch.cuda.device_count())}"
+
+
+def _dtype(cfg: EvalConfig, device: str) -> str:
+    if cfg.dtype != "auto":
+        return cfg.dtype
+    return "bfloat16" if device.startswith("cuda") else "float32"
+
+
+def build_openvla_policy(cfg: EvalConfig, device_index: int = 0) -> SuiteKeyedPolicy:
+    """Load ``cfg.checkpoint`` (+ ``cfg.adapter_dir``) as a batched policy and validate its statistics keys.
+
+    Every suite's ``unnorm_key`` is resolved here, before any simulator starts, so a checkpoint without
+    the statistics fails in seconds with the list of keys it does have.
+
+    Args:
+        cfg: evaluation config (checkpoint, adapter_dir, dtype, quantization, attention, device, unnorm_key).
+        device_index: CUDA device of this rank (``LOCAL_RANK`` under torchrun).
+    """
+    import torch
+
+    from stamo_vla.vla.modeling_openvla import OpenVLAForActionPrediction
+    from stamo_vla.vla.policy import OpenVLAPolicy
+    from stamo_vla.vla.processing_openvla import OpenVLAProcessor
+
+    device = _device(cfg, device_index)
+    kwargs: dict[str, Any] = {
+        "attn_implementation": cfg.attn_implementation,
+        "dtype": getattr(torch, _dtype(cfg, device)),
+    }
+    if cfg.quantization != "none":
+        # bitsandbytes models are placed at load time; `.to()` is refused for them (openvla #145, #287)
+        kwargs.update(load_in_4bit=cfg.quantization == "4bit", load_in_8bit=cfg.quantization == "8bit")
+        kwargs["device_map"] = {"": device}
+    model = OpenVLAForActionPrediction.from_pretrained(cfg.checkpoint, **kwargs)
+    if cfg.quantization == "none":
+        model = model.to(device)
+    if cfg.adapter_dir is not None:
+        # the adapter's LoRA acts inside the base model's modules; its dataset_statistics.json replaces
+        # the base model's statistics; the future-state head is not needed to act
+        model = load_adapter_into(model, cfg.adapter_dir).vla
+    processor = OpenVLAProcessor.from_pretrained(cfg.checkpoint)
+    first = resolve_unnorm_key(model.norm_stats, cfg.suites[0], cfg.unnorm_key)
+    policy = SuiteKeyedPolicy(OpenVLAPolicy(model, processor, unnorm_key=first), cfg.unnorm_key)
+    for suite in cfg.suites:
+        policy.unnorm_key_for(suite)
+    return policy

@@ -1,0 +1,127 @@
+"""The tiny random-init VLA through the evaluation harness (fake env pool): loading, batching, statistics keys."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from stamo_vla.libero.evaluation import evaluate
+from stamo_vla.libero.evaluation_config import EvalConfig
+from stamo_vla.libero.evaluation_vla import build_openvla_policy
+from stamo_vla.libero.results import ResultsStore
+
+pytest.importorskip("timm")
+
+from test_eval_harness import CATALOG, FakePool  # noqa: E402  (tests/libero is on sys.path under pytest)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    from stamo_vla.vla.tiny import build_tiny
+
+    path = tmp_path_factory.mktemp("tiny_vla")
+    build_tiny(save_dir=path)
+    stats = json.loads((path / "dataset_statistics.json").read_text())
+    # name the statistics like the released LIBERO fine-tunes: the suite key is absent, <suite>_no_noops exists
+    (path / "dataset_statistics.json").write_text(
+        json.dumps({"libero_spatial_no_noops": stats["tiny_dataset"]})
+    )
+    return path
+
+
+class CountingPolicy:
+    def __init__(self, inner):
+        self.inner, self.batch_sizes = inner, []
+        self.action_chunk = inner.action_chunk
+
+    def predict_batch(self, images, instructions, **obs):
+        self.batch_sizes.append(len(images))
+        return self.inner.predict_batch(images, instructions, **obs)
+
+
+def test_tiny_vla_runs_batched_and_writes_results(tiny_checkpoint, tmp_path):
+    cfg = EvalConfig(
+        checkpoint=str(tiny_checkpoint),
+        suites=["libero_spatial"],
+        task_ids=[0],
+        num_trials_per_task=2,
+        max_steps=3,
+        num_steps_wait=1,
+        num_workers=2,
+        video="none",
+        progress=False,
+        output_dir=str(tmp_path / "out"),
+    )
+    policy = CountingPolicy(build_openvla_policy(cfg))
+    assert policy.inner.policy.unnorm_key == "libero_spatial_no_noops"  # upstream's fallback
+    pool = FakePool(2)
+    summary = evaluate(cfg, pool_factory=lambda n: pool, policy=policy, catalog=CATALOG)
+    # one policy call per step on the batch of both live episodes
+    assert policy.batch_sizes == [2, 2, 2]
+    assert summary["overall"]["episodes"] == 2
+    assert all(r.steps == 3 for r in ResultsStore(cfg.output_dir).load())
+    # actions reaching the env: gripper binarized and flipped to {-1, +1}, arm within the statistics' range
+    acted = np.stack([a for _, t, a in pool.received if t >= 1])
+    assert set(np.unique(acted[:, 6])) <= {-1.0, 1.0}
+    assert np.all(np.abs(acted[:, :6]) <= 2.0)
+
+
+def test_statistics_without_the_suite_key_list_available_keys(tiny_checkpoint, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    stats = json.loads((ckpt / "dataset_statistics.json").read_text())
+    (ckpt / "dataset_statistics.json").write_text(
+        json.dumps({"bridge_orig": stats["libero_spatial_no_noops"]})
+    )
+    cfg = EvalConfig(checkpoint=str(ckpt), suites=["libero_spatial"], output_dir=str(tmp_path / "o"))
+    with pytest.raises(
+        ValueError,
+        match=r"\['libero_spatial', 'libero_spatial_no_noops'\].*Available keys: \['bridge_orig'\]",
+    ):
+        build_openvla_policy(cfg)
+    # an explicit key works; a multi-suite run checks every suite's key up front
+    assert (
+        build_openvla_policy(EvalConfig(checkpoint=str(ckpt), unnorm_key="bridge_orig")).policy.unnorm_key
+        == "bridge_orig"
+    )
+    with pytest.raises(ValueError, match="libero_object"):
+        build_openvla_policy(
+            EvalConfig(checkpoint=str(tiny_checkpoint), suites=["libero_spatial", "libero_object"])
+        )
+
+
+@pytest.mark.slow
+def test_adapter_dir_is_loaded_on_the_base(tiny_checkpoint, tmp_path):
+    import torch
+
+    from stamo_vla.adapter import StaMoAdapterConfig, attach, save_adapter
+    from stamo_vla.vla.modeling_openvla import OpenVLAForActionPrediction
+    from stamo_vla.vla.policy import OpenVLAPolicy
+    from stamo_vla.vla.processing_openvla import OpenVLAProcessor
+
+    base = OpenVLAForActionPrediction.from_pretrained(tiny_checkpoint)
+    stats = dict(base.norm_stats)
+    adapted = attach(base, StaMoAdapterConfig(target="none", lora_rank=4))
+    with torch.no_grad():  # LoRA B starts at zero; make the adapter change the actions
+        for name, p in adapted.vla.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.5)
+    # the adapter carries its own statistics, under the suite's own name
+    adapter_stats = {"libero_spatial": stats["libero_spatial_no_noops"]}
+    save_adapter(adapted, tmp_path / "adapter", dataset_statistics=adapter_stats)
+    base.norm_stats = adapter_stats
+
+    images = [np.random.default_rng(i).integers(0, 256, (224, 224, 3), dtype=np.uint8) for i in range(2)]
+    texts = ["put the bowl on the plate", "open the drawer"]
+    cfg = EvalConfig(
+        checkpoint=str(tiny_checkpoint), adapter_dir=str(tmp_path / "adapter"), output_dir=str(tmp_path)
+    )
+    with_adapter = build_openvla_policy(cfg)
+    assert with_adapter.policy.unnorm_key == "libero_spatial"
+    expected = OpenVLAPolicy(adapted.vla, OpenVLAProcessor.from_pretrained(tiny_checkpoint), "libero_spatial")
+    np.testing.assert_allclose(
+        with_adapter.predict_batch(images, texts), expected.predict_batch(images, texts)
+    )
+    plain = build_openvla_policy(EvalConfig(checkpoint=str(tiny_checkpoint), output_dir=str(tmp_path)))
+    assert not np.allclose(plain.predict_batch(images, texts), with_adapter.predict_batch(images, texts))
