@@ -54,7 +54,7 @@ def decode_frame(jpeg: bytes, size: int) -> np.ndarray:
     img = Image.open(io.BytesIO(jpeg)).convert("RGB")
     if img.size != (size, size):
         img = img.resize((size, size), Image.LANCZOS)
-    return np.asarray(img, dtype=np.uint8)
+    return np.array(img, dtype=np.uint8)  # a writable copy: torch warns on read-only arrays
 
 
 class _Episode:

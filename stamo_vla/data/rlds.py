@@ -112,12 +112,12 @@ def dataset_fingerprint(dataset_dir: str | os.PathLike) -> str:
 def _feature_paths(feature, prefix: str = "") -> dict[str, object]:
     """Flatten a tfds FeaturesDict (descending into nested `Dataset`s) to {"a/b/c": leaf feature}."""
     inner = getattr(feature, "feature", None)  # tfds.features.Dataset / Sequence wrap one feature
-    if hasattr(feature, "keys") and callable(feature.keys):
+    if hasattr(feature, "items") and callable(feature.items):
         out: dict[str, object] = {}
-        for key in feature.keys():
-            out.update(_feature_paths(feature[key], f"{prefix}{key}/"))
+        for key, sub in feature.items():
+            out.update(_feature_paths(sub, f"{prefix}{key}/"))
         return out
-    if inner is not None and hasattr(inner, "keys"):
+    if inner is not None and hasattr(inner, "items"):
         return _feature_paths(inner, prefix)
     return {prefix.rstrip("/"): feature}
 
