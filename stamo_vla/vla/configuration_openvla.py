@@ -14,6 +14,7 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 # Llama hyper-parameters the upstream checkpoints rely on when `text_config` omits them (reference §2.1).
+# (num_key_value_heads and head_dim are left out: Llama derives them from num_attention_heads / hidden_size)
 OPENVLA_LLAMA_DEFAULTS: dict[str, Any] = {
     "model_type": "llama",
     "vocab_size": 32064,
@@ -21,7 +22,6 @@ OPENVLA_LLAMA_DEFAULTS: dict[str, Any] = {
     "intermediate_size": 11008,
     "num_hidden_layers": 32,
     "num_attention_heads": 32,
-    "num_key_value_heads": 32,
     "hidden_act": "silu",
     "max_position_embeddings": 2048,
     "rms_norm_eps": 1e-6,

@@ -210,12 +210,13 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
         from stamo_vla.vla.loading import disable_unsupported_bnb_cpu_packing, prepare_load
 
         directory, kwargs, stats = prepare_load(pretrained_model_name_or_path, kwargs)
-        model = super().from_pretrained(str(directory), *args, **kwargs)
+        loaded = super().from_pretrained(str(directory), *args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True
         if "quantization_config" in kwargs:
             disable_unsupported_bnb_cpu_packing(model)
         if stats:
             model.norm_stats = stats
-        return model
+        return loaded
 
     # --- upstream-compatible accessors -------------------------------------------------------------------
     @property

@@ -28,7 +28,10 @@ def test_decode_table(llama_tokenizer):
     assert decoded[3] == centers[127]
     assert centers.shape == (255,)
     # non-action ids are clipped onto the end bins, like upstream
-    assert llama_tokenizer.decode_token_ids_to_actions(np.array([5, 32010])).tolist() == [centers[254], centers[0]]
+    assert llama_tokenizer.decode_token_ids_to_actions(np.array([5, 32010])).tolist() == [
+        centers[254],
+        centers[0],
+    ]
 
 
 def test_round_trip_within_one_bin(llama_tokenizer):

@@ -21,11 +21,18 @@ UPSTREAM_CONFIG = {
     "llm_max_length": 2048,
     "model_type": "openvla",
     "n_action_bins": 256,
-    "norm_stats": {"bridge_orig": {"action": {"q01": [0.0] * 7, "q99": [1.0] * 7, "mask": [True] * 6 + [False]}}},
+    "norm_stats": {
+        "bridge_orig": {"action": {"q01": [0.0] * 7, "q99": [1.0] * 7, "mask": [True] * 6 + [False]}}
+    },
     "output_projector_states": False,
     "pad_to_multiple_of": 64,
     "pad_token_id": 32000,
-    "text_config": {"model_type": "llama", "pad_token_id": 32000, "torch_dtype": "bfloat16", "vocab_size": 32064},
+    "text_config": {
+        "model_type": "llama",
+        "pad_token_id": 32000,
+        "torch_dtype": "bfloat16",
+        "vocab_size": 32064,
+    },
     "timm_model_ids": ["vit_large_patch14_reg4_dinov2.lvd142m", "vit_so400m_patch14_siglip_224"],
     "timm_override_act_layers": [None, None],
     "torch_dtype": "bfloat16",
