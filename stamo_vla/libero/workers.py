@@ -104,8 +104,16 @@ def _assert_no_tensorflow() -> None:
 class _Worker:
     """State that lives inside the worker process."""
 
-    def __init__(self, resolution: int, scripted: bool, camera_obs: bool, env_module: str):
+    def __init__(
+        self,
+        resolution: int,
+        scripted: bool,
+        camera_obs: bool,
+        env_module: str,
+        controller_config: dict | None,
+    ):
         self.resolution, self.scripted, self.camera_obs = resolution, scripted, camera_obs
+        self.controller_config = controller_config or {}
         self.backend = importlib.import_module(env_module)
         self.env: Any = None
         self.task: tuple[str, int] | None = None
@@ -128,9 +136,10 @@ class _Worker:
         self.env.reset()
         obs = self.env.set_init_state(np.asarray(states[spec.init_index]))
         if self.scripted:
-            from stamo_vla.libero.scripted import ScriptedController
+            from stamo_vla.libero.scripted import ScriptedController, ScriptedControllerConfig
 
-            self.controller = ScriptedController(self.env, seed=spec.noise_seed)
+            config = ScriptedControllerConfig(**self.controller_config)
+            self.controller = ScriptedController(self.env, seed=spec.noise_seed, config=config)
         return obs
 
     def step(self, action) -> tuple[dict, float, bool, dict]:
@@ -154,9 +163,11 @@ class _Worker:
         self.env, self.task, self.controller = None, None, None
 
 
-def _worker_main(conn, resolution: int, scripted: bool, camera_obs: bool, env_module: str) -> None:
+def _worker_main(
+    conn, resolution: int, scripted: bool, camera_obs: bool, env_module: str, controller_config: dict | None
+) -> None:
     _assert_no_tensorflow()
-    worker = _Worker(resolution, scripted, camera_obs, env_module)
+    worker = _Worker(resolution, scripted, camera_obs, env_module, controller_config)
     handlers = {
         "reset": worker.reset,
         "step": worker.step,
@@ -196,6 +207,7 @@ class EnvWorkerPool:
         env_module: module providing ``make_env`` and ``init_states`` (tests pass a fake).
         timeout_s: a worker silent for longer than this during one command is killed and reported as
             crashed; None waits forever.
+        controller_config: keyword arguments of ``ScriptedControllerConfig`` (e.g. ``{"noise_std": 0.0}``).
     """
 
     def __init__(
@@ -206,6 +218,7 @@ class EnvWorkerPool:
         camera_obs: bool = True,
         env_module: str = DEFAULT_ENV_MODULE,
         timeout_s: float | None = None,
+        controller_config: dict | None = None,
     ):
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
             raise ValueError(f"num_workers={num_workers!r} must be a positive int")
@@ -213,8 +226,15 @@ class EnvWorkerPool:
             raise ValueError(f"resolution={resolution!r} must be a positive int (upstream uses 256)")
         if timeout_s is not None and timeout_s <= 0:
             raise ValueError(f"timeout_s={timeout_s!r} must be positive or None")
+        if controller_config:  # fail here, not inside every worker
+            from stamo_vla.libero.scripted import ScriptedControllerConfig
+
+            try:
+                ScriptedControllerConfig(**controller_config)
+            except TypeError as err:
+                raise ValueError(f"controller_config={controller_config!r}: {err}") from err
         self._ctx = mp.get_context("spawn")
-        self._args = (resolution, scripted, camera_obs, env_module)
+        self._args = (resolution, scripted, camera_obs, env_module, dict(controller_config or {}))
         self.scripted = scripted
         self.timeout_s = timeout_s
         self._procs: list[Any] = [None] * num_workers
@@ -350,7 +370,12 @@ class EnvWorkerPool:
                 raise ValueError(f"reset needs EpisodeSpec values; slot {slot} got {type(spec).__name__}")
         for slot in specs:
             self._specs[self._check_slot(slot)] = None
-        out = self._call({slot: ("reset", (spec,)) for slot, spec in specs.items()})
+        try:
+            out = self._call({slot: ("reset", (spec,)) for slot, spec in specs.items()})
+        except WorkerCrashed as err:
+            for slot in err.completed:  # the healthy slots did reset
+                self._specs[slot] = specs[slot]
+            raise
         for slot, spec in specs.items():
             self._specs[slot] = spec
         return out
