@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from stamo_vla.data.augment import ImageAugConfig
 
@@ -52,8 +53,12 @@ class DataConfig:
     seed: int = 7
     # existing dataset_statistics.json to normalize with (None = compute, cached by fingerprint)
     statistics_path: str | None = None
-    # StaMo target cache directory written by `stamo-vla cache-targets` (None = no STATE / FUTURE_STATE)
-    target_cache_dir: str | None = None
+    # attach STATE / FUTURE_STATE from StaMo target caches written by `stamo-vla cache-targets`
+    use_target_cache: bool = False
+    # folder holding one cache per dataset, <root>/<dataset_name>/ (None = <data_root_dir>/<dataset_name>/stamo_targets)
+    target_cache_root: str | None = None
+    # StaMo encoder fingerprint the caches must have been built with (None = accept the caches' own)
+    target_encoder_fingerprint: str | None = None
 
     def __post_init__(self) -> None:
         if not self.dataset_names:
@@ -79,6 +84,12 @@ class DataConfig:
     def tfds_split(self) -> str:
         """The tfds split string of `split` (e.g. ``"train[:95%]"``)."""
         return SPLITS[self.split].format(p=self.train_percent)
+
+    def target_cache_dir(self, dataset_name: str) -> str:
+        """Where the StaMo target cache of `dataset_name` is expected."""
+        if self.target_cache_root:
+            return os.path.join(self.target_cache_root, dataset_name)
+        return os.path.join(self.data_root_dir, dataset_name, "stamo_targets")
 
     @property
     def normalized_weights(self) -> list[float]:

@@ -106,10 +106,15 @@ class RLDSFrameDataset(IterableDataset):
         self.rank, self.world_size = resolve_rank(rank, world_size)
         self.augment = cfg.image_aug and cfg.split == "train"
         self.target_cache = None
-        if cfg.target_cache_dir:
+        if cfg.use_target_cache:
             from stamo_vla.data.target_cache import TargetCache
 
-            self.target_cache = TargetCache.open(cfg.target_cache_dir, cfg.data_root_dir, dataset_name)
+            self.target_cache = TargetCache.open(
+                cfg.target_cache_dir(dataset_name),
+                cfg.data_root_dir,
+                dataset_name,
+                cfg.target_encoder_fingerprint,
+            )
 
     def shard(self) -> tuple[int, int]:
         """(index, count) of the episode block this rank + DataLoader worker reads."""

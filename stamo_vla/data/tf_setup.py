@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 from types import ModuleType
 
 _CONFIGURED = False
@@ -20,9 +22,14 @@ def import_tfds(purpose: str, threads: int | None = None) -> tuple[ModuleType, M
         threads: intra/inter-op thread cap (None leaves TF's default: one per core).
     """
     global _CONFIGURED
-    from stamo_vla.optional import require
+    from stamo_vla.optional import is_available, require
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "tensorflow" not in sys.modules and is_available("triton"):
+        # triton's native library segfaults when it is loaded *after* tensorflow (conflicting bundled LLVM
+        # symbols; seen with tensorflow-cpu 2.21 + triton 3.8), and torch._dynamo / transformers load it
+        # lazily. Loading it first makes both orders safe for the rest of the process.
+        importlib.import_module("triton")
     tf = require("tensorflow", purpose)
     tfds = require("tensorflow_datasets", purpose)
     if not _CONFIGURED:

@@ -150,3 +150,27 @@ def test_fingerprint_changes_with_contents(data_root, tmp_path):
     rec.write_bytes(rec.read_bytes() + b"x")
     assert rlds.dataset_fingerprint(copy) != before
     assert NUM_EPISODES == 20
+
+
+@pytest.mark.slow
+def test_tensorflow_then_torch_dynamo_does_not_crash():
+    """triton (loaded by torch._dynamo / transformers) segfaults when loaded after TF; import_tfds guards it."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from stamo_vla.data.tf_setup import import_tfds\n"
+        "tf, _ = import_tfds('test')\n"
+        "import torch._dynamo\n"
+        "print(float(tf.reduce_sum(tf.ones(3))))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "3.0"

@@ -1,0 +1,250 @@
+"""StaMo target cache: encode every frame once with a frozen StaMo encoder, so fine-tuning runs no encoder.
+
+Layout of one dataset's cache directory::
+
+    manifest.json                     encoder + dataset fingerprints, N, D, image source, format version
+    episodes/<key>.safetensors        "states": (T, N, D) float32 for the episode's primary-camera frames;
+                                      metadata file_path and num_steps (key = sha1(file_path)[:16])
+
+Frames are the stored 256x256 upright primary-camera images, un-augmented, as float [0, 1] (the encoder resizes
+and normalizes internally). Shards are written atomically one episode at a time, so an interrupted run resumes
+where it stopped; an existing shard is reused only when the manifest's fingerprints match.
+
+A cache is refused (with what differs and the command to rebuild it) when its encoder fingerprint differs from
+the expected one or its dataset fingerprint differs from the dataset on disk (the dataset was rebuilt).
+
+Command line::
+
+    stamo-vla cache-targets --data-root-dir D --dataset-name N --stamo CKPT [--out DIR] [--batch-size 32]
+
+Default ``--out``: ``<data_root_dir>/<dataset_name>/stamo_targets`` (`default_cache_dir`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from stamo_vla.data.rlds import dataset_fingerprint, resolve_dataset_dir
+from stamo_vla.fileio import atomic_path, write_json_atomic
+
+FORMAT_VERSION = 1
+IMAGE_SOURCE = "steps/observation/image (stored frame, upright, un-augmented, float [0, 1])"
+
+
+class StaleTargetCacheError(ValueError):
+    """The cache was built with another encoder or from another version of the dataset."""
+
+
+def default_cache_dir(data_root_dir: str | os.PathLike, dataset_name: str) -> Path:
+    """Where `cache-targets` writes by default and where `DataConfig` looks when no root is given."""
+    return Path(data_root_dir) / dataset_name / "stamo_targets"
+
+
+def episode_key(file_path: str) -> str:
+    return hashlib.sha1(file_path.encode()).hexdigest()[:16]
+
+
+def _rebuild_hint(cache_dir: Path, data_root_dir, dataset_name: str) -> str:
+    return (
+        f"Rebuild it with: stamo-vla cache-targets --data-root-dir {data_root_dir} --dataset-name {dataset_name} "
+        f"--stamo <encoder checkpoint> --out {cache_dir} --overwrite"
+    )
+
+
+def _check_manifest(
+    manifest: dict, expected: dict, cache_dir: Path, data_root_dir, dataset_name: str
+) -> None:
+    diffs = [
+        f"{key}: cache has {manifest.get(key)!r}, expected {value!r}"
+        for key, value in expected.items()
+        if value is not None and manifest.get(key) != value
+    ]
+    if diffs:
+        raise StaleTargetCacheError(
+            f"StaMo target cache '{cache_dir}' does not match: "
+            + "; ".join(diffs)
+            + ". "
+            + _rebuild_hint(cache_dir, data_root_dir, dataset_name)
+        )
+
+
+class TargetCache:
+    """Read side of a target cache: per-episode (T, N, D) states, after fingerprint checks."""
+
+    def __init__(self, cache_dir: Path, manifest: dict) -> None:
+        self.cache_dir, self.manifest = cache_dir, manifest
+
+    @classmethod
+    def open(
+        cls,
+        cache_dir: str | os.PathLike,
+        data_root_dir: str | os.PathLike,
+        dataset_name: str,
+        encoder_fingerprint: str | None = None,
+    ) -> TargetCache:
+        """Open a cache and check it against the dataset on disk (and the encoder, when given).
+
+        Raises:
+            FileNotFoundError: no cache there (with the command that builds it).
+            StaleTargetCacheError: fingerprints differ (what differs, how to rebuild).
+        """
+        cache_dir = Path(cache_dir)
+        manifest_path = cache_dir / "manifest.json"
+        if not manifest_path.is_file():
+            raise FileNotFoundError(
+                f"no StaMo target cache at '{cache_dir}' (manifest.json missing). "
+                + _rebuild_hint(cache_dir, data_root_dir, dataset_name).replace("Rebuild it", "Build it")
+            )
+        manifest = json.loads(manifest_path.read_text())
+        expected = {
+            "format_version": FORMAT_VERSION,
+            "dataset_name": dataset_name,
+            "dataset_fingerprint": dataset_fingerprint(resolve_dataset_dir(data_root_dir, dataset_name)),
+            "encoder_fingerprint": encoder_fingerprint,
+        }
+        _check_manifest(manifest, expected, cache_dir, data_root_dir, dataset_name)
+        return cls(cache_dir, manifest)
+
+    def shard_path(self, file_path: str) -> Path:
+        return self.cache_dir / "episodes" / f"{episode_key(file_path)}.safetensors"
+
+    def load_episode(self, file_path: str, num_steps: int) -> np.ndarray:
+        """(T, N, D) float32 states of one episode; a clear error when the cache is incomplete."""
+        from safetensors import safe_open
+
+        path = self.shard_path(file_path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"StaMo target cache '{self.cache_dir}' has no entry for episode '{file_path}' (the cache run "
+                "did not finish). Rerun the same `stamo-vla cache-targets` command: it resumes."
+            )
+        with safe_open(str(path), framework="numpy") as f:
+            states = f.get_tensor("states")
+        if len(states) != num_steps:
+            raise StaleTargetCacheError(
+                f"cache entry {path} has {len(states)} steps but episode '{file_path}' has {num_steps}; "
+                "the cache does not belong to this dataset. Rebuild it with --overwrite."
+            )
+        return states
+
+
+def _frames_to_pixels(jpegs: list[bytes]):
+    """JPEG frames at their stored size -> (B, 3, H, W) float in [0, 1]."""
+    import torch
+    from PIL import Image
+
+    frames = np.stack([np.array(Image.open(io.BytesIO(j)).convert("RGB")) for j in jpegs])
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def build_target_cache(
+    data_root_dir: str | os.PathLike,
+    dataset_name: str,
+    encoder,
+    out_dir: str | os.PathLike | None = None,
+    batch_size: int = 32,
+    overwrite: bool = False,
+    device: str = "cpu",
+) -> Path:
+    """Encode every primary-camera frame of a dataset once; resumable, fingerprinted.
+
+    Args:
+        data_root_dir: folder containing ``<dataset_name>/<version>/``.
+        dataset_name: dataset to encode (all episodes, all splits).
+        encoder: a `stamo_vla.stamo.StaMoEncoder` (frozen; put in eval mode here).
+        out_dir: cache directory (default `default_cache_dir`).
+        batch_size: frames per encoder call.
+        overwrite: start over when an existing cache does not match instead of refusing.
+        device: torch device for the encoder.
+
+    Returns:
+        The cache directory.
+    """
+    import shutil
+
+    import torch
+    from safetensors.numpy import save_file
+
+    from stamo_vla.data.rlds import iter_episodes
+    from stamo_vla.stamo import fingerprint
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    out = Path(out_dir) if out_dir else default_cache_dir(data_root_dir, dataset_name)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "dataset_name": dataset_name,
+        "dataset_fingerprint": dataset_fingerprint(resolve_dataset_dir(data_root_dir, dataset_name)),
+        "encoder_fingerprint": fingerprint(encoder),
+        "num_state_tokens": int(encoder.config.num_state_tokens),
+        "state_dim": int(encoder.config.state_dim),
+        "image_source": IMAGE_SOURCE,
+    }
+    if (out / "manifest.json").is_file():
+        existing = json.loads((out / "manifest.json").read_text())
+        if existing != manifest:
+            if not overwrite:
+                _check_manifest(existing, manifest, out, data_root_dir, dataset_name)
+            shutil.rmtree(out)
+    write_json_atomic(out / "manifest.json", manifest)
+    cache = TargetCache(out, manifest)
+    encoder = encoder.to(device).eval().requires_grad_(False)
+    for ep in iter_episodes(data_root_dir, dataset_name, "train", decode_images=False):
+        path = cache.shard_path(ep["file_path"])
+        if path.is_file():
+            continue  # finished by an earlier (interrupted) run
+        states = []
+        with torch.no_grad():
+            for i in range(0, len(ep["image"]), batch_size):
+                pixels = _frames_to_pixels(ep["image"][i : i + batch_size]).to(device)
+                states.append(encoder.encode(pixels).float().cpu().numpy())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            save_file(
+                {"states": np.concatenate(states).astype(np.float32)},
+                str(tmp),
+                metadata={"file_path": ep["file_path"], "num_steps": str(len(ep["image"]))},
+            )
+    return out
+
+
+def main_cache_targets(argv: list[str] | None = None) -> int:
+    """``stamo-vla cache-targets``: encode a dataset's frames once with a frozen StaMo encoder."""
+    parser = argparse.ArgumentParser(prog="stamo-vla cache-targets", description=__doc__.split("\n")[0])
+    parser.add_argument("--data-root-dir", required=True, help="folder containing <dataset_name>/<version>/")
+    parser.add_argument("--dataset-name", required=True, help="dataset to encode")
+    parser.add_argument(
+        "--stamo", required=True, help="StaMo encoder or autoencoder directory (save_pretrained)"
+    )
+    parser.add_argument(
+        "--out", default=None, help="cache directory (default <data_root_dir>/<name>/stamo_targets)"
+    )
+    parser.add_argument("--batch-size", type=int, default=32, help="frames per encoder call")
+    parser.add_argument(
+        "--device", default=None, help="torch device (default: cuda when available, else cpu)"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a cache built with another encoder/dataset"
+    )
+    args = parser.parse_args(argv)
+    import torch
+
+    from stamo_vla.stamo import StaMoEncoder
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    encoder = StaMoEncoder.from_pretrained(args.stamo)
+    out = build_target_cache(
+        args.data_root_dir, args.dataset_name, encoder, args.out, args.batch_size, args.overwrite, device
+    )
+    print(f"StaMo targets for '{args.dataset_name}' in {out}")
+    return 0
+
+
+main = main_cache_targets
