@@ -1,0 +1,175 @@
+"""StaMo pretraining: train compressor + DiT decoder with the flow-matching loss (DINOv2 and VAE frozen).
+
+`pretrain(cfg)` is the whole run (setup -> loop -> save); ``recipes/pretrain_stamo.py`` parses the config
+and calls it, tests and the demo call it in-process. It works as one process and under torchrun (DDP,
+gloo on CPU), resumes exactly from the newest checkpoint in ``run_dir``, logs to tqdm / tensorboard /
+``metrics.jsonl``, and on rank 0 writes held-out PSNR/SSIM and sample sheets (``samples/step_*.png``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from stamo_vla.configs import check_choice
+from stamo_vla.stamo.configuration_stamo import StaMoConfig
+from stamo_vla.stamo.pretrain_data import ImageSourceConfig, SyntheticSource, split_heldout, to_pixels
+from stamo_vla.training.distributed import MIXED_PRECISION
+from stamo_vla.training.optim import OptimizerConfig
+
+
+@dataclass
+class PretrainStaMoConfig:
+    """Configuration of a StaMo pretraining run (presets: recipes/configs/pretrain_stamo_*.yaml)."""
+
+    # The StaMo model (encoder + decoder); saved with every checkpoint.
+    model: StaMoConfig = field(default_factory=StaMoConfig)
+    # Image source: image_folder | rlds | synthetic (set `source.type`).
+    source: ImageSourceConfig = field(default_factory=SyntheticSource)
+    # Images held out from training for PSNR/SSIM and sample sheets.
+    num_heldout: int = 8
+    # Output directory: checkpoints/, samples/, tensorboard/, metrics.jsonl, config.yaml.
+    run_dir: str = "runs/pretrain_stamo"
+    # Continue from the newest checkpoint in run_dir when there is one.
+    resume: bool = True
+    # Total optimizer steps.
+    max_steps: int = 1000
+    # Images per step and process (the global batch is batch_size x number of processes).
+    batch_size: int = 16
+    # Seed of model init, data order and noise.
+    seed: int = 0
+    # Optimizer and learning-rate schedule.
+    optim: OptimizerConfig = field(default_factory=OptimizerConfig)
+    # auto (bf16 autocast on CUDA, float32 on CPU) | no | bf16.
+    mixed_precision: str = "auto"
+    # Fit a random-init VAE on the training images for this many steps before training (0: do not).
+    # Used when no pretrained VAE is available; ignored when decoder.vae.pretrained_path is set.
+    vae_fit_steps: int = 0
+    # Learning rate of the VAE fit.
+    vae_fit_lr: float = 2e-3
+    # Log training scalars every this many steps.
+    log_every: int = 10
+    # Evaluate on the held-out images and write a sample sheet every this many steps (0: only at the end).
+    eval_every: int = 0
+    # Euler steps when decoding for evaluation and sheets (None: decoder.flow.sample_steps).
+    eval_sample_steps: int | None = None
+    # Save a checkpoint every this many steps (0: only at the end).
+    save_every: int = 0
+    # Number of newest checkpoints kept.
+    keep_last: int = 2
+    # States in the sheet's interpolation strip (endpoints included; the paper shows 8).
+    interpolation_frames: int = 8
+    # Weights & Biases project (None: wandb is not used or imported).
+    wandb_project: str | None = None
+
+    def __post_init__(self) -> None:
+        check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        for name in ("max_steps", "batch_size", "log_every", "keep_last"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} is not valid; it must be >= 1")
+        for name in ("eval_every", "save_every", "vae_fit_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} is not valid; it must be >= 0 (0 disables)")
+        if self.num_heldout == 1:
+            raise ValueError("num_heldout=1 is not valid; use 0 (no evaluation) or >= 2 (shuffled baseline)")
+        if self.interpolation_frames < 2:
+            raise ValueError(
+                f"interpolation_frames={self.interpolation_frames} is not valid; it must be >= 2"
+            )
+
+
+def build_model(cfg: PretrainStaMoConfig, train_pixels: torch.Tensor):
+    """A fresh autoencoder; a random-init VAE is first fitted on `train_pixels` when asked."""
+    from stamo_vla.stamo.modeling_autoencoder import StaMoAutoencoder
+    from stamo_vla.stamo.vae_fit import fit_vae, latent_statistics
+
+    model = StaMoAutoencoder(cfg.model)
+    if cfg.vae_fit_steps and cfg.model.decoder.vae.pretrained_path is None:
+        vae = model.decoder.vae
+        fit_vae(
+            vae, train_pixels, cfg.vae_fit_steps, batch_size=cfg.batch_size, lr=cfg.vae_fit_lr, seed=cfg.seed
+        )
+        model.decoder.set_latent_scale(*latent_statistics(vae, train_pixels))
+    return model
+
+
+def pretrain(cfg: PretrainStaMoConfig) -> dict:
+    """Run (or resume) pretraining; returns ``{"losses": {step: loss}, "eval": {...}, "checkpoint": path}``."""
+    from stamo_vla.configs import save_config
+    from stamo_vla.stamo.evaluation import evaluate, save_sample_sheet
+    from stamo_vla.stamo.modeling_autoencoder import StaMoAutoencoder
+    from stamo_vla.training.batches import EpochBatches
+    from stamo_vla.training.checkpoint import (
+        TrainerState,
+        find_latest_checkpoint,
+        load_checkpoint,
+        save_checkpoint,
+    )
+    from stamo_vla.training.distributed import seed_everything, setup_accelerator
+    from stamo_vla.training.logger import TrainLogger
+    from stamo_vla.training.optim import build_optimizer, build_scheduler
+    from stamo_vla.training.step import train_step
+
+    acc = setup_accelerator(cfg.mixed_precision)
+    run_dir, main = Path(cfg.run_dir), acc.is_main_process
+    latest = find_latest_checkpoint(run_dir) if cfg.resume else None
+    images = cfg.source.load(cfg.model.image_size)
+    train_u8, heldout_u8 = split_heldout(images, cfg.num_heldout, cfg.seed)
+    seed_everything(cfg.seed)
+    if latest is not None:
+        model = StaMoAutoencoder.from_pretrained(latest / "model")
+    else:
+        model = build_model(cfg, to_pixels(train_u8))
+    model.to(acc.device)
+    if main:
+        save_config(cfg, run_dir / "config.yaml")
+    optimizer = build_optimizer(model.trainable_parameters(), cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.max_steps)
+    model, optimizer = acc.prepare(model, optimizer)
+    state = TrainerState()
+    if latest is not None:
+        state = load_checkpoint(latest, optimizer, scheduler, acc)  # restores RNG streams too
+    else:
+        seed_everything(cfg.seed + acc.process_index)  # distinct noise per rank
+    batches = EpochBatches(
+        len(train_u8), cfg.batch_size, cfg.seed, acc.process_index, acc.num_processes, state.data_state
+    )
+    logger = TrainLogger(
+        run_dir, cfg.max_steps, state.step, main, cfg.wandb_project, asdict(cfg) if main else None
+    )
+    losses: dict[int, float] = {}
+    ae = acc.unwrap_model(model)
+
+    def evaluate_and_sheet(step: int) -> dict[str, float]:
+        if not main or cfg.num_heldout == 0:
+            return {}
+        pixels = to_pixels(heldout_u8)
+        save_sample_sheet(
+            ae,
+            pixels,
+            run_dir / "samples" / f"step_{step:08d}.png",
+            cfg.eval_sample_steps,
+            cfg.interpolation_frames,
+        )
+        metrics = evaluate(ae, pixels, cfg.eval_sample_steps, seed=cfg.seed)
+        logger.log(step, metrics, prefix="eval")
+        return metrics
+
+    for step in range(state.step, cfg.max_steps):
+        batch = to_pixels(train_u8[next(batches)]).to(acc.device)
+        metrics = train_step(model, batch, optimizer, scheduler, acc, cfg.optim.max_grad_norm)
+        done = step + 1
+        losses[done] = metrics["loss"]
+        if done % cfg.log_every == 0 or done == cfg.max_steps:
+            logger.log(done, metrics)
+        if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.max_steps:
+            evaluate_and_sheet(done)
+        if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.max_steps:
+            state = TrainerState(step=done, data_state=batches.state_dict())
+            save_checkpoint(run_dir, state, ae, optimizer, scheduler, acc, cfg.keep_last)
+    final = evaluate_and_sheet(cfg.max_steps) if losses else {}  # nothing new to evaluate otherwise
+    logger.close()
+    latest = find_latest_checkpoint(run_dir)
+    return {"losses": losses, "eval": final, "checkpoint": str(latest) if latest else None}

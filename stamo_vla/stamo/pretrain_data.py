@@ -1,0 +1,134 @@
+"""Image sources for StaMo pretraining, held in memory as uint8 (N, 3, S, S) at the model's image size.
+
+Variants are registered draccus choices (YAML ``source: {type: image_folder, ...}``):
+    image_folder   every image file under a directory (recursive)
+    rlds           frames of RLDS datasets via ``stamo_vla.data.rlds.iter_episodes`` (imported lazily)
+    synthetic      coloured shapes (`stamo_vla.stamo.synthetic`), for presets that must run anywhere
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import draccus
+import numpy as np
+import torch
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def _resize_uint8(frame: np.ndarray, size: int) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, size, size) uint8 with PIL's antialiased bicubic filter."""
+    from PIL import Image
+
+    img = Image.fromarray(frame).convert("RGB")
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+
+
+@dataclass
+class ImageSourceConfig(draccus.ChoiceRegistry):
+    """Where pretraining images come from."""
+
+    def load(self, image_size: int) -> torch.Tensor:
+        """All images as uint8 (N, 3, image_size, image_size)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement load()")
+
+
+@ImageSourceConfig.register_subclass("image_folder")
+@dataclass
+class ImageFolderSource(ImageSourceConfig):
+    """Every image file under a directory."""
+
+    # Directory searched recursively for .png/.jpg/.jpeg/.bmp/.webp files.
+    path: str = "data/images"
+    # Use at most this many images, in sorted path order (None: all).
+    max_images: int | None = None
+
+    def load(self, image_size: int) -> torch.Tensor:
+        from PIL import Image
+
+        root = Path(self.path)
+        if not root.is_dir():
+            raise FileNotFoundError(f"source.path='{self.path}' is not a directory of images")
+        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[: self.max_images]
+        if not files:
+            raise ValueError(f"source.path='{self.path}' has no image files ({', '.join(IMAGE_SUFFIXES)})")
+        return torch.stack(
+            [_resize_uint8(np.asarray(Image.open(f).convert("RGB")), image_size) for f in files]
+        )
+
+
+@ImageSourceConfig.register_subclass("rlds")
+@dataclass
+class RLDSSource(ImageSourceConfig):
+    """Camera frames of RLDS datasets (the LIBERO layout ``<data_root_dir>/<dataset_name>/<version>/``)."""
+
+    # Folder that contains the dataset folders.
+    data_root_dir: str = "data/rlds"
+    # Datasets to read frames from.
+    dataset_names: list[str] = field(default_factory=lambda: ["libero_spatial_no_noops"])
+    # Episode fields to take frames from: image (third-person) and/or wrist_image.
+    cameras: list[str] = field(default_factory=lambda: ["image"])
+    # Keep every k-th frame of each episode (neighbouring frames are nearly identical).
+    frame_stride: int = 4
+    # Stop after this many frames in total (None: all); frames are held in memory at image_size.
+    max_images: int | None = None
+    # tfds split to read.
+    split: str = "train"
+
+    def __post_init__(self) -> None:
+        for cam in self.cameras:
+            if cam not in ("image", "wrist_image"):
+                raise ValueError(
+                    f"source.cameras entry {cam!r} is not valid; allowed: ['image', 'wrist_image']"
+                )
+        if self.frame_stride < 1:
+            raise ValueError(f"source.frame_stride={self.frame_stride} is not valid; it must be >= 1")
+
+    def load(self, image_size: int) -> torch.Tensor:
+        from stamo_vla.data.rlds import iter_episodes
+
+        frames: list[torch.Tensor] = []
+        for name in self.dataset_names:
+            for episode in iter_episodes(self.data_root_dir, name, split=self.split):
+                for cam in self.cameras:
+                    frames.extend(_resize_uint8(f, image_size) for f in episode[cam][:: self.frame_stride])
+                if self.max_images is not None and len(frames) >= self.max_images:
+                    return torch.stack(frames[: self.max_images])
+        if not frames:
+            raise ValueError(f"no frames found in {self.dataset_names} under '{self.data_root_dir}'")
+        return torch.stack(frames)
+
+
+@ImageSourceConfig.register_subclass("synthetic")
+@dataclass
+class SyntheticSource(ImageSourceConfig):
+    """Coloured shapes at distinct positions (no files needed)."""
+
+    # Number of images.
+    num_images: int = 64
+    # Seed of the positions, sizes and backgrounds.
+    seed: int = 0
+
+    def load(self, image_size: int) -> torch.Tensor:
+        from stamo_vla.stamo.synthetic import shapes
+
+        return (shapes(self.num_images, image_size, self.seed) * 255).round().to(torch.uint8)
+
+
+def split_heldout(images: torch.Tensor, num_heldout: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded random split into (train, held-out) images."""
+    if not 0 <= num_heldout < len(images):
+        raise ValueError(
+            f"num_heldout={num_heldout} must be in [0, {len(images) - 1}] for {len(images)} images"
+        )
+    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    return images[perm[num_heldout:]], images[perm[:num_heldout]]
+
+
+def to_pixels(images_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, S, S) -> float (B, 3, S, S) in [0, 1] (the StaMo image contract)."""
+    return images_uint8.float() / 255

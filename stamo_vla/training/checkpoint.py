@@ -1,0 +1,134 @@
+"""Atomic training checkpoints and exact resume.
+
+Layout of ``<run_dir>/checkpoints/step_00000100/``:
+    model/               written by the model's own ``save_pretrained`` (reload it with ``from_pretrained``)
+    optimizer.pt         optimizer state dict
+    scheduler.pt         LR scheduler state dict (when there is one)
+    rng_states.pt        list, one entry per rank: python, numpy, torch, CUDA RNG states
+    trainer_state.json   {"step", "world_size", "data_state", ...extra}
+
+A checkpoint is written into a temporary directory and renamed into place (`stamo_vla.fileio.atomic_dir`),
+so a crash mid-write never replaces or corrupts the last good checkpoint; `find_latest_checkpoint` only
+sees complete ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from stamo_vla.fileio import atomic_dir, write_json_atomic
+from stamo_vla.training.distributed import gather_objects, rng_state, set_rng_state
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.json"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+@dataclass
+class TrainerState:
+    """Where a run stands: the number of completed optimizer steps and the data iterator's position."""
+
+    step: int = 0
+    data_state: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+
+def checkpoint_dir(run_dir: str | os.PathLike, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"step_{step:08d}"
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [
+        (int(m.group(1)), p)
+        for p in root.iterdir()
+        if (m := _STEP_DIR.match(p.name)) and (p / STATE_FILE).is_file()
+    ]
+    return [p for _, p in sorted(found)]
+
+
+def find_latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint under ``<run_dir>/checkpoints``, or None."""
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def save_checkpoint(
+    run_dir: str | os.PathLike,
+    state: TrainerState,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    accelerator: Accelerator | None = None,
+    keep_last: int | None = 3,
+) -> Path:
+    """Save a checkpoint for `state.step` (call on every rank; rank 0 writes) and prune old ones.
+
+    Args:
+        model: the (unwrapped) model; it must have ``save_pretrained(directory)``.
+        keep_last: keep only this many newest checkpoints (None: keep all).
+    """
+    rng = gather_objects(rng_state(), accelerator)  # collective: every rank takes part
+    path = checkpoint_dir(run_dir, state.step)
+    if accelerator is None or accelerator.is_main_process:
+        with atomic_dir(path) as tmp:
+            model.save_pretrained(tmp / "model")
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            if scheduler is not None:
+                torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            torch.save(rng, tmp / "rng_states.pt")
+            info = {"step": state.step, "world_size": len(rng), "data_state": state.data_state, **state.extra}
+            write_json_atomic(tmp / STATE_FILE, info)  # written last: marks the checkpoint complete
+        if keep_last is not None:
+            for old in list_checkpoints(run_dir)[:-keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    return path
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    accelerator: Accelerator | None = None,
+) -> TrainerState:
+    """Restore optimizer, scheduler and this rank's RNG states; return the step and data position.
+
+    The model is not touched: load it beforehand from ``<path>/model`` with its ``from_pretrained``.
+    """
+    path = Path(path)
+    state_file = path / STATE_FILE
+    if not state_file.is_file():
+        raise FileNotFoundError(f"'{path}' is not a complete checkpoint (no {STATE_FILE}).")
+    info = json.loads(state_file.read_text())
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+    if scheduler is not None:
+        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    rng = torch.load(path / "rng_states.pt", weights_only=True)
+    rank = accelerator.process_index if accelerator is not None else 0
+    if len(rng) != (accelerator.num_processes if accelerator is not None else 1):
+        warnings.warn(
+            f"checkpoint '{path}' was written by {len(rng)} processes and is resumed by a different number; "
+            "RNG streams are restored from rank 0, so the run continues but not bit-exactly.",
+            stacklevel=2,
+        )
+        rank = 0
+    set_rng_state(rng[rank])
+    extra = {k: v for k, v in info.items() if k not in ("step", "world_size", "data_state")}
+    return TrainerState(step=int(info["step"]), data_state=info.get("data_state", {}), extra=extra)

@@ -1,0 +1,90 @@
+"""AdamW with optional linear warm-up, constant / cosine / step decay, and gradient clipping settings."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from stamo_vla.configs import check_choice
+
+DECAYS = ("constant", "cosine", "step")
+
+
+@dataclass
+class OptimizerConfig:
+    """Optimizer and learning-rate schedule."""
+
+    # Peak learning rate.
+    lr: float = 1e-4
+    # AdamW weight decay (decoupled), applied to weight matrices only; 0.01 is torch's / upstream's default.
+    weight_decay: float = 0.01
+    # AdamW betas.
+    betas: tuple[float, float] = (0.9, 0.999)
+    # AdamW epsilon.
+    eps: float = 1e-8
+    # Linear warm-up from 0 to lr over this many steps (0: none).
+    warmup_steps: int = 0
+    # Decay after warm-up: constant | cosine (to min_lr_ratio * lr at the last step) | step (x decay_gamma).
+    decay: str = "constant"
+    # Floor of the cosine decay, as a fraction of lr.
+    min_lr_ratio: float = 0.0
+    # Step decay: multiply the lr by decay_gamma every decay_step_size steps after warm-up.
+    decay_step_size: int = 1000
+    # Step decay factor.
+    decay_gamma: float = 0.1
+    # Clip the global gradient norm to this value (None: no clipping).
+    max_grad_norm: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        check_choice("optim.decay", self.decay, DECAYS)
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr={self.lr} is not valid; it must be > 0")
+        if self.weight_decay < 0:
+            raise ValueError(f"optim.weight_decay={self.weight_decay} is not valid; it must be >= 0")
+        if self.warmup_steps < 0:
+            raise ValueError(f"optim.warmup_steps={self.warmup_steps} is not valid; it must be >= 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"optim.min_lr_ratio={self.min_lr_ratio} is not valid; allowed: [0, 1]")
+        if self.decay_step_size < 1:
+            raise ValueError(f"optim.decay_step_size={self.decay_step_size} is not valid; it must be >= 1")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ValueError(
+                f"optim.max_grad_norm={self.max_grad_norm} is not valid; give a value > 0 or null"
+            )
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable `params`; biases and norm scales (ndim < 2) get no weight decay."""
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise ValueError("build_optimizer got no trainable parameters (all have requires_grad=False)")
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+
+
+def lr_factor(step: int, cfg: OptimizerConfig, total_steps: int) -> float:
+    """Multiplier of cfg.lr at optimizer step `step` (0-based)."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    after = step - cfg.warmup_steps
+    if cfg.decay == "cosine":
+        span = max(1, total_steps - cfg.warmup_steps - 1)
+        progress = min(1.0, after / span)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    if cfg.decay == "step":
+        return cfg.decay_gamma ** (after // cfg.decay_step_size)
+    return 1.0
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: OptimizerConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step schedule following `lr_factor`."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg, total_steps))

@@ -1,0 +1,1 @@
+"""Visualization: image sheets of decoded states, interpolation strips, rollout videos and plots."""
