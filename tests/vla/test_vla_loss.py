@@ -61,7 +61,7 @@ def test_compute_loss_metrics_match_upstream_formulas(setup):
     assert metrics["loss_action"] == pytest.approx(
         float(F.cross_entropy(logits[mask], labels[mask]).detach()), rel=1e-5
     )
-    assert metrics["loss"] == pytest.approx(float(loss))
+    assert metrics["loss"] == pytest.approx(float(loss.detach()))
     loss.backward()
     assert model.projector.fc1.weight.grad is not None
     assert model.vision_backbone.featurizer.blocks[0].ls1.scale_factor.grad is not None
