@@ -41,7 +41,7 @@ def is_noop(action: np.ndarray, prev_kept: np.ndarray | None, threshold: float =
     small = float(np.linalg.norm(np.asarray(action)[:-1])) < threshold
     if prev_kept is None:
         return small
-    return small and action[-1] == prev_kept[-1]
+    return small and bool(action[-1] == prev_kept[-1])
 
 
 class EpisodeRecorder:
