@@ -95,3 +95,15 @@ def test_auto_classes_registered(tmp_path):
     assert isinstance(AutoConfig.from_pretrained(tmp_path), OpenVLAConfig)
     model = AutoModelForImageTextToText.from_config(tiny_config())
     assert isinstance(model, OpenVLAForActionPrediction)
+
+
+def test_model_import_stays_free_of_heavy_optional_modules():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from stamo_vla.vla import build_tiny; build_tiny();"
+        "print([m for m in ('tensorflow', 'libero', 'diffusers', 'bitsandbytes') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
