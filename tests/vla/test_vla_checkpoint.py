@@ -140,7 +140,9 @@ def test_save_checkpoint_shards_with_index(tmp_path):
     model, processor = build_tiny(seed=5)
     save_checkpoint(model, processor, tmp_path / "ck", max_shard_size="200KB")
     index = json.loads((tmp_path / "ck" / "model.safetensors.index.json").read_text())
-    assert len(set(index["weight_map"].values())) > 1 and set(index["weight_map"]) == set(upstream_key_shapes())
+    assert len(set(index["weight_map"].values())) > 1 and set(index["weight_map"]) == set(
+        upstream_key_shapes()
+    )
     loaded = OpenVLAForActionPrediction.from_pretrained(tmp_path / "ck")
     with torch.no_grad():
         assert torch.equal(model(**_inputs()).logits, loaded(**_inputs()).logits)

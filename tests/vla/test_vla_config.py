@@ -105,5 +105,7 @@ def test_model_import_stays_free_of_heavy_optional_modules():
         "import sys; from stamo_vla.vla import build_tiny; build_tiny();"
         "print([m for m in ('tensorflow', 'libero', 'diffusers', 'bitsandbytes') if m in sys.modules])"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
     assert out.stdout.strip().splitlines()[-1] == "[]"
