@@ -126,3 +126,31 @@ def test_render_error_in_workers_reaches_the_cli_as_guidance(tmp_path, monkeypat
     )
     err = capsys.readouterr().err
     assert "apt-get install libosmesa6" in err and "Traceback" not in err
+
+
+def test_presets_parse_with_overrides():
+    from stamo_vla.configs import available_presets, parse_config
+
+    assert {"eval_upstream", "eval_oracle", "eval_tiny"} <= set(available_presets("eval_"))
+    up = parse_config(EvalConfig, ["--config", "upstream", "--checkpoint", "ckpt"], prefix="eval_")
+    assert up.suites == ["libero_spatial", "libero_object", "libero_goal", "libero_10"]
+    assert (up.num_trials_per_task, up.seed, up.center_crop, up.max_steps) == (50, 7, True, None)
+    oracle = parse_config(EvalConfig, ["--config", "oracle", "--num_workers", "4"], prefix="eval_")
+    assert (oracle.policy, oracle.num_workers) == ("scripted", 4)
+    tiny = parse_config(EvalConfig, ["--config", "tiny", "--checkpoint", "c"], prefix="eval_")
+    assert (tiny.max_steps, tiny.unnorm_key) == (5, "tiny_dataset")
+
+
+def test_evaluation_modules_never_import_tensorflow_or_the_simulator():
+    import subprocess
+
+    code = (
+        "import sys, importlib.util;"
+        "import stamo_vla.libero.evaluation, stamo_vla.libero.evaluation_vla, stamo_vla.libero.videos;"
+        "spec = importlib.util.spec_from_file_location('s', 'eval/run_libero_eval.py');"
+        "spec.loader.exec_module(importlib.util.module_from_spec(spec));"
+        "print([m for m in ('tensorflow', 'libero', 'mujoco', 'robosuite', 'imageio') if m in sys.modules])"
+    )
+    root = __import__("pathlib").Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    assert out.stdout.strip() == "[]"

@@ -125,3 +125,18 @@ def test_adapter_dir_is_loaded_on_the_base(tiny_checkpoint, tmp_path):
     )
     plain = build_openvla_policy(EvalConfig(checkpoint=str(tiny_checkpoint), output_dir=str(tmp_path)))
     assert not np.allclose(plain.predict_batch(images, texts), with_adapter.predict_batch(images, texts))
+
+
+@pytest.mark.slow
+def test_4bit_quantized_policy_loads_and_acts(tiny_checkpoint, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    import bitsandbytes as bnb
+
+    cfg = EvalConfig(
+        checkpoint=str(tiny_checkpoint), quantization="4bit", device="cpu", output_dir=str(tmp_path)
+    )
+    policy = build_openvla_policy(cfg)
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in policy.policy.model.modules())
+    images = [np.zeros((224, 224, 3), dtype=np.uint8)] * 2
+    actions = policy.predict_batch(images, ["open the drawer", "turn on the stove"])
+    assert actions.shape == (2, 1, 7) and np.isfinite(actions).all()
