@@ -253,10 +253,13 @@ class _Runner:
         acting = sorted(s for s, state in self.live.items() if state.t >= wait)
         if not acting:
             return actions
-        frames = {
-            s: _policy_frames(self.live[s].obs["agentview_image"], self.settings.center_crop) for s in acting
-        }
         needs = [s for s in acting if not self.live[s].queue]
+        # preprocess only what is used: the policy's inputs and the video frames (chunked policies skip steps)
+        frames = {
+            s: _policy_frames(self.live[s].obs["agentview_image"], self.settings.center_crop)
+            for s in acting
+            if s in needs or self.live[s].recorder is not None
+        }
         if needs:
             try:
                 _query_policy(self.policy, self.live, needs, {s: frames[s][1] for s in needs}, self.settings)
