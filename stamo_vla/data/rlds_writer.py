@@ -19,6 +19,7 @@ Episode input (numpy), per interfaces.md::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -282,10 +283,14 @@ def _build_tfds(files: list[Path], name: str, version: str, out_dir: Path) -> No
 
     with tempfile.TemporaryDirectory(prefix=".build-", dir=out_dir.parent) as build_root:
         builder = _StagedRLDS(data_dir=build_root)
-        builder.download_and_prepare(
-            download_dir=os.path.join(build_root, "downloads"),
-            download_config=tfds.download.DownloadConfig(compute_stats=tfds.download.ComputeStatsMode.SKIP),
-        )
+        # tfds prints "Downloading and preparing ..." about its temporary build dir: noise for our users
+        with contextlib.redirect_stdout(io.StringIO()):
+            builder.download_and_prepare(
+                download_dir=os.path.join(build_root, "downloads"),
+                download_config=tfds.download.DownloadConfig(
+                    compute_stats=tfds.download.ComputeStatsMode.SKIP
+                ),
+            )
         built = Path(build_root) / name / version
         for item in built.iterdir():
             shutil.move(str(item), out_dir / item.name)

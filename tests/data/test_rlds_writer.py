@@ -49,6 +49,7 @@ _FRESH_READER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_fresh_process_plain_tfds_reads_every_feature(data_root):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(

@@ -19,6 +19,8 @@ from stamo_vla.data.target_cache import (
     main_cache_targets,
 )
 
+pytestmark = pytest.mark.slow  # builds a tiny StaMo encoder (imports transformers) once per module
+
 
 def _encoder(seed: int):
     from stamo_vla.stamo import StaMoEncoder, tiny_config
