@@ -61,7 +61,16 @@ def parse_config(config_cls: type[T], args: Sequence[str] | None = None, prefix:
             config_path = resolve_preset(eq[0].split("=", 1)[1], prefix)
             args.remove(eq[0])
             break
-    return draccus.parse(config_class=config_cls, config_path=config_path, args=args)
+    try:
+        return draccus.parse(config_class=config_cls, config_path=config_path, args=args, exit_on_error=False)
+    except draccus.utils.ParsingError as err:
+        # draccus wraps the config's own validation errors; surface the message that names field and value
+        cause = err.__cause__
+        while cause is not None and not isinstance(cause, ValueError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise ValueError(str(cause)) from err
+        raise
 
 
 def save_config(cfg: object, path: str | os.PathLike) -> None:

@@ -116,7 +116,9 @@ def save_adapter(
             "pass dataset_statistics=... (the training run's dataset_statistics.json)."
         )
     with atomic_dir(directory) as tmp:
-        model.vla.save_pretrained(tmp)
+        # LoRA on lm_head (upstream's target set) makes peft offer to save whole embedding matrices; the base
+        # embeddings are frozen and unchanged, so only the LoRA weights are written
+        model.vla.save_pretrained(tmp, save_embedding_layers=False)
         if model.head is not None:
             state = {k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}
             save_file(state, str(tmp / HEAD_WEIGHTS))

@@ -172,5 +172,11 @@ class StaMoAdapterModel(nn.Module):
             raise ValueError("this adapter has target='none': it has no future-state head")
         return self.head(hidden_at_readout.float())
 
+    def save_pretrained(self, directory) -> None:
+        """Write the adapter directory (`save_adapter`) with the base model's current statistics."""
+        from stamo_vla.adapter.attach import save_adapter
+
+        save_adapter(self, directory)
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

@@ -61,6 +61,24 @@ def load_stamo(cfg: FinetuneConfig, device) -> tuple[Any, Any]:
     return StaMoEncoder.from_pretrained(cfg.stamo_path).to(device).eval(), None
 
 
+def _adopt_cache_shape(cfg: FinetuneConfig) -> None:
+    """Without an encoder, the head's state shape and the encoder fingerprint come from the target cache."""
+    manifest_path = Path(cfg.data.target_cache_dir(cfg.data.dataset_names[0])) / "manifest.json"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(
+            f"data.use_target_cache=true but there is no cache at {manifest_path.parent}; build it with "
+            "`stamo-vla cache-targets` (or set stamo_path to compute targets on the fly)."
+        )
+    manifest = json.loads(manifest_path.read_text())
+    cfg.adapter.num_state_tokens = int(manifest["num_state_tokens"])
+    cfg.adapter.state_dim = int(manifest["state_dim"])
+    cfg.adapter.stamo_fingerprint = manifest["encoder_fingerprint"]
+    if cfg.data.target_encoder_fingerprint is None:
+        cfg.data.target_encoder_fingerprint = manifest[
+            "encoder_fingerprint"
+        ]  # every dataset: the same encoder
+
+
 def build_model(cfg: FinetuneConfig, base, encoder, decoder, resume_from: Path | None):
     """Attach a fresh adapter, or load the one saved in a checkpoint (trainable) to resume."""
     from stamo_vla.adapter import attach, load_adapter
@@ -194,6 +212,8 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
         from stamo_vla.stamo import fingerprint
 
         cfg.data.target_encoder_fingerprint = fingerprint(encoder)  # refuse caches built by another encoder
+    if encoder is None and cfg.data.use_target_cache and cfg.adapter.has_head:
+        _adopt_cache_shape(cfg)
     model = build_model(cfg, base, encoder, decoder, resume_from)
     live_targets = model.config.has_head and not cfg.data.use_target_cache
     dataset, loader = build_dataloader(

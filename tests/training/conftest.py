@@ -1,0 +1,56 @@
+"""A small RLDS dataset whose actions are visible in the frames, and a tiny StaMo checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+DATASET = "toy_push_no_noops"
+INSTRUCTIONS = ("push the red block left", "push the red block right")
+
+
+def push_episode(i: int, length: int = 12) -> dict:
+    """A red block that moves by the first action dims each step; the direction depends on the instruction."""
+    rng = np.random.default_rng(i)
+    direction = -1.0 if i % 2 == 0 else 1.0
+    action = np.zeros((length, 7), np.float32)
+    action[:, 0] = direction * rng.uniform(0.5, 1.0, length)
+    action[:, 1] = rng.uniform(-0.3, 0.3, length)
+    action[:, 6] = np.where(np.arange(length) < length // 2, -1.0, 1.0)
+    frames = np.full((length, 256, 256, 3), 200, np.uint8)
+    x, y = 128.0, 100.0 + 5 * (i % 5)
+    for t in range(length):
+        xi, yi = int(np.clip(x, 20, 235)), int(y)
+        frames[t, yi - 16 : yi + 16, xi - 16 : xi + 16] = (220, 30, 30)
+        x += 8 * action[t, 0]
+        y += 8 * action[t, 1]
+    return {
+        "image": frames,
+        "wrist_image": frames[:, ::-1].copy(),
+        "state": rng.normal(size=(length, 8)).astype(np.float32),
+        "joint_state": rng.normal(size=(length, 7)).astype(np.float32),
+        "action": action,
+        "language_instruction": INSTRUCTIONS[i % 2],
+        "file_path": f"/toy/push_demo_{i:03d}.hdf5",
+    }
+
+
+@pytest.fixture(scope="session")
+def toy_data_root(tmp_path_factory):
+    from stamo_vla.data.rlds_writer import write_rlds_dataset
+
+    root = tmp_path_factory.mktemp("finetune_data")
+    write_rlds_dataset((push_episode(i) for i in range(8)), root, DATASET)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_stamo_dir(tmp_path_factory):
+    import torch
+
+    from stamo_vla.stamo import StaMoAutoencoder, tiny_config
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("stamo") / "tiny_stamo"
+    StaMoAutoencoder(tiny_config()).save_pretrained(path)
+    return path

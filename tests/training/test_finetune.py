@@ -1,0 +1,147 @@
+"""Fine-tuning recipe on the tiny model: what trains, what is saved, exact resume, the target cache."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from stamo_vla.configs import parse_config
+from stamo_vla.training.finetune import finetune, load_metrics
+from stamo_vla.training.finetune_config import FinetuneConfig
+
+DATASET = "toy_push_no_noops"  # written by the toy_data_root fixture (tests/training/conftest.py)
+
+
+def tiny_cfg(tmp_path, data_root, *extra: str) -> FinetuneConfig:
+    args = [
+        "--config",
+        "tiny",
+        "--data.data_root_dir",
+        str(data_root),
+        "--data.dataset_names",
+        f"[{DATASET}]",
+        "--data.shuffle_buffer_size",
+        "64",
+        "--run_root_dir",
+        str(tmp_path / "runs"),
+        "--run_id",
+        "toy",
+        "--batch_size",
+        "4",
+        "--log_steps",
+        "1",
+        *extra,
+    ]
+    return parse_config(FinetuneConfig, args, prefix="finetune_")
+
+
+def losses(run_dir, key="train/loss"):
+    return {m["step"]: m[key] for m in load_metrics(run_dir) if key in m}
+
+
+@pytest.mark.slow
+def test_tiny_finetune_motion_target_trains_and_writes_the_adapter(tmp_path, toy_data_root, tiny_stamo_dir):
+    from stamo_vla.adapter.attach import frozen_state_digest
+    from stamo_vla.vla import OpenVLAForActionPrediction
+
+    cfg = tiny_cfg(
+        tmp_path, toy_data_root, "--max_steps", "12", "--save_steps", "6", "--stamo_path", str(tiny_stamo_dir)
+    )
+    result = finetune(cfg)
+    files = {p.name for p in result.adapter_dir.iterdir()}
+    assert {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "stamo_head.safetensors",
+        "stamo_adapter_config.json",
+        "dataset_statistics.json",
+    } <= files
+    stats = json.loads((result.adapter_dir / "dataset_statistics.json").read_text())
+    assert list(stats) == [DATASET] and stats[DATASET]["action"]["mask"] == [True] * 6 + [False]
+    loss = losses(result.run_dir)
+    assert sorted(loss) == list(range(1, 13))
+    assert loss[12] < loss[1]
+    for key in ("train/action_accuracy", "train/action_l1", "train/future_mse", "train/future_cosine"):
+        assert len(losses(result.run_dir, key)) == 12
+    # the base checkpoint on disk is untouched by training: the saved adapter holds every change
+    base = OpenVLAForActionPrediction.from_pretrained(result.run_dir / "base_model")
+    fresh = OpenVLAForActionPrediction.from_pretrained(result.run_dir / "base_model")
+    assert frozen_state_digest(base) == frozen_state_digest(fresh)
+    assert (result.run_dir / "config.yaml").is_file()
+    assert [p.name for p in (result.run_dir / "checkpoints").iterdir()] == ["step_00000012"]
+
+
+@pytest.mark.slow
+def test_resume_continues_the_same_loss_sequence(tmp_path, toy_data_root):
+    straight = finetune(
+        tiny_cfg(
+            tmp_path / "a",
+            toy_data_root,
+            "--adapter.target",
+            "none",
+            "--max_steps",
+            "6",
+            "--save_steps",
+            "3",
+            "--keep_last",
+            "5",
+        )
+    )
+    first = finetune(
+        tiny_cfg(
+            tmp_path / "b", toy_data_root, "--adapter.target", "none", "--max_steps", "3", "--save_steps", "3"
+        )
+    )
+    resumed = finetune(
+        tiny_cfg(
+            tmp_path / "b",
+            toy_data_root,
+            "--adapter.target",
+            "none",
+            "--max_steps",
+            "6",
+            "--save_steps",
+            "3",
+            "--resume",
+            "true",
+        )
+    )
+    assert first.run_dir == resumed.run_dir
+    a, b = losses(straight.run_dir), losses(resumed.run_dir)
+    assert [a[s] for s in range(1, 7)] == [b[s] for s in range(1, 7)]
+
+
+@pytest.mark.slow
+def test_target_cache_replaces_the_encoder(tmp_path, toy_data_root, tiny_stamo_dir):
+    from stamo_vla.data.target_cache import build_target_cache
+    from stamo_vla.stamo import StaMoEncoder
+
+    build_target_cache(
+        toy_data_root, DATASET, StaMoEncoder.from_pretrained(tiny_stamo_dir), out_dir=tmp_path / DATASET
+    )
+    cfg = tiny_cfg(
+        tmp_path,
+        toy_data_root,
+        "--adapter.target",
+        "state",
+        "--max_steps",
+        "2",
+        "--save_steps",
+        "2",
+        "--data.use_target_cache",
+        "true",
+        "--data.target_cache_root",
+        str(tmp_path),
+    )
+    result = finetune(cfg)
+    assert len(losses(result.run_dir, "train/future_mse")) == 2
+
+
+def test_config_errors_name_the_problem(tmp_path, toy_data_root):
+    with pytest.raises(ValueError, match="needs StaMo targets"):
+        tiny_cfg(tmp_path, toy_data_root, "--adapter.target", "state")
+    with pytest.raises(ValueError, match=r"attn_implementation='flash' is not valid"):
+        tiny_cfg(tmp_path, toy_data_root, "--adapter.target", "none", "--attn_implementation", "flash")
+    with pytest.raises(ValueError, match="Did you mean 'tiny'"):
+        parse_config(FinetuneConfig, ["--config", "tinny"], prefix="finetune_")
