@@ -173,14 +173,20 @@ def _progress(cfg: EvalConfig, total: int, rank: int):
 
 
 def _barrier(world_size: int) -> None:
+    """Wait until every rank has finished its share (rank 0 then merges all rank files)."""
     if world_size <= 1:
         return
     import torch.distributed as dist
 
-    if not dist.is_initialized():
-        # gloo works on every machine; only a barrier is needed, the policy stays rank-local
-        dist.init_process_group(backend="gloo")
-    dist.barrier()
+    if dist.is_initialized():
+        dist.barrier()
+        return
+    # gloo works on every machine; only this barrier is needed, the policy stays rank-local
+    dist.init_process_group(backend="gloo")
+    try:
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
 
 
 def evaluate(
