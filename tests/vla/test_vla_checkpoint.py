@@ -221,3 +221,25 @@ def test_missing_key_is_reported(tmp_path):
         CheckpointError, match=r"missing key\(s\): \['projector.fc3.bias'\].*unexpected.*ls1.gamma"
     ):
         OpenVLAForActionPrediction.from_pretrained(directory)
+
+
+@pytest.mark.slow
+def test_default_config_matches_openvla_7b_layout():
+    """openvla-7b on the meta device: reference §2.6 counts (982 tensors, 7,541,237,184 parameters)."""
+    import math
+
+    from stamo_vla.vla import OpenVLAConfig
+    from stamo_vla.vla.loading import expected_shapes
+
+    shapes = expected_shapes(OpenVLAConfig())
+    assert len(shapes) == 982 and sum(math.prod(s) for s in shapes.values()) == 7_541_237_184
+    parts = {
+        "vision_backbone.featurizer.": 303_230_976,
+        "vision_backbone.fused_featurizer.": 427_680_704,
+        "projector.": 71_385_600,
+        "language_model.": 6_738_939_904,
+    }
+    for prefix, count in parts.items():
+        assert sum(math.prod(s) for k, s in shapes.items() if k.startswith(prefix)) == count, prefix
+    assert shapes["vision_backbone.featurizer.blocks.23.ls2.scale_factor"] == (1024,)
+    assert shapes["vision_backbone.fused_featurizer.attn_pool.kv.weight"] == (2304, 1152)
