@@ -306,7 +306,8 @@ def write_rlds_dataset(
 ) -> Path:
     """Write a complete RLDS dataset from an iterable of episode dicts (see module docstring).
 
-    Episodes with a repeated ``file_path`` are written once. Needs tensorflow (parent process only).
+    Episodes with a repeated ``file_path`` are written once; episodes left staged by an interrupted earlier
+    call for the same name and version are included (resume). Needs tensorflow (parent process only).
 
     Args:
         episodes: episode dicts in the input format.

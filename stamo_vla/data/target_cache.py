@@ -48,6 +48,7 @@ def default_cache_dir(data_root_dir: str | os.PathLike, dataset_name: str) -> Pa
 
 
 def episode_key(file_path: str) -> str:
+    """File-name-safe key of an episode (its ``file_path`` may contain slashes)."""
     return hashlib.sha1(file_path.encode()).hexdigest()[:16]
 
 
@@ -113,6 +114,7 @@ class TargetCache:
         return cls(cache_dir, manifest)
 
     def shard_path(self, file_path: str) -> Path:
+        """Where the states of the episode with this ``file_path`` live."""
         return self.cache_dir / "episodes" / f"{episode_key(file_path)}.safetensors"
 
     def load_episode(self, file_path: str, num_steps: int) -> np.ndarray:
@@ -192,6 +194,10 @@ def build_target_cache(
         if existing != manifest:
             if not overwrite:
                 _check_manifest(existing, manifest, out, data_root_dir, dataset_name)
+                raise StaleTargetCacheError(  # differs only in keys _check_manifest does not name
+                    f"StaMo target cache '{out}' has manifest {existing}, expected {manifest}. "
+                    + _rebuild_hint(out, data_root_dir, dataset_name)
+                )
             shutil.rmtree(out)
     write_json_atomic(out / "manifest.json", manifest)
     cache = TargetCache(out, manifest)
