@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -216,7 +217,13 @@ def evaluate(
     planned = plan_episodes(cfg.suites, cfg.task_ids, cfg.num_trials_per_task, catalog)
     store = ResultsStore(out, rank)
     done_keys = store.completed()
-    todo = [e for e in shard(planned, rank, world) if e.key not in done_keys]
+    share = shard(planned, rank, world)
+    todo = [e for e in share if e.key not in done_keys]
+    print(
+        f"[LIBERO eval] rank {rank}/{world}: {len(todo)} of {len(share)} episodes to run "
+        f"({len(share) - len(todo)} already recorded in {out})",
+        file=sys.stderr,
+    )
 
     if policy is None and cfg.policy == "openvla":
         # load (and validate the checkpoint, statistics keys, adapter) before paying for env workers
@@ -268,8 +275,10 @@ def _run_shard(
 
                 policy = ScriptedOraclePolicy(pool)
             for suite in dict.fromkeys(e.suite for e in todo):
-                if hasattr(policy, "set_suite"):
-                    policy.set_suite(suite)  # per-suite action statistics (unnorm_key)
+                # per-suite action statistics (unnorm_key), for policies that have them
+                key = policy.set_suite(suite) if hasattr(policy, "set_suite") else None
+                if key is not None:
+                    print(f"[LIBERO eval] {suite}: unnorm_key={key!r}", file=sys.stderr)
                 settings = RolloutSettings(
                     max_steps=cfg.max_steps_for(suite),
                     num_steps_wait=cfg.num_steps_wait,

@@ -35,9 +35,10 @@ class SuiteKeyedPolicy:
         """The statistics key used for `suite` (raises with the available keys when there is none)."""
         return resolve_unnorm_key(self.policy.model.norm_stats, suite, self.requested_key)
 
-    def set_suite(self, suite: str) -> None:
-        """Un-normalize with `suite`'s statistics from now on."""
+    def set_suite(self, suite: str) -> str:
+        """Un-normalize with `suite`'s statistics from now on; returns the key used."""
         self.policy.unnorm_key = self.unnorm_key_for(suite)
+        return self.policy.unnorm_key
 
     def predict_batch(self, images: list[np.ndarray], instructions: list[str], **obs: Any) -> np.ndarray:
         """(B, K, 7) dataset-convention actions from the wrapped policy."""

@@ -140,3 +140,37 @@ def test_4bit_quantized_policy_loads_and_acts(tiny_checkpoint, tmp_path):
     images = [np.zeros((224, 224, 3), dtype=np.uint8)] * 2
     actions = policy.predict_batch(images, ["open the drawer", "turn on the stove"])
     assert actions.shape == (2, 1, 7) and np.isfinite(actions).all()
+
+
+def test_multi_suite_run_switches_statistics_per_suite(tiny_checkpoint, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    stats = json.loads((ckpt / "dataset_statistics.json").read_text())["libero_spatial_no_noops"]
+    wide = json.loads(json.dumps(stats))
+    wide["action"]["q99"] = [10 * v for v in wide["action"]["q99"]]
+    (ckpt / "dataset_statistics.json").write_text(
+        json.dumps({"libero_spatial": stats, "libero_object_no_noops": wide})
+    )
+    cfg = EvalConfig(
+        checkpoint=str(ckpt),
+        suites=["libero_spatial", "libero_object"],
+        task_ids=[0],
+        num_trials_per_task=1,
+        max_steps=2,
+        num_steps_wait=0,
+        video="none",
+        progress=False,
+        output_dir=str(tmp_path / "out"),
+    )
+    policy = build_openvla_policy(cfg)
+    seen = []
+    inner = policy.policy.predict_batch
+
+    def spy(images, instructions, **obs):
+        seen.append(policy.policy.unnorm_key)
+        return inner(images, instructions, **obs)
+
+    policy.policy.predict_batch = spy
+    summary = evaluate(cfg, pool_factory=lambda n: FakePool(n), policy=policy, catalog=CATALOG)
+    assert seen == ["libero_spatial", "libero_spatial", "libero_object_no_noops", "libero_object_no_noops"]
+    assert sorted(summary["suites"]) == ["libero_object", "libero_spatial"]
