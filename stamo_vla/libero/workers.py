@@ -185,7 +185,8 @@ def _worker_main(
         try:
             conn.send(("ok", handlers[cmd](*args)))
         except Exception as err:  # reported to the parent, which re-raises it there
-            conn.send(("error", (type(err).__name__, str(err), traceback.format_exc())))
+            bad_input = isinstance(err, ValueError)
+            conn.send(("error", (type(err).__name__, str(err), traceback.format_exc(), bad_input)))
     sys.stdout.flush()
     sys.stderr.flush()
     # skip interpreter teardown: robosuite's EGL context destructors print harmless tracebacks there
@@ -356,9 +357,9 @@ class EnvWorkerPool:
             slot, spec, exitcode = crashed[0]
             raise WorkerCrashed(slot, spec, exitcode, completed=results)
         if errors:
-            slot, (name, message, tb) = errors[0]
-            if name == "ValueError":  # bad input (unknown task, init index out of range): same type here
-                raise ValueError(message)
+            slot, (name, message, tb, bad_input) = errors[0]
+            if bad_input:  # unknown task, init index out of range, unsupported goal: a ValueError here too
+                raise ValueError(f"{message} (raised as {name} in env worker {slot})")
             raise WorkerError(slot, self._specs[slot], name, tb)
         return results
 

@@ -17,7 +17,11 @@ STEP_SLEEP_S = 0.4
 class FakeEnv:
     """Copies the attribute paths the worker uses: reset, set_init_state, step, close."""
 
+    built = 0  # envs built in this process: ids that are never reused (unlike id())
+
     def __init__(self, suite, task_id):
+        FakeEnv.built += 1
+        self.serial = FakeEnv.built
         self.task = (suite, task_id)
         self.state = None
         self.t = 0
@@ -47,7 +51,7 @@ class FakeEnv:
         return {
             "state": self.state,
             "pid": os.getpid(),
-            "env_id": id(self),
+            "env_id": self.serial,
             "tf_loaded": "tensorflow" in sys.modules,
             "start_method": multiprocessing.get_start_method(allow_none=True),
         }
@@ -142,3 +146,22 @@ def test_bad_inputs_raise_value_errors(pool):
         EpisodeSpec("libero_spatial", -1, 0)
     with pytest.raises(ValueError, match="num_workers"):
         EnvWorkerPool(0)
+
+
+@pytest.mark.sim
+@pytest.mark.slow
+def test_real_libero_worker_returns_raw_observations_and_scripted_actions():
+    pytest.importorskip("libero")
+    from stamo_vla.libero.env import DUMMY_ACTION
+
+    spec = EpisodeSpec("libero_spatial", 0, 0, noise_seed=1)
+    with EnvWorkerPool(1, scripted=True, camera_obs=False, timeout_s=300) as real:
+        obs = real.reset({0: spec})[0]
+        assert obs["robot0_eef_pos"].shape == (3,) and obs["robot0_eef_quat"].shape == (4,)
+        assert obs["robot0_gripper_qpos"].shape == (2,) and obs["robot0_joint_pos"].shape == (7,)
+        action = real.scripted_actions([0])[0]
+        np.testing.assert_array_equal(action, DUMMY_ACTION)  # the controller starts with the wait steps
+        out = real.scripted_step([0])[0]
+        assert out[4]["phase"] == "settle" and out[3] is False
+        with pytest.raises(ValueError, match=r"task_id=10 .*valid task ids: 0\.\.9"):
+            real.reset({0: EpisodeSpec("libero_spatial", 10, 0)})
