@@ -172,5 +172,9 @@ def test_multi_suite_run_switches_statistics_per_suite(tiny_checkpoint, tmp_path
 
     policy.policy.predict_batch = spy
     summary = evaluate(cfg, pool_factory=lambda n: FakePool(n), policy=policy, catalog=CATALOG)
-    assert seen == ["libero_spatial", "libero_spatial", "libero_object_no_noops", "libero_object_no_noops"]
+    # suites run in order, each un-normalized with its own statistics (object: the _no_noops fallback)
+    assert [k for i, k in enumerate(seen) if i == 0 or seen[i - 1] != k] == [
+        "libero_spatial",
+        "libero_object_no_noops",
+    ]
     assert sorted(summary["suites"]) == ["libero_object", "libero_spatial"]
