@@ -166,11 +166,61 @@ class StaMoAdapterModel(nn.Module):
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def predict_future_state(self, hidden_at_readout: torch.Tensor) -> torch.Tensor:
-        """Head output for readout hidden states (B, H) -> (B, N, D) (the motion for target='motion')."""
+    def predict_action(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        unnorm_key: str | None = None,
+        return_future_state: bool = False,
+        current_state: torch.Tensor | None = None,
+        stamo_pixels: torch.Tensor | None = None,
+    ):
+        """Batched greedy actions, exactly the base policy's `predict_action` when the head is not asked for.
+
+        Args:
+            return_future_state: also return the predicted future StaMo state (B, N, D). The head reads the
+                prefill pass's hidden state, so the only extra cost is the head MLP. For target='motion' the
+                state is ``s_t + predicted motion``, with s_t given as `current_state` or encoded from
+                `stamo_pixels` ((B, 3, H, W) in [0, 1]) by the attached frozen encoder.
+
+        Returns:
+            actions (B, 7), or (actions, future_states) with `return_future_state`.
+        """
+        base = base_model_of(self.vla)
+        if not return_future_state:
+            return base.predict_action(pixel_values, input_ids, attention_mask, unnorm_key=unnorm_key)
         if self.head is None:
             raise ValueError("this adapter has target='none': it has no future-state head")
-        return self.head(hidden_at_readout.float())
+        if self.config.readout != "action_query":
+            raise ValueError(
+                f"return_future_state needs readout='action_query'; this adapter uses {self.config.readout!r}"
+            )
+        actions, hidden = base.predict_action(
+            pixel_values, input_ids, attention_mask, unnorm_key=unnorm_key, return_hidden=True
+        )
+        pred = self.head(hidden.float())
+        if self.config.target == "motion":
+            if current_state is None:
+                if stamo_pixels is None:
+                    raise ValueError(
+                        "target='motion' predicts s_{t+h} - s_t: pass current_state or stamo_pixels (with an encoder "
+                        "attached) to get the future state"
+                    )
+                current_state = self._encode(stamo_pixels)
+            pred = current_state.to(pred.device).float() + pred
+        return actions, pred
+
+    @torch.no_grad()
+    def decode_future(
+        self, future_states: torch.Tensor, steps: int | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Predicted future states (B, N, D) -> images (B, 3, S, S) in [0, 1] through the frozen DiT decoder."""
+        if self.decoder is None:
+            raise ValueError(
+                "decode_future needs the StaMo decoder: set_stamo(decoder=StaMoAutoencoder...decoder)"
+            )
+        return self.decoder.sample(future_states.float(), steps=steps, generator=generator)
 
     def save_pretrained(self, directory) -> None:
         """Write the adapter directory (`save_adapter`) with the base model's current statistics."""

@@ -79,8 +79,14 @@ def pack_left(
 
 
 @torch.no_grad()
-def greedy_decode(model, embeds, attention_mask, position_ids, num_tokens: int) -> torch.Tensor:
-    """Greedy decoding of `num_tokens` ids per row with a KV cache: (B, num_tokens) long."""
+def greedy_decode(
+    model, embeds, attention_mask, position_ids, num_tokens: int, return_hidden: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Greedy decoding of `num_tokens` ids per row with a KV cache: (B, num_tokens) long.
+
+    With `return_hidden`, also the last-layer hidden state (B, D) at the last prompt position (the one that
+    predicts the first action token), taken from the prefill pass at no extra LLM cost.
+    """
     from transformers import DynamicCache
 
     lm = model.language_model
@@ -92,7 +98,9 @@ def greedy_decode(model, embeds, attention_mask, position_ids, num_tokens: int) 
         cache=cache,
         use_cache=True,
         logits_to_keep=1,
+        output_hidden_states=return_hidden,
     )
+    hidden = out.hidden_states[-1][:, -1] if return_hidden else None
     tokens = [out.logits[:, -1].argmax(-1)]
     positions = position_ids[:, -1:]
     for _ in range(num_tokens - 1):
@@ -109,7 +117,8 @@ def greedy_decode(model, embeds, attention_mask, position_ids, num_tokens: int) 
             logits_to_keep=1,
         )
         tokens.append(out.logits[:, -1].argmax(-1))
-    return torch.stack(tokens, dim=1)
+    ids = torch.stack(tokens, dim=1)
+    return (ids, hidden) if return_hidden else ids
 
 
 def predict_action(
@@ -121,8 +130,9 @@ def predict_action(
     unnormalize: bool = True,
     action_dim: int | None = None,
     do_sample: bool = False,
+    return_hidden: bool = False,
     **unused: Any,
-) -> np.ndarray:
+) -> np.ndarray | tuple[np.ndarray, torch.Tensor]:
     """Predict one action per row (batched greedy decoding).
 
     Args:
@@ -134,6 +144,8 @@ def predict_action(
         unnormalize: False returns the normalized bin-centre actions.
         action_dim: number of action tokens when `unnormalize=False` (default: from the stats, else 7).
         do_sample: must be False (greedy only, like upstream's LIBERO evaluation).
+        return_hidden: also return the last-layer hidden state (B, D) at the position that predicts the first
+            action token (what a StaMo head reads); it comes from the prefill pass, so it costs nothing extra.
 
     Returns:
         (B, action_dim) float64 actions; the gripper (mask False) stays the raw bin centre (~0..1).
@@ -155,11 +167,13 @@ def predict_action(
     try:
         with torch.no_grad():
             embeds, mask, positions = pack_left(model, input_ids, attention_mask, pixel_values.to(device))
-            ids = greedy_decode(model, embeds, mask, positions, action_dim)
+            decoded = greedy_decode(model, embeds, mask, positions, action_dim, return_hidden=return_hidden)
+            ids, hidden = decoded if return_hidden else (decoded, None)
     finally:
         model.train(was_training)
     from stamo_vla.vla.action_tokenizer import ActionTokenizer
 
     tokenizer = ActionTokenizer(model.action_vocab_size, bins=model.config.n_action_bins)
     normalized = tokenizer.decode_token_ids_to_actions(ids.cpu().numpy())
-    return unnormalize_actions(normalized, stats) if unnormalize else normalized
+    actions = unnormalize_actions(normalized, stats) if unnormalize else normalized
+    return (actions, hidden) if return_hidden else actions

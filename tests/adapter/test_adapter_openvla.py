@@ -130,3 +130,63 @@ def test_frozen_base_is_bit_identical_after_training_steps():
     assert frozen_state_digest(model.vla) == before
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert all("lora_" in n or n.startswith("head.") for n in trainable)
+
+
+def test_predict_action_is_unchanged_without_the_head_and_returns_future_states_with_it():
+    from stamo_vla.stamo import StaMoAutoencoder, tiny_config
+    from stamo_vla.vla import build_prompt
+
+    torch.manual_seed(0)
+    stamo = StaMoAutoencoder(tiny_config()).eval()
+    base, processor = tiny_openvla()
+    model = attach(
+        base, cfg(target="motion", state_dim=64), stamo_encoder=stamo.encoder, stamo_decoder=stamo.decoder
+    )
+    randomize_lora(model)
+    model.eval()
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (224, 224, 3), dtype=np.uint8) for _ in range(2)]
+    inputs = processor([build_prompt("pick up the bowl"), build_prompt("open the drawer")], images)
+    args = (inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"])
+    plain = model.predict_action(*args)
+    direct = model.vla.predict_action(*args)  # LoRA active, no head
+    assert np.array_equal(plain, direct)
+    stamo_pixels = torch.rand(2, 3, 64, 64)
+    actions, future = model.predict_action(*args, return_future_state=True, stamo_pixels=stamo_pixels)
+    assert np.array_equal(actions, plain)
+    assert future.shape == (2, 2, 64)
+    current = stamo.encoder.encode(stamo_pixels)
+    _, again = model.predict_action(*args, return_future_state=True, current_state=current)
+    assert torch.allclose(again, future)
+    frames = model.decode_future(future, steps=2)
+    assert frames.shape == (2, 3, 64, 64) and float(frames.min()) >= 0 and float(frames.max()) <= 1
+    with pytest.raises(ValueError, match="pass current_state or stamo_pixels"):
+        model.predict_action(*args, return_future_state=True)
+
+
+def test_readout_hidden_state_matches_training_position():
+    """The inference readout (prefill, last prompt position) equals the training readout (labels)."""
+    from stamo_vla.adapter.losses import readout_positions
+
+    base, processor = tiny_openvla()
+    model = attach(base, cfg(target="state"))
+    randomize_lora(model)
+    model.eval()
+    batch = batch_for(processor, n=2)
+    with torch.no_grad():
+        out = model.vla(
+            input_ids=batch[K.INPUT_IDS],
+            attention_mask=batch[K.ATTENTION_MASK],
+            pixel_values=batch[K.PIXEL_VALUES],
+            output_hidden_states=True,
+        )
+        hidden = out.hidden_states[-1]
+        pos = readout_positions(batch[K.LABELS], hidden.shape[1])
+        train_readout = hidden[torch.arange(2), pos]
+        prompt_len = (batch[K.LABELS] == K.IGNORE_INDEX).sum(1) - (~batch[K.ATTENTION_MASK]).sum(1)
+        ids = [batch[K.INPUT_IDS][i, : int(prompt_len[i])] for i in range(2)]
+        longest = max(len(x) for x in ids)
+        padded = torch.stack([torch.cat([x, x.new_full((longest - len(x),), 512)]) for x in ids])
+        mask = torch.stack([torch.arange(longest) < len(x) for x in ids])
+        _, infer_readout = base.predict_action(batch[K.PIXEL_VALUES], padded, mask, return_hidden=True)
+    assert torch.allclose(train_readout, infer_readout, atol=1e-5)
