@@ -46,18 +46,32 @@ def _user_error(err: BaseException) -> BaseException | None:
     return None
 
 
+def _report(err: Exception) -> int:
+    user = _user_error(err)
+    if user is None:
+        raise err
+    print(f"run_libero_eval: error: {user}", file=sys.stderr)
+    return 3 if isinstance(user, RenderingError) else 2
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the config, run (or resume) the evaluation, print the summary table; returns an exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         cfg = parse_config(EvalConfig, argv, prefix="eval_")
-        summary = evaluate(cfg)
     except Exception as err:
-        user = _user_error(err)
-        if user is None:
-            raise
-        print(f"run_libero_eval: error: {user}", file=sys.stderr)
-        return 3 if isinstance(user, RenderingError) else 2
+        return _report(err)
+    try:
+        summary = evaluate(cfg)
+    except KeyboardInterrupt:
+        # finished episodes are already on disk; the same command picks up where this one stopped
+        print(
+            f"run_libero_eval: interrupted; rerun with --output_dir {cfg.output_dir} to resume",
+            file=sys.stderr,
+        )
+        return 130
+    except Exception as err:
+        return _report(err)
     if summary is not None:
         print(summary_markdown(summary))
         print(f"summary written to {cfg.output_dir}/{SUMMARY_JSON}")

@@ -154,3 +154,12 @@ def test_evaluation_modules_never_import_tensorflow_or_the_simulator():
     root = __import__("pathlib").Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
     assert out.stdout.strip() == "[]"
+
+
+def test_interrupt_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SCRIPT, "evaluate", interrupted)
+    assert main(["--policy", "scripted", "--output_dir", str(tmp_path / "x")]) == 130
+    assert f"--output_dir {tmp_path / 'x'} to resume" in capsys.readouterr().err
