@@ -87,8 +87,16 @@ class WorkerCrashed(RuntimeError):
 class WorkerError(RuntimeError):
     """A command raised inside a worker (the worker is still alive); carries the remote traceback."""
 
-    def __init__(self, slot: int, spec: EpisodeSpec | None, remote_type: str, remote_traceback: str):
+    def __init__(
+        self,
+        slot: int,
+        spec: EpisodeSpec | None,
+        remote_type: str,
+        remote_traceback: str,
+        completed: dict | None = None,
+    ):
         self.slot, self.spec, self.remote_type = slot, spec, remote_type
+        self.completed = completed or {}  # replies of the other slots in the same call
         super().__init__(f"LIBERO env worker {slot} ({spec}) raised {remote_type}:\n{remote_traceback}")
 
 
@@ -360,7 +368,7 @@ class EnvWorkerPool:
             slot, (name, message, tb, bad_input) = errors[0]
             if bad_input:  # unknown task, init index out of range, unsupported goal: a ValueError here too
                 raise ValueError(f"{message} (raised as {name} in env worker {slot})")
-            raise WorkerError(slot, self._specs[slot], name, tb)
+            raise WorkerError(slot, self._specs[slot], name, tb, completed=results)
         return results
 
     # ----------------------------------------------------------------- API

@@ -184,3 +184,31 @@ def test_collect_one_episode_writes_the_modified_libero_rlds_spec(tmp_path):
     assert image.shape == (256, 256, 3) and image.dtype == np.uint8
     # upright: the table (bright, bottom of the frame) is below the dark background wall (top)
     assert image[-40:].mean() > image[:20].mean()
+
+
+def test_report_table_and_cli_argument_errors(capsys):
+    report = {
+        0: {
+            "successes": 9,
+            "episodes": 10,
+            "success_rate": 0.9,
+            "mean_steps": 101.0,
+            "mean_steps_success": 95.5,
+        },
+        4: {
+            "successes": 0,
+            "episodes": 1,
+            "success_rate": 0.0,
+            "mean_steps": 220.0,
+            "mean_steps_success": float("nan"),
+        },
+    }
+    text = C.format_report("libero_spatial", report)
+    assert text.splitlines()[2].split() == ["0", "9/10", "0.90", "101.0", "95.5"]
+    assert text.splitlines()[-1] == "total 9/11 = 0.82"
+    assert C._parse_ids("0,2, 5") == (0, 2, 5)
+    with pytest.raises(SystemExit):
+        C.main_controller_report(["--tasks", "a,b"])
+    assert "comma-separated task ids" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="episodes=0"):
+        C.controller_report("libero_spatial", (0,), episodes=0)
