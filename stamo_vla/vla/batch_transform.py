@@ -24,6 +24,7 @@ from stamo_vla.keys import (
     INSTRUCTION,
     LABELS,
     PIXEL_VALUES,
+    PROMPT_LENGTH,
 )
 
 _CONSUMED = {IMAGE, INSTRUCTION, ACTION}
@@ -59,8 +60,9 @@ class OpenVLABatchTransform:
 
         Returns:
             PIXEL_VALUES (6, 224, 224), INPUT_IDS (T,), LABELS (T,) (-100 except the action tokens and
-            EOS; all -100 when HAS_ACTION is False or the action is NaN), ACTIONS (K, A), plus the
-            sample's other keys unchanged.
+            EOS; all -100 when HAS_ACTION is False or the action is NaN), ACTIONS (K, A), PROMPT_LENGTH
+            (text tokens before the first action token, so a StaMo head finds its readout position even
+            when nothing is supervised), plus the sample's other keys unchanged.
         """
         for key in (IMAGE, INSTRUCTION, ACTION):
             if key not in sample:
@@ -85,6 +87,7 @@ class OpenVLABatchTransform:
                 LABELS: labels,
                 ACTIONS: torch.from_numpy(actions),
                 HAS_ACTION: has_action,
+                PROMPT_LENGTH: len(ids) - n_supervised,
             }
         )
         return out

@@ -1,0 +1,174 @@
+"""`stamo-vla label-latent-actions`: latent motions m_t = E(o_{t+h}) - E(o_t) for action-free episodes.
+
+The paper's co-training pseudo-labels (§3.4): every pair of frames h apart in a video is labelled with the
+difference of their frozen StaMo states. Sources are an RLDS dataset (e.g. one collected with
+``stamo-vla collect --action-free``) or a folder of frames with one sub-folder per episode.
+
+Output layout::
+
+    manifest.json                    StaMo fingerprint + path, horizon, source, N, D, format version
+    episodes/<key>.safetensors       "latent_actions": (T, N, D) float32, row t = s_{min(t+h, T-1)} - s_t,
+                                     "states": (T, N, D) float32; metadata: episode id, num_steps
+
+Episodes are written atomically one by one, so an interrupted run resumes where it stopped; a directory built
+with another StaMo checkpoint or horizon is refused unless ``--overwrite`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+FORMAT_VERSION = 1
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def latent_actions(states: np.ndarray, horizon: int) -> np.ndarray:
+    """(T, N, D) states -> (T, N, D) motions s_{min(t+h, T-1)} - s_t (the last rows clamp at the episode end)."""
+    if horizon < 1:
+        raise ValueError(f"horizon={horizon} must be >= 1")
+    future = np.minimum(np.arange(len(states)) + horizon, len(states) - 1)
+    return (states[future] - states).astype(np.float32)
+
+
+def frame_folder_episodes(root: str | Path) -> Iterator[tuple[str, np.ndarray]]:
+    """(episode id, (T, H, W, 3) uint8 frames) for each sub-folder of `root`, frames sorted by file name."""
+    from PIL import Image
+
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"frames folder {root} does not exist")
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    if not folders:
+        raise ValueError(f"{root} has no episode sub-folders; expected <root>/<episode>/<frame>.png")
+    for folder in folders:
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ValueError(f"episode folder {folder} has no images ({', '.join(IMAGE_SUFFIXES)})")
+        yield folder.name, np.stack([np.array(Image.open(p).convert("RGB")) for p in files])
+
+
+def rlds_episodes(data_root_dir: str | Path, dataset_name: str) -> Iterator[tuple[str, np.ndarray]]:
+    """(file_path, (T, H, W, 3) uint8 primary-camera frames) of every episode of an RLDS dataset."""
+    from stamo_vla.data.rlds import iter_episodes
+
+    for ep in iter_episodes(data_root_dir, dataset_name, "train"):
+        frames = ep.get("image")
+        if frames is None or len(frames) == 0:
+            raise ValueError(f"dataset '{dataset_name}' episode {ep.get('file_path')} has no images to encode")
+        yield ep["file_path"], np.asarray(frames)
+
+
+def _encode(encoder, frames: np.ndarray, batch_size: int, device: str) -> np.ndarray:
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(frames), batch_size):
+            pixels = torch.from_numpy(np.ascontiguousarray(frames[i : i + batch_size])).permute(0, 3, 1, 2)
+            out.append(encoder.encode(pixels.float().div(255.0).to(device)).float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def label_latent_actions(
+    episodes: Iterator[tuple[str, np.ndarray]],
+    encoder,
+    out_dir: str | Path,
+    horizon: int = 1,
+    source: str = "",
+    stamo_path: str = "",
+    batch_size: int = 32,
+    overwrite: bool = False,
+    device: str = "cpu",
+) -> Path:
+    """Encode every frame once and write per-episode latent actions; returns the output directory."""
+    from safetensors.numpy import save_file
+
+    from stamo_vla.fileio import atomic_path, write_json_atomic
+    from stamo_vla.stamo import fingerprint
+
+    out = Path(out_dir)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "stamo_fingerprint": fingerprint(encoder),
+        "stamo_path": str(stamo_path),
+        "horizon": int(horizon),
+        "source": source,
+        "num_state_tokens": int(encoder.config.num_state_tokens),
+        "state_dim": int(encoder.config.state_dim),
+    }
+    if (out / "manifest.json").is_file():
+        existing = json.loads((out / "manifest.json").read_text())
+        keys = ("format_version", "stamo_fingerprint", "horizon", "source")
+        diffs = [f"{k}: {existing.get(k)!r} here, {manifest[k]!r} requested" for k in keys if existing.get(k) != manifest[k]]
+        if diffs and not overwrite:
+            raise ValueError(
+                f"{out} holds latent actions from another run ({'; '.join(diffs)}). Pass --overwrite to replace "
+                "them, or choose another --out."
+            )
+        if diffs:
+            shutil.rmtree(out)
+    write_json_atomic(out / "manifest.json", manifest)
+    encoder = encoder.to(device).eval().requires_grad_(False)
+    for episode_id, frames in episodes:
+        path = out / "episodes" / f"{hashlib.sha1(episode_id.encode()).hexdigest()[:16]}.safetensors"
+        if path.is_file():
+            continue  # done by an interrupted earlier run
+        states = _encode(encoder, frames, batch_size, device)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            save_file(
+                {"latent_actions": latent_actions(states, horizon), "states": states.astype(np.float32)},
+                str(tmp),
+                metadata={"episode_id": episode_id, "num_steps": str(len(frames))},
+            )
+    return out
+
+
+def load_latent_actions(out_dir: str | Path) -> dict[str, np.ndarray]:
+    """episode id -> (T, N, D) latent actions, read back from a labelled directory."""
+    from safetensors import safe_open
+
+    result = {}
+    for path in sorted((Path(out_dir) / "episodes").glob("*.safetensors")):
+        with safe_open(str(path), framework="numpy") as f:
+            result[f.metadata()["episode_id"]] = f.get_tensor("latent_actions")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="stamo-vla label-latent-actions", description=__doc__.split("\n\n")[0])
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset-name", help="RLDS dataset under --data-root-dir (e.g. collected with --action-free)")
+    src.add_argument("--frames-dir", help="folder with one sub-folder of frames per episode")
+    parser.add_argument("--data-root-dir", help="folder containing <dataset_name>/<version>/")
+    parser.add_argument("--stamo", required=True, help="StaMo encoder or autoencoder directory")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--horizon", type=int, default=1, help="frame gap h of the motion (default 1)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default=None, help="torch device (default cuda when available)")
+    parser.add_argument("--overwrite", action="store_true", help="replace labels made with another checkpoint")
+    args = parser.parse_args(argv)
+    import torch
+
+    from stamo_vla.stamo import StaMoEncoder
+
+    if args.dataset_name and not args.data_root_dir:
+        parser.error("--dataset-name needs --data-root-dir")
+    episodes = (
+        rlds_episodes(args.data_root_dir, args.dataset_name) if args.dataset_name else frame_folder_episodes(args.frames_dir)
+    )
+    source = f"rlds:{args.dataset_name}" if args.dataset_name else f"frames:{Path(args.frames_dir).resolve()}"
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    out = label_latent_actions(
+        episodes, StaMoEncoder.from_pretrained(args.stamo), args.out, args.horizon, source, args.stamo,
+        args.batch_size, args.overwrite, device,
+    )
+    print(f"latent actions written to {out}")
+    return 0
