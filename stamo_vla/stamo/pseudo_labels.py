@@ -61,7 +61,9 @@ def rlds_episodes(data_root_dir: str | Path, dataset_name: str) -> Iterator[tupl
     for ep in iter_episodes(data_root_dir, dataset_name, "train"):
         frames = ep.get("image")
         if frames is None or len(frames) == 0:
-            raise ValueError(f"dataset '{dataset_name}' episode {ep.get('file_path')} has no images to encode")
+            raise ValueError(
+                f"dataset '{dataset_name}' episode {ep.get('file_path')} has no images to encode"
+            )
         yield ep["file_path"], np.asarray(frames)
 
 
@@ -106,7 +108,11 @@ def label_latent_actions(
     if (out / "manifest.json").is_file():
         existing = json.loads((out / "manifest.json").read_text())
         keys = ("format_version", "stamo_fingerprint", "horizon", "source")
-        diffs = [f"{k}: {existing.get(k)!r} here, {manifest[k]!r} requested" for k in keys if existing.get(k) != manifest[k]]
+        diffs = [
+            f"{k}: {existing.get(k)!r} here, {manifest[k]!r} requested"
+            for k in keys
+            if existing.get(k) != manifest[k]
+        ]
         if diffs and not overwrite:
             raise ValueError(
                 f"{out} holds latent actions from another run ({'; '.join(diffs)}). Pass --overwrite to replace "
@@ -143,9 +149,13 @@ def load_latent_actions(out_dir: str | Path) -> dict[str, np.ndarray]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="stamo-vla label-latent-actions", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="stamo-vla label-latent-actions", description=__doc__.split("\n\n")[0]
+    )
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--dataset-name", help="RLDS dataset under --data-root-dir (e.g. collected with --action-free)")
+    src.add_argument(
+        "--dataset-name", help="RLDS dataset under --data-root-dir (e.g. collected with --action-free)"
+    )
     src.add_argument("--frames-dir", help="folder with one sub-folder of frames per episode")
     parser.add_argument("--data-root-dir", help="folder containing <dataset_name>/<version>/")
     parser.add_argument("--stamo", required=True, help="StaMo encoder or autoencoder directory")
@@ -153,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--horizon", type=int, default=1, help="frame gap h of the motion (default 1)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default=None, help="torch device (default cuda when available)")
-    parser.add_argument("--overwrite", action="store_true", help="replace labels made with another checkpoint")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace labels made with another checkpoint"
+    )
     args = parser.parse_args(argv)
     import torch
 
@@ -162,13 +174,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.dataset_name and not args.data_root_dir:
         parser.error("--dataset-name needs --data-root-dir")
     episodes = (
-        rlds_episodes(args.data_root_dir, args.dataset_name) if args.dataset_name else frame_folder_episodes(args.frames_dir)
+        rlds_episodes(args.data_root_dir, args.dataset_name)
+        if args.dataset_name
+        else frame_folder_episodes(args.frames_dir)
     )
     source = f"rlds:{args.dataset_name}" if args.dataset_name else f"frames:{Path(args.frames_dir).resolve()}"
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = label_latent_actions(
-        episodes, StaMoEncoder.from_pretrained(args.stamo), args.out, args.horizon, source, args.stamo,
-        args.batch_size, args.overwrite, device,
+        episodes,
+        StaMoEncoder.from_pretrained(args.stamo),
+        args.out,
+        args.horizon,
+        source,
+        args.stamo,
+        args.batch_size,
+        args.overwrite,
+        device,
     )
     print(f"latent actions written to {out}")
     return 0

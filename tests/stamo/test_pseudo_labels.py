@@ -42,8 +42,21 @@ def test_latent_actions_clamp_at_the_episode_end():
 
 
 def test_labels_equal_encoder_differences_exactly(tmp_path, encoder_dir, frames_dir):
-    assert main(["--frames-dir", str(frames_dir), "--stamo", str(encoder_dir), "--out", str(tmp_path / "out"),
-                 "--horizon", "2"]) == 0
+    assert (
+        main(
+            [
+                "--frames-dir",
+                str(frames_dir),
+                "--stamo",
+                str(encoder_dir),
+                "--out",
+                str(tmp_path / "out"),
+                "--horizon",
+                "2",
+            ]
+        )
+        == 0
+    )
     labels = load_latent_actions(tmp_path / "out")
     encoder = StaMoEncoder.from_pretrained(encoder_dir).eval()
     for episode_id, frames in frame_folder_episodes(frames_dir):

@@ -54,3 +54,23 @@ def tiny_stamo_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("stamo") / "tiny_stamo"
     StaMoAutoencoder(tiny_config()).save_pretrained(path)
     return path
+
+
+ACTION_FREE = "toy_push_video"
+
+
+@pytest.fixture(scope="session")
+def toy_cotrain_root(tmp_path_factory):
+    """A labeled dataset (4 episodes) and an action-free one (8 episodes, NaN actions): "1 Real + 2 StaMo"."""
+    from stamo_vla.data.rlds_writer import write_rlds_dataset
+
+    root = tmp_path_factory.mktemp("cotrain_data")
+    write_rlds_dataset((push_episode(i) for i in range(4)), root, DATASET)
+    video = []
+    for i in range(100, 108):
+        ep = push_episode(i)
+        ep["action"] = np.full_like(ep["action"], np.nan)
+        ep["file_path"] = f"/toy/video_{i:03d}.hdf5"
+        video.append(ep)
+    write_rlds_dataset(video, root, ACTION_FREE)
+    return root
