@@ -28,7 +28,7 @@ class EpisodeFeatures:
 
 
 def _to_pixels(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    return torch.from_numpy(np.array(images, copy=True)).permute(0, 3, 1, 2).float() / 255.0
 
 
 @torch.no_grad()

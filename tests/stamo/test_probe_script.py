@@ -1,0 +1,58 @@
+"""eval/latent_action_probe.py end to end on a small RLDS dataset."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from eval.latent_action_probe import ProbeConfig, run
+
+
+def episode(i, length=10):
+    rng = np.random.default_rng(i)
+    action = np.zeros((length, 7), np.float32)
+    action[:, 0] = rng.uniform(-1, 1, length)
+    action[:, 6] = -1.0
+    frames = np.full((length, 256, 256, 3), 180, np.uint8)
+    x = 128.0
+    for t in range(length):
+        xi = int(np.clip(x, 24, 231))
+        frames[t, 100:140, xi - 20 : xi + 20] = (30, 30, 220)
+        x += 10 * action[t, 0]
+    return {
+        "image": frames,
+        "wrist_image": frames,
+        "state": np.zeros((length, 8), np.float32),
+        "joint_state": np.zeros((length, 7), np.float32),
+        "action": action,
+        "language_instruction": "push the blue block",
+        "file_path": f"/p/{i}.hdf5",
+    }
+
+
+@pytest.mark.slow
+def test_probe_writes_json_table_and_plot(tmp_path):
+    from stamo_vla.data.rlds_writer import write_rlds_dataset
+    from stamo_vla.stamo import StaMoEncoder, tiny_config
+
+    write_rlds_dataset((episode(i) for i in range(5)), tmp_path / "data", "toy_probe")
+    torch.manual_seed(0)
+    StaMoEncoder(tiny_config()).save_pretrained(tmp_path / "stamo")
+    cfg = ProbeConfig(
+        data_root_dir=str(tmp_path / "data"),
+        dataset_name="toy_probe",
+        stamo_path=str(tmp_path / "stamo"),
+        out_dir=str(tmp_path / "probe"),
+        horizons=[1, 2],
+        steps=50,
+        hidden_size=32,
+    )
+    results = run(cfg)
+    saved = json.loads((tmp_path / "probe" / "probe.json").read_text())
+    assert saved["mse"] == results["mse"] and set(saved["mse"]) == {"1", "2"}
+    assert saved["config"]["seed"] == 0 and saved["num_episodes"] == 5
+    assert (tmp_path / "probe" / "probe.png").stat().st_size > 1000
+    assert "| 1 |" in (tmp_path / "probe" / "probe.md").read_text()
+    with pytest.raises(ValueError, match="horizon k=10 is not shorter"):
+        run(ProbeConfig(**{**saved["config"], "horizons": [10]}))
