@@ -142,10 +142,13 @@ def main_stats(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="write dataset_statistics.json here (default: print it)")
     parser.add_argument("--no-cache", action="store_true", help="recompute even when a valid cache exists")
     args = parser.parse_args(argv)
-    stats = {
-        name: compute_statistics(args.data_root_dir, name, use_cache=not args.no_cache)
-        for name in args.dataset_name
-    }
+    try:
+        stats = {
+            name: compute_statistics(args.data_root_dir, name, use_cache=not args.no_cache)
+            for name in args.dataset_name
+        }
+    except (FileNotFoundError, ValueError) as err:  # bad path / name / spec: a message, not a traceback
+        parser.error(str(err))
     if args.out:
         save_dataset_statistics(stats, args.out)
         print(f"wrote {args.out}")

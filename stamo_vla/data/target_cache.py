@@ -245,10 +245,16 @@ def main_cache_targets(argv: list[str] | None = None) -> int:
     from stamo_vla.stamo import StaMoEncoder
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    encoder = StaMoEncoder.from_pretrained(args.stamo)
-    out = build_target_cache(
-        args.data_root_dir, args.dataset_name, encoder, args.out, args.batch_size, args.overwrite, device
-    )
+    try:
+        encoder = StaMoEncoder.from_pretrained(args.stamo)
+        out = build_target_cache(
+            args.data_root_dir, args.dataset_name, encoder, args.out, args.batch_size, args.overwrite, device
+        )
+    except (
+        FileNotFoundError,
+        ValueError,
+    ) as err:  # bad path / name / stale cache: a message, not a traceback
+        parser.error(str(err))
     print(f"StaMo targets for '{args.dataset_name}' in {out}")
     return 0
 

@@ -136,3 +136,11 @@ def test_stats_command_writes_upstream_format(data_root, tmp_path, capsys):
     assert statistics.load_dataset_statistics(out) == data
     with pytest.raises(FileNotFoundError, match="stamo-vla stats"):
         statistics.load_dataset_statistics(tmp_path / "none.json")
+
+
+def test_stats_command_reports_bad_names_without_a_traceback(data_root, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        statistics.main_stats(["--data-root-dir", str(data_root), "--dataset-name", "nope"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "no RLDS dataset 'nope'" in err and LABELED in err and "Traceback" not in err

@@ -149,3 +149,23 @@ def test_cli_builds_the_same_cache(data_root, cache, tmp_path):
         np.testing.assert_allclose(
             a.load_episode(ep["file_path"], n), b.load_episode(ep["file_path"], n), atol=1e-5
         )
+
+
+def test_cli_refuses_a_stale_cache_with_a_message(data_root, cache, tmp_path, capsys):
+    out, _ = cache
+    ckpt = tmp_path / "other"
+    _encoder(2).save_pretrained(ckpt)
+    argv = [
+        "--data-root-dir",
+        str(data_root),
+        "--dataset-name",
+        ACTION_FREE,
+        "--stamo",
+        str(ckpt),
+        "--out",
+        str(out),
+    ]
+    with pytest.raises(SystemExit) as exit_info:
+        main_cache_targets([*argv, "--device", "cpu"])
+    assert exit_info.value.code == 2
+    assert "encoder_fingerprint" in capsys.readouterr().err
