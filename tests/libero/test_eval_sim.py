@@ -77,3 +77,30 @@ def test_tiny_vla_short_run_writes_summary_and_videos(tmp_path):
         in md
     )
     assert np.isclose(summary["overall"]["ci95_high"], 0.6576, atol=1e-3)
+
+
+def test_oracle_trajectories_do_not_depend_on_the_worker_count(tmp_path):
+    """Same episodes on 1 and on 2 workers of one pool: identical frames at every step (short episodes)."""
+    from stamo_vla.libero.env import task_instruction
+    from stamo_vla.libero.evaluation_loop import PlannedEpisode, RolloutSettings, run_episodes
+    from stamo_vla.libero.evaluation_policies import ScriptedOraclePolicy
+    from stamo_vla.libero.videos import read_video
+    from stamo_vla.libero.workers import EnvWorkerPool, EpisodeSpec
+
+    text = task_instruction("libero_object", 0)
+    episodes = [PlannedEpisode("libero_object", 0, i, text) for i in range(2)]
+    frames = {}
+    with EnvWorkerPool(2, scripted=True) as pool:
+        pool.reset(
+            {0: EpisodeSpec("libero_object", 0, 0), 1: EpisodeSpec("libero_object", 0, 1)}
+        )  # builds in parallel
+        for workers in (1, 2):
+            video_dir = tmp_path / f"w{workers}" / "videos"
+            settings = RolloutSettings(max_steps=8, center_crop=False, video="all", video_dir=video_dir)
+            records = run_episodes(pool, ScriptedOraclePolicy(pool), episodes, settings, num_slots=workers)
+            records.sort(key=lambda r: r.init_index)
+            frames[workers] = [read_video(video_dir.parent / r.video) for r in records]
+    assert [f.shape for f in frames[1]] == [(8, 224, 224, 3)] * 2
+    for a, b in zip(frames[1], frames[2]):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(frames[1][0], frames[1][1])  # different init states, different rollouts
