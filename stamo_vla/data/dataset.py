@@ -157,23 +157,45 @@ class RLDSFrameDataset(IterableDataset):
                     )
                 return
 
+    def set_resume_position(self, consumed_batches: int, batch_size: int) -> None:
+        """Start the next iteration where a DataLoader that already yielded `consumed_batches` stopped.
+
+        Skipped samples are not decoded (only their episodes' records are read and the random draws
+        replayed), so resuming a long run is cheap and the stream continues exactly as it would have.
+        """
+        self._resume = _check_resume(consumed_batches, batch_size)
+
     def __iter__(self) -> Iterator[dict]:
+        return self.iter_samples(_samples_to_skip(getattr(self, "_resume", (0, 1))))
+
+    def iter_samples(self, skip: int = 0) -> Iterator[dict]:
+        """This rank's and worker's sample stream, without its first `skip` samples (never decoded)."""
         shard = self.shard()
         rng = np.random.default_rng([self.cfg.seed, shard[0], shard[1]])
         size = self.cfg.shuffle_buffer_size
         buffer: list[tuple[_Episode, int]] = []
+
+        def emit(ref: tuple[_Episode, int]) -> Iterator[dict]:
+            nonlocal skip
+            if skip > 0:  # replay the random draws make_sample would make, decode nothing
+                skip -= 1
+                if self.augment:
+                    sample_params(rng, self.cfg.aug)
+                return
+            yield self.make_sample(*ref, rng)
+
         for ref in self._refs(shard, rng):
             if size <= 1:
-                yield self.make_sample(*ref, rng)
+                yield from emit(ref)
             elif len(buffer) < size:
                 buffer.append(ref)
             else:
                 i = int(rng.integers(len(buffer)))
                 out, buffer[i] = buffer[i], ref
-                yield self.make_sample(*out, rng)
+                yield from emit(out)
         rng.shuffle(buffer)
         for ref in buffer:
-            yield self.make_sample(*ref, rng)
+            yield from emit(ref)
 
     def make_sample(self, ep: _Episode, t: int, rng: np.random.Generator) -> dict:
         """Decode and assemble the sample of step `t` of `ep`."""
@@ -230,18 +252,43 @@ class MixtureDataset(IterableDataset):
         for d in self.datasets:
             self.dataset_statistics.update(getattr(d, "dataset_statistics", {}))
 
+    def set_resume_position(self, consumed_batches: int, batch_size: int) -> None:
+        """See `RLDSFrameDataset.set_resume_position` (exact for infinite sources, i.e. ``repeat=True``)."""
+        self._resume = _check_resume(consumed_batches, batch_size)
+
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         rank = getattr(self.datasets[0], "rank", 0)
         rng = np.random.default_rng([self.seed, rank, info.id if info else 0])
-        iters = [iter(d) for d in self.datasets]
         weights = self.weights.copy()
+        # replay the source choices of the skipped samples, then let each source skip its share
+        skips = np.zeros(len(self.datasets), dtype=np.int64)
+        for _ in range(_samples_to_skip(getattr(self, "_resume", (0, 1)))):
+            skips[int(rng.choice(len(weights), p=weights / weights.sum()))] += 1  # same draws as below
+        iters = [
+            d.iter_samples(int(k)) if hasattr(d, "iter_samples") else iter(d)
+            for d, k in zip(self.datasets, skips)
+        ]
         while weights.sum() > 0:
             i = int(rng.choice(len(iters), p=weights / weights.sum()))
             try:
                 yield next(iters[i])
             except StopIteration:
                 weights[i] = 0.0
+
+
+def _check_resume(consumed_batches: int, batch_size: int) -> tuple[int, int]:
+    if consumed_batches < 0 or batch_size < 1:
+        raise ValueError(f"consumed_batches={consumed_batches} must be >= 0 and batch_size={batch_size} >= 1")
+    return int(consumed_batches), int(batch_size)
+
+
+def _samples_to_skip(resume: tuple[int, int]) -> int:
+    """Samples this worker already produced: a DataLoader takes batch i from worker i % num_workers."""
+    consumed, batch_size = resume
+    info = get_worker_info()
+    worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+    return len(range(worker, consumed, workers)) * batch_size
 
 
 def build_dataset(cfg: DataConfig, rank: int | None = None, world_size: int | None = None) -> IterableDataset:

@@ -155,3 +155,45 @@ def test_build_from_config_and_dataloader_collation(data_root, stats):
     assert tuple(batch[keys.IMAGE].shape) == (4, 224, 224, 3) and tuple(batch[keys.ACTION].shape) == (4, 2, 7)
     total = sum(1 for _ in cfg.build(rank=0, world_size=1))  # finite sources are drained completely
     assert total == sum(episode_length(i) for i in range(20)) + sum(episode_length(100 + i) for i in range(3))
+
+
+def _ids(samples):
+    return [(s[keys.DATASET_NAME], s[keys.EPISODE_ID], s[keys.STEP]) for s in samples]
+
+
+def test_resume_position_continues_the_stream_exactly(data_root, stats, monkeypatch):
+    cfg = _cfg(data_root, train_percent=10, repeat=True, shuffle_buffer_size=6, image_aug=True)
+    full_it = iter(RLDSFrameDataset(cfg, LABELED, stats[LABELED], 0, 1))
+    full = [next(full_it) for _ in range(40)]  # 10 batches of 4, more than the 2 episodes (an epoch)
+    resumed = RLDSFrameDataset(cfg, LABELED, stats[LABELED], 0, 1)
+    resumed.set_resume_position(consumed_batches=7, batch_size=4)
+    tail = [s for _, s in zip(range(12), resumed)]
+    assert _ids(tail) == _ids(full[28:])
+    np.testing.assert_array_equal(tail[0][keys.IMAGE], full[28][keys.IMAGE])  # same augmentation draws
+    # DataLoader workers: worker 1 of 2 served batches 1, 3, 5 of the first 7
+    monkeypatch.setattr(dataset_mod, "get_worker_info", lambda: types.SimpleNamespace(id=1, num_workers=2))
+    assert dataset_mod._samples_to_skip((7, 4)) == 12
+    with pytest.raises(ValueError, match="batch_size=0"):
+        resumed.set_resume_position(3, 0)
+
+
+def test_mixture_resume_position_continues_the_stream_exactly(data_root, stats):
+    def mixture():
+        labeled_cfg = _cfg(data_root, train_percent=10, repeat=True, shuffle_buffer_size=4)
+        video_cfg = _cfg(
+            data_root, dataset_names=[ACTION_FREE], split="all", repeat=True, shuffle_buffer_size=4
+        )
+        return MixtureDataset(
+            [
+                RLDSFrameDataset(labeled_cfg, LABELED, stats[LABELED], 0, 1),
+                RLDSFrameDataset(video_cfg, ACTION_FREE, stats[ACTION_FREE], 0, 1),
+            ],
+            [1.0, 1.0],
+            seed=3,
+        )
+
+    it = iter(mixture())
+    full = [next(it) for _ in range(30)]
+    resumed = mixture()
+    resumed.set_resume_position(consumed_batches=5, batch_size=4)
+    assert _ids([s for _, s in zip(range(10), resumed)]) == _ids(full[20:])
