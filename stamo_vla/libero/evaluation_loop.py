@@ -76,11 +76,19 @@ def _query_policy(
 ):
     from stamo_vla.libero.protocol import proprio_from_obs
 
+    extra = {}
+    if getattr(
+        policy, "uses_wrist_image", False
+    ):  # two-image (OFT) policies: wrist frame, same preprocessing
+        extra["wrist_images"] = [
+            _policy_frames(live[s].obs["robot0_eye_in_hand_image"], settings.center_crop)[1] for s in slots
+        ]
     out = policy.predict_batch(
         [images[s] for s in slots],
         [live[s].episode.instruction for s in slots],
         proprio=np.stack([proprio_from_obs(live[s].obs) for s in slots]).astype(np.float32),
         slots=list(slots),
+        **extra,
     )
     actions = np.asarray(out, dtype=np.float64)
     if actions.ndim == 2:  # tolerate (B, 7) from single-step policies

@@ -28,6 +28,7 @@ class SuiteKeyedPolicy:
         self.policy = policy
         self.requested_key = requested_key
         self.action_chunk = int(getattr(policy, "action_chunk", 1))
+        self.uses_wrist_image = bool(getattr(policy, "uses_wrist_image", False))
         if callable(getattr(policy, "future_frames", None)):
             self.future_frames = policy.future_frames
 
@@ -89,13 +90,21 @@ def build_openvla_policy(cfg: EvalConfig, device_index: int = 0) -> SuiteKeyedPo
     model = OpenVLAForActionPrediction.from_pretrained(cfg.checkpoint, **kwargs)
     if cfg.quantization == "none":
         model = model.to(device)
+    adapter = None
     if cfg.adapter_dir is not None:
         # the adapter's LoRA acts inside the base model's modules; its dataset_statistics.json replaces
         # the base model's statistics; the future-state head is not needed to act
-        model = load_adapter_into(model, cfg.adapter_dir).vla
+        adapter = load_adapter_into(model, cfg.adapter_dir)
+        model = adapter.vla
     processor = OpenVLAProcessor.from_pretrained(cfg.checkpoint)
     first = resolve_unnorm_key(model.norm_stats, cfg.suites[0], cfg.unnorm_key)
-    policy = SuiteKeyedPolicy(OpenVLAPolicy(model, processor, unnorm_key=first), cfg.unnorm_key)
+    if adapter is not None and getattr(adapter.config, "is_oft", False):
+        from stamo_vla.adapter.oft_policy import OFTPolicy  # chunked actions from the L1 head, one pass
+
+        inner = OFTPolicy(adapter, processor, unnorm_key=first)
+    else:
+        inner = OpenVLAPolicy(model, processor, unnorm_key=first)
+    policy = SuiteKeyedPolicy(inner, cfg.unnorm_key)
     for suite in cfg.suites:
         policy.unnorm_key_for(suite)
     return policy

@@ -51,7 +51,7 @@ class FakePool:
         img = np.full((256, 256, 3), brightness(spec.task_id, spec.init_index), dtype=np.uint8)
         return {
             "agentview_image": img,
-            "robot0_eye_in_hand_image": img,
+            "robot0_eye_in_hand_image": 255 - img,  # distinct from the agentview frame
             "robot0_eef_pos": np.array([self.x[slot], 0.0, 1.0]),
             "robot0_eef_quat": np.array([0.0, 0.0, 0.0, 1.0]),
             "robot0_gripper_qpos": np.array([0.04, -0.04]),
@@ -292,3 +292,32 @@ def test_videos_failures_only_and_with_future_frames(tmp_path):
     frames = read_video(tmp_path / "vid_all" / records[0].video)
     assert frames.shape[1:] == (224, 448, 3)
     assert abs(float(frames[:, :, 224:].mean()) - 128) < 3  # the decoded future frame on the right
+
+
+class WristPolicy(FakePolicy):
+    """A two-camera policy: asks for the wrist frame too."""
+
+    uses_wrist_image = True
+
+    def predict_batch(self, images, instructions, **obs):
+        wrist = obs["wrist_images"]
+        assert len(wrist) == len(images)
+        for img, w in zip(images, wrist):
+            assert w.shape == (224, 224, 3) and w.dtype == np.uint8
+            assert (
+                abs(float(w.mean()) - (255 - float(img.mean()))) < 2
+            )  # the wrist camera, same preprocessing
+        self.wrist_calls = getattr(self, "wrist_calls", 0) + 1
+        return super().predict_batch(images, instructions, **obs)
+
+
+def test_wrist_images_reach_two_camera_policies(tmp_path):
+    policy = WristPolicy()
+    _run(_cfg(tmp_path, name="wrist", num_trials_per_task=1), policy=policy)
+    assert policy.wrist_calls == policy.calls > 0
+    assert _outcomes(tmp_path / "wrist") == _outcomes_single_trial(tmp_path)
+
+
+def _outcomes_single_trial(tmp_path):
+    _run(_cfg(tmp_path, name="plain", num_trials_per_task=1))
+    return _outcomes(tmp_path / "plain")
