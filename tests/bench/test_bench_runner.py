@@ -1,0 +1,33 @@
+"""The benchmark runner: every module is registered, results are written as JSON + markdown."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from eval.bench import __main__ as runner
+
+
+def test_every_bench_module_is_registered():
+    modules = {p.stem.removeprefix("bench_") for p in Path(runner.__file__).parent.glob("bench_*.py")}
+    assert modules == set(runner.BENCHMARKS)
+
+
+def test_markdown_flattens_nested_results():
+    md = runner.markdown({"x": {"ratio": 2.5, "nested": {"a_s": 0.1234567}, "note": "ok"}}, {"cpu_count": 2})
+    assert "| ratio | 2.5 |" in md and "| nested.a_s | 0.1235 |" in md and "cpu_count=2" in md
+
+
+def test_unknown_benchmark_is_refused():
+    with pytest.raises(SystemExit):
+        runner.main(["--only", "nope"])
+
+
+@pytest.mark.slow
+def test_quick_run_writes_json_and_markdown(tmp_path):
+    assert runner.main(["--quick", "--only", "adapter", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "bench.json").read_text())
+    overhead = data["results"]["adapter"]["tiny"]["train_step_overhead"]
+    assert set(overhead) == {"stamo_cached_vs_plain_lora", "stamo_live_encoder_vs_plain_lora"}
+    assert data["machine"]["cpu_count"] >= 1
+    assert "## adapter" in (tmp_path / "bench.md").read_text()
