@@ -1,7 +1,8 @@
 """One entry point per operation: attach, save_adapter, load_adapter, merge.
 
 On disk (DESIGN.md contract) an adapter directory holds the peft adapter (``adapter_config.json``,
-``adapter_model.safetensors``), the head weights (``stamo_head.safetensors``), the StaMo adapter config
+``adapter_model.safetensors``), the head weights (``stamo_head.safetensors``), the variant's extra modules (``oft_modules.safetensors`` for the OFT
+variant), the StaMo adapter config
 (``stamo_adapter_config.json``) and ``dataset_statistics.json`` (action + proprio statistics).
 """
 
@@ -19,6 +20,7 @@ from stamo_vla.adapter.configuration_adapter import CONFIG_NAME, StaMoAdapterCon
 from stamo_vla.adapter.heads import StateHead
 from stamo_vla.adapter.lora import lora_config
 from stamo_vla.adapter.modeling_adapter import StaMoAdapterModel, base_model_of, hidden_size_of
+from stamo_vla.adapter.variants import build_adapter_model, load_extra_modules, save_extra_modules
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +52,9 @@ def _build_head(model: nn.Module, cfg: StaMoAdapterConfig) -> StateHead | None:
 def _describe_trainable(model: StaMoAdapterModel) -> str:
     total = sum(p.numel() for p in model.parameters())
     lora = sum(p.numel() for n, p in model.vla.named_parameters() if p.requires_grad)
-    head = sum(p.numel() for p in model.head.parameters()) if model.head is not None else 0
+    head = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and not n.startswith("vla."))
     return (
-        f"trainable params: {lora + head:,} (LoRA {lora:,} + head {head:,}) || all params: {total:,} "
+        f"trainable params: {lora + head:,} (LoRA {lora:,} + heads {head:,}) || all params: {total:,} "
         f"|| trainable%: {100 * (lora + head) / max(total, 1):.4f}"
     )
 
@@ -89,7 +91,7 @@ def attach(
     head = _build_head(vla, cfg)
     if head is not None:
         head.to(next(vla.parameters()).device)
-    model = StaMoAdapterModel(peft_model, cfg, head)
+    model = build_adapter_model(peft_model, vla, cfg, head)
     model.set_stamo(stamo_encoder, stamo_decoder)
     logger.info(_describe_trainable(model))
     print(_describe_trainable(model))
@@ -122,6 +124,7 @@ def save_adapter(
         if model.head is not None:
             state = {k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}
             save_file(state, str(tmp / HEAD_WEIGHTS))
+        save_extra_modules(model, tmp)
         model.config.save(tmp)
         write_json_atomic(tmp / STATISTICS, stats)
     return directory
@@ -183,7 +186,9 @@ def load_adapter(base: nn.Module, directory: str | Path, is_trainable: bool = Fa
     head = _load_head(base, cfg, directory)
     if head is not None:
         head.requires_grad_(is_trainable)
-    return StaMoAdapterModel(vla, cfg, head)
+    model = build_adapter_model(vla, base, cfg, head)
+    load_extra_modules(model, directory, is_trainable)
+    return model
 
 
 def merge(model: StaMoAdapterModel, out_dir: str | Path, processor=None) -> Path:
@@ -207,6 +212,7 @@ def merge(model: StaMoAdapterModel, out_dir: str | Path, processor=None) -> Path
         if model.head is not None:
             state = {k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}
             save_file(state, str(tmp / HEAD_WEIGHTS))
+        save_extra_modules(model, tmp)
         cfg = StaMoAdapterConfig(**{**model.config.to_dict(), "base_model": {}})
         write_json_atomic(tmp / CONFIG_NAME, cfg.to_dict())
         if stats:

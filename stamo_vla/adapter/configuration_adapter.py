@@ -12,6 +12,10 @@ from stamo_vla.configs import check_choice
 TARGETS = ("state", "motion", "none")
 READOUTS = ("action_query", "mean_vision")
 LORA_TARGET_PRESETS = ("openvla-upstream", "all-linear")
+# Action-head variants (the adapter model class for each is registered in `stamo_vla.adapter.variants`):
+# "tokens" = OpenVLA's autoregressive action tokens with cross-entropy; "l1" = OpenVLA-OFT's parallel decoding of an
+# action chunk with an L1 regression head.
+ACTION_HEADS = ("tokens", "l1")
 CONFIG_NAME = "stamo_adapter_config.json"
 
 
@@ -64,6 +68,23 @@ class StaMoAdapterConfig:
     stamo_fingerprint: str | None = None
     # Free-form record of the base model the adapter was trained on (filled by `attach`).
     base_model: dict = field(default_factory=dict)
+    # How actions are produced: "tokens" (OpenVLA: 7 autoregressive action tokens, cross-entropy) or "l1"
+    # (OpenVLA-OFT: K x 7 empty action positions decoded in one bidirectional pass, MLP-ResNet L1 regression head).
+    action_head: str = "tokens"
+    # Actions per call K (the chunk). "tokens" predicts one step (K = 1); OFT's LIBERO setting is 8.
+    action_chunk: int = 1
+    # Dimensions of one action (7 for LIBERO: 6 EEF deltas + gripper).
+    action_dim: int = 7
+    # Width of the L1 head's MLP-ResNet; None = the LLM hidden size (upstream OFT: 4096).
+    action_head_width: int | None = None
+    # Camera images per sample for "l1": 1 = third-person only, 2 = third-person + wrist (channel-stacked pixels).
+    num_images: int = 1
+    # Feed the normalized proprio as one extra token after the vision patches ("l1" only).
+    use_proprio: bool = False
+    # Size of the proprio vector (8 for LIBERO: EEF pos 3 + axis-angle 3 + gripper qpos 2).
+    proprio_dim: int = 8
+    # FiLM-condition every ViT block on the average language embedding ("l1" only; OFT+).
+    use_film: bool = False
 
     def __post_init__(self) -> None:
         check_choice("target", self.target, TARGETS)
@@ -82,8 +103,37 @@ class StaMoAdapterConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0")
         if self.lora_alpha is not None and self.lora_alpha <= 0:
             raise ValueError(f"lora_alpha={self.lora_alpha!r} must be positive (or None for min(rank, 16))")
+        self._check_action_head()
         if self.lambda_decoder > 0 and self.target == "none":
             raise ValueError("lambda_decoder > 0 needs a head: set target to 'state' or 'motion'")
+
+    def _check_action_head(self) -> None:
+        check_choice("action_head", self.action_head, ACTION_HEADS)
+        for name in ("action_chunk", "action_dim", "proprio_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+        if self.action_head_width is not None and self.action_head_width < 1:
+            raise ValueError(f"action_head_width={self.action_head_width!r} must be positive (or None)")
+        check_choice("num_images", self.num_images, (1, 2))
+        if self.action_head == "tokens":
+            oft_only = {
+                "action_chunk": (self.action_chunk, 1),
+                "num_images": (self.num_images, 1),
+                "use_proprio": (self.use_proprio, False),
+                "use_film": (self.use_film, False),
+            }
+            for name, (value, plain) in oft_only.items():
+                if value != plain:
+                    raise ValueError(
+                        f"{name}={value!r} needs action_head='l1' (the OFT variant); action_head='tokens' "
+                        f"supports only {name}={plain!r}"
+                    )
+
+    @property
+    def is_oft(self) -> bool:
+        """True for the OFT variant (parallel decoding of an action chunk with the L1 head)."""
+        return self.action_head == "l1"
 
     @property
     def has_head(self) -> bool:

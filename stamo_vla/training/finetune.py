@@ -129,7 +129,16 @@ def build_dataloader(cfg: FinetuneConfig, base, processor, live_targets: bool, r
 
     dataset = cfg.data.build(rank=rank, world_size=world_size)
     action_tokenizer = ActionTokenizer(base.action_vocab_size, bins=base.config.n_action_bins)
-    collate = FinetuneCollator(OpenVLABatchTransform(processor, action_tokenizer), stamo_pixels=live_targets)
+    if cfg.adapter.is_oft:
+        from stamo_vla.vla.oft_batch_transform import OFTBatchTransform
+
+        a = cfg.adapter
+        transform = OFTBatchTransform(
+            processor, action_tokenizer, a.action_chunk, a.num_images, a.use_proprio, a.proprio_dim
+        )
+    else:
+        transform = OpenVLABatchTransform(processor, action_tokenizer)
+    collate = FinetuneCollator(transform, stamo_pixels=live_targets)
     loader = make_dataloader(dataset, cfg.batch_size, num_workers=cfg.num_workers, collate_fn=collate)
     return dataset, loader
 

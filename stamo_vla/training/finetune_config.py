@@ -87,6 +87,8 @@ class FinetuneConfig:
             raise ValueError(f"num_workers={self.num_workers} must be >= 0")
         # one source of truth for the future-frame offset
         self.data.horizon = self.adapter.horizon
+        if self.adapter.is_oft:
+            self._sync_oft_data()
         if self.adapter.lambda_decoder > 0 and not self.stamo_path:
             raise ValueError(
                 "adapter.lambda_decoder > 0 needs stamo_path (a StaMo checkpoint with a decoder)"
@@ -98,6 +100,17 @@ class FinetuneConfig:
                 "adapter.target=none for the plain LoRA baseline."
             )
 
+    def _sync_oft_data(self) -> None:
+        """The OFT variant's inputs decide what the data loads: chunk length, wrist camera, proprio."""
+        if self.attn_implementation == "flash_attention_2":
+            raise ValueError(
+                "attn_implementation='flash_attention_2' cannot take the 4-D parallel-decoding mask of "
+                "adapter.action_head='l1'; allowed: ['sdpa', 'eager']"
+            )
+        self.data.action_chunk = self.adapter.action_chunk
+        self.data.load_wrist = self.data.load_wrist or self.adapter.num_images == 2
+        self.data.load_proprio = self.data.load_proprio or self.adapter.use_proprio
+
     @property
     def default_run_id(self) -> str:
         name = self.vla_path.rstrip("/").split("/")[-1]
@@ -106,6 +119,8 @@ class FinetuneConfig:
         parts += [f"lora-r{self.adapter.lora_rank}", f"stamo-{self.adapter.target}"]
         if self.adapter.has_head:
             parts.append(f"h{self.adapter.horizon}")
+        if self.adapter.is_oft:
+            parts.append(f"l1-K{self.adapter.action_chunk}-img{self.adapter.num_images}")
         if self.load_in_4bit:
             parts.append("q-4bit")
         if self.data.image_aug:

@@ -1,0 +1,130 @@
+"""`OFTPolicy`: the evaluation-facing batch API for an OFT-variant adapter (K actions per call, one pass)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from stamo_vla.adapter.modeling_adapter import base_model_of
+
+
+class OFTPolicy:
+    """Images (+ wrist images, raw proprio) and instructions -> (B, K, 7) un-normalized action chunks.
+
+    Observations are expected preprocessed exactly as training data (upright 224x224 uint8, JPEG round trip,
+    optional center crop: `stamo_vla.libero.protocol.prepare_image`); the raw 8-D proprio is normalized here with
+    the same BOUNDS_Q99 statistics (and clipping) the training data used.
+
+    Args:
+        adapter: a `StaMoOFTAdapterModel` (from `attach` / `load_adapter` with action_head='l1').
+        processor: the base model's `OpenVLAProcessor`.
+        unnorm_key: dataset key of the statistics; None when there is exactly one.
+    """
+
+    def __init__(self, adapter: Any, processor: Any, unnorm_key: str | None = None):
+        from stamo_vla.vla.generation import check_unnorm_key
+
+        if not getattr(adapter.config, "is_oft", False):
+            raise ValueError(
+                f"OFTPolicy needs an adapter with action_head='l1'; got {adapter.config.action_head!r} "
+                "(use OpenVLAPolicy for token adapters)."
+            )
+        self.adapter = adapter.eval()
+        self.model = base_model_of(
+            adapter.vla
+        )  # norm_stats live on the base model (evaluation harness contract)
+        self.processor = processor
+        self.unnorm_key = check_unnorm_key(self.model.norm_stats, unnorm_key)
+        self.action_chunk = int(adapter.config.action_chunk)
+        self.uses_wrist_image = adapter.config.num_images == 2
+        self.uses_proprio = bool(adapter.config.use_proprio)
+        self.image_size = tuple(processor.image_processor.size)
+
+    def _check_images(self, images: list, name: str, n: int) -> None:
+        h, w = self.image_size
+        if len(images) != n:
+            raise ValueError(
+                f"predict_batch: got {len(images)} {name} for {n} instructions; need one per row."
+            )
+        for i, img in enumerate(images):
+            arr = np.asarray(img)
+            if arr.shape != (h, w, 3) or arr.dtype != np.uint8:
+                raise ValueError(
+                    f"predict_batch: {name}[{i}] has shape {arr.shape} dtype {arr.dtype}; expected ({h}, {w}, 3) "
+                    "uint8 RGB, upright (use stamo_vla.libero.protocol.prepare_image for LIBERO frames)."
+                )
+
+    def normalize_proprio(self, proprio: np.ndarray) -> np.ndarray:
+        """Raw (B, P) proprio -> normalized with the dataset's proprio statistics, clipped to [-1, 1]."""
+        from stamo_vla.data.normalization import normalize
+
+        stats = self.model.norm_stats[self.unnorm_key].get("proprio")
+        if stats is None:
+            raise ValueError(
+                f"the statistics of {self.unnorm_key!r} have no 'proprio' block; use the training run's "
+                "dataset_statistics.json (written with data.load_proprio=true)."
+            )
+        want = self.adapter.config.proprio_dim
+        proprio = np.asarray(proprio, dtype=np.float32)
+        if proprio.ndim != 2 or proprio.shape[1] != want:
+            raise ValueError(f"predict_batch: proprio has shape {proprio.shape}, expected (B, {want}).")
+        return normalize(proprio, stats)
+
+    @torch.no_grad()
+    def predict_batch(
+        self,
+        images: list[np.ndarray],
+        instructions: list[str],
+        wrist_images: list[np.ndarray] | None = None,
+        proprio: np.ndarray | None = None,
+        **obs: Any,
+    ) -> np.ndarray:
+        """Action chunks for a batch of observations.
+
+        Args:
+            images: B third-person images (224, 224, 3) uint8, upright.
+            instructions: B task strings.
+            wrist_images: B wrist images, preprocessed like `images` (required when the model takes 2 images).
+            proprio: (B, 8) raw proprio (eef pos, axis-angle, gripper qpos); required with a proprio token.
+            obs: other observation entries (ignored).
+
+        Returns:
+            (B, K, 7) float32 actions in dataset convention (un-normalized; gripper ~1 open, ~0 closed).
+        """
+        from stamo_vla.vla.processing_openvla import build_prompt
+
+        if not images or len(images) != len(instructions):
+            raise ValueError(
+                f"predict_batch: got {len(images)} images and {len(instructions)} instructions; need the same "
+                "non-zero number."
+            )
+        self._check_images(images, "images", len(instructions))
+        pixel_values = self.processor([build_prompt(t) for t in instructions], list(images))
+        pixels = pixel_values["pixel_values"]
+        if self.uses_wrist_image:
+            if wrist_images is None:
+                raise ValueError(
+                    "predict_batch: this OFT model takes two images (num_images=2) but no wrist_images were given; "
+                    "pass wrist_images=[...] preprocessed like the third-person images."
+                )
+            self._check_images(wrist_images, "wrist_images", len(instructions))
+            wrist = self.processor.image_processor(list(wrist_images))["pixel_values"]
+            pixels = torch.cat([pixels, wrist], dim=1)
+        proprio_t = None
+        if self.uses_proprio:
+            if proprio is None:
+                raise ValueError(
+                    "predict_batch: this OFT model uses a proprio token; pass proprio=(B, 8) raw."
+                )
+            proprio_t = torch.from_numpy(self.normalize_proprio(proprio))
+        dtype = next(p for p in self.model.parameters() if p.dtype.is_floating_point).dtype
+        actions = self.adapter.predict_action(
+            pixels.to(dtype),
+            pixel_values["input_ids"],
+            pixel_values["attention_mask"],
+            unnorm_key=self.unnorm_key,
+            proprio=proprio_t,
+        )
+        return np.asarray(actions, dtype=np.float32)
