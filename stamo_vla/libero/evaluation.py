@@ -302,11 +302,16 @@ def _run_shard(
         bar.close()
 
 
-def summarize_run(output_dir: str | os.PathLike) -> dict[str, Any]:
-    """Rebuild summary.json / summary.md of an output directory from its records and saved config."""
-    from stamo_vla.configs import load_config
-    from stamo_vla.libero import env as catalog
+def summarize_run(output_dir: str | os.PathLike, catalog: Any | None = None) -> dict[str, Any]:
+    """Rebuild summary.json / summary.md of an output directory from its records and saved config.
 
+    Useful when a multi-rank run lost a rank before the merge: the finished episodes of every rank are
+    on disk, and this merges them without running anything.
+    """
+    from stamo_vla.configs import load_config
+
+    if catalog is None:
+        from stamo_vla.libero import env as catalog
     out = Path(output_dir)
     config_path = out / CONFIG_YAML
     if not config_path.exists():

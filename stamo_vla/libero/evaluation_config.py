@@ -15,6 +15,8 @@ ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 DEVICES = ("auto", "cpu", "cuda")
 # upstream default trials per task (50 fixed init states ship with each LIBERO task)
 NUM_INIT_STATES = 50
+# steps after which a LIBERO env refuses to step (robosuite `horizon` of OffScreenRenderEnv)
+LIBERO_HORIZON = 1000
 
 
 def standard_suites() -> tuple[str, ...]:
@@ -107,6 +109,12 @@ class EvalConfig:
             raise ValueError(f"num_steps_wait={self.num_steps_wait} must be >= 0 (upstream: 10)")
         if self.max_steps is not None:
             _positive("max_steps", self.max_steps)
+            if self.max_steps + self.num_steps_wait > LIBERO_HORIZON:
+                # past the horizon LIBERO raises "executing action in terminated episode" mid-episode
+                raise ValueError(
+                    f"max_steps={self.max_steps} plus num_steps_wait={self.num_steps_wait} exceeds the LIBERO "
+                    f"env horizon of {LIBERO_HORIZON} steps; use max_steps <= {LIBERO_HORIZON - self.num_steps_wait}"
+                )
         if self.open_loop_steps is not None:
             _positive("open_loop_steps", self.open_loop_steps)
         _positive("num_workers", self.num_workers)

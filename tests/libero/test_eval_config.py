@@ -46,6 +46,7 @@ def test_unknown_suite_lists_valid_ones():
         ({"open_loop_steps": 0}, "open_loop_steps=0"),
         ({"task_ids": [-1]}, "task_ids=\\[-1\\]"),
         ({"suites": ["libero_10", "libero_10"]}, "lists a suite twice"),
+        ({"max_steps": 995}, "exceeds the LIBERO env horizon of 1000 steps; use max_steps <= 990"),
         ({"adapter_dir": "x"}, "policy='scripted' takes no model options"),
     ],
 )

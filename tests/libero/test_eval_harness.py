@@ -321,3 +321,13 @@ def test_wrist_images_reach_two_camera_policies(tmp_path):
 def _outcomes_single_trial(tmp_path):
     _run(_cfg(tmp_path, name="plain", num_trials_per_task=1))
     return _outcomes(tmp_path / "plain")
+
+
+def test_summarize_run_rebuilds_the_merge_from_disk(tmp_path):
+    from stamo_vla.libero.evaluation import summarize_run
+
+    cfg = _cfg(tmp_path, name="s")
+    summary, _ = _run(cfg)
+    (tmp_path / "s" / "summary.json").unlink()
+    assert summarize_run(cfg.output_dir, catalog=CATALOG) == summary
+    assert json.loads((tmp_path / "s" / "summary.json").read_text()) == summary
