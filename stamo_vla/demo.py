@@ -1,0 +1,343 @@
+"""`make demo` / `stamo-vla demo`: the whole product on the embedded tiny default, on a CPU, with nothing downloaded.
+
+Stages (each skipped when its output exists, each resumable when interrupted; the time of each is printed):
+
+1. collect     scripted LIBERO demonstrations (spawned simulator workers) -> RLDS dataset
+2. pretrain    tiny StaMo (frozen random DINOv2 + compressor, SD3-style DiT) on the collected frames
+3. cache       StaMo targets for every frame (the fine-tuning runs no encoder)
+4. finetune    tiny VLA + LoRA with the StaMo motion target, under torchrun; and the plain LoRA baseline
+5. evaluate    the LIBERO protocol on a few episodes per task for both policies, plus the scripted oracle
+6. probe       the latent-action probe (StaMo motion vs pixel and DINOv2 differences)
+7. report      runs/demo/REPORT.md: every number read from the run's own output files
+
+The tiny VLA and StaMo are random-init and trained for minutes on a handful of episodes: the point is that every
+stage runs end to end and reports honestly, not that the tiny policy solves LIBERO.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class DemoConfig:
+    """The demo's sizes (defaults: ~20 minutes on 2 CPU cores)."""
+
+    # Output folder of every stage and of REPORT.md.
+    out_dir: str = "runs/demo"
+    # LIBERO suite and tasks to collect and evaluate.
+    suite: str = "libero_spatial"
+    tasks: list[int] = field(default_factory=lambda: [0, 1])
+    # Successful scripted demonstrations per task.
+    episodes_per_task: int = 6
+    # Simulator worker processes (collection and evaluation).
+    workers: int = 2
+    # StaMo pretraining steps (tiny preset) and VAE fit steps before it.
+    stamo_steps: int = 300
+    stamo_vae_fit_steps: int = 150
+    # Fine-tuning steps per run, and processes for torchrun.
+    finetune_steps: int = 120
+    finetune_procs: int = 2
+    # Evaluation: trials per task and steps per episode (upstream: 50 trials, 220 steps on libero_spatial).
+    eval_trials: int = 2
+    eval_max_steps: int = 60
+    # Probe horizons and MLP steps.
+    probe_horizons: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    probe_steps: int = 400
+    # Stages to run (default: all, in order).
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.stages if s not in STAGES]
+        if unknown:
+            raise ValueError(f"stages={unknown} are not valid; allowed: {list(STAGES)}")
+        if self.workers < 1 or self.finetune_procs < 1:
+            raise ValueError("workers and finetune_procs must be >= 1")
+
+
+STAGES = ("collect", "pretrain", "cache", "finetune", "evaluate", "probe", "report")
+
+
+class Demo:
+    """Paths and stage runners of one demo directory."""
+
+    def __init__(self, cfg: DemoConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.out_dir)
+        self.data = self.out / "data"
+        self.dataset = f"{cfg.suite}_no_noops"
+        self.stamo_run = self.out / "stamo"
+        self.runs = self.out / "finetune"
+        self.evals = self.out / "eval"
+        self.probe = self.out / "probe"
+        self.marks = self.out / ".stages"
+
+    # ---------------------------------------------------------------- helpers
+    def run(self, args: list[str], log_name: str, env: dict | None = None) -> None:
+        """Run a command with output teed to <out>/logs/<log_name>.log; raise with the log's tail on failure."""
+        log_dir = self.out / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log = log_dir / f"{log_name}.log"
+        full_env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
+            "TOKENIZERS_PARALLELISM": "false",
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            **(env or {}),
+        }
+        print("  $ " + " ".join(args), flush=True)
+        with open(log, "a") as f:
+            proc = subprocess.run(args, cwd=REPO, env=full_env, stdout=f, stderr=subprocess.STDOUT)
+        if proc.returncode != 0:
+            tail = "\n".join(log.read_text().splitlines()[-30:])
+            raise RuntimeError(f"stage command failed (exit {proc.returncode}); log {log}:\n{tail}")
+
+    def stamo_model(self) -> Path:
+        from stamo_vla.training.checkpoint import find_latest_checkpoint
+
+        ckpt = find_latest_checkpoint(self.stamo_run)
+        if ckpt is None:
+            raise FileNotFoundError(f"no StaMo checkpoint under {self.stamo_run}; run the 'pretrain' stage")
+        return ckpt / "model"
+
+    # ---------------------------------------------------------------- stages
+    def collect(self) -> None:
+        c = self.cfg
+        self.run(
+            [
+                sys.executable,
+                "-m",
+                "stamo_vla.cli",
+                "collect",
+                "--suite",
+                c.suite,
+                "--tasks",
+                ",".join(map(str, c.tasks)),
+                "--episodes-per-task",
+                str(c.episodes_per_task),
+                "--workers",
+                str(c.workers),
+                "--out",
+                str(self.data),
+            ],
+            "collect",
+        )
+
+    def pretrain(self) -> None:
+        c = self.cfg
+        self.run(
+            [
+                sys.executable,
+                "recipes/pretrain_stamo.py",
+                "--config",
+                "tiny",
+                "--run_dir",
+                str(self.stamo_run),
+                "--max_steps",
+                str(c.stamo_steps),
+                "--vae_fit_steps",
+                str(c.stamo_vae_fit_steps),
+                "--eval_every",
+                "0",
+                "--save_every",
+                str(c.stamo_steps),
+                "--source.type",
+                "rlds",
+                "--source.data_root_dir",
+                str(self.data),
+                "--source.dataset_names",
+                f"[{self.dataset}]",
+                "--source.frame_stride",
+                "3",
+            ],
+            "pretrain",
+        )
+
+    def cache(self) -> None:
+        self.run(
+            [
+                sys.executable,
+                "-m",
+                "stamo_vla.cli",
+                "cache-targets",
+                "--data-root-dir",
+                str(self.data),
+                "--dataset-name",
+                self.dataset,
+                "--stamo",
+                str(self.stamo_model()),
+            ],
+            "cache",
+        )
+
+    def finetune(self) -> None:
+        c = self.cfg
+        for target in ("motion", "none"):
+            args = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc-per-node",
+                str(c.finetune_procs),
+                "recipes/finetune_libero.py",
+                "--config",
+                "tiny",
+                "--data.data_root_dir",
+                str(self.data),
+                "--data.dataset_names",
+                f"[{self.dataset}]",
+                "--run_root_dir",
+                str(self.runs),
+                "--run_id",
+                target,
+                "--max_steps",
+                str(c.finetune_steps),
+                "--save_steps",
+                str(max(1, c.finetune_steps // 2)),
+                "--adapter.target",
+                target,
+                "--resume",
+                "true",
+                "--vla_path",
+                str(self.runs / "base_model"),
+            ]
+            if target != "none":
+                args += ["--data.use_target_cache", "true", "--stamo_path", str(self.stamo_model())]
+            self._ensure_base()
+            self.run(args, f"finetune_{target}", env={"OMP_NUM_THREADS": "1"})
+
+    def _ensure_base(self) -> None:
+        base = self.runs / "base_model"
+        if not (base / "config.json").is_file():
+            from stamo_vla.vla import build_tiny
+
+            build_tiny(save_dir=base, seed=0)
+
+    def evaluate(self) -> None:
+        c = self.cfg
+        common = [
+            "--suites",
+            f"[{c.suite}]",
+            "--task_ids",
+            "[" + ",".join(map(str, c.tasks)) + "]",
+            "--num_workers",
+            str(c.workers),
+            "--video",
+            "all",
+            "--progress",
+            "false",
+        ]
+        self.run(
+            [
+                sys.executable,
+                "eval/run_libero_eval.py",
+                "--policy",
+                "scripted",
+                "--num_trials_per_task",
+                "1",
+                "--output_dir",
+                str(self.evals / "oracle"),
+                *common,
+            ],
+            "eval_oracle",
+        )
+        for target in ("motion", "none"):
+            self.run(
+                [
+                    sys.executable,
+                    "eval/run_libero_eval.py",
+                    "--checkpoint",
+                    str(self.runs / "base_model"),
+                    "--adapter_dir",
+                    str(self.runs / target / "adapter"),
+                    "--unnorm_key",
+                    self.dataset,
+                    "--num_trials_per_task",
+                    str(c.eval_trials),
+                    "--max_steps",
+                    str(c.eval_max_steps),
+                    "--center_crop",
+                    "false",
+                    "--output_dir",
+                    str(self.evals / target),
+                    *common,
+                ],
+                f"eval_{target}",
+                env={"OMP_NUM_THREADS": "1"},
+            )
+
+    def probe_stage(self) -> None:
+        c = self.cfg
+        self.run(
+            [
+                sys.executable,
+                "eval/latent_action_probe.py",
+                "--data_root_dir",
+                str(self.data),
+                "--dataset_name",
+                self.dataset,
+                "--stamo_path",
+                str(self.stamo_model()),
+                "--out_dir",
+                str(self.probe),
+                "--horizons",
+                "[" + ",".join(map(str, c.probe_horizons)) + "]",
+                "--steps",
+                str(c.probe_steps),
+            ],
+            "probe",
+        )
+
+    def report(self) -> None:
+        from stamo_vla.demo_report import write_report
+
+        write_report(self)
+
+    # ---------------------------------------------------------------- driver
+    def stage_fn(self, name: str) -> Callable[[], None]:
+        return {"probe": self.probe_stage}.get(name) or getattr(self, name)
+
+    def main(self) -> dict[str, float]:
+        from stamo_vla.fileio import write_json_atomic
+
+        times: dict[str, float] = {}
+        for name in self.cfg.stages:
+            mark = self.marks / f"{name}.json"
+            if mark.is_file() and name != "report":
+                times[name] = json.loads(mark.read_text())["seconds"]
+                print(f"[demo] {name}: done earlier ({times[name]:.0f} s), skipped", flush=True)
+                continue
+            print(f"[demo] {name} ...", flush=True)
+            start = time.perf_counter()
+            self.stage_fn(name)()
+            times[name] = round(time.perf_counter() - start, 1)
+            write_json_atomic(
+                mark, {"stage": name, "seconds": times[name], "config": dataclasses.asdict(self.cfg)}
+            )
+            print(f"[demo] {name}: {times[name]:.0f} s", flush=True)
+        return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    import draccus
+
+    cfg = draccus.parse(DemoConfig, args=sys.argv[1:] if argv is None else argv)
+    start = time.perf_counter()
+    times = Demo(cfg).main()
+    print("\n[demo] stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))
+    print(
+        f"[demo] total {time.perf_counter() - start:.0f} s this call; report: {Path(cfg.out_dir) / 'REPORT.md'}"
+    )
+    return 0
