@@ -235,7 +235,12 @@ def iter_episodes(
             out["image"], out["wrist_image"] = obs["image"], obs["wrist_image"]
         return out
 
-    ds = ds.map(flatten, num_parallel_calls=1, deterministic=True)
+    options = tf.data.Options()
+    # bounded tf.data thread pools: upstream's 16+ threads per stage is a main source of host-RAM growth
+    # (openvla #4/#39/#167); here each reader uses about `num_parallel_reads` threads
+    options.threading.private_threadpool_size = max(2, num_parallel_reads)
+    options.threading.max_intra_op_parallelism = 1
+    ds = ds.with_options(options).map(flatten, num_parallel_calls=1, deterministic=True)
     if shuffle_episodes > 0:
         ds = ds.shuffle(shuffle_episodes, seed=seed, reshuffle_each_iteration=False)
     ds = ds.prefetch(1)
