@@ -225,8 +225,9 @@ def evaluate(
         file=sys.stderr,
     )
 
-    if policy is None and cfg.policy == "openvla":
-        # load (and validate the checkpoint, statistics keys, adapter) before paying for env workers
+    if policy is None and cfg.policy == "openvla" and todo:
+        # load (and validate the checkpoint, statistics keys, adapter) before paying for env workers;
+        # a finished shard (resume) skips loading the model altogether
         cfg.check_paths()
         from stamo_vla.libero.evaluation_vla import build_openvla_policy
 
