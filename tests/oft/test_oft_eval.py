@@ -1,0 +1,145 @@
+"""An OFT adapter in the LIBERO harness (fake env pool): chunked open-loop execution, wrist image + proprio inputs."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+from oft_helpers import CHUNK, oft_config
+
+from stamo_vla.libero.evaluation import evaluate
+from stamo_vla.libero.evaluation_config import EvalConfig
+
+WAIT, MAX_STEPS, OPEN_LOOP = 2, 7, 3
+CATALOG = types.SimpleNamespace(
+    task_count=lambda suite: 2, task_instruction=lambda suite, t: f"put object {t} away"
+)
+
+
+class RecordingPool:
+    """Env pool stand-in: distinct agentview / wrist frames per episode, records every action it steps."""
+
+    def __init__(self):
+        self.specs, self.t, self.received = {}, {}, []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def _obs(self, slot):
+        level = 60 + 40 * self.specs[slot].task_id + 3 * self.t[slot]
+        rng = np.random.default_rng(level)
+        return {
+            "agentview_image": np.full((256, 256, 3), level, np.uint8),
+            "robot0_eye_in_hand_image": rng.integers(0, 255, (256, 256, 3), dtype=np.uint8),
+            "robot0_eef_pos": np.array([0.1 * self.t[slot], 0.0, 5.0]),  # z beyond q99: clipped to 1
+            "robot0_eef_quat": np.array([0.0, 0.0, 0.0, 1.0]),
+            "robot0_gripper_qpos": np.array([0.04, -0.04]),
+        }
+
+    def reset(self, specs):
+        for slot, spec in specs.items():
+            self.specs[slot], self.t[slot] = spec, 0
+        return {slot: self._obs(slot) for slot in specs}
+
+    def step(self, actions):
+        out = {}
+        for slot, action in actions.items():
+            self.received.append((self.specs[slot].task_id, self.t[slot], np.asarray(action).copy()))
+            self.t[slot] += 1
+            out[slot] = (self._obs(slot), 0.0, False, {})
+        return out
+
+
+@pytest.fixture(scope="module")
+def oft_dirs(tmp_path_factory):
+    from stamo_vla.adapter import attach, save_adapter
+    from stamo_vla.vla import build_tiny
+    from stamo_vla.vla.tiny import tiny_norm_stats
+
+    root = tmp_path_factory.mktemp("oft_eval")
+    base, _ = build_tiny(save_dir=root / "base")
+    stats = {"libero_spatial": tiny_norm_stats()["tiny_dataset"]}
+    stats["libero_spatial"]["proprio"] = {
+        "q01": [-1.0] * 8,
+        "q99": [1.0] * 8,
+        "min": [-2.0] * 8,
+        "max": [2.0] * 8,
+        "mean": [0.0] * 8,
+        "std": [1.0] * 8,
+    }
+    model = attach(base, oft_config())
+    save_adapter(model, root / "adapter", dataset_statistics=stats)
+    return root
+
+
+@pytest.mark.slow
+def test_oft_adapter_runs_chunked_in_the_harness(oft_dirs, tmp_path):
+    from stamo_vla.libero.evaluation_vla import build_openvla_policy
+    from stamo_vla.libero.protocol import center_crop, flip_image, postprocess_action, resize_like_rlds
+
+    cfg = EvalConfig(
+        checkpoint=str(oft_dirs / "base"),
+        adapter_dir=str(oft_dirs / "adapter"),
+        suites=["libero_spatial"],
+        num_trials_per_task=1,
+        max_steps=MAX_STEPS,
+        num_steps_wait=WAIT,
+        open_loop_steps=OPEN_LOOP,
+        center_crop=True,
+        video="none",
+        num_workers=2,
+        device="cpu",
+        progress=False,
+        output_dir=str(tmp_path / "eval"),
+    )
+    policy = build_openvla_policy(cfg)
+    inner = policy.policy
+    assert type(inner).__name__ == "OFTPolicy" and policy.action_chunk == CHUNK and policy.uses_wrist_image
+    calls, predict = [], inner.predict_batch
+
+    def spy(images, instructions, **obs):
+        out = predict(images, instructions, **obs)
+        calls.append((images, obs["wrist_images"], obs["proprio"], out))
+        return out
+
+    inner.predict_batch = spy
+    pool = RecordingPool()
+    summary = evaluate(cfg, pool_factory=lambda n: pool, policy=policy, catalog=CATALOG)
+    assert summary["overall"]["episodes"] == 2
+    # 7 policy steps, 3 executed per call: calls at steps 0, 3, 6 for each of the two episodes (batched together)
+    assert len(calls) == 3 and all(len(c[0]) == 2 for c in calls)
+    for _, wrist, proprio, chunk in calls:
+        assert len(wrist) == 2
+        assert chunk.shape == (2, CHUNK, 7)
+        assert proprio.shape == (2, 8)
+    # the wrist frame is preprocessed exactly like the third-person one (flip, JPEG + resize, center crop)
+    first_wrist = calls[0][1][0]
+    pool.specs[0], pool.t[0] = types.SimpleNamespace(task_id=0), WAIT
+    expected = center_crop(resize_like_rlds(flip_image(pool._obs(0)["robot0_eye_in_hand_image"]), 224))
+    np.testing.assert_array_equal(first_wrist, expected)
+    # executed actions are the chunk's first 3 actions in order, post-processed for the env
+    stepped = [a for task, t, a in sorted(pool.received, key=lambda r: r[:2]) if task == 0 and t >= WAIT]
+    assert len(stepped) == MAX_STEPS
+    for k, action in enumerate(stepped):
+        call, offset = divmod(k, OPEN_LOOP)
+        np.testing.assert_allclose(action, postprocess_action(calls[call][3][0, offset]))
+
+
+def test_proprio_is_normalized_with_the_training_statistics_and_clipped(oft_dirs):
+    from stamo_vla.adapter import load_adapter
+    from stamo_vla.adapter.oft_policy import OFTPolicy
+    from stamo_vla.data.normalization import normalize
+    from stamo_vla.vla import OpenVLAForActionPrediction, OpenVLAProcessor
+
+    base = OpenVLAForActionPrediction.from_pretrained(oft_dirs / "base")
+    policy = OFTPolicy(
+        load_adapter(base, oft_dirs / "adapter"), OpenVLAProcessor.from_pretrained(oft_dirs / "base")
+    )
+    raw = np.array([[0.5, -3.0, 5.0, 0.0, 0.2, -0.2, 0.04, -0.04]], np.float32)
+    out = policy.normalize_proprio(raw)
+    np.testing.assert_allclose(out, normalize(raw, base.norm_stats["libero_spatial"]["proprio"]))
+    np.testing.assert_allclose(out[0, :3], [0.5, -1.0, 1.0], atol=1e-6)
