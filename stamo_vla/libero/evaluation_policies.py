@@ -1,4 +1,4 @@
-"""Policies the evaluation loop can drive, and how they are built from an `EvalConfig`.
+"""Policies the evaluation loop can drive: the batch protocol, the scripted oracle, statistics keys.
 
 The loop needs only the batch protocol below, so our VLA, the VLA + adapter, and the privileged scripted
 oracle all run through the same code path:
@@ -20,12 +20,9 @@ from __future__ import annotations
 import difflib
 import importlib
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from stamo_vla.libero.evaluation_config import EvalConfig
 
 
 @runtime_checkable
@@ -107,17 +104,3 @@ def load_adapter_into(model: Any, adapter_dir: str) -> Any:
             "version that ships the adapter package."
         ) from err
     return load_adapter(model, adapter_dir)
-
-
-def build_policy(cfg: EvalConfig, pool: Any) -> Any:
-    """Build the policy named by ``cfg.policy``.
-
-    Args:
-        cfg: the evaluation config (checkpoint, adapter, dtype, quantization, attention, device).
-        pool: the env worker pool (the scripted oracle reads privileged state through it).
-    """
-    if cfg.policy == "scripted":
-        return ScriptedOraclePolicy(pool)
-    from stamo_vla.libero.evaluation_vla import build_openvla_policy
-
-    return build_openvla_policy(cfg)
