@@ -9,9 +9,9 @@ oracle all run through the same code path:
 ``images`` are upright (224, 224, 3) uint8 frames (flipped, JPEG round trip, resized, optionally center
 cropped), ``instructions`` the task strings. ``obs`` carries ``proprio`` (B, 8) float32 and ``slots``
 (the env worker of each row; only the oracle uses it); a policy with ``uses_wrist_image = True`` also
-gets ``wrist_images`` (the wrist camera, preprocessed like ``images``). Actions are in *dataset* convention (gripper 1 =
-open, 0 = closed) unless the policy sets ``actions_in_env_convention = True`` (then they go to the env
-unchanged). A policy may also expose ``future_frames() -> list[np.ndarray | None]`` returning, for the
+gets ``wrist_images`` (the wrist camera, preprocessed like ``images``). Actions are in *dataset*
+convention (gripper 1 = open, 0 = closed) unless the policy sets ``actions_in_env_convention = True``
+(then they go to the env unchanged). A policy may also expose ``future_frames() -> list[np.ndarray | None]`` returning, for the
 rows of its last call, a decoded predicted future frame shown beside the rollout video.
 """
 
