@@ -9,7 +9,14 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import contextlib  # noqa: E402
+
 import pytest  # noqa: E402
+
+# Importing tensorflow before triton makes a later triton load (torch._dynamo, transformers) segfault with
+# tensorflow-cpu 2.21 + triton 3.8; loading triton first avoids it whatever order the tests import things in.
+with contextlib.suppress(ImportError):
+    import triton  # noqa: F401
 
 
 def pytest_collection_modifyitems(config, items):

@@ -246,10 +246,10 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
         run_dir, cfg.max_steps, state.step, accelerator.is_main_process, cfg.wandb_project, cfg.to_dict()
     )
 
-    batches = iter(loader)
     consumed = int(state.data_state.get("micro_batches", 0))
-    for _ in range(consumed):  # fast-forward the (deterministic) sample stream to where the run stopped
-        next(batches)
+    if consumed:  # continue the deterministic sample stream where the run stopped, decoding nothing skipped
+        dataset.set_resume_position(consumed, cfg.batch_size)
+    batches = iter(loader)
     metrics: dict = {}
     while state.step < cfg.max_steps:
         micro = [to_device(next(batches), accelerator.device) for _ in range(cfg.grad_accumulation_steps)]

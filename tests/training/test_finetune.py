@@ -145,3 +145,57 @@ def test_config_errors_name_the_problem(tmp_path, toy_data_root):
         tiny_cfg(tmp_path, toy_data_root, "--adapter.target", "none", "--attn_implementation", "flash")
     with pytest.raises(ValueError, match="Did you mean 'tiny'"):
         parse_config(FinetuneConfig, ["--config", "tinny"], prefix="finetune_")
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_write_the_same_adapter_format(tmp_path, toy_data_root):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    args = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(repo / "recipes" / "finetune_libero.py"),
+        "--config",
+        "tiny",
+        "--data.data_root_dir",
+        str(toy_data_root),
+        "--data.dataset_names",
+        f"[{DATASET}]",
+        "--data.shuffle_buffer_size",
+        "16",
+        "--run_root_dir",
+        str(tmp_path),
+        "--run_id",
+        "ddp",
+        "--adapter.target",
+        "none",
+        "--batch_size",
+        "2",
+        "--max_steps",
+        "2",
+        "--save_steps",
+        "2",
+        "--log_steps",
+        "1",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = tmp_path / "ddp"
+    assert {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "stamo_adapter_config.json",
+        "dataset_statistics.json",
+    } <= {p.name for p in (run / "adapter").iterdir()}
+    state = json.loads((run / "checkpoints" / "step_00000002" / "trainer_state.json").read_text())
+    assert state["world_size"] == 2 and state["step"] == 2
+    assert len(losses(run)) == 2
