@@ -190,3 +190,30 @@ def test_readout_hidden_state_matches_training_position():
         mask = torch.stack([torch.arange(longest) < len(x) for x in ids])
         _, infer_readout = base.predict_action(batch[K.PIXEL_VALUES], padded, mask, return_hidden=True)
     assert torch.allclose(train_readout, infer_readout, atol=1e-5)
+
+
+def test_live_stamo_encoder_stays_frozen_and_bit_identical():
+    from stamo_vla.adapter.attach import frozen_state_digest
+    from stamo_vla.stamo import StaMoEncoder, fingerprint, tiny_config
+
+    torch.manual_seed(0)
+    encoder = StaMoEncoder(tiny_config())
+    before = fingerprint(encoder)
+    base, processor = tiny_openvla()
+    model = attach(base, cfg(target="motion", state_dim=64), stamo_encoder=encoder)
+    batch = batch_for(processor, n=2)
+    batch.pop(K.FUTURE_STATE)
+    batch[K.STAMO_PIXELS], batch[K.FUTURE_STAMO_PIXELS] = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    base_before = frozen_state_digest(model.vla)
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
+    for _ in range(2):
+        loss, metrics = model(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert metrics["future_mse"] > 0
+    assert fingerprint(encoder) == before and frozen_state_digest(model.vla) == base_before
+    assert all(p.grad is None and not p.requires_grad for p in encoder.parameters())
+    assert not any(
+        n.startswith("encoder") for n in dict(model.named_parameters())
+    )  # never saved or optimized
