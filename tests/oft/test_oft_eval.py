@@ -6,7 +6,7 @@ import types
 
 import numpy as np
 import pytest
-from oft_helpers import CHUNK, oft_config
+from oft_helpers import CHUNK, RecordingPool, oft_config
 
 from stamo_vla.libero.evaluation import evaluate
 from stamo_vla.libero.evaluation_config import EvalConfig
@@ -15,43 +15,6 @@ WAIT, MAX_STEPS, OPEN_LOOP = 2, 7, 3
 CATALOG = types.SimpleNamespace(
     task_count=lambda suite: 2, task_instruction=lambda suite, t: f"put object {t} away"
 )
-
-
-class RecordingPool:
-    """Env pool stand-in: distinct agentview / wrist frames per episode, records every action it steps."""
-
-    def __init__(self):
-        self.specs, self.t, self.received = {}, {}, []
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
-
-    def _obs(self, slot):
-        level = 60 + 40 * self.specs[slot].task_id + 3 * self.t[slot]
-        rng = np.random.default_rng(level)
-        return {
-            "agentview_image": np.full((256, 256, 3), level, np.uint8),
-            "robot0_eye_in_hand_image": rng.integers(0, 255, (256, 256, 3), dtype=np.uint8),
-            "robot0_eef_pos": np.array([0.1 * self.t[slot], 0.0, 5.0]),  # z beyond q99: clipped to 1
-            "robot0_eef_quat": np.array([0.0, 0.0, 0.0, 1.0]),
-            "robot0_gripper_qpos": np.array([0.04, -0.04]),
-        }
-
-    def reset(self, specs):
-        for slot, spec in specs.items():
-            self.specs[slot], self.t[slot] = spec, 0
-        return {slot: self._obs(slot) for slot in specs}
-
-    def step(self, actions):
-        out = {}
-        for slot, action in actions.items():
-            self.received.append((self.specs[slot].task_id, self.t[slot], np.asarray(action).copy()))
-            self.t[slot] += 1
-            out[slot] = (self._obs(slot), 0.0, False, {})
-        return out
 
 
 @pytest.fixture(scope="module")
