@@ -48,6 +48,11 @@ class EvalConfig:
     device: str = "auto"
     # chunked policies: execute the first n of the K returned actions before querying again (None = all K)
     open_loop_steps: int | None = None
+    # StaMo autoencoder (with decoder) used to draw the adapter head's predicted future state beside each rollout
+    # video frame; needs an adapter with a StaMo head and video != "none" (costs one decode per step)
+    future_video_stamo: str | None = None
+    # flow-matching steps of those decodes (None: the checkpoint's default)
+    future_video_sample_steps: int | None = 4
 
     # suites to run, in order: libero_spatial, libero_object, libero_goal, libero_10, libero_90
     suites: list[str] = dataclasses.field(default_factory=lambda: ["libero_spatial"])
@@ -120,6 +125,11 @@ class EvalConfig:
         _positive("num_workers", self.num_workers)
         _positive("video_fps", self.video_fps)
         _positive("env_resolution", self.env_resolution)
+        if self.future_video_stamo is not None and (self.adapter_dir is None or self.video == "none"):
+            raise ValueError(
+                f"future_video_stamo={self.future_video_stamo!r} draws the adapter head's predicted future state into "
+                "the videos: it needs adapter_dir (an adapter with a StaMo head) and video != 'none'"
+            )
         if self.policy == "openvla" and not self.checkpoint:
             raise ValueError("checkpoint is empty; policy='openvla' needs --checkpoint <model dir>")
         if self.policy == "scripted" and (self.adapter_dir or self.quantization != "none"):

@@ -102,6 +102,15 @@ def build_openvla_policy(cfg: EvalConfig, device_index: int = 0) -> SuiteKeyedPo
         from stamo_vla.adapter.oft_policy import OFTPolicy  # chunked actions from the L1 head, one pass
 
         inner = OFTPolicy(adapter, processor, unnorm_key=first)
+    elif cfg.future_video_stamo is not None:
+        from stamo_vla.adapter.policy import FutureFramePolicy
+        from stamo_vla.stamo import StaMoAutoencoder
+
+        stamo = StaMoAutoencoder.from_pretrained(cfg.future_video_stamo).to(device).eval()
+        adapter.set_stamo(stamo.encoder, stamo.decoder)
+        inner = FutureFramePolicy(
+            adapter, processor, unnorm_key=first, sample_steps=cfg.future_video_sample_steps
+        )
     else:
         inner = OpenVLAPolicy(model, processor, unnorm_key=first)
     policy = SuiteKeyedPolicy(inner, cfg.unnorm_key)

@@ -93,16 +93,19 @@ class OpenVLAPolicy:
         Returns:
             (B, 1, 7) float actions in dataset convention (un-normalized; gripper ~1 open, ~0 closed).
         """
+        actions = self.model.predict_action(
+            *self.model_inputs(images, instructions), unnorm_key=self.unnorm_key
+        )
+        return actions[:, None, :].astype(np.float32)
+
+    def model_inputs(
+        self, images: list[np.ndarray], instructions: list[str]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Validated images + prompts -> (pixel_values in the model's dtype, input_ids, attention_mask)."""
         from stamo_vla.vla.processing_openvla import build_prompt
 
         self._check_images(images, instructions)
         prompts = [build_prompt(text) for text in instructions]
         inputs = self.processor(prompts, list(images))
         dtype = next(p for p in self.model.parameters() if p.dtype.is_floating_point).dtype
-        actions = self.model.predict_action(
-            inputs["pixel_values"].to(dtype),
-            inputs["input_ids"],
-            inputs["attention_mask"],
-            unnorm_key=self.unnorm_key,
-        )
-        return actions[:, None, :].astype(np.float32)
+        return inputs["pixel_values"].to(dtype), inputs["input_ids"], inputs["attention_mask"]
