@@ -56,3 +56,35 @@ def test_probe_writes_json_table_and_plot(tmp_path):
     assert "| 1 |" in (tmp_path / "probe" / "probe.md").read_text()
     with pytest.raises(ValueError, match="horizon k=10 is not shorter"):
         run(ProbeConfig(**{**saved["config"], "horizons": [10]}))
+
+
+@pytest.mark.slow
+def test_action_decoder_recipe_trains_saves_and_decodes(tmp_path):
+    from recipes.train_action_decoder import TrainActionDecoderConfig, train
+    from stamo_vla.data.rlds_writer import write_rlds_dataset
+    from stamo_vla.stamo import StaMoEncoder, tiny_config
+    from stamo_vla.stamo.action_decoder import ActionDecoder
+
+    write_rlds_dataset((episode(i) for i in range(4)), tmp_path / "data", "toy_dec")
+    torch.manual_seed(0)
+    StaMoEncoder(tiny_config()).save_pretrained(tmp_path / "stamo")
+    cfg = TrainActionDecoderConfig(
+        data_root_dir=str(tmp_path / "data"),
+        dataset_name="toy_dec",
+        stamo_path=str(tmp_path / "stamo"),
+        horizon=2,
+        steps=30,
+        hidden_size=32,
+        num_layers=2,
+        out_dir=str(tmp_path / "dec"),
+    )
+    metrics = train(cfg)
+    assert metrics["test_mse"] >= 0 and len(metrics["test_episodes"]) == 1
+    dec = ActionDecoder.from_pretrained(tmp_path / "dec")
+    encoder = StaMoEncoder.from_pretrained(tmp_path / "stamo")
+    chunk = dec.decode(encoder, torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64))
+    assert chunk.shape == (1, 2, 7)
+    stats = json.loads((tmp_path / "dec" / "dataset_statistics.json").read_text())
+    assert stats["toy_dec"]["action"]["mask"] == [True] * 6 + [False]
+    with pytest.raises(ValueError, match="longer than horizon=20"):
+        train(TrainActionDecoderConfig(**{**cfg.__dict__, "horizon": 20}))
