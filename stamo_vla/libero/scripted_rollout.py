@@ -1,0 +1,214 @@
+"""Scripted rollouts through an ``EnvWorkerPool``: the lockstep episode runner, step recording with the
+upstream no-op filter, and the controller success report.
+
+Used by ``stamo_vla.libero.collect`` (datasets) and ``stamo-vla controller-report`` (success rates).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from stamo_vla.libero.env import NUM_STEPS_WAIT, SUITE_MAX_STEPS
+from stamo_vla.libero.protocol import flip_image, proprio_from_obs
+from stamo_vla.libero.workers import EnvWorkerPool, EpisodeSpec, WorkerCrashed
+
+# upstream regenerate_libero_dataset.py: an action is a no-op below this arm-command norm
+NOOP_THRESHOLD = 1e-4
+
+
+def is_noop(action: np.ndarray, prev_kept: np.ndarray | None, threshold: float = NOOP_THRESHOLD) -> bool:
+    """Upstream no-op test: tiny arm command and (if a step was kept before) an unchanged gripper."""
+    small = float(np.linalg.norm(np.asarray(action)[:-1])) < threshold
+    if prev_kept is None:
+        return small
+    return small and bool(action[-1] == prev_kept[-1])
+
+
+class EpisodeRecorder:
+    """Accumulates the kept steps of one episode in the interfaces.md Episode format."""
+
+    def __init__(self):
+        self.steps: dict[str, list] = {
+            k: [] for k in ("image", "wrist_image", "state", "joint_state", "action")
+        }
+        self.prev_kept: np.ndarray | None = None
+
+    def add(self, obs: dict, action: np.ndarray) -> bool:
+        """Record (observation before the action, action) unless it is a no-op; returns whether kept."""
+        action = np.asarray(action, dtype=np.float32)
+        if is_noop(action, self.prev_kept):
+            return False
+        self.prev_kept = action
+        self.steps["image"].append(flip_image(obs["agentview_image"]))
+        self.steps["wrist_image"].append(flip_image(obs["robot0_eye_in_hand_image"]))
+        self.steps["state"].append(proprio_from_obs(obs))
+        self.steps["joint_state"].append(np.asarray(obs["robot0_joint_pos"], dtype=np.float32))
+        self.steps["action"].append(action)
+        return True
+
+    def __len__(self) -> int:
+        return len(self.steps["action"])
+
+    def episode(self, instruction: str, file_path: str, action_free: bool = False) -> dict:
+        """The episode dict (``action`` all-NaN when `action_free`)."""
+        ep = {k: np.stack(v) for k, v in self.steps.items()}
+        if action_free:
+            ep["action"] = np.full_like(ep["action"], np.nan)
+        ep["language_instruction"], ep["file_path"] = instruction, file_path
+        return ep
+
+
+@dataclasses.dataclass
+class EpisodeResult:
+    """Outcome of one scripted episode."""
+
+    spec: EpisodeSpec  # which episode ran
+    success: bool  # the task's goal fired (``done``) within the step budget
+    steps: int  # env steps after the wait steps
+    retries: int  # controller re-plans
+    crashed: bool = False  # the worker died; the episode is counted as failed
+    recorder: EpisodeRecorder | None = None  # kept steps (collection only)
+
+
+def run_scripted_episodes(
+    pool: EnvWorkerPool,
+    next_spec: Callable[[tuple[str, int] | None], EpisodeSpec | None],
+    max_steps: int,
+    record: bool,
+) -> Iterator[EpisodeResult]:
+    """Run scripted episodes on every slot of `pool` in lockstep; yield each result as it finishes.
+
+    Args:
+        pool: a ``scripted=True`` pool.
+        next_spec: called with a free slot's last (suite, task_id) (or None); returns the episode to run
+            there next or None when there is no work left. Called again after every finished episode,
+            so it may depend on the results seen so far.
+        max_steps: env steps allowed after the ``NUM_STEPS_WAIT`` wait steps.
+        record: keep observations and actions of each step (needs camera observations).
+    """
+    last_task: dict[int, tuple[str, int] | None] = dict.fromkeys(range(pool.num_workers))
+    active: dict[int, dict] = {}
+    while True:
+        free = [s for s in range(pool.num_workers) if s not in active]
+        starts = {}
+        for slot in free:
+            spec = next_spec(last_task[slot])
+            if spec is not None:
+                starts[slot] = spec
+                last_task[slot] = (spec.suite, spec.task_id)
+        if starts:
+            try:
+                obs = pool.reset(starts)
+            except WorkerCrashed as err:  # slots that did not reset lost their worker
+                obs = err.completed
+            for slot, spec in starts.items():
+                if slot in obs:
+                    rec = EpisodeRecorder() if record else None
+                    active[slot] = {"spec": spec, "obs": obs[slot], "t": 0, "rec": rec}
+                else:
+                    last_task[slot] = None
+                    yield EpisodeResult(spec, False, 0, 0, crashed=True)
+        if not active:
+            return
+        try:
+            out = pool.scripted_step(list(active))
+        except WorkerCrashed as err:
+            out = err.completed
+            for slot in [s for s in active if pool.spec(s) is None]:  # replaced workers
+                ep = active.pop(slot)
+                last_task[slot] = None
+                yield EpisodeResult(ep["spec"], False, max(0, ep["t"] - NUM_STEPS_WAIT), 0, crashed=True)
+        for slot, (action, obs, _reward, done, info) in out.items():
+            ep = active[slot]
+            ep["t"] += 1
+            if ep["rec"] is not None and ep["t"] > NUM_STEPS_WAIT:
+                ep["rec"].add(ep["obs"], action)
+            ep["obs"] = obs
+            steps = ep["t"] - NUM_STEPS_WAIT
+            if done or info.get("gave_up") or steps >= max_steps:
+                del active[slot]
+                yield EpisodeResult(
+                    ep["spec"], bool(done), max(steps, 0), int(info.get("retries", 0)), recorder=ep["rec"]
+                )
+
+
+def task_ids(suite: str, tasks: tuple[int, ...] | None) -> list[int]:
+    """Validated task ids of `suite` (all of them when `tasks` is None)."""
+    from stamo_vla.libero.env import check_task, task_count
+
+    ids = list(range(task_count(suite))) if tasks is None else list(tasks)
+    for t in ids:
+        check_task(suite, t)
+    return ids
+
+
+def controller_report(
+    suite: str,
+    tasks: tuple[int, ...] | None = None,
+    episodes: int = 10,
+    workers: int = 2,
+    cameras: bool = True,
+    max_steps: int | None = None,
+    noise_std: float = 0.05,
+) -> dict[int, dict]:
+    """Run the scripted controller from init states 0..episodes-1 of each task; nothing is written.
+
+    Returns:
+        ``{task_id: {"successes", "episodes", "success_rate", "mean_steps", "mean_steps_success",
+        "retries"}}``; steps exclude the wait steps; ``max_steps`` defaults to the suite's eval budget.
+    """
+    from tqdm import tqdm
+
+    from stamo_vla.libero.env import init_states
+
+    if episodes < 1:
+        raise ValueError(f"episodes={episodes!r} must be >= 1")
+    ids = task_ids(suite, tasks)
+    jobs = [
+        EpisodeSpec(suite, t, i, noise_seed=t * 100 + i)
+        for t in ids
+        for i in range(min(episodes, len(init_states(suite, t))))
+    ]
+    queue = iter(jobs)
+    results: dict[int, list[EpisodeResult]] = {t: [] for t in ids}
+    budget = max_steps or SUITE_MAX_STEPS[suite]
+    with (
+        EnvWorkerPool(
+            workers, scripted=True, camera_obs=cameras, controller_config={"noise_std": noise_std}
+        ) as pool,
+        tqdm(total=len(jobs), desc=f"controller-report {suite}", unit="ep") as bar,
+    ):
+        for res in run_scripted_episodes(pool, lambda _last: next(queue, None), budget, record=False):
+            results[res.spec.task_id].append(res)
+            bar.update(1)
+    report = {}
+    for t, rs in results.items():
+        wins = [r for r in rs if r.success]
+        report[t] = {
+            "successes": len(wins),
+            "episodes": len(rs),
+            "success_rate": len(wins) / len(rs) if rs else 0.0,
+            "mean_steps": float(np.mean([r.steps for r in rs])) if rs else 0.0,
+            "mean_steps_success": float(np.mean([r.steps for r in wins])) if wins else float("nan"),
+            "retries": int(sum(r.retries for r in rs)),
+        }
+    return report
+
+
+def format_report(suite: str, report: dict[int, dict]) -> str:
+    """A plain-text table of a controller report."""
+    lines = [
+        f"{suite}: scripted controller",
+        f"{'task':>4}  {'success':>9}  {'rate':>5}  {'steps':>6}  {'steps ok':>8}",
+    ]
+    for t, r in report.items():
+        lines.append(
+            f"{t:>4}  {r['successes']:>4}/{r['episodes']:<4}  {r['success_rate']:>5.2f}  "
+            f"{r['mean_steps']:>6.1f}  {r['mean_steps_success']:>8.1f}"
+        )
+    wins, total = sum(r["successes"] for r in report.values()), sum(r["episodes"] for r in report.values())
+    lines.append(f"total {wins}/{total} = {wins / max(total, 1):.2f}")
+    return "\n".join(lines)
