@@ -4,7 +4,7 @@ Names are resolved lazily, so ``import stamo_vla.stamo`` imports neither torch n
 is imported only when a decoder is built.
 
 Public API:
-    StaMoConfig, tiny_config, paper_config          configuration_stamo
+    StaMoConfig, tiny_config, mid_config, paper_config   configuration_stamo
     StaMoEncoder, fingerprint                        modeling_encoder
     StaMoDecoder                                     modeling_decoder (imports diffusers when built)
     StaMoAutoencoder                                 modeling_autoencoder
@@ -19,6 +19,7 @@ _EXPORTS = {
     "StaMoConfig": "configuration_stamo",
     "tiny_config": "configuration_stamo",
     "paper_config": "configuration_stamo",
+    "mid_config": "configuration_stamo",
     "StaMoEncoder": "modeling_encoder",
     "fingerprint": "modeling_encoder",
     "StaMoDecoder": "modeling_decoder",

@@ -314,6 +314,34 @@ def tiny_config() -> StaMoConfig:
     )
 
 
+def mid_config() -> StaMoConfig:
+    """A mid-size random-init model for benchmarks: ViT-S/14-sized DINOv2, 2 x 256 state, 128 px, 4-layer DiT."""
+    return StaMoConfig(
+        backbone=BackboneConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, image_size=224),
+        compressor=CompressorConfig(num_layers=2, hidden_size=384, num_heads=6, mlp_ratio=4),
+        num_state_tokens=2,
+        state_dim=256,
+        image_size=128,
+        decoder=DecoderConfig(
+            transformer=TransformerConfig(
+                sample_size=32,
+                patch_size=2,
+                num_layers=4,
+                attention_head_dim=64,
+                num_attention_heads=6,
+                joint_attention_dim=384,
+                caption_projection_dim=384,
+                pooled_projection_dim=384,
+                pos_embed_max_size=32,
+            ),
+            vae=VAEConfig(
+                block_out_channels=(32, 64, 64), layers_per_block=1, latent_channels=4, norm_num_groups=16
+            ),
+            flow=FlowMatchingConfig(sampling_shift=1.0, sample_steps=20),
+        ),
+    )
+
+
 def paper_config(
     dinov2_path: str = "facebook/dinov2-large",
     sd3_path: str = "stabilityai/stable-diffusion-3-medium-diffusers",

@@ -3,7 +3,8 @@
 `pretrain(cfg)` is the whole run (setup -> loop -> save); ``recipes/pretrain_stamo.py`` parses the config
 and calls it, tests and the demo call it in-process. It works as one process and under torchrun (DDP,
 gloo on CPU), resumes exactly from the newest checkpoint in ``run_dir``, logs to tqdm / tensorboard /
-``metrics.jsonl``, and on rank 0 writes held-out PSNR/SSIM and sample sheets (``samples/step_*.png``).
+``metrics.jsonl``, and on rank 0 writes PSNR/SSIM (held-out images under ``eval/``, as many training images
+under ``eval_train/``) and sample sheets of the held-out images (``samples/step_*.png``).
 """
 
 from __future__ import annotations
@@ -155,7 +156,10 @@ def pretrain(cfg: PretrainStaMoConfig) -> dict:
         )
         metrics = evaluate(ae, pixels, cfg.eval_sample_steps, seed=cfg.seed)
         logger.log(step, metrics, prefix="eval")
-        return metrics
+        # the same metrics on as many training images: memorization vs generalization at a glance
+        seen = evaluate(ae, to_pixels(train_u8[: len(heldout_u8)]), cfg.eval_sample_steps, seed=cfg.seed)
+        logger.log(step, seen, prefix="eval_train")
+        return {**metrics, **{f"train_{k}": v for k, v in seen.items()}}
 
     for step in range(state.step, cfg.max_steps):
         batch = to_pixels(train_u8[next(batches)]).to(acc.device)

@@ -133,3 +133,18 @@ def test_load_errors_are_clear(model, tmp_path):
         cfg = tiny_config()
         cfg.decoder.vae.pretrained_path = "/nonexistent/vae"
         StaMoAutoencoder(cfg)
+
+
+def test_frozen_parts_in_bfloat16_keep_float32_boundaries():
+    cfg = tiny_config()
+    cfg.backbone.dtype = "bfloat16"
+    cfg.decoder.vae.dtype = "bfloat16"
+    m = StaMoAutoencoder(cfg)
+    assert next(m.encoder.backbone.parameters()).dtype == torch.bfloat16
+    assert next(m.decoder.vae.parameters()).dtype == torch.bfloat16
+    assert next(m.decoder.transformer.parameters()).dtype == torch.float32  # trainable: float32 master weights
+    x = _images(2)
+    assert m.encode(x).dtype == torch.float32
+    assert m.decoder.images_to_latents(x).dtype == torch.float32
+    loss, _ = m.loss(x)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
