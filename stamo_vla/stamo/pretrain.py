@@ -82,7 +82,11 @@ class PretrainStaMoConfig:
 
 
 def build_model(cfg: PretrainStaMoConfig, train_pixels: torch.Tensor):
-    """A fresh autoencoder; a random-init VAE is first fitted on `train_pixels` when asked."""
+    """A fresh autoencoder; a random-init VAE is first fitted on `train_pixels` when asked.
+
+    The fitted latent scale is written into ``cfg.model`` (the model shares that config object), so the
+    saved config.yaml describes the model that trained.
+    """
     from stamo_vla.stamo.modeling_autoencoder import StaMoAutoencoder
     from stamo_vla.stamo.vae_fit import fit_vae, latent_statistics
 
@@ -94,6 +98,25 @@ def build_model(cfg: PretrainStaMoConfig, train_pixels: torch.Tensor):
         )
         model.decoder.set_latent_scale(*latent_statistics(vae, train_pixels))
     return model
+
+
+def check_resume_config(requested: StaMoConfig, saved: StaMoConfig, checkpoint: Path) -> None:
+    """Refuse to resume a checkpoint whose model differs from the requested one.
+
+    The VAE latent scale is exempt when the request leaves it unset: a VAE fit records it in the run.
+    """
+    req, got = requested.to_dict(), saved.to_dict()
+    for key in ("scaling_factor", "shift_factor"):
+        if req["decoder"]["vae"][key] is None:
+            req["decoder"]["vae"][key] = got["decoder"]["vae"][key]
+    if req != got:
+        diff = [k for k in req if req[k] != got[k]]
+        raise ValueError(
+            f"run_dir holds checkpoint '{checkpoint}' of a different model (fields differ: {diff}). "
+            "Use a new run_dir, or pass --resume false to start over in this one."
+        )
+    requested.decoder.vae.scaling_factor = saved.decoder.vae.scaling_factor
+    requested.decoder.vae.shift_factor = saved.decoder.vae.shift_factor
 
 
 def pretrain(cfg: PretrainStaMoConfig) -> dict:
@@ -121,6 +144,7 @@ def pretrain(cfg: PretrainStaMoConfig) -> dict:
     seed_everything(cfg.seed)
     if latest is not None:
         model = StaMoAutoencoder.from_pretrained(latest / "model")
+        check_resume_config(cfg.model, model.config, latest)
     else:
         model = build_model(cfg, to_pixels(train_u8))
     model.to(acc.device)

@@ -134,3 +134,18 @@ def test_recipe_runs_under_torchrun_with_two_cpu_processes(tmp_path):
     # 10 training images, global batch 2 ranks x 2: two full batches per epoch, one per step
     assert state["data_state"] == {"epoch": 0, "batch": 2}
     assert StaMoAutoencoder.from_pretrained(list_checkpoints(tmp_path)[-1] / "model").config == tiny_config()
+
+
+def test_resuming_a_different_model_is_refused(tmp_path):
+    from stamo_vla.stamo.pretrain import check_resume_config
+
+    saved = tiny_config()
+    saved.decoder.vae.scaling_factor, saved.decoder.vae.shift_factor = 2.0, 0.1
+    requested = tiny_config()
+    check_resume_config(requested, saved, tmp_path)  # the VAE fit's scale is not a difference
+    assert requested.decoder.vae.scaling_factor == 2.0
+    requested.state_dim = 32
+    with pytest.raises(
+        ValueError, match=r"different model \(fields differ: \['state_dim'\]\).*--resume false"
+    ):
+        check_resume_config(requested, saved, tmp_path)
