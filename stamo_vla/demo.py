@@ -135,34 +135,29 @@ class Demo:
         )
 
     def pretrain(self) -> None:
+        import yaml
+
+        from stamo_vla.configs import resolve_preset
+
         c = self.cfg
-        self.run(
-            [
-                sys.executable,
-                "recipes/pretrain_stamo.py",
-                "--config",
-                "tiny",
-                "--run_dir",
-                str(self.stamo_run),
-                "--max_steps",
-                str(c.stamo_steps),
-                "--vae_fit_steps",
-                str(c.stamo_vae_fit_steps),
-                "--eval_every",
-                "0",
-                "--save_every",
-                str(c.stamo_steps),
-                "--source.type",
-                "rlds",
-                "--source.data_root_dir",
-                str(self.data),
-                "--source.dataset_names",
-                f"[{self.dataset}]",
-                "--source.frame_stride",
-                "3",
-            ],
-            "pretrain",
-        )
+        # the tiny preset with its image source switched to the collected frames (a source type is chosen
+        # as a whole, so it is replaced in a copy of the preset rather than overridden field by field)
+        preset = yaml.safe_load(resolve_preset("tiny", prefix="pretrain_stamo_").read_text())
+        preset["source"] = {"type": "rlds", "data_root_dir": str(self.data), "dataset_names": [self.dataset]}
+        preset["source"].update(cameras=["image"], frame_stride=3)
+        config = self.out / "pretrain_stamo.yaml"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(yaml.safe_dump(preset))
+        args = ["--config", str(config), "--run_dir", str(self.stamo_run), "--max_steps", str(c.stamo_steps)]
+        args += [
+            "--vae_fit_steps",
+            str(c.stamo_vae_fit_steps),
+            "--eval_every",
+            "0",
+            "--save_every",
+            str(c.stamo_steps),
+        ]
+        self.run([sys.executable, "recipes/pretrain_stamo.py", *args], "pretrain")
 
     def cache(self) -> None:
         self.run(
