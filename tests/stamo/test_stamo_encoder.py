@@ -105,6 +105,7 @@ def test_mismatched_weights_on_load_are_reported(tmp_path):
         StaMoEncoder.from_pretrained(tmp_path)
 
 
+@pytest.mark.slow
 def test_loading_the_encoder_never_imports_diffusers(tmp_path):
     _encoder().save_pretrained(tmp_path)
     code = (
