@@ -66,6 +66,7 @@ def test_action_free_rows_carry_no_action_loss(oft):
     assert metrics["loss_action"] == 0.0 and loss.requires_grad
 
 
+@pytest.mark.slow
 def test_unnormalized_chunk_maps_the_normalized_one_through_the_statistics(oft):
     model, processor, batch = oft
     from stamo_vla.vla.generation import unnormalize_actions
