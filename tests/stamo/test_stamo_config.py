@@ -81,3 +81,12 @@ def test_pretrain_config_validation():
         PretrainStaMoConfig(mixed_precision="fp8")
     with pytest.raises(ValueError, match="cameras entry 'depth'"):
         RLDSSource(cameras=["depth"])
+
+
+def test_package_imports_stay_light():
+    import subprocess
+    import sys
+
+    code = "import sys, stamo_vla.stamo, stamo_vla.training; print([m for m in ('torch', 'diffusers') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
