@@ -62,6 +62,18 @@ def _dtype(cfg: EvalConfig, device: str) -> str:
     return "bfloat16" if device.startswith("cuda") else "float32"
 
 
+def _merged_oft_dir(checkpoint: str) -> str | None:
+    """`checkpoint` itself when it is a merged OFT checkpoint: its L1 head / proprio projector sit beside the
+    weights and it cannot act through token decoding."""
+    import json
+    from pathlib import Path
+
+    path = Path(checkpoint) / "stamo_adapter_config.json"
+    if path.is_file() and json.loads(path.read_text()).get("action_head", "tokens") != "tokens":
+        return checkpoint
+    return None
+
+
 def build_openvla_policy(cfg: EvalConfig, device_index: int = 0) -> SuiteKeyedPolicy:
     """Load ``cfg.checkpoint`` (+ ``cfg.adapter_dir``) as a batched policy and validate its statistics keys.
 
@@ -91,10 +103,11 @@ def build_openvla_policy(cfg: EvalConfig, device_index: int = 0) -> SuiteKeyedPo
     if cfg.quantization == "none":
         model = model.to(device)
     adapter = None
-    if cfg.adapter_dir is not None:
+    adapter_dir = cfg.adapter_dir or _merged_oft_dir(cfg.checkpoint)
+    if adapter_dir is not None:
         # the adapter's LoRA acts inside the base model's modules; its dataset_statistics.json replaces
         # the base model's statistics; the future-state head is not needed to act
-        adapter = load_adapter_into(model, cfg.adapter_dir)
+        adapter = load_adapter_into(model, adapter_dir)
         model = adapter.vla
     processor = OpenVLAProcessor.from_pretrained(cfg.checkpoint)
     first = resolve_unnorm_key(model.norm_stats, cfg.suites[0], cfg.unnorm_key)

@@ -106,3 +106,30 @@ def test_proprio_is_normalized_with_the_training_statistics_and_clipped(oft_dirs
     out = policy.normalize_proprio(raw)
     np.testing.assert_allclose(out, normalize(raw, base.norm_stats["libero_spatial"]["proprio"]))
     np.testing.assert_allclose(out[0, :3], [0.5, -1.0, 1.0], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_merged_oft_checkpoint_evaluates_through_the_oft_policy(oft_dirs, tmp_path):
+    from stamo_vla.adapter import load_adapter, merge
+    from stamo_vla.libero.evaluation_vla import build_openvla_policy
+    from stamo_vla.vla import OpenVLAForActionPrediction, OpenVLAProcessor
+
+    processor = OpenVLAProcessor.from_pretrained(oft_dirs / "base")
+    adapter = load_adapter(
+        OpenVLAForActionPrediction.from_pretrained(oft_dirs / "base"), oft_dirs / "adapter"
+    )
+    merge(adapter, tmp_path / "merged", processor=processor)
+    common = dict(suites=["libero_spatial"], device="cpu", progress=False, output_dir=str(tmp_path / "o"))
+    merged = build_openvla_policy(EvalConfig(checkpoint=str(tmp_path / "merged"), **common))
+    unmerged = build_openvla_policy(
+        EvalConfig(checkpoint=str(oft_dirs / "base"), adapter_dir=str(oft_dirs / "adapter"), **common)
+    )
+    assert type(merged.policy).__name__ == "OFTPolicy" and merged.action_chunk == CHUNK
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (224, 224, 3), dtype=np.uint8) for _ in range(2)]
+    obs = dict(wrist_images=images[::-1], proprio=rng.normal(size=(2, 8)).astype(np.float32))
+    np.testing.assert_allclose(
+        merged.predict_batch(images, ["a", "b"], **obs),
+        unmerged.predict_batch(images, ["a", "b"], **obs),
+        atol=1e-4,
+    )
