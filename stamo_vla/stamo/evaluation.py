@@ -74,6 +74,11 @@ def save_sample_sheet(
     states = model.encode(target)
     recon = model.decode(states, steps=steps, generator=torch.Generator().manual_seed(seed))
     strip_states = interpolate(states[0], states[1 % len(states)], num_interp)
-    strip = model.decode(strip_states, steps=steps, generator=torch.Generator().manual_seed(seed))
+    # one noise for the whole strip: frames then differ only by their interpolated state
+    noise = torch.randn(model.decoder.latent_shape(1), generator=torch.Generator().manual_seed(seed))
+    strip_latents = model.decoder.sample_latents(
+        strip_states, steps, noise=noise.expand(num_interp, -1, -1, -1)
+    )
+    strip = model.decoder.latents_to_images(strip_latents)
     model.train(was_training)
     save_sheet([target, recon, strip], path, labels=["input", "recon", "interp"])

@@ -186,11 +186,25 @@ class StaMoDecoder(nn.Module):
         loss = torch.mean((pred - fm.velocity_target(latents, noise)) ** 2)
         return loss, {"loss_flow": loss.item(), "sigma_mean": sigmas.mean().item()}
 
+    def latent_shape(self, batch: int) -> tuple[int, int, int, int]:
+        """(B, C, h, w) of the scaled latents of `batch` images."""
+        size = self.config.image_size // 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return (batch, self.vae.config.latent_channels, size, size)
+
     @torch.no_grad()
     def sample_latents(
-        self, states: torch.Tensor, steps: int | None = None, generator: torch.Generator | None = None
+        self,
+        states: torch.Tensor,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Integrate the flow from noise (sigma = 1) to scaled latents (B, C, h, w), with diffusers' Euler scheduler."""
+        """Integrate the flow from noise (sigma = 1) to scaled latents (B, C, h, w), with diffusers' Euler scheduler.
+
+        Args:
+            noise: the starting latents (B, C, h, w); default: drawn from `generator`. Passing one noise
+                for all rows makes rows differ only by their states (interpolation strips).
+        """
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         cfg = self.config.decoder.flow
@@ -198,9 +212,13 @@ class StaMoDecoder(nn.Module):
             num_train_timesteps=cfg.num_train_timesteps, shift=cfg.sampling_shift
         )
         scheduler.set_timesteps(steps or cfg.sample_steps, device=states.device)
-        size = self.config.image_size // 2 ** (len(self.vae.config.block_out_channels) - 1)
-        shape = (states.shape[0], self.vae.config.latent_channels, size, size)
-        latents = fm.sample_noise(torch.empty(shape, device=states.device), generator)
+        shape = self.latent_shape(states.shape[0])
+        if noise is None:
+            latents = fm.sample_noise(torch.empty(shape, device=states.device), generator)
+        elif tuple(noise.shape) != shape:
+            raise ValueError(f"noise must have shape {shape}; got {tuple(noise.shape)}")
+        else:
+            latents = noise.to(states.device, torch.float32)
         for t in scheduler.timesteps:
             sigmas = (t / cfg.num_train_timesteps).expand(shape[0]).to(states.device)
             v = self.velocity(latents, sigmas, states).float()

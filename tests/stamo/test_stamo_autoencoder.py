@@ -149,3 +149,13 @@ def test_frozen_parts_in_bfloat16_keep_float32_boundaries():
     assert m.decoder.images_to_latents(x).dtype == torch.float32
     loss, _ = m.loss(x)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
+
+
+def test_shared_noise_makes_decodes_depend_on_states_only(model):
+    states = model.encode(_images(2))
+    noise = torch.randn(model.decoder.latent_shape(1)).expand(3, -1, -1, -1)
+    same = torch.stack([states[0]] * 3)
+    lat = model.decoder.sample_latents(same, steps=2, noise=noise)
+    assert torch.allclose(lat[0], lat[1], atol=1e-5) and torch.allclose(lat[0], lat[2], atol=1e-5)
+    with pytest.raises(ValueError, match=r"noise must have shape \(3, 4, 16, 16\)"):
+        model.decoder.sample_latents(same, steps=2, noise=noise[:2])
