@@ -130,17 +130,39 @@ class StaMoAdapterModel(nn.Module):
         if self.head is not None:
             hidden = outputs.hidden_states[-1]
             offset = hidden.shape[1] - batch[K.INPUT_IDS].shape[1]
-            pred = self.head(self._readout(hidden, batch, offset).float())
-            target = self.targets(batch).to(pred.device)
-            loss_future, future_metrics = future_loss(pred, target)
-            loss = loss + self.config.lambda_future * loss_future
-            metrics.update(future_metrics, loss_future=loss_future.item())
-            if self.config.lambda_decoder > 0:
-                loss_decoder = self._decoder_loss(pred, batch)
-                loss = loss + self.config.lambda_decoder * loss_decoder
-                metrics["loss_decoder"] = loss_decoder.item()
+            loss = loss + self.future_terms(self._readout(hidden, batch, offset), batch, metrics)
         metrics["loss"] = loss.item()
         return loss, metrics
+
+    def future_terms(self, readout: torch.Tensor, batch: dict, metrics: dict[str, float]) -> torch.Tensor:
+        """lambda_future * (MSE + L1) of the head's prediction from `readout` (B, H), plus the optional decoder
+        loss; their metrics are added to `metrics`."""
+        pred = self.head(readout.float())
+        loss_future, future_metrics = future_loss(pred, self.targets(batch).to(pred.device))
+        metrics.update(future_metrics, loss_future=loss_future.item())
+        loss = self.config.lambda_future * loss_future
+        if self.config.lambda_decoder > 0:
+            loss_decoder = self._decoder_loss(pred, batch)
+            metrics["loss_decoder"] = loss_decoder.item()
+            loss = loss + self.config.lambda_decoder * loss_decoder
+        return loss
+
+    def future_state_from(
+        self, readout: torch.Tensor, current_state: torch.Tensor | None, stamo_pixels: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Predicted future state (B, N, D) from the readout hidden state; for target='motion' it is s_t + motion,
+        with s_t given or encoded from `stamo_pixels` by the attached frozen encoder."""
+        pred = self.head(readout.float())
+        if self.config.target != "motion":
+            return pred
+        if current_state is None:
+            if stamo_pixels is None:
+                raise ValueError(
+                    "target='motion' predicts s_{t+h} - s_t: pass current_state or stamo_pixels (with an encoder "
+                    "attached) to get the future state"
+                )
+            current_state = self._encode(stamo_pixels)
+        return current_state.to(pred.device).float() + pred
 
     def _decoder_loss(self, pred: torch.Tensor, batch: dict) -> torch.Tensor:
         """Flow-matching loss of the frozen DiT decoder reconstructing the future frame from the predicted state."""
@@ -199,17 +221,7 @@ class StaMoAdapterModel(nn.Module):
         actions, hidden = base.predict_action(
             pixel_values, input_ids, attention_mask, unnorm_key=unnorm_key, return_hidden=True
         )
-        pred = self.head(hidden.float())
-        if self.config.target == "motion":
-            if current_state is None:
-                if stamo_pixels is None:
-                    raise ValueError(
-                        "target='motion' predicts s_{t+h} - s_t: pass current_state or stamo_pixels (with an encoder "
-                        "attached) to get the future state"
-                    )
-                current_state = self._encode(stamo_pixels)
-            pred = current_state.to(pred.device).float() + pred
-        return actions, pred
+        return actions, self.future_state_from(hidden, current_state, stamo_pixels)
 
     @torch.no_grad()
     def decode_future(

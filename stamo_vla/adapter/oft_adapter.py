@@ -8,7 +8,7 @@ from torch import nn
 
 from stamo_vla import keys as K
 from stamo_vla.adapter.configuration_adapter import StaMoAdapterConfig
-from stamo_vla.adapter.heads import StateHead, future_loss
+from stamo_vla.adapter.heads import StateHead
 from stamo_vla.adapter.modeling_adapter import StaMoAdapterModel, base_model_of
 
 
@@ -67,14 +67,7 @@ class StaMoOFTAdapterModel(StaMoAdapterModel):
         }
         loss = self.config.lambda_action * loss_action
         if self.head is not None:
-            pred = self.head(out.readout_hidden.float())
-            loss_future, future_metrics = future_loss(pred, self.targets(batch).to(pred.device))
-            loss = loss + self.config.lambda_future * loss_future
-            metrics.update(future_metrics, loss_future=loss_future.item())
-            if self.config.lambda_decoder > 0:
-                loss_decoder = self._decoder_loss(pred, batch)
-                loss = loss + self.config.lambda_decoder * loss_decoder
-                metrics["loss_decoder"] = loss_decoder.item()
+            loss = loss + self.future_terms(out.readout_hidden, batch, metrics)
         metrics["loss"] = loss.item()
         return loss, metrics
 
@@ -133,17 +126,7 @@ class StaMoOFTAdapterModel(StaMoAdapterModel):
         actions = unnormalize_actions(normalized, stats) if unnormalize else normalized
         if not return_future_state:
             return actions
-        pred = self.head(out.readout_hidden.float())
-        if self.config.target == "motion":
-            if current_state is None:
-                if stamo_pixels is None:
-                    raise ValueError(
-                        "target='motion' predicts s_{t+h} - s_t: pass current_state or stamo_pixels (with an encoder "
-                        "attached) to get the future state"
-                    )
-                current_state = self._encode(stamo_pixels)
-            pred = current_state.to(pred.device).float() + pred
-        return actions, pred
+        return actions, self.future_state_from(out.readout_hidden, current_state, stamo_pixels)
 
 
 def _eos_id(base: nn.Module) -> int:
