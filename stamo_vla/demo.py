@@ -5,8 +5,8 @@ Stages (each skipped when its output exists, each resumable when interrupted; th
 1. collect     scripted LIBERO demonstrations (spawned simulator workers) -> RLDS dataset
 2. pretrain    tiny StaMo (frozen random DINOv2 + compressor, SD3-style DiT) on the collected frames
 3. cache       StaMo targets for every frame (the fine-tuning runs no encoder)
-4. finetune    tiny VLA + LoRA with the StaMo motion target, under torchrun; and the plain LoRA baseline
-5. evaluate    the LIBERO protocol on a few episodes per task for both policies, plus the scripted oracle
+4. finetune    tiny VLA + LoRA with the StaMo motion and state targets, under torchrun; and plain LoRA
+5. evaluate    the LIBERO protocol on a few episodes per task for each policy, plus the scripted oracle
 6. probe       the latent-action probe (StaMo motion vs pixel and DINOv2 differences)
 7. report      runs/demo/REPORT.md: every number read from the run's own output files
 
@@ -66,6 +66,8 @@ class DemoConfig:
 
 
 STAGES = ("collect", "pretrain", "cache", "finetune", "evaluate", "probe", "report")
+# fine-tuning targets compared: the paper's two StaMo targets and the plain LoRA baseline
+TARGETS = ("motion", "state", "none")
 
 
 class Demo:
@@ -178,7 +180,7 @@ class Demo:
 
     def finetune(self) -> None:
         c = self.cfg
-        for target in ("motion", "none"):
+        for target in TARGETS:
             args = [
                 sys.executable,
                 "-m",
@@ -248,7 +250,7 @@ class Demo:
             ],
             "eval_oracle",
         )
-        for target in ("motion", "none"):
+        for target in TARGETS:
             self.run(
                 [
                     sys.executable,

@@ -114,14 +114,16 @@ def _stamo_section(demo: Demo, figures: Path) -> list[str]:
 
 def _finetune_section(demo: Demo, figures: Path) -> list[str]:
     lines = ["## 3. Fine-tuning the tiny VLA (LoRA, torchrun)", ""]
-    runs = {t: _jsonl(demo.runs / t / "metrics.jsonl") for t in ("motion", "none")}
+    from stamo_vla.demo import TARGETS
+
+    runs = {t: _jsonl(demo.runs / t / "metrics.jsonl") for t in TARGETS}
     if not any(runs.values()):
         return [*lines, "_not run_", ""]
     curves = {}
     for key, title in (
         ("train/loss_action", "action-token CE"),
         ("train/action_accuracy", "action-token accuracy"),
-        ("train/future_mse", "StaMo motion MSE"),
+        ("train/future_mse", "StaMo target MSE"),
     ):
         curves[title] = [(f"target={t}", *_series(r, key)) for t, r in runs.items()]
     plot_curves(curves, figures / "finetune_curves.png")
@@ -153,6 +155,7 @@ def _eval_section(demo: Demo) -> list[str]:
     for name, label in (
         ("oracle", "scripted oracle (privileged state)"),
         ("motion", "tiny VLA + StaMo motion"),
+        ("state", "tiny VLA + StaMo state"),
         ("none", "tiny VLA, plain LoRA"),
     ):
         summary_file = demo.evals / name / "summary.json"

@@ -1,0 +1,92 @@
+"""The demo's report is built from the run's own files; stages are validated and skipped when done."""
+
+import pytest
+
+from stamo_vla.demo import Demo, DemoConfig
+from stamo_vla.fileio import append_jsonl, write_json_atomic
+
+
+def fake_run(tmp_path) -> Demo:
+    demo = Demo(DemoConfig(out_dir=str(tmp_path / "demo")))
+    write_json_atomic(
+        demo.data / demo.dataset / "collect_manifest.json",
+        {
+            "suite": "libero_spatial",
+            "episodes": {
+                "0:0": {"success": True, "steps": 80, "kept_steps": 77},
+                "0:1": {"success": False, "steps": 400, "kept_steps": 0},
+                "1:0": {"success": True, "steps": 97, "kept_steps": 90},
+            },
+        },
+    )
+    for step, loss in ((10, 1.75), (20, 0.5)):
+        append_jsonl(demo.stamo_run / "metrics.jsonl", {"step": step, "train/loss": loss})
+    append_jsonl(
+        demo.stamo_run / "metrics.jsonl",
+        {
+            "step": 20,
+            "eval/psnr": 19.25,
+            "eval/psnr_shuffled": 17.5,
+            "eval/ssim": 0.5,
+            "eval/ssim_shuffled": 0.4,
+            "eval/psnr_vae": 25.0,
+        },
+    )
+    for target, ce in (("motion", 4.125), ("none", 4.375)):
+        for step in (10, 20):
+            append_jsonl(
+                demo.runs / target / "metrics.jsonl",
+                {
+                    "step": step,
+                    "train/loss_action": ce + (20 - step) / 10,
+                    "train/action_accuracy": step / 100,
+                    **({"train/future_mse": 0.03125} if target != "none" else {}),
+                },
+            )
+    stats = {demo.dataset: {"num_trajectories": 2, "num_transitions": 167}}
+    write_json_atomic(demo.runs / "motion" / "dataset_statistics.json", stats)
+    overall = {
+        "successes": 3,
+        "episodes": 4,
+        "success_rate": 0.75,
+        "ci95_low": 0.3,
+        "ci95_high": 0.954,
+        "mean_steps": 88.0,
+    }
+    write_json_atomic(demo.evals / "oracle" / "summary.json", {"overall": overall})
+    (demo.probe).mkdir(parents=True)
+    (demo.probe / "probe.md").write_text("| k | stamo_motion |\n|---|---|\n| 1 | 0.1234 |\n")
+    write_json_atomic(demo.marks / "collect.json", {"stage": "collect", "seconds": 12.0})
+    return demo
+
+
+def test_report_numbers_come_from_the_run_files(tmp_path):
+    pytest.importorskip("matplotlib")
+    demo = fake_run(tmp_path)
+    demo.report()
+    report = (demo.out / "REPORT.md").read_text()
+    for text in (
+        "| 0 | 1 / 2 | 80 | 77 |",
+        "| 1 | 1 / 1 | 97 | 90 |",
+        "2 episodes, 167 transitions",
+        "1.7500 (step 10) -> 0.5000 (step 20)",
+        "| 19.25 | 17.50 | 0.500 | 0.400 | 25.00 |",
+        "| motion | 20 | 5.125 -> 4.125 | 0.100 -> 0.200 | 0.0312 |",
+        "| 3/4 | 75.0 | [30.0, 95.4] | 88 |",
+        "| 1 | 0.1234 |",
+        "| collect | 12 |",
+    ):
+        assert text in report, text
+    assert (demo.out / "figures" / "finetune_curves.png").is_file()
+
+
+def test_finished_stages_are_skipped(tmp_path, capsys):
+    demo = Demo(DemoConfig(out_dir=str(tmp_path / "d"), stages=["probe"]))
+    write_json_atomic(demo.marks / "probe.json", {"stage": "probe", "seconds": 3.0})
+    assert demo.main() == {"probe": 3.0}
+    assert "done earlier" in capsys.readouterr().out
+
+
+def test_unknown_stage_is_refused():
+    with pytest.raises(ValueError, match=r"stages=\['train'\] are not valid"):
+        DemoConfig(stages=["train"])
