@@ -22,6 +22,14 @@ def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [s for s, _ in rows], [v for _, v in rows]
 
 
+ENDS = 3  # logged values averaged at each end of a curve (single batches are noisy)
+
+
+def _ends(values: list[float], fmt: str) -> str:
+    head, tail = values[:ENDS], values[-ENDS:]
+    return f"{format(sum(head) / len(head), fmt)} -> {format(sum(tail) / len(tail), fmt)}"
+
+
 def _rel(path: Path, root: Path) -> str:
     return os.path.relpath(path, root)
 
@@ -128,8 +136,8 @@ def _finetune_section(demo: Demo, figures: Path) -> list[str]:
         curves[title] = [(f"target={t}", *_series(r, key)) for t, r in runs.items()]
     plot_curves(curves, figures / "finetune_curves.png")
     lines += [
-        "| target | steps | action CE first -> last | action accuracy first -> last | future MSE last |",
-        "|---|---:|---|---|---:|",
+        "| target | steps | action CE, first -> last | action accuracy, first -> last | target MSE, first -> last |",
+        "|---|---:|---|---|---|",
     ]
     for target, records in runs.items():
         s, ce = _series(records, "train/loss_action")
@@ -137,9 +145,9 @@ def _finetune_section(demo: Demo, figures: Path) -> list[str]:
         _, fm = _series(records, "train/future_mse")
         if s:
             lines.append(
-                f"| {target} | {s[-1]} | {ce[0]:.3f} -> {ce[-1]:.3f} | {acc[0]:.3f} -> {acc[-1]:.3f} | "
-                f"{fm[-1] if fm else float('nan'):.4f} |"
+                f"| {target} | {s[-1]} | {_ends(ce, '.3f')} | {_ends(acc, '.3f')} | {_ends(fm, '.3g') if fm else '-'} |"
             )
+    lines += ["", f"First and last: means of the first and last {ENDS} logged values (one batch each).", ""]
     lines += ["", f"![fine-tuning curves]({_rel(figures / 'finetune_curves.png', demo.out)})", ""]
     return lines
 
