@@ -33,12 +33,12 @@ def fake_run(tmp_path) -> Demo:
         },
     )
     for target, ce in (("motion", 4.125), ("none", 4.375)):
-        for step in (10, 20):
+        for step in range(10, 90, 10):
             append_jsonl(
                 demo.runs / target / "metrics.jsonl",
                 {
                     "step": step,
-                    "train/loss_action": ce + (20 - step) / 10,
+                    "train/loss_action": ce + (80 - step) / 10,
                     "train/action_accuracy": step / 100,
                     **({"train/future_mse": 0.03125} if target != "none" else {}),
                 },
