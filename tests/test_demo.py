@@ -75,6 +75,7 @@ def test_report_numbers_come_from_the_run_files(tmp_path):
         "| 3/4 | 75.0 | [30.0, 95.4] | 88 |",
         "| 1 | 0.1234 |",
         "| collect | 12 |",
+        "Own-state PSNR minus shuffled-state PSNR: +1.75 dB.",
     ):
         assert text in report, text
     assert (demo.out / "figures" / "finetune_curves.png").is_file()

@@ -23,7 +23,8 @@ def evaluate(
 
     Returns means over images of: ``loss`` (flow loss, fixed noise), ``psnr``/``ssim`` (decode of own
     state vs input), ``psnr_shuffled``/``ssim_shuffled``, ``psnr_vae`` (the frozen VAE's own round trip:
-    the ceiling), ``latent_mse`` / ``latent_mse_shuffled`` (sampled vs true latents).
+    the ceiling), ``latent_mse`` / ``latent_mse_shuffled`` (sampled vs true latents), and ``state_spread``
+    (std of the states across images over their mean magnitude).
     """
     if pixels.shape[0] < 2:
         raise ValueError(f"evaluate needs at least 2 images for the shuffled baseline; got {pixels.shape[0]}")
@@ -52,7 +53,11 @@ def evaluate(
             add("latent_mse" + tag, ((lat - z0[sl]) ** 2).flatten(1).mean(1))
         add("psnr_vae", psnr(model.decoder.latents_to_images(z0[sl]), target[sl]))
     model.train(was_training)
-    return {k: torch.cat(v).mean().item() for k, v in out.items()}
+    metrics = {k: torch.cat(v).mean().item() for k, v in out.items()}
+    # how much the states differ between images, relative to their size: near 0 means the encoder collapsed to one
+    # state (the decoder then reconstructs every image alike and psnr == psnr_shuffled)
+    metrics["state_spread"] = (states.std(0).mean() / states.abs().mean().clamp(min=1e-12)).item()
+    return metrics
 
 
 @torch.no_grad()
