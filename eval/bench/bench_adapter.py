@@ -12,7 +12,6 @@ Paper reference: 4.16 -> 4.02 Hz (3.4% slower) for OpenVLA + StaMo on an RTX 409
 
 from __future__ import annotations
 
-import argparse
 import copy
 import time
 
@@ -154,7 +153,11 @@ def run(quick: bool = False) -> dict:
     return results
 
 
+def main(argv: list[str] | None = None) -> int:
+    from eval.bench._cli import bench_main
+
+    return bench_main(run, __doc__, "tiny preset only, three timed repeats", argv)
+
+
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    run(parser.parse_args().quick)
+    raise SystemExit(main())

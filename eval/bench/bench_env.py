@@ -11,7 +11,6 @@ reset before timing starts. Two observation settings are measured: the upstream 
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
@@ -95,16 +94,9 @@ def _print(result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer steps")
-    parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
-    args = parser.parse_args(argv)
-    result = run(quick=args.quick)
-    if args.json:
-        from stamo_vla.fileio import write_json_atomic
+    from eval.bench._cli import bench_main
 
-        write_json_atomic(args.json, result)
-    return 0
+    return bench_main(run, __doc__, "fewer steps", argv)
 
 
 if __name__ == "__main__":

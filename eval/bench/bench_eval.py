@@ -18,7 +18,6 @@ libero_spatial episode (220 policy + 10 wait steps) from the measured step and r
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
@@ -144,16 +143,9 @@ def _print(result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer, shorter episodes")
-    parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
-    args = parser.parse_args(argv)
-    result = run(quick=args.quick)
-    if args.json:
-        from stamo_vla.fileio import write_json_atomic
+    from eval.bench._cli import bench_main
 
-        write_json_atomic(args.json, result)
-    return 0
+    return bench_main(run, __doc__, "fewer, shorter episodes", argv)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ StaMo state from the same pass) for the OFT variant.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
@@ -156,12 +155,11 @@ def run(quick: bool = False, presets: tuple[str, ...] = ("tiny", "mid")) -> dict
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="best of two timed repeats instead of seven")
-    args = parser.parse_args(argv)
-    return run(quick=args.quick)
+def main(argv: list[str] | None = None) -> int:
+    from eval.bench._cli import bench_main
+
+    return bench_main(run, __doc__, "best of two timed repeats instead of seven", argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

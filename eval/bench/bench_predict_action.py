@@ -10,7 +10,6 @@ the same model, inputs and device, and checks that they return the same actions.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
@@ -107,12 +106,11 @@ def run(quick: bool = False, presets: tuple[str, ...] = ("tiny", "mid")) -> dict
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one timed repeat instead of five")
-    args = parser.parse_args(argv)
-    return run(quick=args.quick)
+def main(argv: list[str] | None = None) -> int:
+    from eval.bench._cli import bench_main
+
+    return bench_main(run, __doc__, "one timed repeat instead of five", argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -11,7 +11,6 @@ two checkpoints; a bigger shuffle buffer should cost a roughly constant extra am
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import tempfile
@@ -125,12 +124,11 @@ def run(quick: bool = False) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small dataset and few batches")
-    args = parser.parse_args(argv)
-    return run(quick=args.quick)
+def main(argv: list[str] | None = None) -> int:
+    from eval.bench._cli import bench_main
+
+    return bench_main(run, __doc__, "small dataset and few batches", argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -10,7 +10,6 @@ per decoded image (Euler flow-matching steps of the DiT + one VAE decode) matter
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
@@ -81,12 +80,11 @@ def run(quick: bool = False, presets: tuple[str, ...] = ("tiny", "mid")) -> dict
     return {"device": device, "threads": torch.get_num_threads(), "results": results}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats, batch 2, 2 sampling steps")
-    args = parser.parse_args(argv)
-    return run(quick=args.quick)
+def main(argv: list[str] | None = None) -> int:
+    from eval.bench._cli import bench_main
+
+    return bench_main(run, __doc__, "fewer repeats, batch 2, 2 sampling steps", argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
