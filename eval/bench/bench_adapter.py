@@ -13,11 +13,11 @@ Paper reference: 4.16 -> 4.02 Hz (3.4% slower) for OpenVLA + StaMo on an RTX 409
 from __future__ import annotations
 
 import copy
-import time
 
 import numpy as np
 import torch
 
+from eval.bench._common import timed_rounds
 from stamo_vla import keys as K
 
 
@@ -40,19 +40,6 @@ def _batch(processor, base, n: int, state_shape: tuple[int, int], seed: int = 0)
     batch[K.STAMO_PIXELS] = torch.rand(n, 3, 224, 224)
     batch[K.FUTURE_STAMO_PIXELS] = torch.rand(n, 3, 224, 224)
     return batch
-
-
-def _timed_rounds(fns: dict, repeats: int) -> dict[str, float]:
-    """Median seconds per call; the variants alternate inside each round so drift hits all of them alike."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for fn in fns.values():
-        fn()  # warm-up
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def _train_step_fn(model, batch):
@@ -91,7 +78,7 @@ def bench_preset(name: str, vla_config, batch_size: int, repeats: int) -> dict:
     batch = _batch(processor, base, batch_size, shape)
     cache_batch = {k: v for k, v in batch.items() if k not in (K.STAMO_PIXELS, K.FUTURE_STAMO_PIXELS)}
     live_batch = {k: v for k, v in batch.items() if k not in (K.STATE, K.FUTURE_STATE)}
-    train = _timed_rounds(
+    train = timed_rounds(
         {
             "plain_lora": _train_step_fn(plain, cache_batch),
             "stamo_cached": _train_step_fn(cached, cache_batch),
@@ -109,7 +96,7 @@ def bench_preset(name: str, vla_config, batch_size: int, repeats: int) -> dict:
     inputs = processor([build_prompt("pick up the bowl and place it on the plate")] * batch_size, images)
     args = (inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"])
     current = torch.randn(batch_size, *shape)
-    infer = _timed_rounds(
+    infer = timed_rounds(
         {
             "merged_base": lambda: merged_base.predict_action(*args),
             "adapter_head_off": lambda: cached.predict_action(*args),
@@ -154,7 +141,7 @@ def run(quick: bool = False) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from eval.bench._cli import bench_main
+    from eval.bench._common import bench_main
 
     return bench_main(run, __doc__, "tiny preset only, three timed repeats", argv)
 

@@ -143,7 +143,7 @@ def _print(result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from eval.bench._cli import bench_main
+    from eval.bench._common import bench_main
 
     return bench_main(run, __doc__, "fewer, shorter episodes", argv)
 

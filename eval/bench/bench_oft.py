@@ -12,35 +12,18 @@ StaMo state from the same pass) for the OFT variant.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 
-INSTRUCTIONS = [
-    "pick up the black bowl between the plate and the ramekin and place it on the plate",
-    "open the top drawer and put the bowl inside",
-    "turn on the stove",
-    "put the cream cheese in the bowl",
-    "push the plate to the front of the stove",
-    "put the wine bottle on top of the cabinet",
-    "pick up the alphabet soup and place it in the basket",
-    "open the middle drawer of the cabinet",
-]
+from eval.bench._common import timed_rounds
+from eval.bench.bench_predict_action import INSTRUCTIONS  # the same prompts for both decoders
+
 CHUNK = 8
 
 
 def _time(fns: dict, repeats: int) -> dict:
-    """Best-of-`repeats` seconds per call of each function, interleaved so load changes hit all of them alike."""
-    for fn in fns.values():
-        fn()  # warm-up (allocator, kernels)
-    best = {name: float("inf") for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
+    """Best-of-`repeats` seconds per call of each function, interleaved."""
+    return timed_rounds(fns, repeats, reduce="min")
 
 
 def _adapter(config, device: str, **adapter_kwargs):
@@ -156,7 +139,7 @@ def run(quick: bool = False, presets: tuple[str, ...] = ("tiny", "mid")) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    from eval.bench._cli import bench_main
+    from eval.bench._common import bench_main
 
     return bench_main(run, __doc__, "best of two timed repeats instead of seven", argv)
 

@@ -107,7 +107,7 @@ def run(quick: bool = False, presets: tuple[str, ...] = ("tiny", "mid")) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    from eval.bench._cli import bench_main
+    from eval.bench._common import bench_main
 
     return bench_main(run, __doc__, "one timed repeat instead of five", argv)
 

@@ -125,7 +125,7 @@ def run(quick: bool = False) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from eval.bench._cli import bench_main
+    from eval.bench._common import bench_main
 
     return bench_main(run, __doc__, "small dataset and few batches", argv)
 

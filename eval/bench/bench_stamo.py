@@ -81,7 +81,7 @@ def run(quick: bool = False, presets: tuple[str, ...] = ("tiny", "mid")) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    from eval.bench._cli import bench_main
+    from eval.bench._common import bench_main
 
     return bench_main(run, __doc__, "fewer repeats, batch 2, 2 sampling steps", argv)
 
