@@ -18,8 +18,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "stats": ("stamo_vla.data.statistics", "compute dataset_statistics.json for an RLDS dataset"),
     "cache-targets": ("stamo_vla.data.target_cache", "encode every frame once with a frozen StaMo encoder"),
-    "label-latent-actions": ("stamo_vla.stamo.pseudo_labels", "write latent motions for action-free episodes"),
-    "merge": ("stamo_vla.adapter.merge_cli", "merge a LoRA + StaMo adapter into an upstream-layout checkpoint"),
+    "label-latent-actions": (
+        "stamo_vla.stamo.pseudo_labels",
+        "write latent motions for action-free episodes",
+    ),
+    "merge": (
+        "stamo_vla.adapter.merge_cli",
+        "merge a LoRA + StaMo adapter into an upstream-layout checkpoint",
+    ),
     "viz": ("stamo_vla.viz.cli", "decode states to image sheets: interpolate | transfer | reconstruct"),
     "bench": ("eval.bench.__main__", "run every benchmark under eval/bench/ and write JSON + markdown"),
     "demo": ("stamo_vla.demo", "run the whole product on the embedded tiny default (make demo)"),

@@ -79,5 +79,7 @@ def test_unknown_preset_suggests(tmp_path):
 
 
 def test_check_choice_message():
-    with pytest.raises(ValueError, match=r"target='stat' is not valid; allowed: \['state', 'motion', 'none'\]"):
+    with pytest.raises(
+        ValueError, match=r"target='stat' is not valid; allowed: \['state', 'motion', 'none'\]"
+    ):
         configs.check_choice("target", "stat", ["state", "motion", "none"])
