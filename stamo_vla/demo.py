@@ -46,7 +46,7 @@ class DemoConfig:
     stamo_steps: int = 300
     stamo_vae_fit_steps: int = 150
     # Fine-tuning steps per run, and processes for torchrun.
-    finetune_steps: int = 300
+    finetune_steps: int = 200
     finetune_procs: int = 2
     # Evaluation: trials per task and steps per episode (upstream: 50 trials, 220 steps on libero_spatial).
     eval_trials: int = 2
