@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -32,6 +33,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    follow_umask(tmp_path)
     try:
         yield tmp_path
         with open(tmp_path, "rb") as f:
@@ -79,19 +81,98 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return records
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary directory; on success it replaces `path` (the old one is removed last).
+OUTPUT_MARKER = ".stamo_vla_output.json"
 
-    A crash before the swap leaves the previous `path` intact; a crash during the swap leaves either
-    the old or the new directory under `path`, plus a `.old` sibling that the next call cleans up.
+
+class ForeignDirectoryError(FileExistsError):
+    """An output path holds something we did not write (or wrote as another kind): it is never replaced."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: str | os.PathLike) -> None:
+    """Give a file made by `mkstemp` / `mkdtemp` (always private) the mode a plain `open` / `mkdir` gives."""
+    path = Path(path)
+    mode = 0o777 if path.is_dir() else 0o666
+    with contextlib.suppress(OSError):
+        os.chmod(path, mode & ~_umask())
+
+
+def output_kind(path: str | os.PathLike) -> str | None:
+    """The kind recorded in a directory's output marker (written by `atomic_dir`), or None."""
+    marker = Path(path) / OUTPUT_MARKER
+    try:
+        return json.loads(marker.read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_replaceable(path: str | os.PathLike, kind: str, overwrite: bool) -> None:
+    """Refuse to replace `path` unless it is missing, empty, or a previous `kind` output and `overwrite`.
+
+    Raises:
+        ForeignDirectoryError: `path` is a file, or a non-empty directory that is not a `kind` output.
+        FileExistsError: `path` is a previous `kind` output and `overwrite` is False.
     """
     path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_dir() or path.is_symlink():
+        raise ForeignDirectoryError(
+            f"refusing to write a {kind} to '{path}': it exists and is not a directory. Choose another path."
+        )
+    if not any(path.iterdir()):
+        return
+    found = output_kind(path)
+    if found != kind:
+        what = f"a {found} output" if found else "not a stamo_vla output (no marker file)"
+        raise ForeignDirectoryError(
+            f"refusing to replace '{path}' with a {kind}: it is {what} and would be deleted. "
+            "Choose a new or empty output directory, or move that directory away yourself."
+        )
+    if not overwrite:
+        raise FileExistsError(
+            f"'{path}' already holds a {kind}; pass overwrite=True (on the command line: --overwrite) to "
+            "replace it, or choose another output directory."
+        )
+
+
+def remove_stale_temporaries(parent: str | os.PathLike, pattern: str) -> list[Path]:
+    """Delete leftovers of killed `atomic_dir` writes (``pattern`` e.g. ``.step_*.tmp``); returns them."""
+    removed = []
+    for stale in Path(parent).glob(pattern):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+            removed.append(stale)
+    return removed
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, kind: str, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory; on success it replaces `path` (the old one is removed last).
+
+    Only a missing or empty `path`, or (with `overwrite`) an earlier output of the same `kind`, is ever
+    replaced: every output carries a marker file (`OUTPUT_MARKER`) naming its kind, and anything else is
+    refused before work starts and again before the swap (`check_replaceable`). A crash before the swap
+    leaves the previous `path` intact; a crash during the swap leaves either the old or the new directory
+    under `path`, plus a `.old` sibling that the next call cleans up, as it does temporaries of killed
+    writes to the same path.
+    """
+    path = Path(path)
+    check_replaceable(path, kind, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path.parent, f".{glob.escape(path.name)}.*.tmp")
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    follow_umask(tmp)
     old = path.with_name(f".{path.name}.old")
     try:
         yield tmp
+        write_json_atomic(tmp / OUTPUT_MARKER, {"kind": kind, "format": 1})
+        check_replaceable(path, kind, overwrite)
         if old.exists():
             shutil.rmtree(old)
         if path.exists():

@@ -51,13 +51,13 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
 
 def test_atomic_dir_replaces_and_survives_failure(tmp_path):
     target = tmp_path / "ckpt"
-    with fileio.atomic_dir(target) as d:
+    with fileio.atomic_dir(target, kind="test") as d:
         (d / "w.txt").write_text("v1")
-    with pytest.raises(RuntimeError), fileio.atomic_dir(target) as d:
+    with pytest.raises(RuntimeError), fileio.atomic_dir(target, kind="test", overwrite=True) as d:
         (d / "w.txt").write_text("v2-partial")
         raise RuntimeError("killed")
     assert (target / "w.txt").read_text() == "v1"
-    with fileio.atomic_dir(target) as d:
+    with fileio.atomic_dir(target, kind="test", overwrite=True) as d:
         (d / "w.txt").write_text("v2")
     assert (target / "w.txt").read_text() == "v2"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]

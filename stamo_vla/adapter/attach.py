@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 HEAD_WEIGHTS = "stamo_head.safetensors"
 STATISTICS = "dataset_statistics.json"
 PEFT_CONFIG = "adapter_config.json"
+PEFT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+ADAPTER_KIND = "adapter"
+MERGED_KIND = "merged_checkpoint"
 
 
 def base_signature(model: nn.Module) -> dict:
@@ -99,9 +102,16 @@ def attach(
 
 
 def save_adapter(
-    model: StaMoAdapterModel, directory: str | Path, dataset_statistics: dict | None = None
+    model: StaMoAdapterModel,
+    directory: str | Path,
+    dataset_statistics: dict | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Write the adapter directory atomically (a crash never leaves a half-written adapter in place)."""
+    """Write the adapter directory atomically (a crash never leaves a half-written adapter in place).
+
+    `directory` must be new or empty, or (with `overwrite`) an adapter saved there before; any other
+    directory is refused, never replaced.
+    """
     from safetensors.torch import save_file
 
     from stamo_vla.fileio import atomic_dir, write_json_atomic
@@ -117,7 +127,7 @@ def save_adapter(
             "save_adapter needs dataset statistics (action/proprio q01/q99) so the adapter can un-normalize actions; "
             "pass dataset_statistics=... (the training run's dataset_statistics.json)."
         )
-    with atomic_dir(directory) as tmp:
+    with atomic_dir(directory, kind=ADAPTER_KIND, overwrite=overwrite) as tmp:
         # LoRA on lm_head (upstream's target set) makes peft offer to save whole embedding matrices; the base
         # embeddings are frozen and unchanged, so only the LoRA weights are written
         model.vla.save_pretrained(tmp, save_embedding_layers=False)
@@ -181,6 +191,12 @@ def load_adapter(base: nn.Module, directory: str | Path, is_trainable: bool = Fa
     if (directory / PEFT_CONFIG).is_file():
         _check_compatible(base, cfg, directory)
         vla = PeftModel.from_pretrained(base, str(directory), is_trainable=is_trainable)
+    elif weights := [name for name in PEFT_WEIGHTS if (directory / name).is_file()]:
+        raise FileNotFoundError(
+            f"adapter directory {directory} holds LoRA weights ({weights[0]}) but no {PEFT_CONFIG}, so they "
+            f"cannot be loaded (and would otherwise be dropped). Copy {PEFT_CONFIG} from the run that wrote "
+            "them (<run_dir>/adapter or its checkpoints/step_*/model), or save the adapter again."
+        )
     else:  # a merged checkpoint: the LoRA weights are already inside `base`
         vla = base
     head = _load_head(base, cfg, directory)
@@ -191,8 +207,10 @@ def load_adapter(base: nn.Module, directory: str | Path, is_trainable: bool = Fa
     return model
 
 
-def merge(model: StaMoAdapterModel, out_dir: str | Path, processor=None) -> Path:
+def merge(model: StaMoAdapterModel, out_dir: str | Path, processor=None, overwrite: bool = False) -> Path:
     """Merge LoRA into the base weights and write the upstream checkpoint layout plus the head.
+
+    `out_dir` must be new or empty, or (with `overwrite`) an earlier merge output; anything else is refused.
 
     This consumes `model` (peft merges in place). Run it once, offline, on one process: never on every rank
     (openvla-oft #28, #151). The result loads with the policy loader; `load_adapter(merged, out_dir)` restores
@@ -200,12 +218,13 @@ def merge(model: StaMoAdapterModel, out_dir: str | Path, processor=None) -> Path
     """
     from safetensors.torch import save_file
 
-    from stamo_vla.fileio import atomic_dir, write_json_atomic
+    from stamo_vla.fileio import atomic_dir, check_replaceable, write_json_atomic
 
     out_dir = Path(out_dir)
+    check_replaceable(out_dir, MERGED_KIND, overwrite)  # before merging: the merge consumes `model`
     merged = model.vla.merge_and_unload() if hasattr(model.vla, "merge_and_unload") else model.vla
     stats = getattr(merged, "norm_stats", None)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, kind=MERGED_KIND, overwrite=overwrite) as tmp:
         merged.save_pretrained(tmp)
         if processor is not None:
             processor.save_pretrained(tmp)

@@ -234,11 +234,11 @@ class StaMoAdapterModel(nn.Module):
             )
         return self.decoder.sample(future_states.float(), steps=steps, generator=generator)
 
-    def save_pretrained(self, directory) -> None:
+    def save_pretrained(self, directory, overwrite: bool = False) -> None:
         """Write the adapter directory (`save_adapter`) with the base model's current statistics."""
         from stamo_vla.adapter.attach import save_adapter
 
-        save_adapter(self, directory)
+        save_adapter(self, directory, overwrite=overwrite)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

@@ -237,7 +237,7 @@ class RLDSShardWriter:
             raise ValueError(
                 f"no staged episodes under {self.staging_dir}; add episodes with add_episode() before finalize()"
             )
-        with atomic_dir(self.dataset_dir) as out:
+        with atomic_dir(self.dataset_dir, kind="rlds_dataset", overwrite=True) as out:
             _build_tfds(files, self.dataset_name, self.version, out)
         if remove_staging:
             shutil.rmtree(self.staging_dir, ignore_errors=True)

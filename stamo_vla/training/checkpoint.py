@@ -9,7 +9,9 @@ Layout of ``<run_dir>/checkpoints/step_00000100/``:
 
 A checkpoint is written into a temporary directory and renamed into place (`stamo_vla.fileio.atomic_dir`),
 so a crash mid-write never replaces or corrupts the last good checkpoint; `find_latest_checkpoint` only
-sees complete ones.
+sees complete ones. Temporaries left by a killed write are removed by the next save. Older checkpoints are
+pruned only after the new one has been read back intact (`verify_checkpoint`), and `find_resumable_checkpoint`
+skips a damaged newest checkpoint, with a warning naming it, in favour of the newest intact one.
 """
 
 from __future__ import annotations
@@ -18,14 +20,16 @@ import json
 import os
 import re
 import shutil
+import struct
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from stamo_vla.fileio import atomic_dir, write_json_atomic
+from stamo_vla.fileio import atomic_dir, remove_stale_temporaries, write_json_atomic
 from stamo_vla.training.distributed import gather_objects, rng_state, set_rng_state
 
 if TYPE_CHECKING:
@@ -33,6 +37,7 @@ if TYPE_CHECKING:
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
+CHECKPOINT_KIND = "training_checkpoint"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -68,6 +73,77 @@ def find_latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return found[-1] if found else None
 
 
+def _safetensors_problem(file: Path) -> str | None:
+    """Why a safetensors file is unreadable (truncated, bad header), or None; reads only the header."""
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8:
+                return f"{file} is truncated (header of {n} bytes, file of {size})"
+            header = json.loads(f.read(n))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    except (OSError, struct.error, ValueError, KeyError, TypeError) as err:
+        return f"{file} is not a valid safetensors file ({type(err).__name__}: {err})"
+    if size != 8 + n + end:
+        return f"{file} is truncated or padded ({size} bytes, its header describes {8 + n + end})"
+    return None
+
+
+def _torch_file_problem(file: Path) -> str | None:
+    """Why a `torch.save` file (a zip archive) is unreadable, or None; checks every member's CRC."""
+    try:
+        with zipfile.ZipFile(file) as z:
+            bad = z.testzip()
+    except (OSError, zipfile.BadZipFile) as err:
+        return f"{file} is not a readable torch file ({type(err).__name__}: {err})"
+    return f"{file} is corrupt (member {bad} fails its checksum)" if bad else None
+
+
+def verify_checkpoint(path: str | os.PathLike) -> str | None:
+    """What is wrong with a checkpoint directory, or None when every file in it reads back intact.
+
+    Checks the state file parses, every ``*.safetensors`` header matches the file size, every ``*.pt``
+    archive passes its checksums and every ``*.json`` parses. Cheap: no tensor is materialized.
+    """
+    path = Path(path)
+    state = path / STATE_FILE
+    if not state.is_file():
+        return f"{path} has no {STATE_FILE} (an unfinished write)"
+    for file in sorted(path.rglob("*")):
+        if not file.is_file():
+            continue
+        if file.suffix == ".safetensors":
+            problem = _safetensors_problem(file)
+        elif file.suffix == ".pt":
+            problem = _torch_file_problem(file)
+        elif file.suffix == ".json":
+            try:
+                json.loads(file.read_text())
+                problem = None
+            except (OSError, ValueError) as err:
+                problem = f"{file} is not valid JSON ({err})"
+        else:
+            continue
+        if problem:
+            return problem
+    return None
+
+
+def find_resumable_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The newest checkpoint that reads back intact; each damaged newer one is named in a warning."""
+    for path in reversed(list_checkpoints(run_dir)):
+        problem = verify_checkpoint(path)
+        if problem is None:
+            return path
+        warnings.warn(
+            f"checkpoint {path} is damaged and is skipped: {problem}. Resuming from the newest intact "
+            "checkpoint before it instead (the damaged one is left in place; delete it when done).",
+            stacklevel=2,
+        )
+    return None
+
+
 def save_checkpoint(
     run_dir: str | os.PathLike,
     state: TrainerState,
@@ -81,12 +157,14 @@ def save_checkpoint(
 
     Args:
         model: the (unwrapped) model; it must have ``save_pretrained(directory)``.
-        keep_last: keep only this many newest checkpoints (None: keep all).
+        keep_last: keep only this many newest checkpoints (None: keep all). Older ones are deleted only
+            after the new one reads back intact; otherwise all are kept and a warning says why.
     """
     rng = gather_objects(rng_state(), accelerator)  # collective: every rank takes part
     path = checkpoint_dir(run_dir, state.step)
     if accelerator is None or accelerator.is_main_process:
-        with atomic_dir(path) as tmp:
+        remove_stale_temporaries(path.parent, ".step_*.tmp")  # left by a write that was killed
+        with atomic_dir(path, kind=CHECKPOINT_KIND, overwrite=True) as tmp:
             model.save_pretrained(tmp / "model")
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             if scheduler is not None:
@@ -94,12 +172,34 @@ def save_checkpoint(
             torch.save(rng, tmp / "rng_states.pt")
             info = {"step": state.step, "world_size": len(rng), "data_state": state.data_state, **state.extra}
             write_json_atomic(tmp / STATE_FILE, info)  # written last: marks the checkpoint complete
-        if keep_last is not None:
-            for old in list_checkpoints(run_dir)[:-keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
+        problem = verify_checkpoint(path)
+        if problem is not None:
+            warnings.warn(
+                f"the checkpoint just written does not read back ({problem}); older checkpoints are kept.",
+                stacklevel=2,
+            )
+        elif keep_last is not None:
+            for old in list_checkpoints(run_dir)[: -max(keep_last, 1)]:
+                if old != path:
+                    shutil.rmtree(old, ignore_errors=True)
     if accelerator is not None:
         accelerator.wait_for_everyone()
     return path
+
+
+class CheckpointCorruptError(ValueError):
+    """A checkpoint file is missing, truncated or unreadable."""
+
+
+def _load_torch(file: Path, **kwargs):
+    if not file.is_file():
+        raise CheckpointCorruptError(
+            f"checkpoint file {file} is missing; the checkpoint is incomplete. Resume from an earlier one."
+        )
+    try:
+        return torch.load(file, weights_only=True, **kwargs)
+    except Exception as err:  # torch raises several types for a damaged archive
+        raise CheckpointCorruptError(f"checkpoint file {file} cannot be read ({err}).") from err
 
 
 def load_checkpoint(
@@ -116,11 +216,17 @@ def load_checkpoint(
     state_file = path / STATE_FILE
     if not state_file.is_file():
         raise FileNotFoundError(f"'{path}' is not a complete checkpoint (no {STATE_FILE}).")
+    problem = verify_checkpoint(path)
+    if problem is not None:
+        raise CheckpointCorruptError(
+            f"checkpoint '{path}' cannot be resumed: {problem}. Delete it to resume from the one before it "
+            "(resume=true picks the newest intact checkpoint), or start a new run."
+        )
     info = json.loads(state_file.read_text())
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+    optimizer.load_state_dict(_load_torch(path / "optimizer.pt", map_location="cpu"))
     if scheduler is not None:
-        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    rng = torch.load(path / "rng_states.pt", weights_only=True)
+        scheduler.load_state_dict(_load_torch(path / "scheduler.pt"))
+    rng = _load_torch(path / "rng_states.pt")
     rank = accelerator.process_index if accelerator is not None else 0
     if len(rng) != (accelerator.num_processes if accelerator is not None else 1):
         warnings.warn(

@@ -3,6 +3,12 @@
 Run through ``recipes/finetune_libero.py`` (plain ``python`` or ``torchrun --nproc-per-node K``). Every rank
 reads its own shard of the data; rank 0 logs and writes checkpoints; merging the adapter into the base is a
 separate offline command (``stamo-vla merge``), never done on every rank.
+
+When things go wrong: ``resume=true`` continues from the newest checkpoint that reads back intact (a damaged
+newer one is named in a warning); SIGTERM finishes the current step, saves a checkpoint and exits with code
+143; a resumed config may not change the model the checkpoint holds, and every other change is recorded
+(`stamo_vla.training.resume_config`); a run whose first steps hold no supervised action token and no StaMo
+target stops with an error instead of logging loss 0.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 BASE_MODEL_DIR = "base_model"
 ADAPTER_DIR = "adapter"
+SUPERVISION = "_supervision"  # batch entry added by FinetuneCollator, popped before the model sees the batch
+CHECK_STEPS = 10  # optimizer steps over which a run must show something to learn from
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -100,15 +108,35 @@ class FinetuneCollator:
             FUTURE_IMAGE for the frozen encoder (the target cache makes this unnecessary).
     """
 
-    def __init__(self, batch_transform, stamo_pixels: bool):
+    def __init__(self, batch_transform, stamo_pixels: bool, has_head: bool = False):
         self.batch_transform = batch_transform
         self.stamo_pixels = stamo_pixels
+        self.has_head = has_head
 
     @staticmethod
     def _pixels(image: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
 
+    @staticmethod
+    def supervision(samples: list[dict], has_head: bool) -> dict[str, int]:
+        """Per batch: samples with a supervised action, with a real future frame, and with neither.
+
+        A future frame clamped onto the current one (``FUTURE_STEP == STEP``: the episode ended before the
+        horizon) makes a trivial StaMo target (zero motion, the current state).
+        """
+        actions = sum(bool(s.get(K.HAS_ACTION, True)) for s in samples)
+        futures = (
+            sum(int(s.get(K.FUTURE_STEP, 1)) != int(s.get(K.STEP, 0)) for s in samples) if has_head else 0
+        )
+        degenerate = sum(
+            not bool(s.get(K.HAS_ACTION, True))
+            and not (has_head and int(s.get(K.FUTURE_STEP, 1)) != int(s.get(K.STEP, 0)))
+            for s in samples
+        )
+        return {"samples": len(samples), "actions": actions, "targets": futures, "degenerate": degenerate}
+
     def __call__(self, samples: list[dict]) -> dict:
+        supervision = self.supervision(samples, self.has_head)
         items = []
         for sample in samples:
             extra = {}
@@ -119,7 +147,7 @@ class FinetuneCollator:
                 }
             sample = {k: v for k, v in sample.items() if k != K.FUTURE_IMAGE}
             items.append({**self.batch_transform(sample), **extra})
-        return self.batch_transform.collate(items)
+        return {**self.batch_transform.collate(items), SUPERVISION: supervision}
 
 
 def build_dataloader(cfg: FinetuneConfig, base, processor, live_targets: bool, rank: int, world_size: int):
@@ -138,7 +166,7 @@ def build_dataloader(cfg: FinetuneConfig, base, processor, live_targets: bool, r
         )
     else:
         transform = OpenVLABatchTransform(processor, action_tokenizer)
-    collate = FinetuneCollator(transform, stamo_pixels=live_targets)
+    collate = FinetuneCollator(transform, stamo_pixels=live_targets, has_head=cfg.adapter.has_head)
     loader = make_dataloader(dataset, cfg.batch_size, num_workers=cfg.num_workers, collate_fn=collate)
     return dataset, loader
 
@@ -193,26 +221,123 @@ def _run_dir(cfg: FinetuneConfig) -> Path:
     return Path(cfg.run_root_dir) / (cfg.run_id or cfg.default_run_id)
 
 
+class SupervisionCheck:
+    """Fail fast when the first steps hold nothing to learn from; warn when most samples are degenerate.
+
+    Without it, action-free data with no StaMo head, or a horizon longer than every episode, trains for the
+    whole run at loss 0 and exits 0.
+    """
+
+    def __init__(self, cfg: FinetuneConfig, check_steps: int = CHECK_STEPS):
+        self.cfg, self.steps = cfg, min(check_steps, cfg.max_steps)
+        self.totals = {"samples": 0, "actions": 0, "targets": 0, "degenerate": 0}
+        self.seen, self.done = 0, False
+
+    def update(self, supervision: list[dict], accelerator) -> None:
+        if self.done:
+            return
+        for counts in supervision:
+            for k in self.totals:
+                self.totals[k] += int(counts.get(k, 0))
+        self.seen += 1
+        if self.seen < self.steps:
+            return
+        self.done = True
+        totals = self.totals
+        if accelerator is not None and accelerator.num_processes > 1:
+            flat = torch.tensor([float(totals[k]) for k in totals], device=accelerator.device)
+            totals = dict(zip(totals, accelerator.reduce(flat, reduction="sum").tolist()))
+        self._judge({k: int(v) for k, v in totals.items()})
+
+    def _judge(self, t: dict) -> None:
+        cfg = self.cfg
+        if t["actions"] == 0 and t["targets"] == 0:
+            reasons = []
+            if not cfg.adapter.has_head:
+                reasons.append(
+                    "every sample is action-free (NaN actions) and adapter.target=none gives no StaMo target"
+                )
+            else:
+                reasons.append(
+                    "no sample has an action, and every future frame is clamped onto the current one "
+                    f"(adapter.horizon={cfg.adapter.horizon} is longer than the episodes), so the StaMo target is trivial"
+                )
+            raise ValueError(
+                f"nothing to learn from: the first {self.seen} steps ({t['samples']} samples) hold no supervised "
+                f"action token and no StaMo target: {'; '.join(reasons)}. Add labeled data to data.dataset_names, "
+                "set adapter.target (state | motion) with StaMo targets, or lower adapter.horizon."
+            )
+        if t["degenerate"] > t["samples"] / 2:
+            logger.warning(
+                "%d of %d samples in the first %d steps are degenerate (no action and no future frame within "
+                "adapter.horizon=%d); training learns from the rest only.",
+                t["degenerate"],
+                t["samples"],
+                self.seen,
+                cfg.adapter.horizon,
+            )
+
+
+def _apply_optim_config(optimizer, scheduler, optim_cfg) -> None:
+    """Make a resumed optimizer and schedule follow the (changed) optimizer config, not the checkpoint's."""
+    for i, group in enumerate(optimizer.param_groups):
+        group["initial_lr"] = optim_cfg.lr
+        group["betas"], group["eps"] = tuple(optim_cfg.betas), optim_cfg.eps
+        if i == 0 and group["weight_decay"] != 0.0:
+            group["weight_decay"] = optim_cfg.weight_decay
+    scheduler.base_lrs = [optim_cfg.lr] * len(optimizer.param_groups)
+    for group, fn in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group["lr"] = optim_cfg.lr * fn(scheduler.last_epoch)
+
+
+def _data_position(data_state: dict, batch_size: int) -> int:
+    """Micro-batches of the current `batch_size` already consumed (converted when the batch size changed)."""
+    consumed = int(data_state.get("micro_batches", 0))
+    saved = int(data_state.get("batch_size", batch_size))
+    if saved == batch_size:
+        return consumed
+    samples = consumed * saved
+    if samples % batch_size:
+        logger.warning(
+            "batch_size changed from %d to %d: %d samples were consumed, so the data stream resumes at sample %d",
+            saved,
+            batch_size,
+            samples,
+            -(-samples // batch_size) * batch_size,
+        )
+    return -(-samples // batch_size)
+
+
+def _prepare_resume(
+    cfg: FinetuneConfig, run_dir: Path, resume_from: Path, state, optimizer, scheduler, main: bool
+):
+    """Check the resumed config against the checkpoint, record what changed (rank 0) and apply it."""
+    from stamo_vla.training import resume_config
+
+    changes = resume_config.reconcile(cfg.to_dict(), run_dir, resume_from, state.step, write=main)
+    if any(k.startswith("optim.") or k == "max_steps" for k in changes):
+        _apply_optim_config(optimizer, scheduler, cfg.optim)
+
+
 def finetune(cfg: FinetuneConfig) -> FinetuneResult:
-    """Train; returns where the run and its final adapter are."""
+    """Train; returns where the run and its final adapter are.
+
+    Raises:
+        TrainingInterrupted: after SIGTERM, once the checkpoint of the current step is written.
+    """
     from stamo_vla.adapter import save_adapter
     from stamo_vla.configs import save_config
     from stamo_vla.fileio import write_json_atomic
-    from stamo_vla.training.checkpoint import (
-        TrainerState,
-        find_latest_checkpoint,
-        load_checkpoint,
-        save_checkpoint,
-    )
+    from stamo_vla.training.checkpoint import TrainerState, find_resumable_checkpoint, load_checkpoint
     from stamo_vla.training.distributed import seed_everything, setup_accelerator
     from stamo_vla.training.logger import TrainLogger
     from stamo_vla.training.optim import build_optimizer, build_scheduler
 
     accelerator = setup_accelerator(cfg.mixed_precision, find_unused_parameters=True)
     run_dir = _run_dir(cfg)
-    resume_from = find_latest_checkpoint(run_dir) if cfg.resume else None
+    resume_from = find_resumable_checkpoint(run_dir) if cfg.resume else None
     if cfg.resume and resume_from is None and accelerator.is_main_process:
-        logger.warning("resume=true but %s has no checkpoint; starting from scratch", run_dir)
+        logger.warning("resume=true but %s has no intact checkpoint; starting from scratch", run_dir)
     seed_everything(cfg.seed)
 
     base, processor = load_base(cfg, run_dir, accelerator)
@@ -223,6 +348,10 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
         cfg.data.target_encoder_fingerprint = fingerprint(encoder)  # refuse caches built by another encoder
     if encoder is None and cfg.data.use_target_cache and cfg.adapter.has_head:
         _adopt_cache_shape(cfg)
+    if resume_from is not None:  # before the model is loaded: a changed model is refused, not trained
+        from stamo_vla.training.resume_config import check_fixed
+
+        check_fixed(cfg.to_dict(), _checkpoint_adapter(resume_from), None, resume_from)
     model = build_model(cfg, base, encoder, decoder, resume_from)
     live_targets = model.config.has_head and not cfg.data.use_target_cache
     dataset, loader = build_dataloader(
@@ -236,42 +365,97 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     state = TrainerState()
     if resume_from is not None:
         state = load_checkpoint(resume_from, optimizer, scheduler, accelerator)
-    ddp_model, optimizer = accelerator.prepare(model, optimizer)
-
+        main = accelerator.is_main_process
+        _prepare_resume(cfg, run_dir, resume_from, state, optimizer, scheduler, main)
+    accelerator.wait_for_everyone()  # every rank has read the previous config.yaml before it is replaced
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         write_json_atomic(run_dir / "dataset_statistics.json", stats)
+    ddp_model, optimizer = accelerator.prepare(model, optimizer)
     log = TrainLogger(
         run_dir, cfg.max_steps, state.step, accelerator.is_main_process, cfg.wandb_project, cfg.to_dict()
     )
-
-    consumed = int(state.data_state.get("micro_batches", 0))
-    if consumed:  # continue the deterministic sample stream where the run stopped, decoding nothing skipped
-        dataset.set_resume_position(consumed, cfg.batch_size)
-    batches = iter(loader)
-    metrics: dict = {}
-    while state.step < cfg.max_steps:
-        micro = [to_device(next(batches), accelerator.device) for _ in range(cfg.grad_accumulation_steps)]
-        consumed += len(micro)
-        metrics = optimizer_step(ddp_model, micro, optimizer, scheduler, accelerator, cfg.optim.max_grad_norm)
-        state.step += 1
-        if state.step % cfg.log_steps == 0 or state.step == cfg.max_steps:
-            log.log(state.step, metrics)
-        if state.step % cfg.save_steps == 0 or state.step == cfg.max_steps:
-            state.data_state = {"micro_batches": consumed}
-            unwrapped = accelerator.unwrap_model(ddp_model)
-            save_checkpoint(
-                run_dir, state, unwrapped, optimizer, scheduler, accelerator, keep_last=cfg.keep_last
-            )
-    log.close()
-
+    try:
+        metrics = train_loop(
+            cfg, run_dir, state, dataset, loader, (ddp_model, optimizer, scheduler), accelerator, log
+        )
+    finally:
+        log.close()
     adapter_dir = run_dir / ADAPTER_DIR
     if accelerator.is_main_process:
-        save_adapter(accelerator.unwrap_model(ddp_model), adapter_dir, dataset_statistics=stats)
+        unwrapped = accelerator.unwrap_model(ddp_model)
+        save_adapter(unwrapped, adapter_dir, dataset_statistics=stats, overwrite=True)  # this run's own
         write_json_atomic(run_dir / "final_metrics.json", {"step": state.step, **metrics})
     accelerator.wait_for_everyone()
     return FinetuneResult(run_dir, adapter_dir, state.step, metrics)
+
+
+def _checkpoint_adapter(checkpoint: Path) -> dict:
+    path = checkpoint / "model" / "stamo_adapter_config.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _batches(loader, cfg: FinetuneConfig):
+    """The loader's batches; a clear error instead of a bare StopIteration when the data runs out."""
+    produced = 0
+    for batch in loader:
+        produced += 1
+        yield batch
+    split = f"data.split={cfg.data.split!r} of {list(cfg.data.dataset_names)} under {cfg.data.data_root_dir}"
+    if produced == 0:
+        raise ValueError(
+            f"no training samples: {split} has no episodes (or none long enough). Check data.split / "
+            "data.train_percent and that the dataset holds episodes."
+        )
+    raise ValueError(
+        f"the data ran out after {produced} batches ({split}); set data.repeat=true or lower max_steps."
+    )
+
+
+def train_loop(cfg, run_dir, state, dataset, loader, training, accelerator, log) -> dict:
+    """Optimizer steps until ``cfg.max_steps``: log, checkpoint, stop cleanly on SIGTERM; last metrics.
+
+    Args:
+        training: (prepared model, optimizer, scheduler).
+    """
+    from stamo_vla.training.checkpoint import save_checkpoint
+    from stamo_vla.training.preemption import TrainingInterrupted, stop_on_sigterm
+
+    ddp_model, optimizer, scheduler = training
+
+    consumed = _data_position(state.data_state, cfg.batch_size)
+    if consumed:  # continue the deterministic sample stream where the run stopped, decoding nothing skipped
+        dataset.set_resume_position(consumed, cfg.batch_size)
+    batches = _batches(loader, cfg)
+    check = SupervisionCheck(cfg)
+    metrics: dict = {}
+
+    def checkpoint():
+        state.data_state = {"micro_batches": consumed, "batch_size": cfg.batch_size}
+        unwrapped = accelerator.unwrap_model(ddp_model)
+        return save_checkpoint(
+            run_dir, state, unwrapped, optimizer, scheduler, accelerator, keep_last=cfg.keep_last
+        )
+
+    with stop_on_sigterm() as stop:
+        while state.step < cfg.max_steps:
+            micro = [next(batches) for _ in range(cfg.grad_accumulation_steps)]
+            check.update([m.pop(SUPERVISION, {}) for m in micro], accelerator)
+            micro = [to_device(m, accelerator.device) for m in micro]
+            consumed += len(micro)
+            metrics = optimizer_step(
+                ddp_model, micro, optimizer, scheduler, accelerator, cfg.optim.max_grad_norm
+            )
+            state.step += 1
+            if state.step % cfg.log_steps == 0 or state.step == cfg.max_steps:
+                log.log(state.step, metrics)
+            saved = None
+            if state.step % cfg.save_steps == 0 or state.step == cfg.max_steps:
+                saved = checkpoint()
+            if state.step < cfg.max_steps and stop.requested(accelerator):
+                raise TrainingInterrupted(saved or checkpoint(), state.step)
+    return metrics
 
 
 def load_metrics(run_dir: str | Path) -> list[dict]:

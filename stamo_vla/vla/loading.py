@@ -208,16 +208,22 @@ def prepare_load(path: str | os.PathLike, kwargs: dict) -> tuple[Path, dict, dic
 
 
 def save_checkpoint(
-    model: Any, processor: Any, save_dir: str | os.PathLike, max_shard_size: str | int = "5GB"
+    model: Any,
+    processor: Any,
+    save_dir: str | os.PathLike,
+    max_shard_size: str | int = "5GB",
+    overwrite: bool = False,
 ) -> Path:
     """Write model + processor in the upstream layout, atomically (a crash leaves the old directory).
 
     Adds `generation_config.json` and `dataset_statistics.json` (from `model.norm_stats`) like upstream.
+    `save_dir` must be new or empty, or (with `overwrite`) a checkpoint written here before: any other
+    directory is refused, never replaced (`stamo_vla.fileio.atomic_dir`).
     """
     from stamo_vla.fileio import atomic_dir, write_json_atomic
 
     save_dir = Path(save_dir)
-    with atomic_dir(save_dir) as tmp:
+    with atomic_dir(save_dir, kind="openvla_checkpoint", overwrite=overwrite) as tmp:
         model.save_pretrained(str(tmp), max_shard_size=max_shard_size)
         if processor is not None:
             processor.save_pretrained(tmp)

@@ -1,0 +1,126 @@
+"""What may change when a fine-tuning run resumes, and the record of what did.
+
+A checkpoint fixes the model it holds: the base checkpoint and every adapter setting that shapes or defines
+the trained modules (LoRA rank and targets, head, target kind, horizon, ...). Changing one of those on resume
+is refused (`ResumeConfigError`), since the checkpoint would silently keep training the old model while the
+run's config said otherwise. Everything else (lr and schedule, batch size, step counts, logging, data
+settings) may change: each change is written to ``<run_dir>/config_changes.jsonl`` with the step it took
+effect, and the previous ``config.yaml`` is kept under ``<run_dir>/config_history/`` before the new one is
+written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+from stamo_vla.fileio import append_jsonl
+
+CHANGES_FILE = "config_changes.jsonl"
+HISTORY_DIR = "config_history"
+# filled in from the StaMo encoder / target cache / base model at run time, not chosen by the user
+DERIVED_ADAPTER_FIELDS = ("num_state_tokens", "state_dim", "stamo_fingerprint", "base_model", "stamo_path")
+FIXED_TOP_LEVEL = ("vla_path", "load_in_4bit")
+# how to resume (not what runs) or derived from adapter fields checked above
+IGNORED = ("resume", "data.horizon", "data.action_chunk", "data.target_encoder_fingerprint")
+
+
+class ResumeConfigError(ValueError):
+    """The resumed config changes something the checkpoint fixes."""
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and key != "base_model":
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = json.loads(json.dumps(value, default=str))  # tuples -> lists, like the YAML
+    return flat
+
+
+def _load_yaml(path: Path) -> dict:
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ResumeConfigError(
+            f"cannot read the run's previous config {path} ({err}); restore it, or start a new run "
+            "(another run_id) instead of resuming."
+        ) from err
+
+
+def check_fixed(cfg_dict: dict, checkpoint_adapter: dict, previous: dict | None, checkpoint: Path) -> None:
+    """Raise `ResumeConfigError` naming every fixed setting that differs from the checkpoint's."""
+    current = _flatten(cfg_dict)
+    diffs = []
+    for name, saved in checkpoint_adapter.items():
+        key = f"adapter.{name}"
+        if name in DERIVED_ADAPTER_FIELDS or key not in current:
+            continue
+        if json.loads(json.dumps(saved)) != current[key]:
+            diffs.append(f"{key}: checkpoint {saved!r}, now {current[key]!r}")
+    old = _flatten(previous) if previous else {}
+    diffs += [
+        f"{key}: checkpoint {old[key]!r}, now {current[key]!r}"
+        for key in FIXED_TOP_LEVEL
+        if key in old and key in current and old[key] != current[key]
+    ]
+    if diffs:
+        raise ResumeConfigError(
+            f"resume=true cannot change what checkpoint {checkpoint} fixes: "
+            + "; ".join(diffs)
+            + ". Resume with the original values, or start a new run (another run_id) for the new model."
+        )
+
+
+def allowed_changes(cfg_dict: dict, previous: dict) -> dict[str, dict]:
+    """{dotted field: {"old", "new"}} for every field that differs (fixed ones are checked beforehand)."""
+    old, new = _flatten(previous), _flatten(cfg_dict)
+    changes = {}
+    for key in sorted(set(old) | set(new)):
+        if key in IGNORED or key.startswith("adapter."):
+            continue
+        if old.get(key) != new.get(key):
+            changes[key] = {"old": old.get(key), "new": new.get(key)}
+    return changes
+
+
+def reconcile(
+    cfg_dict: dict, run_dir: str | os.PathLike, checkpoint: Path, step: int, write: bool = True
+) -> dict[str, dict]:
+    """Refuse fixed changes; record allowed ones (with `step`) and keep the previous config.yaml.
+
+    With ``write=False`` (ranks other than 0) nothing is written or logged; the decision is the same.
+
+    Returns:
+        The allowed changes ({} when the config is unchanged or the run has no previous config.yaml).
+    """
+    run_dir = Path(run_dir)
+    adapter_file = checkpoint / "model" / "stamo_adapter_config.json"
+    checkpoint_adapter = json.loads(adapter_file.read_text()) if adapter_file.is_file() else {}
+    config_file = run_dir / "config.yaml"
+    previous = _load_yaml(config_file) if config_file.is_file() else None
+    check_fixed(cfg_dict, checkpoint_adapter, previous, checkpoint)
+    if previous is None:
+        return {}
+    changes = allowed_changes(cfg_dict, previous)
+    if changes and write:
+        history = run_dir / HISTORY_DIR
+        history.mkdir(parents=True, exist_ok=True)
+        kept = history / f"config_until_step_{step:08d}.yaml"
+        shutil.copy2(config_file, kept)
+        append_jsonl(run_dir / CHANGES_FILE, {"step": step, "changes": changes})
+        described = ", ".join(f"{k}: {v['old']!r} -> {v['new']!r}" for k, v in changes.items())
+        warnings.warn(
+            f"resuming at step {step} with a changed config ({described}); the changes take effect from "
+            f"step {step + 1}, are recorded in {run_dir / CHANGES_FILE}, and the previous config is kept "
+            f"as {kept}.",
+            stacklevel=2,
+        )
+    return changes
