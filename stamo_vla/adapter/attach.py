@@ -175,8 +175,11 @@ def _apply_statistics(base: nn.Module, directory: Path) -> None:
             f"{directory} has no {STATISTICS}: without it actions cannot be un-normalized. Copy the training run's "
             f"{STATISTICS} into the adapter directory."
         )
+    from stamo_vla.data.statistics import load_dataset_statistics
+
+    stats = load_dataset_statistics(path)  # names the file when it is invalid or holds NaN/inf
     if hasattr(base, "norm_stats"):
-        base.norm_stats = json.loads(path.read_text())
+        base.norm_stats = stats
 
 
 def load_adapter(base: nn.Module, directory: str | Path, is_trainable: bool = False) -> StaMoAdapterModel:

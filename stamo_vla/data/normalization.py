@@ -7,6 +7,8 @@ all dims, masked or not). The inverse maps [-1, 1] back to [q01, q99] on masked 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 EPS = 1e-8
@@ -14,7 +16,42 @@ ACTION_MASK = [True] * 6 + [False]  # EEF_POS actions: the gripper is absolute a
 
 
 def _arr(stats: dict, key: str) -> np.ndarray:
-    return np.asarray(stats[key], dtype=np.float32)
+    values = np.asarray(stats[key], dtype=np.float32)
+    if not np.all(np.isfinite(values)):
+        raise ValueError(
+            f"dataset statistics '{key}' = {values.tolist()} hold NaN/inf, which would turn every action into "
+            "NaN. Recompute dataset_statistics.json with `stamo-vla stats` (the data must be finite)."
+        )
+    return values
+
+
+def _finite(x: np.ndarray, what: str) -> np.ndarray:
+    if not np.all(np.isfinite(x)):
+        raise ValueError(
+            f"{what} holds NaN/inf ({np.asarray(x).tolist()[:8]}); only finite values are allowed."
+        )
+    return x
+
+
+def degenerate_dims(stats: dict) -> list[int]:
+    """Normalized dims whose q01 == q99 while min < max: they map to one constant (-1/+1 after clipping)."""
+    q01, q99 = np.asarray(stats["q01"], np.float64), np.asarray(stats["q99"], np.float64)
+    spread = np.asarray(stats.get("max", q99), np.float64) - np.asarray(stats.get("min", q01), np.float64)
+    mask = np.asarray(stats.get("mask", [True] * len(q01)), dtype=bool)
+    return [int(i) for i in np.nonzero(mask & (q99 - q01 <= 0) & (spread > 0))[0]]
+
+
+def warn_degenerate(stats: dict, where: str) -> list[int]:
+    """Warn naming the degenerate dims of one statistics block (see `degenerate_dims`); returns them."""
+    dims = degenerate_dims(stats)
+    if dims:
+        warnings.warn(
+            f"{where}: dims {dims} have q01 == q99 but differ between min and max, so normalization maps "
+            "almost every value of them to one constant and the policy outputs a constant there. Check the data "
+            "(a rarely moving dim needs more episodes), or its statistics.",
+            stacklevel=3,
+        )
+    return dims
 
 
 def _mask(stats: dict, dim: int) -> np.ndarray:
@@ -23,7 +60,7 @@ def _mask(stats: dict, dim: int) -> np.ndarray:
 
 def normalize(x: np.ndarray, stats: dict) -> np.ndarray:
     """Normalize `x` (..., D) with one statistics block (keys q01, q99, min, max and optional mask)."""
-    x = np.asarray(x, dtype=np.float32)
+    x = _finite(np.asarray(x, dtype=np.float32), "normalize input")
     q01, q99 = _arr(stats, "q01"), _arr(stats, "q99")
     mask = _mask(stats, x.shape[-1])
     scaled = np.clip(2.0 * (x - q01) / (q99 - q01 + EPS) - 1.0, -1.0, 1.0)
@@ -33,7 +70,7 @@ def normalize(x: np.ndarray, stats: dict) -> np.ndarray:
 
 def unnormalize(y: np.ndarray, stats: dict) -> np.ndarray:
     """Inverse of `normalize` on masked dims: ``0.5 (y + 1) (q99 - q01 + 1e-8) + q01``; others unchanged."""
-    y = np.asarray(y, dtype=np.float32)
+    y = _finite(np.asarray(y, dtype=np.float32), "unnormalize input")
     q01, q99 = _arr(stats, "q01"), _arr(stats, "q99")
     mask = _mask(stats, y.shape[-1])
     return np.where(mask, 0.5 * (y + 1.0) * (q99 - q01 + EPS) + q01, y).astype(np.float32)

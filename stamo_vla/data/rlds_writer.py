@@ -65,15 +65,28 @@ def validate_episode(episode: dict) -> int:
             )
     if not length:
         raise ValueError("episode has 0 steps; an episode needs at least one step")
-    nan = np.isnan(np.asarray(episode["action"], dtype=np.float32))
-    if nan.any() and not nan.all():
-        raise ValueError(
-            "episode['action'] is partly NaN; use finite actions, or all-NaN for an action-free episode"
-        )
+    check_finite(episode)
     for key in spec.EPISODE_TEXT:
         if not isinstance(episode[key], str) or not episode[key]:
             raise ValueError(f"episode['{key}'] must be a non-empty str; got {episode[key]!r}")
     return int(length)
+
+
+def check_finite(episode: dict) -> None:
+    """No NaN or inf in the numeric fields, except an all-NaN ``action`` (an action-free episode)."""
+    for key in ("state", "joint_state", "action"):
+        values = np.asarray(episode[key], dtype=np.float32)
+        bad = ~np.isfinite(values)
+        if key == "action" and np.isnan(values).all():
+            continue
+        if bad.any():
+            steps = np.unique(np.nonzero(bad)[0])[:5].tolist()
+            partly = " (partly NaN)" if key == "action" and np.isnan(values).any() else ""
+            hint = ", or all-NaN for an action-free episode" if key == "action" else ""
+            raise ValueError(
+                f"episode['{key}'] holds {int(bad.sum())} non-finite values (NaN/inf) at steps {steps}{partly}; "
+                f"every value must be finite{hint}"
+            )
 
 
 def _episode_key(file_path: str) -> str:

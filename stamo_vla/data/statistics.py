@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from stamo_vla.data import transforms
-from stamo_vla.data.normalization import ACTION_MASK
+from stamo_vla.data.normalization import ACTION_MASK, warn_degenerate
 from stamo_vla.data.rlds import dataset_fingerprint, iter_episodes, resolve_dataset_dir
 from stamo_vla.fileio import write_json_atomic
 
@@ -51,19 +51,56 @@ def _block(x: np.ndarray, dim: int) -> dict:
     }
 
 
+def _check_finite_episodes(arrays: list[np.ndarray], what: str, allow_all_nan: bool) -> None:
+    for i, x in enumerate(arrays):
+        x = np.asarray(x, dtype=np.float64)
+        if allow_all_nan and len(x) and np.isnan(x).all():
+            continue
+        if not np.all(np.isfinite(x)):
+            raise ValueError(
+                f"episode {i} has non-finite {what} (NaN/inf at {int((~np.isfinite(x)).sum())} values); statistics "
+                "would be NaN and every action NaN. Rewrite the dataset with finite values "
+                "(the RLDS writer refuses them)."
+            )
+
+
+def check_statistics(stats: dict, where: str) -> dict:
+    """Refuse NaN/inf in a statistics block; warn about degenerate (q01 == q99) dims. Returns `stats`."""
+    for part in ("action", "proprio"):
+        block = stats.get(part)
+        if not isinstance(block, dict):
+            continue
+        for key in ("mean", "std", "max", "min", "q01", "q99"):
+            if key in block and not np.all(np.isfinite(np.asarray(block[key], dtype=np.float64))):
+                raise ValueError(
+                    f"{where}: '{part}.{key}' = {block[key]} holds NaN/inf. Recompute the statistics with "
+                    "`stamo-vla stats --no-cache` from finite data."
+                )
+        if "q01" in block and "q99" in block:
+            warn_degenerate(block, f"{where} ({part})")
+    return stats
+
+
 def statistics_from_arrays(actions: list[np.ndarray], states: list[np.ndarray]) -> dict:
-    """Statistics of one dataset from per-episode raw actions (T,7) and states (T,8) (NaN actions skipped)."""
+    """Statistics of one dataset from per-episode raw actions (T,7) and states (T,8) (NaN actions skipped).
+
+    Raises:
+        ValueError: an episode holds NaN/inf (other than an all-NaN, action-free, action array).
+    """
+    _check_finite_episodes(actions, "actions", allow_all_nan=True)
+    _check_finite_episodes(states, "states", allow_all_nan=False)
     labeled = [transforms.standardize_gripper(a) for a in actions if len(a) and not np.isnan(a).all()]
     action = np.concatenate(labeled) if labeled else np.zeros((0, 7), np.float32)
     proprio = (
         np.concatenate([transforms.proprio_from_state(s) for s in states]) if states else np.zeros((0, 8))
     )
-    return {
+    stats = {
         "action": {**_block(action, 7), "mask": list(ACTION_MASK)},
         "proprio": _block(proprio, 8),
         "num_transitions": int(sum(len(s) for s in states)),
         "num_trajectories": len(states),
     }
+    return check_statistics(stats, "computed dataset statistics")
 
 
 def statistics_fingerprint(dataset_dir: str | os.PathLike) -> str:
@@ -93,9 +130,12 @@ def compute_statistics(
     if use_cache:
         for path in candidates:
             if path.is_file():
-                cached = json.loads(path.read_text())
+                try:
+                    cached = json.loads(path.read_text())
+                except ValueError:
+                    continue  # a damaged cache file is recomputed and rewritten
                 if cached.get("fingerprint") == fingerprint:
-                    return cached["statistics"]
+                    return check_statistics(cached["statistics"], str(path))
     actions, states = [], []
     for ep in iter_episodes(
         data_root_dir, dataset_name, "train", load_images=False, num_parallel_reads=num_parallel_reads
@@ -125,12 +165,21 @@ def load_dataset_statistics(path: str | os.PathLike) -> dict[str, dict]:
         raise FileNotFoundError(
             f"dataset statistics file '{path}' does not exist; create it with `stamo-vla stats`"
         )
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(
+            f"dataset statistics file '{path}' is not valid JSON ({err}); it is truncated or was edited. "
+            "Recreate it with `stamo-vla stats --out`."
+        ) from err
+    if not isinstance(data, dict):
+        raise ValueError(f"'{path}': expected {{dataset_name: statistics}}, got {type(data).__name__}")
     for name, block in data.items():
         if not isinstance(block, dict) or "action" not in block:
             raise ValueError(
                 f"'{path}': entry '{name}' has no 'action' statistics; expected the upstream format"
             )
+        check_statistics(block, f"'{path}' entry '{name}'")
     return data
 
 

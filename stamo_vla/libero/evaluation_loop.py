@@ -278,7 +278,14 @@ class _Runner:
             state = self.live[s]
             if state.recorder is not None:
                 state.recorder.append(frames[s][0])
-            actions[s] = self.to_env(state.queue.popleft())
+            action = self.to_env(state.queue.popleft())
+            if not np.all(np.isfinite(np.asarray(action, dtype=np.float64))):
+                # never sent to MuJoCo: the episode ends as an error, counted apart from failures
+                self.finish(
+                    s, False, error=f"policy returned a non-finite action {np.asarray(action).tolist()}"
+                )
+                continue
+            actions[s] = action
         return actions
 
     def step(self, actions: dict[int, np.ndarray]) -> None:

@@ -72,7 +72,8 @@ class EpisodeRecord:
         steps: policy steps executed (env steps after the wait steps).
         wall_time_s: seconds from reset to the end of the episode.
         rank: the process rank that ran it.
-        error: a worker crash or step error message; such episodes count as failures, as upstream.
+        error: a worker crash, step error or non-finite action; such episodes are counted apart (``errors``)
+            and left out of the success rate, which covers only episodes that ran to their end.
         video: path of the rollout video relative to the output dir, when one was written.
     """
 
@@ -182,8 +183,10 @@ class ResultsStore:
 
 
 def _rate(records: list[EpisodeRecord]) -> dict[str, Any]:
-    n = len(records)
-    k = sum(bool(r.success) for r in records)
+    errors = sum(r.error is not None for r in records)
+    scored = [r for r in records if r.error is None]  # an error is neither a success nor a failure
+    n = len(scored)
+    k = sum(bool(r.success) for r in scored)
     low, high = wilson_interval(k, n)
     return {
         "episodes": n,
@@ -191,8 +194,8 @@ def _rate(records: list[EpisodeRecord]) -> dict[str, Any]:
         "success_rate": k / n if n else 0.0,
         "ci95_low": low,
         "ci95_high": high,
-        "mean_steps": sum(r.steps for r in records) / n if n else 0.0,
-        "errors": sum(r.error is not None for r in records),
+        "mean_steps": sum(r.steps for r in scored) / n if n else 0.0,
+        "errors": errors,
     }
 
 

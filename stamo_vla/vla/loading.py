@@ -126,8 +126,10 @@ def check_state_dict(expected: dict, found: dict, where: str) -> None:
 
 
 def load_dataset_statistics(directory: Path) -> dict | None:
+    from stamo_vla.data.statistics import load_dataset_statistics as load_checked
+
     file = directory / DATASET_STATISTICS
-    return json.loads(file.read_text()) if file.is_file() else None
+    return load_checked(file) if file.is_file() else None
 
 
 def resolve_attn_implementation(requested: str | None, device_map: Any = None) -> str:
@@ -172,6 +174,22 @@ def quantization_kwargs(
     if device_map is None:
         device_map = {"": 0} if cuda else {"": "cpu"}
     return {"quantization_config": quantization_config, "device_map": device_map}
+
+
+def qlora_quantization_config() -> Any:
+    """Upstream finetune.py's QLoRA quantization: 4-bit NF4 weights with bf16 compute (needs bitsandbytes).
+
+    Differs from plain ``load_in_4bit=True`` (eval semantics: bnb's default FP4) on purpose: training with
+    ``FinetuneConfig.load_in_4bit`` quantizes exactly as upstream's ``use_quantization`` does.
+    """
+    from stamo_vla.optional import require
+
+    require("bitsandbytes", "4-bit QLoRA training")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+    )
 
 
 def prepare_load(path: str | os.PathLike, kwargs: dict) -> tuple[Path, dict, dict | None]:

@@ -264,7 +264,22 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
         """
         from stamo_vla.vla.generation import predict_action
 
-        return predict_action(self, pixel_values, input_ids, attention_mask, unnorm_key=unnorm_key, **kwargs)
+        if not bool(torch.isfinite(pixel_values).all()):
+            raise ValueError(
+                "pixel_values contain NaN or inf; pass finite images (uint8 RGB through the processor)."
+            )
+        actions = predict_action(
+            self, pixel_values, input_ids, attention_mask, unnorm_key=unnorm_key, **kwargs
+        )
+        first = (
+            actions[0] if isinstance(actions, tuple) else actions
+        )  # (actions, extras) with extras requested
+        if not np.all(np.isfinite(np.asarray(first, dtype=np.float64))):
+            raise ValueError(
+                f"predicted actions are not finite ({np.asarray(first).tolist()}): the dataset statistics used "
+                "to un-normalize them hold NaN/inf. Recompute dataset_statistics.json with `stamo-vla stats`."
+            )
+        return actions
 
     def _check_pixels(self, pixel_values: torch.Tensor, batch_size: int) -> None:
         channels = self.vision_backbone.in_channels
