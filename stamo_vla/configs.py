@@ -61,9 +61,17 @@ def parse_config(config_cls: type[T], args: Sequence[str] | None = None, prefix:
             config_path = resolve_preset(eq[0].split("=", 1)[1], prefix)
             args.remove(eq[0])
             break
+    parser = draccus.argparsing.ArgumentParser(
+        config_class=config_cls,
+        config_path=config_path,
+        exit_on_error=False,
+        formatter_class=_percent_safe_formatter(),
+    )
     try:
-        return draccus.parse(config_class=config_cls, config_path=config_path, args=args, exit_on_error=False)
+        return parser.parse_args(args)
     except draccus.utils.ParsingError as err:
+        if isinstance(err, draccus.utils.DecodingError):  # a value that does not parse: it names the field
+            raise ValueError(f"{err}; give a value of the field's type (see --help)") from err
         # draccus wraps the config's own validation errors; surface the message that names field and value
         cause = err.__cause__
         while cause is not None and not isinstance(cause, ValueError):
@@ -71,6 +79,22 @@ def parse_config(config_cls: type[T], args: Sequence[str] | None = None, prefix:
         if cause is not None:
             raise ValueError(str(cause)) from err
         raise
+
+
+def _percent_safe_formatter():
+    """draccus' help formatter, with a literal ``%`` in a field comment kept out of argparse's %-formatting."""
+    import copy
+    import re
+
+    from draccus.help_formatter import SimpleHelpFormatter
+
+    class PercentSafeHelpFormatter(SimpleHelpFormatter):
+        def _expand_help(self, action):
+            action = copy.copy(action)
+            action.help = re.sub(r"%(?!\()", "%%", action.help or "")
+            return super()._expand_help(action)
+
+    return PercentSafeHelpFormatter
 
 
 def save_config(cfg: object, path: str | os.PathLike) -> None:
