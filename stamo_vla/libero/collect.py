@@ -6,10 +6,13 @@ Commands (registered in ``stamo_vla.cli``)::
         [--name NAME] [--action-free]
     stamo-vla controller-report --suite libero_spatial --tasks 0,1,2 --episodes 10 --workers 2 [--no-cameras]
 
-Collection follows how ``modified_libero_rlds`` was made (reference/openvla.md §4.1): episodes start from
-the task's fixed init states (index 0, 1, ... and further ones when some fail, until ``episodes_per_task``
-successes or the 50 states run out), the 10 wait steps are not recorded, no-op steps are dropped, and
-only successful episodes are kept. Each kept step stores the upright (180-degree rotated) 256 px agentview
+Collection follows how ``modified_libero_rlds`` was made (reference/openvla.md §4.1), with one deliberate
+difference: by default (``init_states="fresh"``) episodes start from fresh object placements drawn from each
+task's own reset distribution with seeds of our own, never from the benchmark's 50 fixed init states, which
+are the evaluation's test set. Each episode's distance to the nearest benchmark state is recorded in the
+manifest, and collection fails if one coincides (`check_disjoint`). ``init_states="benchmark"`` reproduces
+upstream's recipe (states 0, 1, ... until ``episodes_per_task`` successes or the 50 run out). The 10 wait
+steps are not recorded, no-op steps are dropped, and only successful episodes are kept. Each kept step stores the upright (180-degree rotated) 256 px agentview
 and wrist frames, the 8-D state, the 7 joint positions and the action. Simulation runs in spawned
 TF-free workers; episodes are staged by ``stamo_vla.data.rlds_writer`` and the tfds dataset is built in
 this (parent) process at the end. A JSON manifest of finished (task, init index) attempts makes a rerun
@@ -24,7 +27,7 @@ import json
 import sys
 from pathlib import Path
 
-from stamo_vla.libero.env import SUITE_MAX_STEPS
+from stamo_vla.libero.env import SAME_STATE_TOLERANCE, SUITE_MAX_STEPS
 from stamo_vla.libero.scripted_rollout import (  # noqa: F401  (re-exported: the collection API in one place)
     NOOP_THRESHOLD,
     EpisodeRecorder,
@@ -38,6 +41,9 @@ from stamo_vla.libero.scripted_rollout import (  # noqa: F401  (re-exported: the
 from stamo_vla.libero.workers import EnvWorkerPool, EpisodeSpec
 
 MANIFEST_NAME = "collect_manifest.json"
+INIT_STATE_SOURCES = ("fresh", "benchmark")
+# fresh placements: attempts per task are capped at this many times the wanted successes
+MAX_ATTEMPTS_FACTOR = 3
 
 
 # ------------------------------------------------------------------------------------------- configs
@@ -54,12 +60,18 @@ class CollectConfig:
     action_free: bool = False  # store NaN actions (same spec): an action-free "video" dataset
     max_steps: int | None = None  # env steps per episode after the wait; default the suite's eval budget
     noise_std: float = 0.05  # gaussian noise on the scripted arm commands (diversity between episodes)
-    seed: int = 0  # base of every episode's noise seed
+    seed: int = 0  # base of every episode's noise seed (and placement seed, for fresh init states)
+    # fresh: new placements from the task's reset distribution (never a test state) | benchmark: the fixed 50
+    init_states: str = "fresh"
     finalize: bool = True  # build the tfds dataset at the end (tensorflow, in this process)
 
     def __post_init__(self):
         if self.suite not in SUITE_MAX_STEPS:
             raise ValueError(f"suite={self.suite!r} is not valid; allowed: {list(SUITE_MAX_STEPS)}")
+        if self.init_states not in INIT_STATE_SOURCES:
+            raise ValueError(
+                f"init_states={self.init_states!r} is not valid; allowed: {list(INIT_STATE_SOURCES)}"
+            )
         for field in ("episodes_per_task", "workers"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field}={getattr(self, field)!r} must be >= 1")
@@ -83,12 +95,21 @@ def _parse_ids(text: str) -> tuple[int, ...]:
 
 
 # ------------------------------------------------------------------------------------------- collect
-class _Scheduler:
-    """Hands out (task, init index) jobs until each task has enough successes or runs out of states."""
+def placement_seed(seed: int, task: int, attempt: int) -> int:
+    """The placement seed of a fresh-init episode: distinct per (collection seed, task, attempt)."""
+    return 1_000_000 + seed * 100_000 + task * 1_000 + attempt
 
-    def __init__(self, suite: str, tasks: list[int], wanted: int, done: dict, seed: int, num_states: dict):
-        self.suite, self.tasks, self.wanted, self.seed = suite, tasks, wanted, seed
-        self.done = done  # "task:init" -> manifest record
+
+class _Scheduler:
+    """Hands out (task, attempt) jobs until each task has enough successes or runs out of attempts.
+
+    With benchmark init states, attempt k starts from fixed state k; with fresh ones, from a new placement.
+    """
+
+    def __init__(self, cfg: CollectConfig, tasks: list[int], done: dict, num_states: dict):
+        self.suite, self.tasks, self.wanted, self.seed = cfg.suite, tasks, cfg.episodes_per_task, cfg.seed
+        self.fresh = cfg.init_states == "fresh"
+        self.done = done  # "task:attempt" -> manifest record
         self.num_states = num_states
         self.in_flight: dict[int, int] = dict.fromkeys(tasks, 0)
         self.next_init: dict[int, int] = dict.fromkeys(tasks, 0)
@@ -105,21 +126,67 @@ class _Scheduler:
         while f"{task}:{self.next_init[task]}" in self.done:
             self.next_init[task] += 1
 
+    def spec(self, task: int, attempt: int) -> EpisodeSpec:
+        noise = self.seed * 100_000 + task * 100 + attempt
+        if self.fresh:
+            seed = placement_seed(self.seed, task, attempt)
+            return EpisodeSpec(self.suite, task, 0, noise_seed=noise, placement_seed=seed)
+        return EpisodeSpec(self.suite, task, attempt, noise_seed=noise)
+
+    def attempt(self, spec: EpisodeSpec) -> int:
+        """Which attempt of its task `spec` is (the inverse of `spec`)."""
+        if spec.placement_seed is None:
+            return spec.init_index
+        return spec.placement_seed - placement_seed(self.seed, spec.task_id, 0)
+
     def __call__(self, last: tuple[str, int] | None) -> EpisodeSpec | None:
         order = self.tasks
         if last is not None and last[1] in self.tasks:  # keep a worker on its task: no env rebuild
             order = [last[1]] + [t for t in self.tasks if t != last[1]]
         for task in order:
             if self._has_work(task):
-                init = self.next_init[task]
+                attempt = self.next_init[task]
                 self.next_init[task] += 1
                 self.in_flight[task] += 1
-                return EpisodeSpec(self.suite, task, init, noise_seed=self.seed * 100_000 + task * 100 + init)
+                return self.spec(task, attempt)
         return None
 
-    def finished(self, spec: EpisodeSpec, record: dict) -> None:
+    def finished(self, attempt: int, spec: EpisodeSpec, record: dict) -> None:
         self.in_flight[spec.task_id] -= 1
-        self.done[f"{spec.task_id}:{spec.init_index}"] = record
+        self.done[f"{spec.task_id}:{attempt}"] = record
+
+
+def check_disjoint(manifest: dict, tolerance: float = SAME_STATE_TOLERANCE) -> dict:
+    """Prove that no recorded episode started from a benchmark init state; returns the evidence.
+
+    Returns:
+        ``{"init_states", "episodes", "fresh_episodes", "min_distance", "tolerance", "disjoint"}``;
+        ``disjoint`` is False for a benchmark-state collection (its episodes *are* test states).
+
+    Raises:
+        ValueError: a fresh episode lies within `tolerance` of a benchmark state.
+    """
+    records = list(manifest.get("episodes", {}).values())
+    distances = [r["init_distance"] for r in records if r.get("init_distance") is not None]
+    close = [
+        r["file_path"]
+        for r in records
+        if r.get("init_distance") is not None and r["init_distance"] < tolerance
+    ]
+    if close:
+        raise ValueError(
+            f"{len(close)} collected episodes start from a benchmark init state (e.g. {close[0]}); the 50 fixed "
+            "states are the test set. Recollect with init_states='fresh' and a different seed."
+        )
+    fresh = manifest.get("init_states", "benchmark") == "fresh" and len(distances) == len(records)
+    return {
+        "init_states": manifest.get("init_states", "benchmark"),
+        "episodes": len(records),
+        "fresh_episodes": len(distances),
+        "min_distance": min(distances) if distances else None,
+        "tolerance": tolerance,
+        "disjoint": bool(fresh),
+    }
 
 
 def collect(cfg: CollectConfig) -> dict:
@@ -136,16 +203,26 @@ def collect(cfg: CollectConfig) -> dict:
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     if manifest and manifest.get("suite") != cfg.suite:
         raise ValueError(f"{manifest_path} belongs to suite {manifest.get('suite')!r}, not {cfg.suite!r}")
+    if manifest and manifest.get("init_states", "benchmark") != cfg.init_states:
+        raise ValueError(
+            f"{manifest_path} was collected with init_states={manifest.get('init_states', 'benchmark')!r}, not "
+            f"{cfg.init_states!r}; use another --out or --name."
+        )
     done = manifest.get("episodes", {})
-    num_states = {t: len(init_states(cfg.suite, t)) for t in tasks}
-    sched = _Scheduler(cfg.suite, tasks, cfg.episodes_per_task, done, cfg.seed, num_states)
+    if cfg.init_states == "fresh":
+        num_states = dict.fromkeys(tasks, cfg.episodes_per_task * MAX_ATTEMPTS_FACTOR)
+    else:
+        num_states = {t: len(init_states(cfg.suite, t)) for t in tasks}
+    sched = _Scheduler(cfg, tasks, done, num_states)
     bar = tqdm(total=cfg.episodes_per_task * len(tasks), desc=f"collect {cfg.name}", unit="ep")
     bar.update(sum(min(sched.successes(t), cfg.episodes_per_task) for t in tasks))
     controller = {"noise_std": cfg.noise_std}
     with EnvWorkerPool(cfg.workers, scripted=True, camera_obs=True, controller_config=controller) as pool:
         for res in run_scripted_episodes(pool, sched, cfg.step_budget, record=True):
             spec = res.spec
-            file_path = f"{cfg.suite}/{get_task(cfg.suite, spec.task_id).name}/init_{spec.init_index:02d}"
+            attempt = sched.attempt(spec)
+            start = f"fresh_{attempt:03d}" if spec.placement_seed is not None else f"init_{attempt:02d}"
+            file_path = f"{cfg.suite}/{get_task(cfg.suite, spec.task_id).name}/{start}"
             kept = len(res.recorder) if res.recorder is not None else 0
             if res.success and kept:
                 instruction = get_task(cfg.suite, spec.task_id).language
@@ -153,14 +230,23 @@ def collect(cfg: CollectConfig) -> dict:
                 bar.update(1)
             record = {"success": res.success and kept > 0, "steps": res.steps, "kept_steps": kept}
             record.update({"retries": res.retries, "crashed": res.crashed, "file_path": file_path})
-            sched.finished(spec, record)
-            write_json_atomic(manifest_path, {"suite": cfg.suite, "name": cfg.name, "episodes": done})
+            record.update({"placement_seed": spec.placement_seed, "init_distance": res.init_distance})
+            sched.finished(attempt, spec, record)
+            manifest = {
+                "suite": cfg.suite,
+                "name": cfg.name,
+                "init_states": cfg.init_states,
+                "episodes": done,
+            }
+            check_disjoint(manifest)
+            write_json_atomic(manifest_path, manifest)
             bar.set_postfix(attempts=len(done), failed=sum(not r["success"] for r in done.values()))
     bar.close()
     summary = {
         t: {"successes": sched.successes(t), "attempts": sum(k.startswith(f"{t}:") for k in done)}
         for t in tasks
     }
+    summary["init_states"] = check_disjoint({"init_states": cfg.init_states, "episodes": done})
     if cfg.finalize and len(writer):
         summary["dataset_dir"] = str(writer.finalize())
     return summary
@@ -178,13 +264,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--action-free", action="store_true", help="store NaN actions (action-free dataset)")
     p.add_argument("--max-steps", type=int, default=None, help="steps per episode after the wait")
     p.add_argument("--noise-std", type=float, default=0.05, help="noise on scripted arm commands")
-    p.add_argument("--seed", type=int, default=0, help="base noise seed")
+    p.add_argument("--seed", type=int, default=0, help="base noise (and placement) seed")
+    p.add_argument(
+        "--init-states",
+        choices=INIT_STATE_SOURCES,
+        default="fresh",
+        help="fresh: new placements, never a benchmark test state (default) | benchmark: the fixed 50 states",
+    )
     p.add_argument("--no-finalize", action="store_true", help="only stage episodes; build the dataset later")
     a = p.parse_args(argv)
     cfg = CollectConfig(
         out=a.out, suite=a.suite, tasks=a.tasks, episodes_per_task=a.episodes_per_task, workers=a.workers,
         name=a.name, action_free=a.action_free, max_steps=a.max_steps, noise_std=a.noise_std, seed=a.seed,
-        finalize=not a.no_finalize,
+        init_states=a.init_states, finalize=not a.no_finalize,
     )  # fmt: skip
     summary = collect(cfg)
     print(json.dumps(summary, indent=2))

@@ -13,7 +13,7 @@ import numpy as np
 
 from stamo_vla.libero.env import NUM_STEPS_WAIT, SUITE_MAX_STEPS
 from stamo_vla.libero.protocol import flip_image, proprio_from_obs
-from stamo_vla.libero.workers import EnvWorkerPool, EpisodeSpec, WorkerCrashed
+from stamo_vla.libero.workers import INIT_DISTANCE_KEY, EnvWorkerPool, EpisodeSpec, WorkerCrashed
 
 # upstream regenerate_libero_dataset.py: an action is a no-op below this arm-command norm
 NOOP_THRESHOLD = 1e-4
@@ -71,6 +71,7 @@ class EpisodeResult:
     retries: int  # controller re-plans
     crashed: bool = False  # the worker died; the episode is counted as failed
     recorder: EpisodeRecorder | None = None  # kept steps (collection only)
+    init_distance: float | None = None  # fresh placements: distance to the nearest benchmark init state
 
 
 def run_scripted_episodes(
@@ -107,7 +108,8 @@ def run_scripted_episodes(
             for slot, spec in starts.items():
                 if slot in obs:
                     rec = EpisodeRecorder() if record else None
-                    active[slot] = {"spec": spec, "obs": obs[slot], "t": 0, "rec": rec}
+                    dist = obs[slot].get(INIT_DISTANCE_KEY)
+                    active[slot] = {"spec": spec, "obs": obs[slot], "t": 0, "rec": rec, "dist": dist}
                 else:
                     last_task[slot] = None
                     yield EpisodeResult(spec, False, 0, 0, crashed=True)
@@ -130,8 +132,14 @@ def run_scripted_episodes(
             steps = ep["t"] - NUM_STEPS_WAIT
             if done or info.get("gave_up") or steps >= max_steps:
                 del active[slot]
+                retries = int(info.get("retries", 0))
                 yield EpisodeResult(
-                    ep["spec"], bool(done), max(steps, 0), int(info.get("retries", 0)), recorder=ep["rec"]
+                    ep["spec"],
+                    bool(done),
+                    max(steps, 0),
+                    retries,
+                    recorder=ep["rec"],
+                    init_distance=ep["dist"],
                 )
 
 

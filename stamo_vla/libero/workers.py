@@ -35,25 +35,37 @@ from stamo_vla.libero.env import SUITE_MAX_STEPS
 
 # module that provides make_env(suite, task_id, resolution=, camera_obs=) and init_states(suite, task_id)
 DEFAULT_ENV_MODULE = "stamo_vla.libero.env"
+# observation key `reset` adds for a fresh placement: distance to the nearest benchmark init state of the task
+INIT_DISTANCE_KEY = "stamo_vla_init_state_distance"
 # how often a waiting parent checks whether a silent worker is still alive
 _POLL_S = 0.2
 
 
 @dataclasses.dataclass(frozen=True)
 class EpisodeSpec:
-    """Which episode a worker runs: a task, one of its fixed init states, and the controller's noise seed."""
+    """Which episode a worker runs: a task, its initial state, and the controller's noise seed.
+
+    The initial state is the benchmark's fixed state ``init_index`` unless ``placement_seed`` is set; then it is
+    a fresh placement drawn from the task's own reset distribution with that seed (``env.fresh_init_state``),
+    and the observation returned by ``reset`` carries ``INIT_DISTANCE_KEY``: its distance to the nearest of the
+    task's benchmark states, so callers can prove that no training episode starts from a test state.
+    """
 
     suite: str  # LIBERO suite name, e.g. "libero_spatial"
     task_id: int  # task index inside the suite
-    init_index: int  # index into the task's fixed init states (0..49)
+    init_index: int  # index into the task's fixed init states (0..49); ignored when placement_seed is set
     noise_seed: int = 0  # seed of the scripted controller's action noise (ignored without scripted=True)
+    placement_seed: int | None = None  # None: the fixed init state; an int: a fresh placement with this seed
 
     def __post_init__(self):
         if self.suite not in SUITE_MAX_STEPS:
             raise ValueError(
                 f"EpisodeSpec.suite={self.suite!r} is not valid; allowed: {list(SUITE_MAX_STEPS)}"
             )
-        for name in ("task_id", "init_index", "noise_seed"):
+        names = ("task_id", "init_index", "noise_seed") + (
+            ("placement_seed",) if self.placement_seed is not None else ()
+        )
+        for name in names:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
                 raise ValueError(f"EpisodeSpec.{name}={value!r} must be a non-negative int")
@@ -129,7 +141,7 @@ class _Worker:
 
     def reset(self, spec: EpisodeSpec) -> dict:
         states = self.backend.init_states(spec.suite, spec.task_id)
-        if not 0 <= spec.init_index < len(states):
+        if spec.placement_seed is None and not 0 <= spec.init_index < len(states):
             raise ValueError(
                 f"init_index={spec.init_index} is out of range: {spec.suite} task {spec.task_id} has "
                 f"{len(states)} init states (0..{len(states) - 1})"
@@ -141,8 +153,16 @@ class _Worker:
             )
             self.task = (spec.suite, spec.task_id)
             _assert_no_tensorflow()
+        distance = None
+        if spec.placement_seed is None:
+            state = np.asarray(states[spec.init_index])
+        else:
+            state = self.backend.fresh_init_state(self.env, spec.placement_seed)
+            distance = self.backend.distance_to_states(state, states)
         self.env.reset()
-        obs = self.env.set_init_state(np.asarray(states[spec.init_index]))
+        obs = self.env.set_init_state(state)
+        if distance is not None:
+            obs = {**obs, INIT_DISTANCE_KEY: distance}
         if self.scripted:
             from stamo_vla.libero.scripted import ScriptedController, ScriptedControllerConfig
 

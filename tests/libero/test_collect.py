@@ -63,15 +63,16 @@ def test_recorder_builds_a_valid_upright_episode_and_action_free_variant():
 
 def test_scheduler_uses_more_init_states_when_episodes_fail_and_resumes():
     done = {"0:0": {"success": True}}  # a resumed run: task 0 init 0 already succeeded
-    sched = C._Scheduler("libero_spatial", [0, 1], wanted=2, done=done, seed=0, num_states={0: 3, 1: 2})
+    cfg = C.CollectConfig(out="x", episodes_per_task=2, init_states="benchmark")
+    sched = C._Scheduler(cfg, [0, 1], done=done, num_states={0: 3, 1: 2})
     a = sched(None)
-    assert (a.task_id, a.init_index) == (0, 1)
+    assert (a.task_id, a.init_index, a.placement_seed) == (0, 1, None)
     b = sched((a.suite, a.task_id))  # task 0 has 1 success + 1 in flight = enough: move on
     assert (b.task_id, b.init_index) == (1, 0)
-    sched.finished(a, {"success": False})
+    sched.finished(sched.attempt(a), a, {"success": False})
     c = sched(("libero_spatial", 0))
     assert (c.task_id, c.init_index) == (0, 2)  # failure: next init state
-    sched.finished(c, {"success": False})
+    sched.finished(sched.attempt(c), c, {"success": False})
     assert sched(("libero_spatial", 0)).task_id == 1  # task 0's 3 states are exhausted
     assert sched(("libero_spatial", 1)) is None and sched.successes(0) == 1
 
@@ -125,8 +126,47 @@ def test_runner_records_kept_steps_only_after_the_wait_and_reports_crashes():
     assert [r.success for r in results if not r.crashed] == [True]
 
 
+def test_fresh_scheduler_hands_out_distinct_placement_seeds_and_inverts_them():
+    cfg = C.CollectConfig(out="x", episodes_per_task=2, seed=3)
+    assert cfg.init_states == "fresh"  # the default never starts from a benchmark test state
+    sched = C._Scheduler(cfg, [0, 1], done={}, num_states={0: 6, 1: 6})
+    specs = [sched(None) for _ in range(4)]
+    seeds = [s.placement_seed for s in specs]
+    assert None not in seeds and len(set(seeds)) == 4
+    assert [(s.task_id, sched.attempt(s)) for s in specs] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    other = C._Scheduler(C.CollectConfig(out="x", seed=4), [0], done={}, num_states={0: 2})
+    assert other(None).placement_seed not in seeds  # another collection seed, other placements
+
+
+def test_disjointness_check_reports_evidence_and_refuses_test_states():
+    manifest = {"init_states": "fresh", "episodes": {}}
+    manifest["episodes"]["0:0"] = {"file_path": "a", "init_distance": 0.02}
+    manifest["episodes"]["0:1"] = {"file_path": "b", "init_distance": 0.05}
+    report = C.check_disjoint(manifest)
+    assert report["disjoint"] and report["min_distance"] == 0.02 and report["fresh_episodes"] == 2
+    manifest["episodes"]["1:0"] = {"file_path": "libero_spatial/t/fresh_000", "init_distance": 0.0}
+    with pytest.raises(
+        ValueError, match=r"1 collected episodes start from a benchmark init state.*fresh_000"
+    ):
+        C.check_disjoint(manifest)
+    benchmark = {"init_states": "benchmark", "episodes": {"0:0": {"file_path": "a"}}}
+    assert C.check_disjoint(benchmark)["disjoint"] is False  # benchmark states are the test set
+
+
+def test_distance_to_states_ignores_sim_time():
+    from stamo_vla.libero.env import distance_to_states
+
+    states = np.array([[0.0, 1.0, 2.0], [5.0, 1.5, 2.0]])
+    assert distance_to_states(np.array([9.0, 1.0, 2.0]), states) == 0.0
+    assert distance_to_states(np.array([0.0, 1.2, 2.1]), states) == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="cannot be compared"):
+        distance_to_states(np.zeros(4), states)
+
+
 def test_collect_config_defaults_and_validation():
     assert C.CollectConfig(out="x").name == "libero_spatial_no_noops"
+    with pytest.raises(ValueError, match=r"init_states='test'.*allowed: \['fresh', 'benchmark'\]"):
+        C.CollectConfig(out="x", init_states="test")
     assert (
         C.CollectConfig(out="x", suite="libero_object", action_free=True).name
         == "libero_object_no_noops_actionfree"
@@ -149,6 +189,9 @@ def test_collect_one_episode_writes_the_modified_libero_rlds_spec(tmp_path):
     manifest = json.loads((tmp_path / cfg.name / C.MANIFEST_NAME).read_text())
     record = manifest["episodes"]["0:0"]
     assert record["success"] and record["kept_steps"] > 20
+    # a fresh placement, measurably away from every one of the 50 benchmark states
+    assert record["placement_seed"] is not None and record["init_distance"] > 1e-3
+    assert record["file_path"].endswith("/fresh_000") and summary["init_states"]["disjoint"]
     resumed = C.CollectConfig(out=str(tmp_path), tasks=(0,), episodes_per_task=1, workers=1, finalize=False)
     assert C.collect(resumed)[0] == {"successes": 1, "attempts": 1}  # resumed: nothing re-run
 

@@ -165,3 +165,28 @@ def test_real_libero_worker_returns_raw_observations_and_scripted_actions():
         assert out[4]["phase"] == "settle" and out[3] is False
         with pytest.raises(ValueError, match=r"task_id=10 .*valid task ids: 0\.\.9"):
             real.reset({0: EpisodeSpec("libero_spatial", 10, 0)})
+
+
+@pytest.mark.sim
+@pytest.mark.slow
+def test_fresh_placements_are_reproducible_new_and_not_benchmark_states():
+    pytest.importorskip("libero")
+    from stamo_vla.libero.env import SAME_STATE_TOLERANCE
+    from stamo_vla.libero.workers import INIT_DISTANCE_KEY
+
+    def fresh(seed):
+        return EpisodeSpec("libero_spatial", 0, 0, placement_seed=seed)
+
+    with EnvWorkerPool(1, camera_obs=False, timeout_s=300) as real:
+        fixed = real.reset({0: EpisodeSpec("libero_spatial", 0, 0)})[0]
+        assert INIT_DISTANCE_KEY not in fixed  # a benchmark state carries no distance
+        a, b, a_again = (real.reset({0: fresh(s)})[0] for s in (11, 12, 11))
+    assert a[INIT_DISTANCE_KEY] > SAME_STATE_TOLERANCE and b[INIT_DISTANCE_KEY] > SAME_STATE_TOLERANCE
+    for key in ("akita_black_bowl_1_pos", "plate_1_pos", "robot0_joint_pos"):
+        np.testing.assert_array_equal(a[key], a_again[key])  # a seed is one placement
+        assert np.abs(a[key] - b[key]).max() > 1e-3  # another seed, another placement and arm noise
+    # the same distribution as the benchmark's states: objects within centimetres, arm joints within noise
+    np.testing.assert_allclose(a["plate_1_pos"], fixed["plate_1_pos"], atol=0.05)
+    np.testing.assert_allclose(a["robot0_joint_pos"], fixed["robot0_joint_pos"], atol=0.1)
+    with pytest.raises(ValueError, match="placement_seed=-1 must be a non-negative int"):
+        EpisodeSpec("libero_spatial", 0, 0, placement_seed=-1)
