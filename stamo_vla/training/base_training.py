@@ -1,0 +1,194 @@
+"""Full-parameter training of a small OpenVLA base policy, as upstream trains openvla-7b: token actions, one
+camera, every weight trainable. The result is an upstream-layout checkpoint that the plugin then fine-tunes
+with LoRA (with or without the StaMo head), exactly as a user fine-tunes openvla-7b.
+
+    stamo-vla train-base --data.data_root_dir DATA --data.dataset_names '[base]' \\
+        --run_dir runs/base --max_steps 3000
+
+Resumable: ``resume=true`` (the default) continues from the newest intact checkpoint in ``run_dir``
+(weights, optimizer, schedule, RNG and data position).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from stamo_vla.configs import check_choice
+from stamo_vla.data.config import DataConfig
+from stamo_vla.training.optim import OptimizerConfig
+
+logger = logging.getLogger(__name__)
+
+# registered model sizes: name -> factory in stamo_vla.vla.tiny
+MODEL_PRESETS = ("tiny", "small", "mid")
+MODEL_DIR = "model"
+
+
+def _base_optim() -> OptimizerConfig:
+    return OptimizerConfig(lr=1e-3, weight_decay=0.01, warmup_steps=100, decay="cosine", min_lr_ratio=0.05)
+
+
+@dataclass
+class BaseTrainConfig:
+    """Train a random-init OpenVLA-architecture policy from scratch on RLDS data (token actions)."""
+
+    # Model size from `stamo_vla.vla.tiny`: tiny (0.3M, 224 px) | small (5M, 112 px) | mid (5.5M, 224 px).
+    model: str = "small"
+    # The training data; data.image_size must equal the model's input size (112 for small).
+    data: DataConfig = field(default_factory=lambda: DataConfig(image_size=112, train_percent=100))
+    # Optimizer and schedule (linear warm-up, cosine decay).
+    optim: OptimizerConfig = field(default_factory=_base_optim)
+    # Output folder: checkpoints/, metrics.jsonl and, at the end, model/ (upstream checkpoint layout).
+    run_dir: str = "runs/base"
+    # Samples per optimizer step.
+    batch_size: int = 32
+    # Optimizer steps.
+    max_steps: int = 3000
+    # Save a resumable checkpoint every this many steps (and at the end).
+    save_steps: int = 500
+    # Log metrics every this many steps.
+    log_steps: int = 25
+    # Seed of the weights, data order and augmentation.
+    seed: int = 0
+    # Continue from the newest intact checkpoint in run_dir.
+    resume: bool = True
+
+    def __post_init__(self) -> None:
+        check_choice("model", self.model, MODEL_PRESETS)
+        for name in ("batch_size", "max_steps", "save_steps", "log_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+        size = 112 if self.model == "small" else 224
+        if self.data.image_size != size:
+            raise ValueError(
+                f"data.image_size={self.data.image_size} does not match model={self.model!r}, which takes {size} px "
+                f"images; set --data.image_size {size}"
+            )
+
+
+def model_config(name: str, norm_stats: dict | None = None):
+    """The OpenVLA config of a registered model size."""
+    from stamo_vla.vla import tiny
+
+    factory = {"tiny": tiny.tiny_config, "small": tiny.small_config, "mid": tiny.mid_config}[name]
+    return factory(norm_stats=norm_stats) if norm_stats else factory()
+
+
+class FullTraining(nn.Module):
+    """Every weight of the VLA trains; ``forward(batch) -> (loss, metrics)`` is the token loss upstream uses."""
+
+    def __init__(self, vla: nn.Module):
+        super().__init__()
+        self.vla = vla.requires_grad_(True)
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, metrics, _ = self.vla.compute_loss(batch)
+        return loss, metrics
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        self.vla.save_pretrained(directory)
+
+
+def _dataloader(cfg: BaseTrainConfig, vla, processor, rank: int, world_size: int):
+    from stamo_vla.data.dataset import make_dataloader
+    from stamo_vla.training.finetune import FinetuneCollator
+    from stamo_vla.vla import ActionTokenizer, OpenVLABatchTransform
+
+    dataset = cfg.data.build(rank=rank, world_size=world_size)
+    tokenizer = ActionTokenizer(vla.action_vocab_size, bins=vla.config.n_action_bins)
+    collate = FinetuneCollator(OpenVLABatchTransform(processor, tokenizer), stamo_pixels=False)
+    return dataset, make_dataloader(dataset, cfg.batch_size, num_workers=0, collate_fn=collate)
+
+
+def _load_or_build(cfg: BaseTrainConfig, resume_from: Path | None):
+    """Random init from the preset, or the weights of the checkpoint being resumed."""
+    from stamo_vla.vla import OpenVLAForActionPrediction, build_tiny
+    from stamo_vla.vla.tiny import build_processor
+
+    config = model_config(cfg.model)
+    if resume_from is not None:
+        return OpenVLAForActionPrediction.from_pretrained(resume_from / MODEL_DIR), build_processor(config)
+    return build_tiny(config=config, seed=cfg.seed)
+
+
+def train_base(cfg: BaseTrainConfig) -> Path:
+    """Train (or resume) and write ``<run_dir>/model`` in the upstream layout; returns that directory."""
+    from stamo_vla.configs import save_config
+    from stamo_vla.fileio import write_json_atomic
+    from stamo_vla.training.checkpoint import (
+        TrainerState,
+        find_resumable_checkpoint,
+        load_checkpoint,
+        save_checkpoint,
+    )
+    from stamo_vla.training.distributed import seed_everything, setup_accelerator
+    from stamo_vla.training.finetune import to_device
+    from stamo_vla.training.logger import TrainLogger
+    from stamo_vla.training.optim import build_optimizer, build_scheduler
+    from stamo_vla.training.step import train_step
+    from stamo_vla.vla.loading import save_checkpoint as save_vla
+
+    accelerator = setup_accelerator("no")
+    run_dir = Path(cfg.run_dir)
+    resume_from = find_resumable_checkpoint(run_dir) if cfg.resume else None
+    seed_everything(cfg.seed)
+    vla, processor = _load_or_build(cfg, resume_from)
+    model = FullTraining(vla.to(accelerator.device))
+    dataset, loader = _dataloader(cfg, vla, processor, accelerator.process_index, accelerator.num_processes)
+    stats = dataset.dataset_statistics
+    vla.norm_stats = stats
+
+    optimizer = build_optimizer(model.parameters(), cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.max_steps)
+    state = TrainerState()
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, optimizer, scheduler, accelerator)
+    ddp_model, optimizer = accelerator.prepare(model, optimizer)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    log = TrainLogger(run_dir, cfg.max_steps, state.step, accelerator.is_main_process)
+    consumed = int(state.data_state.get("micro_batches", 0))
+    if consumed:
+        dataset.set_resume_position(consumed, cfg.batch_size)
+    batches = iter(loader)
+    metrics: dict = {}
+    while state.step < cfg.max_steps:
+        metrics = train_step(
+            ddp_model, to_device(next(batches), accelerator.device), optimizer, scheduler, accelerator
+        )
+        consumed += 1
+        state.step += 1
+        if state.step % cfg.log_steps == 0 or state.step == cfg.max_steps:
+            log.log(state.step, metrics)
+        if state.step % cfg.save_steps == 0 or state.step == cfg.max_steps:
+            state.data_state = {"micro_batches": consumed}
+            save_checkpoint(
+                run_dir, state, accelerator.unwrap_model(ddp_model), optimizer, scheduler, accelerator, 2
+            )
+    log.close()
+    out = run_dir / MODEL_DIR
+    if accelerator.is_main_process:
+        save_vla(vla, processor, out)
+        write_json_atomic(run_dir / "final_metrics.json", {"step": state.step, **metrics})
+    accelerator.wait_for_everyone()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from stamo_vla.configs import parse_config
+
+    cfg = parse_config(BaseTrainConfig, sys.argv[1:] if argv is None else argv)
+    print(f"base model written to {train_base(cfg)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
