@@ -85,6 +85,9 @@ class StaMoAdapterConfig:
     proprio_dim: int = 8
     # FiLM-condition every ViT block on the average language embedding ("l1" only; OFT+).
     use_film: bool = False
+    # Provenance, filled by fine-tuning from data.image_aug: whether the training images were augmented (random
+    # crop + colour jitter). Evaluation center-crops by default exactly when this is true (None = not recorded).
+    trained_with_image_aug: bool | None = None
 
     def __post_init__(self) -> None:
         check_choice("target", self.target, TARGETS)

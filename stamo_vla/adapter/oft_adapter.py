@@ -99,7 +99,7 @@ class StaMoOFTAdapterModel(StaMoAdapterModel):
             actions (B, K, A) float64 (gripper stays ~0..1), or (actions, future_states).
         """
         from stamo_vla.vla.generation import check_unnorm_key, unnormalize_actions
-        from stamo_vla.vla.oft_forward import oft_inference_ids
+        from stamo_vla.vla.oft_forward import OFT_UNNORM_EPS, oft_predict
 
         base = base_model_of(self.vla)
         if return_future_state and self.head is None:
@@ -107,29 +107,14 @@ class StaMoOFTAdapterModel(StaMoAdapterModel):
         stats = None
         if unnormalize:
             stats = base.norm_stats[check_unnorm_key(base.norm_stats, unnorm_key)]["action"]
-        tok = base.config
-        ids, mask, prompt_length = oft_inference_ids(
-            input_ids,
-            attention_mask,
-            self.oft.num_action_positions,
-            tok.empty_token_id,
-            _eos_id(base),
-            tok.pad_token_id,
-        )
         was_training = self.training
         self.eval()
         try:
-            out = self.oft(base, ids, mask, pixel_values, prompt_length, proprio)
+            out = oft_predict(base, self.oft, pixel_values, input_ids, attention_mask, proprio)
         finally:
             self.train(was_training)
         normalized = out.actions.float().cpu().numpy().astype(np.float64)
-        actions = unnormalize_actions(normalized, stats) if unnormalize else normalized
+        actions = unnormalize_actions(normalized, stats, OFT_UNNORM_EPS) if unnormalize else normalized
         if not return_future_state:
             return actions
         return actions, self.future_state_from(out.readout_hidden, current_state, stamo_pixels)
-
-
-def _eos_id(base: nn.Module) -> int:
-    eos = getattr(base.config.text_config, "eos_token_id", None)
-    eos = eos[0] if isinstance(eos, (list, tuple)) else eos
-    return int(eos if eos is not None else 2)

@@ -18,28 +18,33 @@ class OFTPolicy:
     the same BOUNDS_Q99 statistics (and clipping) the training data used.
 
     Args:
-        adapter: a `StaMoOFTAdapterModel` (from `attach` / `load_adapter` with action_head='l1').
+        model: anything with OFT modules (``model.oft``), a ``model.vla`` and OFT's ``predict_action``: a
+            `StaMoOFTAdapterModel` (from `attach` / `load_adapter` with action_head='l1') or a released
+            OpenVLA-OFT checkpoint (`stamo_vla.vla.OpenVLAOFTForActionPrediction`).
         processor: the base model's `OpenVLAProcessor`.
         unnorm_key: dataset key of the statistics; None when there is exactly one.
     """
 
-    def __init__(self, adapter: Any, processor: Any, unnorm_key: str | None = None):
+    def __init__(self, model: Any, processor: Any, unnorm_key: str | None = None):
         from stamo_vla.vla.generation import check_unnorm_key
 
-        if not getattr(adapter.config, "is_oft", False):
+        oft = getattr(model, "oft", None)
+        if oft is None:
+            kind = getattr(getattr(model, "config", None), "action_head", type(model).__name__)
             raise ValueError(
-                f"OFTPolicy needs an adapter with action_head='l1'; got {adapter.config.action_head!r} "
-                "(use OpenVLAPolicy for token adapters)."
+                f"OFTPolicy needs an OFT model (an adapter with action_head='l1' or a released OpenVLA-OFT "
+                f"checkpoint); got {kind!r} (use OpenVLAPolicy for token models)."
             )
-        self.adapter = adapter.eval()
+        self.adapter = model.eval()
         self.model = base_model_of(
-            adapter.vla
+            model.vla
         )  # norm_stats live on the base model (evaluation harness contract)
         self.processor = processor
         self.unnorm_key = check_unnorm_key(self.model.norm_stats, unnorm_key)
-        self.action_chunk = int(adapter.config.action_chunk)
-        self.uses_wrist_image = adapter.config.num_images == 2
-        self.uses_proprio = bool(adapter.config.use_proprio)
+        self.action_chunk = int(oft.action_chunk)
+        self.uses_wrist_image = oft.num_images == 2
+        self.uses_proprio = oft.proprio_projector is not None
+        self.proprio_dim = oft.proprio_projector.proprio_dim if self.uses_proprio else None
         self.image_size = tuple(processor.image_processor.size)
 
     def _check_images(self, images: list, name: str, n: int) -> None:
@@ -66,7 +71,7 @@ class OFTPolicy:
                 f"the statistics of {self.unnorm_key!r} have no 'proprio' block; use the training run's "
                 "dataset_statistics.json (written with data.load_proprio=true)."
             )
-        want = self.adapter.config.proprio_dim
+        want = self.proprio_dim
         proprio = np.asarray(proprio, dtype=np.float32)
         if proprio.ndim != 2 or proprio.shape[1] != want:
             raise ValueError(f"predict_batch: proprio has shape {proprio.shape}, expected (B, {want}).")
@@ -121,9 +126,9 @@ class OFTPolicy:
             proprio_t = torch.from_numpy(self.normalize_proprio(proprio))
         dtype = next(p for p in self.model.parameters() if p.dtype.is_floating_point).dtype
         actions = self.adapter.predict_action(
-            pixels.to(dtype),
-            pixel_values["input_ids"],
-            pixel_values["attention_mask"],
+            pixel_values=pixels.to(dtype),
+            input_ids=pixel_values["input_ids"],
+            attention_mask=pixel_values["attention_mask"],
             unnorm_key=self.unnorm_key,
             proprio=proprio_t,
         )

@@ -213,6 +213,7 @@ def evaluate(
     if catalog is None:
         from stamo_vla.libero import env as catalog
     out = Path(cfg.output_dir)
+    cfg.resolve_center_crop()  # from the checkpoint's record; part of the protocol a resume must match
     check_resume_compatible(cfg, out)
     planned = plan_episodes(cfg.suites, cfg.task_ids, cfg.num_trials_per_task, catalog)
     store = ResultsStore(out, rank)
@@ -283,7 +284,7 @@ def _run_shard(
                 settings = RolloutSettings(
                     max_steps=cfg.max_steps_for(suite),
                     num_steps_wait=cfg.num_steps_wait,
-                    center_crop=cfg.center_crop,
+                    center_crop=cfg.resolve_center_crop(),
                     open_loop_steps=cfg.open_loop_steps,
                     video=cfg.video,
                     video_dir=video_dir,

@@ -66,8 +66,10 @@ class EvalConfig:
     num_steps_wait: int = 10
     # policy-step budget per episode; None = the suite's upstream value (220/280/300/520/400)
     max_steps: int | None = None
-    # center crop keeping 90 percent of the policy image's area (upstream: True; for random-crop-trained models)
-    center_crop: bool = True
+    # center crop keeping 90 percent of the policy image's area; None = crop exactly when the checkpoint records
+    # that training used image augmentation (trained_with_image_aug in stamo_adapter_config.json), and crop when
+    # nothing is recorded (upstream's default, right for upstream checkpoints, which all trained with augmentation)
+    center_crop: bool | None = None
     # camera resolution of the simulator before the 224 px resize (upstream: 256)
     env_resolution: int = 256
 
@@ -138,6 +140,15 @@ class EvalConfig:
                 f"quantization={self.quantization!r}); drop them or use policy='openvla'"
             )
 
+    def resolve_center_crop(self) -> bool:
+        """Fix `center_crop` (explicit value wins, else the checkpoint's record, else True) and return it."""
+        if self.center_crop is None:
+            recorded = None
+            if self.policy == "openvla":
+                recorded = recorded_image_aug(self.adapter_dir or self.checkpoint)
+            self.center_crop = True if recorded is None else recorded
+        return self.center_crop
+
     def max_steps_for(self, suite: str) -> int:
         """The policy-step budget for `suite`: the override, else the upstream per-suite value."""
         from stamo_vla.libero.env import SUITE_MAX_STEPS
@@ -155,6 +166,19 @@ class EvalConfig:
             )
         if self.adapter_dir is not None and not Path(self.adapter_dir).is_dir():
             raise FileNotFoundError(f"adapter_dir={self.adapter_dir!r} is not a directory")
+
+
+def recorded_image_aug(directory: str | None) -> bool | None:
+    """``trained_with_image_aug`` of an adapter / merged checkpoint directory (None when not recorded)."""
+    import json
+
+    if not directory:
+        return None
+    path = Path(directory) / "stamo_adapter_config.json"
+    if not path.is_file():
+        return None
+    value = json.loads(path.read_text()).get("trained_with_image_aug")
+    return None if value is None else bool(value)
 
 
 def _positive(field: str, value: int) -> None:

@@ -74,6 +74,28 @@ def _merged_oft_dir(checkpoint: str) -> str | None:
     return None
 
 
+def released_oft_dir(checkpoint: str) -> bool:
+    """True for a released OpenVLA-OFT directory (``action_head--<step>_checkpoint.pt`` beside the weights)."""
+    from stamo_vla.vla.oft_loading import is_oft_directory
+
+    return is_oft_directory(checkpoint)
+
+
+def _released_oft_policy(cfg: EvalConfig, kwargs: dict, device: str, processor: Any) -> SuiteKeyedPolicy:
+    """OFT's LIBERO protocol: both cameras, proprio, the whole 8-step chunk open loop (cfg.open_loop_steps)."""
+    from stamo_vla.adapter.oft_policy import OFTPolicy
+    from stamo_vla.vla.oft_model import OpenVLAOFTForActionPrediction
+
+    model = OpenVLAOFTForActionPrediction.from_pretrained(cfg.checkpoint, **kwargs)
+    if cfg.quantization == "none":
+        model = model.to(device)
+    first = resolve_unnorm_key(model.norm_stats, cfg.suites[0], cfg.unnorm_key)
+    policy = SuiteKeyedPolicy(OFTPolicy(model, processor, unnorm_key=first), cfg.unnorm_key)
+    for suite in cfg.suites:
+        policy.unnorm_key_for(suite)
+    return policy
+
+
 def build_openvla_policy(cfg: EvalConfig, device_index: int = 0) -> SuiteKeyedPolicy:
     """Load ``cfg.checkpoint`` (+ ``cfg.adapter_dir``) as a batched policy and validate its statistics keys.
 
@@ -99,6 +121,9 @@ def build_openvla_policy(cfg: EvalConfig, device_index: int = 0) -> SuiteKeyedPo
         # bitsandbytes models are placed at load time; `.to()` is refused for them (openvla #145, #287)
         kwargs.update(load_in_4bit=cfg.quantization == "4bit", load_in_8bit=cfg.quantization == "8bit")
         kwargs["device_map"] = {"": device}
+    processor = OpenVLAProcessor.from_pretrained(cfg.checkpoint)
+    if cfg.adapter_dir is None and released_oft_dir(cfg.checkpoint):
+        return _released_oft_policy(cfg, kwargs, device, processor)
     model = OpenVLAForActionPrediction.from_pretrained(cfg.checkpoint, **kwargs)
     if cfg.quantization == "none":
         model = model.to(device)
@@ -109,7 +134,6 @@ def build_openvla_policy(cfg: EvalConfig, device_index: int = 0) -> SuiteKeyedPo
         # the base model's statistics; the future-state head is not needed to act
         adapter = load_adapter_into(model, adapter_dir)
         model = adapter.vla
-    processor = OpenVLAProcessor.from_pretrained(cfg.checkpoint)
     first = resolve_unnorm_key(model.norm_stats, cfg.suites[0], cfg.unnorm_key)
     if adapter is not None and getattr(adapter.config, "is_oft", False):
         from stamo_vla.adapter.oft_policy import OFTPolicy  # chunked actions from the L1 head, one pass

@@ -46,7 +46,11 @@ def load_base(cfg: FinetuneConfig, run_dir: Path, accelerator) -> tuple[Any, Any
         accelerator.wait_for_everyone()
     kwargs: dict[str, Any] = {"attn_implementation": cfg.attn_implementation}
     if cfg.load_in_4bit:
-        kwargs.update(load_in_4bit=True, device_map={"": str(accelerator.device)})
+        from stamo_vla.vla.loading import qlora_quantization_config  # NF4 + bf16 compute, as upstream
+
+        kwargs.update(
+            quantization_config=qlora_quantization_config(), device_map={"": str(accelerator.device)}
+        )
     elif torch.cuda.is_available() and cfg.mixed_precision != "no":
         kwargs["dtype"] = torch.bfloat16  # upstream loads the base in bf16
     model = OpenVLAForActionPrediction.from_pretrained(path, **kwargs)

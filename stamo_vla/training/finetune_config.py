@@ -14,24 +14,47 @@ from stamo_vla.training.optim import OptimizerConfig
 ATTENTION = ("sdpa", "eager", "flash_attention_2")
 
 
-def _upstream_optim() -> OptimizerConfig:
-    # upstream finetune.py: torch AdamW defaults (weight_decay 0.01), constant lr 5e-4, no clipping
-    return OptimizerConfig(lr=5e-4, weight_decay=0.01)
+@dataclass
+class FinetuneOptimizerConfig(OptimizerConfig):
+    """Optimizer of fine-tuning; defaults = upstream finetune.py: torch AdamW (weight decay 0.01), constant lr 5e-4,
+    no warm-up, no gradient clipping. (Defaults live on the class so a YAML or CLI override of one field keeps
+    the others upstream's.)"""
+
+    # Peak learning rate (upstream: 5e-4, constant).
+    lr: float = 5e-4
+    # Clip the global gradient norm to this value (None: no clipping, as upstream OpenVLA and OpenVLA-OFT).
+    max_grad_norm: float | None = None
+
+
+@dataclass
+class FinetuneDataConfig(DataConfig):
+    """Training data of fine-tuning; defaults = upstream's LIBERO recipe (finetune.py defaults, HF model cards)."""
+
+    # training-time image augmentation: random crop (90% area) + colour jitter (upstream image_aug=True)
+    image_aug: bool = True
+    # frames held by the shuffle buffer (upstream shuffle_buffer_size=100_000; reduce it if host memory runs out)
+    shuffle_buffer_size: int = 100_000
 
 
 @dataclass
 class FinetuneConfig:
-    """Fine-tune an OpenVLA checkpoint with LoRA and the StaMo auxiliary loss (upstream recipe defaults)."""
+    """Fine-tune an OpenVLA checkpoint with LoRA and the StaMo auxiliary loss.
+
+    A bare ``FinetuneConfig()`` is upstream OpenVLA's LIBERO recipe (LoRA r=32 / alpha 16 / dropout 0 / gaussian
+    init on upstream's modules, AdamW lr 5e-4 constant with weight decay 0.01 and no gradient clipping, batch 16
+    per GPU, image augmentation, shuffle buffer 100K, train[:95%]) plus the StaMo head; ``--adapter.target none``
+    drops the head and is the upstream baseline itself.
+    """
 
     # Local directory of an upstream-layout checkpoint (openvla-7b or a LIBERO fine-tune), or "tiny" to build
     # the embedded random tiny model (written to <run_dir>/base_model so the adapter can be merged/evaluated).
     vla_path: str = "openvla/openvla-7b"
     # Where the training data comes from and how samples are drawn (data.horizon follows adapter.horizon).
-    data: DataConfig = field(default_factory=DataConfig)
+    data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
     # The StaMo head (target state | motion | none, horizon, loss weights) and the LoRA settings.
     adapter: StaMoAdapterConfig = field(default_factory=StaMoAdapterConfig)
     # Optimizer and learning-rate schedule.
-    optim: OptimizerConfig = field(default_factory=_upstream_optim)
+    optim: FinetuneOptimizerConfig = field(default_factory=FinetuneOptimizerConfig)
     # StaMo checkpoint whose frozen encoder computes targets on the fly (not needed with data.use_target_cache;
     # with a cache it is still used to check the cache's encoder fingerprint). Its decoder is needed only
     # for adapter.lambda_decoder > 0.
@@ -87,6 +110,8 @@ class FinetuneConfig:
             raise ValueError(f"num_workers={self.num_workers} must be >= 0")
         # one source of truth for the future-frame offset
         self.data.horizon = self.adapter.horizon
+        # recorded in the adapter (and merged) checkpoint: evaluation center-crops exactly when training augmented
+        self.adapter.trained_with_image_aug = bool(self.data.image_aug)
         if self.adapter.is_oft:
             self._sync_oft_data()
         if self.adapter.lambda_decoder > 0 and not self.stamo_path:

@@ -13,6 +13,7 @@ _EXPORTS = {
     "OpenVLAConfig": "stamo_vla.vla.configuration_openvla",
     "register_auto_classes": "stamo_vla.vla.configuration_openvla",
     "OpenVLAForActionPrediction": "stamo_vla.vla.modeling_openvla",
+    "OpenVLAOFTForActionPrediction": "stamo_vla.vla.oft_model",
     "ActionTokenizer": "stamo_vla.vla.action_tokenizer",
     "OpenVLAProcessor": "stamo_vla.vla.processing_openvla",
     "OpenVLAImageProcessor": "stamo_vla.vla.processing_openvla",
@@ -35,6 +36,11 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'stamo_vla.vla' has no attribute '{name}'")
     value = getattr(importlib.import_module(module), name)
-    if name in ("OpenVLAConfig", "OpenVLAForActionPrediction", "OpenVLAPolicy"):
+    if name in (
+        "OpenVLAConfig",
+        "OpenVLAForActionPrediction",
+        "OpenVLAOFTForActionPrediction",
+        "OpenVLAPolicy",
+    ):
         importlib.import_module("stamo_vla.vla.configuration_openvla").register_auto_classes()
     return value

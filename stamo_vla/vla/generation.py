@@ -38,11 +38,14 @@ def check_unnorm_key(norm_stats: dict | None, unnorm_key: str | None) -> str:
     return unnorm_key
 
 
-def unnormalize_actions(normalized: np.ndarray, action_stats: dict) -> np.ndarray:
-    """BOUNDS_Q99: `where(mask, 0.5 * (a + 1) * (q99 - q01) + q01, a)` (no epsilon, like upstream)."""
+def unnormalize_actions(normalized: np.ndarray, action_stats: dict, eps: float = 0.0) -> np.ndarray:
+    """BOUNDS_Q99: `where(mask, 0.5 * (a + 1) * (q99 - q01 + eps) + q01, a)`.
+
+    OpenVLA uses no epsilon; OpenVLA-OFT's `_unnormalize_actions` adds ``eps = 1e-8``.
+    """
     q01, q99 = np.asarray(action_stats["q01"]), np.asarray(action_stats["q99"])
     mask = np.asarray(action_stats.get("mask", np.ones_like(q01, dtype=bool)), dtype=bool)
-    return np.where(mask, 0.5 * (normalized + 1.0) * (q99 - q01) + q01, normalized)
+    return np.where(mask, 0.5 * (normalized + 1.0) * (q99 - q01 + eps) + q01, normalized)
 
 
 def pack_left(

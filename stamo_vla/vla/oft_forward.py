@@ -4,11 +4,15 @@ Text layout (built by `OFTBatchTransform` for training and `oft_inference_ids` f
 
     [BOS, prompt ..., "▁", a_1 ... a_{K*A}, EOS]        prompt_length = index of a_1 = len(BOS..."▁")
 
-LLM layout: ``[BOS, patches(image 1), patches(image 2)?, proprio token?, prompt ..., "▁", actions, EOS]``. The
-action positions get zero embeddings (their token ids are irrelevant) and attend bidirectionally among themselves
-through a 4-D mask on the stock Llama (`parallel_attention_mask`); everything else is causal. The L1 head reads the
-last hidden states at the K*A action positions; the StaMo head reads the "▁" position (the last prompt position
-before the action block).
+LLM layout: ``[BOS, patches(image 1), patches(image 2)?, proprio token?, prompt ..., "▁", actions, EOS]``, exactly
+as the released OpenVLA-OFT checkpoints run in their transformers fork:
+
+- the action positions get zero embeddings (their token ids are irrelevant);
+- attention is fully bidirectional over every non-padding position (prompt, image and proprio tokens included;
+  `bidirectional_attention_mask`), so the EOS after the action block reaches every output;
+- the L1 head reads the last hidden states one position *before* each action slot: the "▁" position and the first
+  K*A - 1 action positions (upstream slices ``[NUM_PATCHES + NUM_PROMPT_TOKENS, ... + K*A)``, which starts at "▁");
+- the StaMo head reads the "▁" position (`readout_positions`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from stamo_vla.vla.oft_modules import (
     L1RegressionActionHead,
     ProprioProjector,
     VisionFiLM,
-    parallel_attention_mask,
+    bidirectional_attention_mask,
 )
 
 
@@ -34,6 +38,7 @@ class OFTInputs:
     attention_mask: torch.Tensor  # (B, 1, L, L) additive float
     position_ids: torch.Tensor  # (B, L) long
     action_positions: torch.Tensor  # (B, K * A) long, LLM positions of the action block
+    head_positions: torch.Tensor  # (B, K * A) long, positions the L1 head reads: action_positions - 1
     readout_positions: torch.Tensor  # (B,) long, LLM position of "▁" (reads the StaMo state)
 
 
@@ -115,8 +120,14 @@ class OFTModules(nn.Module):
         pixel_values: torch.Tensor,
         prompt_length: torch.Tensor,
         proprio: torch.Tensor | None = None,
+        film_over_padding: bool = True,
     ) -> OFTInputs:
-        """Embeddings, 4-D mask, positions and readout indices of one OFT pass (see the module docstring)."""
+        """Embeddings, 4-D mask, positions and readout indices of one OFT pass (see the module docstring).
+
+        `film_over_padding`: FiLM's language condition averages the embeddings of every non-action text position,
+        padding included, as upstream training does (True); inference passes False so that a padded batch gives
+        each row what the row alone (upstream's batch of one) gives.
+        """
         device = base.get_input_embeddings().weight.device
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device).bool()
         prompt_length = prompt_length.to(device).long()
@@ -130,9 +141,8 @@ class OFTModules(nn.Module):
         text = (
             text * ~in_block[..., None]
         )  # empty action embeddings (upstream: `embeddings * ~all_actions_mask`)
-        patches = self._vision(
-            base, pixel_values.to(device), text, attention_mask & (index < prompt_length[:, None])
-        )
+        language = ~in_block if film_over_padding else attention_mask & ~in_block
+        patches = self._vision(base, pixel_values.to(device), text, language)
         extra = [patches.to(text.dtype)]
         if self.proprio_projector is not None:
             weight = self.proprio_projector.fc1.weight
@@ -141,14 +151,14 @@ class OFTModules(nn.Module):
         n = extra.shape[1]
         embeds = torch.cat([text[:, :1], extra, text[:, 1:]], dim=1)
         mask = torch.cat([attention_mask[:, :1], attention_mask.new_ones(b, n), attention_mask[:, 1:]], dim=1)
-        block = torch.cat([in_block[:, :1], in_block.new_zeros(b, n), in_block[:, 1:]], dim=1)
         positions = (mask.long().cumsum(1) - 1).clamp(min=0)
         action_positions = n + prompt_length[:, None] + torch.arange(self.num_action_positions, device=device)
         return OFTInputs(
             inputs_embeds=embeds,
-            attention_mask=parallel_attention_mask(mask, block, embeds.dtype),
+            attention_mask=bidirectional_attention_mask(mask, embeds.dtype),
             position_ids=positions,
             action_positions=action_positions,
+            head_positions=action_positions - 1,
             readout_positions=n + prompt_length - 1,
         )
 
@@ -158,8 +168,8 @@ class OFTModules(nn.Module):
         channels = base.vision_backbone.in_channels
         stacked = pixel_values.reshape(b * self.num_images, channels, *pixel_values.shape[2:])
         if self.film is not None:
-            # average embedding of the real prompt tokens (upstream averages every non-action position, padding
-            # included, which makes the condition depend on the batch's padding)
+            # upstream: the mean of the text embeddings at every non-action position (BOS, prompt, "▁", EOS and,
+            # in a padded training batch, the padding); action embeddings are not yet zeroed there
             weights = language_mask[..., None].to(text.dtype)
             language = (text * weights).sum(1) / weights.sum(1).clamp(min=1)
             self.film.set_condition(language.repeat_interleave(self.num_images, dim=0))
@@ -180,9 +190,12 @@ class OFTModules(nn.Module):
         pixel_values: torch.Tensor,
         prompt_length: torch.Tensor,
         proprio: torch.Tensor | None = None,
+        film_over_padding: bool = True,
     ) -> OFTOutput:
         """One LLM pass: normalized actions (B, K, A) and the readout hidden state (B, D)."""
-        inputs = self.build_inputs(base, input_ids, attention_mask, pixel_values, prompt_length, proprio)
+        inputs = self.build_inputs(
+            base, input_ids, attention_mask, pixel_values, prompt_length, proprio, film_over_padding
+        )
         hidden = base.get_decoder()(
             inputs_embeds=inputs.inputs_embeds,
             attention_mask=inputs.attention_mask,
@@ -190,7 +203,7 @@ class OFTModules(nn.Module):
             use_cache=False,
         ).last_hidden_state
         rows = torch.arange(hidden.shape[0], device=hidden.device)
-        action_hidden = hidden[rows[:, None], inputs.action_positions]
+        action_hidden = hidden[rows[:, None], inputs.head_positions]
         head_dtype = self.action_head.model.fc1.weight.dtype
         actions = self.action_head(action_hidden.to(head_dtype))
         return OFTOutput(actions=actions, readout_hidden=hidden[rows, inputs.readout_positions])
@@ -236,3 +249,38 @@ def oft_inference_ids(
         ids[i, : len(full)] = torch.tensor(full, dtype=ids.dtype)
         mask[i, : len(full)] = True
     return ids, mask, torch.tensor(lengths, dtype=torch.long, device=ids.device)
+
+
+# OpenVLA-OFT's `_unnormalize_actions` adds this to (q99 - q01)
+OFT_UNNORM_EPS = 1e-8
+
+
+def oft_predict(
+    base: nn.Module,
+    oft: OFTModules,
+    pixel_values: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    proprio: torch.Tensor | None = None,
+) -> OFTOutput:
+    """One inference pass on processor outputs (any padding side): normalized (B, K, A) actions + readout.
+
+    Each row is laid out as upstream's batch of one (prompt + "▁" + placeholders + EOS, right padded), FiLM's
+    language average skips the padding, and bidirectional attention ignores it, so a batch equals its rows.
+    """
+    config = base.config
+    eos = getattr(config.text_config, "eos_token_id", None)
+    eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+    ids, mask, prompt_length = oft_inference_ids(
+        input_ids,
+        attention_mask,
+        oft.num_action_positions,
+        config.empty_token_id,
+        int(eos if eos is not None else 2),
+        config.pad_token_id,
+    )
+    if proprio is not None:
+        proprio = torch.as_tensor(proprio).reshape(ids.shape[0], -1)  # upstream also takes one (P,) vector
+    dtype = next(p for p in base.parameters() if p.dtype.is_floating_point).dtype
+    pixel_values = pixel_values.to(dtype) if pixel_values.dtype.is_floating_point else pixel_values
+    return oft(base, ids, mask, pixel_values, prompt_length, proprio, film_over_padding=False)

@@ -1,9 +1,10 @@
-"""OpenVLA-OFT building blocks on stock transformers: the parallel-decoding mask, L1 head, proprio projector, FiLM.
+"""OpenVLA-OFT building blocks on stock transformers: the bidirectional mask, L1 head, proprio projector, FiLM.
 
-Upstream OFT needs a pinned transformers fork for bidirectional attention among the action positions. Stock
-Llama in transformers 5.x accepts a prepared 4-D mask and uses it as-is (``masking_utils`` returns any 4-D
-tensor unchanged): an *additive float* mask (0 = attend, dtype minimum = blocked) works for both the "sdpa"
-and the "eager" kernels (eager adds the mask to the scores, so a bool mask would be wrong there).
+Upstream OFT needs a pinned transformers fork whose SDPA path turns causal masking off: every non-padding token
+attends to every non-padding token (prompt, image, proprio and action positions alike); only padding is masked.
+Stock Llama in transformers 5.x accepts a prepared 4-D mask and uses it as-is (``masking_utils`` returns any 4-D
+tensor unchanged): an *additive float* mask (0 = attend, dtype minimum = blocked) gives that attention with both
+the "sdpa" and the "eager" kernels (eager adds the mask to the scores, so a bool mask would be wrong there).
 """
 
 from __future__ import annotations
@@ -14,31 +15,21 @@ import torch
 from torch import nn
 
 
-def parallel_attention_mask(
-    attention_mask: torch.Tensor, action_block: torch.Tensor, dtype: torch.dtype
-) -> torch.Tensor:
-    """4-D additive mask: causal everywhere, except that action positions see every action position of their row.
+def bidirectional_attention_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """4-D additive mask of the released OFT architecture: every query sees every real (non-padding) key.
 
     Args:
         attention_mask: (B, S) bool, True on real tokens (padding anywhere).
-        action_block: (B, S) bool, True on the K x 7 action positions (one contiguous block per row).
         dtype: dtype of the attention scores (the model's compute dtype).
 
     Returns:
-        (B, 1, S, S) float: 0 where query i may attend key j, ``finfo(dtype).min`` elsewhere. Allowed: key j is a
-        real token and (j <= i, or both i and j are action positions). So an action position never sees a later
-        prompt token or the EOS, and prompt positions stay causal.
+        (B, 1, S, S) float: 0 where key j is a real token, ``finfo(dtype).min`` where it is padding. Padding
+        queries see the same keys as real ones (their outputs are never read), so no softmax row is empty.
     """
     valid = attention_mask.bool()
-    block = action_block.bool() & valid
     s = valid.shape[1]
-    causal = torch.ones(s, s, dtype=torch.bool, device=valid.device).tril()
-    allowed = causal[None] | (block[:, :, None] & block[:, None, :])
-    allowed = allowed & valid[:, None, :]
-    # a padded query row would otherwise be able to see nothing at all (NaN softmax): let it see itself
-    allowed = allowed | torch.eye(s, dtype=torch.bool, device=valid.device)[None]
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=valid.device)
-    return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+    mask = torch.zeros(valid.shape[0], 1, s, s, dtype=dtype, device=valid.device)
+    return mask.masked_fill(~valid[:, None, None, :], torch.finfo(dtype).min)
 
 
 class MLPResNetBlock(nn.Module):
@@ -110,9 +101,8 @@ class ProprioProjector(nn.Module):
 class VisionFiLM(nn.Module):
     """FiLM of every ViT block on the average language embedding: ``x = x * (1 + gamma) + beta`` after attention.
 
-    One (gamma, beta) projection pair (``llm_dim -> vision_dim``) per block of each featurizer. Projections start
-    at zero, so a freshly attached FiLM leaves the pretrained backbone's output unchanged (upstream initializes
-    them randomly, which perturbs the pretrained features at step 0).
+    One (gamma, beta) projection pair (``llm_dim -> vision_dim``) per block of each featurizer, with torch's default
+    ``nn.Linear`` init as upstream (so a fresh FiLM already modulates the pretrained features at step 0).
 
     `install` re-binds each block's ``forward`` (the block modules and their parameter names stay where they are,
     so LoRA targets and checkpoints are unaffected); without a condition set the blocks compute timm's forward.
@@ -126,9 +116,6 @@ class VisionFiLM(nn.Module):
             for _ in vit.blocks:
                 self.scales.append(nn.Linear(llm_dim, vit.embed_dim))
                 self.shifts.append(nn.Linear(llm_dim, vit.embed_dim))
-        for layer in [*self.scales, *self.shifts]:
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
         self._condition: dict[str, torch.Tensor | None] = {"language": None}
 
     def install(self, featurizers: list[nn.Module]) -> None:

@@ -57,7 +57,8 @@ def test_bad_values_name_field_and_allowed_set(kwargs, message):
 
 def test_defaults_follow_upstream_and_round_trip(tmp_path):
     cfg = EvalConfig(checkpoint="ckpt")
-    assert (cfg.num_trials_per_task, cfg.seed, cfg.num_steps_wait, cfg.center_crop) == (50, 7, 10, True)
+    assert (cfg.num_trials_per_task, cfg.seed, cfg.num_steps_wait, cfg.center_crop) == (50, 7, 10, None)
+    assert cfg.resolve_center_crop() is True  # nothing recorded: upstream's default
     assert [cfg.max_steps_for(s) for s in SUITES] == [220, 280, 300, 520, 400]
     assert EvalConfig(checkpoint="c", max_steps=5).max_steps_for("libero_10") == 5
     custom = EvalConfig(checkpoint="c", suites=["libero_goal", "libero_10"], task_ids=[1, 3], max_steps=9)
@@ -135,7 +136,7 @@ def test_presets_parse_with_overrides():
     assert {"eval_upstream", "eval_oracle", "eval_tiny"} <= set(available_presets("eval_"))
     up = parse_config(EvalConfig, ["--config", "upstream", "--checkpoint", "ckpt"], prefix="eval_")
     assert up.suites == ["libero_spatial", "libero_object", "libero_goal", "libero_10"]
-    assert (up.num_trials_per_task, up.seed, up.center_crop, up.max_steps) == (50, 7, True, None)
+    assert (up.num_trials_per_task, up.seed, up.center_crop, up.max_steps) == (50, 7, None, None)
     oracle = parse_config(EvalConfig, ["--config", "oracle", "--num_workers", "4"], prefix="eval_")
     assert (oracle.policy, oracle.num_workers) == ("scripted", 4)
     tiny = parse_config(EvalConfig, ["--config", "tiny", "--checkpoint", "c"], prefix="eval_")

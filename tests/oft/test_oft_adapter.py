@@ -77,7 +77,7 @@ def test_unnormalized_chunk_maps_the_normalized_one_through_the_statistics(oft):
     normalized = model.predict_action(*args, proprio=batch[K.PROPRIO], unnormalize=False)
     actions, future = model.predict_action(*args, proprio=batch[K.PROPRIO], return_future_state=True)
     stats = base_model_of(model.vla).norm_stats["tiny_dataset"]["action"]
-    np.testing.assert_allclose(actions, unnormalize_actions(normalized, stats))
+    np.testing.assert_allclose(actions, unnormalize_actions(normalized, stats, eps=1e-8))  # OFT adds 1e-8
     assert actions.shape == (2, CHUNK, 7) and future.shape == (2, 2, 8)
 
 
@@ -119,7 +119,17 @@ def test_missing_oft_weights_are_reported(oft, tmp_path):
         load_adapter(build_tiny(seed=0)[0], tmp_path / "adapter")
 
 
-def test_film_starts_as_identity_and_then_depends_on_language():
+def test_film_is_randomly_initialized_as_upstream_and_zero_projections_are_identity():
+    from stamo_vla.vla.oft_modules import VisionFiLM
+
+    torch.manual_seed(0)
+    base = base_model_of(make_oft()[0].vla)
+    fresh = VisionFiLM([base.vision_backbone.featurizer], 32)
+    for layer in [*fresh.scales, *fresh.shifts]:  # torch's nn.Linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+        bound = 32**-0.5
+        assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > bound / 2
+        assert torch.count_nonzero(layer.bias) == layer.bias.numel()
+
     model, _ = make_oft(use_film=True)
     base = base_model_of(model.vla)
     model.oft.film.set_condition(torch.randn(1, 32))
@@ -134,6 +144,26 @@ def test_film_starts_as_identity_and_then_depends_on_language():
     model.oft.film.set_condition(None)
     torch.testing.assert_close(zero, off)
     assert not torch.allclose(filmed, off, atol=1e-5)
+
+
+def test_film_averages_the_language_embedding_over_upstreams_positions():
+    model, processor = make_oft(use_film=True, num_images=1)
+    base = base_model_of(model.vla)
+    batch = oft_batch(model, processor, ["pick it", "open the top drawer of the cabinet"])
+    seen = []
+    original = model.oft.film.set_condition
+    model.oft.film.set_condition = lambda language: (seen.append(language), original(language))
+    with torch.no_grad():
+        model._run(batch)
+    text = base.get_input_embeddings()(batch[K.INPUT_IDS])
+    index = torch.arange(text.shape[1])[None]
+    actions = (index >= batch[K.PROMPT_LENGTH][:, None]) & (
+        index < batch[K.PROMPT_LENGTH][:, None] + CHUNK * 7
+    )
+    # upstream training: `input_embeddings[~all_actions_mask].reshape(B, -1, D).mean(1)`: every non-action text
+    # position of the padded batch (BOS, prompt, "▁", EOS and padding)
+    expected = text[~actions].reshape(2, -1, text.shape[-1]).mean(1)
+    torch.testing.assert_close(seen[0], expected)
 
 
 def test_bad_inputs_give_clear_errors(oft):

@@ -133,3 +133,21 @@ def test_a_merged_oft_checkpoint_evaluates_through_the_oft_policy(oft_dirs, tmp_
         unmerged.predict_batch(images, ["a", "b"], **obs),
         atol=1e-4,
     )
+
+
+@pytest.mark.parametrize("record", [True, False, None])
+def test_eval_crop_follows_the_checkpoints_record_and_an_explicit_value_wins(oft_dirs, tmp_path, record):
+    import json
+    import shutil
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(oft_dirs / "adapter", adapter)
+    config = adapter / "stamo_adapter_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "trained_with_image_aug": record}))
+    common = dict(checkpoint=str(oft_dirs / "base"), adapter_dir=str(adapter), suites=["libero_spatial"])
+    expected = True if record is None else record  # nothing recorded: upstream's default (crop)
+    assert EvalConfig(**common).resolve_center_crop() is expected
+    for explicit in (True, False):
+        assert EvalConfig(center_crop=explicit, **common).resolve_center_crop() is explicit
+    # a merged checkpoint carries the same record
+    assert EvalConfig(checkpoint=str(adapter), suites=["libero_spatial"]).resolve_center_crop() is expected

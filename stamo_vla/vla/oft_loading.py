@@ -1,0 +1,137 @@
+"""The separate head files of a released OpenVLA-OFT checkpoint directory: find, read, check.
+
+Layout (moojink/openvla-oft ``vla-scripts/finetune.py``; reference/openvla.md, "Released OpenVLA-OFT checkpoint
+directories"): beside the merged OpenVLA weights and ``dataset_statistics.json`` lie
+
+    action_head--<step>_checkpoint.pt         L1 head (MLP-ResNet), keys ``[module.]model.<...>``
+    proprio_projector--<step>_checkpoint.pt   proprio projector, keys ``[module.]fc1.weight`` ... ``fc2.bias``
+
+``torch.save``d state dicts of DDP-wrapped modules, so every key usually starts with ``module.``. They are read
+with ``torch.load(weights_only=True)`` (no pickled code runs).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from stamo_vla.vla.loading import CheckpointError
+
+ACTION_HEAD = "action_head"
+PROPRIO_PROJECTOR = "proprio_projector"
+FILM_BACKBONE = "vision_backbone"  # FiLM (OFT+) checkpoints save the whole FiLMed vision backbone
+DDP_PREFIX = "module."
+
+
+def _pattern(component: str) -> re.Pattern:
+    return re.compile(rf"^{component}--(\d+)_checkpoint\.pt$")
+
+
+def component_files(directory: Path, component: str) -> dict[int, Path]:
+    """Step -> file of every ``<component>--<step>_checkpoint.pt`` in `directory`."""
+    pattern = _pattern(component)
+    found = {}
+    for path in directory.iterdir():
+        match = pattern.match(path.name)
+        if match:
+            found[int(match.group(1))] = path
+    return found
+
+
+def is_oft_directory(directory: str | Path) -> bool:
+    """True when `directory` holds a released-layout OFT action head beside the model weights."""
+    directory = Path(directory)
+    return directory.is_dir() and bool(component_files(directory, ACTION_HEAD))
+
+
+def find_component(directory: Path, component: str, step: int | None, required: bool) -> Path | None:
+    """The one ``<component>--<step>_checkpoint.pt`` file (`step` picks one when several steps are present)."""
+    files = component_files(directory, component)
+    if step is not None:
+        if step in files:
+            return files[step]
+        if required or files:
+            raise CheckpointError(
+                f"OpenVLA-OFT checkpoint {directory}: no {component}--{step}_checkpoint.pt; found steps "
+                f"{sorted(files)} of {component}."
+            )
+        return None
+    if len(files) > 1:
+        raise CheckpointError(
+            f"OpenVLA-OFT checkpoint {directory}: {component} files of several steps {sorted(files)}; pass "
+            "step=<one of them>."
+        )
+    if not files:
+        if required:
+            raise CheckpointError(
+                f"OpenVLA-OFT checkpoint {directory}: {component}--<step>_checkpoint.pt is missing (found "
+                f"{sorted(p.name for p in directory.iterdir())})."
+            )
+        return None
+    return next(iter(files.values()))
+
+
+def read_component(path: Path) -> dict[str, torch.Tensor]:
+    """A head's state dict with any DDP ``module.`` prefix removed (loaded on the CPU, weights only)."""
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated file, pickled code (refused by weights_only), not a torch file
+        raise CheckpointError(
+            f"OpenVLA-OFT checkpoint: cannot read {path} with torch.load(weights_only=True): {err}"
+        ) from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"OpenVLA-OFT checkpoint: {path} does not hold a state dict of tensors.")
+    return {k[len(DDP_PREFIX) :] if k.startswith(DDP_PREFIX) else k: v for k, v in state.items()}
+
+
+def head_sizes(state: dict[str, torch.Tensor], path: Path, hidden_size: int) -> tuple[int, int]:
+    """(action_dim, MLP width) of an L1 head state dict, checked against the LLM hidden size."""
+    weight = state.get("model.fc1.weight")
+    out = state.get("model.fc2.weight")
+    if weight is None or out is None or weight.ndim != 2 or out.ndim != 2:
+        raise CheckpointError(
+            f"OpenVLA-OFT checkpoint: {path} is not an L1 regression action head (no model.fc1.weight / "
+            f"model.fc2.weight); keys: {sorted(state)[:6]}..."
+        )
+    width, inputs = weight.shape
+    action_dim = out.shape[0]
+    if inputs != hidden_size * action_dim:
+        raise CheckpointError(
+            f"OpenVLA-OFT checkpoint: {path} expects {inputs} input features, but the model's hidden size "
+            f"{hidden_size} x action dim {action_dim} = {hidden_size * action_dim}: the head does not fit this model."
+        )
+    return action_dim, width
+
+
+def proprio_dim_of(state: dict[str, torch.Tensor], path: Path) -> int:
+    weight = state.get("fc1.weight")
+    if weight is None or weight.ndim != 2:
+        raise CheckpointError(
+            f"OpenVLA-OFT checkpoint: {path} is not a proprio projector (no fc1.weight); keys: {sorted(state)}."
+        )
+    return int(weight.shape[1])
+
+
+def load_component(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Copy `state` into `module` (dtype and device of the module); any missing, extra or mis-shaped key fails."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in sorted(set(expected) & set(state))
+        if state[k].shape != expected[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {missing[:5]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {unexpected[:5]}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatch(es): {mismatched[:5]}")
+    if problems:
+        raise CheckpointError(f"OpenVLA-OFT checkpoint: {path} does not fit: " + "; ".join(problems) + ".")
+    module.load_state_dict(state)

@@ -1,0 +1,206 @@
+"""`OpenVLAOFTForActionPrediction`: a released OpenVLA-OFT checkpoint, run on stock transformers (no fork).
+
+    from stamo_vla.vla import OpenVLAOFTForActionPrediction, OpenVLAProcessor
+
+    vla = OpenVLAOFTForActionPrediction.from_pretrained("/models/openvla-7b-oft-finetuned-libero-spatial",
+                                                        torch_dtype=torch.bfloat16).to("cuda")
+    processor = OpenVLAProcessor.from_pretrained("/models/openvla-7b-oft-finetuned-libero-spatial")
+    inputs = processor(prompt, image)                 # third-person image
+    wrist = processor.image_processor(wrist_image)    # second camera
+    inputs["pixel_values"] = torch.cat([inputs["pixel_values"], wrist["pixel_values"]], dim=1)
+    chunk = vla.predict_action(**inputs, unnorm_key="libero_spatial_no_noops", proprio=normalized_state)
+    # chunk: (1, 8, 7) un-normalized actions
+
+The directory is used unmodified: the merged OpenVLA weights load through `OpenVLAForActionPrediction`
+(`dataset_statistics.json` replaces the config's statistics), and the L1 head and proprio projector from
+``action_head--<step>_checkpoint.pt`` / ``proprio_projector--<step>_checkpoint.pt`` (`stamo_vla.vla.oft_loading`).
+The forward is the fork's (`stamo_vla.vla.oft_forward`): bidirectional attention over all non-padding tokens,
+zeroed action embeddings, the L1 head reading one position before each action slot, one pass per chunk.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+# OpenVLA-OFT's LIBERO constants (prismatic/vla/constants.py): NUM_ACTIONS_CHUNK, and the eval's
+# num_images_in_input (third-person + wrist)
+LIBERO_ACTION_CHUNK = 8
+LIBERO_NUM_IMAGES = 2
+
+
+class OpenVLAOFTForActionPrediction(nn.Module):
+    """An OpenVLA base (`vla`) plus OFT's modules (`oft`: L1 action head, optional proprio projector).
+
+    Args:
+        vla: the `OpenVLAForActionPrediction` holding the merged weights and the statistics.
+        oft: `OFTModules` built for `vla` (FiLM is not supported for released directories).
+    """
+
+    def __init__(self, vla: nn.Module, oft: nn.Module):
+        super().__init__()
+        self.vla = vla
+        self.oft = oft
+
+    @property
+    def config(self):
+        return self.vla.config
+
+    @property
+    def norm_stats(self) -> dict:
+        return self.vla.norm_stats
+
+    @norm_stats.setter
+    def norm_stats(self, value: dict) -> None:
+        self.vla.norm_stats = value
+
+    @property
+    def action_chunk(self) -> int:
+        return self.oft.action_chunk
+
+    @property
+    def num_images(self) -> int:
+        return self.oft.num_images
+
+    @property
+    def uses_proprio(self) -> bool:
+        return self.oft.proprio_projector is not None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        num_images_in_input: int = LIBERO_NUM_IMAGES,
+        action_chunk: int = LIBERO_ACTION_CHUNK,
+        use_proprio: bool | None = None,
+        step: int | None = None,
+        **kwargs: Any,
+    ) -> OpenVLAOFTForActionPrediction:
+        """Load a released OpenVLA-OFT directory (e.g. moojink/openvla-7b-oft-finetuned-libero-spatial).
+
+        Args:
+            pretrained_model_name_or_path: the checkpoint directory (or a Hub id, fetched when not local).
+            num_images_in_input: images channel-stacked in `pixel_values` (upstream eval: 2 for LIBERO).
+            action_chunk: K, actions per pass (OFT's NUM_ACTIONS_CHUNK: 8 for LIBERO, 25 for ALOHA).
+            use_proprio: None = use the proprio projector when its file is present; True requires it.
+            step: which ``--<step>_checkpoint.pt`` files to use when the directory holds several.
+            kwargs: passed to `OpenVLAForActionPrediction.from_pretrained` (torch_dtype / dtype,
+                attn_implementation "sdpa" or "eager", load_in_4bit, device_map, ...).
+
+        Raises:
+            CheckpointError: a head file is missing, unreadable, or does not fit the model (names the file).
+        """
+        from stamo_vla.vla.loading import CheckpointError, resolve_directory
+        from stamo_vla.vla.modeling_openvla import OpenVLAForActionPrediction
+        from stamo_vla.vla.oft_forward import OFTModules
+        from stamo_vla.vla.oft_loading import (
+            ACTION_HEAD,
+            FILM_BACKBONE,
+            PROPRIO_PROJECTOR,
+            component_files,
+            find_component,
+            head_sizes,
+            load_component,
+            proprio_dim_of,
+            read_component,
+        )
+
+        if num_images_in_input not in (1, 2):
+            raise ValueError(f"num_images_in_input={num_images_in_input} is not valid; allowed: [1, 2]")
+        if action_chunk < 1:
+            raise ValueError(f"action_chunk={action_chunk} must be >= 1")
+        if kwargs.get("attn_implementation") == "flash_attention_2":
+            raise ValueError(
+                "attn_implementation='flash_attention_2' cannot take OFT's bidirectional 4-D mask; use 'sdpa' or 'eager'."
+            )
+        directory = resolve_directory(pretrained_model_name_or_path)
+        if component_files(directory, FILM_BACKBONE):
+            raise CheckpointError(
+                f"OpenVLA-OFT checkpoint {directory} holds a FiLM vision backbone ({FILM_BACKBONE}--*_checkpoint.pt, "
+                "OFT+): FiLM checkpoints are not supported by this loader."
+            )
+        head_file = find_component(directory, ACTION_HEAD, step, required=True)
+        proprio_file = find_component(directory, PROPRIO_PROJECTOR, step, required=bool(use_proprio))
+        if use_proprio is False:
+            proprio_file = None
+        head_state = read_component(head_file)
+        proprio_state = read_component(proprio_file) if proprio_file is not None else None
+
+        vla = OpenVLAForActionPrediction.from_pretrained(directory, **kwargs)
+        if getattr(vla.config.text_config, "_attn_implementation", None) == "flash_attention_2":
+            raise ValueError("OFT needs attn_implementation 'sdpa' or 'eager' (a 4-D mask).")
+        hidden = vla.config.text_config.hidden_size
+        action_dim, width = head_sizes(head_state, head_file, hidden)
+        oft = OFTModules(
+            vla,
+            action_chunk=action_chunk,
+            action_dim=action_dim,
+            num_images=num_images_in_input,
+            proprio_dim=proprio_dim_of(proprio_state, proprio_file) if proprio_state is not None else None,
+            head_width=width,
+        )
+        # upstream casts both heads to the model's dtype (bf16) and device
+        dtype = next(p for p in vla.parameters() if p.dtype.is_floating_point).dtype
+        oft.to(device=vla.get_input_embeddings().weight.device, dtype=dtype)
+        load_component(oft.action_head, head_state, head_file)
+        if proprio_state is not None:
+            load_component(oft.proprio_projector, proprio_state, proprio_file)
+        model = cls(vla, oft).eval()
+        model.requires_grad_(False)
+        model.source = {"directory": str(Path(directory)), "action_head": head_file.name}
+        return model
+
+    @torch.no_grad()
+    def predict_action(
+        self,
+        input_ids: torch.Tensor,
+        unnorm_key: str | None = None,
+        proprio: torch.Tensor | np.ndarray | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        unnormalize: bool = True,
+        **kwargs: Any,
+    ) -> np.ndarray:
+        """One parallel-decoding pass per batch: (B, K, A) actions, un-normalized with the checkpoint's statistics.
+
+        The call follows upstream OFT's ``vla.predict_action(**inputs, unnorm_key=..., proprio=...)``; the heads come
+        from the directory, so upstream's ``action_head`` / ``proprio_projector`` arguments are not taken. Rows may
+        be padded on either side; each row gives what it gives alone.
+
+        Args:
+            input_ids: (B, T) prompt ids from the processor ("▁" is appended when missing, as upstream).
+            unnorm_key: dataset key of ``dataset_statistics.json`` (None when there is exactly one).
+            proprio: (B, P) or (P,) proprio, *normalized* with the dataset's proprio statistics (as upstream's
+                caller does, `normalize_proprio`); required when the directory has a proprio projector.
+            pixel_values: (B, 6 * num_images, 224, 224): third-person, then wrist, stacked on dim 1.
+            attention_mask: (B, T) of the processor (None = all ones).
+            unnormalize: False returns the normalized actions.
+            kwargs: upstream generation flags (``do_sample=False``) are accepted and ignored.
+
+        Returns:
+            (B, K, A) float64; the gripper dim stays in the dataset's [0, 1] convention (not un-normalized).
+        """
+        from stamo_vla.vla.generation import check_unnorm_key, unnormalize_actions
+        from stamo_vla.vla.oft_forward import OFT_UNNORM_EPS, oft_predict
+
+        extra = sorted(set(kwargs) - {"do_sample"})
+        if extra:
+            raise TypeError(
+                f"predict_action got unexpected arguments {extra}; the action head and proprio projector are "
+                "loaded from the checkpoint directory."
+            )
+        if pixel_values is None:
+            raise ValueError(
+                "predict_action needs pixel_values (B, 6 * num_images, H, W) from the processor."
+            )
+        stats = None
+        if unnormalize:
+            stats = self.norm_stats[check_unnorm_key(self.norm_stats, unnorm_key)]["action"]
+        out = oft_predict(self.vla, self.oft, pixel_values, input_ids, attention_mask, proprio)
+        normalized = out.actions.float().cpu().numpy().astype(np.float64)
+        return unnormalize_actions(normalized, stats, OFT_UNNORM_EPS) if unnormalize else normalized
