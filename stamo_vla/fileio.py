@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import shutil
+import struct
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -184,3 +185,21 @@ def atomic_dir(path: str | os.PathLike, kind: str, overwrite: bool = False) -> I
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def safetensors_problem(file: str | os.PathLike) -> str | None:
+    """Why a safetensors file is unreadable (truncated, bad header), or None; reads only the header."""
+    file = Path(file)
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8:
+                return f"{file} is truncated (header of {n} bytes, file of {size})"
+            header = json.loads(f.read(n))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    except (OSError, struct.error, ValueError, KeyError, TypeError) as err:
+        return f"{file} is not a valid safetensors file ({type(err).__name__}: {err})"
+    if size != 8 + n + end:
+        return f"{file} is truncated or padded ({size} bytes, its header describes {8 + n + end})"
+    return None

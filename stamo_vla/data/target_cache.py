@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +128,14 @@ class TargetCache:
                 f"StaMo target cache '{self.cache_dir}' has no entry for episode '{file_path}' (the cache run "
                 "did not finish). Rerun the same `stamo-vla cache-targets` command: it resumes."
             )
+        from stamo_vla.fileio import safetensors_problem
+
+        problem = safetensors_problem(path)
+        if problem is not None:
+            raise StaleTargetCacheError(
+                f"StaMo target cache: {problem}. Rerun the same `stamo-vla cache-targets` command: it "
+                "re-encodes damaged entries."
+            )
         with safe_open(str(path), framework="numpy") as f:
             states = f.get_tensor("states")
         if len(states) != num_steps:
@@ -135,6 +144,23 @@ class TargetCache:
                 "the cache does not belong to this dataset. Rebuild it with --overwrite."
             )
         return states
+
+
+def shard_problem(path: Path, num_steps: int) -> str | None:
+    """Why a cache shard cannot be reused (truncated, unreadable, wrong length), or None."""
+    from safetensors import safe_open
+
+    from stamo_vla.fileio import safetensors_problem
+
+    problem = safetensors_problem(path)
+    if problem is not None:
+        return problem
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            steps = f.get_slice("states").get_shape()[0]
+    except Exception as err:  # safetensors raises its own error types
+        return f"{path} cannot be read ({err})"
+    return None if steps == num_steps else f"{path} has {steps} steps, the episode {num_steps}"
 
 
 def _frames_to_pixels(jpegs: list[bytes]):
@@ -205,7 +231,10 @@ def build_target_cache(
     for ep in iter_episodes(data_root_dir, dataset_name, "train", decode_images=False):
         path = cache.shard_path(ep["file_path"])
         if path.is_file():
-            continue  # finished by an earlier (interrupted) run
+            problem = shard_problem(path, len(ep["image"]))
+            if problem is None:
+                continue  # finished by an earlier (interrupted) run
+            warnings.warn(f"StaMo target cache: {problem}; encoding that episode again.", stacklevel=2)
         states = []
         with torch.no_grad():
             for i in range(0, len(ep["image"]), batch_size):

@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import struct
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from stamo_vla.fileio import atomic_dir, remove_stale_temporaries, write_json_atomic
+from stamo_vla.fileio import atomic_dir, remove_stale_temporaries, safetensors_problem, write_json_atomic
 from stamo_vla.training.distributed import gather_objects, rng_state, set_rng_state
 
 if TYPE_CHECKING:
@@ -73,23 +72,6 @@ def find_latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return found[-1] if found else None
 
 
-def _safetensors_problem(file: Path) -> str | None:
-    """Why a safetensors file is unreadable (truncated, bad header), or None; reads only the header."""
-    try:
-        size = file.stat().st_size
-        with open(file, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > size - 8:
-                return f"{file} is truncated (header of {n} bytes, file of {size})"
-            header = json.loads(f.read(n))
-        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-    except (OSError, struct.error, ValueError, KeyError, TypeError) as err:
-        return f"{file} is not a valid safetensors file ({type(err).__name__}: {err})"
-    if size != 8 + n + end:
-        return f"{file} is truncated or padded ({size} bytes, its header describes {8 + n + end})"
-    return None
-
-
 def _torch_file_problem(file: Path) -> str | None:
     """Why a `torch.save` file (a zip archive) is unreadable, or None; checks every member's CRC."""
     try:
@@ -114,7 +96,7 @@ def verify_checkpoint(path: str | os.PathLike) -> str | None:
         if not file.is_file():
             continue
         if file.suffix == ".safetensors":
-            problem = _safetensors_problem(file)
+            problem = safetensors_problem(file)
         elif file.suffix == ".pt":
             problem = _torch_file_problem(file)
         elif file.suffix == ".json":

@@ -29,13 +29,32 @@ class CheckpointError(ValueError):
     """A checkpoint directory that cannot be loaded as an OpenVLA model."""
 
 
+HUB_PREFIX = "hf://"
+
+
+def looks_like_hub_id(text: str) -> bool:
+    """``org/name`` whose ``org`` is not a local directory (``runs/merged`` with a local ``runs/`` is a path)."""
+    if text.count("/") != 1 or text.startswith((".", "/", "~")) or "\\" in text:
+        return False
+    return not Path(text.split("/")[0]).expanduser().exists()
+
+
 def resolve_directory(path: str | os.PathLike) -> Path:
-    """Local directory of a checkpoint; a Hub id is fetched with huggingface_hub when it is not local."""
-    local = Path(path).expanduser()
-    if local.is_dir():
-        return local
+    """Local directory of a checkpoint; a Hub id is fetched with huggingface_hub.
+
+    A path is resolved locally and fails when missing if it looks local: it starts with ``.``, ``/`` or
+    ``~``, has more or fewer than one slash, or its first component exists here (``runs/merged`` when
+    ``runs/`` exists), so a mistyped local path never downloads someone else's weights. ``hf://org/name``
+    always means the Hub.
+    """
     text = str(path)
-    if text.count("/") == 1 and not text.startswith((".", "/", "~")) and not local.exists():
+    explicit = text.startswith(HUB_PREFIX)
+    if explicit:
+        text = text[len(HUB_PREFIX) :]
+    local = Path(text).expanduser()
+    if not explicit and local.is_dir():
+        return local
+    if explicit or looks_like_hub_id(text):
         from huggingface_hub import snapshot_download
 
         try:
@@ -45,7 +64,10 @@ def resolve_directory(path: str | os.PathLike) -> Path:
                 f"OpenVLA checkpoint: '{text}' is not a local directory and could not be fetched from the "
                 f"Hub ({type(err).__name__}). Pass the path of a downloaded checkpoint directory."
             ) from err
-    raise FileNotFoundError(f"OpenVLA checkpoint: directory '{local}' does not exist.")
+    raise FileNotFoundError(
+        f"OpenVLA checkpoint: directory '{local}' does not exist (it is read as a local path; for a Hugging "
+        f"Face Hub repo write {HUB_PREFIX}<org>/<name>)."
+    )
 
 
 def read_config_json(directory: Path) -> dict:

@@ -24,6 +24,9 @@ PREPROCESSOR_CONFIG = "preprocessor_config.json"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
 PROMPT_TEMPLATE = "In: What action should the robot take to {instruction}?\nOut:"
+# images with a side below input / MIN_IMAGE_FRACTION are refused (a 1x1 frame would be upscaled and acted on);
+# LIBERO's 128 px and 256 px frames pass for a 224 px model
+MIN_IMAGE_FRACTION = 4
 
 
 def build_prompt(instruction: str) -> str:
@@ -31,6 +34,16 @@ def build_prompt(instruction: str) -> str:
     if not isinstance(instruction, str) or not instruction.strip():
         raise ValueError(f"instruction: got {instruction!r}; need a non-empty task description string.")
     return PROMPT_TEMPLATE.format(instruction=instruction.lower())
+
+
+def _read_json(file: Path) -> dict:
+    try:
+        return json.loads(file.read_text())
+    except ValueError as err:
+        raise ValueError(
+            f"{file} is not valid JSON ({err}); it is truncated or was edited. Copy it again from the "
+            "checkpoint it came from."
+        ) from err
 
 
 def bf16_round(values: Any) -> list:
@@ -98,13 +111,19 @@ class OpenVLAImageProcessor:
                 )
             image = Image.fromarray(array)
         image = image.convert("RGB")
+        h, w = self.size
+        if min(image.size) * MIN_IMAGE_FRACTION < min(h, w):
+            raise ValueError(
+                f"image: got {image.size[0]}x{image.size[1]} px, far below the model's {w}x{h} input (less than "
+                f"1/{MIN_IMAGE_FRACTION} of it): upscaling it would invent the scene. Pass the camera frame "
+                "(LIBERO's 256 or 128 px frames are fine)."
+            )
         if self.image_resize_strategy == "letterbox":
             fill = tuple(int(x * 255) for x in self.means[0])
             side = max(image.size)
             canvas = Image.new("RGB", (side, side), fill)
             canvas.paste(image, ((side - image.size[0]) // 2, (side - image.size[1]) // 2))
             image = canvas
-        h, w = self.size
         if image.size != (w, h):
             image = image.resize((w, h), Image.Resampling.BICUBIC)  # PIL bicubic is antialiased
         return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
@@ -177,7 +196,7 @@ class OpenVLAImageProcessor:
             raise FileNotFoundError(
                 f"{file} not found; an OpenVLA checkpoint directory needs {PREPROCESSOR_CONFIG}."
             )
-        return cls.from_dict(json.loads(file.read_text()))
+        return cls.from_dict(_read_json(file))
 
 
 class OpenVLAProcessor:
@@ -201,7 +220,25 @@ class OpenVLAProcessor:
 
     def prompt_ids(self, instruction: str) -> list[int]:
         """Token ids (BOS first) of the prompt for one instruction."""
-        return self.tokenizer(build_prompt(instruction), add_special_tokens=True).input_ids
+        ids = self.tokenizer(build_prompt(instruction), add_special_tokens=True).input_ids
+        self.check_length([len(ids)])
+        return ids
+
+    @property
+    def max_length(self) -> int | None:
+        """The tokenizer's (= the language model's) context in tokens; None when it declares none."""
+        limit = getattr(self.tokenizer, "model_max_length", None)
+        return int(limit) if isinstance(limit, int) and limit < 1_000_000 else None
+
+    def check_length(self, lengths: list[int]) -> None:
+        """Refuse prompts longer than the model's context (they would be cut or overflow position ids)."""
+        limit = self.max_length
+        too_long = [n for n in lengths if limit is not None and n > limit]
+        if too_long:
+            raise ValueError(
+                f"prompt: {max(too_long)} tokens, longer than the model's context of {limit} tokens; shorten "
+                "the instruction (LIBERO instructions are about 10-20 tokens)."
+            )
 
     def __call__(
         self, text: str | list[str], images: Any, padding: bool | str = True, return_tensors: str = "pt"
@@ -219,6 +256,7 @@ class OpenVLAProcessor:
                 f"processor: got {len(texts)} texts and {len(images)} images; need one each per row."
             )
         enc = self.tokenizer(texts, padding=padding, return_tensors=return_tensors)
+        self.check_length([int(sum(m)) for m in enc["attention_mask"]])
         return {
             "input_ids": enc["input_ids"],
             "attention_mask": enc["attention_mask"],
@@ -243,5 +281,5 @@ class OpenVLAProcessor:
         if not path.is_dir():
             raise FileNotFoundError(f"processor: directory {path} does not exist.")
         image_processor = OpenVLAImageProcessor.from_pretrained(path)
-        data = json.loads((path / PREPROCESSOR_CONFIG).read_text())
+        data = _read_json(path / PREPROCESSOR_CONFIG)
         return cls(image_processor, load_tokenizer(path), data.get("empty_token_id", LLAMA_EMPTY_TOKEN_ID))

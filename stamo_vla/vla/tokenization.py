@@ -82,8 +82,31 @@ def build_tiny_tokenizer(vocab_size: int = 512, n_action_bins: int = 256, model_
     return fast
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+
+
 def load_tokenizer(path: str | os.PathLike):
-    """Load a tokenizer saved in a checkpoint directory (Llama SentencePiece or the tiny one)."""
+    """Load a tokenizer saved in a checkpoint directory (Llama SentencePiece or the tiny one).
+
+    Raises:
+        FileNotFoundError: neither ``tokenizer.json`` nor ``tokenizer.model`` is in `path`.
+        ValueError: the tokenizer file is there but cannot be read (truncated or invalid).
+    """
+    from pathlib import Path
+
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(path))
+    directory = Path(path)
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"tokenizer: {directory} has neither {' nor '.join(TOKENIZER_FILES)}. Copy the tokenizer files "
+            "(tokenizer.json, tokenizer_config.json, special_tokens_map.json) from the checkpoint it came from."
+        )
+    try:
+        return AutoTokenizer.from_pretrained(str(directory))
+    except Exception as err:  # tokenizers / transformers raise many types for a damaged file
+        raise ValueError(
+            f"tokenizer: cannot load the tokenizer in {directory} ({type(err).__name__}: {err}); its "
+            "tokenizer.json / tokenizer_config.json is truncated or invalid. Copy them again from the "
+            "checkpoint it came from."
+        ) from err
