@@ -1,0 +1,167 @@
+"""Data loss: no writer (merge, save_adapter, save_checkpoint, atomic_dir) ever replaces a foreign directory."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+import torch
+
+from stamo_vla import fileio
+from stamo_vla.adapter import merge_cli
+from stamo_vla.training.checkpoint import TrainerState, checkpoint_dir, save_checkpoint
+
+STATS = {"toy": {"action": {"q01": [-1.0] * 7, "q99": [1.0] * 7, "mask": [True] * 6 + [False]}}}
+
+
+def _foreign(path):
+    path.mkdir(parents=True)
+    (path / "precious.txt").write_text("user data")
+    return path
+
+
+def _intact(path):
+    return (path / "precious.txt").read_text() == "user data"
+
+
+# ------------------------------------------------------------------------------------------ atomic_dir
+def test_atomic_dir_refuses_a_foreign_directory_and_keeps_it(tmp_path):
+    target = _foreign(tmp_path / "out")
+    with (
+        pytest.raises(fileio.ForeignDirectoryError, match="not a stamo_vla output"),
+        fileio.atomic_dir(target, kind="adapter"),
+    ):
+        pass
+    assert _intact(target)
+
+
+def test_atomic_dir_refuses_another_kind_and_a_previous_output_without_overwrite(tmp_path):
+    target = tmp_path / "out"
+    with fileio.atomic_dir(target, kind="adapter") as d:
+        (d / "v").write_text("1")
+    with (
+        pytest.raises(fileio.ForeignDirectoryError, match="adapter output"),
+        fileio.atomic_dir(target, kind="merged_checkpoint", overwrite=True),
+    ):
+        pass
+    with pytest.raises(FileExistsError, match="overwrite"), fileio.atomic_dir(target, kind="adapter"):
+        pass
+    with fileio.atomic_dir(target, kind="adapter", overwrite=True) as d:
+        (d / "v").write_text("2")
+    assert (target / "v").read_text() == "2"
+    assert fileio.output_kind(target) == "adapter"
+
+
+def test_atomic_dir_takes_an_empty_directory_and_refuses_a_file(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with fileio.atomic_dir(tmp_path / "empty", kind="adapter") as d:
+        (d / "v").write_text("1")
+    assert (tmp_path / "empty" / "v").is_file()
+    (tmp_path / "file").write_text("x")
+    with (
+        pytest.raises(fileio.ForeignDirectoryError, match="not a directory"),
+        fileio.atomic_dir(tmp_path / "file", kind="adapter"),
+    ):
+        pass
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_outputs_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with fileio.atomic_dir(tmp_path / "out", kind="adapter") as d:
+            fileio.write_json_atomic(d / "a.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "out" / "a.json").stat().st_mode) == 0o644
+
+
+# ---------------------------------------------------------------------------------------- save_adapter
+def test_save_adapter_refuses_a_foreign_directory(tmp_path, tiny_base_dir):
+    from stamo_vla.adapter import StaMoAdapterConfig, attach, save_adapter
+    from stamo_vla.vla import OpenVLAForActionPrediction
+
+    model = attach(
+        OpenVLAForActionPrediction.from_pretrained(tiny_base_dir),
+        StaMoAdapterConfig(target="none", lora_rank=2),
+    )
+    target = _foreign(tmp_path / "run")
+    with pytest.raises(fileio.ForeignDirectoryError):
+        save_adapter(model, target, dataset_statistics=STATS)
+    assert _intact(target) and not (target / "adapter_config.json").exists()
+    save_adapter(model, tmp_path / "adapter", dataset_statistics=STATS)
+    with pytest.raises(FileExistsError, match="overwrite"):
+        save_adapter(model, tmp_path / "adapter", dataset_statistics=STATS)
+    save_adapter(model, tmp_path / "adapter", dataset_statistics=STATS, overwrite=True)
+    # the base checkpoint is an OpenVLA checkpoint, not an adapter: never replaced by one
+    with pytest.raises(fileio.ForeignDirectoryError, match="openvla_checkpoint"):
+        save_adapter(model, tiny_base_dir, dataset_statistics=STATS, overwrite=True)
+    assert (tiny_base_dir / "config.json").is_file()
+
+
+# ------------------------------------------------------------------------------------- save_checkpoint
+class _Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Linear(2, 1)
+
+    def save_pretrained(self, directory):
+        from safetensors.torch import save_file
+
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(directory / "w.safetensors"))
+
+
+def test_save_checkpoint_refuses_a_foreign_step_directory_and_cleans_stale_temporaries(tmp_path):
+    model = _Tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    foreign = _foreign(checkpoint_dir(tmp_path, 2))
+    with pytest.raises(fileio.ForeignDirectoryError):
+        save_checkpoint(tmp_path, TrainerState(step=2), model, opt)
+    assert _intact(foreign)
+    stale = tmp_path / "checkpoints" / ".step_00000001.x1y2.tmp"  # left by a write that was killed
+    stale.mkdir()
+    (stale / "optimizer.pt").write_bytes(b"partial")
+    path = save_checkpoint(tmp_path, TrainerState(step=1), model, opt)
+    assert not stale.exists() and fileio.output_kind(path) == "training_checkpoint"
+    save_checkpoint(tmp_path, TrainerState(step=1), model, opt)  # rewriting its own step is allowed
+
+
+# ---------------------------------------------------------------------------------------------- merge
+@pytest.mark.parametrize(
+    "out",
+    [
+        lambda base, adapter: base,  # --out == --base
+        lambda base, adapter: base / "merged",  # inside --base
+        lambda base, adapter: adapter,  # --out == --adapter
+        lambda base, adapter: adapter / "merged",  # inside --adapter
+        lambda base, adapter: base.parent,  # contains both
+    ],
+    ids=["equals-base", "inside-base", "equals-adapter", "inside-adapter", "contains-both"],
+)
+def test_merge_refuses_an_out_overlapping_its_inputs(tmp_path, out, capsys):
+    base, adapter = _foreign(tmp_path / "runs" / "base"), _foreign(tmp_path / "runs" / "adapter")
+    with pytest.raises(SystemExit) as exit_info:
+        merge_cli.main(["--base", str(base), "--adapter", str(adapter), "--out", str(out(base, adapter))])
+    assert exit_info.value.code == 2
+    assert "would destroy the input" in capsys.readouterr().err
+    assert _intact(base) and _intact(adapter)
+
+
+def test_merge_refuses_a_foreign_out_and_needs_overwrite_for_its_own(
+    tmp_path, tiny_base_dir, tiny_adapter_dir, capsys
+):
+    run = _foreign(tmp_path / "runs" / "toy")  # a run directory: checkpoints, metrics, ...
+    args = ["--base", str(tiny_base_dir), "--adapter", str(tiny_adapter_dir), "--out"]
+    with pytest.raises(SystemExit):
+        merge_cli.main([*args, str(run), "--overwrite"])
+    assert "not a stamo_vla output" in capsys.readouterr().err and _intact(run)
+    out = tmp_path / "merged"
+    assert merge_cli.main([*args, str(out)]) == 0
+    assert fileio.output_kind(out) == "merged_checkpoint"
+    with pytest.raises(SystemExit):
+        merge_cli.main([*args, str(out)])
+    assert "--overwrite" in capsys.readouterr().err
+    assert merge_cli.main([*args, str(out), "--overwrite"]) == 0
