@@ -28,7 +28,7 @@ class DataConfig:
     train_percent: int = 95
     # future-frame offset h: FUTURE_IMAGE is frame min(t + h, T - 1)
     horizon: int = 1
-    # actions per sample K: a_t .. a_{t+K-1}, repeating the last action past the episode end (1 = OpenVLA, 8 = OFT)
+    # actions per sample K: a_t .. a_{t+K-1}, never padded: the last K-1 steps of an episode start no sample (1 = OpenVLA, 8 = OFT)
     action_chunk: int = 1
     # side of the square images in samples (frames are resized with PIL LANCZOS, like upstream lanczos3)
     image_size: int = 224

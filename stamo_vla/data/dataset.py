@@ -34,6 +34,9 @@ from stamo_vla.data.normalization import normalize
 
 log = logging.getLogger(__name__)
 
+# which augmentation draw each image uses: 0 = the primary camera's, 1 = the wrist camera's
+_AUG_CAMERA = {keys.IMAGE: 0, keys.FUTURE_IMAGE: 0, keys.WRIST_IMAGE: 1}
+
 
 def resolve_rank(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
     """(rank, world_size): explicit values, else torch.distributed, else RANK / WORLD_SIZE env, else (0, 1)."""
@@ -147,7 +150,8 @@ class RLDSFrameDataset(IterableDataset):
         while True:
             count = 0
             for ep in self._episodes(shard, int(rng.integers(2**31))):
-                for t in range(ep.length):
+                # chunk anchors only: the last K-1 steps start no chunk (upstream OFT; K = 1: every step)
+                for t in range(transforms.num_chunk_anchors(ep.length, self.cfg.action_chunk)):
                     count += 1
                     yield ep, t
             if not self.cfg.repeat or count == 0:  # an empty shard must not spin forever
@@ -179,8 +183,7 @@ class RLDSFrameDataset(IterableDataset):
             nonlocal skip
             if skip > 0:  # replay the random draws make_sample would make, decode nothing
                 skip -= 1
-                if self.augment:
-                    sample_params(rng, self.cfg.aug)
+                self._augment_draws(ref[0], rng)
                 return
             yield self.make_sample(*ref, rng)
 
@@ -197,6 +200,13 @@ class RLDSFrameDataset(IterableDataset):
         for ref in buffer:
             yield from emit(ref)
 
+    def _augment_draws(self, ep: _Episode, rng: np.random.Generator) -> list:
+        """One independent augmentation draw per camera (primary, then wrist), as upstream OFT seeds each image
+        separately; the future frame is the primary camera's and shares its draw. [] when not augmenting."""
+        if not self.augment:
+            return []
+        return [sample_params(rng, self.cfg.aug) for _ in range(1 if ep.wrist is None else 2)]
+
     def make_sample(self, ep: _Episode, t: int, rng: np.random.Generator) -> dict:
         """Decode and assemble the sample of step `t` of `ep`."""
         size, tf = self.cfg.image_size, int(ep.future[t])
@@ -206,9 +216,9 @@ class RLDSFrameDataset(IterableDataset):
         }
         if ep.wrist is not None:
             images[keys.WRIST_IMAGE] = decode_frame(ep.wrist[t], size)
-        if self.augment:
-            params = sample_params(rng, self.cfg.aug)  # one draw for every image of the sample
-            images = {k: augment_image(v, params) for k, v in images.items()}
+        draws = self._augment_draws(ep, rng)
+        if draws:
+            images = {k: augment_image(v, draws[_AUG_CAMERA[k]]) for k, v in images.items()}
         sample = {
             **images,
             keys.INSTRUCTION: ep.instruction,

@@ -3,8 +3,9 @@
 Conventions (upstream OpenVLA / OFT, reference/openvla.md §4.2 and §6):
 - Gripper action: ``1 - clip(a, 0, 1)``: raw -1 (open) -> 1, raw +1 (close) -> 0.
 - Proprio: ``concat(EEF_state = state[:, :6], gripper_state = state[:, -2:])`` (OFT's 8-D proprio).
-- Action chunk at t: ``a[t], ..., a[t+K-1]`` with indices clamped to ``T-1``: past the episode end the last
-  action is repeated (OFT's ``chunk_act_obs`` clamps the same way; with K = 1 this is OpenVLA's single action).
+- Action chunk at t: ``a[t], ..., a[t+K-1]``, never padded: only ``t <= T-K`` are chunk anchors (OFT's
+  ``chunk_act_obs`` uses ``effective_traj_len = T - (K-1)``, so the last K-1 frames of an episode start no
+  chunk); with K = 1 every step is an anchor and this is OpenVLA's single action.
 - Future frame: ``t + h`` clamped to ``T-1`` (the last frame is its own future).
 """
 
@@ -42,14 +43,24 @@ def future_indices(length: int, horizon: int) -> np.ndarray:
     return np.minimum(np.arange(length) + horizon, length - 1)
 
 
-def chunk_indices(length: int, chunk: int) -> np.ndarray:
-    """(length, chunk) indices ``t .. t+chunk-1``, clamped to ``length - 1`` (repeat the last action)."""
+def num_chunk_anchors(length: int, chunk: int) -> int:
+    """Steps of an episode of `length` that start a full chunk of `chunk` actions: ``max(0, length - chunk + 1)``."""
     if chunk < 1:
         raise ValueError(f"chunk={chunk} must be >= 1")
-    return np.minimum(np.arange(length)[:, None] + np.arange(chunk)[None], length - 1)
+    return max(0, length - chunk + 1)
+
+
+def chunk_indices(length: int, chunk: int) -> np.ndarray:
+    """(num_chunk_anchors, chunk) indices ``t .. t+chunk-1`` of every anchor t (no index past the episode end)."""
+    anchors = num_chunk_anchors(length, chunk)
+    return np.arange(anchors)[:, None] + np.arange(chunk)[None]
 
 
 def action_chunk(actions: np.ndarray, t: int, chunk: int) -> np.ndarray:
-    """(chunk, A) actions starting at step `t`, padded past the end by repeating the last action."""
-    idx = np.minimum(np.arange(t, t + chunk), len(actions) - 1)
-    return np.asarray(actions)[idx]
+    """(chunk, A) actions ``a[t] .. a[t+chunk-1]``; `t` must be an anchor (the chunk is never padded)."""
+    if not 0 <= t < num_chunk_anchors(len(actions), chunk):
+        raise ValueError(
+            f"step {t} of an episode of {len(actions)} steps starts no full chunk of {chunk} actions; "
+            f"anchors are 0..{len(actions) - chunk} (the last chunk-1 steps start none, as upstream OFT)"
+        )
+    return np.asarray(actions)[t : t + chunk]

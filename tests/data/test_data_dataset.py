@@ -1,4 +1,4 @@
-"""Sample stream: keys/shapes/dtypes, frame identity, horizon clamp, chunk padding, DDP/worker sharding, mixture."""
+"""Sample stream: keys/shapes/dtypes, frame identity, horizon clamp, chunk anchors, DDP/worker sharding, mixture."""
 
 from __future__ import annotations
 
@@ -44,7 +44,9 @@ def test_sample_keys_shapes_dtypes_and_values(data_root, stats):
     cfg = _cfg(data_root, split="val", horizon=3, action_chunk=4, load_wrist=True, load_proprio=True)
     samples = _pass(cfg, stats)
     src = make_episode(19)  # val = train[95%:] = the last of 20 episodes
-    assert len(samples) == episode_length(19)
+    n = episode_length(19)
+    assert len(samples) == n - 3  # the last K-1 = 3 steps start no chunk (upstream OFT)
+    assert sorted(s[keys.STEP] for s in samples) == list(range(n - 3))
     for s in samples:
         assert set(s) == {
             keys.IMAGE,
@@ -65,21 +67,45 @@ def test_sample_keys_shapes_dtypes_and_values(data_root, stats):
         assert s[keys.PROPRIO].shape == (8,) and s[keys.PROPRIO].dtype == np.float32
         assert s[keys.HAS_ACTION] is True and s[keys.DATASET_NAME] == LABELED
         assert s[keys.EPISODE_ID] == src["file_path"] and s[keys.INSTRUCTION] == src["language_instruction"]
-        t, n = s[keys.STEP], len(samples)
+        t = s[keys.STEP]
         assert s[keys.FUTURE_STEP] == min(t + 3, n - 1)  # clamped at the episode end
         # upright, and the frames are the ones the indices say
         assert s[keys.IMAGE][:10].mean() > 235 and s[keys.IMAGE][-10:].mean() < 40
         assert s[keys.WRIST_IMAGE][-10:].mean() > 235
         assert _step_value(s[keys.IMAGE]) == t and _step_value(s[keys.FUTURE_IMAGE]) == s[keys.FUTURE_STEP]
         expected = normalize(transforms.standardize_gripper(src["action"]), stats[LABELED]["action"])
-        idx = np.minimum(np.arange(t, t + 4), n - 1)  # chunk padded by repeating the last action
-        np.testing.assert_allclose(s[keys.ACTION], expected[idx], atol=1e-6)
+        np.testing.assert_allclose(s[keys.ACTION], expected[t : t + 4], atol=1e-6)  # never padded
         assert set(np.unique(s[keys.ACTION][:, -1])) <= {0.0, 1.0}
         np.testing.assert_allclose(
             s[keys.PROPRIO], normalize(src["state"][t], stats[LABELED]["proprio"]), atol=1e-6
         )
-    last = samples[-1][keys.ACTION]
-    assert (last == last[0]).all()  # at t = T-1 every chunk entry is the last action
+
+
+def test_no_training_chunk_is_padded(data_root, stats):
+    for chunk in (1, 8):
+        samples = _pass(_cfg(data_root, action_chunk=chunk), stats)  # train[:95%] = 19 episodes
+        assert len(samples) == sum(episode_length(i) - chunk + 1 for i in range(19))
+        for s in samples:
+            src = make_episode(int(s[keys.EPISODE_ID].split("_")[-1].split(".")[0]))
+            actions = normalize(transforms.standardize_gripper(src["action"]), stats[LABELED]["action"])
+            t = s[keys.STEP]
+            assert t + chunk <= len(actions)  # every entry is a real step of the episode, none repeated
+            np.testing.assert_allclose(s[keys.ACTION], actions[t : t + chunk], atol=1e-6)
+
+
+def test_primary_and_wrist_images_get_independent_augmentation_draws(data_root, stats):
+    cfg = _cfg(data_root, train_percent=5, image_aug=True, load_wrist=True)
+    ds = RLDSFrameDataset(cfg, LABELED, stats[LABELED])
+    ep = next(iter(ds._episodes((0, 1), 0)))
+    draws = []
+    original = dataset_mod.augment_image
+    try:
+        dataset_mod.augment_image = lambda img, params: (draws.append(params), img)[1]
+        ds.make_sample(ep, 0, np.random.default_rng(0))
+    finally:
+        dataset_mod.augment_image = original
+    primary, future, wrist = draws  # IMAGE, FUTURE_IMAGE, WRIST_IMAGE in sample order
+    assert primary == future and primary != wrist  # the future frame is the primary camera's
 
 
 def test_ranks_and_workers_get_disjoint_samples_covering_the_split(data_root, stats, monkeypatch):
@@ -154,7 +180,10 @@ def test_build_from_config_and_dataloader_collation(data_root, stats):
     batch = next(iter(make_dataloader(ds, batch_size=4)))
     assert tuple(batch[keys.IMAGE].shape) == (4, 224, 224, 3) and tuple(batch[keys.ACTION].shape) == (4, 2, 7)
     total = sum(1 for _ in cfg.build(rank=0, world_size=1))  # finite sources are drained completely
-    assert total == sum(episode_length(i) for i in range(20)) + sum(episode_length(100 + i) for i in range(3))
+    # chunk of 2: each episode's last step starts no sample
+    assert total == sum(episode_length(i) - 1 for i in range(20)) + sum(
+        episode_length(100 + i) - 1 for i in range(3)
+    )
 
 
 def _ids(samples):

@@ -22,12 +22,15 @@ def test_gripper_standardization_and_state_split():
     assert np.isnan(transforms.standardize_gripper(np.full((2, 7), np.nan))).all()
 
 
-def test_future_clamp_and_chunk_padding():
+def test_future_clamp_and_chunk_anchors():
     np.testing.assert_array_equal(transforms.future_indices(5, 3), [3, 4, 4, 4, 4])
     np.testing.assert_array_equal(transforms.future_indices(3, 0), [0, 1, 2])
     actions = np.arange(5, dtype=np.float32)[:, None] * np.ones((1, 7), np.float32)
-    np.testing.assert_array_equal(transforms.action_chunk(actions, 3, 4)[:, 0], [3, 4, 4, 4])
-    np.testing.assert_array_equal(transforms.chunk_indices(3, 2), [[0, 1], [1, 2], [2, 2]])
+    np.testing.assert_array_equal(transforms.action_chunk(actions, 1, 4)[:, 0], [1, 2, 3, 4])
+    with pytest.raises(ValueError, match="starts no full chunk"):
+        transforms.action_chunk(actions, 3, 4)  # would need padding: not an anchor
+    np.testing.assert_array_equal(transforms.chunk_indices(3, 2), [[0, 1], [1, 2]])
+    assert transforms.num_chunk_anchors(5, 8) == 0 and transforms.num_chunk_anchors(5, 1) == 5
     with pytest.raises(ValueError, match="chunk=0"):
         transforms.chunk_indices(3, 0)
 
