@@ -30,7 +30,7 @@ class DataConfig:
     horizon: int = 1
     # actions per sample K: a_t .. a_{t+K-1}, never padded: the last K-1 steps of an episode start no sample (1 = OpenVLA, 8 = OFT)
     action_chunk: int = 1
-    # side of the square images in samples (frames are resized with PIL LANCZOS, like upstream lanczos3)
+    # side of the square images in samples (TF decode + tf.image.resize lanczos3 antialias, as upstream)
     image_size: int = 224
     # training-time image augmentation (upstream image_aug); always off for the val split
     image_aug: bool = False

@@ -15,7 +15,6 @@ only when a sample is emitted. Action-free episodes give ``ACTION = 0`` and ``HA
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import sys
@@ -23,7 +22,6 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from stamo_vla import keys
@@ -53,11 +51,19 @@ def resolve_rank(rank: int | None = None, world_size: int | None = None) -> tupl
 
 
 def decode_frame(jpeg: bytes, size: int) -> np.ndarray:
-    """JPEG bytes -> (size, size, 3) uint8; resized with LANCZOS (upstream: lanczos3 with antialiasing)."""
-    img = Image.open(io.BytesIO(jpeg)).convert("RGB")
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.LANCZOS)
-    return np.array(img, dtype=np.uint8)  # a writable copy: torch warns on read-only arrays
+    """JPEG bytes -> (size, size, 3) uint8, bit for bit as upstream's RLDS pipeline makes its frames.
+
+    Upstream (OpenVLA / OFT ``decode_and_resize`` + dlimp ``resize_image``): ``tf.io.decode_image`` (libjpeg with
+    TF's default, the fast integer IDCT), then ``tf.image.resize(method="lanczos3", antialias=True)`` always (also
+    at the stored size), then round, clip and cast to uint8. The reader already runs TF, so we call the same ops.
+    """
+    from stamo_vla.data.tf_setup import import_tfds
+
+    tf, _ = import_tfds("decoding training frames")
+    img = tf.io.decode_image(jpeg, expand_animations=False, dtype=tf.uint8)
+    img = tf.image.resize(img, (size, size), method="lanczos3", antialias=True)
+    img = tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8)
+    return np.array(img.numpy(), dtype=np.uint8)  # a writable copy: torch warns on read-only arrays
 
 
 class _Episode:

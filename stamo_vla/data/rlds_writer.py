@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import os
 import re
 import shutil
@@ -280,7 +281,9 @@ def _build_tfds(files: list[Path], name: str, version: str, out_dir: Path) -> No
                     builder=self,
                     description="LIBERO-style RLDS episodes (modified_libero_rlds feature spec).",
                     features=spec.tfds_features(),
-                    disable_shuffling=True,  # keep arrival order: the 95%/5% split is then reproducible
+                    # write in arrival order (the 95%/5% split is then reproducible); the flag is cleared
+                    # afterwards (`_allow_shuffled_reads`) so shuffled, interleaved reads are allowed
+                    disable_shuffling=True,
                 )
 
             def _split_generators(self, dl_manager):
@@ -307,6 +310,22 @@ def _build_tfds(files: list[Path], name: str, version: str, out_dir: Path) -> No
         built = Path(build_root) / name / version
         for item in built.iterdir():
             shutil.move(str(item), out_dir / item.name)
+    _allow_shuffled_reads(out_dir)
+
+
+def _allow_shuffled_reads(dataset_dir: Path) -> None:
+    """Drop ``disableShuffling`` from ``dataset_info.json``, so the dataset reads like ``modified_libero_rlds``.
+
+    tfds refuses ``shuffle_files=True`` and ``interleave_cycle_length != 1`` on a dataset marked ordered, and
+    upstream OpenVLA's trainer reads exactly that way (dlimp ``from_rlds(shuffle=True)`` + interleaving). The
+    records stay in arrival order, so a read with ``shuffle_files=False`` (ours) still sees that order.
+    """
+    from stamo_vla.fileio import write_json_atomic
+
+    info_file = dataset_dir / "dataset_info.json"
+    info = json.loads(info_file.read_text())
+    if info.pop("disableShuffling", None) is not None:
+        write_json_atomic(info_file, info)
 
 
 def write_rlds_dataset(

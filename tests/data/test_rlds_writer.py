@@ -182,3 +182,58 @@ def test_bad_names_are_rejected(tmp_path):
         RLDSShardWriter(tmp_path, "Bad-Name")
     with pytest.raises(ValueError, match="no staged episodes"):
         RLDSShardWriter(tmp_path, "empty_one").finalize()
+
+
+def test_a_written_dataset_opens_the_way_upstreams_trainer_reads_it(data_root, tmp_path):
+    import shutil
+
+    from stamo_vla.data.tf_setup import import_tfds
+
+    _, tfds = import_tfds("test")
+    info = json.loads((data_root / LABELED / spec.DEFAULT_VERSION / "dataset_info.json").read_text())
+    assert "disableShuffling" not in info  # like modified_libero_rlds
+
+    def upstream_read(root):
+        # OpenVLA's make_dataset_from_rlds: tfds.builder(name, data_dir=...) then dlimp's
+        # from_rlds(shuffle=True): shuffled record files, interleaved reads
+        builder = tfds.builder(LABELED, data_dir=str(root))
+        ds = builder.as_dataset(
+            split="train[:95%]",
+            shuffle_files=True,
+            read_config=tfds.ReadConfig(interleave_cycle_length=16, shuffle_seed=0),
+        )
+        return {e["episode_metadata"]["file_path"].decode() for e in tfds.as_numpy(ds)}
+
+    expected = {make_episode(i)["file_path"] for i in range(NUM_EPISODES)}
+    assert upstream_read(data_root) <= expected and len(upstream_read(data_root)) == round(
+        0.95 * NUM_EPISODES
+    )
+    # the flag the writer used to leave behind makes tfds refuse exactly this read
+    ordered = tmp_path / "ordered"
+    shutil.copytree(data_root / LABELED, ordered / LABELED)
+    info_file = ordered / LABELED / spec.DEFAULT_VERSION / "dataset_info.json"
+    info_file.write_text(json.dumps({**info, "disableShuffling": True}))
+    with pytest.raises(ValueError, match="ordered dataset"):
+        upstream_read(ordered)
+
+
+def test_a_training_frame_is_tf_decode_plus_lanczos3_bit_for_bit(data_root):
+    from stamo_vla.data.config import DataConfig
+    from stamo_vla.data.dataset import RLDSFrameDataset
+    from stamo_vla.data.rlds import iter_episodes
+    from stamo_vla.data.statistics import compute_statistics
+    from stamo_vla.data.tf_setup import import_tfds
+
+    tf, _ = import_tfds("test")
+    raw = next(iter_episodes(data_root, LABELED, "train", decode_images=False))
+    cfg = DataConfig(data_root_dir=str(data_root), dataset_names=[LABELED], repeat=False, load_wrist=True)
+    ds = RLDSFrameDataset(cfg, LABELED, compute_statistics(data_root, LABELED))
+    ep = next(iter(ds._episodes((0, 1), 0)))
+    for t in (0, 3):
+        sample = ds.make_sample(ep, t, np.random.default_rng(0))
+        for key, frames in (("image", raw["image"]), ("wrist_image", raw["wrist_image"])):
+            # upstream: decode_and_resize (tf.io.decode_image) + dlimp resize_image, written out
+            img = tf.io.decode_image(frames[t], expand_animations=False, dtype=tf.uint8)
+            img = tf.image.resize(img, (224, 224), method="lanczos3", antialias=True)
+            expected = tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8).numpy()
+            np.testing.assert_array_equal(sample[key], expected)  # IMAGE / WRIST_IMAGE keys
