@@ -63,6 +63,9 @@ class CollectConfig:
     seed: int = 0  # base of every episode's noise seed (and placement seed, for fresh init states)
     # fresh: new placements from the task's reset distribution (never a test state) | benchmark: the fixed 50
     init_states: str = "fresh"
+    # camera render size; frames are stored at the spec's 256 px (resized up when smaller: cheaper rendering,
+    # 128 px of detail, for policies that see 128 px or less)
+    render_resolution: int = 256
     finalize: bool = True  # build the tfds dataset at the end (tensorflow, in this process)
 
     def __post_init__(self):
@@ -72,7 +75,7 @@ class CollectConfig:
             raise ValueError(
                 f"init_states={self.init_states!r} is not valid; allowed: {list(INIT_STATE_SOURCES)}"
             )
-        for field in ("episodes_per_task", "workers"):
+        for field in ("episodes_per_task", "workers", "render_resolution"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field}={getattr(self, field)!r} must be >= 1")
         if self.max_steps is not None and self.max_steps < 1:
@@ -208,6 +211,11 @@ def collect(cfg: CollectConfig) -> dict:
             f"{manifest_path} was collected with init_states={manifest.get('init_states', 'benchmark')!r}, not "
             f"{cfg.init_states!r}; use another --out or --name."
         )
+    if manifest and manifest.get("render_resolution", 256) != cfg.render_resolution:
+        raise ValueError(
+            f"{manifest_path} was rendered at {manifest.get('render_resolution', 256)} px, not {cfg.render_resolution}; "
+            "use the same --render-resolution to resume, or another --out or --name."
+        )
     done = manifest.get("episodes", {})
     if cfg.init_states == "fresh":
         num_states = dict.fromkeys(tasks, cfg.episodes_per_task * MAX_ATTEMPTS_FACTOR)
@@ -217,7 +225,14 @@ def collect(cfg: CollectConfig) -> dict:
     bar = tqdm(total=cfg.episodes_per_task * len(tasks), desc=f"collect {cfg.name}", unit="ep")
     bar.update(sum(min(sched.successes(t), cfg.episodes_per_task) for t in tasks))
     controller = {"noise_std": cfg.noise_std}
-    with EnvWorkerPool(cfg.workers, scripted=True, camera_obs=True, controller_config=controller) as pool:
+    pool = EnvWorkerPool(
+        cfg.workers,
+        resolution=cfg.render_resolution,
+        scripted=True,
+        camera_obs=True,
+        controller_config=controller,
+    )
+    with pool:
         for res in run_scripted_episodes(pool, sched, cfg.step_budget, record=True):
             spec = res.spec
             attempt = sched.attempt(spec)
@@ -265,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-steps", type=int, default=None, help="steps per episode after the wait")
     p.add_argument("--noise-std", type=float, default=0.05, help="noise on scripted arm commands")
     p.add_argument("--seed", type=int, default=0, help="base noise (and placement) seed")
+    p.add_argument("--render-resolution", type=int, default=256, help="camera size (stored at 256 px)")
     p.add_argument(
         "--init-states",
         choices=INIT_STATE_SOURCES,
@@ -276,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = CollectConfig(
         out=a.out, suite=a.suite, tasks=a.tasks, episodes_per_task=a.episodes_per_task, workers=a.workers,
         name=a.name, action_free=a.action_free, max_steps=a.max_steps, noise_std=a.noise_std, seed=a.seed,
-        init_states=a.init_states, finalize=not a.no_finalize,
+        init_states=a.init_states, render_resolution=a.render_resolution, finalize=not a.no_finalize,
     )  # fmt: skip
     summary = collect(cfg)
     print(json.dumps(summary, indent=2))

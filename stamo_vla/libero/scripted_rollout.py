@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from stamo_vla.libero.env import NUM_STEPS_WAIT, SUITE_MAX_STEPS
-from stamo_vla.libero.protocol import flip_image, proprio_from_obs
+from stamo_vla.libero.protocol import flip_image, lanczos_resize, proprio_from_obs
 from stamo_vla.libero.workers import INIT_DISTANCE_KEY, EnvWorkerPool, EpisodeSpec, WorkerCrashed
 
 # upstream regenerate_libero_dataset.py: an action is a no-op below this arm-command norm
@@ -27,8 +27,20 @@ def is_noop(action: np.ndarray, prev_kept: np.ndarray | None, threshold: float =
     return small and bool(action[-1] == prev_kept[-1])
 
 
+def _spec_size(frame: np.ndarray) -> np.ndarray:
+    from stamo_vla.data.spec import IMAGE_SIZE
+
+    if frame.shape[:2] == (IMAGE_SIZE, IMAGE_SIZE):
+        return frame
+    return lanczos_resize(frame, IMAGE_SIZE)
+
+
 class EpisodeRecorder:
-    """Accumulates the kept steps of one episode in the interfaces.md Episode format."""
+    """Accumulates the kept steps of one episode in the interfaces.md Episode format.
+
+    Frames rendered below the dataset spec's 256 px (a cheaper collection) are resized up to it with lanczos,
+    so every dataset has the same feature spec; they then hold only the detail of their render size.
+    """
 
     def __init__(self):
         self.steps: dict[str, list] = {
@@ -42,8 +54,8 @@ class EpisodeRecorder:
         if is_noop(action, self.prev_kept):
             return False
         self.prev_kept = action
-        self.steps["image"].append(flip_image(obs["agentview_image"]))
-        self.steps["wrist_image"].append(flip_image(obs["robot0_eye_in_hand_image"]))
+        self.steps["image"].append(_spec_size(flip_image(obs["agentview_image"])))
+        self.steps["wrist_image"].append(_spec_size(flip_image(obs["robot0_eye_in_hand_image"])))
         self.steps["state"].append(proprio_from_obs(obs))
         self.steps["joint_state"].append(np.asarray(obs["robot0_joint_pos"], dtype=np.float32))
         self.steps["action"].append(action)

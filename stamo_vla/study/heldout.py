@@ -1,0 +1,95 @@
+"""Metrics of a finished fine-tuning run on its held-out episodes (the ``val`` split of its own data config).
+
+    python -m stamo_vla.study.heldout --run_dir runs/study_spatial/finetune/none_seed0
+
+Writes ``<run_dir>/heldout_metrics.json``: the model's own metrics (action L1 in normalized units, token
+accuracy, StaMo target losses) averaged over every held-out sample, with the sample count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from stamo_vla import keys as K
+
+HELDOUT_METRICS = "heldout_metrics.json"
+
+
+@dataclass
+class HeldoutConfig:
+    """Score a fine-tuning run on its held-out episodes."""
+
+    # A fine-tuning run directory (holds config.yaml, dataset_statistics.json and adapter/).
+    run_dir: str = ""
+    # Samples per forward pass.
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if not self.run_dir:
+            raise ValueError("run_dir='' is not valid; pass --run_dir <fine-tuning run directory>")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size={self.batch_size} must be >= 1")
+
+
+def heldout_config(run_dir: Path):
+    """The run's saved config with its data switched to one unaugmented pass over the held-out episodes."""
+    from stamo_vla.configs import load_config
+    from stamo_vla.training.finetune_config import FinetuneConfig
+
+    cfg = load_config(FinetuneConfig, run_dir / "config.yaml")
+    if cfg.data.train_percent >= 100:
+        raise ValueError(
+            f"{run_dir} trained on every episode (data.train_percent=100): it has no held-out episodes to score"
+        )
+    cfg.data = dataclasses.replace(cfg.data, split="val", repeat=False, image_aug=False)
+    cfg.data.statistics_path = str(run_dir / "dataset_statistics.json")  # normalize as the run did
+    return cfg
+
+
+@torch.no_grad()
+def heldout_metrics(run_dir: str | Path, batch_size: int = 32) -> dict:
+    """Average every metric of ``model(batch)`` over the held-out samples of the run in `run_dir`."""
+    from stamo_vla.adapter import load_adapter
+    from stamo_vla.training.finetune import build_dataloader, load_stamo
+    from stamo_vla.vla import OpenVLAForActionPrediction, OpenVLAProcessor
+
+    run_dir = Path(run_dir)
+    cfg = heldout_config(run_dir)
+    cfg.batch_size = batch_size
+    base = OpenVLAForActionPrediction.from_pretrained(cfg.vla_path)
+    model = load_adapter(base, run_dir / "adapter").eval()
+    live = model.config.has_head and not cfg.data.use_target_cache
+    if live:
+        model.set_stamo(*load_stamo(cfg, "cpu"))
+    _, loader = build_dataloader(cfg, base, OpenVLAProcessor.from_pretrained(cfg.vla_path), live, 0, 1)
+    totals: dict[str, float] = {}
+    count = 0
+    for batch in loader:
+        n = int(batch[K.INPUT_IDS].shape[0])
+        _, metrics = model(batch)
+        for key, value in metrics.items():
+            totals[key] = totals.get(key, 0.0) + float(value) * n
+        count += n
+    if count == 0:
+        raise ValueError(f"the held-out split of {run_dir} ({cfg.data.tfds_split}) has no samples")
+    return {"samples": count, "split": cfg.data.tfds_split, **{k: v / count for k, v in totals.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from stamo_vla.configs import parse_config
+    from stamo_vla.fileio import write_json_atomic
+
+    args = parse_config(HeldoutConfig, sys.argv[1:] if argv is None else argv)
+    metrics = heldout_metrics(args.run_dir, args.batch_size)
+    write_json_atomic(Path(args.run_dir) / HELDOUT_METRICS, metrics)
+    print(metrics)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Resumable staged runs: each stage is a list of commands whose output is teed to a log, and a finished stage
+leaves a mark (``.stages/<name>.json`` with its time and the config) so a rerun skips it.
+
+Stages run their heavy work in subprocesses (the simulator never shares a process with TensorFlow, and a
+crash in one stage leaves the driver's state intact); each command resumes its own work when rerun, so an
+interrupted stage continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
+class StageFailed(RuntimeError):
+    """A stage command exited with an error; the message holds the tail of its log."""
+
+
+class StagedRun:
+    """Paths, command runner and stage driver shared by the demo and the studies.
+
+    Subclasses define ``STAGES`` (names in order) and a method per stage (``stage_<name>``).
+    """
+
+    STAGES: tuple[str, ...] = ()
+    NAME = "run"
+
+    def __init__(self, cfg, out_dir: str | os.PathLike, stages: list[str]):
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.stages = stages
+        self.marks = self.out / ".stages"
+
+    def run(self, args: list[str], log_name: str, env: dict | None = None) -> None:
+        """Run a command with output appended to <out>/logs/<log_name>.log; raise StageFailed with the tail."""
+        log_dir = self.out / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log = log_dir / f"{log_name}.log"
+        full_env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
+            "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
+            "TOKENIZERS_PARALLELISM": "false",
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            **(env or {}),
+        }
+        print("  $ " + " ".join(args), flush=True)
+        with open(log, "a") as f:
+            proc = subprocess.run(args, cwd=REPO, env=full_env, stdout=f, stderr=subprocess.STDOUT)
+        if proc.returncode != 0:
+            tail = "\n".join(log.read_text().splitlines()[-30:])
+            raise StageFailed(f"stage command failed (exit {proc.returncode}); log {log}:\n{tail}")
+
+    def stage_fn(self, name: str) -> Callable[[], None]:
+        return getattr(self, f"stage_{name}")
+
+    def is_done(self, name: str) -> bool:
+        return (self.marks / f"{name}.json").is_file()
+
+    def main(self, always: tuple[str, ...] = ("report",)) -> dict[str, float]:
+        """Run the selected stages in order, skipping finished ones (except those in `always`)."""
+        from stamo_vla.fileio import write_json_atomic
+
+        times: dict[str, float] = {}
+        for name in self.stages:
+            mark = self.marks / f"{name}.json"
+            if mark.is_file() and name not in always:
+                times[name] = json.loads(mark.read_text())["seconds"]
+                print(f"[{self.NAME}] {name}: done earlier ({times[name]:.0f} s), skipped", flush=True)
+                continue
+            print(f"[{self.NAME}] {name} ...", flush=True)
+            start = time.perf_counter()
+            self.stage_fn(name)()
+            times[name] = round(time.perf_counter() - start, 1)
+            config = dataclasses.asdict(self.cfg) if dataclasses.is_dataclass(self.cfg) else {}
+            write_json_atomic(mark, {"stage": name, "seconds": times[name], "config": config})
+            print(f"[{self.NAME}] {name}: {times[name]:.0f} s", flush=True)
+        return times
+
+
+def python(*args: str) -> list[str]:
+    """A command line running this interpreter."""
+    return [sys.executable, *args]

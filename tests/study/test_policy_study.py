@@ -1,0 +1,158 @@
+"""The policy study: config checks, resumable stages, the commands it runs, and a report read from run files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from stamo_vla.study.policy_study import PolicyStudy, PolicyStudyConfig
+from stamo_vla.study.stages import StagedRun, StageFailed
+
+
+def test_config_refuses_a_base_that_trains_on_the_evaluated_tasks():
+    with pytest.raises(ValueError, match=r"share tasks \[1\]"):
+        PolicyStudyConfig(eval_tasks=[0, 1], base_tasks=[1, 2])
+    with pytest.raises(ValueError, match=r"arms entry='lora'"):
+        PolicyStudyConfig(arms=["lora"])
+    with pytest.raises(ValueError, match="train_percent=100"):
+        PolicyStudyConfig(train_percent=100)  # held-out episodes are needed
+    assert PolicyStudyConfig(arms=["none", "state"], seeds=[0, 1]).runs == [
+        ("none", 0),
+        ("none", 1),
+        ("state", 0),
+        ("state", 1),
+    ]
+
+
+class _Flaky(StagedRun):
+    STAGES = ("one", "two", "three")
+
+    def __init__(self, out, calls, fail_once):
+        super().__init__(None, out, list(self.STAGES))
+        self.calls, self.fail_once = calls, fail_once
+
+    def _stage(self, name):
+        self.calls.append(name)
+        if name in self.fail_once:
+            self.fail_once.remove(name)
+            raise StageFailed(f"{name} interrupted")
+
+    def stage_fn(self, name):
+        return lambda: self._stage(name)
+
+
+def test_an_interrupted_stage_resumes_and_finished_stages_are_skipped(tmp_path):
+    calls: list[str] = []
+    with pytest.raises(StageFailed, match="two interrupted"):
+        _Flaky(tmp_path, calls, fail_once={"two"}).main(always=())
+    assert calls == ["one", "two"] and (tmp_path / ".stages" / "one.json").is_file()
+    assert not (tmp_path / ".stages" / "two.json").exists()  # no mark for an unfinished stage
+    _Flaky(tmp_path, calls, fail_once=set()).main(always=())
+    assert calls == ["one", "two", "two", "three"]  # "one" was not run again
+
+
+def test_stage_commands_fail_with_the_log_tail(tmp_path):
+    run = StagedRun(None, tmp_path, [])
+    with pytest.raises(StageFailed, match=r"(?s)exit 3.*boom"):
+        run.run(["python", "-c", "import sys; print('boom'); sys.exit(3)"], "bad")
+    assert "boom" in (tmp_path / "logs" / "bad.log").read_text()
+
+
+def _option(args, flag):
+    return args[args.index(flag) + 1]
+
+
+def test_every_arm_gets_the_same_budget_and_the_evaluation_is_upstreams(tmp_path, monkeypatch):
+    study = PolicyStudy(PolicyStudyConfig(out_dir=str(tmp_path), arms=["none", "state"], seeds=[0, 1]))
+    monkeypatch.setattr(PolicyStudy, "stamo_model", lambda self: tmp_path / "stamo")
+    runs = {name: study.finetune_args(*name) for name in study.cfg.runs}
+    for flag in ("--max_steps", "--batch_size", "--config", "--vla_path", "--data.dataset_names"):
+        assert len({_option(a, flag) for a in runs.values()}) == 1, flag  # equal budgets and data
+    assert {_option(a, "--seed") for a in runs.values()} == {"0", "1"}
+    assert _option(runs[("none", 0)], "--adapter.target") == "none"
+    assert "--stamo_path" not in runs[("none", 0)] and "--stamo_path" in runs[("state", 0)]
+
+    commands = []
+    monkeypatch.setattr(PolicyStudy, "run", lambda self, args, log, env=None: commands.append(args))
+    study.stage_evaluate()
+    assert len(commands) == 4
+    for args in commands:
+        assert _option(args, "--num_trials_per_task") == "50"  # the 50 fixed initial states per task
+        assert "--max_steps" not in args and "--num_steps_wait" not in args  # the suite's 220 steps, 10 waits
+        assert _option(args, "--task_ids") == "[0,1]"
+
+
+def _fake_run_files(study: PolicyStudy, successes: dict):
+    """Write what the stages leave behind: manifests, base metrics, training metrics, eval summaries."""
+    from stamo_vla.libero.collect import MANIFEST_NAME
+
+    for kind in ("finetune", "base"):
+        manifest = {
+            "suite": "libero_spatial",
+            "init_states": "fresh",
+            "render_resolution": 128,
+            "episodes": {},
+        }
+        for i in range(3):
+            manifest["episodes"][f"0:{i}"] = {
+                "success": i < 2,
+                "file_path": f"p{i}",
+                "init_distance": 0.02 + i,
+            }
+        path = study.data / study.dataset(kind) / MANIFEST_NAME
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(manifest))
+    study.base_run.mkdir(parents=True)
+    (study.base_run / "final_metrics.json").write_text(
+        json.dumps({"step": 10, "loss": 1.5, "action_accuracy": 0.4})
+    )
+    for (arm, seed), wins in successes.items():
+        name = study.run_id(arm, seed)
+        run = study.finetune_root / name
+        run.mkdir(parents=True)
+        lines = [{"step": s, "train/loss_action": 1.0 / s} for s in (1, 2, 3)]
+        (run / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+        (run / "heldout_metrics.json").write_text(json.dumps({"samples": 9, "action_l1": 0.1 + seed}))
+        tasks = {"0": {"successes": wins[0], "episodes": 50, "success_rate": wins[0] / 50}}
+        tasks["1"] = {"successes": wins[1], "episodes": 50, "success_rate": wins[1] / 50}
+        total = sum(wins)
+        overall = {"successes": total, "episodes": 100, "success_rate": total / 100}
+        summary = {"overall": overall, "suites": {"libero_spatial": {"tasks": tasks}}, "missing_episodes": 0}
+        (study.evals / name).mkdir(parents=True)
+        (study.evals / name / "summary.json").write_text(json.dumps(summary))
+
+
+def test_report_reads_every_number_from_the_run_files(tmp_path):
+    pytest.importorskip("matplotlib")
+    from stamo_vla.libero.results import wilson_interval
+    from stamo_vla.study.policy_report import write_report
+
+    cfg = PolicyStudyConfig(out_dir=str(tmp_path), arms=["none", "state"], seeds=[0, 1])
+    study = PolicyStudy(cfg)
+    successes = {("none", 0): (30, 25), ("none", 1): (35, 30), ("state", 0): (40, 36), ("state", 1): (42, 40)}
+    _fake_run_files(study, successes)
+    report = write_report(study).read_text()
+    data = json.loads((tmp_path / "study.json").read_text())
+
+    state = data["arms"]["state"]
+    assert state["pooled_success_rate"] == pytest.approx(158 / 200)
+    assert state["pooled_ci95"] == pytest.approx(wilson_interval(158, 200))
+    assert state["seed_mean"] == pytest.approx((0.76 + 0.82) / 2)
+    assert state["seed_std"] == pytest.approx(0.0424264, abs=1e-6)  # sample std of 0.76 and 0.82
+    assert data["collection"]["finetune"]["episodes"] == 2 and data["collection"]["base"]["disjoint"]
+    assert "79.0% [" in report and "reaches the 60% bar" in report
+    assert "StaMo `state` vs plain LoRA: +19.0 points" in report
+    assert "| none | 0 | 55.0% [" in report and "0: 30/50, 1: 25/50" in report
+    assert (tmp_path / "curves.png").is_file()
+
+
+def test_report_of_an_unfinished_study_says_what_is_missing(tmp_path):
+    from stamo_vla.study.policy_report import write_report
+
+    report = write_report(PolicyStudy(PolicyStudyConfig(out_dir=str(tmp_path)))).read_text()
+    assert (
+        "No evaluation has finished yet." in report
+        and "not evaluated" in report
+        and "Not trained yet." in report
+    )
