@@ -1,0 +1,80 @@
+"""The catalogue of handled bad inputs (issue 15): every case names the test that shows it handled.
+
+Run one case: ``pytest "tests/bad_inputs/<file>::<test>"``. The test below keeps the catalogue honest: every
+named test exists, and every test in this folder is catalogued.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+CATALOGUE: dict[str, dict[str, str]] = {
+    "data loss": {
+        "merge --out equals/inside --base or --adapter, or contains them": "test_data_loss.py::test_merge_refuses_an_out_overlapping_its_inputs",
+        "merge --out a run directory (foreign) even with --overwrite; an earlier merge only with --overwrite": "test_data_loss.py::test_merge_refuses_a_foreign_out_and_needs_overwrite_for_its_own",
+        "save_adapter into a foreign folder, an earlier adapter, or a base checkpoint": "test_data_loss.py::test_save_adapter_refuses_a_foreign_directory",
+        "save_checkpoint onto a foreign step folder; stale .tmp folders of a killed write": "test_data_loss.py::test_save_checkpoint_refuses_a_foreign_step_directory_and_cleans_stale_temporaries",
+        "atomic_dir: foreign directory": "test_data_loss.py::test_atomic_dir_refuses_a_foreign_directory_and_keeps_it",
+        "atomic_dir: another kind; previous output without overwrite": "test_data_loss.py::test_atomic_dir_refuses_another_kind_and_a_previous_output_without_overwrite",
+        "atomic_dir: empty directory taken, a file refused": "test_data_loss.py::test_atomic_dir_takes_an_empty_directory_and_refuses_a_file",
+        "outputs private to the owner whatever the umask": "test_data_loss.py::test_outputs_follow_the_umask",
+        "corrupt newest checkpoint blocks resume": "test_checkpoints.py::test_resume_falls_back_to_the_newest_intact_checkpoint_naming_the_broken_one",
+        "bare error naming no file for a damaged checkpoint": "test_checkpoints.py::test_loading_a_damaged_checkpoint_names_the_file_and_the_fix",
+        "keep_last=1 deletes the only intact checkpoint": "test_checkpoints.py::test_an_unreadable_new_checkpoint_never_prunes_the_older_one",
+        "SIGTERM loses every step since the last checkpoint": "test_training_runs.py::test_sigterm_saves_a_checkpoint_and_resume_continues_from_it",
+    },
+    "silently wrong": {
+        "inf action / NaN state / inf joint state in the writer": "test_non_finite.py::test_writer_refuses_non_finite_values",
+        "all-NaN action-free episodes still accepted": "test_non_finite.py::test_writer_still_takes_an_all_nan_action_free_episode",
+        "NaN/inf in data reaching the statistics": "test_non_finite.py::test_statistics_refuse_non_finite_data",
+        "NaN in dataset_statistics.json": "test_non_finite.py::test_loading_statistics_with_nan_is_refused_with_the_file_name",
+        "q01 == q99 (computed and loaded)": "test_non_finite.py::test_degenerate_statistics_warn_when_computed_and_when_loaded",
+        "NaN/inf through normalization": "test_non_finite.py::test_normalization_refuses_non_finite_statistics_and_values",
+        "NaN pixels / NaN actions out of predict_action": "test_non_finite.py::test_predict_action_refuses_nan_pixels_and_non_finite_actions",
+        "NaN action sent to MuJoCo, recorded as a plain failure": "test_non_finite.py::test_a_non_finite_action_never_reaches_the_simulator_and_is_counted_as_an_error",
+        "action-free data without a StaMo target trains on loss 0": "test_training_runs.py::test_action_free_data_without_a_stamo_target_fails_fast",
+        "horizon longer than every episode": "test_training_runs.py::test_horizon_longer_than_every_episode_fails_fast",
+        "samples with a clamped future frame counted as degenerate": "test_training_runs.py::test_supervision_check_counts_clamped_future_frames_as_degenerate",
+        "resume with another lora_rank; changed lr taken without a word; config.yaml overwritten": "test_training_runs.py::test_resume_refuses_a_model_change_and_records_allowed_changes",
+        "adapter weights without adapter_config.json (load_adapter, eval --adapter_dir, merge)": "test_clear_errors.py::test_adapter_weights_without_adapter_config_are_refused_everywhere",
+        "prompt longer than the model's context": "test_clear_errors.py::test_prompts_longer_than_the_context_are_refused",
+        "1x1 and other far-too-small images": "test_clear_errors.py::test_images_far_below_the_input_size_are_refused",
+        "LIBERO 128 px and 256 px frames": "test_clear_errors.py::test_libero_frames_are_accepted_unchanged",
+        "cache-targets rerun keeps a truncated shard": "test_clear_errors.py::test_cache_targets_rerun_re_encodes_a_truncated_shard",
+    },
+    "unclear errors": {
+        "missing tokenizer.json said to install sentencepiece; truncated tokenizer.json": "test_clear_errors.py::test_missing_tokenizer_names_the_file_not_sentencepiece",
+        "truncated preprocessor_config.json": "test_clear_errors.py::test_truncated_preprocessor_config_names_itself",
+        "truncated dataset_statistics.json": "test_clear_errors.py::test_truncated_statistics_file_names_itself",
+        "numeric CLI value that does not parse": "test_clear_errors.py::test_a_numeric_value_that_does_not_parse_names_its_field",
+        "split with no episodes (bare StopIteration)": "test_training_runs.py::test_a_split_with_no_episodes_says_so",
+        "--help of every stamo-vla command, recipe and eval script ('%' in a help string)": "test_clear_errors.py::test_every_entry_point_answers_help",
+    },
+    "security and sharing": {
+        "runs/merged typo taken as a Hub repo id": "test_clear_errors.py::test_a_missing_local_path_with_one_slash_is_never_a_hub_id",
+    },
+}
+
+
+def _tests_in_folder() -> set[str]:
+    found = set()
+    for file in HERE.glob("test_*.py"):
+        tree = ast.parse(file.read_text())
+        found |= {
+            f"{file.name}::{node.name}"
+            for node in tree.body
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")
+        }
+    return found
+
+
+def test_the_catalogue_names_every_test_and_only_existing_ones():
+    named = {test for cases in CATALOGUE.values() for test in cases.values()}
+    existing = _tests_in_folder() - {
+        "test_catalogue.py::test_the_catalogue_names_every_test_and_only_existing_ones"
+    }
+    assert named - existing == set(), "catalogued tests that do not exist"
+    assert existing - named == set(), "tests missing from the catalogue"
