@@ -96,10 +96,19 @@ class ActionDecoder(nn.Module):
             x = torch.cat([x, state.flatten(1)], dim=1)
         return x.float()
 
-    def fit_normalization(self, motion: torch.Tensor, state: torch.Tensor | None = None) -> None:
+    def fit_normalization(
+        self, motion: torch.Tensor, state: torch.Tensor | None = None, floor: float = 0.1
+    ) -> None:
+        """Input mean and std from training data; each std is floored at `floor` x the mean std.
+
+        The floor keeps features that are near-constant in training (e.g. a collapsed state dimension) from
+        being multiplied by ~1e6 on new data.
+        """
         x = self._inputs(motion, state)
+        std = x.std(0) if len(x) > 1 else torch.zeros(x.shape[1])
+        scale = float(std.mean())
         self.input_mean.copy_(x.mean(0))
-        self.input_std.copy_(x.std(0).clamp(min=1e-6))
+        self.input_std.copy_(std.clamp(min=floor * scale if scale > 0 else 1.0))
 
     def forward(self, motion: torch.Tensor, state: torch.Tensor | None = None) -> torch.Tensor:
         x = (self._inputs(motion, state) - self.input_mean) / self.input_std

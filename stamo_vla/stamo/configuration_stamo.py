@@ -23,6 +23,10 @@ WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
 DTYPES = ("float32", "bfloat16", "float16")
 SIGMA_SAMPLINGS = ("logit_normal", "uniform")
+# Fixed position features added to the DINOv2 tokens the compressor reads: none | sincos_2d.
+POSITION_FEATURES = ("none", "sincos_2d")
+# Last layer of the encoder, applied to the state tokens: none | batch_norm (parameter-free standardization).
+STATE_BOTTLENECKS = ("none", "batch_norm")
 
 
 def _positive(name: str, value: int | float) -> None:
@@ -79,10 +83,15 @@ class CompressorConfig:
     num_heads: int = 16
     # MLP expansion ratio per block.
     mlp_ratio: int = 4
+    # Fixed (not learned) position features added to the projected DINOv2 patch tokens: none (the paper:
+    # DINOv2's own position embeddings only) | sincos_2d (2-D sine-cosine of each patch's grid position;
+    # helps a random-init or briefly trained DINOv2 whose own position signal is weak).
+    position_features: str = "none"
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "hidden_size", "num_heads", "mlp_ratio"):
             _positive(f"compressor.{name}", getattr(self, name))
+        check_choice("compressor.position_features", self.position_features, POSITION_FEATURES)
         _divides("compressor.hidden_size", self.hidden_size, "compressor.num_heads", self.num_heads)
 
 
@@ -221,6 +230,13 @@ class StaMoConfig:
     num_state_tokens: int = 2
     # D: width of each state token (the paper uses 1024).
     state_dim: int = 1024
+    # Last layer of the encoder, on the (B, N, D) state tokens: none (the paper) | batch_norm (parameter-free
+    # batch standardization of every state feature, running statistics at eval; it keeps the states from
+    # shrinking to a constant while the decoder first learns the average image). Part of the encoder: saved,
+    # loaded and applied with it, so targets, caches and latent motion all see the same tokens.
+    state_bottleneck: str = "none"
+    # Momentum of the batch_norm bottleneck's running statistics (the eval-time standardization).
+    state_bottleneck_momentum: float = 0.01
     # Resolution of the autoencoder's images (VAE input and decoded output); the paper uses 256.
     image_size: int = 256
     # The DiT decoder.
@@ -230,6 +246,11 @@ class StaMoConfig:
         _positive("num_state_tokens", self.num_state_tokens)
         _positive("state_dim", self.state_dim)
         _positive("image_size", self.image_size)
+        check_choice("state_bottleneck", self.state_bottleneck, STATE_BOTTLENECKS)
+        if not 0 < self.state_bottleneck_momentum <= 1:
+            raise ValueError(
+                f"state_bottleneck_momentum={self.state_bottleneck_momentum!r} is not valid; it must be in (0, 1]"
+            )
 
     # ---- serialization -------------------------------------------------------------------------------
     def to_dict(self) -> dict:

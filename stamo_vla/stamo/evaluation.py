@@ -21,10 +21,11 @@ def evaluate(
 ) -> dict[str, float]:
     """Reconstruction metrics on `pixels` (B >= 2, 3, H, W) in [0, 1].
 
-    Returns means over images of: ``loss`` (flow loss, fixed noise), ``psnr``/``ssim`` (decode of own
-    state vs input), ``psnr_shuffled``/``ssim_shuffled``, ``psnr_vae`` (the frozen VAE's own round trip:
-    the ceiling), ``latent_mse`` / ``latent_mse_shuffled`` (sampled vs true latents), and ``state_spread``
-    (std of the states across images over their mean magnitude).
+    Returns means over images of: ``loss`` / ``loss_shuffled`` (flow loss from the own / another image's
+    state, same noise), ``psnr``/``ssim`` (decode of own state vs input), ``psnr_shuffled``/``ssim_shuffled``,
+    ``psnr_vae`` (the frozen VAE's own round trip: the ceiling), ``psnr_mean_frame`` (the mean of these images
+    as the prediction: the floor a decoder that ignores its state reaches), ``latent_mse`` /
+    ``latent_mse_shuffled`` (sampled vs true latents), and the spread measures of `state_spread_metrics`.
     """
     if pixels.shape[0] < 2:
         raise ValueError(f"evaluate needs at least 2 images for the shuffled baseline; got {pixels.shape[0]}")
@@ -42,9 +43,10 @@ def evaluate(
 
     for i in range(0, len(target), batch_size):
         sl = slice(i, i + batch_size)
-        g = torch.Generator().manual_seed(seed + i)
-        loss, _ = model.decoder.loss(z0[sl], states[sl], generator=g)
-        add("loss", loss.view(1).expand(len(target[sl])))
+        for tag, s in (("", states[sl]), ("_shuffled", shuffled[sl])):
+            g = torch.Generator().manual_seed(seed + i)
+            loss, _ = model.decoder.loss(z0[sl], s, generator=g)
+            add("loss" + tag, loss.view(1).expand(len(target[sl])))
         for tag, s in (("", states[sl]), ("_shuffled", shuffled[sl])):
             lat = model.decoder.sample_latents(s, steps, generator=torch.Generator().manual_seed(seed + i))
             img = model.decoder.latents_to_images(lat)
@@ -52,12 +54,38 @@ def evaluate(
             add("ssim" + tag, ssim(img, target[sl]))
             add("latent_mse" + tag, ((lat - z0[sl]) ** 2).flatten(1).mean(1))
         add("psnr_vae", psnr(model.decoder.latents_to_images(z0[sl]), target[sl]))
+    add("psnr_mean_frame", psnr(target.mean(0, keepdim=True).expand_as(target), target))
+    raw = torch.cat(
+        [
+            model.encoder.compressor(model.encoder.features(target[i : i + batch_size])).float()
+            for i in range(0, len(target), batch_size)
+        ]
+    )
     model.train(was_training)
     metrics = {k: torch.cat(v).mean().item() for k, v in out.items()}
-    # how much the states differ between images, relative to their size: near 0 means the encoder collapsed to one
-    # state (the decoder then reconstructs every image alike and psnr == psnr_shuffled)
-    metrics["state_spread"] = (states.std(0).mean() / states.abs().mean().clamp(min=1e-12)).item()
+    metrics.update(state_spread_metrics(states))
+    metrics.update({f"raw_{k}": v for k, v in state_spread_metrics(raw).items()})
     return metrics
+
+
+def state_spread_metrics(states: torch.Tensor) -> dict[str, float]:
+    """How much states (B, N, D) differ between images.
+
+    ``state_var_fraction``: share of the states' energy that varies between images (variance over mean
+    square; near 0 means the encoder collapsed to one constant state plus tiny variations).
+    ``state_spread``: std across images averaged over features; the constant offset plays no part.
+    ``state_effective_rank``: participation ratio of the centered states' covariance spectrum (1 = they
+    vary along one direction only); offset- and scale-free.
+    """
+    x = states.flatten(1).double()
+    centered = x - x.mean(0, keepdim=True)
+    var = centered.pow(2).mean(0)
+    eig = torch.linalg.svdvals(centered) ** 2
+    return {
+        "state_var_fraction": (var.sum() / x.pow(2).mean(0).sum().clamp(min=1e-30)).item(),
+        "state_spread": var.sqrt().mean().item(),
+        "state_effective_rank": (eig.sum() ** 2 / eig.pow(2).sum().clamp(min=1e-30)).item(),
+    }
 
 
 @torch.no_grad()
@@ -69,7 +97,8 @@ def save_sample_sheet(
     num_interp: int = 8,
     seed: int = 0,
 ) -> None:
-    """PNG with rows: originals | reconstructions | interpolation from image 0 to image 1 (`num_interp` states)."""
+    """PNG with rows: originals | decoded from their own states | decoded from the previous image's state
+    (the shuffled baseline, same noise) | interpolation from image 0 to image 1 (`num_interp` states)."""
     from stamo_vla.viz.sheets import save_sheet
 
     was_training = model.training
@@ -78,6 +107,9 @@ def save_sample_sheet(
     target = resize(pixels, model.config.image_size).to(device)
     states = model.encode(target)
     recon = model.decode(states, steps=steps, generator=torch.Generator().manual_seed(seed))
+    shuffled = model.decode(
+        states.roll(1, dims=0), steps=steps, generator=torch.Generator().manual_seed(seed)
+    )
     strip_states = interpolate(states[0], states[1 % len(states)], num_interp)
     # one noise for the whole strip: frames then differ only by their interpolated state
     noise = torch.randn(model.decoder.latent_shape(1), generator=torch.Generator().manual_seed(seed))
@@ -86,4 +118,4 @@ def save_sample_sheet(
     )
     strip = model.decoder.latents_to_images(strip_latents)
     model.train(was_training)
-    save_sheet([target, recon, strip], path, labels=["input", "recon", "interp"])
+    save_sheet([target, recon, shuffled, strip], path, labels=["input", "own", "shuffled", "interp"])

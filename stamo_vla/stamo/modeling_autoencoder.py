@@ -95,7 +95,7 @@ class StaMoAutoencoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> StaMoAutoencoder:
-        """Load a directory written by `save_pretrained`."""
+        """Load a directory written by `save_pretrained` (in eval mode; training code calls ``train()``)."""
         config = StaMoConfig.load(directory)
         state = load_state(directory)
         if not any(k.startswith(DECODER_PREFIX) for k in state):
@@ -110,4 +110,4 @@ class StaMoAutoencoder(nn.Module):
         load_strict(
             model.decoder, select(state, DECODER_PREFIX), set(model.decoder.weights_to_save()), str(directory)
         )
-        return model
+        return model.eval()

@@ -3,7 +3,10 @@
 Shapes (N = config.num_state_tokens, D = config.state_dim):
     pixels   (B, 3, H, W) float in [0, 1]        any H, W: resized to backbone.image_size internally
     features (B, 1 + P, F) float32               DINOv2 last hidden state (CLS + P patch tokens)
-    states   (B, N, D) float32
+    states   (B, N, D) float32                   compressor output after the state bottleneck
+
+The state bottleneck (``config.state_bottleneck``) is the encoder's last layer, so every consumer of the
+encoder (the VLA head's targets, the target cache, latent motion, the probe) sees the same tokens.
 """
 
 from __future__ import annotations
@@ -96,12 +99,62 @@ class CompressorBlock(nn.Module):
         return queries + self.mlp(self.norm_mlp(queries))
 
 
+def sincos_2d(num_tokens: int, width: int) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position features (1, num_tokens, width) of a CLS token (zeros) + a square patch grid."""
+    side = round((num_tokens - 1) ** 0.5)
+    if side * side != num_tokens - 1:
+        raise ValueError(
+            f"compressor.position_features='sincos_2d' needs CLS + a square patch grid; got {num_tokens} tokens"
+        )
+    quarter = width // 4
+    freqs = 1.0 / (100.0 ** (torch.arange(quarter, dtype=torch.float32) / max(quarter, 1)))
+    coords = torch.arange(side, dtype=torch.float32)
+    gy, gx = torch.meshgrid(coords, coords, indexing="ij")
+    parts = []
+    for grid in (gy.reshape(-1), gx.reshape(-1)):
+        angles = grid[:, None] * freqs[None, :]
+        parts += [angles.sin(), angles.cos()]
+    pos = torch.cat(parts, dim=1)
+    pos = F.pad(pos, (0, width - pos.shape[1]))  # widths not divisible by 4: zero tail
+    return torch.cat([torch.zeros(1, width), pos]).unsqueeze(0)
+
+
+class StateBottleneck(nn.Module):
+    """The encoder's last layer on the (B, N, D) tokens: identity, or parameter-free batch standardization.
+
+    ``batch_norm`` standardizes each of the N*D state features with batch statistics while the encoder
+    trains and with running statistics (buffers, saved with the encoder) otherwise. Without it the tiny
+    model's states shrink toward a constant while the decoder learns the average image (issue 12).
+    """
+
+    def __init__(self, kind: str, num_tokens: int, state_dim: int, momentum: float = 0.01):
+        super().__init__()
+        self.kind = kind
+        self.norm = (
+            nn.BatchNorm1d(num_tokens * state_dim, affine=False, momentum=momentum)
+            if kind == "batch_norm"
+            else None
+        )
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.norm is None:
+            return tokens
+        if self.norm.training and tokens.shape[0] < 2:
+            raise ValueError(
+                "state_bottleneck='batch_norm' trains on batch statistics and needs at least 2 images per "
+                f"batch; got {tokens.shape[0]}. Put the encoder in eval mode to encode single images."
+            )
+        return self.norm(tokens.flatten(1)).view_as(tokens)
+
+
 class Compressor(nn.Module):
     """N learned query tokens that read the DINOv2 features: (B, 1 + P, F) -> (B, N, D)."""
 
     def __init__(self, feature_dim: int, cfg: CompressorConfig, num_tokens: int, state_dim: int):
         super().__init__()
         width = cfg.hidden_size
+        self.position_features = cfg.position_features
+        self._pos_cache: torch.Tensor | None = None
         self.in_proj = nn.Sequential(nn.LayerNorm(feature_dim), nn.Linear(feature_dim, width))
         self.queries = nn.Parameter(torch.randn(1, num_tokens, width) * 0.02)
         self.blocks = nn.ModuleList(
@@ -110,8 +163,16 @@ class Compressor(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.out_proj = nn.Linear(width, state_dim)
 
+    def _positions(self, num_tokens: int, width: int, device: torch.device) -> torch.Tensor:
+        cache = self._pos_cache
+        if cache is None or cache.shape[1] != num_tokens or cache.device != device:
+            cache = self._pos_cache = sincos_2d(num_tokens, width).to(device)
+        return cache
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         context = self.in_proj(features)
+        if self.position_features == "sincos_2d":
+            context = context + self._positions(context.shape[1], context.shape[2], context.device)
         x = self.queries.expand(features.shape[0], -1, -1)
         for block in self.blocks:
             x = block(x, context)
@@ -133,6 +194,12 @@ class StaMoEncoder(nn.Module):
         self.compressor = Compressor(
             feature_dim, config.compressor, config.num_state_tokens, config.state_dim
         )
+        self.bottleneck = StateBottleneck(
+            config.state_bottleneck,
+            config.num_state_tokens,
+            config.state_dim,
+            config.state_bottleneck_momentum,
+        )
 
     def train(self, mode: bool = True) -> StaMoEncoder:
         super().train(mode)
@@ -149,7 +216,11 @@ class StaMoEncoder(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) float in [0, 1] -> (B, N, D) float32 state tokens (differentiable in the compressor)."""
         check_pixels(pixels, "pixels")
-        return self.compressor(self.features(pixels)).float()
+        return self.tokens_from_features(self.features(pixels))
+
+    def tokens_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """DINOv2 features (B, 1 + P, F) -> state tokens (B, N, D): compressor, then the bottleneck."""
+        return self.bottleneck(self.compressor(features).float())
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """Alias of `forward`; wrap in ``torch.no_grad()`` when only targets are needed."""
@@ -171,12 +242,16 @@ class StaMoEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> StaMoEncoder:
-        """Load an encoder from an encoder or autoencoder directory (the decoder is not built)."""
+        """Load an encoder from an encoder or autoencoder directory (the decoder is not built).
+
+        Returned in eval mode: a loaded encoder supplies targets, and its state bottleneck must apply the saved
+        running statistics, never the statistics of whatever batch it is given.
+        """
         config = StaMoConfig.load(directory)
         encoder = cls(config)
         state = select(load_state(directory), ENCODER_PREFIX)
         load_strict(encoder, state, set(encoder.weights_to_save()), str(directory))
-        return encoder
+        return encoder.eval()
 
 
 def fingerprint(encoder: StaMoEncoder) -> str:

@@ -29,8 +29,12 @@ class PretrainStaMoConfig:
     model: StaMoConfig = field(default_factory=StaMoConfig)
     # Image source: image_folder | rlds | synthetic (set `source.type`).
     source: ImageSourceConfig = field(default_factory=SyntheticSource)
-    # Images held out from training for PSNR/SSIM and sample sheets.
+    # Images held out from training for PSNR/SSIM and sample sheets; they are spread over whole held-out
+    # groups (episodes for rlds sources), and no frame of a held-out episode is trained on.
     num_heldout: int = 8
+    # Whole groups (episodes) held out (None: the fewest that hold num_heldout images). The held-out group
+    # names are written to <run_dir>/heldout.json.
+    heldout_groups: int | None = None
     # Output directory: checkpoints/, samples/, tensorboard/, metrics.jsonl, config.yaml.
     run_dir: str = "runs/pretrain_stamo"
     # Continue from the newest checkpoint in run_dir when there is one.
@@ -50,6 +54,16 @@ class PretrainStaMoConfig:
     vae_fit_steps: int = 0
     # Learning rate of the VAE fit.
     vae_fit_lr: float = 2e-3
+    # Health gate of a fitted VAE: its held-out PSNR must beat the mean training frame's PSNR on the held-out
+    # images by this many dB (else the decoder's pixels mean nothing; a loud warning, or an error when strict).
+    vae_min_gain_db: float = 3.0
+    # Health gate of the states: at this step the held-out flow loss from each image's own state must be below
+    # the loss from another image's state by min_loss_gap (relative); 0 disables the check.
+    gap_check_step: int = 0
+    # Relative own/shuffled flow-loss gap required at gap_check_step: (shuffled - own) / own.
+    min_loss_gap: float = 0.02
+    # Failed health gates raise RuntimeError instead of printing a warning.
+    strict_health: bool = False
     # Log training scalars every this many steps.
     log_every: int = 10
     # Evaluate on the held-out images and write a sample sheet every this many steps (0: only at the end).
@@ -70,7 +84,9 @@ class PretrainStaMoConfig:
         for name in ("max_steps", "batch_size", "log_every", "keep_last"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} is not valid; it must be >= 1")
-        for name in ("eval_every", "save_every", "vae_fit_steps"):
+        if self.heldout_groups is not None and self.heldout_groups < 1:
+            raise ValueError(f"heldout_groups={self.heldout_groups} is not valid; it must be >= 1 or None")
+        for name in ("eval_every", "save_every", "vae_fit_steps", "gap_check_step"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} is not valid; it must be >= 0 (0 disables)")
         if self.num_heldout == 1:
@@ -81,23 +97,65 @@ class PretrainStaMoConfig:
             )
 
 
-def build_model(cfg: PretrainStaMoConfig, train_pixels: torch.Tensor):
+def warn_health(message: str, strict: bool) -> str:
+    """A failed health gate: RuntimeError when strict, else a banner on stderr (and the message returned)."""
+    import sys
+
+    if strict:
+        raise RuntimeError(message)
+    bar = "!" * 100
+    print(f"\n{bar}\nHEALTH WARNING: {message}\n{bar}\n", file=sys.stderr, flush=True)
+    return message
+
+
+def build_model(
+    cfg: PretrainStaMoConfig, train_pixels: torch.Tensor, heldout_pixels: torch.Tensor | None = None
+):
     """A fresh autoencoder; a random-init VAE is first fitted on `train_pixels` when asked.
 
     The fitted latent scale is written into ``cfg.model`` (the model shares that config object), so the
-    saved config.yaml describes the model that trained.
+    saved config.yaml describes the model that trained. Returns ``(model, vae_health)``: the fitted VAE's
+    held-out PSNR next to the mean-frame PSNR (empty when no VAE was fitted or nothing is held out).
     """
     from stamo_vla.stamo.modeling_autoencoder import StaMoAutoencoder
-    from stamo_vla.stamo.vae_fit import fit_vae, latent_statistics
+    from stamo_vla.stamo.vae_fit import fit_vae, latent_statistics, vae_health
 
     model = StaMoAutoencoder(cfg.model)
+    health: dict = {}
     if cfg.vae_fit_steps and cfg.model.decoder.vae.pretrained_path is None:
         vae = model.decoder.vae
         fit_vae(
             vae, train_pixels, cfg.vae_fit_steps, batch_size=cfg.batch_size, lr=cfg.vae_fit_lr, seed=cfg.seed
         )
         model.decoder.set_latent_scale(*latent_statistics(vae, train_pixels))
-    return model
+        if heldout_pixels is not None and len(heldout_pixels):
+            health = vae_health(vae, train_pixels, heldout_pixels)
+            if health["psnr_heldout"] - health["psnr_mean_frame"] < cfg.vae_min_gain_db:
+                health["warning"] = warn_health(
+                    f"the fitted VAE reconstructs held-out images at {health['psnr_heldout']:.2f} dB, not "
+                    f"{cfg.vae_min_gain_db} dB above the mean training frame ({health['psnr_mean_frame']:.2f} dB): "
+                    "decoded pixels cannot show what the states carry. Raise vae_fit_steps.",
+                    cfg.strict_health,
+                )
+    return model, health
+
+
+@torch.no_grad()
+def loss_gap(ae, pixels: torch.Tensor, seed: int, batch_size: int = 16) -> dict[str, float]:
+    """Flow loss from own vs shuffled (rolled) states on `pixels`, same noise: the cheap state-health check."""
+    from stamo_vla.stamo.pixels import resize
+
+    was_training = ae.training
+    ae.eval()
+    device = next(ae.parameters()).device
+    target = resize(pixels[:batch_size], ae.config.image_size).to(device)
+    z0 = ae.decoder.images_to_latents(target)
+    states = ae.encode(target)
+    own, _ = ae.decoder.loss(z0, states, torch.Generator().manual_seed(seed))
+    shuffled, _ = ae.decoder.loss(z0, states.roll(1, dims=0), torch.Generator().manual_seed(seed))
+    ae.train(was_training)
+    own, shuffled = own.item(), shuffled.item()
+    return {"loss_own": own, "loss_shuffled": shuffled, "loss_gap": (shuffled - own) / max(own, 1e-12)}
 
 
 def check_resume_config(requested: StaMoConfig, saved: StaMoConfig, checkpoint: Path) -> None:
@@ -120,8 +178,13 @@ def check_resume_config(requested: StaMoConfig, saved: StaMoConfig, checkpoint: 
 
 
 def pretrain(cfg: PretrainStaMoConfig) -> dict:
-    """Run (or resume) pretraining; returns ``{"losses": {step: loss}, "eval": {...}, "checkpoint": path}``."""
+    """Run (or resume) pretraining.
+
+    Returns ``{"losses": {step: loss}, "eval": {...}, "health": {...}, "checkpoint": path}``; ``health`` holds
+    the VAE gate, the own/shuffled loss gap at ``gap_check_step`` and the warnings raised (when not strict).
+    """
     from stamo_vla.configs import save_config
+    from stamo_vla.fileio import write_json_atomic
     from stamo_vla.stamo.evaluation import evaluate, save_sample_sheet
     from stamo_vla.stamo.modeling_autoencoder import StaMoAutoencoder
     from stamo_vla.training.batches import EpochBatches
@@ -139,17 +202,28 @@ def pretrain(cfg: PretrainStaMoConfig) -> dict:
     acc = setup_accelerator(cfg.mixed_precision)
     run_dir, main = Path(cfg.run_dir), acc.is_main_process
     latest = find_latest_checkpoint(run_dir) if cfg.resume else None
-    images = cfg.source.load(cfg.model.image_size)
-    train_u8, heldout_u8 = split_heldout(images, cfg.num_heldout, cfg.seed)
+    images, groups, group_names = cfg.source.load_grouped(cfg.model.image_size)
+    train_u8, heldout_u8, held = split_heldout(images, cfg.num_heldout, cfg.seed, groups, cfg.heldout_groups)
     seed_everything(cfg.seed)
+    health: dict = {"warnings": []}
     if latest is not None:
         model = StaMoAutoencoder.from_pretrained(latest / "model")
         check_resume_config(cfg.model, model.config, latest)
     else:
-        model = build_model(cfg, to_pixels(train_u8))
+        model, health["vae"] = build_model(cfg, to_pixels(train_u8), to_pixels(heldout_u8))
+        if "warning" in health["vae"]:
+            health["warnings"].append(health["vae"]["warning"])
     model.to(acc.device)
     if main:
         save_config(cfg, run_dir / "config.yaml")
+        write_json_atomic(
+            run_dir / "heldout.json",
+            {
+                "heldout_groups": [group_names[g] for g in held],
+                "num_train_images": len(train_u8),
+                "num_heldout_images": len(heldout_u8),
+            },
+        )
     optimizer = build_optimizer(model.trainable_parameters(), cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.max_steps)
     model, optimizer = acc.prepare(model, optimizer)
@@ -164,6 +238,8 @@ def pretrain(cfg: PretrainStaMoConfig) -> dict:
     logger = TrainLogger(
         run_dir, cfg.max_steps, state.step, main, cfg.wandb_project, asdict(cfg) if main else None
     )
+    if main and health.get("vae"):
+        logger.log(0, {k: v for k, v in health["vae"].items() if k != "warning"}, prefix="vae")
     losses: dict[int, float] = {}
     ae = acc.unwrap_model(model)
 
@@ -192,6 +268,20 @@ def pretrain(cfg: PretrainStaMoConfig) -> dict:
         losses[done] = metrics["loss"]
         if done % cfg.log_every == 0 or done == cfg.max_steps:
             logger.log(done, metrics)
+        if main and len(heldout_u8) >= 2 and done == cfg.gap_check_step:
+            gap = loss_gap(ae, to_pixels(heldout_u8), cfg.seed)
+            logger.log(done, gap, prefix="health")
+            health["gap_check"] = {"step": done, **gap}
+            if gap["loss_gap"] < cfg.min_loss_gap:
+                health["warnings"].append(
+                    warn_health(
+                        f"at step {done} the held-out flow loss from each image's own state ({gap['loss_own']:.4f}) "
+                        f"is not {cfg.min_loss_gap:.0%} below the loss from another image's state "
+                        f"({gap['loss_shuffled']:.4f}): the states carry (almost) nothing yet. Check the VAE, "
+                        "state_bottleneck and learning rate, or train longer.",
+                        cfg.strict_health,
+                    )
+                )
         if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.max_steps:
             evaluate_and_sheet(done)
         if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.max_steps:
@@ -200,4 +290,9 @@ def pretrain(cfg: PretrainStaMoConfig) -> dict:
     final = evaluate_and_sheet(cfg.max_steps) if losses else {}  # nothing new to evaluate otherwise
     logger.close()
     latest = find_latest_checkpoint(run_dir)
-    return {"losses": losses, "eval": final, "checkpoint": str(latest) if latest else None}
+    return {
+        "losses": losses,
+        "eval": final,
+        "health": health,
+        "checkpoint": str(latest) if latest else None,
+    }

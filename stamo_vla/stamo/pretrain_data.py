@@ -36,6 +36,15 @@ class ImageSourceConfig(draccus.ChoiceRegistry):
         """All images as uint8 (N, 3, image_size, image_size)."""
         raise NotImplementedError(f"{type(self).__name__} must implement load()")
 
+    def load_grouped(self, image_size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """Images, the group (episode) id of each (N,) long, and each group's name.
+
+        Held-out splits take whole groups, so no frame of a held-out episode is ever trained on. Sources
+        without episodes put every image in its own group.
+        """
+        images = self.load(image_size)
+        return images, torch.arange(len(images)), [str(i) for i in range(len(images))]
+
 
 @ImageSourceConfig.register_subclass("image_folder")
 @dataclass
@@ -89,18 +98,28 @@ class RLDSSource(ImageSourceConfig):
             raise ValueError(f"source.frame_stride={self.frame_stride} is not valid; it must be >= 1")
 
     def load(self, image_size: int) -> torch.Tensor:
+        return self.load_grouped(image_size)[0]
+
+    def load_grouped(self, image_size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """Frames, their episode index, and each episode's ``<dataset>/<file_path>``."""
         from stamo_vla.data.rlds import iter_episodes
 
         frames: list[torch.Tensor] = []
+        groups: list[int] = []
+        names: list[str] = []
         for name in self.dataset_names:
             for episode in iter_episodes(self.data_root_dir, name, split=self.split):
                 for cam in self.cameras:
-                    frames.extend(_resize_uint8(f, image_size) for f in episode[cam][:: self.frame_stride])
+                    new = [_resize_uint8(f, image_size) for f in episode[cam][:: self.frame_stride]]
+                    frames.extend(new)
+                    groups.extend([len(names)] * len(new))
+                names.append(f"{name}/{episode['file_path']}")
                 if self.max_images is not None and len(frames) >= self.max_images:
-                    return torch.stack(frames[: self.max_images])
+                    n = self.max_images
+                    return torch.stack(frames[:n]), torch.tensor(groups[:n]), names
         if not frames:
             raise ValueError(f"no frames found in {self.dataset_names} under '{self.data_root_dir}'")
-        return torch.stack(frames)
+        return torch.stack(frames), torch.tensor(groups), names
 
 
 @ImageSourceConfig.register_subclass("synthetic")
@@ -119,14 +138,48 @@ class SyntheticSource(ImageSourceConfig):
         return (shapes(self.num_images, image_size, self.seed) * 255).round().to(torch.uint8)
 
 
-def split_heldout(images: torch.Tensor, num_heldout: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A seeded random split into (train, held-out) images."""
-    if not 0 <= num_heldout < len(images):
+def split_heldout(
+    images: torch.Tensor,
+    num_heldout: int,
+    seed: int,
+    groups: torch.Tensor | None = None,
+    heldout_groups: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """A seeded split into (train images, held-out evaluation images, held-out group ids), by whole groups.
+
+    Groups (episodes) are drawn in a seeded random order: `heldout_groups` of them, or when None the fewest
+    that hold `num_heldout` images. Every frame of a held-out group leaves the training set; `num_heldout`
+    evaluation images are spread evenly over the held-out frames. ``groups=None``: each image is a group.
+    """
+    groups = torch.arange(len(images)) if groups is None else torch.as_tensor(groups)
+    if groups.shape != (len(images),):
+        raise ValueError(f"groups must have shape ({len(images)},); got {tuple(groups.shape)}")
+    if num_heldout == 0 and not heldout_groups:
+        return images, images[:0], []
+    unique = groups.unique()
+    order = unique[torch.randperm(len(unique), generator=torch.Generator().manual_seed(seed))].tolist()
+    counts = {g: int((groups == g).sum()) for g in order}
+    chosen: list[int] = []
+    for g in order:
+        if heldout_groups is not None and len(chosen) >= heldout_groups:
+            break
+        if heldout_groups is None and sum(counts[c] for c in chosen) >= num_heldout:
+            break
+        chosen.append(g)
+    held = torch.isin(groups, torch.tensor(chosen))
+    if held.all() or int(held.sum()) < num_heldout:
         raise ValueError(
-            f"num_heldout={num_heldout} must be in [0, {len(images) - 1}] for {len(images)} images"
+            f"num_heldout={num_heldout} (heldout_groups={heldout_groups}) does not fit {len(images)} images in "
+            f"{len(unique)} groups: the held-out groups hold {int(held.sum())} images and at least one group "
+            "must stay for training"
         )
-    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
-    return images[perm[num_heldout:]], images[perm[:num_heldout]]
+    held_idx = held.nonzero().flatten()
+    pick = (
+        held_idx[torch.linspace(0, len(held_idx) - 1, num_heldout).round().long()]
+        if num_heldout
+        else held_idx[:0]
+    )
+    return images[~held], images[pick], sorted(chosen)
 
 
 def to_pixels(images_uint8: torch.Tensor) -> torch.Tensor:

@@ -60,3 +60,25 @@ def latent_statistics(vae: nn.Module, images: torch.Tensor, batch_size: int = 64
     )
     std = latents.std().item()
     return 1.0 / max(std, 1e-6), latents.mean().item()
+
+
+@torch.no_grad()
+def vae_health(vae: nn.Module, train: torch.Tensor, heldout: torch.Tensor, batch_size: int = 64) -> dict:
+    """Held-out PSNR of the VAE round trip next to the PSNR of the mean training frame (both in dB).
+
+    A useful VAE must beat the mean frame clearly, or a decoder that ignores its state looks as good as one
+    that uses it. Images are (N, 3, S, S) in [0, 1].
+    """
+    from stamo_vla.stamo.metrics import psnr
+
+    device = next(vae.parameters()).device
+    recon = []
+    for i in range(0, len(heldout), batch_size):
+        x = heldout[i : i + batch_size].to(device) * 2 - 1
+        out = vae.decode(vae.encode(x).latent_dist.mean).sample.float()
+        recon.append(((out + 1) / 2).clamp(0, 1).cpu())
+    mean_frame = train.float().mean(0, keepdim=True).expand_as(heldout)
+    return {
+        "psnr_heldout": psnr(torch.cat(recon), heldout.float()).mean().item(),
+        "psnr_mean_frame": psnr(mean_frame, heldout.float()).mean().item(),
+    }

@@ -51,7 +51,8 @@ def test_probe_writes_json_table_and_plot(tmp_path):
     results = run(cfg)
     saved = json.loads((tmp_path / "probe" / "probe.json").read_text())
     assert saved["mse"] == results["mse"] and set(saved["mse"]) == {"1", "2"}
-    assert saved["config"]["seed"] == 0 and saved["num_episodes"] == 5
+    assert saved["config"]["seeds"] == [0, 1, 2] and saved["num_episodes"] == 5
+    assert "untrained_encoder" in saved["inputs"] and "proprio_delta" in saved["inputs"]
     assert (tmp_path / "probe" / "probe.png").stat().st_size > 1000
     assert "| 1 |" in (tmp_path / "probe" / "probe.md").read_text()
     with pytest.raises(ValueError, match="horizon k=10 is not shorter"):
