@@ -182,6 +182,19 @@ def _apply_statistics(base: nn.Module, directory: Path) -> None:
         base.norm_stats = stats
 
 
+def _check_weight_files(directory: Path) -> None:
+    """Name a truncated or invalid safetensors file of an adapter instead of a bare safetensors error."""
+    from stamo_vla.fileio import safetensors_problem
+
+    for file in sorted(directory.glob("*.safetensors")):
+        problem = safetensors_problem(file)
+        if problem is not None:
+            raise ValueError(
+                f"adapter directory {directory}: {problem}. Copy the adapter again, or take the same files from "
+                "a training checkpoint (<run_dir>/checkpoints/step_*/model)."
+            )
+
+
 def load_adapter(base: nn.Module, directory: str | Path, is_trainable: bool = False) -> StaMoAdapterModel:
     """Load an adapter saved by `save_adapter` (or the head of a merged directory) onto `base`."""
     from peft import PeftModel
@@ -190,6 +203,7 @@ def load_adapter(base: nn.Module, directory: str | Path, is_trainable: bool = Fa
     if not directory.is_dir():
         raise FileNotFoundError(f"adapter directory {directory} does not exist")
     cfg = StaMoAdapterConfig.load(directory)
+    _check_weight_files(directory)
     _apply_statistics(base, directory)
     if (directory / PEFT_CONFIG).is_file():
         _check_compatible(base, cfg, directory)

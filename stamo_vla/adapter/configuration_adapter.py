@@ -162,7 +162,13 @@ class StaMoAdapterConfig:
                 f"{directory} is not a StaMo adapter directory: {CONFIG_NAME} is missing. "
                 "Pass the directory written by `save_adapter` (it also holds adapter_config.json)."
             )
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except ValueError as err:
+            raise ValueError(
+                f"{path} is not valid JSON ({err}); it is truncated or was edited. Save the adapter again, or "
+                "copy the file from the run that wrote it."
+            ) from err
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -70,13 +70,24 @@ def resolve_directory(path: str | os.PathLike) -> Path:
     )
 
 
+def read_json(file: Path) -> Any:
+    """Parse a checkpoint's JSON file; an invalid one is named with the fix."""
+    try:
+        return json.loads(file.read_text())
+    except ValueError as err:
+        raise CheckpointError(
+            f"OpenVLA checkpoint: {file} is not valid JSON ({err}); it is truncated or was edited. Copy it "
+            "again from the checkpoint it came from."
+        ) from err
+
+
 def read_config_json(directory: Path) -> dict:
     file = directory / CONFIG_FILE
     if not file.is_file():
         raise CheckpointError(
             f"OpenVLA checkpoint: {directory} has no {CONFIG_FILE}; found {sorted(p.name for p in directory.iterdir())}."
         )
-    data = json.loads(file.read_text())
+    data = read_json(file)
     if data.get("model_type") != "openvla":
         raise CheckpointError(
             f"OpenVLA checkpoint: {file} has model_type={data.get('model_type')!r}; expected 'openvla' "
@@ -89,7 +100,7 @@ def weight_files(directory: Path) -> list[Path]:
     """The safetensors files of a checkpoint (sharded via the index json, or one file)."""
     index = directory / SAFETENSORS_INDEX
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        shards = sorted(set(read_json(index)["weight_map"].values()))
         missing = [s for s in shards if not (directory / s).is_file()]
         if missing:
             raise CheckpointError(
@@ -108,8 +119,16 @@ def checkpoint_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape, read from the safetensors headers (no tensor data is loaded)."""
     from safetensors import safe_open
 
+    from stamo_vla.fileio import safetensors_problem
+
     shapes = {}
     for file in files:
+        problem = safetensors_problem(file)
+        if problem is not None:
+            raise CheckpointError(
+                f"OpenVLA checkpoint: {problem}. Download or copy that file again (compare its size with the "
+                "source's)."
+            )
         with safe_open(str(file), framework="pt") as f:
             for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
                 shapes[key] = tuple(f.get_slice(key).get_shape())

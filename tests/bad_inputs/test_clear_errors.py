@@ -162,3 +162,27 @@ def test_every_entry_point_answers_help():
             done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
             assert done.returncode == 0, f"{' '.join(argv[1:])} --help failed:\n{done.stderr[-2000:]}"
             assert "usage" in done.stdout.lower(), f"{' '.join(argv[1:])} printed no usage"
+
+
+def test_truncated_weights_and_configs_name_themselves(tmp_path, tiny_base_dir, tiny_adapter_dir):
+    from stamo_vla.vla.loading import CheckpointError
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_base_dir, base)
+    weights = sorted(base.glob("*.safetensors"))[0]
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(CheckpointError, match=f"{weights.name} is truncated"):
+        OpenVLAForActionPrediction.from_pretrained(base)
+    (base / "config.json").write_text('{"model_type": ')
+    with pytest.raises(CheckpointError, match=r"config\.json is not valid JSON"):
+        OpenVLAForActionPrediction.from_pretrained(base)
+    adapter = tmp_path / "adapter"
+    shutil.copytree(tiny_adapter_dir, adapter)
+    lora = adapter / "adapter_model.safetensors"
+    lora.write_bytes(lora.read_bytes()[:100])
+    model = OpenVLAForActionPrediction.from_pretrained(tiny_base_dir)
+    with pytest.raises(ValueError, match=r"adapter_model\.safetensors is truncated"):
+        load_adapter(model, adapter)
+    (adapter / "stamo_adapter_config.json").write_text("{")
+    with pytest.raises(ValueError, match=r"stamo_adapter_config\.json is not valid JSON"):
+        load_adapter(model, adapter)
