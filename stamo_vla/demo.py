@@ -48,9 +48,12 @@ class DemoConfig:
     # Fine-tuning steps per run, and processes for torchrun.
     finetune_steps: int = 200
     finetune_procs: int = 2
-    # Evaluation: trials per task and steps per episode (upstream: 50 trials, 220 steps on libero_spatial).
-    eval_trials: int = 2
-    eval_max_steps: int = 60
+    # Evaluation: trials per task (upstream: 50) and steps per episode (None: the suite's own budget, 220 on
+    # libero_spatial, so that success is possible); cameras of collection and evaluation render at eval_resolution
+    # (the benchmark renders 256 px; collected frames are stored resized to the dataset spec's 256 px).
+    eval_trials: int = 1
+    eval_max_steps: int | None = None
+    eval_resolution: int = 128
     # Probe horizons and MLP steps.
     probe_horizons: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     probe_steps: int = 400
@@ -132,6 +135,8 @@ class Demo:
                 str(c.workers),
                 "--out",
                 str(self.data),
+                "--render-resolution",
+                str(c.eval_resolution),
             ],
             "collect",
         )
@@ -235,6 +240,8 @@ class Demo:
             "all",
             "--progress",
             "false",
+            "--env_resolution",
+            str(c.eval_resolution),
         ]
         self.run(
             [
@@ -263,8 +270,7 @@ class Demo:
                     self.dataset,
                     "--num_trials_per_task",
                     str(c.eval_trials),
-                    "--max_steps",
-                    str(c.eval_max_steps),
+                    *(["--max_steps", str(c.eval_max_steps)] if c.eval_max_steps else []),
                     "--center_crop",
                     "false",
                     "--output_dir",

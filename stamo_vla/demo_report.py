@@ -196,11 +196,16 @@ def _eval_section(demo: Demo) -> list[str]:
         )
     if not found:
         return ["## 4. LIBERO evaluation (upstream protocol)", "", "_not run_", ""]
+    from stamo_vla.libero.env import SUITE_MAX_STEPS
+
+    steps = demo.cfg.eval_max_steps or SUITE_MAX_STEPS[demo.cfg.suite]
+    budget = "the suite's own budget" if not demo.cfg.eval_max_steps else "a shortened budget"
     lines += [
         "",
-        f"The VLA runs use {demo.cfg.eval_trials} trials per task and {demo.cfg.eval_max_steps} steps per "
-        "episode (demo scale; upstream: 50 trials, 220 steps on libero_spatial). The oracle proves the harness: "
-        "image flips, action conventions and success detection.",
+        f"The VLA runs use {demo.cfg.eval_trials} trial(s) per task (upstream: 50) and {steps} steps per episode "
+        f"({budget}), with cameras rendered at {demo.cfg.eval_resolution} px (upstream: 256). The initial states "
+        "are the benchmark's; the demonstrations came from fresh placements, never from them. The oracle proves "
+        "the harness: image flips, action conventions and success detection.",
         "",
     ]
     return lines
