@@ -244,7 +244,19 @@ def iter_episodes(
     if shuffle_episodes > 0:
         ds = ds.shuffle(shuffle_episodes, seed=seed, reshuffle_each_iteration=False)
     ds = ds.prefetch(1)
-    for ep in ds.as_numpy_iterator():
+    episodes = ds.as_numpy_iterator()
+    while True:
+        try:
+            ep = next(episodes)
+        except StopIteration:
+            return
+        except tf.errors.OpError as err:  # DataLossError for a truncated record file, ...
+            files = sorted(p.name for p in Path(builder.data_dir).glob("*.tfrecord*"))
+            raise ValueError(
+                f"RLDS dataset {builder.data_dir}: a record file ({', '.join(files)}) cannot be read "
+                f"({type(err).__name__}: {str(err.message).splitlines()[0]}); it is truncated or corrupt. Copy the "
+                "dataset again, or rebuild it (`stamo-vla collect` resumes from its staging folder)."
+            ) from err
         ep["language_instruction"] = ep["language_instruction"].decode()
         ep["file_path"] = ep["file_path"].decode()
         if load_images and not decode_images:

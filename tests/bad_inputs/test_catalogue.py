@@ -49,6 +49,7 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "missing tokenizer.json said to install sentencepiece; truncated tokenizer.json": "test_clear_errors.py::test_missing_tokenizer_names_the_file_not_sentencepiece",
         "truncated preprocessor_config.json": "test_clear_errors.py::test_truncated_preprocessor_config_names_itself",
         "truncated model / adapter safetensors, invalid config.json / stamo_adapter_config.json": "test_clear_errors.py::test_truncated_weights_and_configs_name_themselves",
+        "truncated tfrecord shard": "test_clear_errors.py::test_a_truncated_tfrecord_shard_names_the_dataset_and_the_fix",
         "truncated dataset_statistics.json": "test_clear_errors.py::test_truncated_statistics_file_names_itself",
         "numeric CLI value that does not parse": "test_clear_errors.py::test_a_numeric_value_that_does_not_parse_names_its_field",
         "split with no episodes (bare StopIteration)": "test_training_runs.py::test_a_split_with_no_episodes_says_so",

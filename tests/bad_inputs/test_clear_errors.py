@@ -186,3 +186,14 @@ def test_truncated_weights_and_configs_name_themselves(tmp_path, tiny_base_dir, 
     (adapter / "stamo_adapter_config.json").write_text("{")
     with pytest.raises(ValueError, match=r"stamo_adapter_config\.json is not valid JSON"):
         load_adapter(model, adapter)
+
+
+@pytest.mark.slow
+def test_a_truncated_tfrecord_shard_names_the_dataset_and_the_fix(tmp_path, toy_rlds_root):
+    from stamo_vla.data.rlds import iter_episodes
+
+    shutil.copytree(toy_rlds_root / "toy_video", tmp_path / "toy_video")
+    record = sorted((tmp_path / "toy_video").rglob("*.tfrecord*"))[0]
+    record.write_bytes(record.read_bytes()[: record.stat().st_size // 2])
+    with pytest.raises(ValueError, match=f"toy_video.*{record.name}.*truncated or corrupt"):
+        list(iter_episodes(tmp_path, "toy_video", load_images=False))
