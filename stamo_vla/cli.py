@@ -29,6 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "viz": ("stamo_vla.viz.cli", "decode states to image sheets: interpolate | transfer | reconstruct"),
     "bench": ("eval.bench.__main__", "run every benchmark under eval/bench/ and write JSON + markdown"),
     "demo": ("stamo_vla.demo", "run the whole product on the embedded tiny default (make demo)"),
+    "stamo-study": (
+        "stamo_vla.study.stamo_study",
+        "StaMo study: VAE, DINOv2 SSL, StaMo, held-out recon, fair probe",
+    ),
     "train-base": (
         "stamo_vla.training.base_training",
         "train a small OpenVLA base policy from scratch (full parameters, token actions)",

@@ -35,6 +35,8 @@ class PretrainStaMoConfig:
     # Whole groups (episodes) held out (None: the fewest that hold num_heldout images). The held-out group
     # names are written to <run_dir>/heldout.json.
     heldout_groups: int | None = None
+    # Seed of the held-out split (None: seed). Runs that must share one split (e.g. several seeds) set it.
+    split_seed: int | None = None
     # Output directory: checkpoints/, samples/, tensorboard/, metrics.jsonl, config.yaml.
     run_dir: str = "runs/pretrain_stamo"
     # Continue from the newest checkpoint in run_dir when there is one.
@@ -203,7 +205,13 @@ def pretrain(cfg: PretrainStaMoConfig) -> dict:
     run_dir, main = Path(cfg.run_dir), acc.is_main_process
     latest = find_latest_checkpoint(run_dir) if cfg.resume else None
     images, groups, group_names = cfg.source.load_grouped(cfg.model.image_size)
-    train_u8, heldout_u8, held = split_heldout(images, cfg.num_heldout, cfg.seed, groups, cfg.heldout_groups)
+    train_u8, heldout_u8, held = split_heldout(
+        images,
+        cfg.num_heldout,
+        cfg.seed if cfg.split_seed is None else cfg.split_seed,
+        groups,
+        cfg.heldout_groups,
+    )
     seed_everything(cfg.seed)
     health: dict = {"warnings": []}
     if latest is not None:

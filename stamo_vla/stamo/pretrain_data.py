@@ -4,6 +4,7 @@ Variants are registered draccus choices (YAML ``source: {type: image_folder, ...
     image_folder   every image file under a directory (recursive)
     rlds           frames of RLDS datasets via ``stamo_vla.data.rlds.iter_episodes`` (imported lazily)
     synthetic      coloured shapes (`stamo_vla.stamo.synthetic`), for presets that must run anywhere
+    frames_file    frames saved once by `save_frames` (images, episode ids, episode names), e.g. by the study
 """
 
 from __future__ import annotations
@@ -136,6 +137,42 @@ class SyntheticSource(ImageSourceConfig):
         from stamo_vla.stamo.synthetic import shapes
 
         return (shapes(self.num_images, image_size, self.seed) * 255).round().to(torch.uint8)
+
+
+@ImageSourceConfig.register_subclass("frames_file")
+@dataclass
+class FramesFileSource(ImageSourceConfig):
+    """Frames saved by `save_frames` (uint8 images with their episode ids), resized to the model's size."""
+
+    # Path of the .pt file written by `save_frames`.
+    path: str = "frames.pt"
+
+    def load_grouped(self, image_size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        if not Path(self.path).is_file():
+            raise FileNotFoundError(f"source.path='{self.path}' does not exist; write it with save_frames")
+        data = torch.load(self.path, weights_only=True)
+        images = data["images"]
+        if images.shape[-1] != image_size:
+            images = (
+                torch.nn.functional.interpolate(
+                    images.float(), size=(image_size, image_size), mode="bicubic", antialias=True
+                )
+                .round()
+                .clamp(0, 255)
+                .to(torch.uint8)
+            )
+        return images, data["groups"], list(data["names"])
+
+    def load(self, image_size: int) -> torch.Tensor:
+        return self.load_grouped(image_size)[0]
+
+
+def save_frames(path: str | Path, images: torch.Tensor, groups: torch.Tensor, names: list[str]) -> None:
+    """Write frames for `FramesFileSource`: uint8 (N, 3, S, S), episode ids (N,), episode names."""
+    from stamo_vla.fileio import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save({"images": images, "groups": groups, "names": list(names)}, tmp)
 
 
 def split_heldout(

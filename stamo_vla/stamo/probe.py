@@ -173,9 +173,9 @@ def load_rlds_episodes(
             raise ValueError(f"dataset '{dataset_name}' has no primary-camera images to probe")
         feats = feature_fn(ep["image"])
         if proprio:
-            feats[ORACLE] = torch.from_numpy(np.asarray(ep["state"], np.float32))
+            feats[ORACLE] = torch.from_numpy(np.array(ep["state"], np.float32))
         actions = normalize(standardize_gripper(ep["action"]), stats)
-        episodes.append(EpisodeFeatures(feats, torch.from_numpy(actions), str(ep["language_instruction"])))
+        episodes.append(EpisodeFeatures(feats, torch.from_numpy(np.array(actions)), str(ep["language_instruction"])))
         if max_episodes and len(episodes) >= max_episodes:
             break
     if len(episodes) < 2:

@@ -1,0 +1,239 @@
+"""STAMO_STUDY.md, stamo_study.json and the PNGs of a StaMo study: every number is read from the run's files."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from stamo_vla.study.stamo_study import StaMoStudy
+
+GAP_TARGET_DB = 2.0  # issue 12: own - shuffled PSNR on held-out episodes
+
+
+def _read(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def plot_eval_curves(study: StaMoStudy, path: Path) -> bool:
+    """Held-out PSNR from own vs shuffled states at every evaluation, one panel per run."""
+    import matplotlib
+
+    from stamo_vla.fileio import read_jsonl
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [(study.run_name(b, s), study.stamo_dir(b, s) / "metrics.jsonl") for b, s in study.runs()]
+    runs = [(n, p) for n, p in runs if p.is_file()]
+    if not runs:
+        return False
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.5 * len(runs), 3.3), squeeze=False)
+    for ax, (name, file) in zip(axes[0], runs):
+        evals = [r for r in read_jsonl(file) if "eval/psnr" in r]
+        for key, label in (("eval/psnr", "own state"), ("eval/psnr_shuffled", "shuffled state")):
+            ax.plot([r["step"] for r in evals], [r[key] for r in evals], marker="o", label=label)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylabel("held-out PSNR (dB)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _recon_section(study: StaMoStudy, recon: dict | None, stamo: dict) -> list[str]:
+    lines = ["## Reconstruction on held-out episodes", ""]
+    if not recon:
+        return [*lines, "_not run_", ""]
+    lines += [
+        "Each held-out image decoded from its own state and from another held-out image's state (same noise); "
+        "mean over the evaluation images and 3 decoding noises (± std of the gap over the noises).",
+        "",
+        "| run | PSNR own | PSNR shuffled | own − shuffled (dB) | SSIM own / shuffled | VAE ceiling | mean frame | "
+        "state var. fraction (raw → bottleneck) | eff. rank | pretraining s |",
+        "|---|---:|---:|---:|---|---:|---:|---|---:|---:|",
+    ]
+    import numpy as np
+
+    for name, m in recon.items():
+        gaps = m["gap_db_per_noise"]
+        lines.append(
+            f"| {name} | {m['psnr']:.2f} | {m['psnr_shuffled']:.2f} | {m['gap_db']:+.2f} ± {np.std(gaps, ddof=1):.2f} | "
+            f"{m['ssim']:.3f} / {m['ssim_shuffled']:.3f} | {m['psnr_vae']:.2f} | {m['psnr_mean_frame']:.2f} | "
+            f"{m['raw_state_var_fraction']:.3g} → {m['state_var_fraction']:.3g} | {m['state_effective_rank']:.2f} | "
+            f"{stamo.get(name, {}).get('seconds', float('nan')):.0f} |"
+        )
+    best = max(recon.values(), key=lambda m: m["gap_db"])["gap_db"]
+    verdict = "met" if best >= GAP_TARGET_DB else "NOT met"
+    lines += [
+        "",
+        f"Target own − shuffled ≥ {GAP_TARGET_DB} dB on held-out episodes: **{verdict}** (best run {best:+.2f} dB).",
+        "",
+    ]
+    for name in recon:
+        warnings = stamo.get(name, {}).get("health", {}).get("warnings", [])
+        for w in warnings:
+            lines += [f"- health warning ({name}): {w}"]
+    return [*lines, ""]
+
+
+def _claim_lines(probe: dict) -> list[str]:
+    """Per backbone and k: is the StaMo motion's MSE below every baseline's (mean over splits)?"""
+    from stamo_vla.stamo.probe import RANDOM_SPLIT
+
+    p = probe["protocols"][RANDOM_SPLIT]
+    lines = []
+    for stamo in [n for n in probe["inputs"] if n.startswith("stamo_motion")]:
+        tag = stamo[len("stamo_motion") :]
+        rivals = [
+            n for n in probe["inputs"] if n != stamo and n != "proprio_delta" and (tag in n or "[" not in n)
+        ]
+        verdicts = []
+        for k in p["mean"]:
+            m = p["mean"][k]
+            beaten = [r for r in rivals if m[stamo] >= m[r]]
+            below_mean = m[stamo] < m["mean_predictor"]
+            verdicts.append(
+                f"k={k}: "
+                + ("below all" if not beaten else "not below " + ", ".join(beaten))
+                + ("" if below_mean else "; not below the mean predictor")
+            )
+        lines.append(f"- `{stamo}` vs {', '.join(f'`{r}`' for r in rivals)} — " + "; ".join(verdicts) + ".")
+    return lines
+
+
+def _probe_section(probe: dict | None, results: Path) -> list[str]:
+    from stamo_vla.stamo.probe import markdown_table
+
+    lines = ["## Latent-action probe (paper §4.6)", ""]
+    if not probe:
+        return [*lines, "_not run_", ""]
+    lines += [
+        f"{probe['num_episodes']} episodes of {len(probe['tasks'])} tasks; normalized k-step action chunks; every "
+        "input gets the same MLP, standardized with a floor, fitted with weight decay and early-stopped on "
+        "validation episodes, starting from the mean predictor. Splits are by episode. StaMo pretraining seed "
+        f"{probe['stamo_seed']}; the ± is over episode splits. StaMo and the pretrained backbone were trained on "
+        "frames of all but the reconstruction's held-out episodes, without actions.",
+        "",
+    ]
+    for proto in probe["protocols"]:
+        lines += [f"**{proto}**", "", markdown_table(probe, proto), ""]
+    lines += [
+        "![probe](probe.png)",
+        "",
+        "The paper's claim, StaMo Δ below the other inputs (random-split means):",
+        "",
+    ]
+    lines += _claim_lines(probe)
+    return [*lines, ""]
+
+
+def write_report(study: StaMoStudy) -> Path:
+    from stamo_vla.fileio import write_json_atomic, write_text_atomic
+    from stamo_vla.stamo.probe import plot
+
+    out, results = study.out, study.results
+    results.mkdir(parents=True, exist_ok=True)
+    split = _read(study.split_file) or {}
+    vae = _read(out / "vae.json")
+    backbone = _read(out / "backbone.json")
+    recon = _read(out / "reconstruction.json")
+    probe = _read(out / "probe.json")
+    stamo = {
+        study.run_name(b, s): _read(study.stamo_dir(b, s) / "result.json") or {} for b, s in study.runs()
+    }
+    if probe:
+        plot(probe, str(results / "probe.png"))
+    curves = plot_eval_curves(study, results / "own_vs_shuffled.png")
+    pretrain_s = (vae or {}).get("seconds", 0) + (backbone or {}).get("seconds", 0)
+    per_backbone = {
+        b: pretrain_s if b == "pretrained" else (vae or {}).get("seconds", 0) for b in study.cfg.backbones
+    }
+    for b, s in study.runs():
+        per_backbone[b] = per_backbone[b] + stamo[study.run_name(b, s)].get("seconds", 0)
+    summary = {
+        "config": dataclasses.asdict(study.cfg),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "split": {k: v for k, v in split.items() if k != "episode_names"},
+        "vae": vae,
+        "backbone": backbone,
+        "stamo_runs": stamo,
+        "reconstruction": recon,
+        "pretraining_seconds_per_backbone": per_backbone,
+        "probe": probe,
+    }
+    write_json_atomic(results / "stamo_study.json", summary)
+    c = study.cfg
+    lines = [
+        "# StaMo study: does the tiny StaMo carry the state, and are its differences latent actions?",
+        "",
+        "Produced by `stamo-vla stamo-study` (config in `stamo_study.json`); every number is read from the run's "
+        f"files. Machine: {os.cpu_count()} CPU cores shared with other jobs, one torch thread.",
+        "",
+        "## Data",
+        "",
+        f"{split.get('num_episodes', '?')} scripted episodes of `{c.suite}` tasks {c.tasks}; "
+        f"{split.get('num_frames', '?')} frames (stride {c.frame_stride}). Held out from every training stage: "
+        f"{len(split.get('heldout_episodes', []))} whole episodes ({split.get('num_heldout_frames', '?')} frames).",
+        "",
+        "## Stages and health gates",
+        "",
+    ]
+    if vae:
+        lines.append(
+            f"- VAE: {vae['steps']} fit steps in {vae['seconds']:.0f} s; held-out PSNR {vae['psnr_heldout']:.2f} dB vs "
+            f"{vae['psnr_mean_frame']:.2f} dB for the mean training frame (gate: +{c.vae_min_gain_db} dB)."
+        )
+    if backbone:
+        h = backbone["history"]["heldout_relative_loss"]
+        lines.append(
+            f"- DINOv2 backbone, masked-image pretraining: {backbone['config']['steps']} steps in "
+            f"{backbone['seconds']:.0f} s; held-out masked-patch loss relative to predicting zeros {h[0]:.3f} → {h[-1]:.3f}."
+        )
+    for name, rec in stamo.items():
+        gap = rec.get("health", {}).get("gap_check")
+        if gap:
+            lines.append(
+                f"- {name}: at step {gap['step']} held-out flow loss own {gap['loss_own']:.4f} vs shuffled "
+                f"{gap['loss_shuffled']:.4f} (relative gap {gap['loss_gap']:+.3f})."
+            )
+    lines += [
+        "- Total pretraining time (VAE + backbone + StaMo), per backbone: "
+        + ", ".join(f"{b} {s / 60:.1f} min" for b, s in per_backbone.items())
+        + ".",
+        "",
+    ]
+    lines += _recon_section(study, recon, stamo)
+    if curves:
+        lines += [
+            "Own vs shuffled held-out PSNR at every evaluation:",
+            "",
+            "![curves](own_vs_shuffled.png)",
+            "",
+        ]
+    for b, s in study.runs():
+        name = study.run_name(b, s)
+        if (results / f"sheet_{name}.png").is_file():
+            lines += [
+                f"Held-out sheet, {name} (rows: originals | own-state decode | shuffled-state decode | "
+                "interpolation between the first two states):",
+                "",
+                f"![sheet {name}](sheet_{name}.png)",
+                "",
+                f"Interpolation between two frames of one held-out episode ({name}):",
+                "",
+                f"![interpolation {name}](interpolation_{name}.png)",
+                "",
+            ]
+    lines += _probe_section(probe, results)
+    path = results / "STAMO_STUDY.md"
+    write_text_atomic(path, "\n".join(lines))
+    print(f"[stamo-study] report written to {path}")
+    return path
