@@ -52,7 +52,7 @@ class PolicyStudyConfig:
     base_tasks: list[int] = field(default_factory=lambda: [2, 3, 6, 7, 8, 9])
     # Successful demonstrations per evaluated task, and per base task.
     finetune_episodes: int = 40
-    base_episodes: int = 10
+    base_episodes: int = 8
     # Seed of the fresh placements and controller noise of the collection.
     collect_seed: int = 1
     # Simulator worker processes (collection and evaluation).

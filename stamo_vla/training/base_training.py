@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 # registered model sizes: name -> factory in stamo_vla.vla.tiny
 MODEL_PRESETS = ("tiny", "small", "mid")
 MODEL_DIR = "model"
+PROCESSOR_DIR = "processor"
 
 
 def _base_optim() -> OptimizerConfig:
@@ -54,6 +55,9 @@ class BaseTrainConfig:
     save_steps: int = 500
     # Log metrics every this many steps.
     log_steps: int = 25
+    # More datasets (in data.data_root_dir) whose instructions the tokenizer's BPE merges are learned on, besides
+    # the training datasets' (words only: no frames or actions of these datasets are read).
+    tokenizer_datasets: list[str] = field(default_factory=list)
     # Seed of the weights, data order and augmentation.
     seed: int = 0
     # Continue from the newest intact checkpoint in run_dir.
@@ -107,15 +111,27 @@ def _dataloader(cfg: BaseTrainConfig, vla, processor, rank: int, world_size: int
     return dataset, make_dataloader(dataset, cfg.batch_size, num_workers=0, collate_fn=collate)
 
 
-def _load_or_build(cfg: BaseTrainConfig, resume_from: Path | None):
-    """Random init from the preset, or the weights of the checkpoint being resumed."""
-    from stamo_vla.vla import OpenVLAForActionPrediction, build_tiny
-    from stamo_vla.vla.tiny import build_processor
+def instructions(data_root_dir: str, dataset_names: list[str]) -> list[str]:
+    """The distinct task instructions of RLDS datasets, in first-seen order (no frames are read)."""
+    from stamo_vla.data.rlds import iter_episodes
 
-    config = model_config(cfg.model)
+    seen: dict[str, None] = {}
+    for name in dataset_names:
+        for episode in iter_episodes(data_root_dir, name, load_images=False):
+            seen.setdefault(episode["language_instruction"], None)
+    return list(seen)
+
+
+def _load_or_build(cfg: BaseTrainConfig, run_dir: Path, resume_from: Path | None):
+    """Random init from the preset (tokenizer merges learned on the instructions), or the run being resumed."""
+    from stamo_vla.vla import OpenVLAForActionPrediction, OpenVLAProcessor, build_tiny
+
     if resume_from is not None:
-        return OpenVLAForActionPrediction.from_pretrained(resume_from / MODEL_DIR), build_processor(config)
-    return build_tiny(config=config, seed=cfg.seed)
+        vla = OpenVLAForActionPrediction.from_pretrained(resume_from / MODEL_DIR)
+        return vla, OpenVLAProcessor.from_pretrained(run_dir / PROCESSOR_DIR)
+    names = list(dict.fromkeys([*cfg.data.dataset_names, *cfg.tokenizer_datasets]))
+    texts = instructions(cfg.data.data_root_dir, names)
+    return build_tiny(config=model_config(cfg.model), seed=cfg.seed, instructions=texts)
 
 
 def train_base(cfg: BaseTrainConfig) -> Path:
@@ -139,7 +155,7 @@ def train_base(cfg: BaseTrainConfig) -> Path:
     run_dir = Path(cfg.run_dir)
     resume_from = find_resumable_checkpoint(run_dir) if cfg.resume else None
     seed_everything(cfg.seed)
-    vla, processor = _load_or_build(cfg, resume_from)
+    vla, processor = _load_or_build(cfg, run_dir, resume_from)
     model = FullTraining(vla.to(accelerator.device))
     dataset, loader = _dataloader(cfg, vla, processor, accelerator.process_index, accelerator.num_processes)
     stats = dataset.dataset_statistics
@@ -154,6 +170,8 @@ def train_base(cfg: BaseTrainConfig) -> Path:
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
+        if resume_from is None:  # the tokenizer's merges depend on the data: resume reads them back
+            processor.save_pretrained(run_dir / PROCESSOR_DIR)
     log = TrainLogger(run_dir, cfg.max_steps, state.step, accelerator.is_main_process)
     consumed = int(state.data_state.get("micro_batches", 0))
     if consumed:

@@ -34,24 +34,30 @@ def tiny_norm_stats(action_dim: int = 7) -> dict:
 
 
 def _config(
-    hidden: int, layers: int, heads: int, vit_dims: tuple[int, int], vit_depth: int, **overrides: Any
+    hidden: int,
+    layers: int,
+    heads: int,
+    vit_dims: tuple[int, int],
+    vit_depth: int,
+    base_vocab: int = TINY_BASE_VOCAB,
+    **overrides: Any,
 ):
     from stamo_vla.vla.configuration_openvla import OpenVLAConfig
     from stamo_vla.vla.tokenization import EMPTY_TOKEN_ID
 
     text_config = {
         "model_type": "llama",
-        "vocab_size": TINY_BASE_VOCAB + TINY_PAD_TO,
+        "vocab_size": base_vocab + TINY_PAD_TO,
         "hidden_size": hidden,
         "intermediate_size": 2 * hidden,
         "num_hidden_layers": layers,
         "num_attention_heads": heads,
         "num_key_value_heads": heads,
-        "pad_token_id": TINY_BASE_VOCAB,
+        "pad_token_id": base_vocab,
     }
     kwargs = {
         "text_config": text_config,
-        "pad_token_id": TINY_BASE_VOCAB,
+        "pad_token_id": base_vocab,
         "pad_to_multiple_of": TINY_PAD_TO,
         "empty_token_id": EMPTY_TOKEN_ID,
         "llm_backbone_id": "tiny-llama",
@@ -71,13 +77,17 @@ def tiny_config(**overrides: Any):
 
 
 def small_config(**overrides: Any):
-    """The CPU policy-study preset: 4-layer Llama (width 256), 3-block ViTs (width 128), 112 px; ~5.0M parameters.
+    """The CPU policy-study preset: 4-layer Llama (width 256), 3-block ViTs (width 128), 112 px; ~5.2M parameters.
 
     Sized so that full training of the base and LoRA fine-tuning each fit in well under an hour on 2 cores
-    (``stamo_vla.study``). 112 px with patch 14 gives an 8 x 8 grid, a quarter of openvla-7b's tokens.
+    (``stamo_vla.study``). 112 px with patch 14 gives an 8 x 8 grid, a quarter of openvla-7b's tokens. The
+    base vocabulary has room (1024 ids) for BPE merges learned on the training prompts (`build_processor`),
+    which cut a LIBERO prompt from ~130 character tokens to ~25, as Llama's tokenizer does.
     """
     overrides.setdefault("image_sizes", [112, 112])
-    return _config(hidden=256, layers=4, heads=4, vit_dims=(128, 128), vit_depth=3, **overrides)
+    return _config(
+        hidden=256, layers=4, heads=4, vit_dims=(128, 128), vit_depth=3, base_vocab=1024, **overrides
+    )
 
 
 def mid_config(**overrides: Any):
@@ -85,12 +95,20 @@ def mid_config(**overrides: Any):
     return _config(hidden=256, layers=4, heads=4, vit_dims=(128, 128), vit_depth=4, **overrides)
 
 
-def build_processor(config: Any):
-    """Tiny tokenizer + image processor matching `config`."""
-    from stamo_vla.vla.processing_openvla import OpenVLAImageProcessor, OpenVLAProcessor
+def build_processor(config: Any, instructions: list[str] | None = None):
+    """Tiny tokenizer + image processor matching `config`.
+
+    Args:
+        config: the model's config (vocabulary size, image sizes).
+        instructions: task instructions whose prompts the tokenizer learns BPE merges on (None: characters only).
+    """
+    from stamo_vla.vla.processing_openvla import OpenVLAImageProcessor, OpenVLAProcessor, build_prompt
     from stamo_vla.vla.tokenization import build_tiny_tokenizer
 
-    tokenizer = build_tiny_tokenizer(config.base_vocab_size, config.n_action_bins, config.llm_max_length)
+    corpus = [build_prompt(i) for i in instructions] if instructions else None
+    tokenizer = build_tiny_tokenizer(
+        config.base_vocab_size, config.n_action_bins, config.llm_max_length, corpus
+    )
     size = config.image_sizes
     image_processor = OpenVLAImageProcessor(
         use_fused_vision_backbone=bool(config.use_fused_vision_backbone),
@@ -100,13 +118,19 @@ def build_processor(config: Any):
     return OpenVLAProcessor(image_processor, tokenizer, empty_token_id=config.empty_token_id)
 
 
-def build_tiny(save_dir: str | os.PathLike | None = None, seed: int = 0, config: Any = None):
+def build_tiny(
+    save_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    config: Any = None,
+    instructions: list[str] | None = None,
+):
     """Random-init tiny model + processor (tokenizer made locally, nothing downloaded).
 
     Args:
         save_dir: when given, both are written there in the upstream checkpoint layout.
         seed: torch seed for the random weights.
         config: another preset (e.g. `mid_config()`); default `tiny_config()`.
+        instructions: task instructions the tokenizer learns BPE merges on (see `build_processor`).
 
     Returns:
         (model in eval mode, processor).
@@ -122,7 +146,7 @@ def build_tiny(save_dir: str | os.PathLike | None = None, seed: int = 0, config:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = OpenVLAForActionPrediction(config).eval()
-    processor = build_processor(config)
+    processor = build_processor(config, instructions)
     if save_dir is not None:
         save_checkpoint(model, processor, save_dir)
     return model, processor

@@ -7,8 +7,11 @@ Layout mirrors Llama-2's where it matters to OpenVLA:
 - the LAST `n_action_bins` ids of the base vocab are single rare characters (action tokens), like Llama's
   31744..31999;
 - "<PAD>" is appended after the base vocab (like <PAD>=32000).
-Every printable ASCII character is its own token and there are no merges, so a prompt tokenizes the same
-whether or not action characters follow it (the property the upstream decode/re-tokenize route relies on).
+Every printable ASCII character is its own token. Without a corpus there are no merges; with one, BPE merges
+learned on it (``tokenizers``' own trainer, within words) take the free ids between the characters and the action
+block, so frequent words become one token as in Llama. Action characters never occur in a corpus, so no merge
+touches them: a prompt tokenizes the same whether or not action characters follow it (the property the upstream
+decode/re-tokenize route relies on).
 """
 
 from __future__ import annotations
@@ -25,8 +28,12 @@ _ACTION_CHAR_START = 0x4E00
 _FILLER_CHAR_START = 0x00A1
 
 
+def _text_pieces() -> list[str]:
+    return [UNK, BOS, EOS, EMPTY, "\n"] + [c for c in string.printable if c.isprintable() and c != " "]
+
+
 def _base_vocab(vocab_size: int, n_action_bins: int) -> dict[str, int]:
-    pieces = [UNK, BOS, EOS, EMPTY, "\n"] + [c for c in string.printable if c.isprintable() and c != " "]
+    pieces = _text_pieces()
     n_fill = vocab_size - n_action_bins - len(pieces)
     if n_fill < 0:
         raise ValueError(
@@ -38,26 +45,81 @@ def _base_vocab(vocab_size: int, n_action_bins: int) -> dict[str, int]:
     return {p: i for i, p in enumerate(pieces)}
 
 
-def build_tiny_tokenizer(vocab_size: int = 512, n_action_bins: int = 256, model_max_length: int = 2048):
+def _learn_merges(corpus: list[str], base: dict[str, int], budget: int, normalizer, pre_tokenizer) -> list:
+    """BPE merges learned on `corpus` by the tokenizers trainer, at most `budget` new tokens."""
+    import json
+
+    from tokenizers import Tokenizer
+    from tokenizers.models import BPE
+    from tokenizers.trainers import BpeTrainer
+
+    alphabet = [p for p in base if len(p) == 1]
+    scratch = Tokenizer(BPE(unk_token=UNK))
+    scratch.normalizer, scratch.pre_tokenizer = normalizer, pre_tokenizer
+    trainer = BpeTrainer(
+        vocab_size=len(alphabet) + budget,
+        initial_alphabet=alphabet,
+        limit_alphabet=len(alphabet),
+        show_progress=False,
+    )
+    scratch.train_from_iterator(corpus, trainer)
+    merges = json.loads(scratch.to_str())["model"]["merges"]
+    pairs = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges]
+    # keep merges whose pieces are all known characters or earlier merge results
+    known, kept = set(base), []
+    for a, b in pairs:
+        if a in known and b in known and a + b not in known and len(kept) < budget:
+            kept.append((a, b))
+            known.add(a + b)
+    return kept
+
+
+def build_tiny_tokenizer(
+    vocab_size: int = 512,
+    n_action_bins: int = 256,
+    model_max_length: int = 2048,
+    corpus: list[str] | None = None,
+):
     """Build the tiny tokenizer as a transformers fast tokenizer.
 
     Args:
         vocab_size: base vocabulary size (without <PAD>); action tokens are its last `n_action_bins` ids.
         n_action_bins: number of action tokens.
         model_max_length: stored as the tokenizer's maximum length.
+        corpus: texts to learn BPE merges on (e.g. the prompts of the training instructions); the merges take
+            the free ids between the characters and the action tokens. None: characters only.
 
     Returns:
         A `PreTrainedTokenizerFast` with BOS=1, EOS=2, <PAD>=vocab_size, right padding, that saves to and
         loads from a directory with `AutoTokenizer`.
     """
-    from tokenizers import Tokenizer, decoders, normalizers, processors
+    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import BPE
     from transformers import PreTrainedTokenizerFast
 
     vocab = _base_vocab(vocab_size, n_action_bins)
-    tok = Tokenizer(BPE(vocab=vocab, merges=[], unk_token=UNK, fuse_unk=True))
     # SentencePiece-style: a leading "▁" and every space becomes "▁" (Llama's normalizer in tokenizer.json)
-    tok.normalizer = normalizers.Sequence([normalizers.Prepend(EMPTY), normalizers.Replace(" ", EMPTY)])
+    normalizer = normalizers.Sequence([normalizers.Prepend(EMPTY), normalizers.Replace(" ", EMPTY)])
+    merges: list = []
+    pre_tokenizer = None
+    if corpus:
+        # merges stay inside words: split before every "▁" (a no-op for character-level tokens)
+        pre_tokenizer = pre_tokenizers.Split(Regex(EMPTY), behavior="merged_with_next")
+        n_text = len(_text_pieces())
+        fillers = [p for p, i in vocab.items() if n_text <= i < vocab_size - n_action_bins]
+        merges = _learn_merges(
+            list(corpus),
+            {p: i for p, i in vocab.items() if p not in fillers},
+            len(fillers),
+            normalizer,
+            pre_tokenizer,
+        )
+        for (a, b), filler in zip(merges, fillers):  # merged pieces take the filler ids, in merge order
+            vocab[a + b] = vocab.pop(filler)
+    tok = Tokenizer(BPE(vocab=vocab, merges=merges, unk_token=UNK, fuse_unk=True))
+    tok.normalizer = normalizer
+    if pre_tokenizer is not None:
+        tok.pre_tokenizer = pre_tokenizer
     tok.decoder = decoders.Sequence(
         [decoders.Replace(EMPTY, " "), decoders.Fuse(), decoders.Strip(content=" ", left=1, right=0)]
     )

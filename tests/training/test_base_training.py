@@ -41,6 +41,12 @@ def test_base_training_updates_every_weight_and_resumes_exactly(tmp_path, toy_da
     for part in ("vision_backbone", "projector", "language_model"):
         assert any(n.startswith(part) for n in changed), part
     assert trained.config.norm_stats and DATASET in trained.config.norm_stats
+    # the tokenizer learned merges on the training prompts: a toy instruction is a handful of tokens
+    from stamo_vla.vla import OpenVLAProcessor
+    from stamo_vla.vla.processing_openvla import build_prompt
+
+    tokenizer = OpenVLAProcessor.from_pretrained(out).tokenizer
+    assert len(tokenizer(build_prompt("push the red block left")).input_ids) < 20
 
     # interrupted after the step-2 checkpoint: resuming repeats steps 3 and 4 with the same losses
     import shutil
