@@ -130,9 +130,9 @@ def run(cfg: ProbeConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    import draccus
+    from stamo_vla.configs import parse_config
 
-    cfg = draccus.parse(ProbeConfig, args=sys.argv[1:] if argv is None else argv)
+    cfg = parse_config(ProbeConfig, sys.argv[1:] if argv is None else argv)
     return run(cfg)
 
 

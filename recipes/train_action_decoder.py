@@ -134,9 +134,9 @@ def train(cfg: TrainActionDecoderConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    import draccus
+    from stamo_vla.configs import parse_config
 
-    return train(draccus.parse(TrainActionDecoderConfig, args=sys.argv[1:] if argv is None else argv))
+    return train(parse_config(TrainActionDecoderConfig, sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

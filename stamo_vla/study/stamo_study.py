@@ -414,10 +414,11 @@ class StaMoStudy(StagedRun):
 
 
 def main(argv: list[str] | None = None) -> int:
-    import draccus
     import torch
 
-    cfg = draccus.parse(StaMoStudyConfig, args=sys.argv[1:] if argv is None else argv)
+    from stamo_vla.configs import parse_config
+
+    cfg = parse_config(StaMoStudyConfig, sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(cfg.threads)
     start = time.perf_counter()
     times = StaMoStudy(cfg).main()

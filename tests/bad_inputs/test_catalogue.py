@@ -37,6 +37,7 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "NaN action sent to MuJoCo, recorded as a plain failure": "test_non_finite.py::test_a_non_finite_action_never_reaches_the_simulator_and_is_counted_as_an_error",
         "action-free data without a StaMo target trains on loss 0": "test_training_runs.py::test_action_free_data_without_a_stamo_target_fails_fast",
         "horizon longer than every episode": "test_training_runs.py::test_horizon_longer_than_every_episode_fails_fast",
+        "most samples degenerate: a warning": "test_training_runs.py::test_mostly_degenerate_samples_warn",
         "samples with a clamped future frame counted as degenerate": "test_training_runs.py::test_supervision_check_counts_clamped_future_frames_as_degenerate",
         "resume with another lora_rank; changed lr taken without a word; config.yaml overwritten": "test_training_runs.py::test_resume_refuses_a_model_change_and_records_allowed_changes",
         "adapter weights without adapter_config.json (load_adapter, eval --adapter_dir, merge)": "test_clear_errors.py::test_adapter_weights_without_adapter_config_are_refused_everywhere",

@@ -115,3 +115,14 @@ def test_a_split_with_no_episodes_says_so(finetune_cfg):
     cfg = finetune_cfg("--max_steps", "2", "--data.split", "val", "--data.train_percent", "100")
     with pytest.raises(ValueError, match="has no episodes"):
         finetune(cfg)
+
+
+def test_mostly_degenerate_samples_warn(finetune_cfg, caplog):
+    from stamo_vla.training.finetune import SupervisionCheck
+
+    cfg = finetune_cfg("--max_steps", "1")
+    cfg.adapter.target = "motion"
+    check = SupervisionCheck(cfg)
+    with caplog.at_level("WARNING", logger="stamo_vla.training.finetune"):
+        check.update([{"samples": 4, "actions": 1, "targets": 0, "degenerate": 3}], None)
+    assert "3 of 4 samples in the first 1 steps are degenerate" in caplog.text
