@@ -3,11 +3,13 @@
 Stages (each skipped when its output exists, each resumable when interrupted; the time of each is printed):
 
 1. collect     scripted LIBERO demonstrations (spawned simulator workers) -> RLDS dataset
-2. pretrain    tiny StaMo (frozen random DINOv2 + compressor, SD3-style DiT) on the collected frames
+2. pretrain    tiny StaMo (frozen random DINOv2 + compressor + state bottleneck, SD3-style DiT) on the collected
+               frames, held-out episodes for its own-vs-shuffled reconstruction table
 3. cache       StaMo targets for every frame (the fine-tuning runs no encoder)
 4. finetune    tiny VLA + LoRA with the StaMo motion and state targets, under torchrun; and plain LoRA
 5. evaluate    the LIBERO protocol on a few episodes per task for each policy, plus the scripted oracle
-6. probe       the latent-action probe (StaMo motion vs pixel and DINOv2 differences)
+6. probe       the latent-action probe (StaMo motion vs the untrained encoder, pixel and DINOv2 differences and the
+               proprio oracle; mean +- std over episode splits and leave-one-task-out)
 7. report      runs/demo/REPORT.md: every number read from the run's own output files
 
 The tiny VLA and StaMo are random-init and trained for minutes on a handful of episodes: the point is that every
@@ -42,9 +44,12 @@ class DemoConfig:
     episodes_per_task: int = 6
     # Simulator worker processes (collection and evaluation).
     workers: int = 2
-    # StaMo pretraining steps (tiny preset) and VAE fit steps before it.
-    stamo_steps: int = 300
-    stamo_vae_fit_steps: int = 150
+    # StaMo pretraining steps (improved tiny preset) and VAE fit steps before it (the preset's 700: fewer leave the
+    # VAE barely above the mean frame, so decoded pixels cannot show what the states carry).
+    stamo_steps: int = 2500
+    stamo_vae_fit_steps: int = 700
+    # Whole episodes held out of StaMo pretraining; its reconstruction table is measured on them.
+    stamo_heldout_episodes: int = 2
     # Fine-tuning steps per run, and processes for torchrun.
     finetune_steps: int = 200
     finetune_procs: int = 2
@@ -54,9 +59,10 @@ class DemoConfig:
     eval_trials: int = 1
     eval_max_steps: int | None = None
     eval_resolution: int = 128
-    # Probe horizons and MLP steps.
+    # Probe horizons, most MLP steps per fit (early-stopped on validation episodes), and episode-split seeds.
     probe_horizons: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     probe_steps: int = 400
+    probe_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     # Stages to run (default: all, in order).
     stages: list[str] = field(default_factory=lambda: list(STAGES))
 
@@ -151,7 +157,9 @@ class Demo:
         # as a whole, so it is replaced in a copy of the preset rather than overridden field by field)
         preset = yaml.safe_load(resolve_preset("tiny", prefix="pretrain_stamo_").read_text())
         preset["source"] = {"type": "rlds", "data_root_dir": str(self.data), "dataset_names": [self.dataset]}
-        preset["source"].update(cameras=["image"], frame_stride=3)
+        preset["source"].update(cameras=["image"], frame_stride=2)
+        # held-out images come from whole held-out episodes (never frames of training episodes)
+        preset.update(num_heldout=16, heldout_groups=c.stamo_heldout_episodes)
         config = self.out / "pretrain_stamo.yaml"
         config.parent.mkdir(parents=True, exist_ok=True)
         config.write_text(yaml.safe_dump(preset))
@@ -160,11 +168,14 @@ class Demo:
             "--vae_fit_steps",
             str(c.stamo_vae_fit_steps),
             "--eval_every",
-            "0",
+            str(max(1, c.stamo_steps // 2)),  # own vs shuffled logged mid-way and at the end
             "--save_every",
             str(c.stamo_steps),
         ]
-        self.run([sys.executable, "recipes/pretrain_stamo.py", *args], "pretrain")
+        # one thread: the tiny model gains nothing from a second, which on a shared 2-core CPU only spin-waits
+        self.run(
+            [sys.executable, "recipes/pretrain_stamo.py", *args], "pretrain", env={"OMP_NUM_THREADS": "1"}
+        )
 
     def cache(self) -> None:
         self.run(
@@ -299,8 +310,11 @@ class Demo:
                 "[" + ",".join(map(str, c.probe_horizons)) + "]",
                 "--steps",
                 str(c.probe_steps),
+                "--seeds",
+                "[" + ",".join(map(str, c.probe_seeds)) + "]",
             ],
             "probe",
+            env={"OMP_NUM_THREADS": "1"},
         )
 
     def report(self) -> None:
@@ -334,9 +348,9 @@ class Demo:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from stamo_vla.configs import parse_config
+    import draccus
 
-    cfg = parse_config(DemoConfig, sys.argv[1:] if argv is None else argv)
+    cfg = draccus.parse(DemoConfig, args=sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
     times = Demo(cfg).main()
     print("\n[demo] stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))

@@ -30,7 +30,20 @@ def fake_run(tmp_path) -> Demo:
             "eval/ssim": 0.5,
             "eval/ssim_shuffled": 0.4,
             "eval/psnr_vae": 25.0,
+            "eval/psnr_mean_frame": 16.0,
+            "eval/loss": 0.25,
+            "eval/loss_shuffled": 0.375,
+            "eval/raw_state_var_fraction": 0.125,
+            "eval/state_var_fraction": 0.875,
+            "eval/state_effective_rank": 3.5,
         },
+    )
+    append_jsonl(
+        demo.stamo_run / "metrics.jsonl", {"step": 0, "vae/psnr_heldout": 30.5, "vae/psnr_mean_frame": 16.25}
+    )
+    append_jsonl(
+        demo.stamo_run / "metrics.jsonl",
+        {"step": 10, "health/loss_own": 0.5, "health/loss_shuffled": 0.625, "health/loss_gap": 0.25},
     )
     for target, ce in (("motion", 4.125), ("none", 4.375)):
         for step in range(10, 90, 10):
@@ -70,12 +83,15 @@ def test_report_numbers_come_from_the_run_files(tmp_path):
         "| 1 | 1 / 1 | 97 | 90 |",
         "2 episodes, 167 transitions",
         "1.7500 (step 10) -> 0.5000 (step 20)",
-        "| 19.25 | 17.50 | 0.500 | 0.400 | 25.00 |",
+        "| 20 | 19.25 | 17.50 | +1.75 | 0.2500 / 0.3750 | 0.500 / 0.400 | 25.00 | 16.00 |",
+        "held-out PSNR 30.50 dB vs 16.25 dB for the mean training frame",
+        "at step 10: held-out flow loss own 0.5000 vs shuffled 0.6250 (relative gap +0.250)",
+        "between images 0.125 (after the bottleneck 0.875), effective rank of the state spread 3.50.",
         "| motion | 80 | 10.125 -> 5.125 | 0.200 -> 0.700 | 0.0312 -> 0.0312 |",
         "| 3/4 | 75.0 | [30.0, 95.4] | 88 |",
         "| 1 | 0.1234 |",
         "| collect | 12 |",
-        "Own-state PSNR minus shuffled-state PSNR: +1.75 dB.",
+        "Own-state PSNR minus shuffled-state PSNR on held-out episodes: +1.75 dB;",
     ):
         assert text in report, text
     assert (demo.out / "figures" / "finetune_curves.png").is_file()
