@@ -55,18 +55,21 @@ def heldout_config(run_dir: Path):
 def heldout_metrics(run_dir: str | Path, batch_size: int = 32) -> dict:
     """Average every metric of ``model(batch)`` over the held-out samples of the run in `run_dir`."""
     from stamo_vla.adapter import load_adapter
-    from stamo_vla.training.finetune import build_dataloader, load_stamo
+    from stamo_vla.training.finetune import BASE_MODEL_DIR, build_dataloader, load_stamo
     from stamo_vla.vla import OpenVLAForActionPrediction, OpenVLAProcessor
 
     run_dir = Path(run_dir)
     cfg = heldout_config(run_dir)
     cfg.batch_size = batch_size
-    base = OpenVLAForActionPrediction.from_pretrained(cfg.vla_path)
+    base_path = (
+        str(run_dir / BASE_MODEL_DIR) if cfg.vla_path == "tiny" else cfg.vla_path
+    )  # as finetune resolves it
+    base = OpenVLAForActionPrediction.from_pretrained(base_path)
     model = load_adapter(base, run_dir / "adapter").eval()
     live = model.config.has_head and not cfg.data.use_target_cache
     if live:
         model.set_stamo(*load_stamo(cfg, "cpu"))
-    _, loader = build_dataloader(cfg, base, OpenVLAProcessor.from_pretrained(cfg.vla_path), live, 0, 1)
+    _, loader = build_dataloader(cfg, base, OpenVLAProcessor.from_pretrained(base_path), live, 0, 1)
     totals: dict[str, float] = {}
     count = 0
     for batch in loader:

@@ -59,9 +59,9 @@ class PolicyStudyConfig:
     workers: int = 2
     # Existing StaMo checkpoint (a StaMoAutoencoder directory) for the targets; None = pretrain the tiny preset.
     stamo_path: str | None = None
-    # StaMo pretraining: preset and steps (used when stamo_path is None).
+    # StaMo pretraining preset and steps (None: the preset's own), used when stamo_path is None.
     stamo_preset: str = "tiny"
-    stamo_steps: int = 3000
+    stamo_steps: int | None = None
     # Base training: model size, steps, batch size.
     base_model: str = "small"
     base_steps: int = 4000
@@ -97,7 +97,9 @@ class PolicyStudyConfig:
             )
         if not self.eval_tasks or not self.seeds or not self.arms:
             raise ValueError("eval_tasks, seeds and arms must each name at least one entry")
-        for name in ("finetune_episodes", "base_episodes", "workers", "stamo_steps", "base_steps"):
+        if self.stamo_steps is not None:
+            _positive("stamo_steps", self.stamo_steps)
+        for name in ("finetune_episodes", "base_episodes", "workers", "base_steps"):
             _positive(name, getattr(self, name))
         for name in ("base_batch_size", "finetune_steps", "finetune_batch_size", "trials_per_task"):
             _positive(name, getattr(self, name))
@@ -199,7 +201,8 @@ class PolicyStudy(StagedRun):
             config.parent.mkdir(parents=True, exist_ok=True)
             config.write_text(yaml.safe_dump(preset))
             args = ["recipes/pretrain_stamo.py", "--config", str(config), "--run_dir", str(self.stamo_run)]
-            args += ["--max_steps", str(c.stamo_steps), "--save_every", str(max(1, c.stamo_steps // 4))]
+            if c.stamo_steps is not None:
+                args += ["--max_steps", str(c.stamo_steps)]
             self.run(python(*args), "stamo_pretrain")
         args = ["-m", "stamo_vla.cli", "cache-targets", "--data-root-dir", str(self.data)]
         args += ["--dataset-name", self.dataset(FINETUNE_DATASET), "--stamo", str(self.stamo_model())]
@@ -222,6 +225,7 @@ class PolicyStudy(StagedRun):
         ]
         args += ["--run_dir", str(self.base_run), "--max_steps", str(c.base_steps)]
         args += ["--batch_size", str(c.base_batch_size), "--save_steps", str(max(1, c.base_steps // 8))]
+        args += ["--tokenizer_datasets", f"[{self.dataset(FINETUNE_DATASET)}]"]  # words of every task prompt
         self.run(python(*args), "base")
 
     def finetune_args(self, arm: str, seed: int) -> list[str]:
