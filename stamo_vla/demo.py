@@ -348,9 +348,9 @@ class Demo:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import draccus
+    from stamo_vla.configs import parse_config
 
-    cfg = draccus.parse(DemoConfig, args=sys.argv[1:] if argv is None else argv)
+    cfg = parse_config(DemoConfig, sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
     times = Demo(cfg).main()
     print("\n[demo] stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))
