@@ -226,6 +226,29 @@ class StaMoEncoder(nn.Module):
         """Alias of `forward`; wrap in ``torch.no_grad()`` when only targets are needed."""
         return self(pixels)
 
+    @torch.no_grad()
+    def recalibrate_bottleneck(self, pixels: torch.Tensor, batch_size: int = 64) -> None:
+        """Set the batch_norm bottleneck's running statistics to the exact statistics of `pixels`' tokens.
+
+        While the compressor trains, exponential running averages lag behind it, so eval-time tokens would be
+        standardized with stale statistics the decoder never saw. Pretraining calls this on its training
+        images before every evaluation and checkpoint ("precise BN"). No-op without a batch_norm bottleneck.
+        """
+        norm = self.bottleneck.norm
+        if norm is None:
+            return
+        device = next(self.compressor.parameters()).device
+        raw = torch.cat(
+            [
+                self.compressor(self.features(pixels[i : i + batch_size].to(device))).float().flatten(1)
+                for i in range(0, len(pixels), batch_size)
+            ]
+        )
+        if len(raw) < 2:
+            raise ValueError(f"recalibrate_bottleneck needs at least 2 images; got {len(raw)}")
+        norm.running_mean.copy_(raw.mean(0))
+        norm.running_var.copy_(raw.var(0))
+
     # ---- persistence ---------------------------------------------------------------------------------
     def weights_to_save(self) -> dict[str, torch.Tensor]:
         """State dict without the backbone when it comes from a pretrained path (only the path is stored)."""

@@ -251,9 +251,17 @@ def pretrain(cfg: PretrainStaMoConfig) -> dict:
     losses: dict[int, float] = {}
     ae = acc.unwrap_model(model)
 
+    calibration = to_pixels(
+        train_u8[torch.randperm(len(train_u8), generator=torch.Generator().manual_seed(cfg.seed))[:1024]]
+    )
+
+    def recalibrate() -> None:  # exact bottleneck statistics before evaluating or saving (every rank alike)
+        ae.encoder.recalibrate_bottleneck(calibration)
+
     def evaluate_and_sheet(step: int) -> dict[str, float]:
         if not main or cfg.num_heldout == 0:
             return {}
+        recalibrate()
         pixels = to_pixels(heldout_u8)
         save_sample_sheet(
             ae,
@@ -277,6 +285,7 @@ def pretrain(cfg: PretrainStaMoConfig) -> dict:
         if done % cfg.log_every == 0 or done == cfg.max_steps:
             logger.log(done, metrics)
         if main and len(heldout_u8) >= 2 and done == cfg.gap_check_step:
+            recalibrate()
             gap = loss_gap(ae, to_pixels(heldout_u8), cfg.seed)
             logger.log(done, gap, prefix="health")
             health["gap_check"] = {"step": done, **gap}
@@ -294,6 +303,7 @@ def pretrain(cfg: PretrainStaMoConfig) -> dict:
             evaluate_and_sheet(done)
         if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.max_steps:
             state = TrainerState(step=done, data_state=batches.state_dict())
+            recalibrate()
             save_checkpoint(run_dir, state, ae, optimizer, scheduler, acc, cfg.keep_last)
     final = evaluate_and_sheet(cfg.max_steps) if losses else {}  # nothing new to evaluate otherwise
     logger.close()

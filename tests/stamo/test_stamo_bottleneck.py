@@ -44,6 +44,17 @@ def test_batch_norm_bottleneck_standardizes_in_training_and_uses_running_stats_a
     assert torch.equal(StateBottleneck("none", 2, 4)(x), x)
 
 
+def test_recalibration_sets_exact_statistics_for_eval():
+    enc = trained_encoder()
+    pixels = torch.rand(20, 3, 64, 64)
+    enc.recalibrate_bottleneck(pixels, batch_size=7)
+    with torch.no_grad():
+        tokens = enc.encode(pixels).flatten(1)
+    assert tokens.mean(0).abs().max() < 1e-4
+    # unit variance up to batch norm's eps (1e-5 against small raw variances)
+    torch.testing.assert_close(tokens.var(0), torch.ones(tokens.shape[1]), atol=0.02, rtol=0)
+
+
 def test_position_features_are_fixed_and_distinct_per_patch():
     pos = sincos_2d(1 + 16, 64)
     assert pos.shape == (1, 17, 64) and torch.equal(pos[0, 0], torch.zeros(64))
