@@ -1,7 +1,10 @@
 """Held-out evaluation of a StaMo autoencoder and its sample sheets.
 
-"Shuffled" metrics decode each image from *another* image's state (states rolled by one) with the same
-noise: a model whose states carry the image must score clearly better on its own states.
+"Shuffled" metrics decode each image from *another*, randomly paired image's state (a seeded derangement) with
+the same noise: a model whose states carry the image must score clearly better on its own states. "Neighbour"
+metrics pair each image with the previous one in the given order instead; when images are ordered by episode and
+time that is usually a nearby frame of the same episode, a much harder baseline (only what changed in between,
+e.g. the arm pose, can make a difference).
 """
 
 from __future__ import annotations
@@ -15,6 +18,16 @@ from stamo_vla.stamo.motion import interpolate
 from stamo_vla.stamo.pixels import resize
 
 
+def derangement(n: int, seed: int = 0) -> torch.Tensor:
+    """A seeded random permutation with no fixed point: image i gets the state of image perm[i] != i."""
+    if n < 2:
+        raise ValueError(f"a derangement needs n >= 2; got {n}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(10_007 + seed))
+    perm = torch.empty(n, dtype=torch.long)
+    perm[order] = order.roll(-1)
+    return perm
+
+
 @torch.no_grad()
 def evaluate(
     model, pixels: torch.Tensor, steps: int | None = None, seed: int = 0, batch_size: int = 16
@@ -22,7 +35,8 @@ def evaluate(
     """Reconstruction metrics on `pixels` (B >= 2, 3, H, W) in [0, 1].
 
     Returns means over images of: ``loss`` / ``loss_shuffled`` (flow loss from the own / another image's
-    state, same noise), ``psnr``/``ssim`` (decode of own state vs input), ``psnr_shuffled``/``ssim_shuffled``,
+    state, same noise), ``psnr``/``ssim`` (decode of own state vs input), ``psnr_shuffled``/``ssim_shuffled``
+    (randomly paired states), ``psnr_neighbour``/``ssim_neighbour`` (the previous image's state),
     ``psnr_vae`` (the frozen VAE's own round trip: the ceiling), ``psnr_mean_frame`` (the mean of these images
     as the prediction: the floor a decoder that ignores its state reaches), ``latent_mse`` /
     ``latent_mse_shuffled`` (sampled vs true latents), and the spread measures of `state_spread_metrics`.
@@ -34,7 +48,8 @@ def evaluate(
     device = next(model.parameters()).device
     target = resize(pixels, model.config.image_size).to(device)
     states = torch.cat([model.encode(target[i : i + batch_size]) for i in range(0, len(target), batch_size)])
-    shuffled = states.roll(1, dims=0)
+    shuffled = states[derangement(len(states), seed).to(states.device)]
+    neighbour = states.roll(1, dims=0)
     z0 = model.decoder.images_to_latents(target)
     out: dict[str, list[torch.Tensor]] = {}
 
@@ -47,7 +62,7 @@ def evaluate(
             g = torch.Generator().manual_seed(seed + i)
             loss, _ = model.decoder.loss(z0[sl], s, generator=g)
             add("loss" + tag, loss.view(1).expand(len(target[sl])))
-        for tag, s in (("", states[sl]), ("_shuffled", shuffled[sl])):
+        for tag, s in (("", states[sl]), ("_shuffled", shuffled[sl]), ("_neighbour", neighbour[sl])):
             lat = model.decoder.sample_latents(s, steps, generator=torch.Generator().manual_seed(seed + i))
             img = model.decoder.latents_to_images(lat)
             add("psnr" + tag, psnr(img, target[sl]))
@@ -97,8 +112,8 @@ def save_sample_sheet(
     num_interp: int = 8,
     seed: int = 0,
 ) -> None:
-    """PNG with rows: originals | decoded from their own states | decoded from the previous image's state
-    (the shuffled baseline, same noise) | interpolation from image 0 to image 1 (`num_interp` states)."""
+    """PNG with rows: originals | decoded from their own states | decoded from a randomly paired image's state
+    (the shuffled baseline of `evaluate`, same noise) | interpolation from image 0 to image 1 (`num_interp` states)."""
     from stamo_vla.viz.sheets import save_sheet
 
     was_training = model.training

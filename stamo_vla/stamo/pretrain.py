@@ -144,7 +144,8 @@ def build_model(
 
 @torch.no_grad()
 def loss_gap(ae, pixels: torch.Tensor, seed: int, batch_size: int = 16) -> dict[str, float]:
-    """Flow loss from own vs shuffled (rolled) states on `pixels`, same noise: the cheap state-health check."""
+    """Flow loss from own vs shuffled (randomly paired) states on `pixels`, same noise: the cheap health check."""
+    from stamo_vla.stamo.evaluation import derangement
     from stamo_vla.stamo.pixels import resize
 
     was_training = ae.training
@@ -154,7 +155,9 @@ def loss_gap(ae, pixels: torch.Tensor, seed: int, batch_size: int = 16) -> dict[
     z0 = ae.decoder.images_to_latents(target)
     states = ae.encode(target)
     own, _ = ae.decoder.loss(z0, states, torch.Generator().manual_seed(seed))
-    shuffled, _ = ae.decoder.loss(z0, states.roll(1, dims=0), torch.Generator().manual_seed(seed))
+    shuffled, _ = ae.decoder.loss(
+        z0, states[derangement(len(states), seed)], torch.Generator().manual_seed(seed)
+    )
     ae.train(was_training)
     own, shuffled = own.item(), shuffled.item()
     return {"loss_own": own, "loss_shuffled": shuffled, "loss_gap": (shuffled - own) / max(own, 1e-12)}

@@ -74,11 +74,11 @@ class StaMoStudyConfig:
     # Which backbones StaMo is pretrained with: random (random-init, frozen) and/or pretrained (stage 4).
     backbones: list[str] = field(default_factory=lambda: list(BACKBONES))
     # StaMo pretraining steps per run (the preset's batch size and learning rate).
-    stamo_steps: int = 5000
+    stamo_steps: int = 10000
     # StaMo pretraining seeds (each backbone x each seed is one run).
     stamo_seeds: list[int] = field(default_factory=lambda: [0])
     # Evaluate (own vs shuffled, spread) every this many StaMo steps.
-    stamo_eval_every: int = 1000
+    stamo_eval_every: int = 2000
     # Probe horizons k, episode-split seeds, test share per split, and the most fit steps per probe.
     probe_horizons: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     probe_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])

@@ -62,7 +62,12 @@ def test_load_rejects_unknown_fields_and_foreign_json(tmp_path):
 
 def test_presets_parse_to_the_documented_settings():
     tiny = parse_config(PretrainStaMoConfig, ["--config", "tiny"], prefix="pretrain_stamo_")
-    assert tiny.model == tiny_config()
+    expected = tiny_config()  # the test model, plus the preset's documented departures (issue 12)
+    expected.state_bottleneck = "batch_norm"
+    expected.compressor.num_layers = 2
+    expected.compressor.position_features = "sincos_2d"
+    assert tiny.model == expected
+    assert (tiny.vae_fit_steps, tiny.max_steps, tiny.gap_check_step) == (700, 5000, 500)
     assert isinstance(tiny.source, SyntheticSource)
     paper = parse_config(
         PretrainStaMoConfig, ["--config", "paper", "--max_steps", "7"], prefix="pretrain_stamo_"
@@ -81,6 +86,21 @@ def test_pretrain_config_validation():
         PretrainStaMoConfig(mixed_precision="fp8")
     with pytest.raises(ValueError, match="cameras entry 'depth'"):
         RLDSSource(cameras=["depth"])
+    with pytest.raises(ValueError, match="heldout_groups=0 is not valid"):
+        PretrainStaMoConfig(heldout_groups=0)
+
+
+def test_new_model_fields_are_validated():
+    from stamo_vla.stamo.configuration_stamo import CompressorConfig, StaMoConfig
+
+    with pytest.raises(
+        ValueError, match=r"state_bottleneck='layer' is not valid; allowed: \['none', 'batch_norm'\]"
+    ):
+        StaMoConfig(state_bottleneck="layer")
+    with pytest.raises(ValueError, match="state_bottleneck_momentum=0 is not valid"):
+        StaMoConfig(state_bottleneck_momentum=0)
+    with pytest.raises(ValueError, match="compressor.position_features='learned' is not valid"):
+        CompressorConfig(position_features="learned")
 
 
 def test_package_imports_stay_light():
