@@ -165,8 +165,10 @@ def write_report(study: PolicyStudy) -> Path:
     runs = [run_results(study, arm, seed) for arm, seed in cfg.runs]
     arms = {arm: arm_summary([r for r in runs if r["arm"] == arm]) for arm in cfg.arms}
     times = {p.stem: json.loads(p.read_text())["seconds"] for p in sorted(study.marks.glob("*.json"))}
+    commands = [" ".join(argv) for argv in study.commands()] or [COMMAND]
     data = {
-        "command": COMMAND,
+        "command": commands[0],
+        "commands": commands,
         "config": dataclasses.asdict(cfg),
         "machine": {
             "cpus": os.cpu_count(),
@@ -190,7 +192,14 @@ def write_report(study: PolicyStudy) -> Path:
 def _markdown(study: PolicyStudy, data: dict) -> str:
     cfg = study.cfg
     lines = [f"# Policy study: {cfg.suite} tasks {cfg.eval_tasks}", ""]
-    lines += [f"Produced by `{COMMAND}` (config in `study.json`) on {data['machine']['cpus']} CPU cores.", ""]
+    lines += [
+        f"Produced by `{data['command']}` (config in `study.json`) on {data['machine']['cpus']} CPU cores."
+    ]
+    if len(data["commands"]) > 1:
+        same = len(set(data["commands"])) == 1
+        how = "with the same command" if same else "(every command line is in `study.json`)"
+        lines.append(f"It was resumed {len(data['commands']) - 1} time(s) after interruptions {how}.")
+    lines.append("")
     lines += ["## Verdict", "", *_verdict(study, data["arms"]), ""]
     lines += ["## Demonstrations (fresh initial states, never the 50 test states)", ""]
     lines += ["| data | tasks | episodes | attempts | render px | min distance to a test state | disjoint |"]

@@ -283,8 +283,10 @@ class PolicyStudy(StagedRun):
 def main(argv: list[str] | None = None) -> int:
     from stamo_vla.configs import parse_config
 
-    cfg = parse_config(PolicyStudyConfig, sys.argv[1:] if argv is None else argv, prefix="study_")
+    args = sys.argv[1:] if argv is None else argv
+    cfg = parse_config(PolicyStudyConfig, args, prefix="study_")
     study = PolicyStudy(cfg)
+    study.record_command(["stamo-vla", "study", *args])
     times = study.main()
     print("\n[study] stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))
     print(f"[study] report: {Path(cfg.out_dir) / 'REPORT.md'}")

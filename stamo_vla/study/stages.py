@@ -59,6 +59,19 @@ class StagedRun:
             tail = "\n".join(log.read_text().splitlines()[-30:])
             raise StageFailed(f"stage command failed (exit {proc.returncode}); log {log}:\n{tail}")
 
+    def record_command(self, argv: list[str]) -> None:
+        """Remember the command line that (re)started this run, for the report (``commands.jsonl``)."""
+        from stamo_vla.fileio import append_jsonl
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        append_jsonl(self.out / "commands.jsonl", {"argv": argv, "time": time.strftime("%Y-%m-%d %H:%M:%S")})
+
+    def commands(self) -> list[list[str]]:
+        """Every recorded command line of this run, oldest first."""
+        from stamo_vla.fileio import read_jsonl
+
+        return [r["argv"] for r in read_jsonl(self.out / "commands.jsonl")]
+
     def stage_fn(self, name: str) -> Callable[[], None]:
         return getattr(self, f"stage_{name}")
 

@@ -132,6 +132,8 @@ def test_report_reads_every_number_from_the_run_files(tmp_path):
     study = PolicyStudy(cfg)
     successes = {("none", 0): (30, 25), ("none", 1): (35, 30), ("state", 0): (40, 36), ("state", 1): (42, 40)}
     _fake_run_files(study, successes)
+    study.record_command(["stamo-vla", "study", "--seeds", "[0,1]"])
+    study.record_command(["stamo-vla", "study", "--seeds", "[0,1]"])  # resumed once
     report = write_report(study).read_text()
     data = json.loads((tmp_path / "study.json").read_text())
 
@@ -142,6 +144,7 @@ def test_report_reads_every_number_from_the_run_files(tmp_path):
     assert state["seed_std"] == pytest.approx(0.0424264, abs=1e-6)  # sample std of 0.76 and 0.82
     assert data["collection"]["finetune"]["episodes"] == 2 and data["collection"]["base"]["disjoint"]
     assert "79.0% [" in report and "reaches the 60% bar" in report
+    assert "Produced by `stamo-vla study --seeds [0,1]`" in report and "resumed 1 time(s)" in report
     assert "StaMo `state` vs plain LoRA: +19.0 points" in report
     assert "| none | 0 | 55.0% [" in report and "0: 30/50, 1: 25/50" in report
     assert (tmp_path / "curves.png").is_file()
