@@ -316,6 +316,7 @@ class StaMoStudy(StagedRun):
     def stage_stamo(self) -> None:
         from stamo_vla.fileio import write_json_atomic
         from stamo_vla.stamo.pretrain import pretrain
+        from stamo_vla.training.checkpoint import find_latest_checkpoint
 
         for backbone, seed in self.runs():
             done = self.stamo_dir(backbone, seed) / "result.json"
@@ -323,12 +324,15 @@ class StaMoStudy(StagedRun):
                 _log(f"StaMo {self.run_name(backbone, seed)} done earlier; skipped")
                 continue
             _log(f"StaMo {self.run_name(backbone, seed)}: {self.cfg.stamo_steps} steps")
+            latest = find_latest_checkpoint(self.stamo_dir(backbone, seed))
             start = time.perf_counter()
             result = pretrain(self.stamo_config(backbone, seed))
             write_json_atomic(
                 done,
                 {
                     "seconds": round(time.perf_counter() - start, 1),
+                    # seconds cover only this call when it resumed an interrupted run
+                    "resumed_from_step": int(latest.name.split("_")[-1]) if latest else 0,
                     "eval": result["eval"],
                     "health": result["health"],
                     "checkpoint": result["checkpoint"],

@@ -35,8 +35,14 @@ def plot_eval_curves(study: StaMoStudy, path: Path) -> bool:
     fig, axes = plt.subplots(1, len(runs), figsize=(4.5 * len(runs), 3.3), squeeze=False)
     for ax, (name, file) in zip(axes[0], runs):
         evals = [r for r in read_jsonl(file) if "eval/psnr" in r]
-        for key, label in (("eval/psnr", "own state"), ("eval/psnr_shuffled", "shuffled state")):
-            ax.plot([r["step"] for r in evals], [r[key] for r in evals], marker="o", label=label)
+        for key, label in (
+            ("eval/psnr", "own state"),
+            ("eval/psnr_shuffled", "shuffled state"),
+            ("eval/psnr_neighbour", "neighbour state"),
+        ):
+            rows = [r for r in evals if key in r]
+            if rows:
+                ax.plot([r["step"] for r in rows], [r[key] for r in rows], marker="o", label=label)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("step")
         ax.set_ylabel("held-out PSNR (dB)")
@@ -53,22 +59,30 @@ def _recon_section(study: StaMoStudy, recon: dict | None, stamo: dict) -> list[s
     if not recon:
         return [*lines, "_not run_", ""]
     lines += [
-        "Each held-out image decoded from its own state and from another held-out image's state (same noise); "
-        "mean over the evaluation images and 3 decoding noises (± std of the gap over the noises).",
+        "Each held-out image decoded from its own state, from a randomly paired held-out image's state "
+        "(shuffled) and from the previous evaluation image's state (neighbour: usually an earlier frame of the "
+        "same episode, where only the arm and objects moved), with the same noise; mean over the evaluation "
+        "images and 3 decoding noises (± std of the own − shuffled gap over the noises).",
         "",
-        "| run | PSNR own | PSNR shuffled | own − shuffled (dB) | SSIM own / shuffled | VAE ceiling | mean frame | "
-        "state var. fraction (raw → bottleneck) | eff. rank | pretraining s |",
-        "|---|---:|---:|---:|---|---:|---:|---|---:|---:|",
+        "| run | PSNR own | PSNR shuffled | own − shuffled (dB) | PSNR neighbour | own − neighbour | SSIM own / "
+        "shuffled | VAE ceiling | mean frame | state var. fraction (raw → bottleneck) | eff. rank | StaMo s |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|---|---:|---:|",
     ]
     import numpy as np
 
     for name, m in recon.items():
         gaps = m["gap_db_per_noise"]
+        run = stamo.get(name, {})
+        seconds = f"{run.get('seconds', float('nan')):.0f}"
+        if run.get("resumed_from_step"):
+            seconds += f" (resumed at step {run['resumed_from_step']})"
+        neighbour = m.get("psnr_neighbour", float("nan"))
         lines.append(
             f"| {name} | {m['psnr']:.2f} | {m['psnr_shuffled']:.2f} | {m['gap_db']:+.2f} ± {np.std(gaps, ddof=1):.2f} | "
+            f"{neighbour:.2f} | {m['psnr'] - neighbour:+.2f} | "
             f"{m['ssim']:.3f} / {m['ssim_shuffled']:.3f} | {m['psnr_vae']:.2f} | {m['psnr_mean_frame']:.2f} | "
             f"{m['raw_state_var_fraction']:.3g} → {m['state_var_fraction']:.3g} | {m['state_effective_rank']:.2f} | "
-            f"{stamo.get(name, {}).get('seconds', float('nan')):.0f} |"
+            f"{seconds} |"
         )
     best = max(recon.values(), key=lambda m: m["gap_db"])["gap_db"]
     verdict = "met" if best >= GAP_TARGET_DB else "NOT met"
@@ -204,9 +218,11 @@ def write_report(study: StaMoStudy) -> Path:
                 f"- {name}: at step {gap['step']} held-out flow loss own {gap['loss_own']:.4f} vs shuffled "
                 f"{gap['loss_shuffled']:.4f} (relative gap {gap['loss_gap']:+.3f})."
             )
+    resumed = [n for n, rec in stamo.items() if rec.get("resumed_from_step")]
     lines += [
         "- Total pretraining time (VAE + backbone + StaMo), per backbone: "
         + ", ".join(f"{b} {s / 60:.1f} min" for b, s in per_backbone.items())
+        + (f" (too low for {', '.join(resumed)}: resumed, only the last call was timed)" if resumed else "")
         + ".",
         "",
     ]
