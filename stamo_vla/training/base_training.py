@@ -138,17 +138,10 @@ def train_base(cfg: BaseTrainConfig) -> Path:
     """Train (or resume) and write ``<run_dir>/model`` in the upstream layout; returns that directory."""
     from stamo_vla.configs import save_config
     from stamo_vla.fileio import write_json_atomic
-    from stamo_vla.training.checkpoint import (
-        TrainerState,
-        find_resumable_checkpoint,
-        load_checkpoint,
-        save_checkpoint,
-    )
+    from stamo_vla.training.checkpoint import TrainerState, find_resumable_checkpoint, load_checkpoint
     from stamo_vla.training.distributed import seed_everything, setup_accelerator
-    from stamo_vla.training.finetune import to_device
     from stamo_vla.training.logger import TrainLogger
     from stamo_vla.training.optim import build_optimizer, build_scheduler
-    from stamo_vla.training.step import train_step
     from stamo_vla.vla.loading import save_checkpoint as save_vla
 
     accelerator = setup_accelerator("no")
@@ -173,31 +166,49 @@ def train_base(cfg: BaseTrainConfig) -> Path:
         if resume_from is None:  # the tokenizer's merges depend on the data: resume reads them back
             processor.save_pretrained(run_dir / PROCESSOR_DIR)
     log = TrainLogger(run_dir, cfg.max_steps, state.step, accelerator.is_main_process)
-    consumed = int(state.data_state.get("micro_batches", 0))
-    if consumed:
-        dataset.set_resume_position(consumed, cfg.batch_size)
-    batches = iter(loader)
-    metrics: dict = {}
-    while state.step < cfg.max_steps:
-        metrics = train_step(
-            ddp_model, to_device(next(batches), accelerator.device), optimizer, scheduler, accelerator
-        )
-        consumed += 1
-        state.step += 1
-        if state.step % cfg.log_steps == 0 or state.step == cfg.max_steps:
-            log.log(state.step, metrics)
-        if state.step % cfg.save_steps == 0 or state.step == cfg.max_steps:
-            state.data_state = {"micro_batches": consumed}
-            save_checkpoint(
-                run_dir, state, accelerator.unwrap_model(ddp_model), optimizer, scheduler, accelerator, 2
-            )
+    metrics = _train_loop(
+        cfg, run_dir, state, dataset, loader, (ddp_model, optimizer, scheduler), accelerator, log
+    )
     log.close()
     out = run_dir / MODEL_DIR
     if accelerator.is_main_process:
-        save_vla(vla, processor, out)
+        save_vla(vla, processor, out, overwrite=True)  # this run's own output (a rerun writes it again)
         write_json_atomic(run_dir / "final_metrics.json", {"step": state.step, **metrics})
     accelerator.wait_for_everyone()
     return out
+
+
+def _train_loop(cfg, run_dir, state, dataset, loader, training, accelerator, log) -> dict:
+    """Steps until ``cfg.max_steps``: log, checkpoint, and on SIGTERM checkpoint the current step and exit."""
+    from stamo_vla.training.checkpoint import save_checkpoint
+    from stamo_vla.training.finetune import to_device
+    from stamo_vla.training.preemption import TrainingInterrupted, stop_on_sigterm
+    from stamo_vla.training.step import train_step
+
+    ddp_model, optimizer, scheduler = training
+    consumed = int(state.data_state.get("micro_batches", 0))
+    if consumed:  # continue the deterministic sample stream where the run stopped
+        dataset.set_resume_position(consumed, cfg.batch_size)
+    batches = iter(loader)
+
+    def checkpoint():
+        state.data_state = {"micro_batches": consumed}
+        model = accelerator.unwrap_model(ddp_model)
+        return save_checkpoint(run_dir, state, model, optimizer, scheduler, accelerator, keep_last=2)
+
+    metrics: dict = {}
+    with stop_on_sigterm() as stop:
+        while state.step < cfg.max_steps:
+            batch = to_device(next(batches), accelerator.device)
+            metrics = train_step(ddp_model, batch, optimizer, scheduler, accelerator)
+            consumed += 1
+            state.step += 1
+            if state.step % cfg.log_steps == 0 or state.step == cfg.max_steps:
+                log.log(state.step, metrics)
+            saved = checkpoint() if state.step % cfg.save_steps == 0 or state.step == cfg.max_steps else None
+            if state.step < cfg.max_steps and stop.requested(accelerator):
+                raise TrainingInterrupted(saved or checkpoint(), state.step)
+    return metrics
 
 
 def main(argv: list[str] | None = None) -> int:

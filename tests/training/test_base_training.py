@@ -61,3 +61,34 @@ def test_base_training_updates_every_weight_and_resumes_exactly(tmp_path, toy_da
     again = {m["step"]: m["train/loss"] for m in load_metrics(full.run_dir) if "train/loss" in m}
     assert sorted(again) == [3, 4]
     assert [again[s] for s in (3, 4)] == [first[s] for s in (3, 4)]
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_the_current_step_and_a_rerun_finishes(tmp_path, toy_data_root, monkeypatch):
+    import os
+    import signal
+
+    from stamo_vla.training import step as step_module
+    from stamo_vla.training.checkpoint import find_latest_checkpoint
+    from stamo_vla.training.preemption import TrainingInterrupted
+
+    real_step = step_module.train_step
+    calls = []
+
+    def step_then_sigterm(*args, **kwargs):
+        out = real_step(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:  # the scheduler's signal arrives during step 3 of 6 (saves every 4)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(step_module, "train_step", step_then_sigterm)
+    cfg = base_cfg(tmp_path, toy_data_root, "run", "--max_steps", "6", "--save_steps", "4")
+    with pytest.raises(TrainingInterrupted) as stopped:
+        train_base(cfg)
+    assert stopped.value.step == 3 and find_latest_checkpoint(cfg.run_dir).name.endswith("3")
+    monkeypatch.setattr(step_module, "train_step", real_step)
+    out = train_base(cfg)  # resumes at step 3 and writes the model
+    steps = [m["step"] for m in load_metrics(cfg.run_dir) if "train/loss" in m]
+    assert steps == [1, 2, 3, 4, 5, 6] and (out / "config.json").is_file()
+    assert train_base(cfg) == out  # a finished run rerun rewrites only its own output
