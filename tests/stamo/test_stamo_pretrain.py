@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from stamo_vla.configs import load_config
+from stamo_vla.configs import load_config, parse_config
 from stamo_vla.stamo.configuration_stamo import tiny_config
 from stamo_vla.stamo.modeling_autoencoder import StaMoAutoencoder
 from stamo_vla.stamo.pretrain import PretrainStaMoConfig, pretrain
@@ -60,7 +60,9 @@ def test_pretrain_writes_outputs_and_resume_continues_the_same_loss_curve(tmp_pa
     assert set(first["eval"]) >= {"psnr", "ssim", "psnr_vae", "latent_mse", "train_psnr"}
     assert list((tmp_path / "run" / "tensorboard").iterdir())
     sheet = Image.open(tmp_path / "run" / "samples" / "step_00000004.png")
-    assert sheet.height == 3 * 64 + 4 * 2
+    assert (
+        sheet.height == 4 * 64 + 5 * 2
+    )  # originals | own-state decode | shuffled-state decode | interpolation
     # the fitted VAE and its latent scale travel with the checkpoint
     model = StaMoAutoencoder.from_pretrained(Path(first["checkpoint"]) / "model")
     assert model.config.decoder.vae.scaling_factor is not None
@@ -133,7 +135,8 @@ def test_recipe_runs_under_torchrun_with_two_cpu_processes(tmp_path):
     assert state["step"] == 2 and state["world_size"] == 2
     # 10 training images, global batch 2 ranks x 2: two full batches per epoch, one per step
     assert state["data_state"] == {"epoch": 0, "batch": 2}
-    assert StaMoAutoencoder.from_pretrained(list_checkpoints(tmp_path)[-1] / "model").config == tiny_config()
+    preset = parse_config(PretrainStaMoConfig, ["--config", "tiny"], prefix="pretrain_stamo_")
+    assert StaMoAutoencoder.from_pretrained(list_checkpoints(tmp_path)[-1] / "model").config == preset.model
 
 
 def test_resuming_a_different_model_is_refused(tmp_path):
