@@ -38,7 +38,7 @@ class ProbeConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     # also run leave-one-task-out folds (needs episodes of >= 2 tasks)
     leave_one_task_out: bool = True
-    # probe MLP width and depth (the same MLP for every input)
+    # probe MLP width (the same MLP for every input)
     hidden_size: int = 256
     # linear layers of the probe MLP
     num_layers: int = 2

@@ -60,9 +60,11 @@ class DemoConfig:
     eval_trials: int = 1
     eval_max_steps: int | None = None
     eval_resolution: int = 128
-    # Probe horizons, most MLP steps per fit (early-stopped on validation episodes), and episode-split seeds.
+    # Probe horizons k.
     probe_horizons: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    # Most MLP steps per probe fit (early-stopped on validation episodes).
     probe_steps: int = 400
+    # Seeds of the probe's random episode splits (mean +- std over them).
     probe_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     # Stages to run (default: all, in order).
     stages: list[str] = field(default_factory=lambda: list(STAGES))

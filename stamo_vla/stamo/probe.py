@@ -50,13 +50,15 @@ class EpisodeFeatures:
 class FitConfig:
     """The one fit every probe input gets."""
 
-    # MLP width and number of linear layers.
+    # Hidden width of the probe MLP.
     hidden_size: int = 256
+    # Linear layers of the probe MLP.
     num_layers: int = 2
     # Most optimizer steps per fit (early stopping usually ends sooner).
     max_steps: int = 1000
-    # AdamW learning rate and weight decay.
+    # AdamW learning rate.
     lr: float = 1e-3
+    # AdamW weight decay (the regularization besides early stopping).
     weight_decay: float = 1e-2
     # Windows per minibatch.
     batch_size: int = 256
@@ -175,7 +177,9 @@ def load_rlds_episodes(
         if proprio:
             feats[ORACLE] = torch.from_numpy(np.array(ep["state"], np.float32))
         actions = normalize(standardize_gripper(ep["action"]), stats)
-        episodes.append(EpisodeFeatures(feats, torch.from_numpy(np.array(actions)), str(ep["language_instruction"])))
+        episodes.append(
+            EpisodeFeatures(feats, torch.from_numpy(np.array(actions)), str(ep["language_instruction"]))
+        )
         if max_episodes and len(episodes) >= max_episodes:
             break
     if len(episodes) < 2:
