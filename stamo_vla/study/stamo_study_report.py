@@ -84,6 +84,16 @@ def _recon_section(study: StaMoStudy, recon: dict | None, stamo: dict) -> list[s
             f"{m['raw_state_var_fraction']:.3g} → {m['state_var_fraction']:.3g} | {m['state_effective_rank']:.2f} | "
             f"{seconds} |"
         )
+    by_backbone: dict[str, list[float]] = {}
+    for name, m in recon.items():
+        by_backbone.setdefault(name.split("_backbone")[0], []).append(m["gap_db"])
+    if any(len(v) > 1 for v in by_backbone.values()):
+        lines += ["", "Own − shuffled per backbone, mean ± std over StaMo pretraining seeds:", ""]
+        lines += [
+            f"- {b} backbone: {np.mean(v):+.2f} ± {np.std(v, ddof=1):.2f} dB ({len(v)} seeds)"
+            for b, v in by_backbone.items()
+            if len(v) > 1
+        ]
     best = max(recon.values(), key=lambda m: m["gap_db"])["gap_db"]
     verdict = "met" if best >= GAP_TARGET_DB else "NOT met"
     lines += [
