@@ -177,11 +177,11 @@ def write_report(study: StaMoStudy) -> Path:
         plot(probe, str(results / "probe.png"))
     curves = plot_eval_curves(study, results / "own_vs_shuffled.png")
     pretrain_s = (vae or {}).get("seconds", 0) + (backbone or {}).get("seconds", 0)
-    per_backbone = {
-        b: pretrain_s if b == "pretrained" else (vae or {}).get("seconds", 0) for b in study.cfg.backbones
+    per_run = {  # one run's pipeline: VAE (+ backbone when it uses the pretrained one) + its StaMo pretraining
+        study.run_name(b, s): (pretrain_s if b == "pretrained" else (vae or {}).get("seconds", 0))
+        + stamo[study.run_name(b, s)].get("seconds", 0)
+        for b, s in study.runs()
     }
-    for b, s in study.runs():
-        per_backbone[b] = per_backbone[b] + stamo[study.run_name(b, s)].get("seconds", 0)
     summary = {
         "config": dataclasses.asdict(study.cfg),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
@@ -190,7 +190,7 @@ def write_report(study: StaMoStudy) -> Path:
         "backbone": backbone,
         "stamo_runs": stamo,
         "reconstruction": recon,
-        "pretraining_seconds_per_backbone": per_backbone,
+        "pretraining_seconds_per_run": per_run,
         "probe": probe,
     }
     write_json_atomic(results / "stamo_study.json", summary)
@@ -230,8 +230,8 @@ def write_report(study: StaMoStudy) -> Path:
             )
     resumed = [n for n, rec in stamo.items() if rec.get("resumed_from_step")]
     lines += [
-        "- Total pretraining time (VAE + backbone + StaMo), per backbone: "
-        + ", ".join(f"{b} {s / 60:.1f} min" for b, s in per_backbone.items())
+        "- Total pretraining time (VAE + backbone + StaMo), per run: "
+        + ", ".join(f"{n} {sec / 60:.1f} min" for n, sec in per_run.items())
         + (f" (too low for {', '.join(resumed)}: resumed, only the last call was timed)" if resumed else "")
         + ".",
         "",
