@@ -233,22 +233,6 @@ def qlora_quantization_config() -> Any:
     )
 
 
-def qlora_quantization_config() -> Any:
-    """Upstream finetune.py's QLoRA quantization: 4-bit NF4 weights with bf16 compute (needs bitsandbytes).
-
-    Differs from plain ``load_in_4bit=True`` (eval semantics: bnb's default FP4) on purpose: training with
-    ``FinetuneConfig.load_in_4bit`` quantizes exactly as upstream's ``use_quantization`` does.
-    """
-    from stamo_vla.optional import require
-
-    require("bitsandbytes", "4-bit QLoRA training")
-    from transformers import BitsAndBytesConfig
-
-    return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
-    )
-
-
 def prepare_load(path: str | os.PathLike, kwargs: dict) -> tuple[Path, dict, dict | None]:
     """Validate a checkpoint directory and normalize from_pretrained kwargs.
 
