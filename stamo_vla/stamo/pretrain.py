@@ -196,17 +196,19 @@ def pretrain(cfg: PretrainStaMoConfig) -> dict:
     from stamo_vla.training.checkpoint import (
         TrainerState,
         find_latest_checkpoint,
+        find_resumable_checkpoint,
         load_checkpoint,
         save_checkpoint,
     )
     from stamo_vla.training.distributed import seed_everything, setup_accelerator
     from stamo_vla.training.logger import TrainLogger
     from stamo_vla.training.optim import build_optimizer, build_scheduler
+    from stamo_vla.training.preemption import TrainingInterrupted, stop_on_sigterm
     from stamo_vla.training.step import train_step
 
     acc = setup_accelerator(cfg.mixed_precision)
     run_dir, main = Path(cfg.run_dir), acc.is_main_process
-    latest = find_latest_checkpoint(run_dir) if cfg.resume else None
+    latest = find_resumable_checkpoint(run_dir) if cfg.resume else None  # past a damaged newest one
     images, groups, group_names = cfg.source.load_grouped(cfg.model.image_size)
     train_u8, heldout_u8, held = split_heldout(
         images,
@@ -280,34 +282,48 @@ def pretrain(cfg: PretrainStaMoConfig) -> dict:
         logger.log(step, seen, prefix="eval_train")
         return {**metrics, **{f"train_{k}": v for k, v in seen.items()}}
 
-    for step in range(state.step, cfg.max_steps):
-        batch = to_pixels(train_u8[next(batches)]).to(acc.device)
-        metrics = train_step(model, batch, optimizer, scheduler, acc, cfg.optim.max_grad_norm)
-        done = step + 1
-        losses[done] = metrics["loss"]
-        if done % cfg.log_every == 0 or done == cfg.max_steps:
-            logger.log(done, metrics)
-        if main and len(heldout_u8) >= 2 and done == cfg.gap_check_step:
-            recalibrate()
-            gap = loss_gap(ae, to_pixels(heldout_u8), cfg.seed)
-            logger.log(done, gap, prefix="health")
-            health["gap_check"] = {"step": done, **gap}
-            if gap["loss_gap"] < cfg.min_loss_gap:
-                health["warnings"].append(
-                    warn_health(
-                        f"at step {done} the held-out flow loss from each image's own state ({gap['loss_own']:.4f}) "
-                        f"is not {cfg.min_loss_gap:.0%} below the loss from another image's state "
-                        f"({gap['loss_shuffled']:.4f}): the states carry (almost) nothing yet. Check the VAE, "
-                        "state_bottleneck and learning rate, or train longer.",
-                        cfg.strict_health,
+    def checkpoint(done: int):
+        recalibrate()
+        return save_checkpoint(
+            run_dir,
+            TrainerState(step=done, data_state=batches.state_dict()),
+            ae,
+            optimizer,
+            scheduler,
+            acc,
+            cfg.keep_last,
+        )
+
+    with stop_on_sigterm() as stop:
+        for step in range(state.step, cfg.max_steps):
+            batch = to_pixels(train_u8[next(batches)]).to(acc.device)
+            metrics = train_step(model, batch, optimizer, scheduler, acc, cfg.optim.max_grad_norm)
+            done = step + 1
+            losses[done] = metrics["loss"]
+            if done % cfg.log_every == 0 or done == cfg.max_steps:
+                logger.log(done, metrics)
+            if main and len(heldout_u8) >= 2 and done == cfg.gap_check_step:
+                recalibrate()
+                gap = loss_gap(ae, to_pixels(heldout_u8), cfg.seed)
+                logger.log(done, gap, prefix="health")
+                health["gap_check"] = {"step": done, **gap}
+                if gap["loss_gap"] < cfg.min_loss_gap:
+                    health["warnings"].append(
+                        warn_health(
+                            f"at step {done} the held-out flow loss from each image's own state ({gap['loss_own']:.4f}) "
+                            f"is not {cfg.min_loss_gap:.0%} below the loss from another image's state "
+                            f"({gap['loss_shuffled']:.4f}): the states carry (almost) nothing yet. Check the VAE, "
+                            "state_bottleneck and learning rate, or train longer.",
+                            cfg.strict_health,
+                        )
                     )
-                )
-        if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.max_steps:
-            evaluate_and_sheet(done)
-        if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.max_steps:
-            state = TrainerState(step=done, data_state=batches.state_dict())
-            recalibrate()
-            save_checkpoint(run_dir, state, ae, optimizer, scheduler, acc, cfg.keep_last)
+            if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.max_steps:
+                evaluate_and_sheet(done)
+            saved = None
+            if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.max_steps:
+                saved = checkpoint(done)
+            if done < cfg.max_steps and stop.requested(acc):  # SIGTERM: keep this step, then exit
+                raise TrainingInterrupted(saved or checkpoint(done), done)
     final = evaluate_and_sheet(cfg.max_steps) if losses else {}  # nothing new to evaluate otherwise
     logger.close()
     latest = find_latest_checkpoint(run_dir)

@@ -152,3 +152,29 @@ def test_resuming_a_different_model_is_refused(tmp_path):
         ValueError, match=r"different model \(fields differ: \['state_dim'\]\).*--resume false"
     ):
         check_resume_config(requested, saved, tmp_path)
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_the_current_step_and_resume_finishes(tmp_path, monkeypatch):
+    import signal
+
+    from stamo_vla.training import step as step_module
+    from stamo_vla.training.checkpoint import find_latest_checkpoint
+    from stamo_vla.training.preemption import TrainingInterrupted
+
+    real_step, calls = step_module.train_step, []
+
+    def step_then_sigterm(*args, **kwargs):
+        out = real_step(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:  # arrives during step 3 of 4 (checkpoints every 2)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(step_module, "train_step", step_then_sigterm)
+    cfg = _cfg(tmp_path / "run")
+    with pytest.raises(TrainingInterrupted) as stopped:
+        pretrain(cfg)
+    assert stopped.value.step == 3 and find_latest_checkpoint(cfg.run_dir).name.endswith("3")
+    monkeypatch.setattr(step_module, "train_step", real_step)
+    assert sorted(pretrain(cfg)["losses"]) == [4]  # resumed after step 3: only step 4 runs
