@@ -18,17 +18,13 @@ stage runs end to end and reports honestly, not that the tiny policy solves LIBE
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from stamo_vla.study.stages import StagedRun
 
 
 @dataclass
@@ -82,41 +78,22 @@ STAGES = ("collect", "pretrain", "cache", "finetune", "evaluate", "probe", "repo
 TARGETS = ("motion", "state", "none")
 
 
-class Demo:
-    """Paths and stage runners of one demo directory."""
+class Demo(StagedRun):
+    """Paths and stage runners of one demo directory (commands, logs and stage marks: `StagedRun`)."""
+
+    STAGES = STAGES
+    NAME = "demo"
 
     def __init__(self, cfg: DemoConfig):
-        self.cfg = cfg
-        self.out = Path(cfg.out_dir)
+        super().__init__(cfg, cfg.out_dir, cfg.stages)
         self.data = self.out / "data"
         self.dataset = f"{cfg.suite}_no_noops"
         self.stamo_run = self.out / "stamo"
         self.runs = self.out / "finetune"
         self.evals = self.out / "eval"
         self.probe = self.out / "probe"
-        self.marks = self.out / ".stages"
 
     # ---------------------------------------------------------------- helpers
-    def run(self, args: list[str], log_name: str, env: dict | None = None) -> None:
-        """Run a command with output teed to <out>/logs/<log_name>.log; raise with the log's tail on failure."""
-        log_dir = self.out / "logs"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        log = log_dir / f"{log_name}.log"
-        full_env = {
-            **os.environ,
-            "PYTHONPATH": str(REPO),
-            "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
-            "TOKENIZERS_PARALLELISM": "false",
-            "TF_CPP_MIN_LOG_LEVEL": "3",
-            **(env or {}),
-        }
-        print("  $ " + " ".join(args), flush=True)
-        with open(log, "a") as f:
-            proc = subprocess.run(args, cwd=REPO, env=full_env, stdout=f, stderr=subprocess.STDOUT)
-        if proc.returncode != 0:
-            tail = "\n".join(log.read_text().splitlines()[-30:])
-            raise RuntimeError(f"stage command failed (exit {proc.returncode}); log {log}:\n{tail}")
-
     def stamo_model(self) -> Path:
         from stamo_vla.training.checkpoint import find_latest_checkpoint
 
@@ -328,26 +305,6 @@ class Demo:
     # ---------------------------------------------------------------- driver
     def stage_fn(self, name: str) -> Callable[[], None]:
         return {"probe": self.probe_stage}.get(name) or getattr(self, name)
-
-    def main(self) -> dict[str, float]:
-        from stamo_vla.fileio import write_json_atomic
-
-        times: dict[str, float] = {}
-        for name in self.cfg.stages:
-            mark = self.marks / f"{name}.json"
-            if mark.is_file() and name != "report":
-                times[name] = json.loads(mark.read_text())["seconds"]
-                print(f"[demo] {name}: done earlier ({times[name]:.0f} s), skipped", flush=True)
-                continue
-            print(f"[demo] {name} ...", flush=True)
-            start = time.perf_counter()
-            self.stage_fn(name)()
-            times[name] = round(time.perf_counter() - start, 1)
-            write_json_atomic(
-                mark, {"stage": name, "seconds": times[name], "config": dataclasses.asdict(self.cfg)}
-            )
-            print(f"[demo] {name}: {times[name]:.0f} s", flush=True)
-        return times
 
 
 def main(argv: list[str] | None = None) -> int:
