@@ -95,12 +95,7 @@ class Demo(StagedRun):
 
     # ---------------------------------------------------------------- helpers
     def stamo_model(self) -> Path:
-        from stamo_vla.training.checkpoint import find_latest_checkpoint
-
-        ckpt = find_latest_checkpoint(self.stamo_run)
-        if ckpt is None:
-            raise FileNotFoundError(f"no StaMo checkpoint under {self.stamo_run}; run the 'pretrain' stage")
-        return ckpt / "model"
+        return self.latest_model(self.stamo_run, "pretrain")
 
     # ---------------------------------------------------------------- stages
     def collect(self) -> None:

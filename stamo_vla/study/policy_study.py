@@ -147,12 +147,7 @@ class PolicyStudy(StagedRun):
     def stamo_model(self) -> Path:
         if self.cfg.stamo_path:
             return Path(self.cfg.stamo_path)
-        from stamo_vla.training.checkpoint import find_latest_checkpoint
-
-        ckpt = find_latest_checkpoint(self.stamo_run)
-        if ckpt is None:
-            raise FileNotFoundError(f"no StaMo checkpoint under {self.stamo_run}; run the 'stamo' stage")
-        return ckpt / "model"
+        return self.latest_model(self.stamo_run, "stamo")
 
     # ---------------------------------------------------------------- stages
     def stage_collect(self) -> None:

@@ -59,6 +59,15 @@ class StagedRun:
             tail = "\n".join(log.read_text().splitlines()[-30:])
             raise StageFailed(f"stage command failed (exit {proc.returncode}); log {log}:\n{tail}")
 
+    def latest_model(self, run_dir: Path, stage: str) -> Path:
+        """``<newest checkpoint of run_dir>/model``; names the stage that makes it when there is none."""
+        from stamo_vla.training.checkpoint import find_latest_checkpoint
+
+        ckpt = find_latest_checkpoint(run_dir)
+        if ckpt is None:
+            raise FileNotFoundError(f"no checkpoint under {run_dir}; run the '{stage}' stage")
+        return ckpt / "model"
+
     def record_command(self, argv: list[str]) -> None:
         """Remember the command line that (re)started this run, for the report (``commands.jsonl``)."""
         from stamo_vla.fileio import append_jsonl
