@@ -281,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     cfg = parse_config(PolicyStudyConfig, args, prefix="study_")
     study = PolicyStudy(cfg)
-    study.record_command(["stamo-vla", "study", *args])
+    if set(cfg.stages) - {"report"}:  # rewriting the report is not a run of the study
+        study.record_command(["stamo-vla", "study", *args])
     times = study.main()
     print("\n[study] stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))
     print(f"[study] report: {Path(cfg.out_dir) / 'REPORT.md'}")
