@@ -64,7 +64,7 @@ class PolicyStudyConfig:
     stamo_steps: int | None = None
     # Base training: model size, steps, batch size.
     base_model: str = "small"
-    base_steps: int = 4000
+    base_steps: int = 2000
     base_batch_size: int = 32
     # Fine-tuning preset (recipes/configs/finetune_<name>.yaml), steps and batch size of every run.
     finetune_preset: str = "study_small"
@@ -110,8 +110,8 @@ class PolicyStudyConfig:
 
     @property
     def runs(self) -> list[tuple[str, int]]:
-        """Every fine-tuning run as (arm, seed)."""
-        return [(arm, seed) for arm in self.arms for seed in self.seeds]
+        """Every fine-tuning run as (arm, seed), seed-major: the first seed of every arm finishes first."""
+        return [(arm, seed) for seed in self.seeds for arm in self.arms]
 
 
 def _positive(name: str, value: int) -> None:

@@ -19,10 +19,10 @@ def test_config_refuses_a_base_that_trains_on_the_evaluated_tasks():
         PolicyStudyConfig(train_percent=100)  # held-out episodes are needed
     assert PolicyStudyConfig(arms=["none", "state"], seeds=[0, 1]).runs == [
         ("none", 0),
-        ("none", 1),
         ("state", 0),
+        ("none", 1),
         ("state", 1),
-    ]
+    ]  # seed-major: both arms of the first seed finish first
 
 
 class _Flaky(StagedRun):
