@@ -13,6 +13,7 @@ EXTRAS: dict[str, str] = {
     "libero": "sim",
     "mujoco": "sim",
     "robosuite": "sim",
+    "simplejpeg": "sim",
     "bitsandbytes": "quant",
     "imageio": "viz",
     "matplotlib": "viz",
