@@ -1,7 +1,7 @@
 """The upstream OpenVLA LIBERO observation/action protocol in numpy + PIL (reference/openvla.md §3.4-3.5).
 
 Upstream does this with tensorflow, which must never be imported next to the MuJoCo renderer, so every
-function here is TF-free:
+function here is TF-free, and each reproduces its TF original bit for bit:
 
 - ``resize_like_rlds``: the JPEG round trip encodes with PIL/libjpeg-turbo at quality 95 with 4:2:0 chroma
   subsampling, ``tf.image.encode_jpeg``'s defaults (TF decodes PIL's bytes and its own to identical
@@ -96,21 +96,25 @@ def resize_like_rlds(img: np.ndarray, size: int = POLICY_IMAGE_SIZE) -> np.ndarr
 
 
 def _crop_and_resize(
-    img: np.ndarray, box: tuple[float, float, float, float], out_h: int, out_w: int
+    img: np.ndarray, box: tuple[np.float32, np.float32, np.float32, np.float32], out_h: int, out_w: int
 ) -> np.ndarray:
-    """``tf.image.crop_and_resize`` for one image and one normalized box (y1, x1, y2, x2), bilinear."""
+    """``tf.image.crop_and_resize`` for one float32 image and one normalized box (y1, x1, y2, x2), bilinear.
+
+    The sampling grid and the lerps are float32, in the order of TF's CPU kernel.
+    """
     h, w = img.shape[:2]
     y1, x1, y2, x2 = box
 
-    def grid(lo: float, hi: float, n_in: int, n_out: int) -> np.ndarray:
+    def grid(lo: np.float32, hi: np.float32, n_in: int, n_out: int) -> np.ndarray:
         if n_out == 1:
-            return np.array([0.5 * (lo + hi) * (n_in - 1)])
-        return lo * (n_in - 1) + np.arange(n_out) * (hi - lo) * (n_in - 1) / (n_out - 1)
+            return np.array([np.float32(0.5) * (lo + hi) * np.float32(n_in - 1)], np.float32)
+        step = (hi - lo) * np.float32(n_in - 1) / np.float32(n_out - 1)
+        return lo * np.float32(n_in - 1) + np.arange(n_out, dtype=np.float32) * step
 
     ys, xs = grid(y1, y2, h, out_h), grid(x1, x2, w, out_w)
     y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
     y1i, x1i = np.ceil(ys).astype(int), np.ceil(xs).astype(int)
-    dy, dx = (ys - y0)[:, None, None], (xs - x0)[None, :, None]
+    dy, dx = (ys - y0.astype(np.float32))[:, None, None], (xs - x0.astype(np.float32))[None, :, None]
     top = img[y0][:, x0] + (img[y0][:, x1i] - img[y0][:, x0]) * dx
     bottom = img[y1i][:, x0] + (img[y1i][:, x1i] - img[y1i][:, x0]) * dx
     return top + (bottom - top) * dy
@@ -119,20 +123,21 @@ def _crop_and_resize(
 def center_crop(img: np.ndarray, area: float = CENTER_CROP_AREA) -> np.ndarray:
     """Crop the centred square-scaled box keeping `area` of the image, resize back to the input size.
 
-    Matches upstream ``crop_and_resize(image, crop_scale=0.9)``: side fraction ``sqrt(area)``, bilinear
-    ``tf.image.crop_and_resize`` on the image in [0, 1], clip, then ``convert_image_dtype`` to uint8.
+    Matches upstream ``crop_and_resize(image, crop_scale=0.9)`` in float32: side fraction ``sqrt(area)``,
+    bilinear ``tf.image.crop_and_resize`` on the image in [0, 1] (``convert_image_dtype``: times 1/255),
+    clip, then ``convert_image_dtype`` back to uint8 (times 255.5, truncated).
     """
     img = _check_image(img)
     if not 0.0 < area <= 1.0:
         raise ValueError(f"area={area!r} must be in (0, 1]; upstream uses 0.9")
-    side = math.sqrt(area)
-    off = (1.0 - side) / 2.0
-    x = img.astype(np.float32) / 255.0
+    side = np.clip(np.sqrt(np.float32(area)), np.float32(0), np.float32(1))
+    off = (np.float32(1) - side) / np.float32(2)
+    x = img.astype(np.float32) * np.float32(1.0 / 255)
     out = np.clip(
         _crop_and_resize(x, (off, off, off + side, off + side), img.shape[0], img.shape[1]), 0.0, 1.0
     )
     # convert_image_dtype(float -> uint8, saturate=True) scales by 255.5 and truncates
-    return np.clip(out * 255.5, 0, 255).astype(np.uint8)
+    return np.clip(out * np.float32(255.5), 0, 255).astype(np.uint8)
 
 
 # alias: prepare_image's `center_crop` flag shadows the function name
