@@ -155,6 +155,37 @@ def _curves(study: PolicyStudy, runs: list[dict], path: Path) -> None:
     plot_curves({k: v for k, v in panels.items() if v}, path)
 
 
+def stage_times(study) -> dict[str, dict]:
+    """Each stage's seconds summed over the calls that worked on it, finished stages and the running one."""
+    times = {}
+    for path in sorted(study.marks.glob("*.json")) + sorted(study.marks.glob("*.elapsed")):
+        rec = json.loads(path.read_text())
+        # marks written before calls were counted hold only the call that finished the stage
+        times[path.name.split(".")[0]] = {
+            "seconds": rec["seconds"],
+            "calls": rec.get("calls"),
+            "finished": path.suffix == ".json",
+        }
+    return times
+
+
+def _fmt_times(times: dict[str, dict]) -> str:
+    if not times:
+        return "none"
+    parts = []
+    for name, t in times.items():
+        note = []
+        if t["calls"] is None:
+            note.append("finishing call only")
+        elif t["calls"] > 1:
+            note.append(f"{t['calls']} calls")
+        if not t["finished"]:
+            note.append("running")
+        parts.append(f"{name} {t['seconds'] / 60:.1f} min" + (f" ({', '.join(note)})" if note else ""))
+    total = sum(t["seconds"] for t in times.values()) / 60
+    return ", ".join(parts) + f"; total {total:.1f} min, each stage summed over the calls that worked on it."
+
+
 def write_report(study: PolicyStudy) -> Path:
     """Write <out>/REPORT.md, <out>/study.json and <out>/curves.png; returns the report path."""
     import dataclasses
@@ -164,7 +195,7 @@ def write_report(study: PolicyStudy) -> Path:
     cfg = study.cfg
     runs = [run_results(study, arm, seed) for arm, seed in cfg.runs]
     arms = {arm: arm_summary([r for r in runs if r["arm"] == arm]) for arm in cfg.arms}
-    times = {p.stem: json.loads(p.read_text())["seconds"] for p in sorted(study.marks.glob("*.json"))}
+    times = stage_times(study)
     commands = [" ".join(argv) for argv in study.commands()] or [COMMAND]
     data = {
         "command": commands[0],
@@ -253,7 +284,7 @@ def _markdown(study: PolicyStudy, data: dict) -> str:
         "",
         "## Stage times",
         "",
-        ", ".join(f"{k} {v:.0f} s" for k, v in data["stage_seconds"].items()) or "none",
+        _fmt_times(data["stage_seconds"]),
     ]
     lines += ["", "Rollout videos of failed episodes: `eval/<arm>_seed<k>/videos/`.", ""]
     return "\n".join(lines)

@@ -1,6 +1,10 @@
 """Resumable staged runs: each stage is a list of commands whose output is teed to a log, and a finished stage
 leaves a mark (``.stages/<name>.json`` with its time and the config) so a rerun skips it.
 
+A stage's time is summed over every call that worked on it: while a stage runs, ``.stages/<name>.elapsed`` is
+rewritten every ``HEARTBEAT_S`` seconds, so a call that is interrupted (even killed) still counts, to within that
+interval, when a later call finishes the stage.
+
 Stages run their heavy work in subprocesses (the simulator never shares a process with TensorFlow, and a
 crash in one stage leaves the driver's state intact); each command resumes its own work when rerun, so an
 interrupted stage continues where it stopped.
@@ -13,11 +17,14 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent.parent
+# Seconds between two writes of a running stage's elapsed time.
+HEARTBEAT_S = 30.0
 
 
 class StageFailed(RuntimeError):
@@ -99,13 +106,49 @@ class StagedRun:
                 print(f"[{self.NAME}] {name}: done earlier ({times[name]:.0f} s), skipped", flush=True)
                 continue
             print(f"[{self.NAME}] {name} ...", flush=True)
+            elapsed = self.marks / f"{name}.elapsed"
+            earlier = json.loads(elapsed.read_text()) if elapsed.is_file() else {"seconds": 0.0, "calls": 0}
             start = time.perf_counter()
-            self.stage_fn(name)()
-            times[name] = round(time.perf_counter() - start, 1)
+
+            def record(earlier=earlier, start=start, elapsed=elapsed, name=name) -> dict:
+                seconds = round(earlier["seconds"] + time.perf_counter() - start, 1)
+                rec = {"stage": name, "seconds": seconds, "calls": earlier["calls"] + 1}
+                write_json_atomic(elapsed, rec)
+                return rec
+
+            with _Heartbeat(record, HEARTBEAT_S):
+                self.stage_fn(name)()
+            rec = record()
+            times[name] = rec["seconds"]
             config = dataclasses.asdict(self.cfg) if dataclasses.is_dataclass(self.cfg) else {}
-            write_json_atomic(mark, {"stage": name, "seconds": times[name], "config": config})
-            print(f"[{self.NAME}] {name}: {times[name]:.0f} s", flush=True)
+            write_json_atomic(mark, {**rec, "config": config})
+            elapsed.unlink()
+            calls = f" over {rec['calls']} calls" if rec["calls"] > 1 else ""
+            print(f"[{self.NAME}] {name}: {times[name]:.0f} s{calls}", flush=True)
         return times
+
+
+class _Heartbeat:
+    """Calls ``fn`` every ``interval`` seconds in a daemon thread while the block runs, and once more on leaving."""
+
+    def __init__(self, fn: Callable[[], object], interval: float):
+        self.fn = fn
+        self.interval = interval
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self.stop.wait(self.interval):
+            self.fn()
+
+    def __enter__(self) -> _Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.fn()
 
 
 def python(*args: str) -> list[str]:

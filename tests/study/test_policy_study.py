@@ -52,6 +52,32 @@ def test_an_interrupted_stage_resumes_and_finished_stages_are_skipped(tmp_path):
     assert calls == ["one", "two", "two", "three"]  # "one" was not run again
 
 
+def test_a_stage_time_sums_every_call_that_worked_on_it(tmp_path, monkeypatch):
+    import json
+    import time
+
+    from stamo_vla.study import stages
+
+    monkeypatch.setattr(stages, "HEARTBEAT_S", 0.05)
+    seen = []
+
+    class _Slow(_Flaky):
+        def _stage(self, name):
+            time.sleep(0.3)
+            seen.append((tmp_path / ".stages" / f"{name}.elapsed").is_file())  # written while the stage runs
+            super()._stage(name)
+
+    with pytest.raises(StageFailed):
+        _Slow(tmp_path, [], fail_once={"two"}).main(always=())
+    interrupted = json.loads((tmp_path / ".stages" / "two.elapsed").read_text())
+    assert interrupted["calls"] == 1 and interrupted["seconds"] >= 0.3
+    _Slow(tmp_path, [], fail_once=set()).main(always=())
+    two = json.loads((tmp_path / ".stages" / "two.json").read_text())
+    assert two["calls"] == 2 and two["seconds"] >= 0.6  # the interrupted call's time is kept
+    assert json.loads((tmp_path / ".stages" / "one.json").read_text())["calls"] == 1
+    assert not (tmp_path / ".stages" / "two.elapsed").exists() and all(seen)
+
+
 def test_stage_commands_fail_with_the_log_tail(tmp_path):
     run = StagedRun(None, tmp_path, [])
     with pytest.raises(StageFailed, match=r"(?s)exit 3.*boom"):
@@ -151,11 +177,20 @@ def test_report_reads_every_number_from_the_run_files(tmp_path):
 
 
 def test_report_of_an_unfinished_study_says_what_is_missing(tmp_path):
+    from stamo_vla.fileio import write_json_atomic
     from stamo_vla.study.policy_report import write_report
 
+    marks = tmp_path / ".stages"
+    write_json_atomic(marks / "collect.json", {"stage": "collect", "seconds": 600.0, "calls": 3})
+    write_json_atomic(
+        marks / "stamo.json", {"stage": "stamo", "seconds": 60.0}
+    )  # written before calls were counted
+    write_json_atomic(marks / "base.elapsed", {"stage": "base", "seconds": 120.0, "calls": 1})
     report = write_report(PolicyStudy(PolicyStudyConfig(out_dir=str(tmp_path)))).read_text()
     assert (
         "No evaluation has finished yet." in report
         and "not evaluated" in report
         and "Not trained yet." in report
     )
+    assert "collect 10.0 min (3 calls)" in report and "stamo 1.0 min (finishing call only)" in report
+    assert "base 2.0 min (running)" in report and "total 13.0 min" in report
