@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import os
 from collections.abc import Sequence
@@ -121,5 +120,9 @@ def check_choice(field: str, value: object, allowed: Sequence[object]) -> None:
         raise ValueError(f"{field}={value!r} is not valid; allowed: {list(allowed)}")
 
 
-def replace(cfg: T, **changes) -> T:
-    return dataclasses.replace(cfg, **changes)
+def check_positive_int(field: str, value: object, allow_zero: bool = False) -> None:
+    """Raise ValueError naming the field and the value unless it is an int >= 1 (>= 0 with `allow_zero`)."""
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        allowed = "an integer >= 0 (0 disables)" if allow_zero else "a positive integer"
+        raise ValueError(f"{field}={value!r} is not valid; it must be {allowed}")
