@@ -125,4 +125,4 @@ def check_positive_int(field: str, value: object, allow_zero: bool = False) -> N
     low = 0 if allow_zero else 1
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         allowed = "an integer >= 0 (0 disables)" if allow_zero else "a positive integer"
-        raise ValueError(f"{field}={value!r} is not valid; it must be {allowed}")
+        raise ValueError(f"{field}={value!r} must be {allowed}")
