@@ -16,7 +16,7 @@ Examples (from the repository root)::
     # several GPUs: each rank takes a round-robin share of the episodes; rank 0 writes the summary
     torchrun --nproc-per-node 4 eval/run_libero_eval.py --checkpoint ... --num_workers 4
 
-    # a YAML preset under recipes/configs/eval_<name>.yaml, plus overrides
+    # a YAML preset under stamo_vla/presets/eval_<name>.yaml, plus overrides
     python eval/run_libero_eval.py --config tiny --output_dir /tmp/eval
 
 Rerunning the same command with the same --output_dir resumes an interrupted evaluation. Every option

@@ -11,7 +11,7 @@
     # resume the newest checkpoint of the same run
     torchrun ... recipes/finetune_libero.py --config paper_spatial ... --resume true
 
-Presets live in recipes/configs/finetune_<name>.yaml; any field can be overridden (`--adapter.target none`).
+Presets live in stamo_vla/presets/finetune_<name>.yaml; any field can be overridden (`--adapter.target none`).
 The trained adapter is written to <run_dir>/adapter; merge it offline with `stamo-vla merge`.
 """
 

@@ -11,7 +11,7 @@ Several GPUs (DDP; on CPU the same command runs K gloo processes):
         --model.decoder.vae.pretrained_path /models/sd3-medium/vae \\
         --source.type rlds --source.data_root_dir /data/rlds --source.dataset_names '[libero_spatial_no_noops]'
 
-``--config`` names a preset in recipes/configs/pretrain_stamo_<name>.yaml (tiny | paper) or a YAML path;
+``--config`` names a preset in stamo_vla/presets/pretrain_stamo_<name>.yaml (tiny | paper) or a YAML path;
 any other flag overrides one field. Rerunning with the same ``--run_dir`` resumes from its newest
 checkpoint. Outputs: <run_dir>/{checkpoints,samples,tensorboard}/, metrics.jsonl, config.yaml.
 """

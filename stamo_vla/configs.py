@@ -5,12 +5,15 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "recipes" / "configs"
+# YAML presets ship inside the package (package data), so `--config tiny` works from a wheel install too.
+# Wheels are installed unpacked, so the resource directory is a real directory on disk.
+PRESET_DIR = Path(str(resources.files("stamo_vla") / "presets"))
 
 
 def available_presets(prefix: str = "", directory: Path = PRESET_DIR) -> list[str]:
@@ -40,7 +43,7 @@ def resolve_preset(name_or_path: str | os.PathLike, prefix: str = "", directory:
 def parse_config(config_cls: type[T], args: Sequence[str] | None = None, prefix: str = "") -> T:
     """Parse ``--config NAME_OR_PATH`` plus draccus overrides (``--field value``) into `config_cls`.
 
-    ``--config`` picks a preset under ``recipes/configs/`` (``<prefix><name>.yaml``) or any YAML file;
+    ``--config`` picks a preset under ``stamo_vla/presets/`` (``<prefix><name>.yaml``) or any YAML file;
     every other flag overrides a field of that preset.
     """
     import draccus
@@ -124,5 +127,5 @@ def check_positive_int(field: str, value: object, allow_zero: bool = False) -> N
     """Raise ValueError naming the field and the value unless it is an int >= 1 (>= 0 with `allow_zero`)."""
     low = 0 if allow_zero else 1
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        allowed = "an integer >= 0 (0 disables)" if allow_zero else "a positive integer"
+        allowed = "an integer >= 0" if allow_zero else "a positive integer"
         raise ValueError(f"{field}={value!r} must be {allowed}")

@@ -23,7 +23,7 @@ from stamo_vla.training.optim import OptimizerConfig
 
 @dataclass
 class PretrainStaMoConfig:
-    """Configuration of a StaMo pretraining run (presets: recipes/configs/pretrain_stamo_*.yaml)."""
+    """Configuration of a StaMo pretraining run (presets: stamo_vla/presets/pretrain_stamo_*.yaml)."""
 
     # The StaMo model (encoder + decoder); saved with every checkpoint.
     model: StaMoConfig = field(default_factory=StaMoConfig)

@@ -66,7 +66,7 @@ class PolicyStudyConfig:
     base_model: str = "small"
     base_steps: int = 2000
     base_batch_size: int = 32
-    # Fine-tuning preset (recipes/configs/finetune_<name>.yaml), steps and batch size of every run.
+    # Fine-tuning preset (stamo_vla/presets/finetune_<name>.yaml), steps and batch size of every run.
     finetune_preset: str = "study_small"
     finetune_steps: int = 2500
     finetune_batch_size: int = 16

@@ -53,7 +53,7 @@ class StaMoStudyConfig:
     episodes_per_task: int = 8
     # Simulator worker processes for collection.
     workers: int = 2
-    # StaMo pretraining preset (recipes/configs/pretrain_stamo_<preset>.yaml, or a YAML path).
+    # StaMo pretraining preset (stamo_vla/presets/pretrain_stamo_<preset>.yaml, or a YAML path).
     preset: str = "tiny"
     # Keep every k-th frame of each episode for VAE / backbone / StaMo training.
     frame_stride: int = 2

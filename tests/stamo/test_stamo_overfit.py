@@ -43,7 +43,7 @@ def test_tiny_model_overfits_and_reconstructs_from_its_own_state():
 
 @pytest.mark.slow
 def test_tiny_preset_decodes_own_states_closer_than_shuffled_by_a_margin():
-    """The improved tiny preset (recipes/configs/pretrain_stamo_tiny.yaml), a few hundred steps on 12 distinct
+    """The improved tiny preset (stamo_vla/presets/pretrain_stamo_tiny.yaml), a few hundred steps on 12 distinct
     images: decoding from each image's own state must beat another image's state by > 1 dB."""
     from stamo_vla.configs import parse_config
     from stamo_vla.stamo.pretrain import PretrainStaMoConfig
