@@ -1,10 +1,11 @@
-"""Pretrain a StaMo state model (frozen DINOv2 + compressor -> 2 tokens, SD3-style DiT decoder).
+"""Pretrain a StaMo state model (frozen DINOv2 + compressor -> 2 tokens, SD3-style DiT decoder); the same as
+``stamo-vla pretrain``.
 
 One process (CPU or one GPU):
     python recipes/pretrain_stamo.py --config tiny
     python recipes/pretrain_stamo.py --config tiny --max_steps 50 --run_dir runs/stamo_try
 
-Several GPUs (DDP; on CPU the same command runs K gloo processes):
+Several GPUs (DDP; on CPU the same command runs K gloo processes; ``-m stamo_vla.cli pretrain`` works alike):
     torchrun --standalone --nproc-per-node 8 recipes/pretrain_stamo.py --config paper \\
         --model.backbone.pretrained_path /models/dinov2-large \\
         --model.decoder.transformer.pretrained_path /models/sd3-medium/transformer \\
@@ -16,18 +17,9 @@ any other flag overrides one field. Rerunning with the same ``--run_dir`` resume
 checkpoint. Outputs: <run_dir>/{checkpoints,samples,tensorboard}/, metrics.jsonl, config.yaml.
 """
 
-from __future__ import annotations
-
 import sys
 
-
-def main(argv: list[str] | None = None) -> dict:
-    from stamo_vla.configs import parse_config
-    from stamo_vla.stamo.pretrain import PretrainStaMoConfig, pretrain
-
-    cfg = parse_config(PretrainStaMoConfig, sys.argv[1:] if argv is None else argv, prefix="pretrain_stamo_")
-    return pretrain(cfg)
-
+from stamo_vla.cli import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(["pretrain", *sys.argv[1:]]))

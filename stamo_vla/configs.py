@@ -81,6 +81,13 @@ def parse_config(config_cls: type[T], args: Sequence[str] | None = None, prefix:
         if cause is not None:
             raise ValueError(str(cause)) from err
         raise
+    except draccus.utils.DraccusException as err:  # an unknown flag: name it and the closest known one
+        known = list(parser.parser._option_string_actions)
+        unknown = [a.split("=", 1)[0] for a in args if a.startswith("--") and a.split("=", 1)[0] not in known]
+        close = [k for k in known if unknown and k.startswith(unknown[0])]
+        close = close or (difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.75) if unknown else [])
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ValueError(f"{err}.{hint} `--help` lists the fields of {config_cls.__name__}.") from err
 
 
 def _percent_safe_formatter():

@@ -1,10 +1,10 @@
 """StaMo pretraining: train compressor + DiT decoder with the flow-matching loss (DINOv2 and VAE frozen).
 
-`pretrain(cfg)` is the whole run (setup -> loop -> save); ``recipes/pretrain_stamo.py`` parses the config
-and calls it, tests and the demo call it in-process. It works as one process and under torchrun (DDP,
-gloo on CPU), resumes exactly from the newest checkpoint in ``run_dir``, logs to tqdm / tensorboard /
-``metrics.jsonl``, and on rank 0 writes PSNR/SSIM (held-out images under ``eval/``, as many training images
-under ``eval_train/``) and sample sheets of the held-out images (``samples/step_*.png``).
+`pretrain(cfg)` is the whole run (setup -> loop -> save); ``stamo-vla pretrain`` (`main`, also behind
+``recipes/pretrain_stamo.py``) parses the config and calls it; the studies call it in-process. It works as one
+process and under torchrun (DDP, gloo on CPU), resumes exactly from the newest checkpoint in ``run_dir``, logs
+to tqdm / tensorboard / ``metrics.jsonl``, and on rank 0 writes PSNR/SSIM (held-out images under ``eval/``, as
+many training images under ``eval_train/``) and sample sheets of the held-out images (``samples/step_*.png``).
 """
 
 from __future__ import annotations
@@ -333,3 +333,15 @@ def pretrain(cfg: PretrainStaMoConfig) -> dict:
         "health": health,
         "checkpoint": str(latest) if latest else None,
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``stamo-vla pretrain``: parse a `PretrainStaMoConfig` (``--config`` picks ``pretrain_stamo_<name>.yaml``)."""
+    import sys
+
+    from stamo_vla.configs import parse_config
+
+    pretrain(
+        parse_config(PretrainStaMoConfig, sys.argv[1:] if argv is None else argv, prefix="pretrain_stamo_")
+    )
+    return 0

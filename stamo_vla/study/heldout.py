@@ -1,6 +1,6 @@
 """Metrics of a finished fine-tuning run on its held-out episodes (the ``val`` split of its own data config).
 
-    python -m stamo_vla.study.heldout --run_dir runs/study_spatial/finetune/none_seed0
+    stamo-vla heldout --run_dir runs/study_spatial/finetune/none_seed0
 
 Writes ``<run_dir>/heldout_metrics.json``: the model's own metrics (action L1 in normalized units, token
 accuracy, StaMo target losses) averaged over every held-out sample, with the sample count.

@@ -3,7 +3,7 @@
     stamo-vla stamo-study                                  # every stage; rerun the same command to resume
     stamo-vla stamo-study --stamo_steps 3000 --stages '[stamo,reconstruction,probe,report]'
 
-Stages (each skipped when its mark under ``<out_dir>/.stages/`` exists; a rerun resumes an interrupted one):
+Stages (each skipped when its mark under ``<output_dir>/.stages/`` exists; a rerun resumes an interrupted one):
 
 1. collect         scripted LIBERO demonstrations on several libero_spatial tasks (`stamo_vla.libero.collect`)
 2. frames          the camera frames at model resolution, and the held-out split: whole EPISODES are held out
@@ -18,7 +18,7 @@ Stages (each skipped when its mark under ``<out_dir>/.stages/`` exists; a rerun 
 7. probe           the latent-action probe at k = 1, 2, 4, 8 over seeded episode splits and leave-one-task-out
 8. report          ``<results_dir>/``: stamo_study.json, STAMO_STUDY.md and the PNGs (small files, committable)
 
-Big outputs (data, checkpoints) stay under ``out_dir``; ``results_dir`` receives only JSON, markdown and PNG.
+Big outputs (data, checkpoints) stay under ``output_dir``; ``results_dir`` receives only JSON, markdown and PNG.
 """
 
 from __future__ import annotations
@@ -42,17 +42,17 @@ class StaMoStudyConfig:
     """Options of ``stamo-vla stamo-study``."""
 
     # Working directory: data, checkpoints, logs and stage marks (large; not committed).
-    out_dir: str = "runs/stamo_study"
+    output_dir: str = "runs/stamo_study"
     # Where the small outputs go (JSON, markdown, PNG): commit this folder.
     results_dir: str = "docs/results/stamo"
     # LIBERO suite to collect from.
     suite: str = "libero_spatial"
     # Task ids to collect (several: the probe's leave-one-task-out needs >= 2).
-    tasks: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+    task_ids: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
     # Successful scripted demonstrations per task.
     episodes_per_task: int = 8
     # Simulator worker processes for collection.
-    workers: int = 2
+    num_workers: int = 2
     # StaMo pretraining preset (stamo_vla/presets/pretrain_stamo_<preset>.yaml, or a YAML path).
     preset: str = "tiny"
     # Keep every k-th frame of each episode for VAE / backbone / StaMo training.
@@ -105,7 +105,7 @@ class StaMoStudyConfig:
             raise ValueError(
                 f"backbones={self.backbones} is not valid; allowed: non-empty subset of {list(BACKBONES)}"
             )
-        for name in ("episodes_per_task", "workers", "frame_stride", "heldout_episodes", "threads"):
+        for name in ("episodes_per_task", "num_workers", "frame_stride", "heldout_episodes", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} is not valid; it must be >= 1")
         for name in ("vae_fit_steps", "stamo_steps", "probe_max_steps"):
@@ -115,9 +115,9 @@ class StaMoStudyConfig:
             raise ValueError(
                 f"num_eval_images={self.num_eval_images} is not valid; it must be >= 2 (shuffled pairs)"
             )
-        if len(self.tasks) < 2:
+        if len(self.task_ids) < 2:
             raise ValueError(
-                f"tasks={self.tasks} is not valid; give >= 2 tasks (leave-one-task-out needs them)"
+                f"task_ids={self.task_ids} is not valid; give >= 2 tasks (leave-one-task-out needs them)"
             )
         if not self.stamo_seeds or not self.probe_seeds:
             raise ValueError("stamo_seeds and probe_seeds must each name at least one seed")
@@ -140,7 +140,7 @@ class StaMoStudy(StagedRun):
     NAME = "stamo-study"
 
     def __init__(self, cfg: StaMoStudyConfig):
-        super().__init__(cfg, cfg.out_dir, cfg.stages)
+        super().__init__(cfg, cfg.output_dir, cfg.stages)
         self.data = self.out / "data"
         self.dataset = f"{cfg.suite}_no_noops"
         self.frames_file = self.out / "frames.pt"
@@ -189,11 +189,11 @@ class StaMoStudy(StagedRun):
         c = self.cfg
         summary = collect(
             CollectConfig(
-                out=str(self.data),
+                data_root_dir=str(self.data),
                 suite=c.suite,
-                tasks=tuple(c.tasks),
+                task_ids=list(c.task_ids),
                 episodes_per_task=c.episodes_per_task,
-                workers=c.workers,
+                num_workers=c.num_workers,
             )
         )
         _log(f"collected: {summary}")

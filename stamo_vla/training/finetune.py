@@ -1,6 +1,7 @@
 """LoRA + StaMo-head fine-tuning of an OpenVLA checkpoint: setup -> loop -> save.
 
-Run through ``recipes/finetune_libero.py`` (plain ``python`` or ``torchrun --nproc-per-node K``). Every rank
+Run through ``stamo-vla finetune`` (``torchrun --nproc-per-node K -m stamo_vla.cli finetune`` on several devices;
+``recipes/finetune_libero.py`` is the same command). Every rank
 reads its own shard of the data; rank 0 logs and writes checkpoints; merging the adapter into the base is a
 separate offline command (``stamo-vla merge``), never done on every rank.
 
@@ -468,3 +469,15 @@ def load_metrics(run_dir: str | Path) -> list[dict]:
     return (
         [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``stamo-vla finetune``: parse a `FinetuneConfig` (``--config`` picks ``finetune_<name>.yaml``) and train."""
+    import sys
+
+    from stamo_vla.configs import parse_config
+
+    cfg = parse_config(FinetuneConfig, sys.argv[1:] if argv is None else argv, prefix="finetune_")
+    result = finetune(cfg)
+    print(f"adapter written to {result.adapter_dir} after {result.step} steps")
+    return 0

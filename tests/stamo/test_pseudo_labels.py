@@ -45,11 +45,11 @@ def test_labels_equal_encoder_differences_exactly(tmp_path, encoder_dir, frames_
     assert (
         main(
             [
-                "--frames-dir",
+                "--frames_dir",
                 str(frames_dir),
-                "--stamo",
+                "--stamo_path",
                 str(encoder_dir),
-                "--out",
+                "--output_dir",
                 str(tmp_path / "out"),
                 "--horizon",
                 "2",

@@ -124,7 +124,7 @@ def test_rlds_source_reads_frames_of_the_written_dataset(tmp_path):
 def test_recipe_runs_under_torchrun_with_two_cpu_processes(tmp_path):
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        str(REPO / "recipes" / "pretrain_stamo.py"), "--config", "tiny", "--run_dir", str(tmp_path),
+        "-m", "stamo_vla.cli", "pretrain", "--config", "tiny", "--run_dir", str(tmp_path),
         "--max_steps", "2", "--vae_fit_steps", "0", "--batch_size", "2", "--num_heldout", "2",
         "--eval_sample_steps", "1", "--source.num_images", "12",
     ]  # fmt: skip

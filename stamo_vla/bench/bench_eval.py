@@ -12,8 +12,8 @@ whose envs are built before timing starts:
 Episodes/hour are reported for the measured short episodes and projected for a full-length
 libero_spatial episode (220 policy + 10 wait steps) from the measured step and reset times.
 
-    python -m eval.bench.bench_eval            # full run (a few minutes on 2 cores)
-    python -m eval.bench.bench_eval --quick    # about a minute
+    stamo-vla bench --only '[eval]'            # full run (a few minutes on 2 cores)
+    stamo-vla bench --only '[eval]' --quick true    # about a minute
 """
 
 from __future__ import annotations
@@ -140,13 +140,3 @@ def _print(result: dict) -> None:
         f"2 vs 1 worker speed-up: {result['speedup_2_vs_1']}x; tiny VLA share of the loop: "
         f"{100 * vla['policy_share_of_loop']:.1f}% ({vla['policy_ms_per_call']} ms per batched call)"
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    from eval.bench._common import bench_main
-
-    return bench_main(run, __doc__, "fewer, shorter episodes", argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

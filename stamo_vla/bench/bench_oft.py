@@ -6,8 +6,8 @@ OFT adapter fills K x 7 empty positions in one bidirectional pass and regresses 
 measured: the OFT variant with both cameras + proprio, and the StaMo head's overhead (predicting the future
 StaMo state from the same pass) for the OFT variant.
 
-    python -m eval.bench.bench_oft            # full run
-    python -m eval.bench.bench_oft --quick    # best of two timed repeats
+    stamo-vla bench --only '[oft]'            # full run
+    stamo-vla bench --only '[oft]' --quick true    # best of two timed repeats
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from eval.bench._common import timed_rounds
-from eval.bench.bench_predict_action import INSTRUCTIONS  # the same prompts for both decoders
+from stamo_vla.bench._common import timed_rounds
+from stamo_vla.bench.bench_predict_action import INSTRUCTIONS  # the same prompts for both decoders
 
 CHUNK = 8
 
@@ -136,13 +136,3 @@ def run(quick: bool = False, presets: tuple[str, ...] = ("tiny", "mid")) -> dict
         "stamo_head_overhead": {n: r["oft_stamo_head_overhead"] for n, r in results.items()},
         "stamo_head_mlp_fraction": {n: r["oft_stamo_head_mlp_fraction"] for n, r in results.items()},
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    from eval.bench._common import bench_main
-
-    return bench_main(run, __doc__, "best of two timed repeats instead of seven", argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
