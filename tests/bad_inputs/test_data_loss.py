@@ -132,10 +132,10 @@ def test_save_checkpoint_refuses_a_foreign_step_directory_and_cleans_stale_tempo
 @pytest.mark.parametrize(
     "out",
     [
-        lambda base, adapter: base,  # --out == --base
-        lambda base, adapter: base / "merged",  # inside --base
-        lambda base, adapter: adapter,  # --out == --adapter
-        lambda base, adapter: adapter / "merged",  # inside --adapter
+        lambda base, adapter: base,  # --output_dir == --vla_path
+        lambda base, adapter: base / "merged",  # inside --vla_path
+        lambda base, adapter: adapter,  # --output_dir == --adapter_dir
+        lambda base, adapter: adapter / "merged",  # inside --adapter_dir
         lambda base, adapter: base.parent,  # contains both
     ],
     ids=["equals-base", "inside-base", "equals-adapter", "inside-adapter", "contains-both"],
