@@ -135,9 +135,9 @@ class Demo(StagedRun):
         args += [
             "--vae_fit_steps",
             str(c.stamo_vae_fit_steps),
-            "--eval_every",
+            "--eval_steps",
             str(max(1, c.stamo_steps // 2)),  # own vs shuffled logged mid-way and at the end
-            "--save_every",
+            "--save_steps",
             str(c.stamo_steps),
         ]
         # one thread: the tiny model gains nothing from a second, which on a shared 2-core CPU only spin-waits
@@ -157,10 +157,8 @@ class Demo(StagedRun):
                 str(self.data),
                 "--data.dataset_names",
                 f"[{self.dataset}]",
-                "--run_root_dir",
-                str(self.runs),
-                "--run_id",
-                target,
+                "--run_dir",
+                str(self.runs / target),
                 "--max_steps",
                 str(c.finetune_steps),
                 "--save_steps",

@@ -22,12 +22,14 @@ import time
 
 import numpy as np
 
+from stamo_vla.policy import Policy
+
 SUITE, TASK = "libero_spatial", 0
 WAIT = 10
 FULL_EPISODE_STEPS = 220 + WAIT
 
 
-class HoldPolicy:
+class HoldPolicy(Policy):
     """Zero arm motion, gripper open (dataset convention): measures everything but the policy."""
 
     action_chunk = 1
@@ -38,12 +40,12 @@ class HoldPolicy:
         return out
 
 
-class TimedPolicy:
+class TimedPolicy(Policy):
     """Wraps a policy and accumulates the wall time spent in ``predict_batch``."""
 
     def __init__(self, policy):
         self.policy, self.seconds, self.calls = policy, 0.0, 0
-        self.action_chunk = policy.action_chunk
+        self.action_chunk, self.uses_wrist_image = policy.action_chunk, policy.uses_wrist_image
 
     def predict_batch(self, images, instructions, **obs):
         start = time.perf_counter()

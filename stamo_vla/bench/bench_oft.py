@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from stamo_vla.adapter.action_heads import L1ActionHead
 from stamo_vla.bench._common import timed_rounds
 from stamo_vla.bench.bench_predict_action import INSTRUCTIONS  # the same prompts for both decoders
 
@@ -61,8 +62,10 @@ def _inputs(processor, batch_size: int, num_images: int, device: str) -> dict:
 def bench_preset(name: str, config, batch_size: int = 8, repeats: int = 3, device: str = "cpu") -> dict:
     """Actions/s of the token and OFT adapters on one preset, plus the StaMo head's overhead for OFT."""
     tokens, processor = _adapter(config, device)
-    oft, _ = _adapter(config, device, action_head="l1", action_chunk=CHUNK)
-    full, _ = _adapter(config, device, action_head="l1", action_chunk=CHUNK, num_images=2, use_proprio=True)
+    oft, _ = _adapter(config, device, action_head=L1ActionHead(action_chunk=CHUNK))
+    full, _ = _adapter(
+        config, device, action_head=L1ActionHead(action_chunk=CHUNK, num_images=2, use_proprio=True)
+    )
     one = _inputs(processor, batch_size, 1, device)
     two = _inputs(processor, batch_size, 2, device)
     proprio = torch.zeros(batch_size, 8, device=device)

@@ -240,11 +240,3 @@ def reset_to_init(env: Any, init_state: np.ndarray) -> dict:
     """``env.reset()`` then ``env.set_init_state(init_state)``; returns the observation (no wait steps)."""
     env.reset()
     return env.set_init_state(np.asarray(init_state))
-
-
-def wait_steps(env: Any, num_steps: int = NUM_STEPS_WAIT) -> dict:
-    """Run the upstream settle steps (``DUMMY_ACTION``) and return the last observation."""
-    obs = None
-    for _ in range(num_steps):
-        obs, _, _, _ = env.step(list(DUMMY_ACTION))
-    return obs

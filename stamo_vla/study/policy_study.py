@@ -215,8 +215,9 @@ class PolicyStudy(StagedRun):
         args = ["--config", c.finetune_preset]
         args += ["--vla_path", str(self.base_run / "model"), "--data.data_root_dir", str(self.data)]
         args += ["--data.dataset_names", f"[{self.dataset(FINETUNE_DATASET)}]"]
-        args += ["--data.train_percent", str(c.train_percent), "--run_root_dir", str(self.finetune_root)]
-        args += ["--run_id", self.run_id(arm, seed), "--seed", str(seed), "--data.seed", str(seed)]
+        args += ["--data.train_percent", str(c.train_percent)]
+        args += ["--run_dir", str(self.finetune_root / self.run_id(arm, seed))]
+        args += ["--seed", str(seed), "--data.seed", str(seed)]
         args += ["--max_steps", str(c.finetune_steps), "--batch_size", str(c.finetune_batch_size)]
         args += [
             "--save_steps",

@@ -315,8 +315,8 @@ class StaMoStudy(StagedRun):
         cfg.seed = seed
         cfg.vae_fit_steps = 0
         cfg.max_steps = c.stamo_steps
-        cfg.eval_every = c.stamo_eval_every
-        cfg.save_every = c.stamo_eval_every
+        cfg.eval_steps = c.stamo_eval_every
+        cfg.save_steps = c.stamo_eval_every
         cfg.run_dir = str(self.stamo_dir(backbone, seed))
         return cfg
 
