@@ -381,7 +381,8 @@ class StaMoStudy(StagedRun):
 
         from stamo_vla.fileio import write_json_atomic
         from stamo_vla.stamo.modeling_encoder import StaMoEncoder
-        from stamo_vla.stamo.probe import FitConfig, _to_pixels, load_rlds_episodes, run_probe, untrained_copy
+        from stamo_vla.stamo.pixels import uint8_to_pixels
+        from stamo_vla.stamo.probe import FitConfig, load_rlds_episodes, run_probe, untrained_copy
         from stamo_vla.training.checkpoint import find_latest_checkpoint
 
         c = self.cfg
@@ -395,7 +396,7 @@ class StaMoStudy(StagedRun):
         def features(images):
             out: dict[str, list] = {}
             for start in range(0, len(images), 64):
-                pixels = _to_pixels(images[start : start + 64])
+                pixels = uint8_to_pixels(images[start : start + 64])
                 pooled = torch.nn.functional.adaptive_avg_pool2d(pixels, 16).flatten(1)
                 out.setdefault("pooled_pixel_delta", []).append(pooled)
                 for backbone, (enc, untrained) in encoders.items():
