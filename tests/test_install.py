@@ -98,6 +98,7 @@ def test_wheel_installs_and_finetunes_outside_the_checkout(tmp_path):
     assert Path(where.stdout.strip()).is_relative_to(venv)
     assert "finetune" in _run([stamo_vla, "--help"], work, env).stdout
     assert "--max_steps" in _run([stamo_vla, "eval", "--config", "tiny", "--help"], work, env).stdout
+    assert "--quick" in _run([stamo_vla, "bench", "--help"], work, env).stdout
     typo = subprocess.run(
         [stamo_vla, "eval", "--config", "tinny"], cwd=work, env=env, capture_output=True, text=True
     )

@@ -3,7 +3,7 @@
 Each worker runs libero_spatial task 0 from its own init state and steps a small fixed arm motion with the
 gripper open (no policy, no scripted controller: simulator + rendering + IPC only). Envs are built and
 reset before timing starts. Two observation settings are measured: the upstream two 256 px cameras
-(agentview + wrist), and camera-free envs (what ``controller-report --no-cameras`` uses).
+(agentview + wrist), and camera-free envs (what ``controller-report --cameras false`` uses).
 
     stamo-vla bench --only '[env]'            # full run (about two minutes on 2 cores)
     stamo-vla bench --only '[env]' --quick true    # under a minute
