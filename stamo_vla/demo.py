@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stamo_vla.configs import parse_config
+from stamo_vla.configs import check_positive_int, parse_config
 from stamo_vla.study.stages import StagedRun, stamo_vla_cli, torchrun
 
 
@@ -70,10 +70,8 @@ class DemoConfig:
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown:
             raise ValueError(f"stages={unknown} are not valid; allowed: {list(STAGES)}")
-        if self.num_workers < 1 or self.finetune_procs < 1:
-            raise ValueError(
-                f"num_workers={self.num_workers}, finetune_procs={self.finetune_procs}: both must be >= 1"
-            )
+        check_positive_int("num_workers", self.num_workers)
+        check_positive_int("finetune_procs", self.finetune_procs)
 
 
 STAGES = ("collect", "pretrain", "cache", "finetune", "evaluate", "probe", "report")

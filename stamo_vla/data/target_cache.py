@@ -33,9 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-from stamo_vla.configs import parse_config
+from stamo_vla.configs import check_positive_int, parse_config
 from stamo_vla.data.rlds import dataset_fingerprint, resolve_dataset_dir
 from stamo_vla.fileio import atomic_path, write_json_atomic
+from stamo_vla.stamo.pixels import uint8_to_pixels
 
 FORMAT_VERSION = 1
 IMAGE_SOURCE = "steps/observation/image (stored frame, upright, un-augmented, float [0, 1])"
@@ -167,11 +168,9 @@ def shard_problem(path: Path, num_steps: int) -> str | None:
 
 def _frames_to_pixels(jpegs: list[bytes]):
     """JPEG frames at their stored size -> (B, 3, H, W) float in [0, 1]."""
-    import torch
     from PIL import Image
 
-    frames = np.stack([np.array(Image.open(io.BytesIO(j)).convert("RGB")) for j in jpegs])
-    return torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255.0)
+    return uint8_to_pixels(np.stack([np.array(Image.open(io.BytesIO(j)).convert("RGB")) for j in jpegs]))
 
 
 def build_target_cache(
@@ -205,8 +204,7 @@ def build_target_cache(
     from stamo_vla.data.rlds import iter_episodes
     from stamo_vla.stamo import fingerprint
 
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    check_positive_int("batch_size", batch_size)
     out = Path(out_dir) if out_dir else default_cache_dir(data_root_dir, dataset_name)
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -275,8 +273,7 @@ class CacheTargetsConfig:
         for name in ("data_root_dir", "dataset_name", "stamo_path"):
             if not getattr(self, name):
                 raise ValueError(f"{name} is empty; give --{name}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size={self.batch_size} must be >= 1")
+        check_positive_int("batch_size", self.batch_size)
 
 
 def main_cache_targets(argv: list[str] | None = None) -> int:

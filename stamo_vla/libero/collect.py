@@ -27,7 +27,7 @@ import json
 import sys
 from pathlib import Path
 
-from stamo_vla.configs import parse_config
+from stamo_vla.configs import check_positive_int, parse_config
 from stamo_vla.libero.env import SAME_STATE_TOLERANCE, SUITE_MAX_STEPS
 from stamo_vla.libero.scripted_rollout import (  # noqa: F401  (re-exported: the collection API in one place)
     NOOP_THRESHOLD,
@@ -82,10 +82,9 @@ class CollectConfig:
                 f"init_states={self.init_states!r} is not valid; allowed: {list(INIT_STATE_SOURCES)}"
             )
         for field in ("episodes_per_task", "num_workers", "render_resolution"):
-            if getattr(self, field) < 1:
-                raise ValueError(f"{field}={getattr(self, field)!r} must be >= 1")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps={self.max_steps!r} must be >= 1 or None")
+            check_positive_int(field, getattr(self, field))
+        if self.max_steps is not None:
+            check_positive_int("max_steps", self.max_steps)
         if self.dataset_name is None:
             self.dataset_name = f"{self.suite}_no_noops" + ("_actionfree" if self.action_free else "")
 
@@ -291,8 +290,7 @@ class ControllerReportConfig:
         if self.suite not in SUITE_MAX_STEPS:
             raise ValueError(f"suite={self.suite!r} is not valid; allowed: {list(SUITE_MAX_STEPS)}")
         for field in ("episodes_per_task", "num_workers"):
-            if getattr(self, field) < 1:
-                raise ValueError(f"{field}={getattr(self, field)!r} must be >= 1")
+            check_positive_int(field, getattr(self, field))
 
 
 def main_controller_report(argv: list[str] | None = None) -> int:

@@ -14,6 +14,8 @@ import dataclasses
 import sys
 from dataclasses import dataclass
 
+from stamo_vla.configs import check_positive_int
+
 
 @dataclass
 class TrainActionDecoderConfig:
@@ -44,21 +46,19 @@ class TrainActionDecoderConfig:
 
     def __post_init__(self) -> None:
         for name in ("horizon", "hidden_size", "num_layers", "steps", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+            check_positive_int(name, getattr(self, name))
         if not 0 < self.test_fraction < 1:
             raise ValueError(f"test_fraction={self.test_fraction} must be in (0, 1)")
 
 
 def episode_windows(cfg: TrainActionDecoderConfig, encoder):
     """Per-episode (motion, state, normalized chunk) tensors and the action statistics used."""
-    import numpy as np
     import torch
 
-    from stamo_vla.data.normalization import normalize
     from stamo_vla.data.rlds import iter_episodes
     from stamo_vla.data.statistics import compute_statistics
-    from stamo_vla.data.transforms import standardize_gripper
+    from stamo_vla.data.transforms import normalized_actions
+    from stamo_vla.stamo.pixels import uint8_to_pixels
 
     stats = compute_statistics(cfg.data_root_dir, cfg.dataset_name)
     k, out = cfg.horizon, []
@@ -66,9 +66,9 @@ def episode_windows(cfg: TrainActionDecoderConfig, encoder):
         if not ep["has_action"] or len(ep["image"]) <= k:
             continue
         with torch.no_grad():
-            pixels = torch.from_numpy(np.array(ep["image"])).permute(0, 3, 1, 2).float() / 255.0
+            pixels = uint8_to_pixels(ep["image"])
             states = torch.cat([encoder.encode(pixels[i : i + 64]) for i in range(0, len(pixels), 64)])
-        actions = torch.from_numpy(normalize(standardize_gripper(ep["action"]), stats["action"]))
+        actions = torch.from_numpy(normalized_actions(ep["action"], stats["action"]))
         n = len(states) - k
         chunks = torch.stack([actions[i : i + k] for i in range(n)])
         out.append((states[k:] - states[:n], states[:n], chunks))

@@ -18,6 +18,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stamo_vla.configs import check_positive_int
+
 
 @dataclass
 class ProbeConfig:
@@ -60,8 +62,7 @@ class ProbeConfig:
         if not self.seeds:
             raise ValueError(f"seeds={self.seeds} must name at least one split seed")
         for name in ("hidden_size", "num_layers", "steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+            check_positive_int(name, getattr(self, name))
 
     def fit_config(self):
         from stamo_vla.stamo.probe import FitConfig

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stamo_vla.configs import parse_config
+from stamo_vla.configs import check_positive_int, parse_config
+from stamo_vla.stamo.pixels import uint8_to_pixels
 
 FORMAT_VERSION = 1
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -34,8 +35,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 def latent_actions(states: np.ndarray, horizon: int) -> np.ndarray:
     """(T, N, D) states -> (T, N, D) motions s_{min(t+h, T-1)} - s_t (the last rows clamp at the episode end)."""
-    if horizon < 1:
-        raise ValueError(f"horizon={horizon} must be >= 1")
+    check_positive_int("horizon", horizon)
     future = np.minimum(np.arange(len(states)) + horizon, len(states) - 1)
     return (states[future] - states).astype(np.float32)
 
@@ -76,8 +76,8 @@ def _encode(encoder, frames: np.ndarray, batch_size: int, device: str) -> np.nda
     out = []
     with torch.no_grad():
         for i in range(0, len(frames), batch_size):
-            pixels = torch.from_numpy(np.ascontiguousarray(frames[i : i + batch_size])).permute(0, 3, 1, 2)
-            out.append(encoder.encode(pixels.float().div(255.0).to(device)).float().cpu().numpy())
+            pixels = uint8_to_pixels(frames[i : i + batch_size])
+            out.append(encoder.encode(pixels.to(device)).float().cpu().numpy())
     return np.concatenate(out)
 
 
@@ -187,8 +187,7 @@ class LabelLatentActionsConfig:
             if not getattr(self, name):
                 raise ValueError(f"{name} is empty; give --{name}")
         for name in ("horizon", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+            check_positive_int(name, getattr(self, name))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stamo_vla.configs import parse_config
+from stamo_vla.configs import check_positive_int, parse_config
 from stamo_vla.study.stages import StagedRun, stamo_vla_cli
 
 STAGES = ("collect", "stamo", "base", "finetune", "heldout", "evaluate", "report")
@@ -99,11 +99,11 @@ class PolicyStudyConfig:
         if not self.eval_task_ids or not self.seeds or not self.arms:
             raise ValueError("eval_task_ids, seeds and arms must each name at least one entry")
         if self.stamo_steps is not None:
-            _positive("stamo_steps", self.stamo_steps)
+            check_positive_int("stamo_steps", self.stamo_steps)
         for name in ("finetune_episodes", "base_episodes", "num_workers", "base_steps"):
-            _positive(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         for name in ("base_batch_size", "finetune_steps", "finetune_batch_size", "trials_per_task"):
-            _positive(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         if not 0 < self.train_percent < 100:
             raise ValueError(
                 f"train_percent={self.train_percent} must be in (0, 100): held-out episodes are needed"
@@ -113,11 +113,6 @@ class PolicyStudyConfig:
     def runs(self) -> list[tuple[str, int]]:
         """Every fine-tuning run as (arm, seed), seed-major: the first seed of every arm finishes first."""
         return [(arm, seed) for seed in self.seeds for arm in self.arms]
-
-
-def _positive(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} must be a positive integer")
 
 
 FINETUNE_DATASET = "finetune"

@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stamo_vla.configs import check_positive_int
 from stamo_vla.stamo.backbone_pretrain import BackbonePretrainConfig
 from stamo_vla.study.stages import StagedRun
 
@@ -106,11 +107,9 @@ class StaMoStudyConfig:
                 f"backbones={self.backbones} is not valid; allowed: non-empty subset of {list(BACKBONES)}"
             )
         for name in ("episodes_per_task", "num_workers", "frame_stride", "heldout_episodes", "threads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} is not valid; it must be >= 1")
+            check_positive_int(name, getattr(self, name))
         for name in ("vae_fit_steps", "stamo_steps", "probe_max_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} is not valid; it must be >= 1")
+            check_positive_int(name, getattr(self, name))
         if self.num_eval_images < 2:
             raise ValueError(
                 f"num_eval_images={self.num_eval_images} is not valid; it must be >= 2 (shuffled pairs)"

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from stamo_vla.configs import check_choice, parse_config
+from stamo_vla.stamo.pixels import uint8_to_pixels
 
 MODES = ("reconstruct", "interpolate", "transfer")
 
@@ -33,7 +34,7 @@ def load_images(paths: list[str], size: int):
         if not Path(p).is_file():
             raise FileNotFoundError(f"image {p} does not exist")
         img = Image.open(p).convert("RGB").resize((size, size), Image.BICUBIC)
-        out.append(torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1))
+        out.append(uint8_to_pixels(np.asarray(img)))
     return torch.stack(out)
 
 

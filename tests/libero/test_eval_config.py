@@ -33,7 +33,7 @@ def test_unknown_suite_lists_valid_ones():
         ({"video": "some"}, "video='some' is not valid; allowed: \\['all', 'failures', 'none'\\]"),
         ({"quantization": "3bit"}, "quantization='3bit'"),
         ({"num_trials_per_task": 51}, "ships 50 fixed initial states"),
-        ({"num_workers": 0}, "num_workers=0 must be >= 1"),
+        ({"num_workers": 0}, "num_workers=0 must be a positive integer"),
         ({"open_loop_steps": 0}, "open_loop_steps=0"),
         ({"task_ids": [-1]}, "task_ids=\\[-1\\]"),
         ({"suites": ["libero_10", "libero_10"]}, "lists a suite twice"),

@@ -37,7 +37,7 @@ def frames_dir(tmp_path):
 def test_latent_actions_clamp_at_the_episode_end():
     states = np.arange(4, dtype=np.float32).reshape(4, 1, 1)
     assert latent_actions(states, 2)[:, 0, 0].tolist() == [2, 2, 1, 0]
-    with pytest.raises(ValueError, match="horizon=0 must be >= 1"):
+    with pytest.raises(ValueError, match="horizon=0 must be a positive integer"):
         latent_actions(states, 0)
 
 
