@@ -89,8 +89,8 @@ class PretrainStaMoConfig(RunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.heldout_groups is not None:
-            check_positive_int("heldout_groups", self.heldout_groups)
+        if self.heldout_groups is not None and self.heldout_groups < 1:
+            raise ValueError(f"heldout_groups={self.heldout_groups} is not valid; it must be >= 1 or None")
         for name in ("eval_steps", "vae_fit_steps", "gap_check_step"):
             check_positive_int(name, getattr(self, name), allow_zero=True)
         if self.num_heldout == 1:
