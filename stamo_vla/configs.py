@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import os
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "recipes" / "configs"
+# YAML presets ship inside the package (package data), so `--config tiny` works from a wheel install too.
+# Wheels are installed unpacked, so the resource directory is a real directory on disk.
+PRESET_DIR = Path(str(resources.files("stamo_vla") / "presets"))
 
 
 def available_presets(prefix: str = "", directory: Path = PRESET_DIR) -> list[str]:
@@ -41,7 +43,7 @@ def resolve_preset(name_or_path: str | os.PathLike, prefix: str = "", directory:
 def parse_config(config_cls: type[T], args: Sequence[str] | None = None, prefix: str = "") -> T:
     """Parse ``--config NAME_OR_PATH`` plus draccus overrides (``--field value``) into `config_cls`.
 
-    ``--config`` picks a preset under ``recipes/configs/`` (``<prefix><name>.yaml``) or any YAML file;
+    ``--config`` picks a preset under ``stamo_vla/presets/`` (``<prefix><name>.yaml``) or any YAML file;
     every other flag overrides a field of that preset.
     """
     import draccus
@@ -79,6 +81,13 @@ def parse_config(config_cls: type[T], args: Sequence[str] | None = None, prefix:
         if cause is not None:
             raise ValueError(str(cause)) from err
         raise
+    except draccus.utils.DraccusException as err:  # an unknown flag: name it and the closest known one
+        known = list(parser.parser._option_string_actions)
+        unknown = [a.split("=", 1)[0] for a in args if a.startswith("--") and a.split("=", 1)[0] not in known]
+        close = [k for k in known if unknown and k.startswith(unknown[0])]
+        close = close or (difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.75) if unknown else [])
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ValueError(f"{err}.{hint} `--help` lists the fields of {config_cls.__name__}.") from err
 
 
 def _percent_safe_formatter():
@@ -121,5 +130,9 @@ def check_choice(field: str, value: object, allowed: Sequence[object]) -> None:
         raise ValueError(f"{field}={value!r} is not valid; allowed: {list(allowed)}")
 
 
-def replace(cfg: T, **changes) -> T:
-    return dataclasses.replace(cfg, **changes)
+def check_positive_int(field: str, value: object, allow_zero: bool = False) -> None:
+    """Raise ValueError naming the field and the value unless it is an int >= 1 (>= 0 with `allow_zero`)."""
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        allowed = "an integer >= 0" if allow_zero else "a positive integer"
+        raise ValueError(f"{field}={value!r} must be {allowed}")

@@ -24,7 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stamo_vla.study.stages import StagedRun
+from stamo_vla.configs import check_positive_int, parse_config
+from stamo_vla.study.stages import StagedRun, stamo_vla_cli, torchrun
 
 
 @dataclass
@@ -32,14 +33,14 @@ class DemoConfig:
     """The demo's sizes (defaults: ~20 minutes on 2 CPU cores)."""
 
     # Output folder of every stage and of REPORT.md.
-    out_dir: str = "runs/demo"
+    output_dir: str = "runs/demo"
     # LIBERO suite and tasks to collect and evaluate.
     suite: str = "libero_spatial"
-    tasks: list[int] = field(default_factory=lambda: [0, 1])
+    task_ids: list[int] = field(default_factory=lambda: [0, 1])
     # Successful scripted demonstrations per task.
     episodes_per_task: int = 6
     # Simulator worker processes (collection and evaluation).
-    workers: int = 2
+    num_workers: int = 2
     # StaMo pretraining steps (improved tiny preset) and VAE fit steps before it (the preset's 700: fewer leave the
     # VAE barely above the mean frame, so decoded pixels cannot show what the states carry). Measured on 12 episodes
     # of 2 tasks with 2 held out: 2000 steps gave own 23.8 vs shuffled 21.7 dB in ~5 min on a busy 2-core CPU.
@@ -69,8 +70,8 @@ class DemoConfig:
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown:
             raise ValueError(f"stages={unknown} are not valid; allowed: {list(STAGES)}")
-        if self.workers < 1 or self.finetune_procs < 1:
-            raise ValueError("workers and finetune_procs must be >= 1")
+        check_positive_int("num_workers", self.num_workers)
+        check_positive_int("finetune_procs", self.finetune_procs)
 
 
 STAGES = ("collect", "pretrain", "cache", "finetune", "evaluate", "probe", "report")
@@ -85,7 +86,7 @@ class Demo(StagedRun):
     NAME = "demo"
 
     def __init__(self, cfg: DemoConfig):
-        super().__init__(cfg, cfg.out_dir, cfg.stages)
+        super().__init__(cfg, cfg.output_dir, cfg.stages)
         self.data = self.out / "data"
         self.dataset = f"{cfg.suite}_no_noops"
         self.stamo_run = self.out / "stamo"
@@ -100,27 +101,17 @@ class Demo(StagedRun):
     # ---------------------------------------------------------------- stages
     def collect(self) -> None:
         c = self.cfg
-        self.run(
-            [
-                sys.executable,
-                "-m",
-                "stamo_vla.cli",
-                "collect",
-                "--suite",
-                c.suite,
-                "--tasks",
-                ",".join(map(str, c.tasks)),
-                "--episodes-per-task",
-                str(c.episodes_per_task),
-                "--workers",
-                str(c.workers),
-                "--out",
-                str(self.data),
-                "--render-resolution",
-                str(c.eval_resolution),
-            ],
-            "collect",
-        )
+        args = [
+            "--suite",
+            c.suite,
+            "--task_ids",
+            _ids(c.task_ids),
+            "--episodes_per_task",
+            str(c.episodes_per_task),
+        ]
+        args += ["--num_workers", str(c.num_workers), "--data_root_dir", str(self.data)]
+        args += ["--render_resolution", str(c.eval_resolution)]
+        self.run(stamo_vla_cli("collect", *args), "collect")
 
     def pretrain(self) -> None:
         import yaml
@@ -142,54 +133,30 @@ class Demo(StagedRun):
         args += [
             "--vae_fit_steps",
             str(c.stamo_vae_fit_steps),
-            "--eval_every",
+            "--eval_steps",
             str(max(1, c.stamo_steps // 2)),  # own vs shuffled logged mid-way and at the end
-            "--save_every",
+            "--save_steps",
             str(c.stamo_steps),
         ]
         # one thread: the tiny model gains nothing from a second, which on a shared 2-core CPU only spin-waits
-        self.run(
-            [sys.executable, "recipes/pretrain_stamo.py", *args], "pretrain", env={"OMP_NUM_THREADS": "1"}
-        )
+        self.run(stamo_vla_cli("pretrain", *args), "pretrain", env={"OMP_NUM_THREADS": "1"})
 
     def cache(self) -> None:
-        self.run(
-            [
-                sys.executable,
-                "-m",
-                "stamo_vla.cli",
-                "cache-targets",
-                "--data-root-dir",
-                str(self.data),
-                "--dataset-name",
-                self.dataset,
-                "--stamo",
-                str(self.stamo_model()),
-            ],
-            "cache",
-        )
+        args = ["--data_root_dir", str(self.data), "--dataset_name", self.dataset]
+        self.run(stamo_vla_cli("cache-targets", *args, "--stamo_path", str(self.stamo_model())), "cache")
 
     def finetune(self) -> None:
         c = self.cfg
         for target in TARGETS:
             args = [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                "--standalone",
-                "--nproc-per-node",
-                str(c.finetune_procs),
-                "recipes/finetune_libero.py",
                 "--config",
                 "tiny",
                 "--data.data_root_dir",
                 str(self.data),
                 "--data.dataset_names",
                 f"[{self.dataset}]",
-                "--run_root_dir",
-                str(self.runs),
-                "--run_id",
-                target,
+                "--run_dir",
+                str(self.runs / target),
                 "--max_steps",
                 str(c.finetune_steps),
                 "--save_steps",
@@ -204,7 +171,11 @@ class Demo(StagedRun):
             if target != "none":
                 args += ["--data.use_target_cache", "true", "--stamo_path", str(self.stamo_model())]
             self._ensure_base()
-            self.run(args, f"finetune_{target}", env={"OMP_NUM_THREADS": "1"})
+            self.run(
+                torchrun(c.finetune_procs, "finetune", *args),
+                f"finetune_{target}",
+                env={"OMP_NUM_THREADS": "1"},
+            )
 
     def _ensure_base(self) -> None:
         base = self.runs / "base_model"
@@ -219,9 +190,9 @@ class Demo(StagedRun):
             "--suites",
             f"[{c.suite}]",
             "--task_ids",
-            "[" + ",".join(map(str, c.tasks)) + "]",
+            _ids(c.task_ids),
             "--num_workers",
-            str(c.workers),
+            str(c.num_workers),
             "--video",
             "all",
             "--progress",
@@ -230,9 +201,8 @@ class Demo(StagedRun):
             str(c.eval_resolution),
         ]
         self.run(
-            [
-                sys.executable,
-                "eval/run_libero_eval.py",
+            stamo_vla_cli(
+                "eval",
                 "--policy",
                 "scripted",
                 "--num_trials_per_task",
@@ -240,14 +210,13 @@ class Demo(StagedRun):
                 "--output_dir",
                 str(self.evals / "oracle"),
                 *common,
-            ],
+            ),
             "eval_oracle",
         )
         for target in TARGETS:
             self.run(
-                [
-                    sys.executable,
-                    "eval/run_libero_eval.py",
+                stamo_vla_cli(
+                    "eval",
                     "--checkpoint",
                     str(self.runs / "base_model"),
                     "--adapter_dir",
@@ -262,7 +231,7 @@ class Demo(StagedRun):
                     "--output_dir",
                     str(self.evals / target),
                     *common,
-                ],
+                ),
                 f"eval_{target}",
                 env={"OMP_NUM_THREADS": "1"},
             )
@@ -270,24 +239,23 @@ class Demo(StagedRun):
     def probe_stage(self) -> None:
         c = self.cfg
         self.run(
-            [
-                sys.executable,
-                "eval/latent_action_probe.py",
+            stamo_vla_cli(
+                "probe",
                 "--data_root_dir",
                 str(self.data),
                 "--dataset_name",
                 self.dataset,
                 "--stamo_path",
                 str(self.stamo_model()),
-                "--out_dir",
+                "--output_dir",
                 str(self.probe),
                 "--horizons",
-                "[" + ",".join(map(str, c.probe_horizons)) + "]",
+                _ids(c.probe_horizons),
                 "--steps",
                 str(c.probe_steps),
                 "--seeds",
-                "[" + ",".join(map(str, c.probe_seeds)) + "]",
-            ],
+                _ids(c.probe_seeds),
+            ),
             "probe",
             env={"OMP_NUM_THREADS": "1"},
         )
@@ -302,14 +270,17 @@ class Demo(StagedRun):
         return {"probe": self.probe_stage}.get(name) or getattr(self, name)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from stamo_vla.configs import parse_config
+def _ids(values: list[int]) -> str:
+    """A list of integers as one draccus value: ``[0,1]``."""
+    return "[" + ",".join(map(str, values)) + "]"
 
+
+def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(DemoConfig, sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
     times = Demo(cfg).main()
     print("\n[demo] stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))
     print(
-        f"[demo] total {time.perf_counter() - start:.0f} s this call; report: {Path(cfg.out_dir) / 'REPORT.md'}"
+        f"[demo] total {time.perf_counter() - start:.0f} s this call; report: {Path(cfg.output_dir) / 'REPORT.md'}"
     )
     return 0

@@ -7,7 +7,7 @@ from stamo_vla.fileio import append_jsonl, write_json_atomic
 
 
 def fake_run(tmp_path) -> Demo:
-    demo = Demo(DemoConfig(out_dir=str(tmp_path / "demo")))
+    demo = Demo(DemoConfig(output_dir=str(tmp_path / "demo")))
     write_json_atomic(
         demo.data / demo.dataset / "collect_manifest.json",
         {
@@ -98,7 +98,7 @@ def test_report_numbers_come_from_the_run_files(tmp_path):
 
 
 def test_finished_stages_are_skipped(tmp_path, capsys):
-    demo = Demo(DemoConfig(out_dir=str(tmp_path / "d"), stages=["probe"]))
+    demo = Demo(DemoConfig(output_dir=str(tmp_path / "d"), stages=["probe"]))
     write_json_atomic(demo.marks / "probe.json", {"stage": "probe", "seconds": 3.0})
     assert demo.main() == {"probe": 3.0}
     assert "done earlier" in capsys.readouterr().out

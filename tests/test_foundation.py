@@ -31,6 +31,38 @@ def test_cli_help_lists_commands(capsys):
         assert name in out
 
 
+def test_every_command_speaks_the_one_config_dialect(capsys):
+    """Every subcommand parses a draccus config through parse_config (presets, "did you mean") and reports a user
+    error as one line with exit code 2, without a traceback."""
+    for name in cli.COMMANDS:
+        assert cli.main([name, "--config", "no_such_preset"]) == 2, name
+        err = capsys.readouterr().err
+        assert f"stamo-vla {name}: error: config: no preset or YAML file 'no_such_preset'" in err, err
+        assert "Traceback" not in err
+
+
+def test_an_unknown_flag_is_a_one_line_error_with_a_suggestion(capsys):
+    assert cli.main(["bench", "--only_x", "[adapter]"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "stamo-vla bench: error: unrecognized arguments: --only_x" in err and "Did you mean '--only'?" in err
+    )
+    assert "Traceback" not in err
+
+
+def test_no_entry_point_parses_outside_parse_config():
+    from pathlib import Path
+
+    root = Path(cli.__file__).resolve().parents[1]
+    offenders = [
+        str(p.relative_to(root))
+        for d in ("stamo_vla", "recipes", "eval")
+        for p in (root / d).rglob("*.py")
+        if "import argparse" in p.read_text() or "draccus.parse(" in p.read_text()
+    ]
+    assert offenders == []
+
+
 def test_require_names_the_extra():
     with pytest.raises(MissingDependencyError, match=r"stamo-vla\[sim\]"):
         from stamo_vla import optional

@@ -1,4 +1,4 @@
-"""Every YAML preset under recipes/configs parses into its config class (fields exist, values validate)."""
+"""Every YAML preset under stamo_vla/presets parses into its config class (fields exist, values validate)."""
 
 from pathlib import Path
 

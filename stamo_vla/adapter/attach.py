@@ -8,9 +8,10 @@ variant), the StaMo adapter config
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-import logging
+import os
 from pathlib import Path
 
 import torch
@@ -20,9 +21,6 @@ from stamo_vla.adapter.configuration_adapter import CONFIG_NAME, StaMoAdapterCon
 from stamo_vla.adapter.heads import StateHead
 from stamo_vla.adapter.lora import lora_config
 from stamo_vla.adapter.modeling_adapter import StaMoAdapterModel, base_model_of, hidden_size_of
-from stamo_vla.adapter.variants import build_adapter_model, load_extra_modules, save_extra_modules
-
-logger = logging.getLogger(__name__)
 
 HEAD_WEIGHTS = "stamo_head.safetensors"
 STATISTICS = "dataset_statistics.json"
@@ -74,12 +72,14 @@ def attach(
         vla: a transformers causal VLA whose forward accepts ``input_ids, attention_mask, pixel_values`` and
             returns logits and (with ``output_hidden_states=True``) hidden states. Quantized models are prepared
             with peft's ``prepare_model_for_kbit_training`` first.
-        cfg: adapter config. ``num_state_tokens``/``state_dim`` are taken from `stamo_encoder` when given.
+        cfg: adapter config; not modified. The model's own copy (``model.config``) takes ``num_state_tokens`` /
+            ``state_dim`` and the encoder fingerprint from `stamo_encoder` when given, and the base signature.
         stamo_encoder: frozen StaMo encoder for on-the-fly targets (not needed with a target cache).
         stamo_decoder: frozen StaMo decoder for the optional decoder loss and for decoding predictions.
     """
     from peft import get_peft_model, prepare_model_for_kbit_training
 
+    cfg = dataclasses.replace(cfg)
     if stamo_encoder is not None:
         ecfg = stamo_encoder.config
         cfg.num_state_tokens, cfg.state_dim = int(ecfg.num_state_tokens), int(ecfg.state_dim)
@@ -94,10 +94,10 @@ def attach(
     head = _build_head(vla, cfg)
     if head is not None:
         head.to(next(vla.parameters()).device)
-    model = build_adapter_model(peft_model, vla, cfg, head)
+    model = cfg.action_head.build_model(peft_model, vla, cfg, head)
     model.set_stamo(stamo_encoder, stamo_decoder)
-    logger.info(_describe_trainable(model))
-    print(_describe_trainable(model))
+    if int(os.environ.get("RANK", "0")) == 0:  # one parameter summary per run, not one per process
+        print(_describe_trainable(model))
     return model
 
 
@@ -134,7 +134,7 @@ def save_adapter(
         if model.head is not None:
             state = {k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}
             save_file(state, str(tmp / HEAD_WEIGHTS))
-        save_extra_modules(model, tmp)
+        model.config.action_head.save_extra(model, tmp)
         model.config.save(tmp)
         write_json_atomic(tmp / STATISTICS, stats)
     return directory
@@ -219,8 +219,8 @@ def load_adapter(base: nn.Module, directory: str | Path, is_trainable: bool = Fa
     head = _load_head(base, cfg, directory)
     if head is not None:
         head.requires_grad_(is_trainable)
-    model = build_adapter_model(vla, base, cfg, head)
-    load_extra_modules(model, directory, is_trainable)
+    model = cfg.action_head.build_model(vla, base, cfg, head)
+    cfg.action_head.load_extra(model, directory, is_trainable)
     return model
 
 
@@ -248,16 +248,11 @@ def merge(model: StaMoAdapterModel, out_dir: str | Path, processor=None, overwri
         if model.head is not None:
             state = {k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}
             save_file(state, str(tmp / HEAD_WEIGHTS))
-        save_extra_modules(model, tmp)
-        cfg = StaMoAdapterConfig(**{**model.config.to_dict(), "base_model": {}})
-        write_json_atomic(tmp / CONFIG_NAME, cfg.to_dict())
+        model.config.action_head.save_extra(model, tmp)
+        write_json_atomic(tmp / CONFIG_NAME, dataclasses.replace(model.config, base_model={}).to_dict())
         if stats:
             write_json_atomic(tmp / STATISTICS, stats)
     return out_dir
-
-
-def count_trainable(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def frozen_state_digest(model: nn.Module) -> str:

@@ -7,15 +7,16 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stamo_vla.configs import check_choice
+import draccus
+
+from stamo_vla.adapter.action_heads import ActionHeadConfig, TokenActionHead, upgrade_legacy_action_head
+from stamo_vla.configs import check_choice, check_positive_int
 
 TARGETS = ("state", "motion", "none")
 READOUTS = ("action_query", "mean_vision")
 LORA_TARGET_PRESETS = ("openvla-upstream", "all-linear")
-# Action-head variants (the adapter model class for each is registered in `stamo_vla.adapter.variants`):
-# "tokens" = OpenVLA's autoregressive action tokens with cross-entropy; "l1" = OpenVLA-OFT's parallel decoding of an
-# action chunk with an L1 regression head.
-ACTION_HEADS = ("tokens", "l1")
+# fields of older adapter configs that are no longer read (the StaMo checkpoint path is the run's, not the adapter's)
+REMOVED_FIELDS = ("stamo_path",)
 CONFIG_NAME = "stamo_adapter_config.json"
 
 
@@ -62,29 +63,14 @@ class StaMoAdapterConfig:
     # "all-linear" is today's peft meaning (every nn.Linear except the output layer). A list of module-name
     # suffixes is used as given.
     lora_target_modules: str | list[str] = "openvla-upstream"
-    # Path of the StaMo checkpoint whose encoder supplies targets (recorded for provenance and cache checks).
-    stamo_path: str | None = None
-    # Fingerprint of that encoder (filled when attached; used to refuse mismatched target caches).
+    # Fingerprint of the StaMo encoder whose states the head was trained on (filled by `attach`; a record).
     stamo_fingerprint: str | None = None
     # Free-form record of the base model the adapter was trained on (filled by `attach`).
     base_model: dict = field(default_factory=dict)
-    # How actions are produced: "tokens" (OpenVLA: 7 autoregressive action tokens, cross-entropy) or "l1"
-    # (OpenVLA-OFT: K x 7 empty action positions decoded in one bidirectional pass, MLP-ResNet L1 regression head).
-    action_head: str = "tokens"
-    # Actions per call K (the chunk). "tokens" predicts one step (K = 1); OFT's LIBERO setting is 8.
-    action_chunk: int = 1
-    # Dimensions of one action (7 for LIBERO: 6 EEF deltas + gripper).
-    action_dim: int = 7
-    # Width of the L1 head's MLP-ResNet; None = the LLM hidden size (upstream OFT: 4096).
-    action_head_width: int | None = None
-    # Camera images per sample for "l1": 1 = third-person only, 2 = third-person + wrist (channel-stacked pixels).
-    num_images: int = 1
-    # Feed the normalized proprio as one extra token after the vision patches ("l1" only).
-    use_proprio: bool = False
-    # Size of the proprio vector (8 for LIBERO: EEF pos 3 + axis-angle 3 + gripper qpos 2).
-    proprio_dim: int = 8
-    # FiLM-condition every ViT block on the average language embedding ("l1" only; OFT+).
-    use_film: bool = False
+    # How actions are produced: type tokens (OpenVLA: 7 autoregressive action tokens, cross-entropy) | l1
+    # (OpenVLA-OFT: K x 7 empty action positions decoded in one bidirectional pass, MLP-ResNet L1 regression head;
+    # its fields: action_chunk, action_dim, width, num_images, use_proprio, proprio_dim, use_film).
+    action_head: ActionHeadConfig = field(default_factory=TokenActionHead)
     # Provenance, filled by fine-tuning from data.image_aug: whether the training images were augmented (random
     # crop + colour jitter). Evaluation center-crops by default exactly when this is true (None = not recorded).
     trained_with_image_aug: bool | None = None
@@ -98,45 +84,14 @@ class StaMoAdapterConfig:
         elif not self.lora_target_modules:
             raise ValueError("lora_target_modules=[] is empty; give a preset name or module-name suffixes")
         for name in ("horizon", "head_depth", "head_width", "num_state_tokens", "state_dim", "lora_rank"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} must be a positive integer")
+            check_positive_int(name, getattr(self, name))
         for name in ("lambda_action", "lambda_future", "lambda_decoder", "lora_dropout"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0")
         if self.lora_alpha is not None and self.lora_alpha <= 0:
             raise ValueError(f"lora_alpha={self.lora_alpha!r} must be positive (or None for min(rank, 16))")
-        self._check_action_head()
         if self.lambda_decoder > 0 and self.target == "none":
             raise ValueError("lambda_decoder > 0 needs a head: set target to 'state' or 'motion'")
-
-    def _check_action_head(self) -> None:
-        check_choice("action_head", self.action_head, ACTION_HEADS)
-        for name in ("action_chunk", "action_dim", "proprio_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} must be a positive integer")
-        if self.action_head_width is not None and self.action_head_width < 1:
-            raise ValueError(f"action_head_width={self.action_head_width!r} must be positive (or None)")
-        check_choice("num_images", self.num_images, (1, 2))
-        if self.action_head == "tokens":
-            oft_only = {
-                "action_chunk": (self.action_chunk, 1),
-                "num_images": (self.num_images, 1),
-                "use_proprio": (self.use_proprio, False),
-                "use_film": (self.use_film, False),
-            }
-            for name, (value, plain) in oft_only.items():
-                if value != plain:
-                    raise ValueError(
-                        f"{name}={value!r} needs action_head='l1' (the OFT variant); action_head='tokens' "
-                        f"supports only {name}={plain!r}"
-                    )
-
-    @property
-    def is_oft(self) -> bool:
-        """True for the OFT variant (parallel decoding of an action chunk with the L1 head)."""
-        return self.action_head == "l1"
 
     @property
     def has_head(self) -> bool:
@@ -147,7 +102,31 @@ class StaMoAdapterConfig:
         return self.lora_alpha if self.lora_alpha is not None else min(self.lora_rank, 16)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The config as saved (JSON-able; the action head as ``{"type": ..., <its fields>}``)."""
+        return draccus.encode(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> StaMoAdapterConfig:
+        """A config from `to_dict`'s output, or from an adapter config saved before the action head was a
+        registered choice (flat ``action_head: l1``, ``action_chunk``, ``num_images``, ...)."""
+        data = upgrade_legacy_action_head(data)
+        data = {k: v for k, v in data.items() if k not in REMOVED_FIELDS}
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(
+                f"adapter config has unknown fields {unknown}; was it written by a newer stamo_vla?"
+            )
+        try:
+            return draccus.decode(cls, data)
+        except (
+            Exception
+        ) as err:  # draccus wraps a field's own validation error: surface the message naming it
+            cause = err
+            while cause is not None and not isinstance(cause, ValueError):
+                cause = cause.__cause__ or cause.__context__
+            if cause is None:
+                raise
+            raise ValueError(str(cause)) from err
 
     def save(self, directory: str | Path) -> None:
         from stamo_vla.fileio import write_json_atomic
@@ -169,8 +148,7 @@ class StaMoAdapterConfig:
                 f"{path} is not valid JSON ({err}); it is truncated or was edited. Save the adapter again, or "
                 "copy the file from the run that wrote it."
             ) from err
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{path} has unknown fields {unknown}; it was written by a newer stamo_vla?")
-        return cls(**data)
+        try:
+            return cls.from_dict(data)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err

@@ -1,20 +1,23 @@
 """`stamo-vla merge`: merge a LoRA + StaMo adapter into its base, offline, on one process.
 
-    stamo-vla merge --base /path/to/openvla-7b --adapter runs/<run>/adapter --out runs/<run>/merged
+    stamo-vla merge --vla_path /path/to/openvla-7b --adapter_dir runs/<run>/adapter --output_dir runs/<run>/merged
 
 Loads the base on CPU by default (a 7B model needs ~15 GB of host RAM in bf16), merges the LoRA weights and writes
 the upstream checkpoint layout (config.json, safetensors shards, processor files, dataset_statistics.json) plus the
 head (stamo_head.safetensors, stamo_adapter_config.json). Never merge on every rank of a training job
 (openvla-oft #28, #151): run this once, afterwards.
 
---out must be a new or empty directory; an earlier merge output is replaced only with --overwrite, and an --out
-that equals, contains or sits inside --base or --adapter is refused.
+--output_dir must be a new or empty directory; an earlier merge output is replaced only with --overwrite true, and
+an --output_dir that equals, contains or sits inside --vla_path or --adapter_dir is refused.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
+import sys
 from pathlib import Path
+
+from stamo_vla.configs import check_choice, parse_config
 
 
 def check_out_dir(out_dir: str | Path, inputs: dict[str, str | Path]) -> None:
@@ -25,7 +28,7 @@ def check_out_dir(out_dir: str | Path, inputs: dict[str, str | Path]) -> None:
         if out == src or src.is_relative_to(out) or out.is_relative_to(src):
             relation = "is" if out == src else "contains" if src.is_relative_to(out) else "sits inside"
             raise ValueError(
-                f"--out {out_dir} {relation} --{name} {path}: writing there would destroy the input. "
+                f"--output_dir {out_dir} {relation} --{name} {path}: writing there would destroy the input. "
                 "Choose an output directory outside both inputs (e.g. runs/<run>/merged next to the adapter)."
             )
 
@@ -50,7 +53,7 @@ def merge_checkpoint(
     from stamo_vla.fileio import check_replaceable
     from stamo_vla.vla import OpenVLAForActionPrediction, OpenVLAProcessor
 
-    check_out_dir(out_dir, {"base": base_dir, "adapter": adapter_dir})
+    check_out_dir(out_dir, {"vla_path": base_dir, "adapter_dir": adapter_dir})
     check_replaceable(out_dir, MERGED_KIND, overwrite)
     kwargs = {"dtype": getattr(torch, dtype)} if dtype else {}
     base = OpenVLAForActionPrediction.from_pretrained(base_dir, **kwargs).to(device)
@@ -59,25 +62,36 @@ def merge_checkpoint(
     return merge(model, out_dir, processor=processor, overwrite=overwrite)
 
 
+@dataclasses.dataclass
+class MergeConfig:
+    """Options of ``stamo-vla merge``."""
+
+    # base checkpoint directory (upstream layout): the model the adapter was trained on
+    vla_path: str = ""
+    # adapter directory written by fine-tuning (<run_dir>/adapter)
+    adapter_dir: str = ""
+    # output directory for the merged checkpoint (new, empty, or an earlier merge output with overwrite)
+    output_dir: str = ""
+    # load the base in this dtype: float32 | bfloat16 | float16 (None: as stored)
+    dtype: str | None = None
+    # where to merge
+    device: str = "cpu"
+    # replace output_dir when it holds an earlier merge output
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("vla_path", "adapter_dir", "output_dir"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} is empty; give --{name}")
+        if self.dtype is not None:
+            check_choice("dtype", self.dtype, ("float32", "bfloat16", "float16"))
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="stamo-vla merge", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base", required=True, help="base checkpoint directory (upstream layout)")
-    parser.add_argument("--adapter", required=True, help="adapter directory written by fine-tuning")
-    parser.add_argument("--out", required=True, help="output directory for the merged checkpoint")
-    parser.add_argument(
-        "--dtype",
-        default=None,
-        choices=["float32", "bfloat16", "float16"],
-        help="load the base in this dtype (default: as stored)",
+    """``stamo-vla merge``: merge base + adapter into an upstream-layout checkpoint."""
+    cfg = parse_config(MergeConfig, sys.argv[1:] if argv is None else argv)
+    out = merge_checkpoint(
+        cfg.vla_path, cfg.adapter_dir, cfg.output_dir, cfg.dtype, cfg.device, cfg.overwrite
     )
-    parser.add_argument("--device", default="cpu", help="where to merge (default cpu)")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace --out when it holds an earlier merge output"
-    )
-    args = parser.parse_args(argv)
-    try:
-        out = merge_checkpoint(args.base, args.adapter, args.out, args.dtype, args.device, args.overwrite)
-    except (FileNotFoundError, FileExistsError, ValueError) as err:  # a message, not a traceback
-        parser.error(str(err))
     print(f"merged checkpoint written to {out}")
     return 0

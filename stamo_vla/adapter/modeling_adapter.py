@@ -8,7 +8,8 @@ from torch import nn
 from stamo_vla import keys as K
 from stamo_vla.adapter.configuration_adapter import StaMoAdapterConfig
 from stamo_vla.adapter.heads import StateHead, future_loss
-from stamo_vla.adapter.losses import action_token_loss, readout_positions
+from stamo_vla.adapter.losses import readout_positions
+from stamo_vla.vla.metrics import action_token_loss
 
 
 def base_model_of(vla: nn.Module) -> nn.Module:

@@ -49,7 +49,7 @@ class StaMoOFTAdapterModel(StaMoAdapterModel):
         if target.shape != out.actions.shape:
             raise ValueError(
                 f"batch actions have shape {tuple(target.shape)} but the head predicts {tuple(out.actions.shape)}; "
-                f"the data's action_chunk must equal the adapter's ({self.config.action_chunk})."
+                f"the data's action_chunk must equal the adapter's ({self.config.action_head.action_chunk})."
             )
         has_action = batch.get(K.HAS_ACTION)
         weight = torch.ones(target.shape[0], device=target.device)

@@ -8,9 +8,10 @@ import numpy as np
 import torch
 
 from stamo_vla.adapter.modeling_adapter import base_model_of
+from stamo_vla.policy import Policy
 
 
-class OFTPolicy:
+class OFTPolicy(Policy):
     """Images (+ wrist images, raw proprio) and instructions -> (B, K, 7) un-normalized action chunks.
 
     Observations are expected preprocessed exactly as training data (upright 224x224 uint8, JPEG round trip,
@@ -30,7 +31,8 @@ class OFTPolicy:
 
         oft = getattr(model, "oft", None)
         if oft is None:
-            kind = getattr(getattr(model, "config", None), "action_head", type(model).__name__)
+            head = getattr(getattr(model, "config", None), "action_head", None)
+            kind = getattr(head, "name", type(model).__name__)
             raise ValueError(
                 f"OFTPolicy needs an OFT model (an adapter with action_head='l1' or a released OpenVLA-OFT "
                 f"checkpoint); got {kind!r} (use OpenVLAPolicy for token models)."
@@ -46,20 +48,6 @@ class OFTPolicy:
         self.uses_proprio = oft.proprio_projector is not None
         self.proprio_dim = oft.proprio_projector.proprio_dim if self.uses_proprio else None
         self.image_size = tuple(processor.image_processor.size)
-
-    def _check_images(self, images: list, name: str, n: int) -> None:
-        h, w = self.image_size
-        if len(images) != n:
-            raise ValueError(
-                f"predict_batch: got {len(images)} {name} for {n} instructions; need one per row."
-            )
-        for i, img in enumerate(images):
-            arr = np.asarray(img)
-            if arr.shape != (h, w, 3) or arr.dtype != np.uint8:
-                raise ValueError(
-                    f"predict_batch: {name}[{i}] has shape {arr.shape} dtype {arr.dtype}; expected ({h}, {w}, 3) "
-                    "uint8 RGB, upright (use stamo_vla.libero.protocol.prepare_image for LIBERO frames)."
-                )
 
     def normalize_proprio(self, proprio: np.ndarray) -> np.ndarray:
         """Raw (B, P) proprio -> normalized with the dataset's proprio statistics, clipped to [-1, 1]."""
@@ -100,12 +88,7 @@ class OFTPolicy:
         """
         from stamo_vla.vla.processing_openvla import build_prompt
 
-        if not images or len(images) != len(instructions):
-            raise ValueError(
-                f"predict_batch: got {len(images)} images and {len(instructions)} instructions; need the same "
-                "non-zero number."
-            )
-        self._check_images(images, "images", len(instructions))
+        self.check_images(images, len(instructions), self.image_size)
         pixel_values = self.processor([build_prompt(t) for t in instructions], list(images))
         pixels = pixel_values["pixel_values"]
         if self.uses_wrist_image:
@@ -114,7 +97,7 @@ class OFTPolicy:
                     "predict_batch: this OFT model takes two images (num_images=2) but no wrist_images were given; "
                     "pass wrist_images=[...] preprocessed like the third-person images."
                 )
-            self._check_images(wrist_images, "wrist_images", len(instructions))
+            self.check_images(wrist_images, len(instructions), self.image_size, "wrist_images")
             wrist = self.processor.image_processor(list(wrist_images))["pixel_values"]
             pixels = torch.cat([pixels, wrist], dim=1)
         proprio_t = None

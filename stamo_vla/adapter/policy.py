@@ -11,8 +11,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from stamo_vla.policy import Policy
+from stamo_vla.stamo.pixels import uint8_to_pixels
 
-class FutureFramePolicy:
+
+class FutureFramePolicy(Policy):
     """Batch policy over a `StaMoAdapterModel` with a head and an attached StaMo encoder + decoder.
 
     Args:
@@ -23,6 +26,7 @@ class FutureFramePolicy:
     """
 
     action_chunk = 1
+    predicts_future_frames = True
 
     def __init__(
         self, adapter: Any, processor: Any, unnorm_key: str | None = None, sample_steps: int | None = 4
@@ -58,7 +62,7 @@ class FutureFramePolicy:
         from stamo_vla.viz.sheets import to_uint8
 
         inputs = self.inner.model_inputs(images, instructions)
-        pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
+        pixels = uint8_to_pixels(np.stack(images))
         actions, future = self.adapter.predict_action(
             *inputs, unnorm_key=self.unnorm_key, return_future_state=True, stamo_pixels=pixels
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from stamo_vla.configs import check_positive_int
 from stamo_vla.data.augment import ImageAugConfig
 
 SPLITS = {"train": "train[:{p}%]", "val": "train[{p}%:]", "all": "train"}
@@ -77,8 +78,7 @@ class DataConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 0")
         for name in ("action_chunk", "image_size", "num_parallel_reads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+            check_positive_int(name, getattr(self, name))
 
     @property
     def tfds_split(self) -> str:

@@ -74,7 +74,7 @@ class _Episode:
         self.length = len(raw["image"])
         self.has_action = raw["has_action"]
         if self.has_action:
-            self.action = normalize(transforms.standardize_gripper(raw["action"]), stats["action"])
+            self.action = transforms.normalized_actions(raw["action"], stats["action"])
         else:
             self.action = np.zeros((self.length, raw["action"].shape[-1]), np.float32)
         self.proprio = (

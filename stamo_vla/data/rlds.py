@@ -74,13 +74,13 @@ def resolve_dataset_dir(
     hint = ""
     if (root / "dataset_info.json").is_file() and _VERSION_RE.match(root.name):
         hint = (
-            f" data_root_dir looks like a version directory: pass --data-root-dir '{root.parent.parent}' "
-            f"--dataset-name '{root.parent.name}'."
+            f" data_root_dir looks like a version directory: pass --data_root_dir '{root.parent.parent}' "
+            f"--dataset_name '{root.parent.name}'."
         )
     elif _versions(root):
         hint = (
-            f" data_root_dir looks like a dataset directory itself: pass --data-root-dir '{root.parent}' "
-            f"--dataset-name '{root.name}'."
+            f" data_root_dir looks like a dataset directory itself: pass --data_root_dir '{root.parent}' "
+            f"--dataset_name '{root.name}'."
         )
     elif not found:
         nested = sorted({str(p.parent.parent.parent) for p in root.glob("*/*/*/dataset_info.json")})

@@ -13,19 +13,21 @@ The cache file ``dataset_statistics_<fingerprint>.json`` lives in the dataset di
 writable, under ``~/.cache/stamo_vla/statistics/``); the fingerprint covers the dataset files and the
 transform settings, so a rebuilt dataset or a changed transform never reuses stale numbers.
 
-Command line: ``stamo-vla stats --data-root-dir D --dataset-name N [--out FILE]``.
+Command line: ``stamo-vla stats --data_root_dir D --dataset_names '[N]' [--output_path FILE]``.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
+from stamo_vla.configs import parse_config
 from stamo_vla.data import transforms
 from stamo_vla.data.normalization import ACTION_MASK, warn_degenerate
 from stamo_vla.data.rlds import dataset_fingerprint, iter_episodes, resolve_dataset_dir
@@ -74,7 +76,7 @@ def check_statistics(stats: dict, where: str) -> dict:
             if key in block and not np.all(np.isfinite(np.asarray(block[key], dtype=np.float64))):
                 raise ValueError(
                     f"{where}: '{part}.{key}' = {block[key]} holds NaN/inf. Recompute the statistics with "
-                    "`stamo-vla stats --no-cache` from finite data."
+                    "`stamo-vla stats --use_cache false` from finite data."
                 )
         if "q01" in block and "q99" in block:
             warn_degenerate(block, f"{where} ({part})")
@@ -170,7 +172,7 @@ def load_dataset_statistics(path: str | os.PathLike) -> dict[str, dict]:
     except ValueError as err:
         raise ValueError(
             f"dataset statistics file '{path}' is not valid JSON ({err}); it is truncated or was edited. "
-            "Recreate it with `stamo-vla stats --out`."
+            "Recreate it with `stamo-vla stats --output_path`."
         ) from err
     if not isinstance(data, dict):
         raise ValueError(f"'{path}': expected {{dataset_name: statistics}}, got {type(data).__name__}")
@@ -183,24 +185,37 @@ def load_dataset_statistics(path: str | os.PathLike) -> dict[str, dict]:
     return data
 
 
+@dataclasses.dataclass
+class StatsConfig:
+    """Options of ``stamo-vla stats``."""
+
+    # folder containing <dataset_name>/<version>/
+    data_root_dir: str = ""
+    # one or more dataset names
+    dataset_names: list[str] = dataclasses.field(default_factory=list)
+    # write dataset_statistics.json here (None: print it)
+    output_path: str | None = None
+    # reuse a valid cached result (false: recompute)
+    use_cache: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.data_root_dir or not self.dataset_names:
+            raise ValueError(
+                f"data_root_dir={self.data_root_dir!r} and dataset_names={self.dataset_names} must both be given: "
+                "--data_root_dir D --dataset_names '[N]'"
+            )
+
+
 def main_stats(argv: list[str] | None = None) -> int:
     """``stamo-vla stats``: compute and print / write ``dataset_statistics.json``."""
-    parser = argparse.ArgumentParser(prog="stamo-vla stats", description=__doc__.split("\n")[0])
-    parser.add_argument("--data-root-dir", required=True, help="folder containing <dataset_name>/<version>/")
-    parser.add_argument("--dataset-name", required=True, nargs="+", help="one or more dataset names")
-    parser.add_argument("--out", default=None, help="write dataset_statistics.json here (default: print it)")
-    parser.add_argument("--no-cache", action="store_true", help="recompute even when a valid cache exists")
-    args = parser.parse_args(argv)
-    try:
-        stats = {
-            name: compute_statistics(args.data_root_dir, name, use_cache=not args.no_cache)
-            for name in args.dataset_name
-        }
-    except (FileNotFoundError, ValueError) as err:  # bad path / name / spec: a message, not a traceback
-        parser.error(str(err))
-    if args.out:
-        save_dataset_statistics(stats, args.out)
-        print(f"wrote {args.out}")
+    cfg = parse_config(StatsConfig, sys.argv[1:] if argv is None else argv)
+    stats = {
+        name: compute_statistics(cfg.data_root_dir, name, use_cache=cfg.use_cache)
+        for name in cfg.dataset_names
+    }
+    if cfg.output_path:
+        save_dataset_statistics(stats, cfg.output_path)
+        print(f"wrote {cfg.output_path}")
     else:
         print(json.dumps(stats, indent=2))
     return 0

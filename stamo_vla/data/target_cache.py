@@ -15,25 +15,28 @@ the expected one or its dataset fingerprint differs from the dataset on disk (th
 
 Command line::
 
-    stamo-vla cache-targets --data-root-dir D --dataset-name N --stamo CKPT [--out DIR] [--batch-size 32]
+    stamo-vla cache-targets --data_root_dir D --dataset_name N --stamo_path CKPT [--output_dir DIR] [--batch_size 32]
 
-Default ``--out``: ``<data_root_dir>/<dataset_name>/stamo_targets`` (`default_cache_dir`).
+Default ``--output_dir``: ``<data_root_dir>/<dataset_name>/stamo_targets`` (`default_cache_dir`).
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import hashlib
 import io
 import json
 import os
+import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from stamo_vla.configs import check_positive_int, parse_config
 from stamo_vla.data.rlds import dataset_fingerprint, resolve_dataset_dir
 from stamo_vla.fileio import atomic_path, write_json_atomic
+from stamo_vla.stamo.pixels import uint8_to_pixels
 
 FORMAT_VERSION = 1
 IMAGE_SOURCE = "steps/observation/image (stored frame, upright, un-augmented, float [0, 1])"
@@ -55,8 +58,8 @@ def episode_key(file_path: str) -> str:
 
 def _rebuild_hint(cache_dir: Path, data_root_dir, dataset_name: str) -> str:
     return (
-        f"Rebuild it with: stamo-vla cache-targets --data-root-dir {data_root_dir} --dataset-name {dataset_name} "
-        f"--stamo <encoder checkpoint> --out {cache_dir} --overwrite"
+        f"Rebuild it with: stamo-vla cache-targets --data_root_dir {data_root_dir} --dataset_name {dataset_name} "
+        f"--stamo_path <encoder checkpoint> --output_dir {cache_dir} --overwrite true"
     )
 
 
@@ -165,11 +168,9 @@ def shard_problem(path: Path, num_steps: int) -> str | None:
 
 def _frames_to_pixels(jpegs: list[bytes]):
     """JPEG frames at their stored size -> (B, 3, H, W) float in [0, 1]."""
-    import torch
     from PIL import Image
 
-    frames = np.stack([np.array(Image.open(io.BytesIO(j)).convert("RGB")) for j in jpegs])
-    return torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255.0)
+    return uint8_to_pixels(np.stack([np.array(Image.open(io.BytesIO(j)).convert("RGB")) for j in jpegs]))
 
 
 def build_target_cache(
@@ -203,8 +204,7 @@ def build_target_cache(
     from stamo_vla.data.rlds import iter_episodes
     from stamo_vla.stamo import fingerprint
 
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    check_positive_int("batch_size", batch_size)
     out = Path(out_dir) if out_dir else default_cache_dir(data_root_dir, dataset_name)
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -250,41 +250,45 @@ def build_target_cache(
     return out
 
 
+@dataclasses.dataclass
+class CacheTargetsConfig:
+    """Options of ``stamo-vla cache-targets``."""
+
+    # folder containing <dataset_name>/<version>/
+    data_root_dir: str = ""
+    # dataset to encode
+    dataset_name: str = ""
+    # StaMo encoder or autoencoder directory (save_pretrained)
+    stamo_path: str = ""
+    # cache directory (None: <data_root_dir>/<dataset_name>/stamo_targets)
+    output_dir: str | None = None
+    # frames per encoder call
+    batch_size: int = 32
+    # torch device (None: cuda when available, else cpu)
+    device: str | None = None
+    # replace a cache built with another encoder or dataset
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("data_root_dir", "dataset_name", "stamo_path"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} is empty; give --{name}")
+        check_positive_int("batch_size", self.batch_size)
+
+
 def main_cache_targets(argv: list[str] | None = None) -> int:
     """``stamo-vla cache-targets``: encode a dataset's frames once with a frozen StaMo encoder."""
-    parser = argparse.ArgumentParser(prog="stamo-vla cache-targets", description=__doc__.split("\n")[0])
-    parser.add_argument("--data-root-dir", required=True, help="folder containing <dataset_name>/<version>/")
-    parser.add_argument("--dataset-name", required=True, help="dataset to encode")
-    parser.add_argument(
-        "--stamo", required=True, help="StaMo encoder or autoencoder directory (save_pretrained)"
-    )
-    parser.add_argument(
-        "--out", default=None, help="cache directory (default <data_root_dir>/<name>/stamo_targets)"
-    )
-    parser.add_argument("--batch-size", type=int, default=32, help="frames per encoder call")
-    parser.add_argument(
-        "--device", default=None, help="torch device (default: cuda when available, else cpu)"
-    )
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace a cache built with another encoder/dataset"
-    )
-    args = parser.parse_args(argv)
     import torch
 
     from stamo_vla.stamo import StaMoEncoder
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        encoder = StaMoEncoder.from_pretrained(args.stamo)
-        out = build_target_cache(
-            args.data_root_dir, args.dataset_name, encoder, args.out, args.batch_size, args.overwrite, device
-        )
-    except (
-        FileNotFoundError,
-        ValueError,
-    ) as err:  # bad path / name / stale cache: a message, not a traceback
-        parser.error(str(err))
-    print(f"StaMo targets for '{args.dataset_name}' in {out}")
+    cfg = parse_config(CacheTargetsConfig, sys.argv[1:] if argv is None else argv)
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    encoder = StaMoEncoder.from_pretrained(cfg.stamo_path)
+    out = build_target_cache(
+        cfg.data_root_dir, cfg.dataset_name, encoder, cfg.output_dir, cfg.batch_size, cfg.overwrite, device
+    )
+    print(f"StaMo targets for '{cfg.dataset_name}' in {out}")
     return 0
 
 

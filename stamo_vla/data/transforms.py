@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from stamo_vla.configs import check_positive_int
+from stamo_vla.data.normalization import normalize
+
 
 def standardize_gripper(action: np.ndarray) -> np.ndarray:
     """LIBERO action -> dataset convention: first 6 dims unchanged, gripper ``1 - clip(a, 0, 1)`` (1 open, 0 closed).
@@ -45,8 +48,7 @@ def future_indices(length: int, horizon: int) -> np.ndarray:
 
 def num_chunk_anchors(length: int, chunk: int) -> int:
     """Steps of an episode of `length` that start a full chunk of `chunk` actions: ``max(0, length - chunk + 1)``."""
-    if chunk < 1:
-        raise ValueError(f"chunk={chunk} must be >= 1")
+    check_positive_int("chunk", chunk)
     return max(0, length - chunk + 1)
 
 
@@ -64,3 +66,9 @@ def action_chunk(actions: np.ndarray, t: int, chunk: int) -> np.ndarray:
             f"anchors are 0..{len(actions) - chunk} (the last chunk-1 steps start none, as upstream OFT)"
         )
     return np.asarray(actions)[t : t + chunk]
+
+
+def normalized_actions(actions: np.ndarray, stats: dict) -> np.ndarray:
+    """A labeled episode's raw actions (T, A) -> the training targets: gripper in the dataset convention
+    (`standardize_gripper`), then normalized with the dataset's action statistics (q01/q99)."""
+    return normalize(standardize_gripper(actions), stats)

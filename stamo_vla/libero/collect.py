@@ -2,9 +2,10 @@
 
 Commands (registered in ``stamo_vla.cli``)::
 
-    stamo-vla collect --suite libero_spatial --tasks 0,1,2 --episodes-per-task 10 --workers 2 --out DATA \
-        [--name NAME] [--action-free]
-    stamo-vla controller-report --suite libero_spatial --tasks 0,1,2 --episodes 10 --workers 2 [--no-cameras]
+    stamo-vla collect --suite libero_spatial --task_ids '[0,1,2]' --episodes_per_task 10 --num_workers 2 \
+        --data_root_dir DATA [--dataset_name NAME] [--action_free true]
+    stamo-vla controller-report --suite libero_spatial --task_ids '[0,1,2]' --episodes_per_task 10 \
+        --num_workers 2 [--cameras false]
 
 Collection follows how ``modified_libero_rlds`` was made (reference/openvla.md §4.1), with one deliberate
 difference: by default (``init_states="fresh"``) episodes start from fresh object placements drawn from each
@@ -21,12 +22,12 @@ resume where the last one stopped.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
 from pathlib import Path
 
+from stamo_vla.configs import check_positive_int, parse_config
 from stamo_vla.libero.env import SAME_STATE_TOLERANCE, SUITE_MAX_STEPS
 from stamo_vla.libero.scripted_rollout import (  # noqa: F401  (re-exported: the collection API in one place)
     NOOP_THRESHOLD,
@@ -51,12 +52,13 @@ MAX_ATTEMPTS_FACTOR = 3
 class CollectConfig:
     """Options of ``stamo-vla collect``."""
 
-    out: str  # data root directory (the upstream --data_root_dir); the dataset goes to <out>/<name>/1.0.0
+    # data root directory (read later as --data.data_root_dir); the dataset goes to <data_root_dir>/<dataset_name>/1.0.0
+    data_root_dir: str = ""
     suite: str = "libero_spatial"  # LIBERO suite
-    tasks: tuple[int, ...] | None = None  # task ids; None = every task of the suite
+    task_ids: list[int] | None = None  # task ids; None = every task of the suite
     episodes_per_task: int = 10  # successful episodes wanted per task
-    workers: int = 2  # simulator processes
-    name: str | None = None  # dataset name; default <suite>_no_noops (+ _actionfree)
+    num_workers: int = 2  # simulator processes
+    dataset_name: str | None = None  # dataset name; default <suite>_no_noops (+ _actionfree)
     action_free: bool = False  # store NaN actions (same spec): an action-free "video" dataset
     max_steps: int | None = None  # env steps per episode after the wait; default the suite's eval budget
     noise_std: float = 0.05  # gaussian noise on the scripted arm commands (diversity between episodes)
@@ -69,32 +71,26 @@ class CollectConfig:
     finalize: bool = True  # build the tfds dataset at the end (tensorflow, in this process)
 
     def __post_init__(self):
+        if not self.data_root_dir:
+            raise ValueError(
+                "data_root_dir is empty; give the folder the dataset goes to (--data_root_dir DATA)"
+            )
         if self.suite not in SUITE_MAX_STEPS:
             raise ValueError(f"suite={self.suite!r} is not valid; allowed: {list(SUITE_MAX_STEPS)}")
         if self.init_states not in INIT_STATE_SOURCES:
             raise ValueError(
                 f"init_states={self.init_states!r} is not valid; allowed: {list(INIT_STATE_SOURCES)}"
             )
-        for field in ("episodes_per_task", "workers", "render_resolution"):
-            if getattr(self, field) < 1:
-                raise ValueError(f"{field}={getattr(self, field)!r} must be >= 1")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps={self.max_steps!r} must be >= 1 or None")
-        if self.name is None:
-            self.name = f"{self.suite}_no_noops" + ("_actionfree" if self.action_free else "")
+        for field in ("episodes_per_task", "num_workers", "render_resolution"):
+            check_positive_int(field, getattr(self, field))
+        if self.max_steps is not None:
+            check_positive_int("max_steps", self.max_steps)
+        if self.dataset_name is None:
+            self.dataset_name = f"{self.suite}_no_noops" + ("_actionfree" if self.action_free else "")
 
     @property
     def step_budget(self) -> int:
         return self.max_steps or SUITE_MAX_STEPS[self.suite]
-
-
-def _parse_ids(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated task ids like 0,1,2; got {text!r}"
-        ) from err
 
 
 # ------------------------------------------------------------------------------------------- collect
@@ -200,21 +196,21 @@ def collect(cfg: CollectConfig) -> dict:
     from stamo_vla.fileio import write_json_atomic
     from stamo_vla.libero.env import get_task, init_states
 
-    tasks = task_ids(cfg.suite, cfg.tasks)
-    writer = RLDSShardWriter(cfg.out, cfg.name)
-    manifest_path = Path(cfg.out) / cfg.name / MANIFEST_NAME
+    tasks = task_ids(cfg.suite, cfg.task_ids)
+    writer = RLDSShardWriter(cfg.data_root_dir, cfg.dataset_name)
+    manifest_path = Path(cfg.data_root_dir) / cfg.dataset_name / MANIFEST_NAME
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     if manifest and manifest.get("suite") != cfg.suite:
         raise ValueError(f"{manifest_path} belongs to suite {manifest.get('suite')!r}, not {cfg.suite!r}")
     if manifest and manifest.get("init_states", "benchmark") != cfg.init_states:
         raise ValueError(
             f"{manifest_path} was collected with init_states={manifest.get('init_states', 'benchmark')!r}, not "
-            f"{cfg.init_states!r}; use another --out or --name."
+            f"{cfg.init_states!r}; use another --data_root_dir or --dataset_name."
         )
     if manifest and manifest.get("render_resolution", 256) != cfg.render_resolution:
         raise ValueError(
             f"{manifest_path} was rendered at {manifest.get('render_resolution', 256)} px, not {cfg.render_resolution}; "
-            "use the same --render-resolution to resume, or another --out or --name."
+            "use the same --render_resolution to resume, or another --data_root_dir or --dataset_name."
         )
     done = manifest.get("episodes", {})
     if cfg.init_states == "fresh":
@@ -222,11 +218,11 @@ def collect(cfg: CollectConfig) -> dict:
     else:
         num_states = {t: len(init_states(cfg.suite, t)) for t in tasks}
     sched = _Scheduler(cfg, tasks, done, num_states)
-    bar = tqdm(total=cfg.episodes_per_task * len(tasks), desc=f"collect {cfg.name}", unit="ep")
+    bar = tqdm(total=cfg.episodes_per_task * len(tasks), desc=f"collect {cfg.dataset_name}", unit="ep")
     bar.update(sum(min(sched.successes(t), cfg.episodes_per_task) for t in tasks))
     controller = {"noise_std": cfg.noise_std}
     pool = EnvWorkerPool(
-        cfg.workers,
+        cfg.num_workers,
         resolution=cfg.render_resolution,
         scripted=True,
         camera_obs=True,
@@ -249,7 +245,7 @@ def collect(cfg: CollectConfig) -> dict:
             sched.finished(attempt, spec, record)
             manifest = {
                 "suite": cfg.suite,
-                "name": cfg.name,
+                "name": cfg.dataset_name,
                 "init_states": cfg.init_states,
                 "episodes": done,
             }
@@ -268,66 +264,56 @@ def collect(cfg: CollectConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``stamo-vla collect``: scripted demonstrations -> ``<out>/<name>/1.0.0`` (RLDS)."""
-    p = argparse.ArgumentParser(prog="stamo-vla collect", description=__doc__.split("\n\n")[0])
-    p.add_argument("--suite", default="libero_spatial", help="LIBERO suite")
-    p.add_argument("--tasks", type=_parse_ids, default=None, help="comma-separated task ids (default: all)")
-    p.add_argument("--episodes-per-task", type=int, default=10, help="successful episodes per task")
-    p.add_argument("--workers", type=int, default=2, help="simulator processes")
-    p.add_argument("--out", required=True, help="data root dir; the dataset goes to OUT/NAME/1.0.0")
-    p.add_argument("--name", default=None, help="dataset name (default <suite>_no_noops[_actionfree])")
-    p.add_argument("--action-free", action="store_true", help="store NaN actions (action-free dataset)")
-    p.add_argument("--max-steps", type=int, default=None, help="steps per episode after the wait")
-    p.add_argument("--noise-std", type=float, default=0.05, help="noise on scripted arm commands")
-    p.add_argument("--seed", type=int, default=0, help="base noise (and placement) seed")
-    p.add_argument("--render-resolution", type=int, default=256, help="camera size (stored at 256 px)")
-    p.add_argument(
-        "--init-states",
-        choices=INIT_STATE_SOURCES,
-        default="fresh",
-        help="fresh: new placements, never a benchmark test state (default) | benchmark: the fixed 50 states",
-    )
-    p.add_argument("--no-finalize", action="store_true", help="only stage episodes; build the dataset later")
-    a = p.parse_args(argv)
-    cfg = CollectConfig(
-        out=a.out, suite=a.suite, tasks=a.tasks, episodes_per_task=a.episodes_per_task, workers=a.workers,
-        name=a.name, action_free=a.action_free, max_steps=a.max_steps, noise_std=a.noise_std, seed=a.seed,
-        init_states=a.init_states, render_resolution=a.render_resolution, finalize=not a.no_finalize,
-    )  # fmt: skip
+    """``stamo-vla collect``: scripted demonstrations -> ``<data_root_dir>/<dataset_name>/1.0.0`` (RLDS)."""
+    cfg = parse_config(CollectConfig, sys.argv[1:] if argv is None else argv)
     summary = collect(cfg)
     print(json.dumps(summary, indent=2))
     return 0
 
 
 # ------------------------------------------------------------------------------------------- report
+@dataclasses.dataclass
+class ControllerReportConfig:
+    """Options of ``stamo-vla controller-report`` (per-task success of the scripted controller; nothing written
+    unless ``output_path`` is given)."""
+
+    suite: str = "libero_spatial"  # LIBERO suite
+    task_ids: list[int] | None = None  # task ids; None = every task of the suite
+    episodes_per_task: int = 10  # episodes per task, from init states 0..N-1
+    num_workers: int = 2  # simulator processes
+    cameras: bool = True  # render cameras (false: camera-free envs, much faster, same physics)
+    max_steps: int | None = None  # env steps per episode after the wait; default the suite's eval budget
+    noise_std: float = 0.05  # gaussian noise on the scripted arm commands
+    output_path: str | None = None  # also write the report to this JSON file
+
+    def __post_init__(self):
+        if self.suite not in SUITE_MAX_STEPS:
+            raise ValueError(f"suite={self.suite!r} is not valid; allowed: {list(SUITE_MAX_STEPS)}")
+        for field in ("episodes_per_task", "num_workers"):
+            check_positive_int(field, getattr(self, field))
+
+
 def main_controller_report(argv: list[str] | None = None) -> int:
-    """``stamo-vla controller-report``: print per-task success rates and mean steps (``--json`` saves them).
+    """``stamo-vla controller-report``: print per-task success rates and mean steps (``--output_path`` saves them).
 
     The numbers come from `controller_report`, which returns them for programmatic use.
     """
-    p = argparse.ArgumentParser(prog="stamo-vla controller-report", description=controller_report.__doc__)
-    p.add_argument("--suite", default="libero_spatial", help="LIBERO suite")
-    p.add_argument("--tasks", type=_parse_ids, default=None, help="comma-separated task ids (default: all)")
-    p.add_argument("--episodes", type=int, default=10, help="init states per task (0..N-1)")
-    p.add_argument("--workers", type=int, default=2, help="simulator processes")
-    p.add_argument("--no-cameras", action="store_true", help="camera-free envs (much faster; same physics)")
-    p.add_argument("--max-steps", type=int, default=None, help="steps per episode after the wait")
-    p.add_argument("--noise-std", type=float, default=0.05, help="noise on scripted arm commands")
-    p.add_argument("--json", default=None, help="also write the report to this JSON file")
-    a = p.parse_args(argv)
+    cfg = parse_config(ControllerReportConfig, sys.argv[1:] if argv is None else argv)
     report = controller_report(
-        a.suite,
-        a.tasks,
-        a.episodes,
-        a.workers,
-        cameras=not a.no_cameras,
-        max_steps=a.max_steps,
-        noise_std=a.noise_std,
+        cfg.suite,
+        cfg.task_ids,
+        cfg.episodes_per_task,
+        cfg.num_workers,
+        cameras=cfg.cameras,
+        max_steps=cfg.max_steps,
+        noise_std=cfg.noise_std,
     )
-    print(format_report(a.suite, report))
-    if a.json:
+    print(format_report(cfg.suite, report))
+    if cfg.output_path:
         from stamo_vla.fileio import write_json_atomic
 
-        write_json_atomic(a.json, {"suite": a.suite, "tasks": {str(t): r for t, r in report.items()}})
+        write_json_atomic(
+            cfg.output_path, {"suite": cfg.suite, "tasks": {str(t): r for t, r in report.items()}}
+        )
     sys.stdout.flush()
     return 0

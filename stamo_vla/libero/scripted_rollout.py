@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from stamo_vla.configs import check_positive_int
 from stamo_vla.libero.env import NUM_STEPS_WAIT, SUITE_MAX_STEPS
 from stamo_vla.libero.protocol import flip_image, lanczos_resize, proprio_from_obs
 from stamo_vla.libero.workers import INIT_DISTANCE_KEY, EnvWorkerPool, EpisodeSpec, WorkerCrashed
@@ -184,8 +185,7 @@ def controller_report(
 
     from stamo_vla.libero.env import init_states
 
-    if episodes < 1:
-        raise ValueError(f"episodes={episodes!r} must be >= 1")
+    check_positive_int("episodes", episodes)
     ids = task_ids(suite, tasks)
     jobs = [
         EpisodeSpec(suite, t, i, noise_seed=t * 100 + i)

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from stamo_vla.configs import check_positive_int
 from stamo_vla.libero.env import SUITE_MAX_STEPS
 
 # module that provides make_env(suite, task_id, resolution=, camera_obs=) and init_states(suite, task_id)
@@ -249,10 +250,8 @@ class EnvWorkerPool:
         timeout_s: float | None = None,
         controller_config: dict | None = None,
     ):
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
-            raise ValueError(f"num_workers={num_workers!r} must be a positive int")
-        if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
-            raise ValueError(f"resolution={resolution!r} must be a positive int (upstream uses 256)")
+        check_positive_int("num_workers", num_workers)
+        check_positive_int("resolution", resolution)
         if timeout_s is not None and timeout_s <= 0:
             raise ValueError(f"timeout_s={timeout_s!r} must be positive or None")
         if controller_config:  # fail here, not inside every worker

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from stamo_vla.configs import check_positive_int
+
 CONFIG_NAME = "action_decoder_config.json"
 WEIGHTS_NAME = "action_decoder.safetensors"
 
@@ -58,9 +60,7 @@ class ActionDecoderConfig:
 
     def __post_init__(self) -> None:
         for name in ("num_state_tokens", "state_dim", "horizon", "action_dim", "hidden_size", "num_layers"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} must be a positive integer")
+            check_positive_int(name, getattr(self, name))
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout!r} must be in [0, 1)")
 

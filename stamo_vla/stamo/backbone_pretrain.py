@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stamo_vla.configs import check_positive_int
 from stamo_vla.stamo.configuration_stamo import BackboneConfig
 from stamo_vla.stamo.pixels import imagenet_normalize, resize
 
@@ -51,10 +52,7 @@ class BackbonePretrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(
-                    f"backbone_pretrain.{name}={getattr(self, name)} is not valid; it must be >= 1"
-                )
+            check_positive_int(f"backbone_pretrain.{name}", getattr(self, name))
         if not 0 < self.mask_ratio < 1:
             raise ValueError(
                 f"backbone_pretrain.mask_ratio={self.mask_ratio} is not valid; it must be in (0, 1)"

@@ -175,11 +175,6 @@ class VAEConfig:
         if self.scaling_factor is not None:
             _positive("decoder.vae.scaling_factor", self.scaling_factor)
 
-    @property
-    def downsample_factor(self) -> int:
-        """Image size / latent size of a random-init VAE."""
-        return 2 ** (len(self.block_out_channels) - 1)
-
 
 @dataclass
 class FlowMatchingConfig:

@@ -54,12 +54,6 @@ class StaMoAutoencoder(nn.Module):
             )
         return self.decoder.sample(states.float(), steps=steps, generator=generator)
 
-    def reconstruct(
-        self, images: torch.Tensor, steps: int | None = None, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        with torch.no_grad():
-            return self.decode(self.encode(images), steps=steps, generator=generator)
-
     def loss(
         self, images: torch.Tensor, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, dict[str, float]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -10,6 +11,15 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Values may overshoot [0, 1] by rounding (e.g. after a bilinear resize); anything beyond this is a bug.
 _RANGE_TOLERANCE = 1e-3
+
+
+def uint8_to_pixels(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 channels-last frames, (H, W, 3) or (B, H, W, 3), numpy or torch -> float (3, H, W) or (B, 3, H, W)
+    in [0, 1]: the StaMo image contract."""
+    if not isinstance(images, torch.Tensor):
+        array = np.ascontiguousarray(images)
+        images = torch.from_numpy(array if array.flags.writeable else array.copy())
+    return images.movedim(-1, -3).float() / 255.0
 
 
 def check_pixels(images: object, name: str = "images") -> torch.Tensor:

@@ -1,29 +1,51 @@
 """StaMo pretraining: train compressor + DiT decoder with the flow-matching loss (DINOv2 and VAE frozen).
 
-`pretrain(cfg)` is the whole run (setup -> loop -> save); ``recipes/pretrain_stamo.py`` parses the config
-and calls it, tests and the demo call it in-process. It works as one process and under torchrun (DDP,
-gloo on CPU), resumes exactly from the newest checkpoint in ``run_dir``, logs to tqdm / tensorboard /
-``metrics.jsonl``, and on rank 0 writes PSNR/SSIM (held-out images under ``eval/``, as many training images
-under ``eval_train/``) and sample sheets of the held-out images (``samples/step_*.png``).
+`pretrain(cfg)` is the whole run (setup -> loop -> save); ``stamo-vla pretrain`` (`main`, also behind
+``recipes/pretrain_stamo.py``) parses the config and calls it; the studies call it in-process. It works as one
+process and under torchrun (DDP, gloo on CPU), resumes exactly from the newest checkpoint in ``run_dir``, logs
+to tqdm / tensorboard / ``metrics.jsonl``, and on rank 0 writes PSNR/SSIM (held-out images under ``eval/``, as
+many training images under ``eval_train/``) and sample sheets of the held-out images (``samples/step_*.png``).
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from stamo_vla.configs import check_choice
+from stamo_vla.configs import check_positive_int, save_config
+from stamo_vla.fileio import write_json_atomic
 from stamo_vla.stamo.configuration_stamo import StaMoConfig
+from stamo_vla.stamo.evaluation import derangement, evaluate, save_sample_sheet
+from stamo_vla.stamo.modeling_autoencoder import StaMoAutoencoder
+from stamo_vla.stamo.pixels import resize
 from stamo_vla.stamo.pretrain_data import ImageSourceConfig, SyntheticSource, split_heldout, to_pixels
-from stamo_vla.training.distributed import MIXED_PRECISION
-from stamo_vla.training.optim import OptimizerConfig
+from stamo_vla.stamo.vae_fit import fit_vae, latent_statistics, vae_health
+from stamo_vla.training.batches import EpochBatches
+from stamo_vla.training.checkpoint import (
+    TrainerState,
+    find_latest_checkpoint,
+    find_resumable_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from stamo_vla.training.distributed import seed_everything, setup_accelerator
+from stamo_vla.training.logger import TrainLogger
+from stamo_vla.training.optim import OptimizerConfig, build_optimizer, build_scheduler
+from stamo_vla.training.preemption import TrainingInterrupted, stop_on_sigterm
+from stamo_vla.training.run_config import RunConfig
+from stamo_vla.training.step import train_step
 
 
 @dataclass
-class PretrainStaMoConfig:
-    """Configuration of a StaMo pretraining run (presets: recipes/configs/pretrain_stamo_*.yaml)."""
+class PretrainStaMoConfig(RunConfig):
+    """Configuration of a StaMo pretraining run (presets: pretrain_stamo_*.yaml).
+
+    The run fields (run_dir, resume, max_steps, save_steps, log_steps, ...) are `RunConfig`'s, shared with every
+    recipe.
+    """
 
     # The StaMo model (encoder + decoder); saved with every checkpoint.
     model: StaMoConfig = field(default_factory=StaMoConfig)
@@ -38,19 +60,11 @@ class PretrainStaMoConfig:
     # Seed of the held-out split (None: seed). Runs that must share one split (e.g. several seeds) set it.
     split_seed: int | None = None
     # Output directory: checkpoints/, samples/, tensorboard/, metrics.jsonl, config.yaml.
-    run_dir: str = "runs/pretrain_stamo"
-    # Continue from the newest checkpoint in run_dir when there is one.
-    resume: bool = True
-    # Total optimizer steps.
-    max_steps: int = 1000
-    # Images per step and process (the global batch is batch_size x number of processes).
-    batch_size: int = 16
-    # Seed of model init, data order and noise.
-    seed: int = 0
+    run_dir: str | None = "runs/pretrain_stamo"
+    # Keep only this many newest checkpoints.
+    keep_last: int = 2
     # Optimizer and learning-rate schedule.
     optim: OptimizerConfig = field(default_factory=OptimizerConfig)
-    # auto (bf16 autocast on CUDA, float32 on CPU) | no | bf16.
-    mixed_precision: str = "auto"
     # Fit a random-init VAE on the training images for this many steps before training (0: do not).
     # Used when no pretrained VAE is available; ignored when decoder.vae.pretrained_path is set.
     vae_fit_steps: int = 0
@@ -66,31 +80,19 @@ class PretrainStaMoConfig:
     min_loss_gap: float = 0.02
     # Failed health gates raise RuntimeError instead of printing a warning.
     strict_health: bool = False
-    # Log training scalars every this many steps.
-    log_every: int = 10
     # Evaluate on the held-out images and write a sample sheet every this many steps (0: only at the end).
-    eval_every: int = 0
+    eval_steps: int = 0
     # Euler steps when decoding for evaluation and sheets (None: decoder.flow.sample_steps).
     eval_sample_steps: int | None = None
-    # Save a checkpoint every this many steps (0: only at the end).
-    save_every: int = 0
-    # Number of newest checkpoints kept.
-    keep_last: int = 2
     # States in the sheet's interpolation strip (endpoints included; the paper shows 8).
     interpolation_frames: int = 8
-    # Weights & Biases project (None: wandb is not used or imported).
-    wandb_project: str | None = None
 
     def __post_init__(self) -> None:
-        check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
-        for name in ("max_steps", "batch_size", "log_every", "keep_last"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} is not valid; it must be >= 1")
+        super().__post_init__()
         if self.heldout_groups is not None and self.heldout_groups < 1:
             raise ValueError(f"heldout_groups={self.heldout_groups} is not valid; it must be >= 1 or None")
-        for name in ("eval_every", "save_every", "vae_fit_steps", "gap_check_step"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)} is not valid; it must be >= 0 (0 disables)")
+        for name in ("eval_steps", "vae_fit_steps", "gap_check_step"):
+            check_positive_int(name, getattr(self, name), allow_zero=True)
         if self.num_heldout == 1:
             raise ValueError("num_heldout=1 is not valid; use 0 (no evaluation) or >= 2 (shuffled baseline)")
         if self.interpolation_frames < 2:
@@ -101,8 +103,6 @@ class PretrainStaMoConfig:
 
 def warn_health(message: str, strict: bool) -> str:
     """A failed health gate: RuntimeError when strict, else a banner on stderr (and the message returned)."""
-    import sys
-
     if strict:
         raise RuntimeError(message)
     bar = "!" * 100
@@ -119,9 +119,6 @@ def build_model(
     saved config.yaml describes the model that trained. Returns ``(model, vae_health)``: the fitted VAE's
     held-out PSNR next to the mean-frame PSNR (empty when no VAE was fitted or nothing is held out).
     """
-    from stamo_vla.stamo.modeling_autoencoder import StaMoAutoencoder
-    from stamo_vla.stamo.vae_fit import fit_vae, latent_statistics, vae_health
-
     model = StaMoAutoencoder(cfg.model)
     health: dict = {}
     if cfg.vae_fit_steps and cfg.model.decoder.vae.pretrained_path is None:
@@ -145,9 +142,6 @@ def build_model(
 @torch.no_grad()
 def loss_gap(ae, pixels: torch.Tensor, seed: int, batch_size: int = 16) -> dict[str, float]:
     """Flow loss from own vs shuffled (randomly paired) states on `pixels`, same noise: the cheap health check."""
-    from stamo_vla.stamo.evaluation import derangement
-    from stamo_vla.stamo.pixels import resize
-
     was_training = ae.training
     ae.eval()
     device = next(ae.parameters()).device
@@ -188,26 +182,8 @@ def pretrain(cfg: PretrainStaMoConfig) -> dict:
     Returns ``{"losses": {step: loss}, "eval": {...}, "health": {...}, "checkpoint": path}``; ``health`` holds
     the VAE gate, the own/shuffled loss gap at ``gap_check_step`` and the warnings raised (when not strict).
     """
-    from stamo_vla.configs import save_config
-    from stamo_vla.fileio import write_json_atomic
-    from stamo_vla.stamo.evaluation import evaluate, save_sample_sheet
-    from stamo_vla.stamo.modeling_autoencoder import StaMoAutoencoder
-    from stamo_vla.training.batches import EpochBatches
-    from stamo_vla.training.checkpoint import (
-        TrainerState,
-        find_latest_checkpoint,
-        find_resumable_checkpoint,
-        load_checkpoint,
-        save_checkpoint,
-    )
-    from stamo_vla.training.distributed import seed_everything, setup_accelerator
-    from stamo_vla.training.logger import TrainLogger
-    from stamo_vla.training.optim import build_optimizer, build_scheduler
-    from stamo_vla.training.preemption import TrainingInterrupted, stop_on_sigterm
-    from stamo_vla.training.step import train_step
-
     acc = setup_accelerator(cfg.mixed_precision)
-    run_dir, main = Path(cfg.run_dir), acc.is_main_process
+    run_dir, main = cfg.run_path(), acc.is_main_process
     latest = find_resumable_checkpoint(run_dir) if cfg.resume else None  # past a damaged newest one
     images, groups, group_names = cfg.source.load_grouped(cfg.model.image_size)
     train_u8, heldout_u8, held = split_heldout(
@@ -296,11 +272,13 @@ def pretrain(cfg: PretrainStaMoConfig) -> dict:
 
     with stop_on_sigterm() as stop:
         for step in range(state.step, cfg.max_steps):
-            batch = to_pixels(train_u8[next(batches)]).to(acc.device)
-            metrics = train_step(model, batch, optimizer, scheduler, acc, cfg.optim.max_grad_norm)
+            micro = [
+                to_pixels(train_u8[next(batches)]).to(acc.device) for _ in range(cfg.grad_accumulation_steps)
+            ]
+            metrics = train_step(model, micro, optimizer, scheduler, acc, cfg.optim.max_grad_norm)
             done = step + 1
             losses[done] = metrics["loss"]
-            if done % cfg.log_every == 0 or done == cfg.max_steps:
+            if cfg.logs_at(done):
                 logger.log(done, metrics)
             if main and len(heldout_u8) >= 2 and done == cfg.gap_check_step:
                 recalibrate()
@@ -317,11 +295,9 @@ def pretrain(cfg: PretrainStaMoConfig) -> dict:
                             cfg.strict_health,
                         )
                     )
-            if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.max_steps:
+            if cfg.eval_steps and done % cfg.eval_steps == 0 and done < cfg.max_steps:
                 evaluate_and_sheet(done)
-            saved = None
-            if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.max_steps:
-                saved = checkpoint(done)
+            saved = checkpoint(done) if cfg.saves_at(done) else None
             if done < cfg.max_steps and stop.requested(acc):  # SIGTERM: keep this step, then exit
                 raise TrainingInterrupted(saved or checkpoint(done), done)
     final = evaluate_and_sheet(cfg.max_steps) if losses else {}  # nothing new to evaluate otherwise
@@ -333,3 +309,13 @@ def pretrain(cfg: PretrainStaMoConfig) -> dict:
         "health": health,
         "checkpoint": str(latest) if latest else None,
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``stamo-vla pretrain``: parse a `PretrainStaMoConfig` (``--config`` picks ``pretrain_stamo_<name>.yaml``)."""
+    from stamo_vla.configs import parse_config
+
+    pretrain(
+        parse_config(PretrainStaMoConfig, sys.argv[1:] if argv is None else argv, prefix="pretrain_stamo_")
+    )
+    return 0

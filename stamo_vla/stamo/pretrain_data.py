@@ -16,6 +16,8 @@ import draccus
 import numpy as np
 import torch
 
+from stamo_vla.configs import check_positive_int
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
@@ -95,8 +97,7 @@ class RLDSSource(ImageSourceConfig):
                 raise ValueError(
                     f"source.cameras entry {cam!r} is not valid; allowed: ['image', 'wrist_image']"
                 )
-        if self.frame_stride < 1:
-            raise ValueError(f"source.frame_stride={self.frame_stride} is not valid; it must be >= 1")
+        check_positive_int("source.frame_stride", self.frame_stride)
 
     def load(self, image_size: int) -> torch.Tensor:
         return self.load_grouped(image_size)[0]

@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from stamo_vla.configs import check_positive_int
 from stamo_vla.stamo.action_decoder import mlp
+from stamo_vla.stamo.pixels import uint8_to_pixels
 
 # the inputs `episode_features` computes (the first is the StaMo motion)
 INPUTS = ("stamo_motion", "untrained_encoder", "dinov2_mean_delta", "pooled_pixel_delta")
@@ -75,8 +77,7 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         for name in ("hidden_size", "num_layers", "max_steps", "batch_size", "eval_every", "patience"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"fit.{name}={getattr(self, name)} is not valid; it must be >= 1")
+            check_positive_int(f"fit.{name}", getattr(self, name))
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"fit.val_fraction={self.val_fraction} is not valid; it must be in (0, 1)")
         for name in ("lr", "std_floor", "clip"):
@@ -98,10 +99,6 @@ class Split:
 
 
 # ------------------------------------------------------------------------------------------- features
-def _to_pixels(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.array(images, copy=True)).permute(0, 3, 1, 2).float() / 255.0
-
-
 def untrained_copy(encoder, seed: int = 0):
     """The same encoder architecture and frozen backbone with a freshly initialized compressor (and bottleneck)."""
     from stamo_vla.stamo.modeling_encoder import StaMoEncoder
@@ -129,7 +126,7 @@ def episode_features(
     untrained = untrained if untrained is not None else untrained_copy(encoder)
     out: dict[str, list[torch.Tensor]] = {name: [] for name in INPUTS}
     for start in range(0, len(images), batch_size):
-        pixels = _to_pixels(images[start : start + batch_size])
+        pixels = uint8_to_pixels(images[start : start + batch_size])
         feats = encoder.features(pixels)
         out["stamo_motion"].append(encoder.tokens_from_features(feats).flatten(1))
         out["untrained_encoder"].append(untrained.tokens_from_features(feats).flatten(1))
@@ -161,10 +158,9 @@ def load_rlds_episodes(
     Actions are normalized with the dataset's q01/q99 statistics (gripper in the dataset convention); the
     task of each episode is its language instruction (for leave-one-task-out).
     """
-    from stamo_vla.data.normalization import normalize
     from stamo_vla.data.rlds import iter_episodes
     from stamo_vla.data.statistics import compute_statistics
-    from stamo_vla.data.transforms import standardize_gripper
+    from stamo_vla.data.transforms import normalized_actions
 
     stats = compute_statistics(data_root_dir, dataset_name)["action"]
     episodes = []
@@ -176,7 +172,7 @@ def load_rlds_episodes(
         feats = feature_fn(ep["image"])
         if proprio:
             feats[ORACLE] = torch.from_numpy(np.array(ep["state"], np.float32))
-        actions = normalize(standardize_gripper(ep["action"]), stats)
+        actions = normalized_actions(ep["action"], stats)
         episodes.append(
             EpisodeFeatures(feats, torch.from_numpy(np.array(actions)), str(ep["language_instruction"]))
         )

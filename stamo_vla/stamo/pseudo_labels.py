@@ -2,7 +2,7 @@
 
 The paper's co-training pseudo-labels (§3.4): every pair of frames h apart in a video is labelled with the
 difference of their frozen StaMo states. Sources are an RLDS dataset (e.g. one collected with
-``stamo-vla collect --action-free``) or a folder of frames with one sub-folder per episode.
+``stamo-vla collect --action_free true``) or a folder of frames with one sub-folder per episode.
 
 Output layout::
 
@@ -11,19 +11,23 @@ Output layout::
                                      "states": (T, N, D) float32; metadata: episode id, num_steps
 
 Episodes are written atomically one by one, so an interrupted run resumes where it stopped; a directory built
-with another StaMo checkpoint or horizon is refused unless ``--overwrite`` is given.
+with another StaMo checkpoint or horizon is refused unless ``--overwrite true`` is given.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import hashlib
 import json
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
+from stamo_vla.configs import check_positive_int, parse_config
+from stamo_vla.stamo.pixels import uint8_to_pixels
 
 FORMAT_VERSION = 1
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -31,8 +35,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 def latent_actions(states: np.ndarray, horizon: int) -> np.ndarray:
     """(T, N, D) states -> (T, N, D) motions s_{min(t+h, T-1)} - s_t (the last rows clamp at the episode end)."""
-    if horizon < 1:
-        raise ValueError(f"horizon={horizon} must be >= 1")
+    check_positive_int("horizon", horizon)
     future = np.minimum(np.arange(len(states)) + horizon, len(states) - 1)
     return (states[future] - states).astype(np.float32)
 
@@ -73,8 +76,8 @@ def _encode(encoder, frames: np.ndarray, batch_size: int, device: str) -> np.nda
     out = []
     with torch.no_grad():
         for i in range(0, len(frames), batch_size):
-            pixels = torch.from_numpy(np.ascontiguousarray(frames[i : i + batch_size])).permute(0, 3, 1, 2)
-            out.append(encoder.encode(pixels.float().div(255.0).to(device)).float().cpu().numpy())
+            pixels = uint8_to_pixels(frames[i : i + batch_size])
+            out.append(encoder.encode(pixels.to(device)).float().cpu().numpy())
     return np.concatenate(out)
 
 
@@ -115,8 +118,8 @@ def label_latent_actions(
         ]
         if diffs and not overwrite:
             raise ValueError(
-                f"{out} holds latent actions from another run ({'; '.join(diffs)}). Pass --overwrite to replace "
-                "them, or choose another --out."
+                f"{out} holds latent actions from another run ({'; '.join(diffs)}). Pass --overwrite true to replace "
+                "them, or choose another --output_dir."
             )
         if diffs:
             shutil.rmtree(out)
@@ -148,47 +151,68 @@ def load_latent_actions(out_dir: str | Path) -> dict[str, np.ndarray]:
     return result
 
 
+@dataclasses.dataclass
+class LabelLatentActionsConfig:
+    """Options of ``stamo-vla label-latent-actions`` (give either dataset_name or frames_dir)."""
+
+    # RLDS dataset under data_root_dir (e.g. collected with --action_free true)
+    dataset_name: str | None = None
+    # folder containing <dataset_name>/<version>/ (with dataset_name)
+    data_root_dir: str | None = None
+    # folder with one sub-folder of frames per episode (instead of dataset_name)
+    frames_dir: str | None = None
+    # StaMo encoder or autoencoder directory
+    stamo_path: str = ""
+    # output directory
+    output_dir: str = ""
+    # frame gap h of the motion
+    horizon: int = 1
+    # frames per encoder call
+    batch_size: int = 32
+    # torch device (None: cuda when available, else cpu)
+    device: str | None = None
+    # replace labels made with another checkpoint or horizon
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.dataset_name is None) == (self.frames_dir is None):
+            raise ValueError(
+                f"dataset_name={self.dataset_name!r}, frames_dir={self.frames_dir!r}: give exactly one of them"
+            )
+        if self.dataset_name and not self.data_root_dir:
+            raise ValueError(
+                "dataset_name needs data_root_dir (the folder containing <dataset_name>/<version>/)"
+            )
+        for name in ("stamo_path", "output_dir"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} is empty; give --{name}")
+        for name in ("horizon", "batch_size"):
+            check_positive_int(name, getattr(self, name))
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="stamo-vla label-latent-actions", description=__doc__.split("\n\n")[0]
-    )
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument(
-        "--dataset-name", help="RLDS dataset under --data-root-dir (e.g. collected with --action-free)"
-    )
-    src.add_argument("--frames-dir", help="folder with one sub-folder of frames per episode")
-    parser.add_argument("--data-root-dir", help="folder containing <dataset_name>/<version>/")
-    parser.add_argument("--stamo", required=True, help="StaMo encoder or autoencoder directory")
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--horizon", type=int, default=1, help="frame gap h of the motion (default 1)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--device", default=None, help="torch device (default cuda when available)")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace labels made with another checkpoint"
-    )
-    args = parser.parse_args(argv)
+    """``stamo-vla label-latent-actions``: encode the episodes and write their latent motions."""
     import torch
 
     from stamo_vla.stamo import StaMoEncoder
 
-    if args.dataset_name and not args.data_root_dir:
-        parser.error("--dataset-name needs --data-root-dir")
+    cfg = parse_config(LabelLatentActionsConfig, sys.argv[1:] if argv is None else argv)
     episodes = (
-        rlds_episodes(args.data_root_dir, args.dataset_name)
-        if args.dataset_name
-        else frame_folder_episodes(args.frames_dir)
+        rlds_episodes(cfg.data_root_dir, cfg.dataset_name)
+        if cfg.dataset_name
+        else frame_folder_episodes(cfg.frames_dir)
     )
-    source = f"rlds:{args.dataset_name}" if args.dataset_name else f"frames:{Path(args.frames_dir).resolve()}"
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    source = f"rlds:{cfg.dataset_name}" if cfg.dataset_name else f"frames:{Path(cfg.frames_dir).resolve()}"
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = label_latent_actions(
         episodes,
-        StaMoEncoder.from_pretrained(args.stamo),
-        args.out,
-        args.horizon,
+        StaMoEncoder.from_pretrained(cfg.stamo_path),
+        cfg.output_dir,
+        cfg.horizon,
         source,
-        args.stamo,
-        args.batch_size,
-        args.overwrite,
+        cfg.stamo_path,
+        cfg.batch_size,
+        cfg.overwrite,
         device,
     )
     print(f"latent actions written to {out}")

@@ -1,6 +1,6 @@
 """Metrics of a finished fine-tuning run on its held-out episodes (the ``val`` split of its own data config).
 
-    python -m stamo_vla.study.heldout --run_dir runs/study_spatial/finetune/none_seed0
+    stamo-vla heldout --run_dir runs/study_spatial/finetune/none_seed0
 
 Writes ``<run_dir>/heldout_metrics.json``: the model's own metrics (action L1 in normalized units, token
 accuracy, StaMo target losses) averaged over every held-out sample, with the sample count.
@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from stamo_vla import keys as K
+from stamo_vla.configs import check_positive_int
 
 HELDOUT_METRICS = "heldout_metrics.json"
 
@@ -32,16 +33,15 @@ class HeldoutConfig:
     def __post_init__(self) -> None:
         if not self.run_dir:
             raise ValueError("run_dir='' is not valid; pass --run_dir <fine-tuning run directory>")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size={self.batch_size} must be >= 1")
+        check_positive_int("batch_size", self.batch_size)
 
 
 def heldout_config(run_dir: Path):
     """The run's saved config with its data switched to one unaugmented pass over the held-out episodes."""
-    from stamo_vla.configs import load_config
     from stamo_vla.training.finetune_config import FinetuneConfig
+    from stamo_vla.training.run_config import load_run_config
 
-    cfg = load_config(FinetuneConfig, run_dir / "config.yaml")
+    cfg = load_run_config(FinetuneConfig, run_dir / "config.yaml")  # old field names included
     if cfg.data.train_percent >= 100:
         raise ValueError(
             f"{run_dir} trained on every episode (data.train_percent=100): it has no held-out episodes to score"

@@ -222,7 +222,7 @@ def write_report(study: PolicyStudy) -> Path:
 
 def _markdown(study: PolicyStudy, data: dict) -> str:
     cfg = study.cfg
-    lines = [f"# Policy study: {cfg.suite} tasks {cfg.eval_tasks}", ""]
+    lines = [f"# Policy study: {cfg.suite} tasks {cfg.eval_task_ids}", ""]
     lines += [
         f"Produced by `{data['command']}` (config in `study.json`) on {data['machine']['cpus']} CPU cores."
     ]
@@ -236,7 +236,7 @@ def _markdown(study: PolicyStudy, data: dict) -> str:
     lines += ["| data | tasks | episodes | attempts | render px | min distance to a test state | disjoint |"]
     lines += ["|---|---|---:|---:|---:|---:|---|"]
     for kind, ev in data["collection"].items():
-        tasks = cfg.eval_tasks if kind == "finetune" else cfg.base_tasks
+        tasks = cfg.eval_task_ids if kind == "finetune" else cfg.base_task_ids
         dist = "n/a" if ev["min_distance"] is None else f"{ev['min_distance']:.4f}"
         row = (
             f"| {kind} | {tasks} | {ev['episodes']} | {ev['attempts']} | {ev['render_resolution']} | {dist} |"

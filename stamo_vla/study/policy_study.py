@@ -31,7 +31,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stamo_vla.study.stages import StagedRun, python
+from stamo_vla.configs import check_positive_int, parse_config
+from stamo_vla.study.stages import StagedRun, stamo_vla_cli
 
 STAGES = ("collect", "stamo", "base", "finetune", "heldout", "evaluate", "report")
 # fine-tuning arms: the plain LoRA baseline and the StaMo auxiliary targets (adapter.target values)
@@ -43,20 +44,20 @@ class PolicyStudyConfig:
     """The CPU policy study (defaults: libero_spatial tasks 0 and 1; about four hours on 2 idle cores)."""
 
     # Folder of every stage's output and of REPORT.md.
-    out_dir: str = "runs/study_spatial"
+    output_dir: str = "runs/study_spatial"
     # LIBERO suite of every task below.
     suite: str = "libero_spatial"
     # Evaluated tasks: fine-tuning data and the benchmark evaluation.
-    eval_tasks: list[int] = field(default_factory=lambda: [0, 1])
-    # Tasks of the base training data (disjoint from eval_tasks: the base has never seen the evaluated tasks).
-    base_tasks: list[int] = field(default_factory=lambda: [2, 3, 6, 7, 8, 9])
+    eval_task_ids: list[int] = field(default_factory=lambda: [0, 1])
+    # Tasks of the base training data (disjoint from eval_task_ids: the base has never seen the evaluated tasks).
+    base_task_ids: list[int] = field(default_factory=lambda: [2, 3, 6, 7, 8, 9])
     # Successful demonstrations per evaluated task, and per base task.
     finetune_episodes: int = 40
     base_episodes: int = 8
     # Seed of the fresh placements and controller noise of the collection.
     collect_seed: int = 1
     # Simulator worker processes (collection and evaluation).
-    workers: int = 2
+    num_workers: int = 2
     # Existing StaMo checkpoint (a StaMoAutoencoder directory) for the targets; None = pretrain the tiny preset.
     stamo_path: str | None = None
     # StaMo pretraining preset and steps (None: the preset's own), used when stamo_path is None.
@@ -66,7 +67,7 @@ class PolicyStudyConfig:
     base_model: str = "small"
     base_steps: int = 2000
     base_batch_size: int = 32
-    # Fine-tuning preset (recipes/configs/finetune_<name>.yaml), steps and batch size of every run.
+    # Fine-tuning preset (stamo_vla/presets/finetune_<name>.yaml), steps and batch size of every run.
     finetune_preset: str = "study_small"
     finetune_steps: int = 2500
     finetune_batch_size: int = 16
@@ -89,20 +90,20 @@ class PolicyStudyConfig:
             check_choice("stages entry", stage, STAGES)
         for arm in self.arms:
             check_choice("arms entry", arm, ARMS)
-        overlap = sorted(set(self.eval_tasks) & set(self.base_tasks))
+        overlap = sorted(set(self.eval_task_ids) & set(self.base_task_ids))
         if overlap:
             raise ValueError(
-                f"base_tasks={self.base_tasks} and eval_tasks={self.eval_tasks} share tasks {overlap}; the base must "
-                "not train on the evaluated tasks"
+                f"base_task_ids={self.base_task_ids} and eval_task_ids={self.eval_task_ids} share tasks {overlap}; "
+                "the base must not train on the evaluated tasks"
             )
-        if not self.eval_tasks or not self.seeds or not self.arms:
-            raise ValueError("eval_tasks, seeds and arms must each name at least one entry")
+        if not self.eval_task_ids or not self.seeds or not self.arms:
+            raise ValueError("eval_task_ids, seeds and arms must each name at least one entry")
         if self.stamo_steps is not None:
-            _positive("stamo_steps", self.stamo_steps)
-        for name in ("finetune_episodes", "base_episodes", "workers", "base_steps"):
-            _positive(name, getattr(self, name))
+            check_positive_int("stamo_steps", self.stamo_steps)
+        for name in ("finetune_episodes", "base_episodes", "num_workers", "base_steps"):
+            check_positive_int(name, getattr(self, name))
         for name in ("base_batch_size", "finetune_steps", "finetune_batch_size", "trials_per_task"):
-            _positive(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         if not 0 < self.train_percent < 100:
             raise ValueError(
                 f"train_percent={self.train_percent} must be in (0, 100): held-out episodes are needed"
@@ -112,11 +113,6 @@ class PolicyStudyConfig:
     def runs(self) -> list[tuple[str, int]]:
         """Every fine-tuning run as (arm, seed), seed-major: the first seed of every arm finishes first."""
         return [(arm, seed) for seed in self.seeds for arm in self.arms]
-
-
-def _positive(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} must be a positive integer")
 
 
 FINETUNE_DATASET = "finetune"
@@ -130,7 +126,7 @@ class PolicyStudy(StagedRun):
     NAME = "study"
 
     def __init__(self, cfg: PolicyStudyConfig):
-        super().__init__(cfg, cfg.out_dir, cfg.stages)
+        super().__init__(cfg, cfg.output_dir, cfg.stages)
         self.data = self.out / "data"
         self.stamo_run = self.out / "stamo"
         self.base_run = self.out / "base"
@@ -153,29 +149,14 @@ class PolicyStudy(StagedRun):
     def stage_collect(self) -> None:
         c = self.cfg
         for kind, tasks, episodes in (
-            (FINETUNE_DATASET, c.eval_tasks, c.finetune_episodes),
-            (BASE_DATASET, c.base_tasks, c.base_episodes),
+            (FINETUNE_DATASET, c.eval_task_ids, c.finetune_episodes),
+            (BASE_DATASET, c.base_task_ids, c.base_episodes),
         ):
-            args = [
-                "-m",
-                "stamo_vla.cli",
-                "collect",
-                "--suite",
-                c.suite,
-                "--tasks",
-                ",".join(map(str, tasks)),
-            ]
-            args += [
-                "--episodes-per-task",
-                str(episodes),
-                "--workers",
-                str(c.workers),
-                "--seed",
-                str(c.collect_seed),
-            ]
-            args += ["--out", str(self.data), "--name", self.dataset(kind), "--init-states", "fresh"]
-            args += ["--render-resolution", str(c.env_resolution)]
-            self.run(python(*args), f"collect_{kind}")
+            args = ["--suite", c.suite, "--task_ids", _ids(tasks), "--episodes_per_task", str(episodes)]
+            args += ["--num_workers", str(c.num_workers), "--seed", str(c.collect_seed)]
+            args += ["--data_root_dir", str(self.data), "--dataset_name", self.dataset(kind)]
+            args += ["--init_states", "fresh", "--render_resolution", str(c.env_resolution)]
+            self.run(stamo_vla_cli("collect", *args), f"collect_{kind}")
 
     def stage_stamo(self) -> None:
         import yaml
@@ -195,17 +176,17 @@ class PolicyStudy(StagedRun):
             config = self.out / "pretrain_stamo.yaml"
             config.parent.mkdir(parents=True, exist_ok=True)
             config.write_text(yaml.safe_dump(preset))
-            args = ["recipes/pretrain_stamo.py", "--config", str(config), "--run_dir", str(self.stamo_run)]
+            args = ["--config", str(config), "--run_dir", str(self.stamo_run)]
             if c.stamo_steps is not None:
                 args += ["--max_steps", str(c.stamo_steps)]
-            self.run(python(*args), "stamo_pretrain")
-        args = ["-m", "stamo_vla.cli", "cache-targets", "--data-root-dir", str(self.data)]
-        args += ["--dataset-name", self.dataset(FINETUNE_DATASET), "--stamo", str(self.stamo_model())]
-        self.run(python(*args), "stamo_cache")
+            self.run(stamo_vla_cli("pretrain", *args), "stamo_pretrain")
+        args = ["--data_root_dir", str(self.data), "--dataset_name", self.dataset(FINETUNE_DATASET)]
+        args += ["--stamo_path", str(self.stamo_model())]
+        self.run(stamo_vla_cli("cache-targets", *args), "stamo_cache")
 
     def stage_base(self) -> None:
         c = self.cfg
-        args = ["-m", "stamo_vla.training.base_training", "--model", c.base_model]
+        args = ["--model", c.base_model]
         args += [
             "--data.data_root_dir",
             str(self.data),
@@ -221,15 +202,17 @@ class PolicyStudy(StagedRun):
         args += ["--run_dir", str(self.base_run), "--max_steps", str(c.base_steps)]
         args += ["--batch_size", str(c.base_batch_size), "--save_steps", str(max(1, c.base_steps // 8))]
         args += ["--tokenizer_datasets", f"[{self.dataset(FINETUNE_DATASET)}]"]  # words of every task prompt
-        self.run(python(*args), "base")
+        self.run(stamo_vla_cli("train-base", *args), "base")
 
     def finetune_args(self, arm: str, seed: int) -> list[str]:
+        """The ``stamo-vla finetune`` options of one run."""
         c = self.cfg
-        args = ["recipes/finetune_libero.py", "--config", c.finetune_preset]
+        args = ["--config", c.finetune_preset]
         args += ["--vla_path", str(self.base_run / "model"), "--data.data_root_dir", str(self.data)]
         args += ["--data.dataset_names", f"[{self.dataset(FINETUNE_DATASET)}]"]
-        args += ["--data.train_percent", str(c.train_percent), "--run_root_dir", str(self.finetune_root)]
-        args += ["--run_id", self.run_id(arm, seed), "--seed", str(seed), "--data.seed", str(seed)]
+        args += ["--data.train_percent", str(c.train_percent)]
+        args += ["--run_dir", str(self.finetune_root / self.run_id(arm, seed))]
+        args += ["--seed", str(seed), "--data.seed", str(seed)]
         args += ["--max_steps", str(c.finetune_steps), "--batch_size", str(c.finetune_batch_size)]
         args += [
             "--save_steps",
@@ -247,27 +230,27 @@ class PolicyStudy(StagedRun):
         for arm, seed in self.cfg.runs:
             if (self.finetune_root / self.run_id(arm, seed) / "adapter").is_dir():
                 continue
-            self.run(python(*self.finetune_args(arm, seed)), f"finetune_{self.run_id(arm, seed)}")
+            args = self.finetune_args(arm, seed)
+            self.run(stamo_vla_cli("finetune", *args), f"finetune_{self.run_id(arm, seed)}")
 
     def stage_heldout(self) -> None:
         for arm, seed in self.cfg.runs:
             run = self.finetune_root / self.run_id(arm, seed)
-            args = ["-m", "stamo_vla.study.heldout", "--run_dir", str(run)]
-            self.run(python(*args), f"heldout_{self.run_id(arm, seed)}")
+            self.run(stamo_vla_cli("heldout", "--run_dir", str(run)), f"heldout_{self.run_id(arm, seed)}")
 
     def stage_evaluate(self) -> None:
         c = self.cfg
         for arm, seed in self.cfg.runs:
             name = self.run_id(arm, seed)
-            args = ["eval/run_libero_eval.py", "--checkpoint", str(self.base_run / "model")]
+            args = ["--checkpoint", str(self.base_run / "model")]
             args += ["--adapter_dir", str(self.finetune_root / name / "adapter")]
             args += ["--unnorm_key", self.dataset(FINETUNE_DATASET), "--suites", f"[{c.suite}]"]
-            args += ["--task_ids", "[" + ",".join(map(str, c.eval_tasks)) + "]"]
-            args += ["--num_trials_per_task", str(c.trials_per_task), "--num_workers", str(c.workers)]
+            args += ["--task_ids", _ids(c.eval_task_ids)]
+            args += ["--num_trials_per_task", str(c.trials_per_task), "--num_workers", str(c.num_workers)]
             args += ["--env_resolution", str(c.env_resolution), "--center_crop", "false"]
             args += ["--video", "failures", "--progress", "false"]
             args += ["--output_dir", str(self.evals / name)]
-            self.run(python(*args), f"eval_{name}")
+            self.run(stamo_vla_cli("eval", *args), f"eval_{name}")
 
     def stage_report(self) -> None:
         from stamo_vla.study.policy_report import write_report
@@ -275,9 +258,12 @@ class PolicyStudy(StagedRun):
         write_report(self)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from stamo_vla.configs import parse_config
+def _ids(values: list[int]) -> str:
+    """A list of integers as one draccus value: ``[0,1]``."""
+    return "[" + ",".join(map(str, values)) + "]"
 
+
+def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     cfg = parse_config(PolicyStudyConfig, args, prefix="study_")
     study = PolicyStudy(cfg)
@@ -285,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         study.record_command(["stamo-vla", "study", *args])
     times = study.main()
     print("\n[study] stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))
-    print(f"[study] report: {Path(cfg.out_dir) / 'REPORT.md'}")
+    print(f"[study] report: {Path(cfg.output_dir) / 'REPORT.md'}")
     return 0
 
 

@@ -22,7 +22,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent.parent
+# the folder holding the stamo_vla package in use (a checkout or site-packages): stage commands run
+# `python -m stamo_vla.cli ...` and must import the same code as this process
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent
 # Seconds between two writes of a running stage's elapsed time.
 HEARTBEAT_S = 30.0
 
@@ -47,13 +49,18 @@ class StagedRun:
         self.marks = self.out / ".stages"
 
     def run(self, args: list[str], log_name: str, env: dict | None = None) -> None:
-        """Run a command with output appended to <out>/logs/<log_name>.log; raise StageFailed with the tail."""
+        """Run a command with output appended to <out>/logs/<log_name>.log; raise StageFailed with the tail.
+
+        The command runs in this process's working directory, so relative paths mean the same in both.
+        """
         log_dir = self.out / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         log = log_dir / f"{log_name}.log"
         full_env = {
             **os.environ,
-            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(PACKAGE_ROOT), os.environ.get("PYTHONPATH", "")) if p
+            ),
             "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
             "TOKENIZERS_PARALLELISM": "false",
             "TF_CPP_MIN_LOG_LEVEL": "3",
@@ -61,7 +68,7 @@ class StagedRun:
         }
         print("  $ " + " ".join(args), flush=True)
         with open(log, "a") as f:
-            proc = subprocess.run(args, cwd=REPO, env=full_env, stdout=f, stderr=subprocess.STDOUT)
+            proc = subprocess.run(args, env=full_env, stdout=f, stderr=subprocess.STDOUT)
         if proc.returncode != 0:
             tail = "\n".join(log.read_text().splitlines()[-30:])
             raise StageFailed(f"stage command failed (exit {proc.returncode}); log {log}:\n{tail}")
@@ -154,3 +161,14 @@ class _Heartbeat:
 def python(*args: str) -> list[str]:
     """A command line running this interpreter."""
     return [sys.executable, *args]
+
+
+def stamo_vla_cli(command: str, *args: str) -> list[str]:
+    """A command line running ``stamo-vla <command> ...`` with this interpreter."""
+    return python("-m", "stamo_vla.cli", command, *args)
+
+
+def torchrun(nproc: int, command: str, *args: str) -> list[str]:
+    """``torchrun --standalone --nproc-per-node <nproc> -m stamo_vla.cli <command> ...`` with this interpreter."""
+    run = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
+    return python(*run, "-m", "stamo_vla.cli", command, *args)

@@ -3,7 +3,7 @@
     stamo-vla stamo-study                                  # every stage; rerun the same command to resume
     stamo-vla stamo-study --stamo_steps 3000 --stages '[stamo,reconstruction,probe,report]'
 
-Stages (each skipped when its mark under ``<out_dir>/.stages/`` exists; a rerun resumes an interrupted one):
+Stages (each skipped when its mark under ``<output_dir>/.stages/`` exists; a rerun resumes an interrupted one):
 
 1. collect         scripted LIBERO demonstrations on several libero_spatial tasks (`stamo_vla.libero.collect`)
 2. frames          the camera frames at model resolution, and the held-out split: whole EPISODES are held out
@@ -18,7 +18,7 @@ Stages (each skipped when its mark under ``<out_dir>/.stages/`` exists; a rerun 
 7. probe           the latent-action probe at k = 1, 2, 4, 8 over seeded episode splits and leave-one-task-out
 8. report          ``<results_dir>/``: stamo_study.json, STAMO_STUDY.md and the PNGs (small files, committable)
 
-Big outputs (data, checkpoints) stay under ``out_dir``; ``results_dir`` receives only JSON, markdown and PNG.
+Big outputs (data, checkpoints) stay under ``output_dir``; ``results_dir`` receives only JSON, markdown and PNG.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stamo_vla.configs import check_positive_int
 from stamo_vla.stamo.backbone_pretrain import BackbonePretrainConfig
 from stamo_vla.study.stages import StagedRun
 
@@ -42,18 +43,18 @@ class StaMoStudyConfig:
     """Options of ``stamo-vla stamo-study``."""
 
     # Working directory: data, checkpoints, logs and stage marks (large; not committed).
-    out_dir: str = "runs/stamo_study"
+    output_dir: str = "runs/stamo_study"
     # Where the small outputs go (JSON, markdown, PNG): commit this folder.
     results_dir: str = "docs/results/stamo"
     # LIBERO suite to collect from.
     suite: str = "libero_spatial"
     # Task ids to collect (several: the probe's leave-one-task-out needs >= 2).
-    tasks: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+    task_ids: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
     # Successful scripted demonstrations per task.
     episodes_per_task: int = 8
     # Simulator worker processes for collection.
-    workers: int = 2
-    # StaMo pretraining preset (recipes/configs/pretrain_stamo_<preset>.yaml, or a YAML path).
+    num_workers: int = 2
+    # StaMo pretraining preset (stamo_vla/presets/pretrain_stamo_<preset>.yaml, or a YAML path).
     preset: str = "tiny"
     # Keep every k-th frame of each episode for VAE / backbone / StaMo training.
     frame_stride: int = 2
@@ -105,19 +106,17 @@ class StaMoStudyConfig:
             raise ValueError(
                 f"backbones={self.backbones} is not valid; allowed: non-empty subset of {list(BACKBONES)}"
             )
-        for name in ("episodes_per_task", "workers", "frame_stride", "heldout_episodes", "threads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} is not valid; it must be >= 1")
+        for name in ("episodes_per_task", "num_workers", "frame_stride", "heldout_episodes", "threads"):
+            check_positive_int(name, getattr(self, name))
         for name in ("vae_fit_steps", "stamo_steps", "probe_max_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} is not valid; it must be >= 1")
+            check_positive_int(name, getattr(self, name))
         if self.num_eval_images < 2:
             raise ValueError(
                 f"num_eval_images={self.num_eval_images} is not valid; it must be >= 2 (shuffled pairs)"
             )
-        if len(self.tasks) < 2:
+        if len(self.task_ids) < 2:
             raise ValueError(
-                f"tasks={self.tasks} is not valid; give >= 2 tasks (leave-one-task-out needs them)"
+                f"task_ids={self.task_ids} is not valid; give >= 2 tasks (leave-one-task-out needs them)"
             )
         if not self.stamo_seeds or not self.probe_seeds:
             raise ValueError("stamo_seeds and probe_seeds must each name at least one seed")
@@ -140,7 +139,7 @@ class StaMoStudy(StagedRun):
     NAME = "stamo-study"
 
     def __init__(self, cfg: StaMoStudyConfig):
-        super().__init__(cfg, cfg.out_dir, cfg.stages)
+        super().__init__(cfg, cfg.output_dir, cfg.stages)
         self.data = self.out / "data"
         self.dataset = f"{cfg.suite}_no_noops"
         self.frames_file = self.out / "frames.pt"
@@ -189,11 +188,11 @@ class StaMoStudy(StagedRun):
         c = self.cfg
         summary = collect(
             CollectConfig(
-                out=str(self.data),
+                data_root_dir=str(self.data),
                 suite=c.suite,
-                tasks=tuple(c.tasks),
+                task_ids=list(c.task_ids),
                 episodes_per_task=c.episodes_per_task,
-                workers=c.workers,
+                num_workers=c.num_workers,
             )
         )
         _log(f"collected: {summary}")
@@ -315,8 +314,8 @@ class StaMoStudy(StagedRun):
         cfg.seed = seed
         cfg.vae_fit_steps = 0
         cfg.max_steps = c.stamo_steps
-        cfg.eval_every = c.stamo_eval_every
-        cfg.save_every = c.stamo_eval_every
+        cfg.eval_steps = c.stamo_eval_every
+        cfg.save_steps = c.stamo_eval_every
         cfg.run_dir = str(self.stamo_dir(backbone, seed))
         return cfg
 
@@ -381,7 +380,8 @@ class StaMoStudy(StagedRun):
 
         from stamo_vla.fileio import write_json_atomic
         from stamo_vla.stamo.modeling_encoder import StaMoEncoder
-        from stamo_vla.stamo.probe import FitConfig, _to_pixels, load_rlds_episodes, run_probe, untrained_copy
+        from stamo_vla.stamo.pixels import uint8_to_pixels
+        from stamo_vla.stamo.probe import FitConfig, load_rlds_episodes, run_probe, untrained_copy
         from stamo_vla.training.checkpoint import find_latest_checkpoint
 
         c = self.cfg
@@ -395,7 +395,7 @@ class StaMoStudy(StagedRun):
         def features(images):
             out: dict[str, list] = {}
             for start in range(0, len(images), 64):
-                pixels = _to_pixels(images[start : start + 64])
+                pixels = uint8_to_pixels(images[start : start + 64])
                 pooled = torch.nn.functional.adaptive_avg_pool2d(pixels, 16).flatten(1)
                 out.setdefault("pooled_pixel_delta", []).append(pooled)
                 for backbone, (enc, untrained) in encoders.items():

@@ -203,7 +203,7 @@ def write_report(study: StaMoStudy) -> Path:
         "",
         "## Data",
         "",
-        f"{split.get('num_episodes', '?')} scripted episodes of `{c.suite}` tasks {c.tasks}; "
+        f"{split.get('num_episodes', '?')} scripted episodes of `{c.suite}` tasks {c.task_ids}; "
         f"{split.get('num_frames', '?')} frames (stride {c.frame_stride}). Held out from every training stage: "
         f"{len(split.get('heldout_episodes', []))} whole episodes ({split.get('num_heldout_frames', '?')} frames).",
         "",

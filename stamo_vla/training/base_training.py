@@ -13,15 +13,28 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from stamo_vla.configs import check_choice
+from stamo_vla.adapter.action_heads import TokenActionHead
+from stamo_vla.configs import check_choice, parse_config, save_config
 from stamo_vla.data.config import DataConfig
+from stamo_vla.data.dataset import make_dataloader
+from stamo_vla.data.rlds import iter_episodes
+from stamo_vla.fileio import write_json_atomic
+from stamo_vla.training.checkpoint import find_resumable_checkpoint, optimization_state, save_checkpoint
+from stamo_vla.training.distributed import seed_everything, setup_accelerator
+from stamo_vla.training.finetune import FinetuneCollator, to_device
+from stamo_vla.training.logger import TrainLogger
 from stamo_vla.training.optim import OptimizerConfig
+from stamo_vla.training.preemption import TrainingInterrupted, stop_on_sigterm
+from stamo_vla.training.run_config import RunConfig
+from stamo_vla.training.step import train_step
+from stamo_vla.vla import ActionTokenizer, OpenVLAForActionPrediction, OpenVLAProcessor, build_tiny, tiny
+from stamo_vla.vla.loading import save_checkpoint as save_vla
 
 logger = logging.getLogger(__name__)
 
@@ -32,43 +45,45 @@ PROCESSOR_DIR = "processor"
 
 
 def _base_optim() -> OptimizerConfig:
-    return OptimizerConfig(lr=1e-3, weight_decay=0.01, warmup_steps=100, decay="cosine", min_lr_ratio=0.05)
+    return OptimizerConfig(
+        lr=1e-3, weight_decay=0.01, warmup_steps=100, decay="cosine", min_lr_ratio=0.05, max_grad_norm=None
+    )
 
 
 @dataclass
-class BaseTrainConfig:
-    """Train a random-init OpenVLA-architecture policy from scratch on RLDS data (token actions)."""
+class BaseTrainConfig(RunConfig):
+    """Train a random-init OpenVLA-architecture policy from scratch on RLDS data (token actions).
+
+    The run fields (run_dir, resume, max_steps, save_steps, ...) are `RunConfig`'s, shared with every recipe.
+    """
 
     # Model size from `stamo_vla.vla.tiny`: tiny (0.3M, 224 px) | small (5M, 112 px) | mid (5.5M, 224 px).
     model: str = "small"
     # The training data; data.image_size must equal the model's input size (112 for small).
     data: DataConfig = field(default_factory=lambda: DataConfig(image_size=112, train_percent=100))
-    # Optimizer and schedule (linear warm-up, cosine decay).
+    # Optimizer and schedule (linear warm-up, cosine decay, no gradient clipping).
     optim: OptimizerConfig = field(default_factory=_base_optim)
-    # Output folder: checkpoints/, metrics.jsonl and, at the end, model/ (upstream checkpoint layout).
-    run_dir: str = "runs/base"
-    # Samples per optimizer step.
-    batch_size: int = 32
-    # Optimizer steps.
-    max_steps: int = 3000
-    # Save a resumable checkpoint every this many steps (and at the end).
-    save_steps: int = 500
-    # Log metrics every this many steps.
-    log_steps: int = 25
     # More datasets (in data.data_root_dir) whose instructions the tokenizer's BPE merges are learned on, besides
     # the training datasets' (words only: no frames or actions of these datasets are read).
     tokenizer_datasets: list[str] = field(default_factory=list)
-    # Seed of the weights, data order and augmentation.
-    seed: int = 0
-    # Continue from the newest intact checkpoint in run_dir.
-    resume: bool = True
+    # Output folder: checkpoints/, metrics.jsonl and, at the end, model/ (upstream checkpoint layout).
+    run_dir: str | None = "runs/base"
+    # Samples per micro-batch.
+    batch_size: int = 32
+    # Optimizer steps.
+    max_steps: int = 3000
+    # Save a resumable checkpoint every this many steps (0: only at the end; the last step always saves).
+    save_steps: int = 500
+    # Keep only this many newest checkpoints.
+    keep_last: int = 2
+    # Log metrics every this many steps.
+    log_steps: int = 25
+    # no | auto (bf16 autocast on CUDA) | bf16. "no": the small models train in float32 everywhere.
+    mixed_precision: str = "no"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_choice("model", self.model, MODEL_PRESETS)
-        for name in ("batch_size", "max_steps", "save_steps", "log_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} must be a positive integer")
         size = 112 if self.model == "small" else 224
         if self.data.image_size != size:
             raise ValueError(
@@ -79,8 +94,6 @@ class BaseTrainConfig:
 
 def model_config(name: str, norm_stats: dict | None = None):
     """The OpenVLA config of a registered model size."""
-    from stamo_vla.vla import tiny
-
     factory = {"tiny": tiny.tiny_config, "small": tiny.small_config, "mid": tiny.mid_config}[name]
     return factory(norm_stats=norm_stats) if norm_stats else factory()
 
@@ -101,20 +114,14 @@ class FullTraining(nn.Module):
 
 
 def _dataloader(cfg: BaseTrainConfig, vla, processor, rank: int, world_size: int):
-    from stamo_vla.data.dataset import make_dataloader
-    from stamo_vla.training.finetune import FinetuneCollator
-    from stamo_vla.vla import ActionTokenizer, OpenVLABatchTransform
-
     dataset = cfg.data.build(rank=rank, world_size=world_size)
     tokenizer = ActionTokenizer(vla.action_vocab_size, bins=vla.config.n_action_bins)
-    collate = FinetuneCollator(OpenVLABatchTransform(processor, tokenizer), stamo_pixels=False)
+    collate = FinetuneCollator(TokenActionHead().batch_transform(processor, tokenizer), stamo_pixels=False)
     return dataset, make_dataloader(dataset, cfg.batch_size, num_workers=0, collate_fn=collate)
 
 
 def instructions(data_root_dir: str, dataset_names: list[str]) -> list[str]:
     """The distinct task instructions of RLDS datasets, in first-seen order (no frames are read)."""
-    from stamo_vla.data.rlds import iter_episodes
-
     seen: dict[str, None] = {}
     for name in dataset_names:
         for episode in iter_episodes(data_root_dir, name, load_images=False):
@@ -124,8 +131,6 @@ def instructions(data_root_dir: str, dataset_names: list[str]) -> list[str]:
 
 def _load_or_build(cfg: BaseTrainConfig, run_dir: Path, resume_from: Path | None):
     """Random init from the preset (tokenizer merges learned on the instructions), or the run being resumed."""
-    from stamo_vla.vla import OpenVLAForActionPrediction, OpenVLAProcessor, build_tiny
-
     if resume_from is not None:
         vla = OpenVLAForActionPrediction.from_pretrained(resume_from / MODEL_DIR)
         return vla, OpenVLAProcessor.from_pretrained(run_dir / PROCESSOR_DIR)
@@ -136,16 +141,8 @@ def _load_or_build(cfg: BaseTrainConfig, run_dir: Path, resume_from: Path | None
 
 def train_base(cfg: BaseTrainConfig) -> Path:
     """Train (or resume) and write ``<run_dir>/model`` in the upstream layout; returns that directory."""
-    from stamo_vla.configs import save_config
-    from stamo_vla.fileio import write_json_atomic
-    from stamo_vla.training.checkpoint import TrainerState, find_resumable_checkpoint, load_checkpoint
-    from stamo_vla.training.distributed import seed_everything, setup_accelerator
-    from stamo_vla.training.logger import TrainLogger
-    from stamo_vla.training.optim import build_optimizer, build_scheduler
-    from stamo_vla.vla.loading import save_checkpoint as save_vla
-
-    accelerator = setup_accelerator("no")
-    run_dir = Path(cfg.run_dir)
+    accelerator = setup_accelerator(cfg.mixed_precision)
+    run_dir = cfg.run_path()
     resume_from = find_resumable_checkpoint(run_dir) if cfg.resume else None
     seed_everything(cfg.seed)
     vla, processor = _load_or_build(cfg, run_dir, resume_from)
@@ -154,18 +151,18 @@ def train_base(cfg: BaseTrainConfig) -> Path:
     stats = dataset.dataset_statistics
     vla.norm_stats = stats
 
-    optimizer = build_optimizer(model.parameters(), cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, cfg.max_steps)
-    state = TrainerState()
-    if resume_from is not None:
-        state = load_checkpoint(resume_from, optimizer, scheduler, accelerator)
+    optimizer, scheduler, state = optimization_state(
+        model.parameters(), cfg.optim, cfg.max_steps, resume_from, accelerator
+    )
     ddp_model, optimizer = accelerator.prepare(model, optimizer)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         if resume_from is None:  # the tokenizer's merges depend on the data: resume reads them back
             processor.save_pretrained(run_dir / PROCESSOR_DIR)
-    log = TrainLogger(run_dir, cfg.max_steps, state.step, accelerator.is_main_process)
+    log = TrainLogger(
+        run_dir, cfg.max_steps, state.step, accelerator.is_main_process, cfg.wandb_project, asdict(cfg)
+    )
     metrics = _train_loop(
         cfg, run_dir, state, dataset, loader, (ddp_model, optimizer, scheduler), accelerator, log
     )
@@ -180,11 +177,6 @@ def train_base(cfg: BaseTrainConfig) -> Path:
 
 def _train_loop(cfg, run_dir, state, dataset, loader, training, accelerator, log) -> dict:
     """Steps until ``cfg.max_steps``: log, checkpoint, and on SIGTERM checkpoint the current step and exit."""
-    from stamo_vla.training.checkpoint import save_checkpoint
-    from stamo_vla.training.finetune import to_device
-    from stamo_vla.training.preemption import TrainingInterrupted, stop_on_sigterm
-    from stamo_vla.training.step import train_step
-
     ddp_model, optimizer, scheduler = training
     consumed = int(state.data_state.get("micro_batches", 0))
     if consumed:  # continue the deterministic sample stream where the run stopped
@@ -194,26 +186,26 @@ def _train_loop(cfg, run_dir, state, dataset, loader, training, accelerator, log
     def checkpoint():
         state.data_state = {"micro_batches": consumed}
         model = accelerator.unwrap_model(ddp_model)
-        return save_checkpoint(run_dir, state, model, optimizer, scheduler, accelerator, keep_last=2)
+        return save_checkpoint(
+            run_dir, state, model, optimizer, scheduler, accelerator, keep_last=cfg.keep_last
+        )
 
     metrics: dict = {}
     with stop_on_sigterm() as stop:
         while state.step < cfg.max_steps:
-            batch = to_device(next(batches), accelerator.device)
-            metrics = train_step(ddp_model, batch, optimizer, scheduler, accelerator)
-            consumed += 1
+            micro = [to_device(next(batches), accelerator.device) for _ in range(cfg.grad_accumulation_steps)]
+            metrics = train_step(ddp_model, micro, optimizer, scheduler, accelerator, cfg.optim.max_grad_norm)
+            consumed += len(micro)
             state.step += 1
-            if state.step % cfg.log_steps == 0 or state.step == cfg.max_steps:
+            if cfg.logs_at(state.step):
                 log.log(state.step, metrics)
-            saved = checkpoint() if state.step % cfg.save_steps == 0 or state.step == cfg.max_steps else None
+            saved = checkpoint() if cfg.saves_at(state.step) else None
             if state.step < cfg.max_steps and stop.requested(accelerator):
                 raise TrainingInterrupted(saved or checkpoint(), state.step)
     return metrics
 
 
 def main(argv: list[str] | None = None) -> int:
-    from stamo_vla.configs import parse_config
-
     cfg = parse_config(BaseTrainConfig, sys.argv[1:] if argv is None else argv)
     print(f"base model written to {train_base(cfg)}")
     return 0

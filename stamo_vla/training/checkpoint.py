@@ -30,6 +30,7 @@ import torch
 
 from stamo_vla.fileio import atomic_dir, remove_stale_temporaries, safetensors_problem, write_json_atomic
 from stamo_vla.training.distributed import gather_objects, rng_state, set_rng_state
+from stamo_vla.training.optim import OptimizerConfig, build_optimizer, build_scheduler
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -220,3 +221,16 @@ def load_checkpoint(
     set_rng_state(rng[rank])
     extra = {k: v for k, v in info.items() if k not in ("step", "world_size", "data_state")}
     return TrainerState(step=int(info["step"]), data_state=info.get("data_state", {}), extra=extra)
+
+
+def optimization_state(
+    params, optim_cfg: OptimizerConfig, max_steps: int, resume_from: Path | None, accelerator: Accelerator
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, TrainerState]:
+    """A fresh optimizer and schedule over `params`, and the trainer state: restored (with the optimizer and
+    schedule) from `resume_from` when given, else step 0."""
+    optimizer = build_optimizer(params, optim_cfg)
+    scheduler = build_scheduler(optimizer, optim_cfg, max_steps)
+    state = TrainerState()
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, optimizer, scheduler, accelerator)
+    return optimizer, scheduler, state

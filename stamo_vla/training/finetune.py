@@ -1,6 +1,7 @@
 """LoRA + StaMo-head fine-tuning of an OpenVLA checkpoint: setup -> loop -> save.
 
-Run through ``recipes/finetune_libero.py`` (plain ``python`` or ``torchrun --nproc-per-node K``). Every rank
+Run through ``stamo-vla finetune`` (``torchrun --nproc-per-node K -m stamo_vla.cli finetune`` on several devices;
+``recipes/finetune_libero.py`` is the same command). Every rank
 reads its own shard of the data; rank 0 logs and writes checkpoints; merging the adapter into the base is a
 separate offline command (``stamo-vla merge``), never done on every rank.
 
@@ -15,15 +16,34 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from stamo_vla import keys as K
+from stamo_vla.adapter import attach, load_adapter, save_adapter
+from stamo_vla.configs import parse_config, save_config
+from stamo_vla.data.dataset import make_dataloader
+from stamo_vla.fileio import write_json_atomic
+from stamo_vla.stamo import StaMoAutoencoder, StaMoEncoder, fingerprint
+from stamo_vla.stamo.pixels import uint8_to_pixels
+from stamo_vla.training import resume_config
+from stamo_vla.training.checkpoint import (
+    find_resumable_checkpoint,
+    list_checkpoints,
+    optimization_state,
+    save_checkpoint,
+)
+from stamo_vla.training.distributed import seed_everything, setup_accelerator
 from stamo_vla.training.finetune_config import FinetuneConfig
+from stamo_vla.training.logger import TrainLogger
+from stamo_vla.training.preemption import TrainingInterrupted, stop_on_sigterm
+from stamo_vla.training.step import train_step
+from stamo_vla.vla import ActionTokenizer, OpenVLAForActionPrediction, OpenVLAProcessor, build_tiny
+from stamo_vla.vla.loading import load_vla
 
 logger = logging.getLogger(__name__)
 
@@ -36,26 +56,21 @@ CHECK_STEPS = 10  # optimizer steps over which a run must show something to lear
 # ---------------------------------------------------------------------------------------------- model
 def load_base(cfg: FinetuneConfig, run_dir: Path, accelerator) -> tuple[Any, Any]:
     """The frozen base VLA and its processor, from a checkpoint directory or the embedded tiny preset."""
-    from stamo_vla.vla import OpenVLAForActionPrediction, OpenVLAProcessor, build_tiny
-
     path = cfg.vla_path
     if path == "tiny":
         path = str(run_dir / BASE_MODEL_DIR)
         if accelerator.is_main_process and not (Path(path) / "config.json").is_file():
             build_tiny(save_dir=path, seed=cfg.seed)
         accelerator.wait_for_everyone()
-    kwargs: dict[str, Any] = {"attn_implementation": cfg.attn_implementation}
-    if cfg.load_in_4bit:
-        from stamo_vla.vla.loading import qlora_quantization_config  # NF4 + bf16 compute, as upstream
-
-        kwargs.update(
-            quantization_config=qlora_quantization_config(), device_map={"": str(accelerator.device)}
-        )
-    elif torch.cuda.is_available() and cfg.mixed_precision != "no":
-        kwargs["dtype"] = torch.bfloat16  # upstream loads the base in bf16
-    model = OpenVLAForActionPrediction.from_pretrained(path, **kwargs)
-    if not cfg.load_in_4bit:
-        model = model.to(accelerator.device)
+    bf16 = not cfg.load_in_4bit and torch.cuda.is_available() and cfg.mixed_precision != "no"
+    model = load_vla(
+        OpenVLAForActionPrediction,
+        path,
+        device=accelerator.device,
+        dtype=torch.bfloat16 if bf16 else None,  # upstream loads the base in bf16
+        quantization="qlora" if cfg.load_in_4bit else "none",  # NF4 + bf16 compute, as upstream
+        attn_implementation=cfg.attn_implementation,
+    )
     if cfg.gradient_checkpointing:
         model.language_model.gradient_checkpointing_enable()
     return model, OpenVLAProcessor.from_pretrained(path)
@@ -65,7 +80,6 @@ def load_stamo(cfg: FinetuneConfig, device) -> tuple[Any, Any]:
     """(frozen encoder, frozen decoder or None) from cfg.stamo_path; (None, None) without one."""
     if not cfg.stamo_path:
         return None, None
-    from stamo_vla.stamo import StaMoAutoencoder, StaMoEncoder
 
     if cfg.adapter.lambda_decoder > 0:
         auto = StaMoAutoencoder.from_pretrained(cfg.stamo_path)
@@ -93,8 +107,6 @@ def _adopt_cache_shape(cfg: FinetuneConfig) -> None:
 
 def build_model(cfg: FinetuneConfig, base, encoder, decoder, resume_from: Path | None):
     """Attach a fresh adapter, or load the one saved in a checkpoint (trainable) to resume."""
-    from stamo_vla.adapter import attach, load_adapter
-
     if resume_from is not None:
         model = load_adapter(base, resume_from / "model", is_trainable=True)
         model.set_stamo(encoder, decoder)
@@ -116,10 +128,6 @@ class FinetuneCollator:
         self.batch_transform = batch_transform
         self.stamo_pixels = stamo_pixels
         self.has_head = has_head
-
-    @staticmethod
-    def _pixels(image: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
 
     @staticmethod
     def supervision(samples: list[dict], has_head: bool) -> dict[str, int]:
@@ -146,8 +154,8 @@ class FinetuneCollator:
             extra = {}
             if self.stamo_pixels:
                 extra = {
-                    K.STAMO_PIXELS: self._pixels(sample[K.IMAGE]),
-                    K.FUTURE_STAMO_PIXELS: self._pixels(sample[K.FUTURE_IMAGE]),
+                    K.STAMO_PIXELS: uint8_to_pixels(sample[K.IMAGE]),
+                    K.FUTURE_STAMO_PIXELS: uint8_to_pixels(sample[K.FUTURE_IMAGE]),
                 }
             sample = {k: v for k, v in sample.items() if k != K.FUTURE_IMAGE}
             items.append({**self.batch_transform(sample), **extra})
@@ -156,20 +164,9 @@ class FinetuneCollator:
 
 def build_dataloader(cfg: FinetuneConfig, base, processor, live_targets: bool, rank: int, world_size: int):
     """The rank's sample stream (its own shard) and a DataLoader that yields model batches."""
-    from stamo_vla.data.dataset import make_dataloader
-    from stamo_vla.vla import ActionTokenizer, OpenVLABatchTransform
-
     dataset = cfg.data.build(rank=rank, world_size=world_size)
     action_tokenizer = ActionTokenizer(base.action_vocab_size, bins=base.config.n_action_bins)
-    if cfg.adapter.is_oft:
-        from stamo_vla.vla.oft_batch_transform import OFTBatchTransform
-
-        a = cfg.adapter
-        transform = OFTBatchTransform(
-            processor, action_tokenizer, a.action_chunk, a.num_images, a.use_proprio, a.proprio_dim
-        )
-    else:
-        transform = OpenVLABatchTransform(processor, action_tokenizer)
+    transform = cfg.adapter.action_head.batch_transform(processor, action_tokenizer)
     collate = FinetuneCollator(transform, stamo_pixels=live_targets, has_head=cfg.adapter.has_head)
     loader = make_dataloader(dataset, cfg.batch_size, num_workers=cfg.num_workers, collate_fn=collate)
     return dataset, loader
@@ -182,47 +179,12 @@ def to_device(batch: dict, device) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- loop
-def optimizer_step(
-    model, micro_batches: list[dict], optimizer, scheduler, accelerator, max_grad_norm
-) -> dict:
-    """One optimizer step over `micro_batches` (gradient accumulation); metrics averaged over them."""
-    model.train()
-    totals: dict[str, float] = {}
-    for i, batch in enumerate(micro_batches):
-        sync = i == len(micro_batches) - 1
-        with accelerator.no_sync(model) if not sync else _nullcontext(), accelerator.autocast():
-            loss, metrics = model(batch)
-        accelerator.backward(loss / len(micro_batches))
-        for k, v in metrics.items():
-            totals[k] = totals.get(k, 0.0) + v / len(micro_batches)
-    if max_grad_norm is not None:
-        params = [p for g in optimizer.param_groups for p in g["params"]]
-        totals["grad_norm"] = float(accelerator.clip_grad_norm_(params, max_grad_norm))
-    totals["lr"] = optimizer.param_groups[0]["lr"]
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    return totals
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
 @dataclass
 class FinetuneResult:
     run_dir: Path
     adapter_dir: Path
     step: int
     last_metrics: dict
-
-
-def _run_dir(cfg: FinetuneConfig) -> Path:
-    return Path(cfg.run_root_dir) / (cfg.run_id or cfg.default_run_id)
 
 
 class SupervisionCheck:
@@ -316,8 +278,6 @@ def _prepare_resume(
     cfg: FinetuneConfig, run_dir: Path, resume_from: Path, state, optimizer, scheduler, main: bool
 ):
     """Check the resumed config against the checkpoint, record what changed (rank 0) and apply it."""
-    from stamo_vla.training import resume_config
-
     changes = resume_config.reconcile(cfg.to_dict(), run_dir, resume_from, state.step, write=main)
     if any(k.startswith("optim.") or k == "max_steps" for k in changes):
         _apply_optim_config(optimizer, scheduler, cfg.optim)
@@ -329,33 +289,21 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     Raises:
         TrainingInterrupted: after SIGTERM, once the checkpoint of the current step is written.
     """
-    from stamo_vla.adapter import save_adapter
-    from stamo_vla.configs import save_config
-    from stamo_vla.fileio import write_json_atomic
-    from stamo_vla.training.checkpoint import TrainerState, find_resumable_checkpoint, load_checkpoint
-    from stamo_vla.training.distributed import seed_everything, setup_accelerator
-    from stamo_vla.training.logger import TrainLogger
-    from stamo_vla.training.optim import build_optimizer, build_scheduler
-
     accelerator = setup_accelerator(cfg.mixed_precision, find_unused_parameters=True)
-    run_dir = _run_dir(cfg)
+    run_dir = cfg.run_path()
     resume_from = find_resumable_checkpoint(run_dir) if cfg.resume else None
-    if cfg.resume and resume_from is None and accelerator.is_main_process:
+    if cfg.resume and resume_from is None and list_checkpoints(run_dir) and accelerator.is_main_process:
         logger.warning("resume=true but %s has no intact checkpoint; starting from scratch", run_dir)
     seed_everything(cfg.seed)
 
     base, processor = load_base(cfg, run_dir, accelerator)
     encoder, decoder = load_stamo(cfg, accelerator.device)
     if encoder is not None and cfg.data.use_target_cache and cfg.data.target_encoder_fingerprint is None:
-        from stamo_vla.stamo import fingerprint
-
         cfg.data.target_encoder_fingerprint = fingerprint(encoder)  # refuse caches built by another encoder
     if encoder is None and cfg.data.use_target_cache and cfg.adapter.has_head:
         _adopt_cache_shape(cfg)
     if resume_from is not None:  # before the model is loaded: a changed model is refused, not trained
-        from stamo_vla.training.resume_config import check_fixed
-
-        check_fixed(cfg.to_dict(), _checkpoint_adapter(resume_from), None, resume_from)
+        resume_config.check_fixed(cfg.to_dict(), _checkpoint_adapter(resume_from), None, resume_from)
     model = build_model(cfg, base, encoder, decoder, resume_from)
     live_targets = model.config.has_head and not cfg.data.use_target_cache
     dataset, loader = build_dataloader(
@@ -364,11 +312,10 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     stats = dataset.dataset_statistics
     base.norm_stats = stats
 
-    optimizer = build_optimizer(model.trainable_parameters(), cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, cfg.max_steps)
-    state = TrainerState()
+    optimizer, scheduler, state = optimization_state(
+        model.trainable_parameters(), cfg.optim, cfg.max_steps, resume_from, accelerator
+    )
     if resume_from is not None:
-        state = load_checkpoint(resume_from, optimizer, scheduler, accelerator)
         main = accelerator.is_main_process
         _prepare_resume(cfg, run_dir, resume_from, state, optimizer, scheduler, main)
     accelerator.wait_for_everyone()  # every rank has read the previous config.yaml before it is replaced
@@ -423,9 +370,6 @@ def train_loop(cfg, run_dir, state, dataset, loader, training, accelerator, log)
     Args:
         training: (prepared model, optimizer, scheduler).
     """
-    from stamo_vla.training.checkpoint import save_checkpoint
-    from stamo_vla.training.preemption import TrainingInterrupted, stop_on_sigterm
-
     ddp_model, optimizer, scheduler = training
 
     consumed = _data_position(state.data_state, cfg.batch_size)
@@ -448,15 +392,11 @@ def train_loop(cfg, run_dir, state, dataset, loader, training, accelerator, log)
             check.update([m.pop(SUPERVISION, {}) for m in micro], accelerator)
             micro = [to_device(m, accelerator.device) for m in micro]
             consumed += len(micro)
-            metrics = optimizer_step(
-                ddp_model, micro, optimizer, scheduler, accelerator, cfg.optim.max_grad_norm
-            )
+            metrics = train_step(ddp_model, micro, optimizer, scheduler, accelerator, cfg.optim.max_grad_norm)
             state.step += 1
-            if state.step % cfg.log_steps == 0 or state.step == cfg.max_steps:
+            if cfg.logs_at(state.step):
                 log.log(state.step, metrics)
-            saved = None
-            if state.step % cfg.save_steps == 0 or state.step == cfg.max_steps:
-                saved = checkpoint()
+            saved = checkpoint() if cfg.saves_at(state.step) else None
             if state.step < cfg.max_steps and stop.requested(accelerator):
                 raise TrainingInterrupted(saved or checkpoint(), state.step)
     return metrics
@@ -468,3 +408,11 @@ def load_metrics(run_dir: str | Path) -> list[dict]:
     return (
         [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``stamo-vla finetune``: parse a `FinetuneConfig` (``--config`` picks ``finetune_<name>.yaml``) and train."""
+    cfg = parse_config(FinetuneConfig, sys.argv[1:] if argv is None else argv, prefix="finetune_")
+    result = finetune(cfg)
+    print(f"adapter written to {result.adapter_dir} after {result.step} steps")
+    return 0

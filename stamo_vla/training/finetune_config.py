@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from stamo_vla.adapter.configuration_adapter import StaMoAdapterConfig
-from stamo_vla.configs import check_choice
+import draccus
+
+from stamo_vla.adapter.action_heads import upgrade_legacy_action_head
+from stamo_vla.adapter.configuration_adapter import REMOVED_FIELDS, StaMoAdapterConfig
+from stamo_vla.configs import check_choice, check_positive_int
 from stamo_vla.data.config import DataConfig
-from stamo_vla.training.distributed import MIXED_PRECISION
 from stamo_vla.training.optim import OptimizerConfig
+from stamo_vla.training.run_config import RunConfig
 
 ATTENTION = ("sdpa", "eager", "flash_attention_2")
+_DATA_DEFAULTS = {f.name: f.default for f in dataclasses.fields(DataConfig)}
 
 
 @dataclass
@@ -37,13 +42,15 @@ class FinetuneDataConfig(DataConfig):
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(RunConfig):
     """Fine-tune an OpenVLA checkpoint with LoRA and the StaMo auxiliary loss.
 
     A bare ``FinetuneConfig()`` is upstream OpenVLA's LIBERO recipe (LoRA r=32 / alpha 16 / dropout 0 / gaussian
     init on upstream's modules, AdamW lr 5e-4 constant with weight decay 0.01 and no gradient clipping, batch 16
     per GPU, image augmentation, shuffle buffer 100K, train[:95%]) plus the StaMo head; ``--adapter.target none``
     drops the head and is the upstream baseline itself.
+
+    The run fields (run_dir, resume, max_steps, save_steps, ...) are `RunConfig`'s, shared with every recipe.
     """
 
     # Local directory of an upstream-layout checkpoint (openvla-7b or a LIBERO fine-tune), or "tiny" to build
@@ -59,26 +66,19 @@ class FinetuneConfig:
     # with a cache it is still used to check the cache's encoder fingerprint). Its decoder is needed only
     # for adapter.lambda_decoder > 0.
     stamo_path: str | None = None
-    # Folder that holds one directory per run.
-    run_root_dir: str = "runs"
-    # Run directory name; None derives one from the config (model, data, batch, lr, LoRA rank, target).
-    run_id: str | None = None
-    # Per-process batch size (upstream: 16 per GPU).
-    batch_size: int = 16
-    # Micro-batches per optimizer step (effective batch = batch_size x grad_accumulation_steps x processes).
-    grad_accumulation_steps: int = 1
+    # Output folder of the run; None derives runs/<name> from the config (model, data, batch, lr, LoRA rank,
+    # target).
+    run_dir: str | None = None
+    # Seed of model init for new heads, LoRA init, data order and augmentation.
+    seed: int = 7
     # Optimizer steps to train for.
     max_steps: int = 200_000
-    # Save a checkpoint every this many optimizer steps (and at the end).
+    # Per-process batch size (upstream: 16 per GPU).
+    batch_size: int = 16
+    # Save a checkpoint every this many optimizer steps (0: only at the end; the last step always saves).
     save_steps: int = 5_000
     # Keep only this many newest checkpoints (upstream save_latest_checkpoint_only=True keeps 1).
     keep_last: int = 1
-    # Log metrics every this many optimizer steps.
-    log_steps: int = 10
-    # Seed of model init for new heads, LoRA init, data order and augmentation.
-    seed: int = 7
-    # auto (bf16 autocast on CUDA, fp32 on CPU) | no | bf16.
-    mixed_precision: str = "auto"
     # Load the base in 4-bit NF4 (QLoRA; bitsandbytes, also on CPU). Upstream warns it hurts performance.
     load_in_4bit: bool = False
     # Attention kernel of the LLM: sdpa | eager | flash_attention_2 (falls back to sdpa with a warning).
@@ -87,33 +87,12 @@ class FinetuneConfig:
     gradient_checkpointing: bool = False
     # DataLoader worker processes (0 = read in the training process, like upstream RLDS loading).
     num_workers: int = 0
-    # Continue from the newest checkpoint in the run directory (optimizer, scheduler, RNG, data position).
-    resume: bool = False
-    # Log to Weights & Biases under this project (None = off).
-    wandb_project: str | None = None
 
     def __post_init__(self) -> None:
-        check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        super().__post_init__()
         check_choice("attn_implementation", self.attn_implementation, ATTENTION)
-        for name in (
-            "batch_size",
-            "grad_accumulation_steps",
-            "max_steps",
-            "save_steps",
-            "keep_last",
-            "log_steps",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} must be a positive integer")
-        if self.num_workers < 0:
-            raise ValueError(f"num_workers={self.num_workers} must be >= 0")
-        # one source of truth for the future-frame offset
-        self.data.horizon = self.adapter.horizon
-        # recorded in the adapter (and merged) checkpoint: evaluation center-crops exactly when training augmented
-        self.adapter.trained_with_image_aug = bool(self.data.image_aug)
-        if self.adapter.is_oft:
-            self._sync_oft_data()
+        check_positive_int("num_workers", self.num_workers, allow_zero=True)
+        self._resolve()
         if self.adapter.lambda_decoder > 0 and not self.stamo_path:
             raise ValueError(
                 "adapter.lambda_decoder > 0 needs stamo_path (a StaMo checkpoint with a decoder)"
@@ -125,16 +104,39 @@ class FinetuneConfig:
                 "adapter.target=none for the plain LoRA baseline."
             )
 
-    def _sync_oft_data(self) -> None:
-        """The OFT variant's inputs decide what the data loads: chunk length, wrist camera, proprio."""
-        if self.attn_implementation == "flash_attention_2":
+    def _resolve(self) -> None:
+        """Derive the fields that follow others, in one place: the data's future-frame offset and chunk follow
+        the adapter, the data loads what the action head reads, and the adapter records whether training
+        augmented images (evaluation center-crops exactly then). A value the user set that disagrees with the
+        one derived is an error naming both fields; a field left at its default takes the derived value."""
+        head = self.adapter.action_head
+        head.check_attention(self.attn_implementation)
+        needs = head.data_requirements()
+        derived = [
+            ("data.horizon", "adapter.horizon", self.adapter.horizon),
+            ("data.action_chunk", "adapter.action_head.action_chunk", needs["action_chunk"]),
+        ]
+        for name, source, value in derived:
+            field_name = name.split(".")[1]
+            current, default = getattr(self.data, field_name), _DATA_DEFAULTS[field_name]
+            if current not in (value, default):
+                raise ValueError(
+                    f"{name}={current!r} conflicts with {source}={value!r}: {name} follows {source}; set only {source}"
+                )
+            setattr(self.data, field_name, value)
+        self.data.load_wrist = self.data.load_wrist or needs["load_wrist"]
+        self.data.load_proprio = self.data.load_proprio or needs["load_proprio"]
+        augmented = bool(self.data.image_aug)
+        if self.adapter.trained_with_image_aug not in (None, augmented):
             raise ValueError(
-                "attn_implementation='flash_attention_2' cannot take the 4-D parallel-decoding mask of "
-                "adapter.action_head='l1'; allowed: ['sdpa', 'eager']"
+                f"adapter.trained_with_image_aug={self.adapter.trained_with_image_aug!r} conflicts with "
+                f"data.image_aug={self.data.image_aug!r}: it records data.image_aug; set only data.image_aug"
             )
-        self.data.action_chunk = self.adapter.action_chunk
-        self.data.load_wrist = self.data.load_wrist or self.adapter.num_images == 2
-        self.data.load_proprio = self.data.load_proprio or self.adapter.use_proprio
+        self.adapter.trained_with_image_aug = augmented
+
+    def run_path(self) -> Path:
+        """``run_dir``, or ``runs/<default_run_id>`` when it is not set."""
+        return Path(self.run_dir) if self.run_dir else Path("runs") / self.default_run_id
 
     @property
     def default_run_id(self) -> str:
@@ -144,8 +146,8 @@ class FinetuneConfig:
         parts += [f"lora-r{self.adapter.lora_rank}", f"stamo-{self.adapter.target}"]
         if self.adapter.has_head:
             parts.append(f"h{self.adapter.horizon}")
-        if self.adapter.is_oft:
-            parts.append(f"l1-K{self.adapter.action_chunk}-img{self.adapter.num_images}")
+        if (head := self.adapter.action_head.run_name()) is not None:
+            parts.append(head)
         if self.load_in_4bit:
             parts.append("q-4bit")
         if self.data.image_aug:
@@ -153,4 +155,17 @@ class FinetuneConfig:
         return "+".join(parts)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The config as saved (JSON-able; registered choices as ``{"type": ..., <fields>}``)."""
+        return draccus.encode(self)
+
+    @classmethod
+    def upgrade_saved(cls, data: dict, run_dir: str | Path | None = None) -> dict:
+        """A saved config.yaml with old field names mapped (run fields, the adapter's flat action-head fields)."""
+        data = super().upgrade_saved(data, run_dir)
+        if isinstance(data.get("adapter"), dict):
+            data["adapter"] = {
+                k: v
+                for k, v in upgrade_legacy_action_head(data["adapter"]).items()
+                if k not in REMOVED_FIELDS
+            }
+        return data

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from stamo_vla.configs import check_choice
+from stamo_vla.configs import check_choice, check_positive_int
 
 DECAYS = ("constant", "cosine", "step")
 
@@ -48,8 +48,7 @@ class OptimizerConfig:
             raise ValueError(f"optim.warmup_steps={self.warmup_steps} is not valid; it must be >= 0")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"optim.min_lr_ratio={self.min_lr_ratio} is not valid; allowed: [0, 1]")
-        if self.decay_step_size < 1:
-            raise ValueError(f"optim.decay_step_size={self.decay_step_size} is not valid; it must be >= 1")
+        check_positive_int("optim.decay_step_size", self.decay_step_size)
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise ValueError(
                 f"optim.max_grad_norm={self.max_grad_norm} is not valid; give a value > 0 or null"

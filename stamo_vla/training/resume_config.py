@@ -18,14 +18,15 @@ import warnings
 from pathlib import Path
 
 from stamo_vla.fileio import append_jsonl
+from stamo_vla.training.finetune_config import FinetuneConfig
 
 CHANGES_FILE = "config_changes.jsonl"
 HISTORY_DIR = "config_history"
 # filled in from the StaMo encoder / target cache / base model at run time, not chosen by the user
-DERIVED_ADAPTER_FIELDS = ("num_state_tokens", "state_dim", "stamo_fingerprint", "base_model", "stamo_path")
+DERIVED_ADAPTER_FIELDS = ("num_state_tokens", "state_dim", "stamo_fingerprint", "base_model")
 FIXED_TOP_LEVEL = ("vla_path", "load_in_4bit")
 # how to resume (not what runs) or derived from adapter fields checked above
-IGNORED = ("resume", "data.horizon", "data.action_chunk", "data.target_encoder_fingerprint")
+IGNORED = ("resume", "run_dir", "data.horizon", "data.action_chunk", "data.target_encoder_fingerprint")
 
 
 class ResumeConfigError(ValueError):
@@ -51,19 +52,19 @@ def _load_yaml(path: Path) -> dict:
     except (OSError, yaml.YAMLError) as err:
         raise ResumeConfigError(
             f"cannot read the run's previous config {path} ({err}); restore it, or start a new run "
-            "(another run_id) instead of resuming."
+            "(another run_dir) instead of resuming."
         ) from err
 
 
 def check_fixed(cfg_dict: dict, checkpoint_adapter: dict, previous: dict | None, checkpoint: Path) -> None:
     """Raise `ResumeConfigError` naming every fixed setting that differs from the checkpoint's."""
     current = _flatten(cfg_dict)
+    saved_adapter = FinetuneConfig.upgrade_saved({"adapter": checkpoint_adapter})["adapter"]
     diffs = []
-    for name, saved in checkpoint_adapter.items():
-        key = f"adapter.{name}"
-        if name in DERIVED_ADAPTER_FIELDS or key not in current:
+    for key, saved in _flatten(saved_adapter, "adapter.").items():
+        if key.split(".")[1] in DERIVED_ADAPTER_FIELDS or key not in current:
             continue
-        if json.loads(json.dumps(saved)) != current[key]:
+        if saved != current[key]:
             diffs.append(f"{key}: checkpoint {saved!r}, now {current[key]!r}")
     old = _flatten(previous) if previous else {}
     diffs += [
@@ -75,7 +76,7 @@ def check_fixed(cfg_dict: dict, checkpoint_adapter: dict, previous: dict | None,
         raise ResumeConfigError(
             f"resume=true cannot change what checkpoint {checkpoint} fixes: "
             + "; ".join(diffs)
-            + ". Resume with the original values, or start a new run (another run_id) for the new model."
+            + ". Resume with the original values, or start a new run (another run_dir) for the new model."
         )
 
 
@@ -106,6 +107,8 @@ def reconcile(
     checkpoint_adapter = json.loads(adapter_file.read_text()) if adapter_file.is_file() else {}
     config_file = run_dir / "config.yaml"
     previous = _load_yaml(config_file) if config_file.is_file() else None
+    if previous is not None:  # a config saved before a field was renamed compares under the current names
+        previous = FinetuneConfig.upgrade_saved(previous, run_dir)
     check_fixed(cfg_dict, checkpoint_adapter, previous, checkpoint)
     if previous is None:
         return {}

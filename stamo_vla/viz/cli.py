@@ -1,8 +1,10 @@
-"""`stamo-vla viz interpolate|transfer|reconstruct`: image sheets decoded by the StaMo DiT decoder.
+"""`stamo-vla viz --mode interpolate|transfer|reconstruct`: image sheets decoded by the StaMo DiT decoder.
 
-    stamo-vla viz reconstruct --stamo CKPT --images a.png b.png c.png --out recon.png
-    stamo-vla viz interpolate --stamo CKPT --images start.png goal.png --steps 8 --out strip.png
-    stamo-vla viz transfer    --stamo CKPT --images src_a.png src_b.png target.png --out transfer.png
+    stamo-vla viz --mode reconstruct --stamo_path CKPT --images '[a.png,b.png,c.png]' --output_path recon.png
+    stamo-vla viz --mode interpolate --stamo_path CKPT --images '[start.png,goal.png]' --steps 8 \
+        --output_path strip.png
+    stamo-vla viz --mode transfer --stamo_path CKPT --images '[src_a.png,src_b.png,target.png]' \
+        --output_path transfer.png
 
 ``reconstruct``: originals | reconstructions. ``interpolate``: the decoded states evenly spaced between the two
 images' states (the paper's motion interpolation). ``transfer``: the motion src_a -> src_b applied to the target
@@ -11,8 +13,12 @@ images' states (the paper's motion interpolation). ``transfer``: the motion src_
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
+import sys
 from pathlib import Path
+
+from stamo_vla.configs import check_choice, parse_config
+from stamo_vla.stamo.pixels import uint8_to_pixels
 
 MODES = ("reconstruct", "interpolate", "transfer")
 
@@ -28,7 +34,7 @@ def load_images(paths: list[str], size: int):
         if not Path(p).is_file():
             raise FileNotFoundError(f"image {p} does not exist")
         img = Image.open(p).convert("RGB").resize((size, size), Image.BICUBIC)
-        out.append(torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1))
+        out.append(uint8_to_pixels(np.asarray(img)))
     return torch.stack(out)
 
 
@@ -53,28 +59,49 @@ def render(mode: str, model, images, steps: int = 8, sample_steps: int | None = 
         return [torch.cat([images, model.decode(moved, steps=sample_steps, generator=g)])]
 
 
+@dataclasses.dataclass
+class VizConfig:
+    """Options of ``stamo-vla viz``."""
+
+    # reconstruct | interpolate | transfer
+    mode: str = "reconstruct"
+    # StaMo autoencoder directory (with a decoder)
+    stamo_path: str = ""
+    # input image files
+    images: list[str] = dataclasses.field(default_factory=list)
+    # output PNG
+    output_path: str = ""
+    # interpolation frames, endpoints included
+    steps: int = 8
+    # flow-matching sampling steps (None: the model's default)
+    sample_steps: int | None = None
+    # sampling noise seed
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_choice("mode", self.mode, MODES)
+        for name in ("stamo_path", "output_path"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} is empty; give --{name}")
+        if not self.images:
+            raise ValueError("images is empty; give --images '[a.png,b.png]'")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="stamo-vla viz", description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=MODES)
-    parser.add_argument("--stamo", required=True, help="StaMo autoencoder directory (with a decoder)")
-    parser.add_argument("--images", nargs="+", required=True, help="input image files")
-    parser.add_argument("--out", required=True, help="output PNG")
-    parser.add_argument("--steps", type=int, default=8, help="interpolation frames, endpoints included")
-    parser.add_argument("--sample-steps", type=int, default=None, help="flow-matching sampling steps")
-    parser.add_argument("--seed", type=int, default=0, help="sampling noise seed")
-    args = parser.parse_args(argv)
+    """``stamo-vla viz``: decode the images' states into a sheet."""
     from stamo_vla.stamo import StaMoAutoencoder
     from stamo_vla.viz.sheets import save_sheet
 
-    model = StaMoAutoencoder.from_pretrained(args.stamo).eval()
+    cfg = parse_config(VizConfig, sys.argv[1:] if argv is None else argv)
+    model = StaMoAutoencoder.from_pretrained(cfg.stamo_path).eval()
     rows = render(
-        args.mode,
+        cfg.mode,
         model,
-        load_images(args.images, model.config.image_size),
-        args.steps,
-        args.sample_steps,
-        args.seed,
+        load_images(cfg.images, model.config.image_size),
+        cfg.steps,
+        cfg.sample_steps,
+        cfg.seed,
     )
-    save_sheet(rows, args.out)
-    print(f"{args.mode} sheet written to {args.out}")
+    save_sheet(rows, cfg.output_path)
+    print(f"{cfg.mode} sheet written to {cfg.output_path}")
     return 0

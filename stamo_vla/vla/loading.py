@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from stamo_vla.configs import check_choice
+
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
@@ -231,6 +233,45 @@ def qlora_quantization_config() -> Any:
     return BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
     )
+
+
+QUANTIZATION = ("none", "4bit", "8bit", "qlora")
+
+
+def load_vla(
+    model_cls: Any,
+    path: str | os.PathLike,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    quantization: str = "none",
+    attn_implementation: str = "sdpa",
+) -> Any:
+    """Load a VLA (`model_cls.from_pretrained`) with a dtype, a quantization and a device: the one way to do it.
+
+    Args:
+        model_cls: `OpenVLAForActionPrediction` or `OpenVLAOFTForActionPrediction`.
+        path: checkpoint directory.
+        device: where the weights go; None leaves them where they load (CPU).
+        dtype: weight dtype (a torch dtype or its name); None keeps the checkpoint's.
+        quantization: none | 4bit | 8bit (bitsandbytes defaults, evaluation semantics) | qlora (upstream
+            fine-tuning's NF4 with bf16 compute). Quantized weights are placed at load time through device_map:
+            `.to()` is refused for them (openvla #145, #287).
+        attn_implementation: sdpa | eager | flash_attention_2 (falls back to sdpa with a warning).
+    """
+    check_choice("quantization", quantization, QUANTIZATION)
+    kwargs: dict[str, Any] = {"attn_implementation": attn_implementation}
+    if dtype is not None:
+        kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    if quantization == "qlora":
+        kwargs["quantization_config"] = qlora_quantization_config()
+    elif quantization != "none":
+        kwargs.update(load_in_4bit=quantization == "4bit", load_in_8bit=quantization == "8bit")
+    if quantization != "none":
+        if device is not None:
+            kwargs["device_map"] = {"": str(device)}
+        return model_cls.from_pretrained(path, **kwargs)
+    model = model_cls.from_pretrained(path, **kwargs)
+    return model.to(device) if device is not None else model
 
 
 def prepare_load(path: str | os.PathLike, kwargs: dict) -> tuple[Path, dict, dict | None]:

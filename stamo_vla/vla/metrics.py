@@ -1,46 +1,80 @@
-"""Upstream finetune metrics over action tokens only (reference §1.6)."""
+"""Action-token loss and upstream's finetune metrics, computed from logits, for any causal VLA (the one copy:
+fine-tuning with the adapter and full training of a base both use it).
+
+The LLM sequence may hold more positions than the text (OpenVLA inserts its image tokens after BOS); with
+``offset = L - T`` the logit at position ``j + offset`` predicts text token ``j + 1`` for every j >= 1 - offset.
+Action tokens are the ids in ``(vocab_size - (n_bins + 1), vocab_size)``; EOS after them is supervised (it counts
+in the loss) but is not an action token (it does not count in accuracy or L1).
+"""
 
 from __future__ import annotations
 
 import torch
-from torch.nn import functional as F
+import torch.nn.functional as F
+
+from stamo_vla.keys import IGNORE_INDEX
 
 
-def action_metrics(
-    logits: torch.Tensor, labels: torch.Tensor, num_vision_tokens: int, vocab_size: int, n_bins: int = 256
-) -> dict[str, float]:
-    """Accuracy, L1 (normalized units) and CE over action tokens, as upstream's finetune loop logs them.
+def action_bin_centers(n_bins: int = 256, device=None) -> torch.Tensor:
+    bins = torch.linspace(-1, 1, n_bins, dtype=torch.float64)
+    return ((bins[:-1] + bins[1:]) / 2).to(device=device, dtype=torch.float32)
+
+
+def decode_action_tokens(token_ids: torch.Tensor, vocab_size: int, n_bins: int = 256) -> torch.Tensor:
+    """Upstream ActionTokenizer decoding in torch: clip(vocab_size - id - 1, 0, n_bins - 2) -> bin centre."""
+    centers = action_bin_centers(n_bins, token_ids.device)
+    idx = torch.clamp(vocab_size - token_ids - 1, 0, n_bins - 2)
+    return centers[idx]
+
+
+def action_token_loss(
+    logits: torch.Tensor,
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    vocab_size: int,
+    n_bins: int = 256,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean cross-entropy over supervised text tokens (actions + EOS) and upstream's action metrics.
 
     Args:
-        logits: (B, n_patches + T, V) multimodal logits.
-        labels: (B, T) TEXT labels (not the multimodal ones), -100 where unsupervised.
-        num_vision_tokens: image tokens inserted after BOS.
-        vocab_size: base vocab size the action bins count back from (32000 for Llama-2).
-        n_bins: action bins; ids > vocab_size - (n_bins + 1) are action tokens.
+        logits: (B, L, V) over the LLM sequence.
+        input_ids, labels: (B, T) text ids and labels (IGNORE_INDEX where unsupervised).
+        vocab_size: base vocabulary size (32000 for Llama-2); action tokens are ids > vocab_size - (n_bins + 1).
 
     Returns:
-        `action_accuracy`, `action_l1`, `loss_action` (0.0 when the batch has no action tokens) and
-        `num_action_tokens`.
+        The loss (0 with a zero gradient path when nothing is supervised, e.g. an all action-free batch) and
+        metrics ``loss_action`` (that loss), ``action_accuracy``, ``action_l1`` (normalized units, bin centres)
+        and ``num_action_tokens``.
     """
-    from stamo_vla.vla.action_tokenizer import ActionTokenizer
-
-    begin = vocab_size - (n_bins + 1)
-    # logit at num_vision_tokens + j predicts text token j + 1
-    action_logits = logits[:, num_vision_tokens:-1]
-    gt = labels[:, 1:].to(action_logits.device)
-    mask = gt > begin
-    n = int(mask.sum())
-    if n == 0:
-        return {"action_accuracy": 0.0, "action_l1": 0.0, "loss_action": 0.0, "num_action_tokens": 0}
-    preds = action_logits.argmax(-1)
-    accuracy = float(((preds == gt) & mask).sum()) / n
-    tokenizer = ActionTokenizer(vocab_size, bins=n_bins)
-    pred_actions = torch.as_tensor(tokenizer.decode_token_ids_to_actions(preds[mask].cpu().numpy()))
-    gt_actions = torch.as_tensor(tokenizer.decode_token_ids_to_actions(gt[mask].cpu().numpy()))
-    loss_action = F.cross_entropy(action_logits[mask].float(), gt[mask])
-    return {
-        "action_accuracy": accuracy,
-        "action_l1": float(F.l1_loss(pred_actions, gt_actions)),
-        "loss_action": float(loss_action.detach()),
-        "num_action_tokens": n,
+    offset = logits.shape[1] - input_ids.shape[1]
+    pred_logits = logits[:, offset : offset + input_ids.shape[1] - 1]
+    target = labels[:, 1:]
+    n_supervised = (target != IGNORE_INDEX).sum()
+    ce = F.cross_entropy(
+        pred_logits.reshape(-1, pred_logits.shape[-1]).float(),
+        target.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    loss = ce / n_supervised.clamp(min=1)
+    with torch.no_grad():
+        preds = pred_logits.argmax(-1)
+        begin = vocab_size - (n_bins + 1)
+        mask = (target > begin) & (target < vocab_size)
+        num_action = mask.sum()
+        n_action = num_action.clamp(min=1)
+        accuracy = ((preds == target) & mask).sum() / n_action
+        if mask.any():
+            l1 = torch.abs(
+                decode_action_tokens(preds[mask], vocab_size, n_bins)
+                - decode_action_tokens(target[mask], vocab_size, n_bins)
+            ).mean()
+        else:
+            l1 = torch.zeros(())
+    metrics = {
+        "loss_action": loss.item(),
+        "action_accuracy": accuracy.item(),
+        "action_l1": l1.item(),
+        "num_action_tokens": int(num_action),
     }
+    return loss, metrics

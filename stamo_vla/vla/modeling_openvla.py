@@ -22,6 +22,7 @@ from transformers.utils import ModelOutput
 
 from stamo_vla.keys import ATTENTION_MASK, IGNORE_INDEX, INPUT_IDS, LABELS, PIXEL_VALUES
 from stamo_vla.vla.configuration_openvla import OpenVLAConfig
+from stamo_vla.vla.metrics import action_token_loss
 from stamo_vla.vla.vision_openvla import LayerScale, OpenVLAProjector, OpenVLAVisionBackbone
 
 
@@ -227,11 +228,10 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
             forward_kwargs: passed to `forward` (e.g. `output_hidden_states=True`).
 
         Returns:
-            (loss, metrics, outputs); metrics: `loss`, `loss_action` (CE over action tokens only),
-            `action_accuracy`, `action_l1` (normalized units), `num_action_tokens`.
+            (loss, metrics, outputs); metrics: `loss`, and those of `stamo_vla.vla.metrics.action_token_loss`:
+            `loss_action` (CE over the supervised tokens: actions + EOS), `action_accuracy`, `action_l1`
+            (normalized units) and `num_action_tokens`.
         """
-        from stamo_vla.vla.metrics import action_metrics
-
         device = self.get_input_embeddings().weight.device
         out = self(
             input_ids=batch[INPUT_IDS].to(device),
@@ -240,13 +240,14 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
             labels=batch[LABELS].to(device),
             **forward_kwargs,
         )
-        metrics = action_metrics(
-            out.logits,
-            batch[LABELS].to(device),
-            self.num_vision_tokens,
-            self.action_vocab_size,
-            self.config.n_action_bins,
-        )
+        with torch.no_grad():
+            _, metrics = action_token_loss(
+                out.logits,
+                batch[INPUT_IDS].to(device),
+                batch[LABELS].to(device),
+                self.action_vocab_size,
+                self.config.n_action_bins,
+            )
         metrics["loss"] = float(out.loss.detach())
         return out.loss, metrics, out
 

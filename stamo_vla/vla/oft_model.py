@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from stamo_vla.configs import check_positive_int
+
 # OpenVLA-OFT's LIBERO constants (prismatic/vla/constants.py): NUM_ACTIONS_CHUNK, and the eval's
 # num_images_in_input (third-person + wrist)
 LIBERO_ACTION_CHUNK = 8
@@ -112,8 +114,7 @@ class OpenVLAOFTForActionPrediction(nn.Module):
 
         if num_images_in_input not in (1, 2):
             raise ValueError(f"num_images_in_input={num_images_in_input} is not valid; allowed: [1, 2]")
-        if action_chunk < 1:
-            raise ValueError(f"action_chunk={action_chunk} must be >= 1")
+        check_positive_int("action_chunk", action_chunk)
         if kwargs.get("attn_implementation") == "flash_attention_2":
             raise ValueError(
                 "attn_implementation='flash_attention_2' cannot take OFT's bidirectional 4-D mask; use 'sdpa' or 'eager'."

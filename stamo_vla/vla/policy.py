@@ -8,8 +8,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from stamo_vla.policy import Policy
 
-class OpenVLAPolicy:
+
+class OpenVLAPolicy(Policy):
     """Wraps an OpenVLA model, its processor and the dataset key used to un-normalize actions.
 
     Args:
@@ -50,36 +52,17 @@ class OpenVLAPolicy:
             load_in_8bit: bitsandbytes 8-bit.
             device: where to put a non-quantized model (default: CUDA if available, else CPU).
         """
+        from stamo_vla.vla.loading import load_vla
         from stamo_vla.vla.modeling_openvla import OpenVLAForActionPrediction
         from stamo_vla.vla.processing_openvla import OpenVLAProcessor
 
-        quantized = load_in_4bit or load_in_8bit
-        kwargs: dict[str, Any] = {"attn_implementation": attn_implementation}
-        if dtype is not None:
-            kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-        if quantized:
-            kwargs.update(load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit)
-            if device is not None:
-                kwargs["device_map"] = {"": str(device)}
-        model = OpenVLAForActionPrediction.from_pretrained(path, **kwargs)
-        if not quantized:  # quantized models are placed by device_map; `.to()` is refused for them
-            model = model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if load_in_4bit and load_in_8bit:
+            raise ValueError("load_in_4bit and load_in_8bit are exclusive; pass one of them.")
+        quantization = "4bit" if load_in_4bit else "8bit" if load_in_8bit else "none"
+        if quantization == "none" and device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        model = load_vla(OpenVLAForActionPrediction, path, device, dtype, quantization, attn_implementation)
         return cls(model, OpenVLAProcessor.from_pretrained(path), unnorm_key=unnorm_key)
-
-    def _check_images(self, images: list[np.ndarray], instructions: list[str]) -> None:
-        if len(images) != len(instructions) or not images:
-            raise ValueError(
-                f"predict_batch: got {len(images)} images and {len(instructions)} instructions; "
-                f"need the same non-zero number."
-            )
-        h, w = self.image_size
-        for i, img in enumerate(images):
-            arr = np.asarray(img)
-            if arr.shape != (h, w, 3) or arr.dtype != np.uint8:
-                raise ValueError(
-                    f"predict_batch: image {i} has shape {arr.shape} dtype {arr.dtype}; expected ({h}, {w}, 3) "
-                    f"uint8 RGB, upright (use stamo_vla.libero.protocol.prepare_image for LIBERO frames)."
-                )
 
     @torch.no_grad()
     def predict_batch(self, images: list[np.ndarray], instructions: list[str], **obs: Any) -> np.ndarray:
@@ -104,7 +87,7 @@ class OpenVLAPolicy:
         """Validated images + prompts -> (pixel_values in the model's dtype, input_ids, attention_mask)."""
         from stamo_vla.vla.processing_openvla import build_prompt
 
-        self._check_images(images, instructions)
+        self.check_images(images, len(instructions), self.image_size)
         prompts = [build_prompt(text) for text in instructions]
         inputs = self.processor(prompts, list(images))
         dtype = next(p for p in self.model.parameters() if p.dtype.is_floating_point).dtype

@@ -90,11 +90,11 @@ def test_merge_command_writes_the_upstream_layout(tmp_path):
     assert (
         merge_main(
             [
-                "--base",
+                "--vla_path",
                 str(tmp_path / "base"),
-                "--adapter",
+                "--adapter_dir",
                 str(tmp_path / "adapter"),
-                "--out",
+                "--output_dir",
                 str(tmp_path / "merged"),
             ]
         )

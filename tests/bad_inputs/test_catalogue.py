@@ -13,8 +13,8 @@ HERE = Path(__file__).parent
 
 CATALOGUE: dict[str, dict[str, str]] = {
     "data loss": {
-        "merge --out equals/inside --base or --adapter, or contains them": "test_data_loss.py::test_merge_refuses_an_out_overlapping_its_inputs",
-        "merge --out a run directory (foreign) even with --overwrite; an earlier merge only with --overwrite": "test_data_loss.py::test_merge_refuses_a_foreign_out_and_needs_overwrite_for_its_own",
+        "merge --output_dir equals/inside --vla_path or --adapter_dir, or contains them": "test_data_loss.py::test_merge_refuses_an_out_overlapping_its_inputs",
+        "merge --output_dir a run directory (foreign) even with --overwrite true; an earlier merge only with it": "test_data_loss.py::test_merge_refuses_a_foreign_out_and_needs_overwrite_for_its_own",
         "save_adapter into a foreign folder, an earlier adapter, or a base checkpoint": "test_data_loss.py::test_save_adapter_refuses_a_foreign_directory",
         "save_checkpoint onto a foreign step folder; stale .tmp folders of a killed write": "test_data_loss.py::test_save_checkpoint_refuses_a_foreign_step_directory_and_cleans_stale_temporaries",
         "atomic_dir: foreign directory": "test_data_loss.py::test_atomic_dir_refuses_a_foreign_directory_and_keeps_it",

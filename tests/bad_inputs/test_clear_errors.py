@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stamo_vla.adapter import load_adapter, merge_cli
+from stamo_vla import cli
+from stamo_vla.adapter import load_adapter
 from stamo_vla.vla import OpenVLAForActionPrediction, OpenVLAProcessor
 from stamo_vla.vla.loading import resolve_directory
 
@@ -28,8 +29,8 @@ def test_adapter_weights_without_adapter_config_are_refused_everywhere(
     base = OpenVLAForActionPrediction.from_pretrained(tiny_base_dir)
     with pytest.raises(FileNotFoundError, match=r"adapter_model\.safetensors.*no adapter_config\.json"):
         load_adapter(base, broken)  # run_libero_eval --adapter_dir goes through load_adapter too
-    with pytest.raises(SystemExit):
-        merge_cli.main(["--base", str(tiny_base_dir), "--adapter", str(broken), "--out", str(tmp_path / "m")])
+    merge = ["merge", "--vla_path", str(tiny_base_dir), "--adapter_dir", str(broken)]
+    assert cli.main([*merge, "--output_dir", str(tmp_path / "m")]) == 2
     assert "no adapter_config.json" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
 

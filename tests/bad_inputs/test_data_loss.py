@@ -8,8 +8,7 @@ import stat
 import pytest
 import torch
 
-from stamo_vla import fileio
-from stamo_vla.adapter import merge_cli
+from stamo_vla import cli, fileio
 from stamo_vla.training.checkpoint import TrainerState, checkpoint_dir, save_checkpoint
 
 STATS = {"toy": {"action": {"q01": [-1.0] * 7, "q99": [1.0] * 7, "mask": [True] * 6 + [False]}}}
@@ -133,19 +132,18 @@ def test_save_checkpoint_refuses_a_foreign_step_directory_and_cleans_stale_tempo
 @pytest.mark.parametrize(
     "out",
     [
-        lambda base, adapter: base,  # --out == --base
-        lambda base, adapter: base / "merged",  # inside --base
-        lambda base, adapter: adapter,  # --out == --adapter
-        lambda base, adapter: adapter / "merged",  # inside --adapter
+        lambda base, adapter: base,  # --output_dir == --vla_path
+        lambda base, adapter: base / "merged",  # inside --vla_path
+        lambda base, adapter: adapter,  # --output_dir == --adapter_dir
+        lambda base, adapter: adapter / "merged",  # inside --adapter_dir
         lambda base, adapter: base.parent,  # contains both
     ],
     ids=["equals-base", "inside-base", "equals-adapter", "inside-adapter", "contains-both"],
 )
 def test_merge_refuses_an_out_overlapping_its_inputs(tmp_path, out, capsys):
     base, adapter = _foreign(tmp_path / "runs" / "base"), _foreign(tmp_path / "runs" / "adapter")
-    with pytest.raises(SystemExit) as exit_info:
-        merge_cli.main(["--base", str(base), "--adapter", str(adapter), "--out", str(out(base, adapter))])
-    assert exit_info.value.code == 2
+    merge = ["merge", "--vla_path", str(base), "--adapter_dir", str(adapter)]
+    assert cli.main([*merge, "--output_dir", str(out(base, adapter))]) == 2
     assert "would destroy the input" in capsys.readouterr().err
     assert _intact(base) and _intact(adapter)
 
@@ -154,14 +152,12 @@ def test_merge_refuses_a_foreign_out_and_needs_overwrite_for_its_own(
     tmp_path, tiny_base_dir, tiny_adapter_dir, capsys
 ):
     run = _foreign(tmp_path / "runs" / "toy")  # a run directory: checkpoints, metrics, ...
-    args = ["--base", str(tiny_base_dir), "--adapter", str(tiny_adapter_dir), "--out"]
-    with pytest.raises(SystemExit):
-        merge_cli.main([*args, str(run), "--overwrite"])
+    args = ["merge", "--vla_path", str(tiny_base_dir), "--adapter_dir", str(tiny_adapter_dir), "--output_dir"]
+    assert cli.main([*args, str(run), "--overwrite", "true"]) == 2
     assert "not a stamo_vla output" in capsys.readouterr().err and _intact(run)
     out = tmp_path / "merged"
-    assert merge_cli.main([*args, str(out)]) == 0
+    assert cli.main([*args, str(out)]) == 0
     assert fileio.output_kind(out) == "merged_checkpoint"
-    with pytest.raises(SystemExit):
-        merge_cli.main([*args, str(out)])
+    assert cli.main([*args, str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
-    assert merge_cli.main([*args, str(out), "--overwrite"]) == 0
+    assert cli.main([*args, str(out), "--overwrite", "true"]) == 0

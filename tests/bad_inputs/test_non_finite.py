@@ -12,6 +12,7 @@ import pytest
 from stamo_vla.data.normalization import normalize, unnormalize
 from stamo_vla.data.rlds_writer import validate_episode
 from stamo_vla.data.statistics import load_dataset_statistics, statistics_from_arrays
+from stamo_vla.policy import Policy
 
 
 # ------------------------------------------------------------------------------------------- writer
@@ -146,7 +147,7 @@ class _Pool:
         return {slot: (self._obs(), 0.0, False, {}) for slot in actions}
 
 
-class _NaNPolicy:
+class _NaNPolicy(Policy):
     action_chunk = 1
 
     def predict_batch(self, images, instructions, **obs):

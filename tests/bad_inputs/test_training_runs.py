@@ -21,7 +21,7 @@ def _losses(run_dir):
 
 def _sigterm_at(monkeypatch, at_step: int):
     """Send this process SIGTERM during optimizer step `at_step` (as a scheduler would, at any moment)."""
-    real, calls = finetune_module.optimizer_step, []
+    real, calls = finetune_module.train_step, []
 
     def step(*args, **kwargs):
         calls.append(1)
@@ -29,13 +29,13 @@ def _sigterm_at(monkeypatch, at_step: int):
             os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(finetune_module, "optimizer_step", step)
+    monkeypatch.setattr(finetune_module, "train_step", step)
 
 
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_resume_continues_from_it(tmp_path, finetune_cfg, monkeypatch):
     args = ("--max_steps", "5", "--save_steps", "100")
-    straight = finetune(finetune_cfg(*args, "--run_id", "straight"))
+    straight = finetune(finetune_cfg(*args, "--run_dir", str(tmp_path / "runs" / "straight")))
     _sigterm_at(monkeypatch, 2)
     with pytest.raises(TrainingInterrupted) as stopped:
         finetune(finetune_cfg(*args))

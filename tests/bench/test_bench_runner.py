@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from eval.bench import __main__ as runner
+from stamo_vla import cli
+from stamo_vla.bench import runner
 
 
 def test_every_bench_module_is_registered():
@@ -18,14 +19,14 @@ def test_markdown_flattens_nested_results():
     assert "| ratio | 2.5 |" in md and "| nested.a_s | 0.1235 |" in md and "cpu_count=2" in md
 
 
-def test_unknown_benchmark_is_refused():
-    with pytest.raises(SystemExit):
-        runner.main(["--only", "nope"])
+def test_unknown_benchmark_is_refused(capsys):
+    assert cli.main(["bench", "--only", "[nope]"]) == 2
+    assert "only entry='nope' is not valid" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_quick_run_writes_json_and_markdown(tmp_path):
-    assert runner.main(["--quick", "--only", "adapter", "--out", str(tmp_path)]) == 0
+    assert runner.main(["--quick", "true", "--only", "[adapter]", "--output_dir", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "bench.json").read_text())
     overhead = data["results"]["adapter"]["tiny"]["train_step_overhead"]
     assert set(overhead) == {"stamo_cached_vs_plain_lora", "stamo_live_encoder_vs_plain_lora"}

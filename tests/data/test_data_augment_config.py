@@ -85,7 +85,7 @@ def test_data_config_splits_and_weights():
 
 
 def test_data_config_parses_with_draccus(tmp_path):
-    import draccus
+    from stamo_vla.configs import parse_config
 
-    cfg = draccus.parse(DataConfig, args=["--horizon", "4", "--dataset_names", "[x, y]", "--aug.hue", "0.01"])
+    cfg = parse_config(DataConfig, ["--horizon", "4", "--dataset_names", "[x, y]", "--aug.hue", "0.01"])
     assert cfg.horizon == 4 and cfg.dataset_names == ["x", "y"] and cfg.aug.hue == 0.01

@@ -9,7 +9,7 @@ import pytest
 
 @pytest.mark.slow
 def test_bench_rlds_loader_quick(capsys):
-    from eval.bench.bench_rlds_loader import run
+    from stamo_vla.bench.bench_rlds_loader import run
 
     out = run(quick=True)
     assert out["episodes"] == 4 and out["batch_size"] == 4

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from conftest import ACTION_FREE, LABELED, NUM_EPISODES, make_episode
 
+from stamo_vla import cli
 from stamo_vla.data import statistics, transforms
 from stamo_vla.data.normalization import normalize, unnormalize
 
@@ -126,7 +127,7 @@ def test_stats_command_writes_upstream_format(data_root, tmp_path, capsys):
     out = tmp_path / "dataset_statistics.json"
     assert (
         statistics.main_stats(
-            ["--data-root-dir", str(data_root), "--dataset-name", LABELED, "--out", str(out)]
+            ["--data_root_dir", str(data_root), "--dataset_names", f"[{LABELED}]", "--output_path", str(out)]
         )
         == 0
     )
@@ -142,8 +143,7 @@ def test_stats_command_writes_upstream_format(data_root, tmp_path, capsys):
 
 
 def test_stats_command_reports_bad_names_without_a_traceback(data_root, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        statistics.main_stats(["--data-root-dir", str(data_root), "--dataset-name", "nope"])
-    assert exit_info.value.code == 2
+    code = cli.main(["stats", "--data_root_dir", str(data_root), "--dataset_names", "[nope]"])
+    assert code == 2
     err = capsys.readouterr().err
     assert "no RLDS dataset 'nope'" in err and LABELED in err and "Traceback" not in err

@@ -79,7 +79,7 @@ def test_wrong_name_lists_found_datasets(data_root):
 
 def test_wrong_level_says_what_to_pass(data_root):
     with pytest.raises(
-        rlds.DatasetNotFoundError, match=f"--data-root-dir '{data_root}' --dataset-name '{LABELED}'"
+        rlds.DatasetNotFoundError, match=f"--data_root_dir '{data_root}' --dataset_name '{LABELED}'"
     ):
         rlds.resolve_dataset_dir(data_root / LABELED, LABELED)
     with pytest.raises(rlds.DatasetNotFoundError, match="version directory"):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import ACTION_FREE, episode_length
 
-from stamo_vla import keys
+from stamo_vla import cli, keys
 from stamo_vla.data import rlds
 from stamo_vla.data.config import DataConfig
 from stamo_vla.data.dataset import RLDSFrameDataset
@@ -132,16 +132,16 @@ def test_cli_builds_the_same_cache(data_root, cache, tmp_path):
     encoder.save_pretrained(ckpt)
     dest = tmp_path / "cli_cache"
     argv = [
-        "--data-root-dir",
+        "--data_root_dir",
         str(data_root),
-        "--dataset-name",
+        "--dataset_name",
         ACTION_FREE,
-        "--stamo",
+        "--stamo_path",
         str(ckpt),
-        "--out",
+        "--output_dir",
         str(dest),
     ]
-    assert main_cache_targets([*argv, "--batch-size", "7", "--device", "cpu"]) == 0
+    assert main_cache_targets([*argv, "--batch_size", "7", "--device", "cpu"]) == 0
     a, b = TargetCache.open(out, data_root, ACTION_FREE), TargetCache.open(dest, data_root, ACTION_FREE)
     assert a.manifest == b.manifest
     for ep in rlds.iter_episodes(data_root, ACTION_FREE, load_images=False):
@@ -156,16 +156,14 @@ def test_cli_refuses_a_stale_cache_with_a_message(data_root, cache, tmp_path, ca
     ckpt = tmp_path / "other"
     _encoder(2).save_pretrained(ckpt)
     argv = [
-        "--data-root-dir",
+        "--data_root_dir",
         str(data_root),
-        "--dataset-name",
+        "--dataset_name",
         ACTION_FREE,
-        "--stamo",
+        "--stamo_path",
         str(ckpt),
-        "--out",
+        "--output_dir",
         str(out),
     ]
-    with pytest.raises(SystemExit) as exit_info:
-        main_cache_targets([*argv, "--device", "cpu"])
-    assert exit_info.value.code == 2
+    assert cli.main(["cache-targets", *argv, "--device", "cpu"]) == 2
     assert "encoder_fingerprint" in capsys.readouterr().err

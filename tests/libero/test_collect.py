@@ -5,6 +5,8 @@ import json
 import numpy as np
 import pytest
 
+from stamo_vla import cli
+from stamo_vla.configs import parse_config
 from stamo_vla.libero import collect as C
 from stamo_vla.libero.env import DUMMY_ACTION, NUM_STEPS_WAIT
 from stamo_vla.libero.workers import EpisodeSpec, WorkerCrashed
@@ -63,7 +65,7 @@ def test_recorder_builds_a_valid_upright_episode_and_action_free_variant():
 
 def test_scheduler_uses_more_init_states_when_episodes_fail_and_resumes():
     done = {"0:0": {"success": True}}  # a resumed run: task 0 init 0 already succeeded
-    cfg = C.CollectConfig(out="x", episodes_per_task=2, init_states="benchmark")
+    cfg = C.CollectConfig(data_root_dir="x", episodes_per_task=2, init_states="benchmark")
     sched = C._Scheduler(cfg, [0, 1], done=done, num_states={0: 3, 1: 2})
     a = sched(None)
     assert (a.task_id, a.init_index, a.placement_seed) == (0, 1, None)
@@ -127,14 +129,14 @@ def test_runner_records_kept_steps_only_after_the_wait_and_reports_crashes():
 
 
 def test_fresh_scheduler_hands_out_distinct_placement_seeds_and_inverts_them():
-    cfg = C.CollectConfig(out="x", episodes_per_task=2, seed=3)
+    cfg = C.CollectConfig(data_root_dir="x", episodes_per_task=2, seed=3)
     assert cfg.init_states == "fresh"  # the default never starts from a benchmark test state
     sched = C._Scheduler(cfg, [0, 1], done={}, num_states={0: 6, 1: 6})
     specs = [sched(None) for _ in range(4)]
     seeds = [s.placement_seed for s in specs]
     assert None not in seeds and len(set(seeds)) == 4
     assert [(s.task_id, sched.attempt(s)) for s in specs] == [(0, 0), (0, 1), (1, 0), (1, 1)]
-    other = C._Scheduler(C.CollectConfig(out="x", seed=4), [0], done={}, num_states={0: 2})
+    other = C._Scheduler(C.CollectConfig(data_root_dir="x", seed=4), [0], done={}, num_states={0: 2})
     assert other(None).placement_seed not in seeds  # another collection seed, other placements
 
 
@@ -164,17 +166,17 @@ def test_distance_to_states_ignores_sim_time():
 
 
 def test_collect_config_defaults_and_validation():
-    assert C.CollectConfig(out="x").name == "libero_spatial_no_noops"
+    assert C.CollectConfig(data_root_dir="x").dataset_name == "libero_spatial_no_noops"
     with pytest.raises(ValueError, match=r"init_states='test'.*allowed: \['fresh', 'benchmark'\]"):
-        C.CollectConfig(out="x", init_states="test")
+        C.CollectConfig(data_root_dir="x", init_states="test")
     assert (
-        C.CollectConfig(out="x", suite="libero_object", action_free=True).name
+        C.CollectConfig(data_root_dir="x", suite="libero_object", action_free=True).dataset_name
         == "libero_object_no_noops_actionfree"
     )
     with pytest.raises(ValueError, match="allowed"):
-        C.CollectConfig(out="x", suite="spatial")
+        C.CollectConfig(data_root_dir="x", suite="spatial")
     with pytest.raises(ValueError, match="workers"):
-        C.CollectConfig(out="x", workers=0)
+        C.CollectConfig(data_root_dir="x", num_workers=0)
 
 
 @pytest.mark.sim
@@ -183,16 +185,18 @@ def test_collect_one_episode_writes_the_modified_libero_rlds_spec(tmp_path):
     pytest.importorskip("tensorflow_datasets")
     from stamo_vla.libero.env import task_instruction
 
-    cfg = C.CollectConfig(out=str(tmp_path), tasks=(0,), episodes_per_task=1, workers=1)
+    cfg = C.CollectConfig(data_root_dir=str(tmp_path), task_ids=[0], episodes_per_task=1, num_workers=1)
     summary = C.collect(cfg)
     assert summary[0] == {"successes": 1, "attempts": 1}
-    manifest = json.loads((tmp_path / cfg.name / C.MANIFEST_NAME).read_text())
+    manifest = json.loads((tmp_path / cfg.dataset_name / C.MANIFEST_NAME).read_text())
     record = manifest["episodes"]["0:0"]
     assert record["success"] and record["kept_steps"] > 20
     # a fresh placement, measurably away from every one of the 50 benchmark states
     assert record["placement_seed"] is not None and record["init_distance"] > 1e-3
     assert record["file_path"].endswith("/fresh_000") and summary["init_states"]["disjoint"]
-    resumed = C.CollectConfig(out=str(tmp_path), tasks=(0,), episodes_per_task=1, workers=1, finalize=False)
+    resumed = C.CollectConfig(
+        data_root_dir=str(tmp_path), task_ids=[0], episodes_per_task=1, num_workers=1, finalize=False
+    )
     assert C.collect(resumed)[0] == {"successes": 1, "attempts": 1}  # resumed: nothing re-run
 
     import tensorflow_datasets as tfds
@@ -249,9 +253,8 @@ def test_report_table_and_cli_argument_errors(capsys):
     text = C.format_report("libero_spatial", report)
     assert text.splitlines()[2].split() == ["0", "9/10", "0.90", "101.0", "95.5"]
     assert text.splitlines()[-1] == "total 9/11 = 0.82"
-    assert C._parse_ids("0,2, 5") == (0, 2, 5)
-    with pytest.raises(SystemExit):
-        C.main_controller_report(["--tasks", "a,b"])
-    assert "comma-separated task ids" in capsys.readouterr().err
+    assert parse_config(C.ControllerReportConfig, ["--task_ids", "[0,2, 5]"]).task_ids == [0, 2, 5]
+    assert cli.main(["controller-report", "--task_ids", "[a,b]"]) == 2
+    assert "task_ids" in capsys.readouterr().err
     with pytest.raises(ValueError, match="episodes=0"):
         C.controller_report("libero_spatial", (0,), episodes=0)

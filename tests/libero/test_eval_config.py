@@ -5,26 +5,17 @@ import types
 
 import pytest
 
+from stamo_vla import cli
 from stamo_vla.configs import load_config, save_config
+from stamo_vla.libero import evaluation_cli as SCRIPT
 from stamo_vla.libero.evaluation import RenderingError, evaluate, rendering_guard
 from stamo_vla.libero.evaluation_config import EvalConfig
 from stamo_vla.libero.evaluation_policies import load_adapter_into, resolve_unnorm_key
 
 
-def _load_script():
-    # the script lives outside the package; load it by path so the test works from any working directory
-    import importlib.util
-    from pathlib import Path
+def main(argv: list[str]) -> int:
+    return cli.main(["eval", *argv])
 
-    path = Path(__file__).resolve().parents[2] / "eval" / "run_libero_eval.py"
-    spec = importlib.util.spec_from_file_location("run_libero_eval_under_test", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-SCRIPT = _load_script()
-main = SCRIPT.main
 
 SUITES = ["libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90"]
 
@@ -42,7 +33,7 @@ def test_unknown_suite_lists_valid_ones():
         ({"video": "some"}, "video='some' is not valid; allowed: \\['all', 'failures', 'none'\\]"),
         ({"quantization": "3bit"}, "quantization='3bit'"),
         ({"num_trials_per_task": 51}, "ships 50 fixed initial states"),
-        ({"num_workers": 0}, "num_workers=0 must be >= 1"),
+        ({"num_workers": 0}, "num_workers=0 must be a positive integer"),
         ({"open_loop_steps": 0}, "open_loop_steps=0"),
         ({"task_ids": [-1]}, "task_ids=\\[-1\\]"),
         ({"suites": ["libero_10", "libero_10"]}, "lists a suite twice"),
@@ -149,6 +140,7 @@ def test_evaluation_modules_never_import_tensorflow_or_the_simulator():
     code = (
         "import sys, importlib.util;"
         "import stamo_vla.libero.evaluation, stamo_vla.libero.evaluation_vla, stamo_vla.libero.videos;"
+        "import stamo_vla.cli, stamo_vla.libero.evaluation_cli;"
         "spec = importlib.util.spec_from_file_location('s', 'eval/run_libero_eval.py');"
         "spec.loader.exec_module(importlib.util.module_from_spec(spec));"
         "print([m for m in ('tensorflow', 'libero', 'mujoco', 'robosuite', 'imageio') if m in sys.modules])"

@@ -17,6 +17,7 @@ from stamo_vla.libero.evaluation import evaluate, plan_episodes, shard
 from stamo_vla.libero.evaluation_config import EvalConfig
 from stamo_vla.libero.results import ResultsStore
 from stamo_vla.libero.workers import WorkerCrashed
+from stamo_vla.policy import Policy
 
 SUITE = "libero_spatial"
 GOAL = 0.3
@@ -86,7 +87,7 @@ class FakePool:
         return {s: np.array([0.05, 0, 0, 0, 0, 0, 0.5]) for s in slots}
 
 
-class FakePolicy:
+class FakePolicy(Policy):
     """Deterministic VLA stand-in in dataset convention (gripper 1 = open)."""
 
     def __init__(self, chunk=1):
@@ -262,6 +263,8 @@ def test_resume_refuses_a_different_protocol(tmp_path):
 
 class FuturePolicy(FakePolicy):
     """Exposes the optional `future_frames` hook (a decoded predicted future state per row)."""
+
+    predicts_future_frames = True
 
     def future_frames(self):
         return [np.full((64, 64, 3), 0.5, dtype=np.float32)] * self._last

@@ -10,6 +10,7 @@ from stamo_vla.libero.evaluation import evaluate
 from stamo_vla.libero.evaluation_config import EvalConfig
 from stamo_vla.libero.evaluation_vla import build_openvla_policy
 from stamo_vla.libero.results import ResultsStore
+from stamo_vla.policy import Policy
 
 pytest.importorskip("timm")
 
@@ -30,7 +31,7 @@ def tiny_checkpoint(tmp_path_factory):
     return path
 
 
-class CountingPolicy:
+class CountingPolicy(Policy):
     def __init__(self, inner):
         self.inner, self.batch_sizes = inner, []
         self.action_chunk = inner.action_chunk

@@ -10,23 +10,20 @@ CHUNK = 4  # small K keeps the tiny tests fast; the presets use K = 8
 
 
 def oft_config(**overrides):
-    from stamo_vla.adapter import StaMoAdapterConfig
+    """An l1-head adapter config; `overrides` may name fields of the adapter or of its action head."""
+    import dataclasses
 
+    from stamo_vla.adapter import StaMoAdapterConfig
+    from stamo_vla.adapter.action_heads import L1ActionHead
+
+    head_fields = {f.name for f in dataclasses.fields(L1ActionHead)}
+    head = dict(action_chunk=CHUNK, num_images=2, use_proprio=True, width=32)
+    head.update({k: v for k, v in overrides.items() if k in head_fields})
     kwargs = dict(
-        target="state",
-        head_width=16,
-        num_state_tokens=2,
-        state_dim=8,
-        lora_rank=4,
-        lora_init="default",
-        action_head="l1",
-        action_chunk=CHUNK,
-        num_images=2,
-        use_proprio=True,
-        action_head_width=32,
+        target="state", head_width=16, num_state_tokens=2, state_dim=8, lora_rank=4, lora_init="default"
     )
-    kwargs.update(overrides)
-    return StaMoAdapterConfig(**kwargs)
+    kwargs.update({k: v for k, v in overrides.items() if k not in head_fields})
+    return StaMoAdapterConfig(**kwargs, action_head=L1ActionHead(**head))
 
 
 def make_oft(seed: int = 0, **overrides):
@@ -63,7 +60,7 @@ def oft_batch(model, processor, instructions, seed: int = 0) -> dict:
     from stamo_vla.vla import ActionTokenizer
     from stamo_vla.vla.oft_batch_transform import OFTBatchTransform
 
-    cfg = model.config
+    cfg = model.config.action_head
     transform = OFTBatchTransform(
         processor, ActionTokenizer(512), cfg.action_chunk, cfg.num_images, cfg.use_proprio, cfg.proprio_dim
     )

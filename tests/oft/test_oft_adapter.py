@@ -32,8 +32,9 @@ def oft():
     ],
 )
 def test_config_validation_names_field_value_and_choices(overrides, message):
+    """Adapter configs in the old flat form (as saved on disk before the action head was a config choice)."""
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")):
-        StaMoAdapterConfig(**overrides)
+        StaMoAdapterConfig.from_dict(overrides)
 
 
 def test_loss_trains_the_oft_modules_lora_and_head(oft):
@@ -96,7 +97,7 @@ def test_save_load_and_merge_round_trips(oft, tmp_path):
     assert (tmp_path / "adapter" / "oft_modules.safetensors").is_file()
     fresh, _ = build_tiny(seed=0)
     loaded = load_adapter(fresh, tmp_path / "adapter").eval()
-    assert type(loaded).__name__ == "StaMoOFTAdapterModel" and loaded.config.use_film
+    assert type(loaded).__name__ == "StaMoOFTAdapterModel" and loaded.config.action_head.use_film
     a2, s2 = _predict(loaded, batch)
     torch.testing.assert_close(a2, actions)
     torch.testing.assert_close(s2, states)
@@ -107,6 +108,29 @@ def test_save_load_and_merge_round_trips(oft, tmp_path):
     a3, s3 = _predict(from_merged, batch)
     torch.testing.assert_close(a3, actions, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(s3, states, atol=1e-5, rtol=1e-4)
+
+
+def test_an_oft_adapter_saved_with_the_old_flat_config_loads_and_computes_the_same(oft, tmp_path):
+    import json
+
+    from stamo_vla.vla import build_tiny
+
+    model, _, batch = oft
+    save_adapter(model, tmp_path / "adapter")
+    path = tmp_path / "adapter" / "stamo_adapter_config.json"
+    data = json.loads(path.read_text())
+    head = data.pop("action_head")
+    assert head.pop("type") == "l1"
+    head["action_head_width"] = head.pop("width")
+    path.write_text(
+        json.dumps({**data, **head, "action_head": "l1", "stamo_path": None})
+    )  # as written before
+    loaded = load_adapter(build_tiny(seed=0)[0], tmp_path / "adapter").eval()
+    assert loaded.config == model.config
+    actions, states = _predict(model, batch)
+    a2, s2 = _predict(loaded, batch)
+    torch.testing.assert_close(a2, actions)
+    torch.testing.assert_close(s2, states)
 
 
 def test_missing_oft_weights_are_reported(oft, tmp_path):

@@ -1,4 +1,4 @@
-"""eval/bench/bench_oft.py: OFT vs token actions/s side by side on the same tiny model."""
+"""stamo_vla/bench/bench_oft.py: OFT vs token actions/s side by side on the same tiny model."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 @pytest.mark.slow
 def test_bench_oft_quick_reports_both_modes_side_by_side():
-    from eval.bench.bench_oft import CHUNK, run
+    from stamo_vla.bench.bench_oft import CHUNK, run
 
     out = run(quick=True, presets=("tiny",))
     r = out["results"]["tiny"]

@@ -28,10 +28,8 @@ def oft_cfg(tmp_path, data_root, stamo_dir, *extra: str) -> FinetuneConfig:
         "64",
         "--stamo_path",
         str(stamo_dir),
-        "--run_root_dir",
-        str(tmp_path / "runs"),
-        "--run_id",
-        "oft",
+        "--run_dir",
+        str(tmp_path / "runs" / "oft"),
         "--batch_size",
         "4",
         "--log_steps",
@@ -47,7 +45,8 @@ def oft_cfg(tmp_path, data_root, stamo_dir, *extra: str) -> FinetuneConfig:
 
 def test_preset_wires_the_data_to_the_variant(tmp_path):
     cfg = oft_cfg(tmp_path, tmp_path, tmp_path)
-    assert (cfg.adapter.action_head, cfg.adapter.action_chunk, cfg.adapter.num_images) == ("l1", 8, 2)
+    head = cfg.adapter.action_head
+    assert (head.name, head.action_chunk, head.num_images) == ("l1", 8, 2)
     assert cfg.data.action_chunk == 8 and cfg.data.load_wrist and cfg.data.load_proprio
     assert cfg.adapter.target == "state" and cfg.data.horizon == cfg.adapter.horizon == 8
     with pytest.raises(ValueError, match="flash_attention_2.*allowed: \\['sdpa', 'eager'\\]"):
@@ -59,7 +58,11 @@ def test_preset_wires_the_data_to_the_variant(tmp_path):
         5e-4,
         100000,
     )
-    assert paper.data.image_aug and paper.adapter.use_proprio and paper.adapter.num_images == 2
+    assert (
+        paper.data.image_aug
+        and paper.adapter.action_head.use_proprio
+        and paper.adapter.action_head.num_images == 2
+    )
 
 
 @pytest.mark.slow

@@ -37,7 +37,7 @@ def frames_dir(tmp_path):
 def test_latent_actions_clamp_at_the_episode_end():
     states = np.arange(4, dtype=np.float32).reshape(4, 1, 1)
     assert latent_actions(states, 2)[:, 0, 0].tolist() == [2, 2, 1, 0]
-    with pytest.raises(ValueError, match="horizon=0 must be >= 1"):
+    with pytest.raises(ValueError, match="horizon=0 must be a positive integer"):
         latent_actions(states, 0)
 
 
@@ -45,11 +45,11 @@ def test_labels_equal_encoder_differences_exactly(tmp_path, encoder_dir, frames_
     assert (
         main(
             [
-                "--frames-dir",
+                "--frames_dir",
                 str(frames_dir),
-                "--stamo",
+                "--stamo_path",
                 str(encoder_dir),
-                "--out",
+                "--output_dir",
                 str(tmp_path / "out"),
                 "--horizon",
                 "2",

@@ -1,6 +1,6 @@
 import pytest
 
-from eval.bench import bench_stamo
+from stamo_vla.bench import bench_stamo
 
 
 def test_bench_reports_encoder_throughput_and_decoder_time(capsys):

@@ -30,7 +30,7 @@ def test_tiny_model_overfits_and_reconstructs_from_its_own_state():
     model.decoder.set_latent_scale(*latent_statistics(model.decoder.vae, images))
 
     opt = build_optimizer(model.trainable_parameters(), OptimizerConfig(lr=3e-3))
-    losses = [train_step(model, images, opt, max_grad_norm=1.0)["loss"] for _ in range(300)]
+    losses = [train_step(model, [images], opt, max_grad_norm=1.0)["loss"] for _ in range(300)]
     start, end = sum(losses[:20]) / 20, sum(losses[-20:]) / 20
     assert end < 0.4 * start, (start, end)
 
@@ -43,7 +43,7 @@ def test_tiny_model_overfits_and_reconstructs_from_its_own_state():
 
 @pytest.mark.slow
 def test_tiny_preset_decodes_own_states_closer_than_shuffled_by_a_margin():
-    """The improved tiny preset (recipes/configs/pretrain_stamo_tiny.yaml), a few hundred steps on 12 distinct
+    """The improved tiny preset (stamo_vla/presets/pretrain_stamo_tiny.yaml), a few hundred steps on 12 distinct
     images: decoding from each image's own state must beat another image's state by > 1 dB."""
     from stamo_vla.configs import parse_config
     from stamo_vla.stamo.pretrain import PretrainStaMoConfig
@@ -58,7 +58,7 @@ def test_tiny_preset_decodes_own_states_closer_than_shuffled_by_a_margin():
     opt = build_optimizer(model.trainable_parameters(), OptimizerConfig(lr=preset.optim.lr))
     for _ in range(300):
         train_step(
-            model, images, opt, max_grad_norm=1.0
+            model, [images], opt, max_grad_norm=1.0
         )  # the whole fixed set: batch statistics = population
     model.encoder.recalibrate_bottleneck(images)
     m = evaluate(model, images, steps=10, seed=0)

@@ -31,8 +31,8 @@ def _cfg(run_dir: Path, **changes) -> PretrainStaMoConfig:
         batch_size=4,
         optim=OptimizerConfig(lr=1e-3, warmup_steps=1, decay="cosine"),
         vae_fit_steps=2,
-        log_every=1,
-        save_every=2,
+        log_steps=1,
+        save_steps=2,
         eval_sample_steps=1,
         interpolation_frames=3,
     )
@@ -124,7 +124,7 @@ def test_rlds_source_reads_frames_of_the_written_dataset(tmp_path):
 def test_recipe_runs_under_torchrun_with_two_cpu_processes(tmp_path):
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        str(REPO / "recipes" / "pretrain_stamo.py"), "--config", "tiny", "--run_dir", str(tmp_path),
+        "-m", "stamo_vla.cli", "pretrain", "--config", "tiny", "--run_dir", str(tmp_path),
         "--max_steps", "2", "--vae_fit_steps", "0", "--batch_size", "2", "--num_heldout", "2",
         "--eval_sample_steps", "1", "--source.num_images", "12",
     ]  # fmt: skip
@@ -158,7 +158,7 @@ def test_resuming_a_different_model_is_refused(tmp_path):
 def test_sigterm_checkpoints_the_current_step_and_resume_finishes(tmp_path, monkeypatch):
     import signal
 
-    from stamo_vla.training import step as step_module
+    from stamo_vla.stamo import pretrain as step_module
     from stamo_vla.training.checkpoint import find_latest_checkpoint
     from stamo_vla.training.preemption import TrainingInterrupted
 

@@ -36,8 +36,8 @@ def test_config_validation_names_field_and_allowed_values():
         StaMoStudyConfig(stages=["nope"])
     with pytest.raises(ValueError, match="backbones=\\['imagenet'\\] is not valid"):
         StaMoStudyConfig(backbones=["imagenet"])
-    with pytest.raises(ValueError, match="tasks=\\[0\\] is not valid"):
-        StaMoStudyConfig(tasks=[0])
+    with pytest.raises(ValueError, match="task_ids=\\[0\\] is not valid"):
+        StaMoStudyConfig(task_ids=[0])
 
 
 @pytest.mark.slow
@@ -47,7 +47,7 @@ def test_study_runs_every_stage_resumably_and_writes_small_outputs(tmp_path):
     out = tmp_path / "study"
     write_rlds_dataset((toy_episode(i) for i in range(8)), out / "data", "libero_spatial_no_noops")
     cfg = StaMoStudyConfig(
-        out_dir=str(out),
+        output_dir=str(out),
         results_dir=str(tmp_path / "results"),
         frame_stride=1,
         heldout_episodes=2,

@@ -12,7 +12,7 @@ from stamo_vla.study.stages import StagedRun, StageFailed
 
 def test_config_refuses_a_base_that_trains_on_the_evaluated_tasks():
     with pytest.raises(ValueError, match=r"share tasks \[1\]"):
-        PolicyStudyConfig(eval_tasks=[0, 1], base_tasks=[1, 2])
+        PolicyStudyConfig(eval_task_ids=[0, 1], base_task_ids=[1, 2])
     with pytest.raises(ValueError, match=r"arms entry='lora'"):
         PolicyStudyConfig(arms=["lora"])
     with pytest.raises(ValueError, match="train_percent=100"):
@@ -90,7 +90,7 @@ def _option(args, flag):
 
 
 def test_every_arm_gets_the_same_budget_and_the_evaluation_is_upstreams(tmp_path, monkeypatch):
-    study = PolicyStudy(PolicyStudyConfig(out_dir=str(tmp_path), arms=["none", "state"], seeds=[0, 1]))
+    study = PolicyStudy(PolicyStudyConfig(output_dir=str(tmp_path), arms=["none", "state"], seeds=[0, 1]))
     monkeypatch.setattr(PolicyStudy, "stamo_model", lambda self: tmp_path / "stamo")
     runs = {name: study.finetune_args(*name) for name in study.cfg.runs}
     for flag in ("--max_steps", "--batch_size", "--config", "--vla_path", "--data.dataset_names"):
@@ -154,7 +154,7 @@ def test_report_reads_every_number_from_the_run_files(tmp_path):
     from stamo_vla.libero.results import wilson_interval
     from stamo_vla.study.policy_report import write_report
 
-    cfg = PolicyStudyConfig(out_dir=str(tmp_path), arms=["none", "state"], seeds=[0, 1])
+    cfg = PolicyStudyConfig(output_dir=str(tmp_path), arms=["none", "state"], seeds=[0, 1])
     study = PolicyStudy(cfg)
     successes = {("none", 0): (30, 25), ("none", 1): (35, 30), ("state", 0): (40, 36), ("state", 1): (42, 40)}
     _fake_run_files(study, successes)
@@ -186,7 +186,7 @@ def test_report_of_an_unfinished_study_says_what_is_missing(tmp_path):
         marks / "stamo.json", {"stage": "stamo", "seconds": 60.0}
     )  # written before calls were counted
     write_json_atomic(marks / "base.elapsed", {"stage": "base", "seconds": 120.0, "calls": 1})
-    report = write_report(PolicyStudy(PolicyStudyConfig(out_dir=str(tmp_path)))).read_text()
+    report = write_report(PolicyStudy(PolicyStudyConfig(output_dir=str(tmp_path)))).read_text()
     assert (
         "No evaluation has finished yet." in report
         and "not evaluated" in report

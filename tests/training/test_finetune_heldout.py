@@ -24,8 +24,8 @@ def test_heldout_scores_exactly_the_validation_episodes(tmp_path, toy_data_root)
         "--data.dataset_names",
         f"[{DATASET}]",
     ]
-    args += ["--data.train_percent", "75", "--adapter.target", "none", "--run_root_dir", str(tmp_path)]
-    args += ["--run_id", "run", "--max_steps", "2", "--batch_size", "2", "--data.shuffle_buffer_size", "16"]
+    args += ["--data.train_percent", "75", "--adapter.target", "none", "--run_dir", str(tmp_path / "run")]
+    args += ["--max_steps", "2", "--batch_size", "2", "--data.shuffle_buffer_size", "16"]
     result = finetune(parse_config(FinetuneConfig, args, prefix="finetune_"))
     metrics = heldout_metrics(result.run_dir, batch_size=5)
     assert (

@@ -61,7 +61,10 @@ def test_paper_presets_parse_to_upstream_numbers_and_the_bare_defaults_equal_the
     bare = FinetuneConfig(stamo_path="/x")
     assert upstream_fields(bare) == upstream_fields(cfg)
     # the StaMo head is the only addition; target none is the upstream baseline itself
-    assert bare.adapter.has_head and not FinetuneConfig(adapter=type(bare.adapter)(target="none")).adapter.has_head
+    assert (
+        bare.adapter.has_head
+        and not FinetuneConfig(adapter=type(bare.adapter)(target="none")).adapter.has_head
+    )
 
 
 def test_overriding_one_field_keeps_the_other_upstream_defaults():
@@ -80,8 +83,9 @@ def test_oft_paper_preset_is_openvla_oft_libero():
         0.1,
     )
     assert (cfg.batch_size, cfg.max_steps, cfg.data.image_aug) == (8, 150_005, True)
-    assert (cfg.adapter.action_chunk, cfg.adapter.num_images, cfg.adapter.use_proprio) == (8, 2, True)
-    assert cfg.adapter.action_head == "l1" and cfg.data.action_chunk == 8
+    head = cfg.adapter.action_head
+    assert (head.action_chunk, head.num_images, head.use_proprio) == (8, 2, True)
+    assert head.name == "l1" and cfg.data.action_chunk == 8
 
 
 def test_the_adapter_records_whether_training_augmented():

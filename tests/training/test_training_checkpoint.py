@@ -51,10 +51,10 @@ def _batch(step):
 
 def test_two_step_train_save_resume_equals_uninterrupted(tmp_path):
     model, opt, sched = _setup()
-    full = [train_step(model, _batch(s), opt, sched, max_grad_norm=1.0)["loss"] for s in range(4)]
+    full = [train_step(model, [_batch(s)], opt, sched, max_grad_norm=1.0)["loss"] for s in range(4)]
 
     model, opt, sched = _setup()
-    first = [train_step(model, _batch(s), opt, sched, max_grad_norm=1.0)["loss"] for s in range(2)]
+    first = [train_step(model, [_batch(s)], opt, sched, max_grad_norm=1.0)["loss"] for s in range(2)]
     save_checkpoint(tmp_path, TrainerState(step=2, data_state={"batch": 2}), model, opt, sched)
     torch.randn(100)  # the interrupted process goes on consuming randomness; the resume must not care
 
@@ -63,7 +63,9 @@ def test_two_step_train_save_resume_equals_uninterrupted(tmp_path):
     model.load(ckpt / "model")
     state = load_checkpoint(ckpt, opt, sched)
     assert (state.step, state.data_state) == (2, {"batch": 2})
-    rest = [train_step(model, _batch(s), opt, sched, max_grad_norm=1.0)["loss"] for s in range(state.step, 4)]
+    rest = [
+        train_step(model, [_batch(s)], opt, sched, max_grad_norm=1.0)["loss"] for s in range(state.step, 4)
+    ]
     assert first + rest == full  # bit-exact on CPU
 
 

@@ -1,11 +1,11 @@
-"""eval/bench/bench_predict_action.py: batched and serial decoding measured side by side, same actions."""
+"""stamo_vla/bench/bench_predict_action.py: batched and serial decoding measured side by side, same actions."""
 
 import pytest
 
 
 @pytest.mark.slow
 def test_bench_quick_reports_both_modes(capsys):
-    from eval.bench.bench_predict_action import run
+    from stamo_vla.bench.bench_predict_action import run
 
     # the mid preset is left to the CLI run: under a shared 2-core CPU it alone takes ~1 minute
     out = run(quick=True, presets=("tiny",))

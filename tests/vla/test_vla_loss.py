@@ -58,8 +58,9 @@ def test_compute_loss_metrics_match_upstream_formulas(setup):
         - tok.decode_token_ids_to_actions(labels[mask].numpy())
     )
     assert metrics["action_l1"] == pytest.approx(float(l1.mean()))
+    supervised = labels != -100  # the action tokens and the EOS after them
     assert metrics["loss_action"] == pytest.approx(
-        float(F.cross_entropy(logits[mask], labels[mask]).detach()), rel=1e-5
+        float(F.cross_entropy(logits[supervised], labels[supervised]).detach()), rel=1e-5
     )
     assert metrics["loss"] == pytest.approx(float(loss.detach()))
     loss.backward()

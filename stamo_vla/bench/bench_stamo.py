@@ -4,8 +4,8 @@ The encoder (frozen DINOv2 + compressor) runs inside every VLA training step whe
 cached, so its images/s bounds the data rate; the decoder is used only for visualization, so its cost
 per decoded image (Euler flow-matching steps of the DiT + one VAE decode) matters for sample sheets.
 
-    python -m eval.bench.bench_stamo            # full run
-    python -m eval.bench.bench_stamo --quick    # a few seconds
+    stamo-vla bench --only '[stamo]'            # full run
+    stamo-vla bench --only '[stamo]' --quick true    # a few seconds
 """
 
 from __future__ import annotations
@@ -78,13 +78,3 @@ def run(quick: bool = False, presets: tuple[str, ...] = ("tiny", "mid")) -> dict
             f"{r['encoder_images_per_s']:>13.1f} {r['decoder_s_per_image']:>13.4f}"
         )
     return {"device": device, "threads": torch.get_num_threads(), "results": results}
-
-
-def main(argv: list[str] | None = None) -> int:
-    from eval.bench._common import bench_main
-
-    return bench_main(run, __doc__, "fewer repeats, batch 2, 2 sampling steps", argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""eval/latent_action_probe.py end to end on a small RLDS dataset."""
+"""`stamo-vla probe` and `stamo-vla train-action-decoder` end to end on a small RLDS dataset."""
 
 import json
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from eval.latent_action_probe import ProbeConfig, run
+from stamo_vla.stamo.probe_run import ProbeConfig, run
 
 
 def episode(i, length=10):
@@ -43,7 +43,7 @@ def test_probe_writes_json_table_and_plot(tmp_path):
         data_root_dir=str(tmp_path / "data"),
         dataset_name="toy_probe",
         stamo_path=str(tmp_path / "stamo"),
-        out_dir=str(tmp_path / "probe"),
+        output_dir=str(tmp_path / "probe"),
         horizons=[1, 2],
         steps=50,
         hidden_size=32,
@@ -66,10 +66,10 @@ def test_probe_writes_json_table_and_plot(tmp_path):
 
 @pytest.mark.slow
 def test_action_decoder_recipe_trains_saves_and_decodes(tmp_path):
-    from recipes.train_action_decoder import TrainActionDecoderConfig, train
     from stamo_vla.data.rlds_writer import write_rlds_dataset
     from stamo_vla.stamo import StaMoEncoder, tiny_config
     from stamo_vla.stamo.action_decoder import ActionDecoder
+    from stamo_vla.stamo.action_decoder_training import TrainActionDecoderConfig, train
 
     write_rlds_dataset((episode(i) for i in range(4)), tmp_path / "data", "toy_dec")
     torch.manual_seed(0)
@@ -82,7 +82,7 @@ def test_action_decoder_recipe_trains_saves_and_decodes(tmp_path):
         steps=30,
         hidden_size=32,
         num_layers=2,
-        out_dir=str(tmp_path / "dec"),
+        output_dir=str(tmp_path / "dec"),
     )
     metrics = train(cfg)
     assert metrics["test_mse"] >= 0 and len(metrics["test_episodes"]) == 1

@@ -3,10 +3,10 @@
 Each worker runs libero_spatial task 0 from its own init state and steps a small fixed arm motion with the
 gripper open (no policy, no scripted controller: simulator + rendering + IPC only). Envs are built and
 reset before timing starts. Two observation settings are measured: the upstream two 256 px cameras
-(agentview + wrist), and camera-free envs (what ``controller-report --no-cameras`` uses).
+(agentview + wrist), and camera-free envs (what ``controller-report --cameras false`` uses).
 
-    python -m eval.bench.bench_env            # full run (about two minutes on 2 cores)
-    python -m eval.bench.bench_env --quick    # under a minute
+    stamo-vla bench --only '[env]'            # full run (about two minutes on 2 cores)
+    stamo-vla bench --only '[env]' --quick true    # under a minute
 """
 
 from __future__ import annotations
@@ -91,13 +91,3 @@ def _print(result: dict) -> None:
             f"| {name} | {one['steps_per_s_per_worker']} | {one['steps_per_s_total']} | "
             f"{two['steps_per_s_per_worker']} | {two['steps_per_s_total']} | {r['speedup_2_vs_1']}x |"
         )
-
-
-def main(argv: list[str] | None = None) -> int:
-    from eval.bench._common import bench_main
-
-    return bench_main(run, __doc__, "fewer steps", argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

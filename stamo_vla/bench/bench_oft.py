@@ -6,8 +6,8 @@ OFT adapter fills K x 7 empty positions in one bidirectional pass and regresses 
 measured: the OFT variant with both cameras + proprio, and the StaMo head's overhead (predicting the future
 StaMo state from the same pass) for the OFT variant.
 
-    python -m eval.bench.bench_oft            # full run
-    python -m eval.bench.bench_oft --quick    # best of two timed repeats
+    stamo-vla bench --only '[oft]'            # full run
+    stamo-vla bench --only '[oft]' --quick true    # best of two timed repeats
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from eval.bench._common import timed_rounds
-from eval.bench.bench_predict_action import INSTRUCTIONS  # the same prompts for both decoders
+from stamo_vla.adapter.action_heads import L1ActionHead
+from stamo_vla.bench._common import timed_rounds
+from stamo_vla.bench.bench_predict_action import INSTRUCTIONS  # the same prompts for both decoders
 
 CHUNK = 8
 
@@ -61,8 +62,10 @@ def _inputs(processor, batch_size: int, num_images: int, device: str) -> dict:
 def bench_preset(name: str, config, batch_size: int = 8, repeats: int = 3, device: str = "cpu") -> dict:
     """Actions/s of the token and OFT adapters on one preset, plus the StaMo head's overhead for OFT."""
     tokens, processor = _adapter(config, device)
-    oft, _ = _adapter(config, device, action_head="l1", action_chunk=CHUNK)
-    full, _ = _adapter(config, device, action_head="l1", action_chunk=CHUNK, num_images=2, use_proprio=True)
+    oft, _ = _adapter(config, device, action_head=L1ActionHead(action_chunk=CHUNK))
+    full, _ = _adapter(
+        config, device, action_head=L1ActionHead(action_chunk=CHUNK, num_images=2, use_proprio=True)
+    )
     one = _inputs(processor, batch_size, 1, device)
     two = _inputs(processor, batch_size, 2, device)
     proprio = torch.zeros(batch_size, 8, device=device)
@@ -136,13 +139,3 @@ def run(quick: bool = False, presets: tuple[str, ...] = ("tiny", "mid")) -> dict
         "stamo_head_overhead": {n: r["oft_stamo_head_overhead"] for n, r in results.items()},
         "stamo_head_mlp_fraction": {n: r["oft_stamo_head_mlp_fraction"] for n, r in results.items()},
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    from eval.bench._common import bench_main
-
-    return bench_main(run, __doc__, "best of two timed repeats instead of seven", argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

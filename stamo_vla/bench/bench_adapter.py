@@ -5,7 +5,7 @@
 2. `predict_action` latency: LoRA merged into the base (no adapter) vs adapter attached with the head off vs head
    on (future state returned too). The head reads the prefill hidden state, so "on" costs one small MLP.
 
-    python -m eval.bench.bench_adapter [--quick]
+    stamo-vla bench --only '[adapter]' [--quick true]
 
 Paper reference: 4.16 -> 4.02 Hz (3.4% slower) for OpenVLA + StaMo on an RTX 4090.
 """
@@ -17,8 +17,8 @@ import copy
 import numpy as np
 import torch
 
-from eval.bench._common import timed_rounds
 from stamo_vla import keys as K
+from stamo_vla.bench._common import timed_rounds
 
 
 def _batch(processor, base, n: int, state_shape: tuple[int, int], seed: int = 0) -> dict:
@@ -138,13 +138,3 @@ def run(quick: bool = False) -> dict:
             f"{100 * o['head_off_vs_merged']:+.1f}% vs merged, head on {100 * o['head_on_vs_head_off']:+.1f}% vs off"
         )
     return results
-
-
-def main(argv: list[str] | None = None) -> int:
-    from eval.bench._common import bench_main
-
-    return bench_main(run, __doc__, "tiny preset only, three timed repeats", argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

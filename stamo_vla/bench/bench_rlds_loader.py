@@ -5,8 +5,8 @@ Writes a synthetic LIBERO-spec dataset into a temporary directory, then streams 
 (RSS) after a small and a large number of batches. Bounded memory shows as RSS that stops growing between the
 two checkpoints; a bigger shuffle buffer should cost a roughly constant extra amount, not a growing one.
 
-    python -m eval.bench.bench_rlds_loader            # 40 episodes x 60 steps, 50 vs 500 batches, buffers 100 / 1000
-    python -m eval.bench.bench_rlds_loader --quick    # 4 episodes x 12 steps, 5 vs 20 batches, buffers 20 / 80
+    stamo-vla bench --only '[rlds_loader]'            # 40 episodes x 60 steps, 50 vs 500 batches, buffers 100 / 1000
+    stamo-vla bench --only '[rlds_loader]' --quick true    # 4 episodes x 12 steps, 5 vs 20 batches, buffers 20 / 80
 """
 
 from __future__ import annotations
@@ -122,13 +122,3 @@ def run(quick: bool = False) -> dict:
         "write_s": write_s,
         "results": results,
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    from eval.bench._common import bench_main
-
-    return bench_main(run, __doc__, "small dataset and few batches", argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -4,8 +4,8 @@ Upstream OpenVLA decodes one observation per call (openvla #228); `predict_actio
 batch with left-packed multimodal prompts and a KV cache. This measures both, side by side in one run, on
 the same model, inputs and device, and checks that they return the same actions.
 
-    python -m eval.bench.bench_predict_action            # full run
-    python -m eval.bench.bench_predict_action --quick    # a few seconds
+    stamo-vla bench --only '[predict_action]'            # full run
+    stamo-vla bench --only '[predict_action]' --quick true    # a few seconds
 """
 
 from __future__ import annotations
@@ -104,13 +104,3 @@ def run(quick: bool = False, presets: tuple[str, ...] = ("tiny", "mid")) -> dict
         "results": results,
         "ratio": {name: r["speedup"] for name, r in results.items()},
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    from eval.bench._common import bench_main
-
-    return bench_main(run, __doc__, "one timed repeat instead of five", argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
