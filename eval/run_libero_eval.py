@@ -5,7 +5,7 @@
     torchrun --nproc-per-node 4 eval/run_libero_eval.py --checkpoint ... --num_workers 4
     python eval/run_libero_eval.py --config tiny --output_dir /tmp/eval      # stamo_vla/presets/eval_tiny.yaml
 
-More examples and every option: ``stamo-vla eval --help`` (`stamo_vla.libero.evaluation_cli`).
+More examples and every option: ``stamo-vla eval --help`` (`stamo_vla.evaluation`).
 """
 
 import sys

@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "LoRA + StaMo fine-tuning of an OpenVLA checkpoint on RLDS data",
     ),
     "pretrain": ("stamo_vla.stamo.pretrain", "pretrain a StaMo state model (encoder + DiT decoder)"),
-    "eval": ("stamo_vla.libero.evaluation_cli", "evaluate a policy on LIBERO with the upstream protocol"),
+    "eval": ("stamo_vla.evaluation", "evaluate a policy on LIBERO with the upstream protocol"),
     "probe": (
         "stamo_vla.stamo.probe_run",
         "the latent-action probe (StaMo motion vs baselines) on a dataset",

@@ -1,6 +1,6 @@
 """LIBERO evaluation: plan, shard over ranks, resume, run batched rollouts, summarize.
 
-Entry point: `evaluate(cfg)`; ``stamo-vla eval`` (`stamo_vla.libero.evaluation_cli`) is the CLI around it. Under torchrun every
+Entry point: `evaluate(cfg)`; ``stamo-vla eval`` (`stamo_vla.evaluation`) is the CLI around it. Under torchrun every
 rank runs a deterministic round-robin share of the (suite, task, trial) list and appends its own JSONL;
 rank 0 merges all rank files into the summary at the end. A rerun with the same output directory skips
 every episode already recorded (by any rank), so an interrupted evaluation resumes without losing or
@@ -199,6 +199,7 @@ def evaluate(
     *,
     pool_factory: Callable[[int], Any] | None = None,
     policy: Any | None = None,
+    policy_factory: Callable[[EvalConfig, int], Any] | None = None,
     catalog: Any | None = None,
 ) -> dict[str, Any] | None:
     """Run (or resume) the evaluation described by `cfg`.
@@ -206,7 +207,10 @@ def evaluate(
     Args:
         cfg: the evaluation config.
         pool_factory: ``num_workers -> pool``; defaults to ``EnvWorkerPool`` (tests pass a fake).
-        policy: a ready policy; default: built from `cfg` (the scripted oracle is bound to the pool).
+        policy: a ready `stamo_vla.policy.Policy`; default: the scripted oracle (bound to the pool) for
+            ``cfg.policy='scripted'``, else ``policy_factory(cfg, local_rank)``.
+        policy_factory: ``(cfg, device_index) -> Policy`` for ``cfg.policy='openvla'``, called only when this
+            rank has episodes left; ``stamo_vla.evaluation.evaluate`` passes the one that loads our checkpoints.
         catalog: task catalog (``task_count``, ``task_instruction``); default ``stamo_vla.libero.env``.
 
     Returns:
@@ -233,10 +237,13 @@ def evaluate(
     if policy is None and cfg.policy == "openvla" and todo:
         # load (and validate the checkpoint, statistics keys, adapter) before paying for env workers;
         # a finished shard (resume) skips loading the model altogether
+        if policy_factory is None:
+            raise ValueError(
+                "policy='openvla' needs a policy or a policy_factory: the harness builds no models; "
+                "use stamo_vla.evaluation.evaluate (stamo-vla eval), which loads the checkpoint"
+            )
         cfg.check_paths()
-        from stamo_vla.libero.evaluation_vla import build_openvla_policy
-
-        policy = build_openvla_policy(cfg, device_index=local_rank)
+        policy = policy_factory(cfg, local_rank)
     if rank == 0:
         from stamo_vla.configs import save_config
 

@@ -7,7 +7,6 @@ and the privileged scripted oracle all run through the same code path.
 from __future__ import annotations
 
 import difflib
-import importlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -72,17 +71,3 @@ def resolve_unnorm_key(available: Iterable[str], suite: str, requested: str | No
         f"{keys}. Pass --unnorm_key <key>, or put the fine-tuning run's dataset_statistics.json beside the "
         "checkpoint."
     )
-
-
-def load_adapter_into(model: Any, adapter_dir: str) -> Any:
-    """Attach a saved StaMo/LoRA adapter via ``stamo_vla.adapter.load_adapter`` (imported only when needed)."""
-    try:
-        adapter = importlib.import_module("stamo_vla.adapter")
-        load_adapter = adapter.load_adapter
-    except (ImportError, AttributeError) as err:
-        raise RuntimeError(
-            f"adapter_dir={adapter_dir!r} was given, but stamo_vla.adapter.load_adapter is not available "
-            f"({err}). Evaluate a merged checkpoint instead (stamo-vla merge), or install a stamo_vla "
-            "version that ships the adapter package."
-        ) from err
-    return load_adapter(model, adapter_dir)

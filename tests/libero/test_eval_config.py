@@ -6,11 +6,12 @@ import types
 import pytest
 
 from stamo_vla import cli
+from stamo_vla import evaluation as SCRIPT
 from stamo_vla.configs import load_config, save_config
-from stamo_vla.libero import evaluation_cli as SCRIPT
+from stamo_vla.evaluation import load_adapter_into
 from stamo_vla.libero.evaluation import RenderingError, evaluate, rendering_guard
 from stamo_vla.libero.evaluation_config import EvalConfig
-from stamo_vla.libero.evaluation_policies import load_adapter_into, resolve_unnorm_key
+from stamo_vla.libero.evaluation_policies import resolve_unnorm_key
 
 
 def main(argv: list[str]) -> int:
@@ -139,8 +140,8 @@ def test_evaluation_modules_never_import_tensorflow_or_the_simulator():
 
     code = (
         "import sys, importlib.util;"
-        "import stamo_vla.libero.evaluation, stamo_vla.libero.evaluation_vla, stamo_vla.libero.videos;"
-        "import stamo_vla.cli, stamo_vla.libero.evaluation_cli;"
+        "import stamo_vla.libero.evaluation, stamo_vla.evaluation, stamo_vla.libero.videos;"
+        "import stamo_vla.cli;"
         "spec = importlib.util.spec_from_file_location('s', 'eval/run_libero_eval.py');"
         "spec.loader.exec_module(importlib.util.module_from_spec(spec));"
         "print([m for m in ('tensorflow', 'libero', 'mujoco', 'robosuite', 'imageio') if m in sys.modules])"

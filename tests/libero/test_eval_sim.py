@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from stamo_vla.libero.evaluation import evaluate
+from stamo_vla.evaluation import evaluate
 from stamo_vla.libero.evaluation_config import EvalConfig
 from stamo_vla.libero.results import ResultsStore
 

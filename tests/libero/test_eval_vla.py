@@ -6,9 +6,9 @@ import shutil
 import numpy as np
 import pytest
 
+from stamo_vla.evaluation import build_openvla_policy
 from stamo_vla.libero.evaluation import evaluate
 from stamo_vla.libero.evaluation_config import EvalConfig
-from stamo_vla.libero.evaluation_vla import build_openvla_policy
 from stamo_vla.libero.results import ResultsStore
 from stamo_vla.policy import Policy
 

@@ -41,7 +41,7 @@ def oft_dirs(tmp_path_factory):
 
 @pytest.mark.slow
 def test_oft_adapter_runs_chunked_in_the_harness(oft_dirs, tmp_path):
-    from stamo_vla.libero.evaluation_vla import build_openvla_policy
+    from stamo_vla.evaluation import build_openvla_policy
     from stamo_vla.libero.protocol import center_crop, flip_image, postprocess_action, resize_like_rlds
 
     cfg = EvalConfig(
@@ -111,7 +111,7 @@ def test_proprio_is_normalized_with_the_training_statistics_and_clipped(oft_dirs
 @pytest.mark.slow
 def test_a_merged_oft_checkpoint_evaluates_through_the_oft_policy(oft_dirs, tmp_path):
     from stamo_vla.adapter import load_adapter, merge
-    from stamo_vla.libero.evaluation_vla import build_openvla_policy
+    from stamo_vla.evaluation import build_openvla_policy
     from stamo_vla.vla import OpenVLAForActionPrediction, OpenVLAProcessor
 
     processor = OpenVLAProcessor.from_pretrained(oft_dirs / "base")

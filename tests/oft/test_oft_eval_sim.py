@@ -38,7 +38,7 @@ def test_tiny_oft_adapter_short_sim_run(tmp_path):
         progress=False,
         output_dir=str(tmp_path / "eval"),
     )
-    from stamo_vla.libero.evaluation_vla import build_openvla_policy
+    from stamo_vla.evaluation import build_openvla_policy
 
     policy = build_openvla_policy(cfg)
     seen, predict = [], policy.policy.predict_batch

@@ -67,9 +67,9 @@ def test_preset_wires_the_data_to_the_variant(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_oft_preset_trains_and_evaluates_chunked(tmp_path, oft_data_root, oft_stamo_dir):
+    from stamo_vla.evaluation import build_openvla_policy
     from stamo_vla.libero.evaluation import evaluate
     from stamo_vla.libero.evaluation_config import EvalConfig
-    from stamo_vla.libero.evaluation_vla import build_openvla_policy
 
     result = finetune(oft_cfg(tmp_path, oft_data_root, oft_stamo_dir))
     metrics = load_metrics(result.run_dir)

@@ -172,9 +172,9 @@ def test_run_libero_eval_runs_a_released_directory_with_ofts_protocol(released, 
 
     from oft_helpers import RecordingPool
 
+    from stamo_vla.evaluation import build_openvla_policy
     from stamo_vla.libero.evaluation import evaluate
     from stamo_vla.libero.evaluation_config import EvalConfig
-    from stamo_vla.libero.evaluation_vla import build_openvla_policy
     from stamo_vla.libero.protocol import postprocess_action
 
     directory, _ = released

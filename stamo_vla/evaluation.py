@@ -1,16 +1,41 @@
-"""Loading our OpenVLA-compatible policy (optionally + StaMo/LoRA adapter) for LIBERO evaluation."""
+"""``stamo-vla eval``: our policies on the LIBERO harness. The harness (`stamo_vla.libero.evaluation`) runs any
+`stamo_vla.policy.Policy` and builds none itself; this module loads our OpenVLA-compatible checkpoints (optionally
++ a StaMo/LoRA adapter, or a released OpenVLA-OFT directory) as policies and hands them to it. The protocol is upstream OpenVLA's, batched over env workers.
+
+    # one suite, 8 simulator workers, videos of failures
+    stamo-vla eval --checkpoint runs/openvla-libero-spatial --suites '[libero_spatial]' \\
+        --num_workers 8 --output_dir runs/eval/spatial
+
+    # base model + a StaMo/LoRA adapter, 4-bit, all four standard suites
+    stamo-vla eval --checkpoint /models/openvla-7b --adapter_dir runs/stamo/adapter \\
+        --quantization 4bit --suites '[libero_spatial,libero_object,libero_goal,libero_10]'
+
+    # the scripted privileged-state oracle (checks the harness itself)
+    stamo-vla eval --policy scripted --suites '[libero_object]' --num_trials_per_task 5
+
+    # several GPUs: each rank takes a round-robin share of the episodes; rank 0 writes the summary
+    torchrun --nproc-per-node 4 -m stamo_vla.cli eval --checkpoint ... --num_workers 4
+
+    # a YAML preset (stamo_vla/presets/eval_<name>.yaml), plus overrides
+    stamo-vla eval --config tiny --output_dir /tmp/eval
+
+Rerunning the same command with the same --output_dir resumes an interrupted evaluation. Every option is
+documented by ``--help``.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import sys
+from typing import Any
 
 import numpy as np
 
-from stamo_vla.libero.evaluation_policies import load_adapter_into, resolve_unnorm_key
+from stamo_vla.configs import parse_config
+from stamo_vla.libero import evaluation as harness
+from stamo_vla.libero.evaluation_config import EvalConfig
+from stamo_vla.libero.evaluation_policies import resolve_unnorm_key
+from stamo_vla.libero.results import SUMMARY_JSON, summary_markdown
 from stamo_vla.policy import Policy
-
-if TYPE_CHECKING:
-    from stamo_vla.libero.evaluation_config import EvalConfig
 
 
 class SuiteKeyedPolicy(Policy):
@@ -151,3 +176,40 @@ def build_openvla_policy(cfg: EvalConfig, device_index: int = 0) -> SuiteKeyedPo
     for suite in cfg.suites:
         policy.unnorm_key_for(suite)
     return policy
+
+
+def load_adapter_into(model: Any, adapter_dir: str) -> Any:
+    """Attach a saved StaMo/LoRA adapter with ``stamo_vla.adapter.load_adapter`` (peft is imported only here)."""
+    try:
+        from stamo_vla.adapter import load_adapter
+    except ImportError as err:
+        raise RuntimeError(
+            f"adapter_dir={adapter_dir!r} was given, but stamo_vla.adapter.load_adapter is not available "
+            f"({err}). Evaluate a merged checkpoint instead (stamo-vla merge), or install a stamo_vla "
+            "version that ships the adapter package."
+        ) from err
+    return load_adapter(model, adapter_dir)
+
+
+def evaluate(cfg: EvalConfig, **kwargs: Any) -> dict[str, Any] | None:
+    """`stamo_vla.libero.evaluation.evaluate` with our checkpoints as the policy of ``cfg.policy='openvla'``;
+    keyword arguments (``pool_factory``, ``policy``, ``catalog``) pass through."""
+    return harness.evaluate(cfg, policy_factory=build_openvla_policy, **kwargs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the config, run (or resume) the evaluation, print the summary table; returns an exit code."""
+    cfg = parse_config(EvalConfig, sys.argv[1:] if argv is None else argv, prefix="eval_")
+    try:
+        summary = evaluate(cfg)
+    except KeyboardInterrupt:
+        # finished episodes are already on disk; the same command picks up where this one stopped
+        print(
+            f"stamo-vla eval: interrupted; rerun with --output_dir {cfg.output_dir} to resume",
+            file=sys.stderr,
+        )
+        return 130
+    if summary is not None:
+        print(summary_markdown(summary))
+        print(f"summary written to {cfg.output_dir}/{SUMMARY_JSON}")
+    return 0
