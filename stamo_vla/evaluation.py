@@ -56,6 +56,7 @@ class SuiteKeyedPolicy(Policy):
         self.action_chunk = int(policy.action_chunk)
         self.uses_wrist_image = policy.uses_wrist_image
         self.predicts_future_frames = policy.predicts_future_frames
+        self.image_size = tuple(policy.image_size)
 
     def future_frames(self) -> list[np.ndarray | None] | None:
         return self.policy.future_frames()

@@ -4,7 +4,8 @@ The harness (`stamo_vla.libero.evaluation_loop`) calls, once per step on the bat
 
     policy.predict_batch(images, instructions, proprio=..., slots=..., [wrist_images=...]) -> (B, K, 7)
 
-``images`` are upright (H, W, 3) uint8 frames (flipped, JPEG round trip, resized, optionally center cropped),
+``images`` are upright (H, W, 3) uint8 frames at the policy's ``image_size`` (flipped, JPEG round trip, resized,
+optionally center cropped),
 ``instructions`` the task strings, ``proprio`` (B, 8) float32 raw proprio, ``slots`` the env worker of each row
 (only the scripted oracle uses it), and ``wrist_images`` (the wrist camera, preprocessed like ``images``) only
 for a policy with ``uses_wrist_image``. Actions are in the *dataset* convention (gripper 1 = open, 0 = closed)
@@ -32,6 +33,8 @@ class Policy:
     actions_in_env_convention: bool = False
     # `future_frames` returns decoded predicted frames (the rollout video gets a second panel).
     predicts_future_frames: bool = False
+    # (H, W) of the images predict_batch takes; the harness makes its frames at this size (upstream: 224).
+    image_size: tuple[int, int] = (224, 224)
 
     def predict_batch(self, images: list[np.ndarray], instructions: list[str], **obs: Any) -> np.ndarray:
         """(B, K, 7) float actions for B observations (see the module docstring)."""

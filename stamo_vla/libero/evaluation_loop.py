@@ -63,13 +63,25 @@ class EpisodeError(RuntimeError):
     """An env worker failed while no episode result could be recorded (e.g. env creation failed)."""
 
 
-def _policy_frames(raw: np.ndarray, center_crop: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(video frame, policy image): the video shows the 224 px frame before the crop, as upstream."""
+def _policy_frames(
+    raw: np.ndarray, center_crop: bool, size: tuple[int, int] = (224, 224)
+) -> tuple[np.ndarray, np.ndarray]:
+    """(video frame, policy image): the video shows the 224 px frame before the crop, as upstream. The policy
+    image is made at the policy's own input size (``Policy.image_size``) the way its training frames were made
+    from the stored 256 px JPEGs: JPEG round trip + lanczos3 resize to that size, then the optional crop."""
     from stamo_vla.libero.protocol import center_crop as crop
     from stamo_vla.libero.protocol import flip_image, resize_like_rlds
 
-    frame = resize_like_rlds(flip_image(raw), 224)
-    return frame, (crop(frame) if center_crop else frame)
+    if size[0] != size[1]:
+        raise ValueError(f"Policy.image_size={size} must be square, as the LIBERO training frames are")
+    upright = flip_image(raw)
+    frame = resize_like_rlds(upright, 224)
+    image = frame if size[0] == 224 else resize_like_rlds(upright, size[0])
+    return frame, (crop(image) if center_crop else image)
+
+
+def _size(policy: Policy) -> tuple[int, int]:
+    return tuple(int(v) for v in policy.image_size)
 
 
 def _query_policy(
@@ -80,7 +92,8 @@ def _query_policy(
     extra = {}
     if policy.uses_wrist_image:  # two-image (OFT) policies: wrist frame, same preprocessing
         extra["wrist_images"] = [
-            _policy_frames(live[s].obs["robot0_eye_in_hand_image"], settings.center_crop)[1] for s in slots
+            _policy_frames(live[s].obs["robot0_eye_in_hand_image"], settings.center_crop, _size(policy))[1]
+            for s in slots
         ]
     out = policy.predict_batch(
         [images[s] for s in slots],
@@ -266,7 +279,9 @@ class _Runner:
         needs = [s for s in acting if not self.live[s].queue]
         # preprocess only what is used: the policy's inputs and the video frames (chunked policies skip steps)
         frames = {
-            s: _policy_frames(self.live[s].obs["agentview_image"], self.settings.center_crop)
+            s: _policy_frames(
+                self.live[s].obs["agentview_image"], self.settings.center_crop, _size(self.policy)
+            )
             for s in acting
             if s in needs or self.live[s].recorder is not None
         }

@@ -321,6 +321,34 @@ def test_wrist_images_reach_two_camera_policies(tmp_path):
     assert _outcomes(tmp_path / "wrist") == _outcomes_single_trial(tmp_path)
 
 
+class SmallImagePolicy(FakePolicy):
+    """A 112 px policy (the study's small preset): the harness makes its frames at its own input size."""
+
+    image_size = (112, 112)
+    uses_wrist_image = True
+
+    def predict_batch(self, images, instructions, wrist_images=None, **obs):
+        self.calls += 1
+        self.shapes = {img.shape for img in images} | {img.shape for img in wrist_images}
+        return super().predict_batch(
+            [np.full((224, 224, 3), img.mean(), np.uint8) for img in images], instructions, **obs
+        )
+
+
+def test_frames_are_made_at_the_policys_input_size(tmp_path):
+    from stamo_vla.libero.evaluation_loop import _policy_frames
+    from stamo_vla.libero.protocol import center_crop, flip_image, resize_like_rlds
+
+    policy = SmallImagePolicy()
+    _run(_cfg(tmp_path, name="small", num_trials_per_task=1), policy=policy)
+    assert policy.calls > 0 and policy.shapes == {(112, 112, 3)}
+    raw = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    frame, image = _policy_frames(raw, center_crop=True, size=(112, 112))
+    assert np.array_equal(frame, resize_like_rlds(flip_image(raw), 224))  # the video keeps upstream's 224 px
+    assert np.array_equal(image, center_crop(resize_like_rlds(flip_image(raw), 112)))
+    assert np.array_equal(_policy_frames(raw, False)[1], frame)  # 224 px policies: exactly upstream's frame
+
+
 def _outcomes_single_trial(tmp_path):
     _run(_cfg(tmp_path, name="plain", num_trials_per_task=1))
     return _outcomes(tmp_path / "plain")
