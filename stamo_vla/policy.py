@@ -10,8 +10,9 @@ optionally center cropped),
 (only the scripted oracle uses it), and ``wrist_images`` (the wrist camera, preprocessed like ``images``) only
 for a policy with ``uses_wrist_image``. Actions are in the *dataset* convention (gripper 1 = open, 0 = closed)
 unless ``actions_in_env_convention`` (then they go to the env unchanged). The policies: `OpenVLAPolicy`
-(`stamo_vla.vla.policy`), `OFTPolicy` and `FutureFramePolicy` (`stamo_vla.adapter`), the scripted oracle and the
-suite-keyed wrapper (`stamo_vla.libero`). Light on purpose: importing it imports numpy only.
+(`stamo_vla.vla.policy`), `OFTPolicy` and `FutureFramePolicy` (`stamo_vla.adapter`), the scripted oracle
+(`stamo_vla.libero`) and the suite-keyed wrapper (`stamo_vla.evaluation`). Light on purpose: importing it imports
+numpy only.
 """
 
 from __future__ import annotations

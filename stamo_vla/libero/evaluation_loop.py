@@ -72,27 +72,26 @@ def _policy_frames(
     from stamo_vla.libero.protocol import center_crop as crop
     from stamo_vla.libero.protocol import flip_image, resize_like_rlds
 
-    if size[0] != size[1]:
-        raise ValueError(f"Policy.image_size={size} must be square, as the LIBERO training frames are")
     upright = flip_image(raw)
     frame = resize_like_rlds(upright, 224)
     image = frame if size[0] == 224 else resize_like_rlds(upright, size[0])
     return frame, (crop(image) if center_crop else image)
 
 
-def _size(policy: Policy) -> tuple[int, int]:
-    return tuple(int(v) for v in policy.image_size)
-
-
 def _query_policy(
-    policy: Policy, live: dict[int, _Live], slots: list[int], images: dict, settings: RolloutSettings
+    policy: Policy,
+    live: dict[int, _Live],
+    slots: list[int],
+    images: dict,
+    settings: RolloutSettings,
+    size: tuple[int, int],
 ):
     from stamo_vla.libero.protocol import proprio_from_obs
 
     extra = {}
     if policy.uses_wrist_image:  # two-image (OFT) policies: wrist frame, same preprocessing
         extra["wrist_images"] = [
-            _policy_frames(live[s].obs["robot0_eye_in_hand_image"], settings.center_crop, _size(policy))[1]
+            _policy_frames(live[s].obs["robot0_eye_in_hand_image"], settings.center_crop, size)[1]
             for s in slots
         ]
     out = policy.predict_batch(
@@ -219,6 +218,12 @@ class _Runner:
                 f"the harness runs a stamo_vla.policy.Policy; got {type(policy).__name__}. Subclass Policy and "
                 "implement predict_batch."
             )
+        self.image_size = tuple(int(v) for v in policy.image_size)
+        if self.image_size[0] != self.image_size[1]:
+            raise ValueError(
+                f"{type(policy).__name__}.image_size={self.image_size} must be square, as the LIBERO training "
+                "frames are"
+            )
         self.to_env = (lambda a: a) if policy.actions_in_env_convention else postprocess_action
         self.with_future = policy.predicts_future_frames
         self.pending: deque[PlannedEpisode] = deque(episodes)
@@ -279,15 +284,20 @@ class _Runner:
         needs = [s for s in acting if not self.live[s].queue]
         # preprocess only what is used: the policy's inputs and the video frames (chunked policies skip steps)
         frames = {
-            s: _policy_frames(
-                self.live[s].obs["agentview_image"], self.settings.center_crop, _size(self.policy)
-            )
+            s: _policy_frames(self.live[s].obs["agentview_image"], self.settings.center_crop, self.image_size)
             for s in acting
             if s in needs or self.live[s].recorder is not None
         }
         if needs:
             try:
-                _query_policy(self.policy, self.live, needs, {s: frames[s][1] for s in needs}, self.settings)
+                _query_policy(
+                    self.policy,
+                    self.live,
+                    needs,
+                    {s: frames[s][1] for s in needs},
+                    self.settings,
+                    self.image_size,
+                )
             except (WorkerCrashed, WorkerError) as err:  # the oracle asks the workers for its actions
                 self.finish(err.slot, False, error=_error_text(err))
                 return None  # nothing was stepped; the other slots are asked again

@@ -123,9 +123,9 @@ class StagedRun:
                 write_json_atomic(elapsed, rec)
                 return rec
 
-            with _Heartbeat(record, HEARTBEAT_S):
+            with _Heartbeat(record, HEARTBEAT_S) as beat:
                 self.stage_fn(name)()
-            rec = record()
+            rec = beat.last
             times[name] = rec["seconds"]
             config = dataclasses.asdict(self.cfg) if dataclasses.is_dataclass(self.cfg) else {}
             write_json_atomic(mark, {**rec, "config": config})
@@ -136,7 +136,8 @@ class StagedRun:
 
 
 class _Heartbeat:
-    """Calls ``fn`` every ``interval`` seconds in a daemon thread while the block runs, and once more on leaving."""
+    """Calls ``fn`` every ``interval`` seconds in a daemon thread while the block runs, and once more on leaving
+    (its result is then ``last``)."""
 
     def __init__(self, fn: Callable[[], object], interval: float):
         self.fn = fn
@@ -155,7 +156,7 @@ class _Heartbeat:
     def __exit__(self, *exc) -> None:
         self.stop.set()
         self.thread.join()
-        self.fn()
+        self.last = self.fn()
 
 
 def python(*args: str) -> list[str]:

@@ -347,6 +347,9 @@ def test_frames_are_made_at_the_policys_input_size(tmp_path):
     assert np.array_equal(frame, resize_like_rlds(flip_image(raw), 224))  # the video keeps upstream's 224 px
     assert np.array_equal(image, center_crop(resize_like_rlds(flip_image(raw), 112)))
     assert np.array_equal(_policy_frames(raw, False)[1], frame)  # 224 px policies: exactly upstream's frame
+    policy.image_size = (112, 96)
+    with pytest.raises(ValueError, match=r"SmallImagePolicy.image_size=\(112, 96\) must be square"):
+        _run(_cfg(tmp_path, name="oblong", num_trials_per_task=1), policy=policy)
 
 
 def _outcomes_single_trial(tmp_path):
