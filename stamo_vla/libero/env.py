@@ -192,6 +192,33 @@ def make_env(suite: str, task_id: int, resolution: int = DEFAULT_RESOLUTION, cam
     return env
 
 
+# robosuite names the observation of each camera "<camera>_image"
+CAMERA_OBS_SUFFIX = "_image"
+
+
+@contextlib.contextmanager
+def cameras_off(env: Any):
+    """Inside the block, ``env.step`` renders no camera; drop the ``*_image`` entries of what it returns.
+
+    The camera sensors still run on robosuite's sampling clock, so the next rendered frame is sampled at the
+    same simulator substep as in a run that renders every step; only ``MjSim.render`` returns a blank frame
+    instead of drawing one. Physics, controller and success are untouched. This is what lets a chunked policy
+    that reads one observation every K steps skip the rendering of the other K - 1 (rendering dominates a
+    LIBERO step on a CPU).
+    """
+    sim = env.sim
+
+    def blank(width=None, height=None, *, camera_name=None, depth=False, **_):
+        rgb = np.zeros((height, width, 3), dtype=np.uint8)
+        return (rgb, np.zeros((height, width), dtype=np.float32)) if depth else rgb
+
+    sim.render = blank  # an instance attribute shadows MjSim.render for this sim only
+    try:
+        yield
+    finally:
+        del sim.render
+
+
 # a fresh placement closer than this (max abs difference of the simulator state, time excluded) to a benchmark
 # init state counts as that state: fresh placements are continuous draws, so any hit means a seeding mistake
 SAME_STATE_TOLERANCE = 1e-4

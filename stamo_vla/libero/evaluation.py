@@ -298,6 +298,7 @@ def _run_shard(
                     center_crop=cfg.resolve_center_crop(),
                     open_loop_steps=cfg.open_loop_steps,
                     video=cfg.video,
+                    render=cfg.render,
                     video_dir=video_dir,
                     video_fps=cfg.video_fps,
                     rank=rank,

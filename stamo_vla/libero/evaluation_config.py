@@ -9,6 +9,7 @@ from stamo_vla.configs import check_choice, check_positive_int
 
 POLICY_TYPES = ("openvla", "scripted")
 VIDEO_MODES = ("all", "failures", "none")
+RENDER_MODES = ("all", "policy")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 QUANTIZATIONS = ("none", "8bit", "4bit")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
@@ -72,6 +73,11 @@ class EvalConfig:
     center_crop: bool | None = None
     # camera resolution of the simulator before the 224 px resize (upstream: 256)
     env_resolution: int = 256
+    # which env steps render the cameras: "all" (upstream) or "policy", only the steps whose observation the
+    # policy reads (one in K for a chunked policy run open loop). Outcomes are identical (the physics and the frames
+    # the policy sees do not change); rendering dominates a CPU step, so chunked policies evaluate several times
+    # faster. Videos then hold one frame per policy query, played at video_fps / K.
+    render: str = "all"
 
     # parallel simulator worker processes (one env each); episodes are batched across them
     num_workers: int = 1
@@ -89,6 +95,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         check_choice("policy", self.policy, POLICY_TYPES)
         check_choice("video", self.video, VIDEO_MODES)
+        check_choice("render", self.render, RENDER_MODES)
         check_choice("dtype", self.dtype, DTYPES)
         check_choice("quantization", self.quantization, QUANTIZATIONS)
         check_choice("attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)

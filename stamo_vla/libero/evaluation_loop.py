@@ -20,6 +20,9 @@ from stamo_vla.libero.results import EpisodeRecord
 from stamo_vla.libero.videos import VideoRecorder, video_name
 from stamo_vla.policy import Policy
 
+# the third-person camera's observation: the policy image and the video frames
+CAMERA_KEY = "agentview_image"
+
 
 @dataclasses.dataclass(frozen=True)
 class PlannedEpisode:
@@ -44,6 +47,9 @@ class RolloutSettings:
     center_crop: bool = True  # 90%-area center crop of the policy image
     open_loop_steps: int | None = None  # execute the first n of K actions per call (None = all K)
     video: str = "none"  # "all" | "failures" | "none"
+    # "all": every step renders the cameras (upstream); "policy": only steps whose observation the policy reads
+    # (chunked policies: one in K), and videos then hold those frames
+    render: str = "all"
     video_dir: Path | None = None  # where videos go
     video_fps: int = 30
     rank: int = 0
@@ -146,11 +152,15 @@ def _finish(
     )
 
 
-def _new_recorder(slot: int, settings: RolloutSettings, with_future: bool) -> VideoRecorder | None:
+def _new_recorder(
+    slot: int, settings: RolloutSettings, with_future: bool, frames_per_query: int
+) -> VideoRecorder | None:
     if settings.video == "none" or settings.video_dir is None:
         return None
     tmp = settings.video_dir / f".rank{settings.rank}-slot{slot}.tmp.mp4"
-    return VideoRecorder(tmp, fps=settings.video_fps, with_future=with_future)
+    # rendering only what the policy reads leaves one frame per query: slow the video down to real time
+    fps = settings.video_fps if settings.render == "all" else max(1, settings.video_fps // frames_per_query)
+    return VideoRecorder(tmp, fps=fps, with_future=with_future)
 
 
 def _error_text(err: BaseException) -> str:
@@ -226,6 +236,10 @@ class _Runner:
             )
         self.to_env = (lambda a: a) if policy.actions_in_env_convention else postprocess_action
         self.with_future = policy.predicts_future_frames
+        # env steps per policy query (open loop), for the video frame rate when only those steps render
+        self.frames_per_query = min(
+            int(policy.action_chunk), settings.open_loop_steps or int(policy.action_chunk)
+        )
         self.pending: deque[PlannedEpisode] = deque(episodes)
         self.live: dict[int, _Live] = {}
         self.records: list[EpisodeRecord] = []
@@ -268,9 +282,8 @@ class _Runner:
             return
         now = time.perf_counter()
         for s, e in zip(free, chosen):
-            self.live[s] = _Live(
-                episode=e, obs=obs[s], start=now, recorder=_new_recorder(s, self.settings, self.with_future)
-            )
+            recorder = _new_recorder(s, self.settings, self.with_future, self.frames_per_query)
+            self.live[s] = _Live(episode=e, obs=obs[s], start=now, recorder=recorder)
 
     def actions(self) -> dict[int, np.ndarray] | None:
         """Env actions for every live slot, querying the policy for slots with an empty action queue."""
@@ -282,11 +295,16 @@ class _Runner:
         if not acting:
             return actions
         needs = [s for s in acting if not self.live[s].queue]
-        # preprocess only what is used: the policy's inputs and the video frames (chunked policies skip steps)
+        for s in needs:
+            if CAMERA_KEY not in self.live[s].obs:
+                raise RuntimeError(
+                    f"slot {s}: the policy is queried at step {self.live[s].t} but that step was not rendered"
+                )
+        # preprocess only what is used: the policy's inputs and the video frames of rendered steps
         frames = {
-            s: _policy_frames(self.live[s].obs["agentview_image"], self.settings.center_crop, self.image_size)
+            s: _policy_frames(self.live[s].obs[CAMERA_KEY], self.settings.center_crop, self.image_size)
             for s in acting
-            if s in needs or self.live[s].recorder is not None
+            if s in needs or (self.live[s].recorder is not None and CAMERA_KEY in self.live[s].obs)
         }
         if needs:
             try:
@@ -303,7 +321,7 @@ class _Runner:
                 return None  # nothing was stepped; the other slots are asked again
         for s in acting:
             state = self.live[s]
-            if state.recorder is not None:
+            if state.recorder is not None and s in frames:
                 state.recorder.append(frames[s][0])
             action = self.to_env(state.queue.popleft())
             if not np.all(np.isfinite(np.asarray(action, dtype=np.float64))):
@@ -315,12 +333,21 @@ class _Runner:
             actions[s] = action
         return actions
 
+    def reads_next_obs(self, slot: int) -> bool:
+        """Whether the policy will read the observation that the slot's coming step returns."""
+        state = self.live[slot]
+        policy_steps = state.t + 1 - self.settings.num_steps_wait  # after the coming step
+        return 0 <= policy_steps < self.settings.max_steps and not state.queue
+
     def step(self, actions: dict[int, np.ndarray]) -> None:
         """Step all live slots in parallel and finish the episodes that succeeded or ran out of steps."""
         from stamo_vla.libero.workers import WorkerCrashed, WorkerError
 
         try:
-            results = self.pool.step(actions)
+            if self.settings.render == "all":
+                results = self.pool.step(actions)
+            else:
+                results = self.pool.step(actions, render={s: self.reads_next_obs(s) for s in actions})
         except WorkerCrashed as crash:
             self.finish(crash.slot, False, error=_error_text(crash))
             results = crash.completed

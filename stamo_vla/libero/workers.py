@@ -171,8 +171,17 @@ class _Worker:
             self.controller = ScriptedController(self.env, seed=spec.noise_seed, config=config)
         return obs
 
-    def step(self, action) -> tuple[dict, float, bool, dict]:
-        obs, reward, done, info = self.env.step(np.asarray(action, dtype=np.float64).tolist())
+    def step(self, action, render: bool = True) -> tuple[dict, float, bool, dict]:
+        action = np.asarray(action, dtype=np.float64).tolist()
+        skip = self.camera_obs and not render and hasattr(self.backend, "cameras_off")
+        if not skip:
+            obs, reward, done, info = self.env.step(action)
+            return obs, float(reward), bool(done), dict(info)
+        from stamo_vla.libero.env import CAMERA_OBS_SUFFIX
+
+        with self.backend.cameras_off(self.env):
+            obs, reward, done, info = self.env.step(action)
+        obs = {k: v for k, v in obs.items() if not k.endswith(CAMERA_OBS_SUFFIX)}  # blank frames never leave
         return obs, float(reward), bool(done), dict(info)
 
     def scripted_action(self) -> np.ndarray:
@@ -408,14 +417,29 @@ class EnvWorkerPool:
             self._specs[slot] = spec
         return out
 
-    def step(self, actions: Mapping[int, Any]) -> dict[int, tuple[dict, float, bool, dict]]:
-        """Step each slot with its 7-D env action, in parallel; returns ``{slot: (obs, reward, done, info)}``."""
+    def step(
+        self, actions: Mapping[int, Any], render: Mapping[int, bool] | None = None
+    ) -> dict[int, tuple[dict, float, bool, dict]]:
+        """Step each slot with its 7-D env action, in parallel; returns ``{slot: (obs, reward, done, info)}``.
+
+        Args:
+            actions: ``{slot: 7-D env action}``.
+            render: ``{slot: False}`` skips the camera rendering of that slot's step (see
+                ``stamo_vla.libero.env.cameras_off``): its observation then has no ``*_image`` entries. Slots
+                not named, and every slot when None, render as usual.
+        """
+        render = dict(render or {})
+        unknown = sorted(set(render) - set(actions))
+        if unknown:
+            raise ValueError(
+                f"render names slots {unknown} that take no step; stepped slots: {sorted(actions)}"
+            )
         requests = {}
         for slot, action in actions.items():
             a = np.asarray(action, dtype=np.float64)
             if a.shape != (7,):
                 raise ValueError(f"env action for slot {slot} must have shape (7,); got {a.shape}")
-            requests[slot] = ("step", (a,))
+            requests[slot] = ("step", (a, bool(render.get(slot, True))))
         return self._call(requests)
 
     def scripted_actions(self, slots: Iterable[int]) -> dict[int, np.ndarray]:

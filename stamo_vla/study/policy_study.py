@@ -22,7 +22,9 @@ Stages (each skipped when finished, each resuming its own work when interrupted)
 
 Documented departures from the benchmark, all for CPU cost: cameras rendered at ``env_resolution`` (128 px, the
 policy sees 112 px) instead of 256 px, in collection (frames stored resized to the spec's 256 px) and evaluation
-alike; the policy is a 5M-parameter model of the OpenVLA architecture.
+alike; the policy is a 5M-parameter model of the OpenVLA architecture. Evaluation renders the cameras only on the
+steps whose observation the policy reads (``--render policy``: one step in 8, the chunk runs open loop), which
+changes no outcome; the failure videos hold those frames.
 """
 
 from __future__ import annotations
@@ -248,7 +250,7 @@ class PolicyStudy(StagedRun):
             args += ["--task_ids", _ids(c.eval_task_ids)]
             args += ["--num_trials_per_task", str(c.trials_per_task), "--num_workers", str(c.num_workers)]
             args += ["--env_resolution", str(c.env_resolution), "--center_crop", "false"]
-            args += ["--video", "failures", "--progress", "false"]
+            args += ["--video", "failures", "--render", "policy", "--progress", "false"]
             args += ["--output_dir", str(self.evals / name)]
             self.run(stamo_vla_cli("eval", *args), f"eval_{name}")
 

@@ -40,6 +40,7 @@ class FakePool:
         self.kill_at_step, self.crash = kill_at_step, crash
         self.specs, self.x, self.t = {}, {}, {}
         self.step_calls, self.received, self.batch_sizes = 0, [], []
+        self.rendered = 0  # steps that returned camera frames
 
     def __enter__(self):
         return self
@@ -63,7 +64,7 @@ class FakePool:
             self.specs[slot], self.x[slot], self.t[slot] = spec, 0.0, 0
         return {slot: self._obs(slot) for slot in specs}
 
-    def step(self, actions):
+    def step(self, actions, render=None):
         self.step_calls += 1
         if self.kill_at_step == self.step_calls:
             raise KeyboardInterrupt("simulated kill")
@@ -74,7 +75,12 @@ class FakePool:
             self.received.append((self.specs[slot], self.t[slot], action.copy()))
             self.x[slot] += float(action[0])
             self.t[slot] += 1
-            out[slot] = (self._obs(slot), 0.0, self.x[slot] >= GOAL, {})
+            obs = self._obs(slot)
+            if render is not None and not render.get(slot, True):  # as EnvWorkerPool: no camera entries
+                obs = {k: v for k, v in obs.items() if not k.endswith("_image")}
+            else:
+                self.rendered += 1
+            out[slot] = (obs, 0.0, self.x[slot] >= GOAL, {})
         if self.crash is not None and self.crash[0] == self.step_calls:
             slot = self.crash[1]
             spec = self.specs[slot]
@@ -93,9 +99,11 @@ class FakePolicy(Policy):
     def __init__(self, chunk=1):
         self.action_chunk = chunk
         self.calls = 0
+        self.rows = 0  # queries, one per episode in each batched call
 
     def predict_batch(self, images, instructions, **obs):
         self.calls += 1
+        self.rows += len(images)
         assert all(img.shape == (224, 224, 3) and img.dtype == np.uint8 for img in images)
         assert obs["proprio"].shape == (len(images), 8)
         out = np.zeros((len(images), self.action_chunk, 7))
@@ -239,6 +247,31 @@ def test_chunked_policy_open_loop_steps(tmp_path):
     _run(_cfg(tmp_path, name="chunk_all", num_workers=1), policy=(full := FakePolicy(chunk=4)))
     assert full.calls == sum((steps + 3) // 4 for _, _, steps, _ in outcomes)
     assert _outcomes(tmp_path / "chunk_all") == outcomes
+
+
+def test_rendering_only_what_the_policy_reads_changes_no_outcome(tmp_path):
+    import imageio.v2 as imageio
+
+    from stamo_vla.libero.videos import read_video
+
+    runs = {}
+    for render in ("all", "policy"):
+        cfg = _cfg(tmp_path, name=render, render=render, video="failures", open_loop_steps=3)
+        pool, policy = FakePool(2), WristPolicy(chunk=4)
+        _run(cfg, pool=pool, policy=policy)
+        runs[render] = (_outcomes(cfg.output_dir), pool, policy, ResultsStore(cfg.output_dir).load())
+    (outcomes, pool, policy, _), (lean_outcomes, lean_pool, lean_policy, lean_records) = runs.values()
+    assert lean_outcomes == outcomes and lean_policy.rows == policy.rows
+    assert pool.rendered == sum(pool.batch_sizes) > 0  # upstream: every env step renders
+    # the wait is 3 steps, so every query reads the observation of a step: exactly those steps rendered
+    assert lean_pool.rendered == lean_policy.rows < pool.rendered / 2
+    failed = [r for r in lean_records if not r.success]
+    assert failed
+    for r in failed:  # one frame per policy query (3 steps each), played at 30 // 3 fps
+        video = tmp_path / "policy" / r.video
+        assert read_video(video).shape[0] == -(-r.steps // 3)
+        with imageio.get_reader(video, format="ffmpeg") as reader:
+            assert reader.get_meta_data()["fps"] == 10
 
 
 def test_scripted_oracle_actions_reach_env_unchanged(tmp_path):

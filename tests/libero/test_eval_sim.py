@@ -8,6 +8,7 @@ import pytest
 from stamo_vla.evaluation import evaluate
 from stamo_vla.libero.evaluation_config import EvalConfig
 from stamo_vla.libero.results import ResultsStore
+from stamo_vla.policy import Policy
 
 pytestmark = [pytest.mark.sim, pytest.mark.slow]
 pytest.importorskip("libero")
@@ -104,3 +105,48 @@ def test_oracle_trajectories_do_not_depend_on_the_worker_count(tmp_path):
     for a, b in zip(frames[1], frames[2]):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(frames[1][0], frames[1][1])  # different init states, different rollouts
+
+
+class ImageSteeredPolicy(Policy):
+    """A chunked two-camera policy whose actions follow its images: any frame difference changes the rollout."""
+
+    action_chunk = 8
+    uses_wrist_image = True
+
+    def __init__(self):
+        self.seen = []
+
+    def predict_batch(self, images, instructions, wrist_images=None, **obs):
+        out = np.zeros((len(images), self.action_chunk, 7))
+        for i, (image, wrist) in enumerate(zip(images, wrist_images)):
+            self.seen.append((image.copy(), wrist.copy(), obs["proprio"][i].copy()))
+            out[i, :, 0] = float(image.mean()) / 255 - 0.3
+            out[i, :, 1] = float(wrist.mean()) / 255 - 0.3
+        out[:, :, 6] = 1.0  # open (dataset convention)
+        return out
+
+
+def test_rendering_only_the_steps_the_policy_reads_gives_the_same_frames_and_rollouts(tmp_path):
+    """`render="policy"` skips the camera work of 7 steps in 8 and changes nothing the policy sees, bit for bit."""
+    from stamo_vla.libero.env import task_instruction
+    from stamo_vla.libero.evaluation_loop import PlannedEpisode, RolloutSettings, run_episodes
+    from stamo_vla.libero.workers import EnvWorkerPool
+
+    text = task_instruction("libero_spatial", 0)
+    episodes = [PlannedEpisode("libero_spatial", 0, i, text) for i in range(2)]
+    seen, records = {}, {}
+    for render in ("all", "policy"):
+        # a fresh worker each: robosuite's camera sampling clock carries over from one episode to the next in a
+        # worker, so frames are comparable only between runs with the same episode history
+        with EnvWorkerPool(1, resolution=128) as pool:
+            policy = ImageSteeredPolicy()
+            settings = RolloutSettings(max_steps=24, center_crop=False, render=render)
+            done = run_episodes(pool, policy, episodes, settings, 1)
+        records[render] = [(r.init_index, r.success, r.steps) for r in done]
+        seen[render] = policy.seen
+    assert records["all"] == records["policy"] == [(0, False, 24), (1, False, 24)]
+    assert len(seen["all"]) == len(seen["policy"]) == 2 * 3  # 24 steps in chunks of 8, two episodes
+    for a, b in zip(seen["all"], seen["policy"]):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(seen["all"][0][0], seen["all"][1][0])  # the arm moved between the queries

@@ -1,5 +1,6 @@
 """EnvWorkerPool with a fake env backend (this module): spawn, TF-free workers, parallel steps, crashes."""
 
+import contextlib
 import os
 import signal
 import sys
@@ -25,6 +26,7 @@ class FakeEnv:
         self.task = (suite, task_id)
         self.state = None
         self.t = 0
+        self.rendering = True  # cameras_off() below turns it off for one step
 
     def reset(self):
         self.t = 0
@@ -54,6 +56,7 @@ class FakeEnv:
             "env_id": self.serial,
             "tf_loaded": "tensorflow" in sys.modules,
             "start_method": multiprocessing.get_start_method(allow_none=True),
+            "agentview_image": np.full((2, 2, 3), 255 if self.rendering else 0, np.uint8),
         }
 
 
@@ -63,6 +66,15 @@ def make_env(suite, task_id, resolution=256, camera_obs=True):
 
         sys.modules["tensorflow"] = types.ModuleType("tensorflow")
     return FakeEnv(suite, task_id)
+
+
+@contextlib.contextmanager
+def cameras_off(env):
+    env.rendering = False
+    try:
+        yield
+    finally:
+        env.rendering = True
 
 
 def init_states(suite, task_id):
@@ -113,6 +125,17 @@ def test_steps_run_in_parallel_and_return_per_slot_results(pool):
     assert (r0, d0, i0) == (0.0, False, {"t": 1})
     # both steps were in flight at the same time: each started before the other ended
     assert o0["window"][0] < o1["window"][1] and o1["window"][0] < o0["window"][1]
+
+
+def test_a_step_can_skip_rendering_and_returns_no_blank_frames(pool):
+    pool.reset({0: EpisodeSpec("libero_spatial", 0, 0), 1: EpisodeSpec("libero_spatial", 0, 1)})
+    out = pool.step({0: np.zeros(7), 1: np.zeros(7)}, render={0: False})
+    assert "agentview_image" not in out[0][0] and out[0][3] == {"t": 1}  # the step itself happened
+    assert out[1][0]["agentview_image"].min() == 255  # slots not named render
+    out = pool.step({0: np.zeros(7)})
+    assert out[0][0]["agentview_image"].min() == 255  # rendering is back on the next step
+    with pytest.raises(ValueError, match=r"render names slots \[1\] that take no step"):
+        pool.step({0: np.zeros(7)}, render={1: False})
 
 
 def test_killed_worker_raises_worker_crashed_and_is_replaced(pool):
