@@ -7,7 +7,9 @@ whose envs are built before timing starts:
 - a "hold" policy (zero motion, gripper open) costs nothing, so its rate is the simulator + IPC +
   preprocessing throughput, first on one slot, then on both;
 - the tiny random-init VLA then runs on both slots, and the time spent inside ``predict_batch`` gives the
-  policy's share of the loop (a 7B model on a GPU has a far larger share; this measures the harness).
+  policy's share of the loop (a 7B model on a GPU has a far larger share; this measures the harness);
+- a hold policy returning chunks of 8 actions run open loop (OFT's setting) runs twice on both slots: every
+  step rendered (upstream) and ``--render policy`` (only the steps whose observation it reads), side by side.
 
 Episodes/hour are reported for the measured short episodes and projected for a full-length
 libero_spatial episode (220 policy + 10 wait steps) from the measured step and reset times.
@@ -40,6 +42,15 @@ class HoldPolicy(Policy):
         return out
 
 
+class ChunkHoldPolicy(HoldPolicy):
+    """The hold policy returning chunks of 8 actions run open loop (OFT's LIBERO setting)."""
+
+    action_chunk = 8
+
+    def predict_batch(self, images, instructions, **obs):
+        return np.repeat(super().predict_batch(images, instructions, **obs), self.action_chunk, axis=1)
+
+
 class TimedPolicy(Policy):
     """Wraps a policy and accumulates the wall time spent in ``predict_batch``."""
 
@@ -61,10 +72,14 @@ def _episodes(n: int, instruction: str):
     return [PlannedEpisode(SUITE, TASK, i % 50, instruction) for i in range(n)]
 
 
-def _measure(pool, policy, workers: int, episodes: int, policy_steps: int, instruction: str) -> dict:
+def _measure(
+    pool, policy, workers: int, episodes: int, policy_steps: int, instruction: str, render: str = "all"
+) -> dict:
     from stamo_vla.libero.evaluation_loop import RolloutSettings, run_episodes
 
-    settings = RolloutSettings(max_steps=policy_steps, num_steps_wait=WAIT, center_crop=True, video="none")
+    settings = RolloutSettings(
+        max_steps=policy_steps, num_steps_wait=WAIT, center_crop=True, video="none", render=render
+    )
     start = time.perf_counter()
     records = run_episodes(pool, policy, _episodes(episodes, instruction), settings, num_slots=workers)
     wall = time.perf_counter() - start
@@ -109,6 +124,10 @@ def run(quick: bool = False) -> dict:
         one = _measure(pool, HoldPolicy(), 1, per_worker, policy_steps, instruction)
         two = _measure(pool, HoldPolicy(), 2, 2 * per_worker, policy_steps, instruction)
         vla = _measure(pool, tiny, 2, 2 * per_worker, policy_steps, instruction)
+        # a chunked policy, every step rendered (upstream) vs only the steps it reads (--render policy)
+        chunk_steps = 2 * policy_steps
+        chunk_all = _measure(pool, ChunkHoldPolicy(), 2, 2 * per_worker, chunk_steps, instruction)
+        chunk_lean = _measure(pool, ChunkHoldPolicy(), 2, 2 * per_worker, chunk_steps, instruction, "policy")
     vla["policy_share_of_loop"] = round(tiny.seconds / vla["wall_s"], 3)
     vla["policy_ms_per_call"] = round(1000 * tiny.seconds / max(1, tiny.calls), 1)
     result = {
@@ -120,6 +139,11 @@ def run(quick: bool = False) -> dict:
         "hold_2_workers": two,
         "speedup_2_vs_1": round(two["env_steps_per_s_total"] / one["env_steps_per_s_total"], 2),
         "tiny_vla_2_workers": vla,
+        "chunk8_render_all_2_workers": chunk_all,
+        "chunk8_render_policy_2_workers": chunk_lean,
+        "render_policy_speedup": round(
+            chunk_lean["env_steps_per_s_total"] / chunk_all["env_steps_per_s_total"], 2
+        ),
     }
     _print(result)
     return result
@@ -128,6 +152,8 @@ def run(quick: bool = False) -> dict:
 def _print(result: dict) -> None:
     rows = [("hold, 1 worker", result["hold_1_worker"]), ("hold, 2 workers", result["hold_2_workers"])]
     rows.append(("tiny VLA, 2 workers", result["tiny_vla_2_workers"]))
+    rows.append(("hold, chunks of 8, 2 workers, render all", result["chunk8_render_all_2_workers"]))
+    rows.append(("hold, chunks of 8, 2 workers, render policy", result["chunk8_render_policy_2_workers"]))
     print(
         "| run | env steps/s per worker | env steps/s total | episodes/h (short) | episodes/h (full spatial, proj.) |"
     )
@@ -140,5 +166,6 @@ def _print(result: dict) -> None:
     vla = result["tiny_vla_2_workers"]
     print(
         f"2 vs 1 worker speed-up: {result['speedup_2_vs_1']}x; tiny VLA share of the loop: "
-        f"{100 * vla['policy_share_of_loop']:.1f}% ({vla['policy_ms_per_call']} ms per batched call)"
+        f"{100 * vla['policy_share_of_loop']:.1f}% ({vla['policy_ms_per_call']} ms per batched call); "
+        f"--render policy vs all for chunks of 8: {result['render_policy_speedup']}x"
     )
