@@ -253,6 +253,13 @@ def _markdown(study: PolicyStudy, data: dict) -> str:
         lines.append("Not trained yet.")
     lines += ["", "## Fine-tuned policies on the benchmark (upstream protocol, 95% Wilson intervals)", ""]
     lines += [
+        f"Protocol: the first {cfg.trials_per_task} of each task's fixed initial states, the suite's step budget, "
+        "10 wait steps, success = the env's `done`. Departures, for CPU cost: cameras render at "
+        f"{cfg.env_resolution} px (the benchmark: 256), only on the steps whose observation the policy reads "
+        "(`--render policy`; no outcome changes), and the policy sees 112 px.",
+        "",
+    ]
+    lines += [
         "| arm | seed | success | per task | held-out action L1 | held-out StaMo loss |",
         "|---|---:|---|---|---:|---:|",
     ]
