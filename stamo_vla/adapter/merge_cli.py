@@ -4,7 +4,7 @@
 
 Loads the base on CPU by default (a 7B model needs ~15 GB of host RAM in bf16), merges the LoRA weights and writes
 the upstream checkpoint layout (config.json, safetensors shards, processor files, dataset_statistics.json) plus the
-head (stamo_head.safetensors, stamo_adapter_config.json). Never merge on every rank of a training job
+head (stamo_head.safetensors, stamo_adapter_config.json, provenance.json). Never merge on every rank of a training job
 (openvla-oft #28, #151): run this once, afterwards.
 
 --output_dir must be a new or empty directory; an earlier merge output is replaced only with --overwrite true, and

@@ -100,6 +100,8 @@ class RLDSFrameDataset(IterableDataset):
         statistics: this dataset's statistics block (``{"action": ..., "proprio": ...}``) for normalization.
         rank: data-parallel rank (None = discover, see `resolve_rank`).
         world_size: number of data-parallel ranks (None = discover).
+        encoder_fingerprint: with ``cfg.use_target_cache``, the StaMo encoder fingerprint the cache must have been
+            built with (None = accept the cache's own).
     """
 
     def __init__(
@@ -109,6 +111,7 @@ class RLDSFrameDataset(IterableDataset):
         statistics: dict,
         rank: int | None = None,
         world_size: int | None = None,
+        encoder_fingerprint: str | None = None,
     ) -> None:
         super().__init__()
         self.cfg, self.dataset_name, self.statistics = cfg, dataset_name, statistics
@@ -122,7 +125,7 @@ class RLDSFrameDataset(IterableDataset):
                 cfg.target_cache_dir(dataset_name),
                 cfg.data_root_dir,
                 dataset_name,
-                cfg.target_encoder_fingerprint,
+                encoder_fingerprint,
             )
 
     def shard(self) -> tuple[int, int]:
@@ -307,8 +310,15 @@ def _samples_to_skip(resume: tuple[int, int]) -> int:
     return len(range(worker, consumed, workers)) * batch_size
 
 
-def build_dataset(cfg: DataConfig, rank: int | None = None, world_size: int | None = None) -> IterableDataset:
+def build_dataset(
+    cfg: DataConfig,
+    rank: int | None = None,
+    world_size: int | None = None,
+    encoder_fingerprint: str | None = None,
+) -> IterableDataset:
     """The sample stream of `cfg`: statistics loaded (or computed, cached), one dataset or a mixture.
+
+    `encoder_fingerprint`: see `DataConfig.build`.
 
     The returned dataset has ``dataset_statistics`` ({name: block}, the upstream dataset_statistics.json
     content) to save next to checkpoints.
@@ -321,7 +331,7 @@ def build_dataset(cfg: DataConfig, rank: int | None = None, world_size: int | No
         stats = given.get(name) or compute_statistics(
             cfg.data_root_dir, name, num_parallel_reads=cfg.num_parallel_reads
         )
-        ds = RLDSFrameDataset(cfg, name, stats, rank=rank, world_size=world_size)
+        ds = RLDSFrameDataset(cfg, name, stats, rank, world_size, encoder_fingerprint)
         ds.dataset_statistics = {name: stats}
         datasets.append(ds)
     if len(datasets) == 1:

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from stamo_vla.configs import check_choice, check_positive_int
+from stamo_vla.provenance import read_provenance
 
 POLICY_TYPES = ("openvla", "scripted")
 VIDEO_MODES = ("all", "failures", "none")
@@ -68,7 +69,8 @@ class EvalConfig:
     # policy-step budget per episode; None = the suite's upstream value (220/280/300/520/400)
     max_steps: int | None = None
     # center crop keeping 90 percent of the policy image's area; None = crop exactly when the checkpoint records
-    # that training used image augmentation (trained_with_image_aug in stamo_adapter_config.json), and crop when
+    # that training used image augmentation (trained_with_image_aug in the adapter's provenance.json, or in the
+    # stamo_adapter_config.json of an adapter saved before provenance had its own file), and crop when
     # nothing is recorded (upstream's default, right for upstream checkpoints, which all trained with augmentation)
     center_crop: bool | None = None
     # camera resolution of the simulator before the 224 px resize (upstream: 256)
@@ -177,12 +179,6 @@ class EvalConfig:
 
 def recorded_image_aug(directory: str | None) -> bool | None:
     """``trained_with_image_aug`` of an adapter / merged checkpoint directory (None when not recorded)."""
-    import json
-
     if not directory:
         return None
-    path = Path(directory) / "stamo_adapter_config.json"
-    if not path.is_file():
-        return None
-    value = json.loads(path.read_text()).get("trained_with_image_aug")
-    return None if value is None else bool(value)
+    return read_provenance(directory).trained_with_image_aug

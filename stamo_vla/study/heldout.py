@@ -69,7 +69,10 @@ def heldout_metrics(run_dir: str | Path, batch_size: int = 32) -> dict:
     live = model.config.has_head and not cfg.data.use_target_cache
     if live:
         model.set_stamo(*load_stamo(cfg, "cpu"))
-    _, loader = build_dataloader(cfg, base, OpenVLAProcessor.from_pretrained(base_path), live, 0, 1)
+    processor = OpenVLAProcessor.from_pretrained(base_path)
+    # the caches must hold the states of the encoder the run trained on, as in training
+    cache_fingerprint = model.provenance.stamo_fingerprint if cfg.data.use_target_cache else None
+    _, loader = build_dataloader(cfg, base, processor, live, 0, 1, cache_fingerprint)
     totals: dict[str, float] = {}
     count = 0
     for batch in loader:
