@@ -9,6 +9,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TypeVar
 
+from stamo_vla.fileio import atomic_path
+
 T = TypeVar("T")
 
 # YAML presets ship inside the package (package data), so `--config tiny` works from a wheel install too.
@@ -109,8 +111,6 @@ def _percent_safe_formatter():
 def save_config(cfg: object, path: str | os.PathLike) -> None:
     """Write the config that ran as YAML (atomically), so the run can be reproduced exactly."""
     import draccus
-
-    from stamo_vla.fileio import atomic_path
 
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         draccus.dump(cfg, f)

@@ -26,6 +26,7 @@ from stamo_vla.adapter.modeling_adapter import StaMoAdapterModel, base_model_of,
 from stamo_vla.data.statistics import load_dataset_statistics
 from stamo_vla.fileio import atomic_dir, check_replaceable, safetensors_problem, write_json_atomic
 from stamo_vla.provenance import Provenance, read_provenance, write_provenance
+from stamo_vla.stamo import fingerprint
 
 HEAD_WEIGHTS = "stamo_head.safetensors"
 STATISTICS = "dataset_statistics.json"
@@ -93,8 +94,6 @@ def attach(
     if stamo_encoder is not None:
         ecfg = stamo_encoder.config
         cfg.num_state_tokens, cfg.state_dim = int(ecfg.num_state_tokens), int(ecfg.state_dim)
-        from stamo_vla.stamo import fingerprint  # the encoder module imports transformers
-
         record.stamo_fingerprint = fingerprint(stamo_encoder)
     if getattr(vla, "is_loaded_in_4bit", False) or getattr(vla, "is_loaded_in_8bit", False):
         vla = prepare_model_for_kbit_training(vla)

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from stamo_vla.configs import check_choice, parse_config
+from stamo_vla.fileio import check_replaceable
 
 
 def check_out_dir(out_dir: str | Path, inputs: dict[str, str | Path]) -> None:
@@ -50,7 +51,6 @@ def merge_checkpoint(
 
     from stamo_vla.adapter import load_adapter, merge
     from stamo_vla.adapter.attach import MERGED_KIND
-    from stamo_vla.fileio import check_replaceable
     from stamo_vla.vla import OpenVLAForActionPrediction, OpenVLAProcessor
 
     check_out_dir(out_dir, {"vla_path": base_dir, "adapter_dir": adapter_dir})

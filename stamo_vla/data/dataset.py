@@ -29,6 +29,10 @@ from stamo_vla.data import transforms
 from stamo_vla.data.augment import augment_image, sample_params
 from stamo_vla.data.config import DataConfig
 from stamo_vla.data.normalization import normalize
+from stamo_vla.data.rlds import iter_episodes
+from stamo_vla.data.statistics import compute_statistics, load_dataset_statistics
+from stamo_vla.data.target_cache import TargetCache
+from stamo_vla.data.tf_setup import import_tfds
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +61,6 @@ def decode_frame(jpeg: bytes, size: int) -> np.ndarray:
     TF's default, the fast integer IDCT), then ``tf.image.resize(method="lanczos3", antialias=True)`` always (also
     at the stored size), then round, clip and cast to uint8. The reader already runs TF, so we call the same ops.
     """
-    from stamo_vla.data.tf_setup import import_tfds
-
     tf, _ = import_tfds("decoding training frames")
     img = tf.io.decode_image(jpeg, expand_animations=False, dtype=tf.uint8)
     img = tf.image.resize(img, (size, size), method="lanczos3", antialias=True)
@@ -119,8 +121,6 @@ class RLDSFrameDataset(IterableDataset):
         self.augment = cfg.image_aug and cfg.split == "train"
         self.target_cache = None
         if cfg.use_target_cache:
-            from stamo_vla.data.target_cache import TargetCache
-
             self.target_cache = TargetCache.open(
                 cfg.target_cache_dir(dataset_name),
                 cfg.data_root_dir,
@@ -135,8 +135,6 @@ class RLDSFrameDataset(IterableDataset):
         return self.rank * workers + worker, self.world_size * workers
 
     def _episodes(self, shard: tuple[int, int], seed: int) -> Iterator[_Episode]:
-        from stamo_vla.data.rlds import iter_episodes
-
         for raw in iter_episodes(
             self.cfg.data_root_dir,
             self.dataset_name,
@@ -323,8 +321,6 @@ def build_dataset(
     The returned dataset has ``dataset_statistics`` ({name: block}, the upstream dataset_statistics.json
     content) to save next to checkpoints.
     """
-    from stamo_vla.data.statistics import compute_statistics, load_dataset_statistics
-
     given = load_dataset_statistics(cfg.statistics_path) if cfg.statistics_path else {}
     datasets = []
     for name in cfg.dataset_names:

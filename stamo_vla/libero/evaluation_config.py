@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from stamo_vla.configs import check_choice, check_positive_int
+from stamo_vla.libero.env import SUITE_MAX_STEPS
 from stamo_vla.provenance import read_provenance
 
 POLICY_TYPES = ("openvla", "scripted")
@@ -23,8 +24,6 @@ LIBERO_HORIZON = 1000
 
 def standard_suites() -> tuple[str, ...]:
     """The five LIBERO suites of the OpenVLA protocol (keys of the per-suite step budgets)."""
-    from stamo_vla.libero.env import SUITE_MAX_STEPS
-
     return tuple(SUITE_MAX_STEPS)
 
 
@@ -160,8 +159,6 @@ class EvalConfig:
 
     def max_steps_for(self, suite: str) -> int:
         """The policy-step budget for `suite`: the override, else the upstream per-suite value."""
-        from stamo_vla.libero.env import SUITE_MAX_STEPS
-
         return self.max_steps if self.max_steps is not None else SUITE_MAX_STEPS[suite]
 
     def check_paths(self) -> None:

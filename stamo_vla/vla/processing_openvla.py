@@ -15,8 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from stamo_vla.fileio import write_json_atomic
 from stamo_vla.vla.batch_transform import OpenVLABatchTransform
 from stamo_vla.vla.configuration_openvla import IMAGE_RESIZE_STRATEGIES, LLAMA_EMPTY_TOKEN_ID
+from stamo_vla.vla.tokenization import load_tokenizer
 
 __all__ = ["OpenVLABatchTransform", "OpenVLAImageProcessor", "OpenVLAProcessor", "build_prompt"]
 
@@ -185,8 +187,6 @@ class OpenVLAImageProcessor:
         )
 
     def save_pretrained(self, save_dir: str | os.PathLike, extra: dict | None = None) -> None:
-        from stamo_vla.fileio import write_json_atomic
-
         write_json_atomic(Path(save_dir) / PREPROCESSOR_CONFIG, {**self.to_dict(), **(extra or {})})
 
     @classmethod
@@ -275,8 +275,6 @@ class OpenVLAProcessor:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> OpenVLAProcessor:
         """Load from a checkpoint directory (upstream layout or ours)."""
-        from stamo_vla.vla.tokenization import load_tokenizer
-
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"processor: directory {path} does not exist.")
