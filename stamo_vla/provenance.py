@@ -15,11 +15,10 @@ evaluate as before.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stamo_vla.fileio import write_json_atomic
+from stamo_vla.fileio import read_json, write_json_atomic
 
 PROVENANCE_NAME = "provenance.json"
 # the adapter config (`stamo_vla.adapter.configuration_adapter.CONFIG_NAME`) that held these facts before
@@ -68,13 +67,7 @@ def write_provenance(directory: str | Path, provenance: Provenance) -> Path:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as err:
-        raise ValueError(
-            f"{path} is not valid JSON ({err}); it is truncated or was edited. Copy it again from the run that "
-            "wrote it."
-        ) from err
+    data = read_json(path, "Copy it again from the run that wrote it.")
     if not isinstance(data, dict):
         raise ValueError(f"{path} holds {type(data).__name__}, not a JSON object; copy it again from the run")
     return data

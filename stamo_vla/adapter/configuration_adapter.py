@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import draccus
 
 from stamo_vla.adapter.action_heads import ActionHeadConfig, TokenActionHead, upgrade_legacy_action_head
 from stamo_vla.configs import check_choice, check_positive_int
-from stamo_vla.fileio import write_json_atomic
+from stamo_vla.fileio import read_json, write_json_atomic
 from stamo_vla.provenance import Provenance
 
 TARGETS = ("state", "motion", "none")
@@ -138,13 +137,7 @@ class StaMoAdapterConfig:
                 f"{directory} is not a StaMo adapter directory: {CONFIG_NAME} is missing. "
                 "Pass the directory written by `save_adapter` (it also holds adapter_config.json)."
             )
-        try:
-            data = json.loads(path.read_text())
-        except ValueError as err:
-            raise ValueError(
-                f"{path} is not valid JSON ({err}); it is truncated or was edited. Save the adapter again, or "
-                "copy the file from the run that wrote it."
-            ) from err
+        data = read_json(path, "Save the adapter again, or copy the file from the run that wrote it.")
         try:
             return cls.from_dict(data)
         except ValueError as err:

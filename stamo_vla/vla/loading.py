@@ -7,7 +7,6 @@ files, `generation_config.json`, and optionally `dataset_statistics.json` (overr
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import warnings
@@ -16,6 +15,7 @@ from typing import Any
 
 import torch
 
+from stamo_vla import fileio
 from stamo_vla.configs import check_choice
 from stamo_vla.data.statistics import load_dataset_statistics as load_checked
 from stamo_vla.fileio import atomic_dir, safetensors_problem, write_json_atomic
@@ -77,13 +77,12 @@ def resolve_directory(path: str | os.PathLike) -> Path:
 
 def read_json(file: Path) -> Any:
     """Parse a checkpoint's JSON file; an invalid one is named with the fix."""
-    try:
-        return json.loads(file.read_text())
-    except ValueError as err:
-        raise CheckpointError(
-            f"OpenVLA checkpoint: {file} is not valid JSON ({err}); it is truncated or was edited. Copy it "
-            "again from the checkpoint it came from."
-        ) from err
+    return fileio.read_json(
+        file,
+        "Copy it again from the checkpoint it came from.",
+        name=f"OpenVLA checkpoint: {file}",
+        error=CheckpointError,
+    )
 
 
 def read_config_json(directory: Path) -> dict:

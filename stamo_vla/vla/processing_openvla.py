@@ -7,7 +7,6 @@ absent the means/stds are rounded to bf16 here too (reference §2.4).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from stamo_vla.fileio import write_json_atomic
+from stamo_vla.fileio import read_json, write_json_atomic
 from stamo_vla.vla.batch_transform import OpenVLABatchTransform
 from stamo_vla.vla.configuration_openvla import IMAGE_RESIZE_STRATEGIES, LLAMA_EMPTY_TOKEN_ID
 from stamo_vla.vla.tokenization import load_tokenizer
@@ -39,13 +38,7 @@ def build_prompt(instruction: str) -> str:
 
 
 def _read_json(file: Path) -> dict:
-    try:
-        return json.loads(file.read_text())
-    except ValueError as err:
-        raise ValueError(
-            f"{file} is not valid JSON ({err}); it is truncated or was edited. Copy it again from the "
-            "checkpoint it came from."
-        ) from err
+    return read_json(file, "Copy it again from the checkpoint it came from.")
 
 
 def bf16_round(values: Any) -> list:
