@@ -14,6 +14,7 @@ import yaml
 
 from stamo_vla.adapter import StaMoAdapterConfig, attach, load_adapter, merge, save_adapter
 from stamo_vla.adapter.configuration_adapter import CONFIG_NAME
+from stamo_vla.configs import parse_config
 from stamo_vla.libero.evaluation_config import EvalConfig, recorded_image_aug
 from stamo_vla.provenance import LEGACY_FILE, PROVENANCE_NAME, Provenance, read_provenance, write_provenance
 from stamo_vla.training import resume_config
@@ -139,6 +140,8 @@ def test_an_old_run_config_with_provenance_fields_still_loads(tmp_path):
     old["data"]["target_encoder_fingerprint"] = "f00d"
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
     assert load_run_config(FinetuneConfig, tmp_path / "config.yaml") == cfg
+    # and reproduces the run as a --config file
+    assert parse_config(FinetuneConfig, ["--config", str(tmp_path / "config.yaml")]) == cfg
 
 
 @pytest.mark.parametrize("old_layout", [False, True])
