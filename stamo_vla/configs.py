@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
+import tempfile
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import TypeVar
+
+from stamo_vla.fileio import atomic_path
 
 T = TypeVar("T")
 
@@ -44,7 +48,8 @@ def parse_config(config_cls: type[T], args: Sequence[str] | None = None, prefix:
     """Parse ``--config NAME_OR_PATH`` plus draccus overrides (``--field value``) into `config_cls`.
 
     ``--config`` picks a preset under ``stamo_vla/presets/`` (``<prefix><name>.yaml``) or any YAML file;
-    every other flag overrides a field of that preset.
+    every other flag overrides a field of that preset. A run's saved config.yaml from an older stamo_vla is read
+    with its old fields mapped (`config_cls.upgrade_saved`), so it reproduces the run.
     """
     import draccus
 
@@ -63,31 +68,56 @@ def parse_config(config_cls: type[T], args: Sequence[str] | None = None, prefix:
             config_path = resolve_preset(eq[0].split("=", 1)[1], prefix)
             args.remove(eq[0])
             break
-    parser = draccus.argparsing.ArgumentParser(
-        config_class=config_cls,
-        config_path=config_path,
-        exit_on_error=False,
-        formatter_class=_percent_safe_formatter(),
-    )
-    try:
-        return parser.parse_args(args)
-    except draccus.utils.ParsingError as err:
-        if isinstance(err, draccus.utils.DecodingError):  # a value that does not parse: it names the field
-            raise ValueError(f"{err}; give a value of the field's type (see --help)") from err
-        # draccus wraps the config's own validation errors; surface the message that names field and value
-        cause = err.__cause__
-        while cause is not None and not isinstance(cause, ValueError):
-            cause = cause.__cause__
-        if cause is not None:
-            raise ValueError(str(cause)) from err
-        raise
-    except draccus.utils.DraccusException as err:  # an unknown flag: name it and the closest known one
-        known = list(parser.parser._option_string_actions)
-        unknown = [a.split("=", 1)[0] for a in args if a.startswith("--") and a.split("=", 1)[0] not in known]
-        close = [k for k in known if unknown and k.startswith(unknown[0])]
-        close = close or (difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.75) if unknown else [])
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ValueError(f"{err}.{hint} `--help` lists the fields of {config_cls.__name__}.") from err
+    with _upgraded(config_cls, config_path) as config_path:
+        parser = draccus.argparsing.ArgumentParser(
+            config_class=config_cls,
+            config_path=config_path,
+            exit_on_error=False,
+            formatter_class=_percent_safe_formatter(),
+        )
+        try:
+            return parser.parse_args(args)
+        except draccus.utils.ParsingError as err:
+            if isinstance(err, draccus.utils.DecodingError):  # a value that does not parse: names the field
+                raise ValueError(f"{err}; give a value of the field's type (see --help)") from err
+            # draccus wraps the config's own validation errors; surface the message that names field and value
+            cause = err.__cause__
+            while cause is not None and not isinstance(cause, ValueError):
+                cause = cause.__cause__
+            if cause is not None:
+                raise ValueError(str(cause)) from err
+            raise
+        except draccus.utils.DraccusException as err:  # an unknown flag: name it and the closest known one
+            known = list(parser.parser._option_string_actions)
+            unknown = [
+                a.split("=", 1)[0] for a in args if a.startswith("--") and a.split("=", 1)[0] not in known
+            ]
+            close = [k for k in known if unknown and k.startswith(unknown[0])]
+            close = close or (
+                difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.75) if unknown else []
+            )
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ValueError(f"{err}.{hint} `--help` lists the fields of {config_cls.__name__}.") from err
+
+
+@contextlib.contextmanager
+def _upgraded(config_cls: type, config_path: Path | None):
+    """`config_path`, or a temporary copy with old field names mapped when `config_cls` upgrades saved configs."""
+    upgrade = getattr(config_cls, "upgrade_saved", None)
+    if config_path is None or upgrade is None:
+        yield config_path
+        return
+    import yaml
+
+    data = yaml.safe_load(Path(config_path).read_text()) or {}
+    upgraded = upgrade(data, Path(config_path).parent) if isinstance(data, dict) else data
+    if upgraded == data:
+        yield config_path
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(config_path).name
+        path.write_text(yaml.safe_dump(upgraded, sort_keys=False))
+        yield path
 
 
 def _percent_safe_formatter():
@@ -109,8 +139,6 @@ def _percent_safe_formatter():
 def save_config(cfg: object, path: str | os.PathLike) -> None:
     """Write the config that ran as YAML (atomically), so the run can be reproduced exactly."""
     import draccus
-
-    from stamo_vla.fileio import atomic_path
 
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         draccus.dump(cfg, f)

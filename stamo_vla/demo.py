@@ -24,8 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stamo_vla.configs import check_positive_int, parse_config
+from stamo_vla.configs import check_positive_int, parse_config, resolve_preset
+from stamo_vla.demo_report import write_report
 from stamo_vla.study.stages import StagedRun, stamo_vla_cli, torchrun
+from stamo_vla.vla import build_tiny
 
 
 @dataclass
@@ -116,8 +118,6 @@ class Demo(StagedRun):
     def pretrain(self) -> None:
         import yaml
 
-        from stamo_vla.configs import resolve_preset
-
         c = self.cfg
         # the tiny preset with its image source switched to the collected frames (a source type is chosen
         # as a whole, so it is replaced in a copy of the preset rather than overridden field by field)
@@ -180,8 +180,6 @@ class Demo(StagedRun):
     def _ensure_base(self) -> None:
         base = self.runs / "base_model"
         if not (base / "config.json").is_file():
-            from stamo_vla.vla import build_tiny
-
             build_tiny(save_dir=base, seed=0)
 
     def evaluate(self) -> None:
@@ -261,8 +259,6 @@ class Demo(StagedRun):
         )
 
     def report(self) -> None:
-        from stamo_vla.demo_report import write_report
-
         write_report(self)
 
     # ---------------------------------------------------------------- driver

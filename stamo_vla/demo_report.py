@@ -7,13 +7,15 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from stamo_vla.fileio import read_jsonl, write_text_atomic
+from stamo_vla.libero.env import SUITE_MAX_STEPS
+from stamo_vla.libero.results import package_versions
+
 if TYPE_CHECKING:
     from stamo_vla.demo import Demo
 
 
 def _jsonl(path: Path) -> list[dict]:
-    from stamo_vla.fileio import read_jsonl
-
     return read_jsonl(path)
 
 
@@ -166,7 +168,7 @@ def _collapse_note(e: dict) -> list[str]:
 
 def _finetune_section(demo: Demo, figures: Path) -> list[str]:
     lines = ["## 3. Fine-tuning the tiny VLA (LoRA, torchrun)", ""]
-    from stamo_vla.demo import TARGETS
+    from stamo_vla.demo import TARGETS  # here: stamo_vla.demo imports this module at its top
 
     runs = {t: _jsonl(demo.runs / t / "metrics.jsonl") for t in TARGETS}
     if not any(runs.values()):
@@ -223,7 +225,6 @@ def _eval_section(demo: Demo) -> list[str]:
         )
     if not found:
         return ["## 4. LIBERO evaluation (upstream protocol)", "", "_not run_", ""]
-    from stamo_vla.libero.env import SUITE_MAX_STEPS
 
     steps = demo.cfg.eval_max_steps or SUITE_MAX_STEPS[demo.cfg.suite]
     budget = "the suite's own budget" if not demo.cfg.eval_max_steps else "a shortened budget"
@@ -264,9 +265,6 @@ def _times_section(demo: Demo) -> list[str]:
 
 
 def write_report(demo: Demo) -> Path:
-    from stamo_vla.fileio import write_text_atomic
-    from stamo_vla.libero.results import package_versions
-
     figures = demo.out / "figures"
     parts = [
         "# stamo_vla demo report",

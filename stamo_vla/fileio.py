@@ -55,6 +55,24 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 2)
     write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
 
 
+def read_json(
+    path: str | os.PathLike, fix: str, name: str | None = None, error: type[Exception] = ValueError
+) -> Any:
+    """Parse a JSON file; an invalid one raises `error` naming the file, the parse error and `fix`.
+
+    Args:
+        fix: what the user should do (e.g. "Copy it again from the run that wrote it.").
+        name: how the message names the file (default: its path).
+    """
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:
+        raise error(
+            f"{name or path} is not valid JSON ({err}); it is truncated or was edited. {fix}"
+        ) from err
+
+
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     """Append one JSON line durably. A torn last line (crash mid-write) is skipped by `read_jsonl`."""
     path = Path(path)

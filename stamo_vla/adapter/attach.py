@@ -3,7 +3,8 @@
 On disk (DESIGN.md contract) an adapter directory holds the peft adapter (``adapter_config.json``,
 ``adapter_model.safetensors``), the head weights (``stamo_head.safetensors``), the variant's extra modules (``oft_modules.safetensors`` for the OFT
 variant), the StaMo adapter config
-(``stamo_adapter_config.json``) and ``dataset_statistics.json`` (action + proprio statistics).
+(``stamo_adapter_config.json``), its provenance (``provenance.json``: encoder fingerprint, base-model signature,
+image augmentation; `stamo_vla.provenance`) and ``dataset_statistics.json`` (action + proprio statistics).
 """
 
 from __future__ import annotations
@@ -15,12 +16,17 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from stamo_vla.adapter.configuration_adapter import CONFIG_NAME, StaMoAdapterConfig
+from stamo_vla.adapter.configuration_adapter import StaMoAdapterConfig
 from stamo_vla.adapter.heads import StateHead
 from stamo_vla.adapter.lora import lora_config
 from stamo_vla.adapter.modeling_adapter import StaMoAdapterModel, base_model_of, hidden_size_of
+from stamo_vla.data.statistics import load_dataset_statistics
+from stamo_vla.fileio import atomic_dir, check_replaceable, safetensors_problem, write_json_atomic
+from stamo_vla.provenance import Provenance, read_provenance, write_provenance
+from stamo_vla.stamo import fingerprint
 
 HEAD_WEIGHTS = "stamo_head.safetensors"
 STATISTICS = "dataset_statistics.json"
@@ -65,6 +71,7 @@ def attach(
     cfg: StaMoAdapterConfig,
     stamo_encoder: nn.Module | None = None,
     stamo_decoder: nn.Module | None = None,
+    provenance: Provenance | None = None,
 ) -> StaMoAdapterModel:
     """Freeze `vla`, add LoRA through peft and the StaMo head; return the trainable model.
 
@@ -73,20 +80,21 @@ def attach(
             returns logits and (with ``output_hidden_states=True``) hidden states. Quantized models are prepared
             with peft's ``prepare_model_for_kbit_training`` first.
         cfg: adapter config; not modified. The model's own copy (``model.config``) takes ``num_state_tokens`` /
-            ``state_dim`` and the encoder fingerprint from `stamo_encoder` when given, and the base signature.
+            ``state_dim`` from `stamo_encoder` when given.
         stamo_encoder: frozen StaMo encoder for on-the-fly targets (not needed with a target cache).
         stamo_decoder: frozen StaMo decoder for the optional decoder loss and for decoding predictions.
+        provenance: facts to record with the adapter (e.g. ``trained_with_image_aug``); not modified. The model's
+            own record (``model.provenance``, saved as provenance.json) adds the base signature and, when
+            `stamo_encoder` is given, its fingerprint.
     """
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     cfg = dataclasses.replace(cfg)
+    record = dataclasses.replace(provenance or Provenance(), base_model=base_signature(vla))
     if stamo_encoder is not None:
         ecfg = stamo_encoder.config
         cfg.num_state_tokens, cfg.state_dim = int(ecfg.num_state_tokens), int(ecfg.state_dim)
-        from stamo_vla.stamo import fingerprint
-
-        cfg.stamo_fingerprint = fingerprint(stamo_encoder)
-    cfg.base_model = base_signature(vla)
+        record.stamo_fingerprint = fingerprint(stamo_encoder)
     if getattr(vla, "is_loaded_in_4bit", False) or getattr(vla, "is_loaded_in_8bit", False):
         vla = prepare_model_for_kbit_training(vla)
     vla.requires_grad_(False)
@@ -96,6 +104,7 @@ def attach(
         head.to(next(vla.parameters()).device)
     model = cfg.action_head.build_model(peft_model, vla, cfg, head)
     model.set_stamo(stamo_encoder, stamo_decoder)
+    model.provenance = record
     if int(os.environ.get("RANK", "0")) == 0:  # one parameter summary per run, not one per process
         print(_describe_trainable(model))
     return model
@@ -112,10 +121,6 @@ def save_adapter(
     `directory` must be new or empty, or (with `overwrite`) an adapter saved there before; any other
     directory is refused, never replaced.
     """
-    from safetensors.torch import save_file
-
-    from stamo_vla.fileio import atomic_dir, write_json_atomic
-
     directory = Path(directory)
     stats = (
         dataset_statistics
@@ -136,12 +141,18 @@ def save_adapter(
             save_file(state, str(tmp / HEAD_WEIGHTS))
         model.config.action_head.save_extra(model, tmp)
         model.config.save(tmp)
+        write_provenance(tmp, _provenance_of(model))
         write_json_atomic(tmp / STATISTICS, stats)
     return directory
 
 
-def _check_compatible(base: nn.Module, cfg: StaMoAdapterConfig, directory: Path) -> None:
-    expected = cfg.base_model
+def _provenance_of(model: nn.Module) -> Provenance:
+    """The model's record (a model built without `attach` / `load_adapter` records nothing)."""
+    return getattr(model, "provenance", None) or Provenance()
+
+
+def _check_compatible(base: nn.Module, provenance: Provenance, directory: Path) -> None:
+    expected = provenance.base_model
     if not expected:
         return
     found = base_signature(base)
@@ -150,8 +161,9 @@ def _check_compatible(base: nn.Module, cfg: StaMoAdapterConfig, directory: Path)
     ]
     if diffs:
         raise ValueError(
-            f"the adapter in {directory} was trained on a different base model ({'; '.join(diffs)}). "
-            "Load it onto the checkpoint it was trained from."
+            f"the adapter in {directory} was trained on a different base model ({'; '.join(diffs)}; the "
+            f"adapter's record is base_model in {provenance.source}). Load it onto the checkpoint it was trained "
+            "from."
         )
 
 
@@ -162,8 +174,6 @@ def _load_head(model_for_size: nn.Module, cfg: StaMoAdapterConfig, directory: Pa
     path = directory / HEAD_WEIGHTS
     if not path.is_file():
         raise FileNotFoundError(f"{directory} has target={cfg.target!r} but no {HEAD_WEIGHTS}")
-    from safetensors.torch import load_file
-
     head.load_state_dict(load_file(str(path)))
     return head.to(next(model_for_size.parameters()).device)
 
@@ -175,8 +185,6 @@ def _apply_statistics(base: nn.Module, directory: Path) -> None:
             f"{directory} has no {STATISTICS}: without it actions cannot be un-normalized. Copy the training run's "
             f"{STATISTICS} into the adapter directory."
         )
-    from stamo_vla.data.statistics import load_dataset_statistics
-
     stats = load_dataset_statistics(path)  # names the file when it is invalid or holds NaN/inf
     if hasattr(base, "norm_stats"):
         base.norm_stats = stats
@@ -184,8 +192,6 @@ def _apply_statistics(base: nn.Module, directory: Path) -> None:
 
 def _check_weight_files(directory: Path) -> None:
     """Name a truncated or invalid safetensors file of an adapter instead of a bare safetensors error."""
-    from stamo_vla.fileio import safetensors_problem
-
     for file in sorted(directory.glob("*.safetensors")):
         problem = safetensors_problem(file)
         if problem is not None:
@@ -203,10 +209,11 @@ def load_adapter(base: nn.Module, directory: str | Path, is_trainable: bool = Fa
     if not directory.is_dir():
         raise FileNotFoundError(f"adapter directory {directory} does not exist")
     cfg = StaMoAdapterConfig.load(directory)
+    provenance = read_provenance(directory)
     _check_weight_files(directory)
     _apply_statistics(base, directory)
     if (directory / PEFT_CONFIG).is_file():
-        _check_compatible(base, cfg, directory)
+        _check_compatible(base, provenance, directory)
         vla = PeftModel.from_pretrained(base, str(directory), is_trainable=is_trainable)
     elif weights := [name for name in PEFT_WEIGHTS if (directory / name).is_file()]:
         raise FileNotFoundError(
@@ -221,6 +228,7 @@ def load_adapter(base: nn.Module, directory: str | Path, is_trainable: bool = Fa
         head.requires_grad_(is_trainable)
     model = cfg.action_head.build_model(vla, base, cfg, head)
     cfg.action_head.load_extra(model, directory, is_trainable)
+    model.provenance = provenance
     return model
 
 
@@ -233,10 +241,6 @@ def merge(model: StaMoAdapterModel, out_dir: str | Path, processor=None, overwri
     (openvla-oft #28, #151). The result loads with the policy loader; `load_adapter(merged, out_dir)` restores
     the head on top of it.
     """
-    from safetensors.torch import save_file
-
-    from stamo_vla.fileio import atomic_dir, check_replaceable, write_json_atomic
-
     out_dir = Path(out_dir)
     check_replaceable(out_dir, MERGED_KIND, overwrite)  # before merging: the merge consumes `model`
     merged = model.vla.merge_and_unload() if hasattr(model.vla, "merge_and_unload") else model.vla
@@ -249,7 +253,9 @@ def merge(model: StaMoAdapterModel, out_dir: str | Path, processor=None, overwri
             state = {k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}
             save_file(state, str(tmp / HEAD_WEIGHTS))
         model.config.action_head.save_extra(model, tmp)
-        write_json_atomic(tmp / CONFIG_NAME, dataclasses.replace(model.config, base_model={}).to_dict())
+        model.config.save(tmp)
+        # the merged weights are no longer the base the LoRA weights were trained on: no base signature to check
+        write_provenance(tmp, dataclasses.replace(_provenance_of(model), base_model={}))
         if stats:
             write_json_atomic(tmp / STATISTICS, stats)
     return out_dir

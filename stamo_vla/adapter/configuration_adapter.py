@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,12 +10,15 @@ import draccus
 
 from stamo_vla.adapter.action_heads import ActionHeadConfig, TokenActionHead, upgrade_legacy_action_head
 from stamo_vla.configs import check_choice, check_positive_int
+from stamo_vla.fileio import read_json, write_json_atomic
+from stamo_vla.provenance import Provenance
 
 TARGETS = ("state", "motion", "none")
 READOUTS = ("action_query", "mean_vision")
 LORA_TARGET_PRESETS = ("openvla-upstream", "all-linear")
-# fields of older adapter configs that are no longer read (the StaMo checkpoint path is the run's, not the adapter's)
-REMOVED_FIELDS = ("stamo_path",)
+# fields of older adapter configs that are no longer read here: the StaMo checkpoint path is the run's, not the
+# adapter's; the provenance facts moved to provenance.json (`stamo_vla.provenance` reads them from old configs)
+REMOVED_FIELDS = ("stamo_path", *Provenance.fields())
 CONFIG_NAME = "stamo_adapter_config.json"
 
 
@@ -25,7 +27,9 @@ class StaMoAdapterConfig:
     """Configuration of the StaMo auxiliary head and the LoRA adapter it trains with.
 
     The defaults follow the paper (lambda_action = lambda_future, future loss = MSE + L1) and upstream OpenVLA's
-    LoRA recipe (r=32, alpha=min(r, 16), dropout 0, gaussian init).
+    LoRA recipe (r=32, alpha=min(r, 16), dropout 0, gaussian init). What an adapter was trained from (encoder
+    fingerprint, base-model signature, image augmentation) is not configured: it is recorded in
+    ``provenance.json`` beside this config (`stamo_vla.provenance`).
     """
 
     # What the head predicts: "state" = s_{t+h}, "motion" = s_{t+h} - s_t, "none" = plain LoRA baseline (no head).
@@ -63,17 +67,10 @@ class StaMoAdapterConfig:
     # "all-linear" is today's peft meaning (every nn.Linear except the output layer). A list of module-name
     # suffixes is used as given.
     lora_target_modules: str | list[str] = "openvla-upstream"
-    # Fingerprint of the StaMo encoder whose states the head was trained on (filled by `attach`; a record).
-    stamo_fingerprint: str | None = None
-    # Free-form record of the base model the adapter was trained on (filled by `attach`).
-    base_model: dict = field(default_factory=dict)
     # How actions are produced: type tokens (OpenVLA: 7 autoregressive action tokens, cross-entropy) | l1
     # (OpenVLA-OFT: K x 7 empty action positions decoded in one bidirectional pass, MLP-ResNet L1 regression head;
     # its fields: action_chunk, action_dim, width, num_images, use_proprio, proprio_dim, use_film).
     action_head: ActionHeadConfig = field(default_factory=TokenActionHead)
-    # Provenance, filled by fine-tuning from data.image_aug: whether the training images were augmented (random
-    # crop + colour jitter). Evaluation center-crops by default exactly when this is true (None = not recorded).
-    trained_with_image_aug: bool | None = None
 
     def __post_init__(self) -> None:
         check_choice("target", self.target, TARGETS)
@@ -108,7 +105,8 @@ class StaMoAdapterConfig:
     @classmethod
     def from_dict(cls, data: dict) -> StaMoAdapterConfig:
         """A config from `to_dict`'s output, or from an adapter config saved before the action head was a
-        registered choice (flat ``action_head: l1``, ``action_chunk``, ``num_images``, ...)."""
+        registered choice (flat ``action_head: l1``, ``action_chunk``, ``num_images``, ...) or before provenance
+        had its own file (its facts are skipped here; `stamo_vla.provenance.read_provenance` reads them)."""
         data = upgrade_legacy_action_head(data)
         data = {k: v for k, v in data.items() if k not in REMOVED_FIELDS}
         unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
@@ -129,8 +127,6 @@ class StaMoAdapterConfig:
             raise ValueError(str(cause)) from err
 
     def save(self, directory: str | Path) -> None:
-        from stamo_vla.fileio import write_json_atomic
-
         write_json_atomic(Path(directory) / CONFIG_NAME, self.to_dict())
 
     @classmethod
@@ -141,13 +137,7 @@ class StaMoAdapterConfig:
                 f"{directory} is not a StaMo adapter directory: {CONFIG_NAME} is missing. "
                 "Pass the directory written by `save_adapter` (it also holds adapter_config.json)."
             )
-        try:
-            data = json.loads(path.read_text())
-        except ValueError as err:
-            raise ValueError(
-                f"{path} is not valid JSON ({err}); it is truncated or was edited. Save the adapter again, or "
-                "copy the file from the run that wrote it."
-            ) from err
+        data = read_json(path, "Save the adapter again, or copy the file from the run that wrote it.")
         try:
             return cls.from_dict(data)
         except ValueError as err:

@@ -4,7 +4,7 @@
 
 Loads the base on CPU by default (a 7B model needs ~15 GB of host RAM in bf16), merges the LoRA weights and writes
 the upstream checkpoint layout (config.json, safetensors shards, processor files, dataset_statistics.json) plus the
-head (stamo_head.safetensors, stamo_adapter_config.json). Never merge on every rank of a training job
+head (stamo_head.safetensors, stamo_adapter_config.json, provenance.json). Never merge on every rank of a training job
 (openvla-oft #28, #151): run this once, afterwards.
 
 --output_dir must be a new or empty directory; an earlier merge output is replaced only with --overwrite true, and
@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from stamo_vla.configs import check_choice, parse_config
+from stamo_vla.fileio import check_replaceable
 
 
 def check_out_dir(out_dir: str | Path, inputs: dict[str, str | Path]) -> None:
@@ -50,7 +51,6 @@ def merge_checkpoint(
 
     from stamo_vla.adapter import load_adapter, merge
     from stamo_vla.adapter.attach import MERGED_KIND
-    from stamo_vla.fileio import check_replaceable
     from stamo_vla.vla import OpenVLAForActionPrediction, OpenVLAProcessor
 
     check_out_dir(out_dir, {"vla_path": base_dir, "adapter_dir": adapter_dir})

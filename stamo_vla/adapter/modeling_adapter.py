@@ -9,6 +9,7 @@ from stamo_vla import keys as K
 from stamo_vla.adapter.configuration_adapter import StaMoAdapterConfig
 from stamo_vla.adapter.heads import StateHead, future_loss
 from stamo_vla.adapter.losses import readout_positions
+from stamo_vla.stamo.pixels import resize
 from stamo_vla.vla.metrics import action_token_loss
 
 
@@ -179,7 +180,6 @@ class StaMoAdapterModel(nn.Module):
             if current is None:
                 current = self._encode(batch[K.STAMO_PIXELS])
             state = current.to(pred.device) + pred
-        from stamo_vla.stamo.pixels import resize
 
         pixels = batch[K.FUTURE_STAMO_PIXELS]
         with torch.no_grad():

@@ -10,6 +10,8 @@ from stamo_vla import keys as K
 from stamo_vla.adapter.configuration_adapter import StaMoAdapterConfig
 from stamo_vla.adapter.heads import StateHead
 from stamo_vla.adapter.modeling_adapter import StaMoAdapterModel, base_model_of
+from stamo_vla.vla.generation import check_unnorm_key, unnormalize_actions
+from stamo_vla.vla.oft_forward import OFT_UNNORM_EPS, oft_predict
 
 
 class StaMoOFTAdapterModel(StaMoAdapterModel):
@@ -98,9 +100,6 @@ class StaMoOFTAdapterModel(StaMoAdapterModel):
         Returns:
             actions (B, K, A) float64 (gripper stays ~0..1), or (actions, future_states).
         """
-        from stamo_vla.vla.generation import check_unnorm_key, unnormalize_actions
-        from stamo_vla.vla.oft_forward import OFT_UNNORM_EPS, oft_predict
-
         base = base_model_of(self.vla)
         if return_future_state and self.head is None:
             raise ValueError("this adapter has target='none': it has no future-state head")

@@ -8,7 +8,9 @@ import numpy as np
 import torch
 
 from stamo_vla.adapter.modeling_adapter import base_model_of
+from stamo_vla.data.normalization import normalize
 from stamo_vla.policy import Policy
+from stamo_vla.vla.generation import check_unnorm_key
 
 
 class OFTPolicy(Policy):
@@ -27,8 +29,6 @@ class OFTPolicy(Policy):
     """
 
     def __init__(self, model: Any, processor: Any, unnorm_key: str | None = None):
-        from stamo_vla.vla.generation import check_unnorm_key
-
         oft = getattr(model, "oft", None)
         if oft is None:
             head = getattr(getattr(model, "config", None), "action_head", None)
@@ -51,8 +51,6 @@ class OFTPolicy(Policy):
 
     def normalize_proprio(self, proprio: np.ndarray) -> np.ndarray:
         """Raw (B, P) proprio -> normalized with the dataset's proprio statistics, clipped to [-1, 1]."""
-        from stamo_vla.data.normalization import normalize
-
         stats = self.model.norm_stats[self.unnorm_key].get("proprio")
         if stats is None:
             raise ValueError(

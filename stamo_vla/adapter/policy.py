@@ -13,6 +13,8 @@ import torch
 
 from stamo_vla.policy import Policy
 from stamo_vla.stamo.pixels import uint8_to_pixels
+from stamo_vla.viz.sheets import to_uint8
+from stamo_vla.vla.policy import OpenVLAPolicy
 
 
 class FutureFramePolicy(Policy):
@@ -31,8 +33,6 @@ class FutureFramePolicy(Policy):
     def __init__(
         self, adapter: Any, processor: Any, unnorm_key: str | None = None, sample_steps: int | None = 4
     ):
-        from stamo_vla.vla.policy import OpenVLAPolicy
-
         if adapter.head is None or adapter.decoder is None:
             raise ValueError(
                 "FutureFramePolicy needs an adapter with a StaMo head and a StaMo decoder attached"
@@ -58,8 +58,6 @@ class FutureFramePolicy(Policy):
     def predict_batch(self, images: list[np.ndarray], instructions: list[str], **obs: Any) -> np.ndarray:
         """(B, 1, 7) dataset-convention actions; the decoded future frames are kept for `future_frames`."""
         from PIL import Image
-
-        from stamo_vla.viz.sheets import to_uint8
 
         inputs = self.inner.model_inputs(images, instructions)
         pixels = uint8_to_pixels(np.stack(images))

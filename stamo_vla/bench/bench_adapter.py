@@ -18,7 +18,9 @@ import numpy as np
 import torch
 
 from stamo_vla import keys as K
+from stamo_vla.adapter import StaMoAdapterConfig, attach
 from stamo_vla.bench._common import timed_rounds
+from stamo_vla.stamo import StaMoEncoder, tiny_config
 
 
 def _batch(processor, base, n: int, state_shape: tuple[int, int], seed: int = 0) -> dict:
@@ -55,8 +57,6 @@ def _train_step_fn(model, batch):
 
 
 def bench_preset(name: str, vla_config, batch_size: int, repeats: int) -> dict:
-    from stamo_vla.adapter import StaMoAdapterConfig, attach
-    from stamo_vla.stamo import StaMoEncoder, tiny_config
     from stamo_vla.vla import build_prompt, build_tiny
 
     torch.manual_seed(0)

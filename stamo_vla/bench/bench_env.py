@@ -15,14 +15,14 @@ import time
 
 import numpy as np
 
+from stamo_vla.libero.workers import EnvWorkerPool, EpisodeSpec
+
 SUITE, TASK = "libero_spatial", 0
 # a slow sideways drift: the arm moves (so the controller works), nothing hits anything in a few dozen steps
 ACTION = np.array([0.0, 0.1, 0.0, 0.0, 0.0, 0.0, -1.0])
 
 
 def _measure(pool, workers: int, steps: int) -> dict:
-    from stamo_vla.libero.workers import EpisodeSpec
-
     slots = list(range(workers))
     pool.reset({s: EpisodeSpec(SUITE, TASK, s) for s in slots})
     pool.step(dict.fromkeys(slots, ACTION))  # first step after a reset warms caches; not timed
@@ -41,8 +41,6 @@ def _measure(pool, workers: int, steps: int) -> dict:
 
 
 def _setting(camera_obs: bool, steps: int) -> dict:
-    from stamo_vla.libero.workers import EnvWorkerPool, EpisodeSpec
-
     with EnvWorkerPool(2, camera_obs=camera_obs) as pool:
         start = time.perf_counter()
         pool.reset({0: EpisodeSpec(SUITE, TASK, 0), 1: EpisodeSpec(SUITE, TASK, 1)})  # builds both envs

@@ -24,7 +24,11 @@ import time
 
 import numpy as np
 
+from stamo_vla.libero.env import task_instruction
+from stamo_vla.libero.evaluation_loop import PlannedEpisode, RolloutSettings, run_episodes
+from stamo_vla.libero.workers import EnvWorkerPool, EpisodeSpec
 from stamo_vla.policy import Policy
+from stamo_vla.vla.tiny import TINY_DATASET, build_tiny
 
 SUITE, TASK = "libero_spatial", 0
 WAIT = 10
@@ -67,16 +71,12 @@ class TimedPolicy(Policy):
 
 
 def _episodes(n: int, instruction: str):
-    from stamo_vla.libero.evaluation_loop import PlannedEpisode
-
     return [PlannedEpisode(SUITE, TASK, i % 50, instruction) for i in range(n)]
 
 
 def _measure(
     pool, policy, workers: int, episodes: int, policy_steps: int, instruction: str, render: str = "all"
 ) -> dict:
-    from stamo_vla.libero.evaluation_loop import RolloutSettings, run_episodes
-
     settings = RolloutSettings(
         max_steps=policy_steps, num_steps_wait=WAIT, center_crop=True, video="none", render=render
     )
@@ -107,10 +107,7 @@ def run(quick: bool = False) -> dict:
     Returns:
         ``{"hold_1_worker": {...}, "hold_2_workers": {...}, "speedup_2_vs_1": float, "tiny_vla": {...}}``.
     """
-    from stamo_vla.libero.env import task_instruction
-    from stamo_vla.libero.workers import EnvWorkerPool, EpisodeSpec
     from stamo_vla.vla.policy import OpenVLAPolicy
-    from stamo_vla.vla.tiny import TINY_DATASET, build_tiny
 
     policy_steps = 5 if quick else 30
     per_worker = 1 if quick else 3

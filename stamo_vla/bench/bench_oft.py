@@ -15,9 +15,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from stamo_vla.adapter import StaMoAdapterConfig, attach
 from stamo_vla.adapter.action_heads import L1ActionHead
 from stamo_vla.bench._common import timed_rounds
 from stamo_vla.bench.bench_predict_action import INSTRUCTIONS  # the same prompts for both decoders
+from stamo_vla.vla import build_tiny
+from stamo_vla.vla.tiny import mid_config, tiny_config
 
 CHUNK = 8
 
@@ -28,9 +31,6 @@ def _time(fns: dict, repeats: int) -> dict:
 
 
 def _adapter(config, device: str, **adapter_kwargs):
-    from stamo_vla.adapter import StaMoAdapterConfig, attach
-    from stamo_vla.vla import build_tiny
-
     base, processor = build_tiny(config=config, seed=0)
     hidden = base.config.text_config.hidden_size
     cfg = StaMoAdapterConfig(
@@ -112,8 +112,6 @@ def run(quick: bool = False, presets: tuple[str, ...] = ("tiny", "mid")) -> dict
         {"device", "threads", "results": {preset: {...}}, "speedup": {preset: OFT actions/s / token actions/s},
         "stamo_head_overhead": {preset: fraction of extra time for the future state}}.
     """
-    from stamo_vla.vla.tiny import mid_config, tiny_config
-
     configs = {"tiny": tiny_config, "mid": mid_config}
     unknown = sorted(set(presets) - set(configs))
     if unknown:

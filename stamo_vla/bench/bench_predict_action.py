@@ -15,6 +15,9 @@ import time
 import numpy as np
 import torch
 
+from stamo_vla.vla import build_tiny
+from stamo_vla.vla.tiny import mid_config, tiny_config
+
 INSTRUCTIONS = [
     "pick up the black bowl between the plate and the ramekin and place it on the plate",
     "open the top drawer and put the bowl inside",
@@ -45,8 +48,6 @@ def _time(fn, repeats: int) -> float:
 
 def bench_preset(name: str, config, batch_size: int = 8, repeats: int = 3, device: str = "cpu") -> dict:
     """Seconds per batch of `batch_size` observations, batched and serial, for one preset."""
-    from stamo_vla.vla import build_tiny
-
     model, processor = build_tiny(config=config)
     model = model.to(device)
     inputs = _inputs(processor, batch_size)
@@ -81,8 +82,6 @@ def run(quick: bool = False, presets: tuple[str, ...] = ("tiny", "mid")) -> dict
         {"device", "threads", "results": {preset: {batched_s, serial_s, *_obs_per_s, speedup, same_actions, ...}},
         "ratio": {preset: serial time / batched time}}.
     """
-    from stamo_vla.vla.tiny import mid_config, tiny_config
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
     repeats = 1 if quick else 5
     configs = {"tiny": tiny_config, "mid": mid_config}

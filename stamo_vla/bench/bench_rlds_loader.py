@@ -18,6 +18,9 @@ import time
 
 import numpy as np
 
+from stamo_vla.data.config import DataConfig
+from stamo_vla.data.rlds_writer import write_rlds_dataset
+
 
 def _rss_mb() -> float:
     """Current resident set size of this process in MiB (Linux /proc; falls back to the peak)."""
@@ -52,7 +55,6 @@ def _episode(i: int, length: int) -> dict:
 
 def _stream(root: str, name: str, buffer: int, batches: list[int], batch_size: int) -> dict:
     """Stream batches from one config; RSS and throughput at each checkpoint in `batches`."""
-    from stamo_vla.data.config import DataConfig
     from stamo_vla.data.dataset import make_dataloader
 
     cfg = DataConfig(
@@ -90,8 +92,6 @@ def run(quick: bool = False) -> dict:
         {"episodes", "steps_per_episode", "batch_size", "results": {buffer: {"rss_after_warmup_mb",
         "checkpoints": {n_batches: {samples_per_s, rss_mb, rss_growth_mb, peak_rss_growth_mb}}}}}.
     """
-    from stamo_vla.data.rlds_writer import write_rlds_dataset
-
     episodes, length = (4, 12) if quick else (40, 60)
     buffers, batches, batch_size = ([20, 80], [5, 20], 4) if quick else ([100, 1000], [50, 500], 8)
     results = {}

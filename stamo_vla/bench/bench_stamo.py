@@ -14,6 +14,9 @@ import time
 
 import torch
 
+from stamo_vla.stamo.configuration_stamo import mid_config, tiny_config
+from stamo_vla.stamo.modeling_autoencoder import StaMoAutoencoder
+
 
 def _time(fn, repeats: int) -> float:
     start = time.perf_counter()
@@ -24,8 +27,6 @@ def _time(fn, repeats: int) -> float:
 
 def bench_preset(name: str, config, batch_size: int, steps: int, repeats: int, device: str) -> dict:
     """Encoder images/s and decoder seconds per image for one config."""
-    from stamo_vla.stamo.modeling_autoencoder import StaMoAutoencoder
-
     torch.manual_seed(0)
     model = StaMoAutoencoder(config).to(device).eval()
     images = torch.rand(batch_size, 3, config.image_size, config.image_size, device=device)
@@ -57,8 +58,6 @@ def run(quick: bool = False, presets: tuple[str, ...] = ("tiny", "mid")) -> dict
     Returns:
         {"device", "threads", "results": {preset: {encoder_images_per_s, decoder_s_per_image, ...}}}.
     """
-    from stamo_vla.stamo.configuration_stamo import mid_config, tiny_config
-
     configs = {"tiny": tiny_config, "mid": mid_config}
     unknown = sorted(set(presets) - set(configs))
     if unknown:

@@ -21,6 +21,7 @@ import traceback
 from pathlib import Path
 
 from stamo_vla.configs import check_choice, parse_config
+from stamo_vla.fileio import write_json_atomic, write_text_atomic
 
 BENCHMARKS = ("predict_action", "adapter", "stamo", "rlds_loader", "env", "eval", "oft")
 
@@ -94,8 +95,6 @@ def markdown(results: dict, info: dict) -> str:
 
 def run_benchmarks(cfg: BenchConfig) -> dict:
     """Run the selected benchmarks (one failing does not stop the others); write bench.json and bench.md."""
-    from stamo_vla.fileio import write_json_atomic, write_text_atomic
-
     info, results = machine(), {}
     for name in cfg.names:
         start = time.perf_counter()

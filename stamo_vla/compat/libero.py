@@ -23,6 +23,8 @@ import inspect
 import os
 from pathlib import Path
 
+from stamo_vla.fileio import write_text_atomic
+
 CONFIG_KEYS = ("benchmark_root", "bddl_files", "init_states", "datasets", "assets")
 # where the config for an unattended official LIBERO goes unless the user set LIBERO_CONFIG_PATH
 DEFAULT_CONFIG_DIR = Path("~/.cache/stamo_vla/libero_config").expanduser()
@@ -70,8 +72,6 @@ def default_config(benchmark_root: Path) -> dict[str, str]:
 def write_config(config_dir: Path, benchmark_root: Path) -> Path:
     """Write ``config_dir/config.yaml`` with the default LIBERO paths (atomically) and return its path."""
     import yaml
-
-    from stamo_vla.fileio import write_text_atomic
 
     path = Path(config_dir) / "config.yaml"
     write_text_atomic(path, yaml.safe_dump(default_config(benchmark_root), sort_keys=False))

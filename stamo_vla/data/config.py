@@ -58,8 +58,6 @@ class DataConfig:
     use_target_cache: bool = False
     # folder holding one cache per dataset, <root>/<dataset_name>/ (None = <data_root_dir>/<dataset_name>/stamo_targets)
     target_cache_root: str | None = None
-    # StaMo encoder fingerprint the caches must have been built with (None = accept the caches' own)
-    target_encoder_fingerprint: str | None = None
 
     def __post_init__(self) -> None:
         if not self.dataset_names:
@@ -98,13 +96,17 @@ class DataConfig:
         total = float(sum(weights))
         return [w / total for w in weights]
 
-    def build(self, rank: int | None = None, world_size: int | None = None):
+    def build(
+        self, rank: int | None = None, world_size: int | None = None, encoder_fingerprint: str | None = None
+    ):
         """Make the sample stream: one `RLDSFrameDataset`, or a `MixtureDataset` over several.
 
         Args:
             rank: this process's data-parallel rank (None = from torch.distributed / env, else 0).
             world_size: number of data-parallel ranks (None = from torch.distributed / env, else 1).
+            encoder_fingerprint: with ``use_target_cache``, the StaMo encoder fingerprint every cache must have
+                been built with (None = accept each cache's own, recorded in its manifest.json).
         """
         from stamo_vla.data.dataset import build_dataset
 
-        return build_dataset(self, rank=rank, world_size=world_size)
+        return build_dataset(self, rank=rank, world_size=world_size, encoder_fingerprint=encoder_fingerprint)

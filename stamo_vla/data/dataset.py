@@ -29,6 +29,10 @@ from stamo_vla.data import transforms
 from stamo_vla.data.augment import augment_image, sample_params
 from stamo_vla.data.config import DataConfig
 from stamo_vla.data.normalization import normalize
+from stamo_vla.data.rlds import iter_episodes
+from stamo_vla.data.statistics import compute_statistics, load_dataset_statistics
+from stamo_vla.data.target_cache import TargetCache
+from stamo_vla.data.tf_setup import import_tfds
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +61,6 @@ def decode_frame(jpeg: bytes, size: int) -> np.ndarray:
     TF's default, the fast integer IDCT), then ``tf.image.resize(method="lanczos3", antialias=True)`` always (also
     at the stored size), then round, clip and cast to uint8. The reader already runs TF, so we call the same ops.
     """
-    from stamo_vla.data.tf_setup import import_tfds
-
     tf, _ = import_tfds("decoding training frames")
     img = tf.io.decode_image(jpeg, expand_animations=False, dtype=tf.uint8)
     img = tf.image.resize(img, (size, size), method="lanczos3", antialias=True)
@@ -100,6 +102,8 @@ class RLDSFrameDataset(IterableDataset):
         statistics: this dataset's statistics block (``{"action": ..., "proprio": ...}``) for normalization.
         rank: data-parallel rank (None = discover, see `resolve_rank`).
         world_size: number of data-parallel ranks (None = discover).
+        encoder_fingerprint: with ``cfg.use_target_cache``, the StaMo encoder fingerprint the cache must have been
+            built with (None = accept the cache's own).
     """
 
     def __init__(
@@ -109,6 +113,7 @@ class RLDSFrameDataset(IterableDataset):
         statistics: dict,
         rank: int | None = None,
         world_size: int | None = None,
+        encoder_fingerprint: str | None = None,
     ) -> None:
         super().__init__()
         self.cfg, self.dataset_name, self.statistics = cfg, dataset_name, statistics
@@ -116,13 +121,11 @@ class RLDSFrameDataset(IterableDataset):
         self.augment = cfg.image_aug and cfg.split == "train"
         self.target_cache = None
         if cfg.use_target_cache:
-            from stamo_vla.data.target_cache import TargetCache
-
             self.target_cache = TargetCache.open(
                 cfg.target_cache_dir(dataset_name),
                 cfg.data_root_dir,
                 dataset_name,
-                cfg.target_encoder_fingerprint,
+                encoder_fingerprint,
             )
 
     def shard(self) -> tuple[int, int]:
@@ -132,8 +135,6 @@ class RLDSFrameDataset(IterableDataset):
         return self.rank * workers + worker, self.world_size * workers
 
     def _episodes(self, shard: tuple[int, int], seed: int) -> Iterator[_Episode]:
-        from stamo_vla.data.rlds import iter_episodes
-
         for raw in iter_episodes(
             self.cfg.data_root_dir,
             self.dataset_name,
@@ -307,21 +308,26 @@ def _samples_to_skip(resume: tuple[int, int]) -> int:
     return len(range(worker, consumed, workers)) * batch_size
 
 
-def build_dataset(cfg: DataConfig, rank: int | None = None, world_size: int | None = None) -> IterableDataset:
+def build_dataset(
+    cfg: DataConfig,
+    rank: int | None = None,
+    world_size: int | None = None,
+    encoder_fingerprint: str | None = None,
+) -> IterableDataset:
     """The sample stream of `cfg`: statistics loaded (or computed, cached), one dataset or a mixture.
+
+    `encoder_fingerprint`: see `DataConfig.build`.
 
     The returned dataset has ``dataset_statistics`` ({name: block}, the upstream dataset_statistics.json
     content) to save next to checkpoints.
     """
-    from stamo_vla.data.statistics import compute_statistics, load_dataset_statistics
-
     given = load_dataset_statistics(cfg.statistics_path) if cfg.statistics_path else {}
     datasets = []
     for name in cfg.dataset_names:
         stats = given.get(name) or compute_statistics(
             cfg.data_root_dir, name, num_parallel_reads=cfg.num_parallel_reads
         )
-        ds = RLDSFrameDataset(cfg, name, stats, rank=rank, world_size=world_size)
+        ds = RLDSFrameDataset(cfg, name, stats, rank, world_size, encoder_fingerprint)
         ds.dataset_statistics = {name: stats}
         datasets.append(ds)
     if len(datasets) == 1:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from stamo_vla.data import spec
+from stamo_vla.data.tf_setup import import_tfds
 
 _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 
@@ -129,8 +130,6 @@ def open_builder(data_root_dir: str | os.PathLike, dataset_name: str, version: s
         DatasetNotFoundError: see `resolve_dataset_dir`.
         ValueError: a required feature is missing or has the wrong shape (named in the message).
     """
-    from stamo_vla.data.tf_setup import import_tfds
-
     dataset_dir = resolve_dataset_dir(data_root_dir, dataset_name, version)
     _, tfds = import_tfds("reading RLDS datasets")
     builder = tfds.builder_from_directory(str(dataset_dir))
@@ -155,8 +154,6 @@ def shard_split(builder, split: str, shard: tuple[int, int] | None) -> str | Non
 
     Returns None when the shard is empty (more shards than episodes).
     """
-    from stamo_vla.data.tf_setup import import_tfds
-
     if shard is None:
         return split
     index, count = shard
@@ -204,8 +201,6 @@ def iter_episodes(
         seed: seed of the episode shuffle.
         num_parallel_reads: record files read in parallel.
     """
-    from stamo_vla.data.tf_setup import import_tfds
-
     builder = open_builder(data_root_dir, dataset_name)
     tf, tfds = import_tfds("reading RLDS datasets")
     sub_split = shard_split(builder, split, shard)

@@ -34,7 +34,8 @@ import numpy as np
 from PIL import Image
 
 from stamo_vla.data import spec
-from stamo_vla.fileio import atomic_dir, atomic_path
+from stamo_vla.data.tf_setup import import_tfds
+from stamo_vla.fileio import atomic_dir, atomic_path, write_json_atomic
 
 _STAGED_RE = re.compile(r"^ep-(\d{6})-([0-9a-f]{16})\.npz$")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -260,8 +261,6 @@ class RLDSShardWriter:
 
 def _build_tfds(files: list[Path], name: str, version: str, out_dir: Path) -> None:
     """Run a tfds GeneratorBasedBuilder over staged episodes; move its version dir's files into `out_dir`."""
-    from stamo_vla.data.tf_setup import import_tfds
-
     _, tfds = import_tfds("writing an RLDS dataset")
 
     def generate() -> Iterator[tuple[str, dict]]:
@@ -320,8 +319,6 @@ def _allow_shuffled_reads(dataset_dir: Path) -> None:
     upstream OpenVLA's trainer reads exactly that way (dlimp ``from_rlds(shuffle=True)`` + interleaving). The
     records stay in arrival order, so a read with ``shuffle_files=False`` (ours) still sees that order.
     """
-    from stamo_vla.fileio import write_json_atomic
-
     info_file = dataset_dir / "dataset_info.json"
     info = json.loads(info_file.read_text())
     if info.pop("disableShuffling", None) is not None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from stamo_vla.optional import require
+
 IMAGE_SIZE = 256
 STATE_DIM = 8  # eef pos (3) + axis-angle (3) + gripper finger qpos (2)
 JOINT_DIM = 7
@@ -44,8 +46,6 @@ REQUIRED_FEATURES: dict[str, tuple[int, ...]] = {
 
 def tfds_features():
     """The tfds `FeaturesDict` of one episode, identical to the upstream LIBERO RLDS builders."""
-    from stamo_vla.optional import require
-
     tfds = require("tensorflow_datasets", "building the RLDS feature spec")
     f = tfds.features
     img = (IMAGE_SIZE, IMAGE_SIZE, 3)

@@ -31,7 +31,7 @@ from stamo_vla.configs import parse_config
 from stamo_vla.data import transforms
 from stamo_vla.data.normalization import ACTION_MASK, warn_degenerate
 from stamo_vla.data.rlds import dataset_fingerprint, iter_episodes, resolve_dataset_dir
-from stamo_vla.fileio import write_json_atomic
+from stamo_vla.fileio import read_json, write_json_atomic
 
 # bump when the statistics computation or the transforms it depends on change
 TRANSFORM_VERSION = "libero_standardize_v1/proprio_eef6_gripper2/q01q99_numpy_quantile"
@@ -167,13 +167,9 @@ def load_dataset_statistics(path: str | os.PathLike) -> dict[str, dict]:
         raise FileNotFoundError(
             f"dataset statistics file '{path}' does not exist; create it with `stamo-vla stats`"
         )
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as err:
-        raise ValueError(
-            f"dataset statistics file '{path}' is not valid JSON ({err}); it is truncated or was edited. "
-            "Recreate it with `stamo-vla stats --output_path`."
-        ) from err
+    data = read_json(
+        path, "Recreate it with `stamo-vla stats --output_path`.", name=f"dataset statistics file '{path}'"
+    )
     if not isinstance(data, dict):
         raise ValueError(f"'{path}': expected {{dataset_name: statistics}}, got {type(data).__name__}")
     for name, block in data.items():

@@ -34,8 +34,9 @@ from pathlib import Path
 import numpy as np
 
 from stamo_vla.configs import check_positive_int, parse_config
-from stamo_vla.data.rlds import dataset_fingerprint, resolve_dataset_dir
-from stamo_vla.fileio import atomic_path, write_json_atomic
+from stamo_vla.data.rlds import dataset_fingerprint, iter_episodes, resolve_dataset_dir
+from stamo_vla.fileio import atomic_path, safetensors_problem, write_json_atomic
+from stamo_vla.stamo import StaMoEncoder, fingerprint
 from stamo_vla.stamo.pixels import uint8_to_pixels
 
 FORMAT_VERSION = 1
@@ -131,7 +132,6 @@ class TargetCache:
                 f"StaMo target cache '{self.cache_dir}' has no entry for episode '{file_path}' (the cache run "
                 "did not finish). Rerun the same `stamo-vla cache-targets` command: it resumes."
             )
-        from stamo_vla.fileio import safetensors_problem
 
         problem = safetensors_problem(path)
         if problem is not None:
@@ -152,8 +152,6 @@ class TargetCache:
 def shard_problem(path: Path, num_steps: int) -> str | None:
     """Why a cache shard cannot be reused (truncated, unreadable, wrong length), or None."""
     from safetensors import safe_open
-
-    from stamo_vla.fileio import safetensors_problem
 
     problem = safetensors_problem(path)
     if problem is not None:
@@ -200,9 +198,6 @@ def build_target_cache(
 
     import torch
     from safetensors.numpy import save_file
-
-    from stamo_vla.data.rlds import iter_episodes
-    from stamo_vla.stamo import fingerprint
 
     check_positive_int("batch_size", batch_size)
     out = Path(out_dir) if out_dir else default_cache_dir(data_root_dir, dataset_name)
@@ -279,8 +274,6 @@ class CacheTargetsConfig:
 def main_cache_targets(argv: list[str] | None = None) -> int:
     """``stamo-vla cache-targets``: encode a dataset's frames once with a frozen StaMo encoder."""
     import torch
-
-    from stamo_vla.stamo import StaMoEncoder
 
     cfg = parse_config(CacheTargetsConfig, sys.argv[1:] if argv is None else argv)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")

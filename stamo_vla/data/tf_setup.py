@@ -7,6 +7,8 @@ import os
 import sys
 from types import ModuleType
 
+from stamo_vla.optional import is_available, require
+
 _CONFIGURED = False
 
 
@@ -22,7 +24,6 @@ def import_tfds(purpose: str, threads: int | None = None) -> tuple[ModuleType, M
         threads: intra/inter-op thread cap (None leaves TF's default: one per core).
     """
     global _CONFIGURED
-    from stamo_vla.optional import is_available, require
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if "tensorflow" not in sys.modules and is_available("triton"):

@@ -28,7 +28,9 @@ import sys
 from pathlib import Path
 
 from stamo_vla.configs import check_positive_int, parse_config
-from stamo_vla.libero.env import SAME_STATE_TOLERANCE, SUITE_MAX_STEPS
+from stamo_vla.data.rlds_writer import RLDSShardWriter
+from stamo_vla.fileio import write_json_atomic
+from stamo_vla.libero.env import SAME_STATE_TOLERANCE, SUITE_MAX_STEPS, get_task, init_states
 from stamo_vla.libero.scripted_rollout import (  # noqa: F401  (re-exported: the collection API in one place)
     NOOP_THRESHOLD,
     EpisodeRecorder,
@@ -192,10 +194,6 @@ def collect(cfg: CollectConfig) -> dict:
     """Run the collection described by `cfg`; returns a summary (successes and attempts per task)."""
     from tqdm import tqdm
 
-    from stamo_vla.data.rlds_writer import RLDSShardWriter
-    from stamo_vla.fileio import write_json_atomic
-    from stamo_vla.libero.env import get_task, init_states
-
     tasks = task_ids(cfg.suite, cfg.task_ids)
     writer = RLDSShardWriter(cfg.data_root_dir, cfg.dataset_name)
     manifest_path = Path(cfg.data_root_dir) / cfg.dataset_name / MANIFEST_NAME
@@ -310,8 +308,6 @@ def main_controller_report(argv: list[str] | None = None) -> int:
     )
     print(format_report(cfg.suite, report))
     if cfg.output_path:
-        from stamo_vla.fileio import write_json_atomic
-
         write_json_atomic(
             cfg.output_path, {"suite": cfg.suite, "tasks": {str(t): r for t, r in report.items()}}
         )

@@ -16,6 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from stamo_vla.compat.libero import apply_config_patch, apply_init_states_patch
+from stamo_vla.optional import require
+
 # max policy steps per suite, excluding the wait steps (upstream run_libero_eval.py; longest demo + margin)
 SUITE_MAX_STEPS: dict[str, int] = {
     "libero_spatial": 220,
@@ -54,9 +57,6 @@ def check_suite(suite: str) -> str:
 
 def import_libero_benchmark():
     """Import ``libero.libero.benchmark`` unattended (config prompt and torch>=2.6 patches if needed)."""
-    from stamo_vla.compat.libero import apply_config_patch, apply_init_states_patch
-    from stamo_vla.optional import require
-
     apply_config_patch()
     require("libero", "the LIBERO simulator")
     import libero.libero.benchmark as benchmark

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from stamo_vla import fileio
+from stamo_vla.configs import load_config, save_config
 from stamo_vla.libero.evaluation_config import EvalConfig
 from stamo_vla.libero.evaluation_loop import PlannedEpisode, RolloutSettings, run_episodes
 from stamo_vla.libero.results import (
@@ -27,6 +28,7 @@ from stamo_vla.libero.results import (
     environment_info,
     write_summary,
 )
+from stamo_vla.libero.workers import EnvWorkerPool
 
 # fields that change per-episode outcomes: a resumed run must match the run that wrote the records
 OUTCOME_FIELDS = (
@@ -131,7 +133,6 @@ def check_resume_compatible(cfg: EvalConfig, output_dir: Path) -> None:
             f"output_dir={str(output_dir)!r} already holds results and resume=False; choose a new output_dir "
             "or pass --resume true to continue it"
         )
-    from stamo_vla.configs import load_config
 
     saved = load_config(EvalConfig, saved_path)
     diff = {
@@ -162,8 +163,6 @@ def rendering_guard(err: BaseException) -> BaseException:
 
 def _default_pool_factory(cfg: EvalConfig) -> Callable[[int], Any]:
     def factory(num_workers: int) -> Any:
-        from stamo_vla.libero.workers import EnvWorkerPool
-
         return EnvWorkerPool(num_workers, resolution=cfg.env_resolution, scripted=cfg.policy == "scripted")
 
     return factory
@@ -245,8 +244,6 @@ def evaluate(
         cfg.check_paths()
         policy = policy_factory(cfg, local_rank)
     if rank == 0:
-        from stamo_vla.configs import save_config
-
         save_config(cfg, out / CONFIG_YAML)
         fileio.write_json_atomic(out / ENVIRONMENT_JSON, environment_info(world))
 
@@ -322,8 +319,6 @@ def summarize_run(output_dir: str | os.PathLike, catalog: Any | None = None) -> 
     Useful when a multi-rank run lost a rank before the merge: the finished episodes of every rank are
     on disk, and this merges them without running anything.
     """
-    from stamo_vla.configs import load_config
-
     if catalog is None:
         from stamo_vla.libero import env as catalog
     out = Path(output_dir)

@@ -6,6 +6,8 @@ import dataclasses
 from pathlib import Path
 
 from stamo_vla.configs import check_choice, check_positive_int
+from stamo_vla.libero.env import SUITE_MAX_STEPS
+from stamo_vla.provenance import read_provenance
 
 POLICY_TYPES = ("openvla", "scripted")
 VIDEO_MODES = ("all", "failures", "none")
@@ -22,8 +24,6 @@ LIBERO_HORIZON = 1000
 
 def standard_suites() -> tuple[str, ...]:
     """The five LIBERO suites of the OpenVLA protocol (keys of the per-suite step budgets)."""
-    from stamo_vla.libero.env import SUITE_MAX_STEPS
-
     return tuple(SUITE_MAX_STEPS)
 
 
@@ -68,7 +68,8 @@ class EvalConfig:
     # policy-step budget per episode; None = the suite's upstream value (220/280/300/520/400)
     max_steps: int | None = None
     # center crop keeping 90 percent of the policy image's area; None = crop exactly when the checkpoint records
-    # that training used image augmentation (trained_with_image_aug in stamo_adapter_config.json), and crop when
+    # that training used image augmentation (trained_with_image_aug in the adapter's provenance.json, or in the
+    # stamo_adapter_config.json of an adapter saved before provenance had its own file), and crop when
     # nothing is recorded (upstream's default, right for upstream checkpoints, which all trained with augmentation)
     center_crop: bool | None = None
     # camera resolution of the simulator before the 224 px resize (upstream: 256)
@@ -158,8 +159,6 @@ class EvalConfig:
 
     def max_steps_for(self, suite: str) -> int:
         """The policy-step budget for `suite`: the override, else the upstream per-suite value."""
-        from stamo_vla.libero.env import SUITE_MAX_STEPS
-
         return self.max_steps if self.max_steps is not None else SUITE_MAX_STEPS[suite]
 
     def check_paths(self) -> None:
@@ -177,12 +176,6 @@ class EvalConfig:
 
 def recorded_image_aug(directory: str | None) -> bool | None:
     """``trained_with_image_aug`` of an adapter / merged checkpoint directory (None when not recorded)."""
-    import json
-
     if not directory:
         return None
-    path = Path(directory) / "stamo_adapter_config.json"
-    if not path.is_file():
-        return None
-    value = json.loads(path.read_text()).get("trained_with_image_aug")
-    return None if value is None else bool(value)
+    return read_provenance(directory).trained_with_image_aug

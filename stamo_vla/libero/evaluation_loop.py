@@ -16,8 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from stamo_vla.libero.env import DUMMY_ACTION
+from stamo_vla.libero.protocol import center_crop as crop
+from stamo_vla.libero.protocol import flip_image, postprocess_action, proprio_from_obs, resize_like_rlds
 from stamo_vla.libero.results import EpisodeRecord
 from stamo_vla.libero.videos import VideoRecorder, video_name
+from stamo_vla.libero.workers import EpisodeSpec, WorkerCrashed, WorkerError
 from stamo_vla.policy import Policy
 
 # the third-person camera's observation: the policy image and the video frames
@@ -75,9 +79,6 @@ def _policy_frames(
     """(video frame, policy image): the video shows the 224 px frame before the crop, as upstream. The policy
     image is made at the policy's own input size (``Policy.image_size``) the way its training frames were made
     from the stored 256 px JPEGs: JPEG round trip + lanczos3 resize to that size, then the optional crop."""
-    from stamo_vla.libero.protocol import center_crop as crop
-    from stamo_vla.libero.protocol import flip_image, resize_like_rlds
-
     upright = flip_image(raw)
     frame = resize_like_rlds(upright, 224)
     image = frame if size[0] == 224 else resize_like_rlds(upright, size[0])
@@ -92,8 +93,6 @@ def _query_policy(
     settings: RolloutSettings,
     size: tuple[int, int],
 ):
-    from stamo_vla.libero.protocol import proprio_from_obs
-
     extra = {}
     if policy.uses_wrist_image:  # two-image (OFT) policies: wrist frame, same preprocessing
         extra["wrist_images"] = [
@@ -217,9 +216,6 @@ class _Runner:
     """State of `run_episodes`: pending queue, live episodes per slot, finished records."""
 
     def __init__(self, pool, policy, episodes, settings: RolloutSettings, num_slots: int, on_episode_end):
-        from stamo_vla.libero.env import DUMMY_ACTION
-        from stamo_vla.libero.protocol import postprocess_action
-
         self.pool, self.policy, self.settings, self.num_slots = pool, policy, settings, num_slots
         self.on_episode_end = on_episode_end
         self.dummy = np.asarray(DUMMY_ACTION, dtype=np.float64)
@@ -259,8 +255,6 @@ class _Runner:
             self.pending.appendleft(state.episode)
 
     def fill(self) -> None:
-        from stamo_vla.libero.workers import EpisodeSpec, WorkerCrashed
-
         free = [s for s in range(self.num_slots) if s not in self.live][: len(self.pending)]
         if not free:
             return
@@ -287,8 +281,6 @@ class _Runner:
 
     def actions(self) -> dict[int, np.ndarray] | None:
         """Env actions for every live slot, querying the policy for slots with an empty action queue."""
-        from stamo_vla.libero.workers import WorkerCrashed, WorkerError
-
         wait = self.settings.num_steps_wait
         actions = {s: self.dummy for s, state in self.live.items() if state.t < wait}
         acting = sorted(s for s, state in self.live.items() if state.t >= wait)
@@ -341,8 +333,6 @@ class _Runner:
 
     def step(self, actions: dict[int, np.ndarray]) -> None:
         """Step all live slots in parallel and finish the episodes that succeeded or ran out of steps."""
-        from stamo_vla.libero.workers import WorkerCrashed, WorkerError
-
         try:
             if self.settings.render == "all":
                 results = self.pool.step(actions)

@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from stamo_vla.configs import check_positive_int
-from stamo_vla.libero.env import NUM_STEPS_WAIT, SUITE_MAX_STEPS
+from stamo_vla.data.spec import IMAGE_SIZE
+from stamo_vla.libero.env import NUM_STEPS_WAIT, SUITE_MAX_STEPS, check_task, init_states, task_count
 from stamo_vla.libero.protocol import flip_image, lanczos_resize, proprio_from_obs
 from stamo_vla.libero.workers import INIT_DISTANCE_KEY, EnvWorkerPool, EpisodeSpec, WorkerCrashed
 
@@ -29,8 +30,6 @@ def is_noop(action: np.ndarray, prev_kept: np.ndarray | None, threshold: float =
 
 
 def _spec_size(frame: np.ndarray) -> np.ndarray:
-    from stamo_vla.data.spec import IMAGE_SIZE
-
     if frame.shape[:2] == (IMAGE_SIZE, IMAGE_SIZE):
         return frame
     return lanczos_resize(frame, IMAGE_SIZE)
@@ -158,8 +157,6 @@ def run_scripted_episodes(
 
 def task_ids(suite: str, tasks: tuple[int, ...] | None) -> list[int]:
     """Validated task ids of `suite` (all of them when `tasks` is None)."""
-    from stamo_vla.libero.env import check_task, task_count
-
     ids = list(range(task_count(suite))) if tasks is None else list(tasks)
     for t in ids:
         check_task(suite, t)
@@ -182,8 +179,6 @@ def controller_report(
         "retries"}}``; steps exclude the wait steps; ``max_steps`` defaults to the suite's eval budget.
     """
     from tqdm import tqdm
-
-    from stamo_vla.libero.env import init_states
 
     check_positive_int("episodes", episodes)
     ids = task_ids(suite, tasks)

@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from stamo_vla.configs import check_positive_int
-from stamo_vla.libero.env import SUITE_MAX_STEPS
+from stamo_vla.libero.env import CAMERA_OBS_SUFFIX, SUITE_MAX_STEPS
+from stamo_vla.libero.scripted import ScriptedController, ScriptedControllerConfig
 
 # module that provides make_env(suite, task_id, resolution=, camera_obs=) and init_states(suite, task_id)
 DEFAULT_ENV_MODULE = "stamo_vla.libero.env"
@@ -165,8 +166,6 @@ class _Worker:
         if distance is not None:
             obs = {**obs, INIT_DISTANCE_KEY: distance}
         if self.scripted:
-            from stamo_vla.libero.scripted import ScriptedController, ScriptedControllerConfig
-
             config = ScriptedControllerConfig(**self.controller_config)
             self.controller = ScriptedController(self.env, seed=spec.noise_seed, config=config)
         return obs
@@ -177,7 +176,6 @@ class _Worker:
         if not skip:
             obs, reward, done, info = self.env.step(action)
             return obs, float(reward), bool(done), dict(info)
-        from stamo_vla.libero.env import CAMERA_OBS_SUFFIX
 
         with self.backend.cameras_off(self.env):
             obs, reward, done, info = self.env.step(action)
@@ -264,8 +262,6 @@ class EnvWorkerPool:
         if timeout_s is not None and timeout_s <= 0:
             raise ValueError(f"timeout_s={timeout_s!r} must be positive or None")
         if controller_config:  # fail here, not inside every worker
-            from stamo_vla.libero.scripted import ScriptedControllerConfig
-
             try:
                 ScriptedControllerConfig(**controller_config)
             except TypeError as err:

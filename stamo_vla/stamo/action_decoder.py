@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from stamo_vla.configs import check_positive_int
+from stamo_vla.fileio import atomic_path, write_json_atomic
 
 CONFIG_NAME = "action_decoder_config.json"
 WEIGHTS_NAME = "action_decoder.safetensors"
@@ -139,8 +140,6 @@ class ActionDecoder(nn.Module):
     # ---- persistence -------------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike, dataset_statistics: dict | None = None) -> None:
         from safetensors.torch import save_file
-
-        from stamo_vla.fileio import atomic_path, write_json_atomic
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)

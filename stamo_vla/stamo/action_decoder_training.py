@@ -14,7 +14,11 @@ import dataclasses
 import sys
 from dataclasses import dataclass
 
-from stamo_vla.configs import check_positive_int
+from stamo_vla.configs import check_positive_int, parse_config
+from stamo_vla.data.rlds import iter_episodes
+from stamo_vla.data.statistics import compute_statistics
+from stamo_vla.data.transforms import normalized_actions
+from stamo_vla.fileio import write_json_atomic
 
 
 @dataclass
@@ -55,9 +59,6 @@ def episode_windows(cfg: TrainActionDecoderConfig, encoder):
     """Per-episode (motion, state, normalized chunk) tensors and the action statistics used."""
     import torch
 
-    from stamo_vla.data.rlds import iter_episodes
-    from stamo_vla.data.statistics import compute_statistics
-    from stamo_vla.data.transforms import normalized_actions
     from stamo_vla.stamo.pixels import uint8_to_pixels
 
     stats = compute_statistics(cfg.data_root_dir, cfg.dataset_name)
@@ -83,7 +84,6 @@ def train(cfg: TrainActionDecoderConfig) -> dict:
     """Fit the decoder on the training episodes, save it with its statistics, write metrics.json; returns them."""
     import torch
 
-    from stamo_vla.fileio import write_json_atomic
     from stamo_vla.stamo import StaMoEncoder, fingerprint
     from stamo_vla.stamo.action_decoder import ActionDecoder, ActionDecoderConfig, fit
     from stamo_vla.stamo.probe import split_episodes
@@ -136,7 +136,5 @@ def train(cfg: TrainActionDecoderConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """``stamo-vla train-action-decoder``: parse a `TrainActionDecoderConfig` and train."""
-    from stamo_vla.configs import parse_config
-
     train(parse_config(TrainActionDecoderConfig, sys.argv[1:] if argv is None else argv))
     return 0

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stamo_vla.configs import check_choice
+from stamo_vla.fileio import write_json_atomic
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -268,8 +269,6 @@ class StaMoConfig:
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write ``config.json`` into `directory` (atomically)."""
-        from stamo_vla.fileio import write_json_atomic
-
         write_json_atomic(Path(directory) / CONFIG_NAME, {"_stamo_format": FORMAT_VERSION, **self.to_dict()})
 
     @classmethod

@@ -16,6 +16,7 @@ import torch
 from stamo_vla.stamo.metrics import psnr, ssim
 from stamo_vla.stamo.motion import interpolate
 from stamo_vla.stamo.pixels import resize
+from stamo_vla.viz.sheets import save_sheet
 
 
 def derangement(n: int, seed: int = 0) -> torch.Tensor:
@@ -114,8 +115,6 @@ def save_sample_sheet(
 ) -> None:
     """PNG with rows: originals | decoded from their own states | decoded from a randomly paired image's state
     (the shuffled baseline of `evaluate`, same noise) | interpolation from image 0 to image 1 (`num_interp` states)."""
-    from stamo_vla.viz.sheets import save_sheet
-
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

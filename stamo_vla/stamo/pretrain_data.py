@@ -17,6 +17,9 @@ import numpy as np
 import torch
 
 from stamo_vla.configs import check_positive_int
+from stamo_vla.data.rlds import iter_episodes
+from stamo_vla.fileio import atomic_path
+from stamo_vla.stamo.synthetic import shapes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -104,8 +107,6 @@ class RLDSSource(ImageSourceConfig):
 
     def load_grouped(self, image_size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """Frames, their episode index, and each episode's ``<dataset>/<file_path>``."""
-        from stamo_vla.data.rlds import iter_episodes
-
         frames: list[torch.Tensor] = []
         groups: list[int] = []
         names: list[str] = []
@@ -135,8 +136,6 @@ class SyntheticSource(ImageSourceConfig):
     seed: int = 0
 
     def load(self, image_size: int) -> torch.Tensor:
-        from stamo_vla.stamo.synthetic import shapes
-
         return (shapes(self.num_images, image_size, self.seed) * 255).round().to(torch.uint8)
 
 
@@ -170,8 +169,6 @@ class FramesFileSource(ImageSourceConfig):
 
 def save_frames(path: str | Path, images: torch.Tensor, groups: torch.Tensor, names: list[str]) -> None:
     """Write frames for `FramesFileSource`: uint8 (N, 3, S, S), episode ids (N,), episode names."""
-    from stamo_vla.fileio import atomic_path
-
     with atomic_path(path) as tmp:
         torch.save({"images": images, "groups": groups, "names": list(names)}, tmp)
 

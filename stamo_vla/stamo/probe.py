@@ -28,7 +28,12 @@ import numpy as np
 import torch
 
 from stamo_vla.configs import check_positive_int
+from stamo_vla.data.rlds import iter_episodes
+from stamo_vla.data.statistics import compute_statistics
+from stamo_vla.data.transforms import normalized_actions
+from stamo_vla.optional import require
 from stamo_vla.stamo.action_decoder import mlp
+from stamo_vla.stamo.modeling_encoder import StaMoEncoder
 from stamo_vla.stamo.pixels import uint8_to_pixels
 
 # the inputs `episode_features` computes (the first is the StaMo motion)
@@ -101,8 +106,6 @@ class Split:
 # ------------------------------------------------------------------------------------------- features
 def untrained_copy(encoder, seed: int = 0):
     """The same encoder architecture and frozen backbone with a freshly initialized compressor (and bottleneck)."""
-    from stamo_vla.stamo.modeling_encoder import StaMoEncoder
-
     torch.manual_seed(seed)
     fresh = StaMoEncoder(copy.deepcopy(encoder.config))
     fresh.backbone.load_state_dict(encoder.backbone.state_dict())
@@ -158,10 +161,6 @@ def load_rlds_episodes(
     Actions are normalized with the dataset's q01/q99 statistics (gripper in the dataset convention); the
     task of each episode is its language instruction (for leave-one-task-out).
     """
-    from stamo_vla.data.rlds import iter_episodes
-    from stamo_vla.data.statistics import compute_statistics
-    from stamo_vla.data.transforms import normalized_actions
-
     stats = compute_statistics(data_root_dir, dataset_name)["action"]
     episodes = []
     for ep in iter_episodes(data_root_dir, dataset_name, "train"):
@@ -428,8 +427,6 @@ def markdown_table(results: dict, protocol: str = RANDOM_SPLIT) -> str:
 
 def plot(results: dict, path: str) -> None:
     """MSE vs horizon with mean +- std error bars, one line per row, one panel per protocol (PNG)."""
-    from stamo_vla.optional import require
-
     require("matplotlib", "the probe plot")
     import matplotlib
 

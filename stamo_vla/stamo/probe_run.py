@@ -18,7 +18,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stamo_vla.configs import check_positive_int
+from stamo_vla.configs import check_positive_int, parse_config
+from stamo_vla.fileio import write_json_atomic, write_text_atomic
 
 
 @dataclass
@@ -78,7 +79,6 @@ class ProbeConfig:
 
 def write_outputs(results: dict, output_dir: str | Path, title: str) -> str:
     """probe.json, probe.md (one table per protocol) and probe.png under `output_dir`; returns the markdown."""
-    from stamo_vla.fileio import write_json_atomic, write_text_atomic
     from stamo_vla.stamo.probe import markdown_table, plot
 
     out = Path(output_dir)
@@ -133,7 +133,5 @@ def run(cfg: ProbeConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """``stamo-vla probe``: parse a `ProbeConfig` and run the probe."""
-    from stamo_vla.configs import parse_config
-
     run(parse_config(ProbeConfig, sys.argv[1:] if argv is None else argv))
     return 0

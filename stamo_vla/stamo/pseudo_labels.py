@@ -27,6 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from stamo_vla.configs import check_positive_int, parse_config
+from stamo_vla.data.rlds import iter_episodes
+from stamo_vla.fileio import atomic_path, write_json_atomic
+from stamo_vla.stamo import StaMoEncoder, fingerprint
 from stamo_vla.stamo.pixels import uint8_to_pixels
 
 FORMAT_VERSION = 1
@@ -59,8 +62,6 @@ def frame_folder_episodes(root: str | Path) -> Iterator[tuple[str, np.ndarray]]:
 
 def rlds_episodes(data_root_dir: str | Path, dataset_name: str) -> Iterator[tuple[str, np.ndarray]]:
     """(file_path, (T, H, W, 3) uint8 primary-camera frames) of every episode of an RLDS dataset."""
-    from stamo_vla.data.rlds import iter_episodes
-
     for ep in iter_episodes(data_root_dir, dataset_name, "train"):
         frames = ep.get("image")
         if frames is None or len(frames) == 0:
@@ -94,9 +95,6 @@ def label_latent_actions(
 ) -> Path:
     """Encode every frame once and write per-episode latent actions; returns the output directory."""
     from safetensors.numpy import save_file
-
-    from stamo_vla.fileio import atomic_path, write_json_atomic
-    from stamo_vla.stamo import fingerprint
 
     out = Path(out_dir)
     manifest = {
@@ -193,8 +191,6 @@ class LabelLatentActionsConfig:
 def main(argv: list[str] | None = None) -> int:
     """``stamo-vla label-latent-actions``: encode the episodes and write their latent motions."""
     import torch
-
-    from stamo_vla.stamo import StaMoEncoder
 
     cfg = parse_config(LabelLatentActionsConfig, sys.argv[1:] if argv is None else argv)
     episodes = (

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from stamo_vla.stamo.metrics import psnr
+
 
 def fit_vae(
     vae: nn.Module,
@@ -69,8 +71,6 @@ def vae_health(vae: nn.Module, train: torch.Tensor, heldout: torch.Tensor, batch
     A useful VAE must beat the mean frame clearly, or a decoder that ignores its state looks as good as one
     that uses it. Images are (N, 3, S, S) in [0, 1].
     """
-    from stamo_vla.stamo.metrics import psnr
-
     device = next(vae.parameters()).device
     recon = []
     for i in range(0, len(heldout), batch_size):

@@ -16,7 +16,11 @@ from pathlib import Path
 import torch
 
 from stamo_vla import keys as K
-from stamo_vla.configs import check_positive_int
+from stamo_vla.adapter import load_adapter
+from stamo_vla.configs import check_positive_int, parse_config
+from stamo_vla.fileio import write_json_atomic
+from stamo_vla.training.finetune_config import FinetuneConfig
+from stamo_vla.training.run_config import load_run_config
 
 HELDOUT_METRICS = "heldout_metrics.json"
 
@@ -38,9 +42,6 @@ class HeldoutConfig:
 
 def heldout_config(run_dir: Path):
     """The run's saved config with its data switched to one unaugmented pass over the held-out episodes."""
-    from stamo_vla.training.finetune_config import FinetuneConfig
-    from stamo_vla.training.run_config import load_run_config
-
     cfg = load_run_config(FinetuneConfig, run_dir / "config.yaml")  # old field names included
     if cfg.data.train_percent >= 100:
         raise ValueError(
@@ -54,7 +55,6 @@ def heldout_config(run_dir: Path):
 @torch.no_grad()
 def heldout_metrics(run_dir: str | Path, batch_size: int = 32) -> dict:
     """Average every metric of ``model(batch)`` over the held-out samples of the run in `run_dir`."""
-    from stamo_vla.adapter import load_adapter
     from stamo_vla.training.finetune import BASE_MODEL_DIR, build_dataloader, load_stamo
     from stamo_vla.vla import OpenVLAForActionPrediction, OpenVLAProcessor
 
@@ -69,7 +69,10 @@ def heldout_metrics(run_dir: str | Path, batch_size: int = 32) -> dict:
     live = model.config.has_head and not cfg.data.use_target_cache
     if live:
         model.set_stamo(*load_stamo(cfg, "cpu"))
-    _, loader = build_dataloader(cfg, base, OpenVLAProcessor.from_pretrained(base_path), live, 0, 1)
+    processor = OpenVLAProcessor.from_pretrained(base_path)
+    # the caches must hold the states of the encoder the run trained on, as in training
+    cache_fingerprint = model.provenance.stamo_fingerprint if cfg.data.use_target_cache else None
+    _, loader = build_dataloader(cfg, base, processor, live, 0, 1, cache_fingerprint)
     totals: dict[str, float] = {}
     count = 0
     for batch in loader:
@@ -84,9 +87,6 @@ def heldout_metrics(run_dir: str | Path, batch_size: int = 32) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from stamo_vla.configs import parse_config
-    from stamo_vla.fileio import write_json_atomic
-
     args = parse_config(HeldoutConfig, sys.argv[1:] if argv is None else argv)
     metrics = heldout_metrics(args.run_dir, args.batch_size)
     write_json_atomic(Path(args.run_dir) / HELDOUT_METRICS, metrics)

@@ -14,7 +14,10 @@ import platform
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stamo_vla.demo_report import plot_curves
+from stamo_vla.demo_report import _series, plot_curves
+from stamo_vla.fileio import read_jsonl, write_json_atomic
+from stamo_vla.libero.collect import MANIFEST_NAME, check_disjoint
+from stamo_vla.libero.results import wilson_interval
 
 if TYPE_CHECKING:
     from stamo_vla.study.policy_study import PolicyStudy
@@ -28,8 +31,6 @@ def _read(path: Path) -> dict | None:
 
 
 def _wilson(successes: int, n: int) -> tuple[float, float]:
-    from stamo_vla.libero.results import wilson_interval
-
     return wilson_interval(successes, n)
 
 
@@ -41,8 +42,6 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def collect_evidence(study: PolicyStudy) -> dict:
     """Per dataset: successes, attempts and the disjointness check of its initial states."""
-    from stamo_vla.libero.collect import MANIFEST_NAME, check_disjoint
-
     out = {}
     for kind in ("finetune", "base"):
         manifest = _read(study.data / study.dataset(kind) / MANIFEST_NAME)
@@ -140,9 +139,6 @@ def _verdict(study: PolicyStudy, arms: dict[str, dict | None]) -> list[str]:
 
 
 def _curves(study: PolicyStudy, runs: list[dict], path: Path) -> None:
-    from stamo_vla.demo_report import _series
-    from stamo_vla.fileio import read_jsonl
-
     panels: dict[str, list] = {"train/loss_action (L1)": [], "train/loss_future (StaMo)": []}
     for r in runs:
         records = read_jsonl(study.finetune_root / study.run_id(r["arm"], r["seed"]) / "metrics.jsonl")
@@ -189,8 +185,6 @@ def _fmt_times(times: dict[str, dict]) -> str:
 def write_report(study: PolicyStudy) -> Path:
     """Write <out>/REPORT.md, <out>/study.json and <out>/curves.png; returns the report path."""
     import dataclasses
-
-    from stamo_vla.fileio import write_json_atomic
 
     cfg = study.cfg
     runs = [run_results(study, arm, seed) for arm, seed in cfg.runs]

@@ -33,7 +33,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stamo_vla.configs import check_positive_int, parse_config
+from stamo_vla.configs import check_choice, check_positive_int, parse_config, resolve_preset
+from stamo_vla.study.policy_report import write_report
 from stamo_vla.study.stages import StagedRun, stamo_vla_cli
 
 STAGES = ("collect", "stamo", "base", "finetune", "heldout", "evaluate", "report")
@@ -86,8 +87,6 @@ class PolicyStudyConfig:
     stages: list[str] = field(default_factory=lambda: list(STAGES))
 
     def __post_init__(self) -> None:
-        from stamo_vla.configs import check_choice
-
         for stage in self.stages:
             check_choice("stages entry", stage, STAGES)
         for arm in self.arms:
@@ -162,8 +161,6 @@ class PolicyStudy(StagedRun):
 
     def stage_stamo(self) -> None:
         import yaml
-
-        from stamo_vla.configs import resolve_preset
 
         c = self.cfg
         if not c.stamo_path:
@@ -255,8 +252,6 @@ class PolicyStudy(StagedRun):
             self.run(stamo_vla_cli("eval", *args), f"eval_{name}")
 
     def stage_report(self) -> None:
-        from stamo_vla.study.policy_report import write_report
-
         write_report(self)
 
 

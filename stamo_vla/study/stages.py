@@ -22,6 +22,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from stamo_vla.fileio import append_jsonl, read_jsonl, write_json_atomic
+
 # the folder holding the stamo_vla package in use (a checkout or site-packages): stage commands run
 # `python -m stamo_vla.cli ...` and must import the same code as this process
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent
@@ -84,15 +86,11 @@ class StagedRun:
 
     def record_command(self, argv: list[str]) -> None:
         """Remember the command line that (re)started this run, for the report (``commands.jsonl``)."""
-        from stamo_vla.fileio import append_jsonl
-
         self.out.mkdir(parents=True, exist_ok=True)
         append_jsonl(self.out / "commands.jsonl", {"argv": argv, "time": time.strftime("%Y-%m-%d %H:%M:%S")})
 
     def commands(self) -> list[list[str]]:
         """Every recorded command line of this run, oldest first."""
-        from stamo_vla.fileio import read_jsonl
-
         return [r["argv"] for r in read_jsonl(self.out / "commands.jsonl")]
 
     def stage_fn(self, name: str) -> Callable[[], None]:
@@ -103,8 +101,6 @@ class StagedRun:
 
     def main(self, always: tuple[str, ...] = ("report",)) -> dict[str, float]:
         """Run the selected stages in order, skipping finished ones (except those in `always`)."""
-        from stamo_vla.fileio import write_json_atomic
-
         times: dict[str, float] = {}
         for name in self.stages:
             mark = self.marks / f"{name}.json"

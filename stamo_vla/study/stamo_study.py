@@ -30,9 +30,23 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stamo_vla.configs import check_positive_int
-from stamo_vla.stamo.backbone_pretrain import BackbonePretrainConfig
+from stamo_vla.configs import check_positive_int, parse_config
+from stamo_vla.data.rlds import resolve_dataset_dir
+from stamo_vla.fileio import write_json_atomic
+from stamo_vla.libero.collect import CollectConfig, collect
+from stamo_vla.stamo.backbone_pretrain import BackbonePretrainConfig, pretrain_backbone, save_backbone
+from stamo_vla.stamo.evaluation import evaluate, save_sample_sheet
+from stamo_vla.stamo.modeling_autoencoder import StaMoAutoencoder
+from stamo_vla.stamo.modeling_decoder import build_vae
+from stamo_vla.stamo.modeling_encoder import StaMoEncoder
+from stamo_vla.stamo.pixels import uint8_to_pixels
+from stamo_vla.stamo.pretrain import PretrainStaMoConfig, pretrain, warn_health
+from stamo_vla.stamo.pretrain_data import FramesFileSource, RLDSSource, save_frames, split_heldout, to_pixels
+from stamo_vla.stamo.probe import FitConfig, load_rlds_episodes, run_probe, untrained_copy
+from stamo_vla.stamo.vae_fit import fit_vae, latent_statistics, vae_health
 from stamo_vla.study.stages import StagedRun
+from stamo_vla.study.stamo_study_report import write_report
+from stamo_vla.training.checkpoint import find_latest_checkpoint
 
 STAGES = ("collect", "frames", "vae", "backbone", "stamo", "reconstruction", "probe", "report")
 BACKBONES = ("random", "pretrained")
@@ -151,9 +165,6 @@ class StaMoStudy(StagedRun):
     # ---------------------------------------------------------------- helpers
     def preset(self):
         """The StaMo pretraining preset (a PretrainStaMoConfig)."""
-        from stamo_vla.configs import parse_config
-        from stamo_vla.stamo.pretrain import PretrainStaMoConfig
-
         return parse_config(PretrainStaMoConfig, ["--config", self.cfg.preset], prefix="pretrain_stamo_")
 
     def run_name(self, backbone: str, seed: int) -> str:
@@ -176,9 +187,6 @@ class StaMoStudy(StagedRun):
 
     # ---------------------------------------------------------------- stages
     def stage_collect(self) -> None:
-        from stamo_vla.data.rlds import resolve_dataset_dir
-        from stamo_vla.libero.collect import CollectConfig, collect
-
         try:
             resolve_dataset_dir(self.data, self.dataset)
             _log(f"dataset {self.data / self.dataset} exists; collection skipped")
@@ -200,8 +208,6 @@ class StaMoStudy(StagedRun):
     def stage_frames(self) -> None:
         import torch
 
-        from stamo_vla.stamo.pretrain_data import RLDSSource, save_frames, split_heldout
-
         preset = self.preset()
         source = RLDSSource(
             data_root_dir=str(self.data),
@@ -217,7 +223,6 @@ class StaMoStudy(StagedRun):
         held_mask = torch.isin(groups, torch.tensor(held))
         held_idx = held_mask.nonzero().flatten()
         pick = torch.linspace(0, len(held_idx) - 1, self.cfg.num_eval_images).round().long()
-        from stamo_vla.fileio import write_json_atomic
 
         write_json_atomic(
             self.split_file,
@@ -235,12 +240,6 @@ class StaMoStudy(StagedRun):
         _log(f"{len(images)} frames of {len(names)} episodes; held out: {len(held)} episodes")
 
     def stage_vae(self) -> None:
-        from stamo_vla.fileio import write_json_atomic
-        from stamo_vla.stamo.modeling_decoder import build_vae
-        from stamo_vla.stamo.pretrain import warn_health
-        from stamo_vla.stamo.pretrain_data import to_pixels
-        from stamo_vla.stamo.vae_fit import fit_vae, latent_statistics, vae_health
-
         c = self.cfg
         preset = self.preset()
         train_u8, eval_u8, _ = self.load_split()
@@ -273,10 +272,6 @@ class StaMoStudy(StagedRun):
             )
 
     def stage_backbone(self) -> None:
-        from stamo_vla.fileio import write_json_atomic
-        from stamo_vla.stamo.backbone_pretrain import pretrain_backbone, save_backbone
-        from stamo_vla.stamo.pretrain_data import to_pixels
-
         if "pretrained" not in self.cfg.backbones:
             _log("no run uses the pretrained backbone; skipped")
             return
@@ -297,8 +292,6 @@ class StaMoStudy(StagedRun):
 
     def stamo_config(self, backbone: str, seed: int):
         """The preset with the study's frames, split, fitted VAE and (optionally) the pretrained backbone."""
-        from stamo_vla.stamo.pretrain_data import FramesFileSource
-
         c = self.cfg
         cfg = self.preset()
         vae = json.loads((self.out / "vae.json").read_text())
@@ -320,10 +313,6 @@ class StaMoStudy(StagedRun):
         return cfg
 
     def stage_stamo(self) -> None:
-        from stamo_vla.fileio import write_json_atomic
-        from stamo_vla.stamo.pretrain import pretrain
-        from stamo_vla.training.checkpoint import find_latest_checkpoint
-
         for backbone, seed in self.runs():
             done = self.stamo_dir(backbone, seed) / "result.json"
             if done.is_file():
@@ -346,12 +335,6 @@ class StaMoStudy(StagedRun):
             )
 
     def stage_reconstruction(self) -> None:
-        from stamo_vla.fileio import write_json_atomic
-        from stamo_vla.stamo.evaluation import evaluate, save_sample_sheet
-        from stamo_vla.stamo.modeling_autoencoder import StaMoAutoencoder
-        from stamo_vla.stamo.pretrain_data import to_pixels
-        from stamo_vla.training.checkpoint import find_latest_checkpoint
-
         _, eval_u8, split = self.load_split()
         pixels = to_pixels(eval_u8)
         table = {}
@@ -377,12 +360,6 @@ class StaMoStudy(StagedRun):
 
     def stage_probe(self) -> None:
         import torch
-
-        from stamo_vla.fileio import write_json_atomic
-        from stamo_vla.stamo.modeling_encoder import StaMoEncoder
-        from stamo_vla.stamo.pixels import uint8_to_pixels
-        from stamo_vla.stamo.probe import FitConfig, load_rlds_episodes, run_probe, untrained_copy
-        from stamo_vla.training.checkpoint import find_latest_checkpoint
 
         c = self.cfg
         encoders = {}
@@ -419,15 +396,11 @@ class StaMoStudy(StagedRun):
         write_json_atomic(self.out / "probe.json", results)
 
     def stage_report(self) -> None:
-        from stamo_vla.study.stamo_study_report import write_report
-
         write_report(self)
 
 
 def main(argv: list[str] | None = None) -> int:
     import torch
-
-    from stamo_vla.configs import parse_config
 
     cfg = parse_config(StaMoStudyConfig, sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(cfg.threads)

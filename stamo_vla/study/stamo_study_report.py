@@ -9,6 +9,8 @@ import platform
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from stamo_vla.fileio import read_jsonl, write_json_atomic, write_text_atomic
+
 if TYPE_CHECKING:
     from stamo_vla.study.stamo_study import StaMoStudy
 
@@ -22,8 +24,6 @@ def _read(path: Path) -> dict | None:
 def plot_eval_curves(study: StaMoStudy, path: Path) -> bool:
     """Held-out PSNR from own vs shuffled states at every evaluation, one panel per run."""
     import matplotlib
-
-    from stamo_vla.fileio import read_jsonl
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -160,7 +160,6 @@ def _probe_section(probe: dict | None, results: Path) -> list[str]:
 
 
 def write_report(study: StaMoStudy) -> Path:
-    from stamo_vla.fileio import write_json_atomic, write_text_atomic
     from stamo_vla.stamo.probe import plot
 
     out, results = study.out, study.results

@@ -14,6 +14,7 @@ target stops with an error instead of logging loss 0.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -28,6 +29,7 @@ from stamo_vla.adapter import attach, load_adapter, save_adapter
 from stamo_vla.configs import parse_config, save_config
 from stamo_vla.data.dataset import make_dataloader
 from stamo_vla.fileio import write_json_atomic
+from stamo_vla.provenance import read_provenance
 from stamo_vla.stamo import StaMoAutoencoder, StaMoEncoder, fingerprint
 from stamo_vla.stamo.pixels import uint8_to_pixels
 from stamo_vla.training import resume_config
@@ -87,8 +89,9 @@ def load_stamo(cfg: FinetuneConfig, device) -> tuple[Any, Any]:
     return StaMoEncoder.from_pretrained(cfg.stamo_path).to(device).eval(), None
 
 
-def _adopt_cache_shape(cfg: FinetuneConfig) -> None:
-    """Without an encoder, the head's state shape and the encoder fingerprint come from the target cache."""
+def _adopt_cache_shape(cfg: FinetuneConfig) -> str:
+    """Without an encoder, the head's state shape comes from the target cache; returns the encoder fingerprint
+    its manifest records (every dataset's cache must match it)."""
     manifest_path = Path(cfg.data.target_cache_dir(cfg.data.dataset_names[0])) / "manifest.json"
     if not manifest_path.is_file():
         raise FileNotFoundError(
@@ -98,20 +101,27 @@ def _adopt_cache_shape(cfg: FinetuneConfig) -> None:
     manifest = json.loads(manifest_path.read_text())
     cfg.adapter.num_state_tokens = int(manifest["num_state_tokens"])
     cfg.adapter.state_dim = int(manifest["state_dim"])
-    cfg.adapter.stamo_fingerprint = manifest["encoder_fingerprint"]
-    if cfg.data.target_encoder_fingerprint is None:
-        cfg.data.target_encoder_fingerprint = manifest[
-            "encoder_fingerprint"
-        ]  # every dataset: the same encoder
+    return manifest["encoder_fingerprint"]
 
 
-def build_model(cfg: FinetuneConfig, base, encoder, decoder, resume_from: Path | None):
-    """Attach a fresh adapter, or load the one saved in a checkpoint (trainable) to resume."""
+def build_model(
+    cfg: FinetuneConfig,
+    base,
+    encoder,
+    decoder,
+    resume_from: Path | None,
+    stamo_fingerprint: str | None = None,
+):
+    """Attach a fresh adapter, or load the one saved in a checkpoint (trainable, with its provenance) to resume.
+
+    `stamo_fingerprint`: the encoder of the target caches, recorded when no encoder is loaded.
+    """
     if resume_from is not None:
         model = load_adapter(base, resume_from / "model", is_trainable=True)
         model.set_stamo(encoder, decoder)
         return model
-    return attach(base, cfg.adapter, stamo_encoder=encoder, stamo_decoder=decoder)
+    provenance = dataclasses.replace(cfg.provenance(), stamo_fingerprint=stamo_fingerprint)
+    return attach(base, cfg.adapter, stamo_encoder=encoder, stamo_decoder=decoder, provenance=provenance)
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -162,9 +172,20 @@ class FinetuneCollator:
         return {**self.batch_transform.collate(items), SUPERVISION: supervision}
 
 
-def build_dataloader(cfg: FinetuneConfig, base, processor, live_targets: bool, rank: int, world_size: int):
-    """The rank's sample stream (its own shard) and a DataLoader that yields model batches."""
-    dataset = cfg.data.build(rank=rank, world_size=world_size)
+def build_dataloader(
+    cfg: FinetuneConfig,
+    base,
+    processor,
+    live_targets: bool,
+    rank: int,
+    world_size: int,
+    encoder_fingerprint: str | None = None,
+):
+    """The rank's sample stream (its own shard) and a DataLoader that yields model batches.
+
+    `encoder_fingerprint`: the StaMo encoder every target cache must have been built with (None = any).
+    """
+    dataset = cfg.data.build(rank=rank, world_size=world_size, encoder_fingerprint=encoder_fingerprint)
     action_tokenizer = ActionTokenizer(base.action_vocab_size, bins=base.config.n_action_bins)
     transform = cfg.adapter.action_head.batch_transform(processor, action_tokenizer)
     collate = FinetuneCollator(transform, stamo_pixels=live_targets, has_head=cfg.adapter.has_head)
@@ -298,16 +319,29 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
 
     base, processor = load_base(cfg, run_dir, accelerator)
     encoder, decoder = load_stamo(cfg, accelerator.device)
-    if encoder is not None and cfg.data.use_target_cache and cfg.data.target_encoder_fingerprint is None:
-        cfg.data.target_encoder_fingerprint = fingerprint(encoder)  # refuse caches built by another encoder
+    cache_fingerprint = None  # the encoder every target cache must have been built with (None = any)
+    if encoder is not None and cfg.data.use_target_cache:
+        cache_fingerprint = fingerprint(encoder)  # refuse caches built by another encoder
     if encoder is None and cfg.data.use_target_cache and cfg.adapter.has_head:
-        _adopt_cache_shape(cfg)
+        cache_fingerprint = _adopt_cache_shape(cfg)  # every dataset: the first cache's encoder
     if resume_from is not None:  # before the model is loaded: a changed model is refused, not trained
-        resume_config.check_fixed(cfg.to_dict(), _checkpoint_adapter(resume_from), None, resume_from)
-    model = build_model(cfg, base, encoder, decoder, resume_from)
+        resume_config.check_fixed(
+            cfg.to_dict(),
+            _checkpoint_adapter(resume_from),
+            None,
+            resume_from,
+            read_provenance(resume_from / "model"),
+        )
+    model = build_model(cfg, base, encoder, decoder, resume_from, cache_fingerprint)
     live_targets = model.config.has_head and not cfg.data.use_target_cache
     dataset, loader = build_dataloader(
-        cfg, base, processor, live_targets, accelerator.process_index, accelerator.num_processes
+        cfg,
+        base,
+        processor,
+        live_targets,
+        accelerator.process_index,
+        accelerator.num_processes,
+        cache_fingerprint,
     )
     stats = dataset.dataset_statistics
     base.norm_stats = stats

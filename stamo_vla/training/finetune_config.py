@@ -12,11 +12,15 @@ from stamo_vla.adapter.action_heads import upgrade_legacy_action_head
 from stamo_vla.adapter.configuration_adapter import REMOVED_FIELDS, StaMoAdapterConfig
 from stamo_vla.configs import check_choice, check_positive_int
 from stamo_vla.data.config import DataConfig
+from stamo_vla.provenance import Provenance
 from stamo_vla.training.optim import OptimizerConfig
 from stamo_vla.training.run_config import RunConfig
 
 ATTENTION = ("sdpa", "eager", "flash_attention_2")
 _DATA_DEFAULTS = {f.name: f.default for f in dataclasses.fields(DataConfig)}
+# data fields of older configs: the encoder a target cache must match is the run's encoder (or the first cache's),
+# recorded as stamo_fingerprint in the adapter's provenance.json
+REMOVED_DATA_FIELDS = ("target_encoder_fingerprint",)
 
 
 @dataclass
@@ -106,8 +110,7 @@ class FinetuneConfig(RunConfig):
 
     def _resolve(self) -> None:
         """Derive the fields that follow others, in one place: the data's future-frame offset and chunk follow
-        the adapter, the data loads what the action head reads, and the adapter records whether training
-        augmented images (evaluation center-crops exactly then). A value the user set that disagrees with the
+        the adapter, and the data loads what the action head reads. A value the user set that disagrees with the
         one derived is an error naming both fields; a field left at its default takes the derived value."""
         head = self.adapter.action_head
         head.check_attention(self.attn_implementation)
@@ -126,13 +129,12 @@ class FinetuneConfig(RunConfig):
             setattr(self.data, field_name, value)
         self.data.load_wrist = self.data.load_wrist or needs["load_wrist"]
         self.data.load_proprio = self.data.load_proprio or needs["load_proprio"]
-        augmented = bool(self.data.image_aug)
-        if self.adapter.trained_with_image_aug not in (None, augmented):
-            raise ValueError(
-                f"adapter.trained_with_image_aug={self.adapter.trained_with_image_aug!r} conflicts with "
-                f"data.image_aug={self.data.image_aug!r}: it records data.image_aug; set only data.image_aug"
-            )
-        self.adapter.trained_with_image_aug = augmented
+
+    def provenance(self) -> Provenance:
+        """What this run records beside its adapter (provenance.json), beyond what `attach` adds (the base-model
+        signature, the encoder fingerprint): whether training augmented images (evaluation center-crops exactly
+        then)."""
+        return Provenance(trained_with_image_aug=bool(self.data.image_aug))
 
     def run_path(self) -> Path:
         """``run_dir``, or ``runs/<default_run_id>`` when it is not set."""
@@ -160,7 +162,8 @@ class FinetuneConfig(RunConfig):
 
     @classmethod
     def upgrade_saved(cls, data: dict, run_dir: str | Path | None = None) -> dict:
-        """A saved config.yaml with old field names mapped (run fields, the adapter's flat action-head fields)."""
+        """A saved config.yaml with old field names mapped (run fields, the adapter's flat action-head fields) and
+        the provenance fields older configs held dropped (provenance.json beside the adapter records them)."""
         data = super().upgrade_saved(data, run_dir)
         if isinstance(data.get("adapter"), dict):
             data["adapter"] = {
@@ -168,4 +171,6 @@ class FinetuneConfig(RunConfig):
                 for k, v in upgrade_legacy_action_head(data["adapter"]).items()
                 if k not in REMOVED_FIELDS
             }
+        if isinstance(data.get("data"), dict):
+            data["data"] = {k: v for k, v in data["data"].items() if k not in REMOVED_DATA_FIELDS}
         return data

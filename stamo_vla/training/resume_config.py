@@ -3,7 +3,8 @@
 A checkpoint fixes the model it holds: the base checkpoint and every adapter setting that shapes or defines
 the trained modules (LoRA rank and targets, head, target kind, horizon, ...). Changing one of those on resume
 is refused (`ResumeConfigError`), since the checkpoint would silently keep training the old model while the
-run's config said otherwise. Everything else (lr and schedule, batch size, step counts, logging, data
+run's config said otherwise. So is a change of data.image_aug when the checkpoint's provenance records that
+its images were (or were not) augmented. Everything else (lr and schedule, batch size, step counts, logging, data
 settings) may change: each change is written to ``<run_dir>/config_changes.jsonl`` with the step it took
 effect, and the previous ``config.yaml`` is kept under ``<run_dir>/config_history/`` before the new one is
 written.
@@ -18,15 +19,16 @@ import warnings
 from pathlib import Path
 
 from stamo_vla.fileio import append_jsonl
+from stamo_vla.provenance import Provenance, read_provenance
 from stamo_vla.training.finetune_config import FinetuneConfig
 
 CHANGES_FILE = "config_changes.jsonl"
 HISTORY_DIR = "config_history"
-# filled in from the StaMo encoder / target cache / base model at run time, not chosen by the user
-DERIVED_ADAPTER_FIELDS = ("num_state_tokens", "state_dim", "stamo_fingerprint", "base_model")
+# filled in from the StaMo encoder / target cache at run time, not chosen by the user
+DERIVED_ADAPTER_FIELDS = ("num_state_tokens", "state_dim")
 FIXED_TOP_LEVEL = ("vla_path", "load_in_4bit")
 # how to resume (not what runs) or derived from adapter fields checked above
-IGNORED = ("resume", "run_dir", "data.horizon", "data.action_chunk", "data.target_encoder_fingerprint")
+IGNORED = ("resume", "run_dir", "data.horizon", "data.action_chunk")
 
 
 class ResumeConfigError(ValueError):
@@ -37,7 +39,7 @@ def _flatten(data: dict, prefix: str = "") -> dict:
     flat = {}
     for key, value in data.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict) and key != "base_model":
+        if isinstance(value, dict):
             flat.update(_flatten(value, name + "."))
         else:
             flat[name] = json.loads(json.dumps(value, default=str))  # tuples -> lists, like the YAML
@@ -56,8 +58,18 @@ def _load_yaml(path: Path) -> dict:
         ) from err
 
 
-def check_fixed(cfg_dict: dict, checkpoint_adapter: dict, previous: dict | None, checkpoint: Path) -> None:
-    """Raise `ResumeConfigError` naming every fixed setting that differs from the checkpoint's."""
+def check_fixed(
+    cfg_dict: dict,
+    checkpoint_adapter: dict,
+    previous: dict | None,
+    checkpoint: Path,
+    provenance: Provenance | None = None,
+) -> None:
+    """Raise `ResumeConfigError` naming every fixed setting that differs from the checkpoint's.
+
+    `provenance`: the checkpoint model's record (`read_provenance`); its ``trained_with_image_aug`` fixes
+    data.image_aug.
+    """
     current = _flatten(cfg_dict)
     saved_adapter = FinetuneConfig.upgrade_saved({"adapter": checkpoint_adapter})["adapter"]
     diffs = []
@@ -72,6 +84,12 @@ def check_fixed(cfg_dict: dict, checkpoint_adapter: dict, previous: dict | None,
         for key in FIXED_TOP_LEVEL
         if key in old and key in current and old[key] != current[key]
     ]
+    recorded = provenance.trained_with_image_aug if provenance is not None else None
+    if recorded is not None and "data.image_aug" in current and bool(current["data.image_aug"]) != recorded:
+        diffs.append(
+            f"data.image_aug: checkpoint trained with {recorded!r} (trained_with_image_aug in "
+            f"{provenance.source}), now {current['data.image_aug']!r}"
+        )
     if diffs:
         raise ResumeConfigError(
             f"resume=true cannot change what checkpoint {checkpoint} fixes: "
@@ -109,7 +127,7 @@ def reconcile(
     previous = _load_yaml(config_file) if config_file.is_file() else None
     if previous is not None:  # a config saved before a field was renamed compares under the current names
         previous = FinetuneConfig.upgrade_saved(previous, run_dir)
-    check_fixed(cfg_dict, checkpoint_adapter, previous, checkpoint)
+    check_fixed(cfg_dict, checkpoint_adapter, previous, checkpoint, read_provenance(checkpoint / "model"))
     if previous is None:
         return {}
     changes = allowed_changes(cfg_dict, previous)

@@ -18,7 +18,10 @@ import sys
 from pathlib import Path
 
 from stamo_vla.configs import check_choice, parse_config
+from stamo_vla.stamo import StaMoAutoencoder
+from stamo_vla.stamo.motion import interpolate, transfer
 from stamo_vla.stamo.pixels import uint8_to_pixels
+from stamo_vla.viz.sheets import save_sheet
 
 MODES = ("reconstruct", "interpolate", "transfer")
 
@@ -41,8 +44,6 @@ def load_images(paths: list[str], size: int):
 def render(mode: str, model, images, steps: int = 8, sample_steps: int | None = None, seed: int = 0) -> list:
     """Rows of images for `mode` (each row (n, 3, S, S) in [0, 1]); deterministic given `seed`."""
     import torch
-
-    from stamo_vla.stamo.motion import interpolate, transfer
 
     need = {"reconstruct": (1, None), "interpolate": (2, 2), "transfer": (3, 3)}[mode]
     if len(images) < need[0] or (need[1] is not None and len(images) != need[1]):
@@ -89,9 +90,6 @@ class VizConfig:
 
 def main(argv: list[str] | None = None) -> int:
     """``stamo-vla viz``: decode the images' states into a sheet."""
-    from stamo_vla.stamo import StaMoAutoencoder
-    from stamo_vla.viz.sheets import save_sheet
-
     cfg = parse_config(VizConfig, sys.argv[1:] if argv is None else argv)
     model = StaMoAutoencoder.from_pretrained(cfg.stamo_path).eval()
     rows = render(

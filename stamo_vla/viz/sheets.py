@@ -7,6 +7,8 @@ import os
 import numpy as np
 import torch
 
+from stamo_vla.fileio import atomic_path
+
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(B, 3, H, W) float in [0, 1] -> (B, H, W, 3) uint8."""
@@ -34,8 +36,6 @@ def grid(rows: list[torch.Tensor], pad: int = 2, label_width: int = 0) -> np.nda
 def save_sheet(rows: list[torch.Tensor], path: str | os.PathLike, labels: list[str] | None = None) -> None:
     """Write `rows` as a PNG (atomically), with an optional text label left of each row."""
     from PIL import Image, ImageDraw
-
-    from stamo_vla.fileio import atomic_path
 
     if labels is not None and len(labels) != len(rows):
         raise ValueError(f"got {len(labels)} labels for {len(rows)} rows")

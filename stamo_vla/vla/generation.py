@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from stamo_vla.vla.action_tokenizer import ActionTokenizer
+
 
 def check_unnorm_key(norm_stats: dict | None, unnorm_key: str | None) -> str:
     """Resolve the dataset key whose statistics un-normalize actions.
@@ -174,7 +176,6 @@ def predict_action(
             ids, hidden = decoded if return_hidden else (decoded, None)
     finally:
         model.train(was_training)
-    from stamo_vla.vla.action_tokenizer import ActionTokenizer
 
     tokenizer = ActionTokenizer(model.action_vocab_size, bins=model.config.n_action_bins)
     normalized = tokenizer.decode_token_ids_to_actions(ids.cpu().numpy())

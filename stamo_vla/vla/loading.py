@@ -7,7 +7,6 @@ files, `generation_config.json`, and optionally `dataset_statistics.json` (overr
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import warnings
@@ -16,7 +15,11 @@ from typing import Any
 
 import torch
 
+from stamo_vla import fileio
 from stamo_vla.configs import check_choice
+from stamo_vla.data.statistics import load_dataset_statistics as load_checked
+from stamo_vla.fileio import atomic_dir, safetensors_problem, write_json_atomic
+from stamo_vla.optional import is_available, require
 
 logger = logging.getLogger(__name__)
 
@@ -74,13 +77,12 @@ def resolve_directory(path: str | os.PathLike) -> Path:
 
 def read_json(file: Path) -> Any:
     """Parse a checkpoint's JSON file; an invalid one is named with the fix."""
-    try:
-        return json.loads(file.read_text())
-    except ValueError as err:
-        raise CheckpointError(
-            f"OpenVLA checkpoint: {file} is not valid JSON ({err}); it is truncated or was edited. Copy it "
-            "again from the checkpoint it came from."
-        ) from err
+    return fileio.read_json(
+        file,
+        "Copy it again from the checkpoint it came from.",
+        name=f"OpenVLA checkpoint: {file}",
+        error=CheckpointError,
+    )
 
 
 def read_config_json(directory: Path) -> dict:
@@ -120,8 +122,6 @@ def weight_files(directory: Path) -> list[Path]:
 def checkpoint_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape, read from the safetensors headers (no tensor data is loaded)."""
     from safetensors import safe_open
-
-    from stamo_vla.fileio import safetensors_problem
 
     shapes = {}
     for file in files:
@@ -169,16 +169,12 @@ def check_state_dict(expected: dict, found: dict, where: str) -> None:
 
 
 def load_dataset_statistics(directory: Path) -> dict | None:
-    from stamo_vla.data.statistics import load_dataset_statistics as load_checked
-
     file = directory / DATASET_STATISTICS
     return load_checked(file) if file.is_file() else None
 
 
 def resolve_attn_implementation(requested: str | None, device_map: Any = None) -> str:
     """`sdpa` by default; `flash_attention_2` only with flash_attn importable and CUDA, else warn + sdpa."""
-    from stamo_vla.optional import is_available
-
     requested = requested or "sdpa"
     if requested not in ATTN_IMPLEMENTATIONS:
         raise ValueError(f"attn_implementation: got {requested!r}; allowed {list(ATTN_IMPLEMENTATIONS)}.")
@@ -202,7 +198,6 @@ def quantization_kwargs(
         raise ValueError("load_in_4bit and load_in_8bit are exclusive; pass one of them.")
     if quantization_config is None and not (load_in_4bit or load_in_8bit):
         return {}
-    from stamo_vla.optional import require
 
     require("bitsandbytes", "4-bit / 8-bit loading")
     from transformers import BitsAndBytesConfig
@@ -225,8 +220,6 @@ def qlora_quantization_config() -> Any:
     Differs from plain ``load_in_4bit=True`` (eval semantics: bnb's default FP4) on purpose: training with
     ``FinetuneConfig.load_in_4bit`` quantizes exactly as upstream's ``use_quantization`` does.
     """
-    from stamo_vla.optional import require
-
     require("bitsandbytes", "4-bit QLoRA training")
     from transformers import BitsAndBytesConfig
 
@@ -320,8 +313,6 @@ def save_checkpoint(
     `save_dir` must be new or empty, or (with `overwrite`) a checkpoint written here before: any other
     directory is refused, never replaced (`stamo_vla.fileio.atomic_dir`).
     """
-    from stamo_vla.fileio import atomic_dir, write_json_atomic
-
     save_dir = Path(save_dir)
     with atomic_dir(save_dir, kind="openvla_checkpoint", overwrite=overwrite) as tmp:
         model.save_pretrained(str(tmp), max_shard_size=max_shard_size)

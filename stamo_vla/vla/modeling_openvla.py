@@ -22,6 +22,8 @@ from transformers.utils import ModelOutput
 
 from stamo_vla.keys import ATTENTION_MASK, IGNORE_INDEX, INPUT_IDS, LABELS, PIXEL_VALUES
 from stamo_vla.vla.configuration_openvla import OpenVLAConfig
+from stamo_vla.vla.generation import predict_action
+from stamo_vla.vla.loading import disable_unsupported_bnb_cpu_packing, prepare_load
 from stamo_vla.vla.metrics import action_token_loss
 from stamo_vla.vla.vision_openvla import LayerScale, OpenVLAProjector, OpenVLAVisionBackbone
 
@@ -91,8 +93,6 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
         "flash_attention_2" falls back to sdpa with a warning when unavailable. A
         `dataset_statistics.json` beside the weights replaces `config.norm_stats`.
         """
-        from stamo_vla.vla.loading import disable_unsupported_bnb_cpu_packing, prepare_load
-
         directory, kwargs, stats = prepare_load(pretrained_model_name_or_path, kwargs)
         loaded = super().from_pretrained(str(directory), *args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True
@@ -263,8 +263,6 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
 
         See `stamo_vla.vla.generation.predict_action` for the arguments.
         """
-        from stamo_vla.vla.generation import predict_action
-
         if not bool(torch.isfinite(pixel_values).all()):
             raise ValueError(
                 "pixel_values contain NaN or inf; pass finite images (uint8 RGB through the processor)."

@@ -29,6 +29,20 @@ import torch
 from torch import nn
 
 from stamo_vla.configs import check_positive_int
+from stamo_vla.vla.generation import check_unnorm_key, unnormalize_actions
+from stamo_vla.vla.loading import CheckpointError, resolve_directory
+from stamo_vla.vla.oft_forward import OFT_UNNORM_EPS, OFTModules, oft_predict
+from stamo_vla.vla.oft_loading import (
+    ACTION_HEAD,
+    FILM_BACKBONE,
+    PROPRIO_PROJECTOR,
+    component_files,
+    find_component,
+    head_sizes,
+    load_component,
+    proprio_dim_of,
+    read_component,
+)
 
 # OpenVLA-OFT's LIBERO constants (prismatic/vla/constants.py): NUM_ACTIONS_CHUNK, and the eval's
 # num_images_in_input (third-person + wrist)
@@ -97,20 +111,7 @@ class OpenVLAOFTForActionPrediction(nn.Module):
         Raises:
             CheckpointError: a head file is missing, unreadable, or does not fit the model (names the file).
         """
-        from stamo_vla.vla.loading import CheckpointError, resolve_directory
         from stamo_vla.vla.modeling_openvla import OpenVLAForActionPrediction
-        from stamo_vla.vla.oft_forward import OFTModules
-        from stamo_vla.vla.oft_loading import (
-            ACTION_HEAD,
-            FILM_BACKBONE,
-            PROPRIO_PROJECTOR,
-            component_files,
-            find_component,
-            head_sizes,
-            load_component,
-            proprio_dim_of,
-            read_component,
-        )
 
         if num_images_in_input not in (1, 2):
             raise ValueError(f"num_images_in_input={num_images_in_input} is not valid; allowed: [1, 2]")
@@ -186,9 +187,6 @@ class OpenVLAOFTForActionPrediction(nn.Module):
         Returns:
             (B, K, A) float64; the gripper dim stays in the dataset's [0, 1] convention (not un-normalized).
         """
-        from stamo_vla.vla.generation import check_unnorm_key, unnormalize_actions
-        from stamo_vla.vla.oft_forward import OFT_UNNORM_EPS, oft_predict
-
         extra = sorted(set(kwargs) - {"do_sample"})
         if extra:
             raise TypeError(

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 
 from stamo_vla.policy import Policy
+from stamo_vla.vla.generation import check_unnorm_key
+from stamo_vla.vla.loading import load_vla
 
 
 class OpenVLAPolicy(Policy):
@@ -23,8 +25,6 @@ class OpenVLAPolicy(Policy):
     action_chunk: int = 1  # token policies predict one step per call
 
     def __init__(self, model: Any, processor: Any, unnorm_key: str | None = None):
-        from stamo_vla.vla.generation import check_unnorm_key
-
         self.model = model.eval()
         self.processor = processor
         self.unnorm_key = check_unnorm_key(model.norm_stats, unnorm_key)
@@ -52,7 +52,6 @@ class OpenVLAPolicy(Policy):
             load_in_8bit: bitsandbytes 8-bit.
             device: where to put a non-quantized model (default: CUDA if available, else CPU).
         """
-        from stamo_vla.vla.loading import load_vla
         from stamo_vla.vla.modeling_openvla import OpenVLAForActionPrediction
         from stamo_vla.vla.processing_openvla import OpenVLAProcessor
 

@@ -7,7 +7,6 @@ absent the means/stds are rounded to bf16 here too (reference §2.4).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from stamo_vla.fileio import read_json, write_json_atomic
 from stamo_vla.vla.batch_transform import OpenVLABatchTransform
 from stamo_vla.vla.configuration_openvla import IMAGE_RESIZE_STRATEGIES, LLAMA_EMPTY_TOKEN_ID
+from stamo_vla.vla.tokenization import load_tokenizer
 
 __all__ = ["OpenVLABatchTransform", "OpenVLAImageProcessor", "OpenVLAProcessor", "build_prompt"]
 
@@ -37,13 +38,7 @@ def build_prompt(instruction: str) -> str:
 
 
 def _read_json(file: Path) -> dict:
-    try:
-        return json.loads(file.read_text())
-    except ValueError as err:
-        raise ValueError(
-            f"{file} is not valid JSON ({err}); it is truncated or was edited. Copy it again from the "
-            "checkpoint it came from."
-        ) from err
+    return read_json(file, "Copy it again from the checkpoint it came from.")
 
 
 def bf16_round(values: Any) -> list:
@@ -185,8 +180,6 @@ class OpenVLAImageProcessor:
         )
 
     def save_pretrained(self, save_dir: str | os.PathLike, extra: dict | None = None) -> None:
-        from stamo_vla.fileio import write_json_atomic
-
         write_json_atomic(Path(save_dir) / PREPROCESSOR_CONFIG, {**self.to_dict(), **(extra or {})})
 
     @classmethod
@@ -275,8 +268,6 @@ class OpenVLAProcessor:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> OpenVLAProcessor:
         """Load from a checkpoint directory (upstream layout or ours)."""
-        from stamo_vla.vla.tokenization import load_tokenizer
-
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"processor: directory {path} does not exist.")

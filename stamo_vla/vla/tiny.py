@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from stamo_vla.vla.tokenization import EMPTY_TOKEN_ID, build_tiny_tokenizer
+
 TINY_DATASET = "tiny_dataset"
 TINY_BASE_VOCAB = 512  # 256 action tokens + text pieces; <PAD> = 512, LM vocab padded to 576
 TINY_PAD_TO = 64
@@ -43,7 +45,6 @@ def _config(
     **overrides: Any,
 ):
     from stamo_vla.vla.configuration_openvla import OpenVLAConfig
-    from stamo_vla.vla.tokenization import EMPTY_TOKEN_ID
 
     text_config = {
         "model_type": "llama",
@@ -103,7 +104,6 @@ def build_processor(config: Any, instructions: list[str] | None = None):
         instructions: task instructions whose prompts the tokenizer learns BPE merges on (None: characters only).
     """
     from stamo_vla.vla.processing_openvla import OpenVLAImageProcessor, OpenVLAProcessor, build_prompt
-    from stamo_vla.vla.tokenization import build_tiny_tokenizer
 
     corpus = [build_prompt(i) for i in instructions] if instructions else None
     tokenizer = build_tiny_tokenizer(

@@ -142,8 +142,10 @@ def test_eval_crop_follows_the_checkpoints_record_and_an_explicit_value_wins(oft
 
     adapter = tmp_path / "adapter"
     shutil.copytree(oft_dirs / "adapter", adapter)
-    config = adapter / "stamo_adapter_config.json"
-    config.write_text(json.dumps({**json.loads(config.read_text()), "trained_with_image_aug": record}))
+    provenance = adapter / "provenance.json"
+    provenance.write_text(
+        json.dumps({**json.loads(provenance.read_text()), "trained_with_image_aug": record})
+    )
     common = dict(checkpoint=str(oft_dirs / "base"), adapter_dir=str(adapter), suites=["libero_spatial"])
     expected = True if record is None else record  # nothing recorded: upstream's default (crop)
     assert EvalConfig(**common).resolve_center_crop() is expected

@@ -55,4 +55,4 @@ def test_attach_leaves_the_callers_config_alone():
         encoder.config.num_state_tokens,
         encoder.config.state_dim,
     )
-    assert model.config.base_model and model.config.stamo_fingerprint
+    assert model.provenance.base_model and model.provenance.stamo_fingerprint

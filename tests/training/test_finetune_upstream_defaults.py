@@ -89,9 +89,9 @@ def test_oft_paper_preset_is_openvla_oft_libero():
 
 
 def test_the_adapter_records_whether_training_augmented():
-    assert FinetuneConfig(stamo_path="/x").adapter.trained_with_image_aug is True
+    assert FinetuneConfig(stamo_path="/x").provenance().trained_with_image_aug is True
     tiny = parse_config(FinetuneConfig, ["--config", "tiny", "--stamo_path", "/x"], prefix="finetune_")
-    assert tiny.data.image_aug is False and tiny.adapter.trained_with_image_aug is False
+    assert tiny.data.image_aug is False and tiny.provenance().trained_with_image_aug is False
 
 
 def test_qlora_is_nf4_with_bf16_compute():
