@@ -109,7 +109,9 @@ def _fmt_rate(rate: float, ci: tuple[float, float]) -> str:
     return f"{100 * rate:.1f}% [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
 
-def _verdict(study: PolicyStudy, arms: dict[str, dict | None]) -> list[str]:
+def _verdict(study: PolicyStudy, runs: list[dict], arms: dict[str, dict | None]) -> list[str]:
+    """The headline lines: the best arm against the bar, and each StaMo arm against plain LoRA on the seeds that
+    both have evaluated (a seed evaluated in one arm only is compared with nothing)."""
     lines = []
     finished = {a: s for a, s in arms.items() if s is not None}
     if not finished:
@@ -118,23 +120,35 @@ def _verdict(study: PolicyStudy, arms: dict[str, dict | None]) -> list[str]:
     rate = finished[best]["pooled_success_rate"]
     reached = "reaches" if rate >= TARGET_SUCCESS else "does not reach"
     lines.append(
-        f"- Best arm `{best}`: {_fmt_rate(rate, finished[best]['pooled_ci95'])} pooled over its seeds; it {reached} "
-        f"the {100 * TARGET_SUCCESS:.0f}% bar."
+        f"- Best arm `{best}`: {_fmt_rate(rate, finished[best]['pooled_ci95'])} pooled over its "
+        f"{finished[best]['seeds']} evaluated seed(s); it {reached} the {100 * TARGET_SUCCESS:.0f}% bar."
     )
-    if "none" in finished:
-        plain = finished["none"]
-        for arm, s in finished.items():
-            if arm == "none":
-                continue
-            overlap = (
-                s["pooled_ci95"][0] <= plain["pooled_ci95"][1]
-                and plain["pooled_ci95"][0] <= s["pooled_ci95"][1]
+    evals = {(r["arm"], r["seed"]): r["eval"] for r in runs if r["eval"] is not None}
+    for arm in study.cfg.arms:
+        if arm == "none":
+            continue
+        paired = [seed for seed in study.cfg.seeds if (arm, seed) in evals and ("none", seed) in evals]
+        if not paired:
+            lines.append(f"- StaMo `{arm}` vs plain LoRA: no seed is evaluated in both arms yet.")
+            continue
+        per_seed = [
+            evals[(arm, seed)]["success_rate"] - evals[("none", seed)]["success_rate"] for seed in paired
+        ]
+        listed = ", ".join(f"seed {seed} {100 * d:+.1f}" for seed, d in zip(paired, per_seed))
+        partial = (
+            ""
+            if len(paired) == len(study.cfg.seeds)
+            else f" (partial: seeds {paired} of {study.cfg.seeds} are evaluated in both arms)"
+        )
+        if len(paired) < 2:
+            word = "one seed cannot separate an arm from the seed-to-seed spread"
+        else:
+            mean, std = _mean_std(per_seed)
+            same_sign = all(d > 0 for d in per_seed) or all(d < 0 for d in per_seed)
+            word = f"{100 * mean:+.1f} ± {100 * std:.1f} over seeds; " + (
+                "every seed agrees on the sign" if same_sign else "the seeds disagree on the sign"
             )
-            diff = 100 * (s["seed_mean"] - plain["seed_mean"])
-            word = "within noise (the 95% intervals overlap)" if overlap else "a separated difference"
-            lines.append(
-                f"- StaMo `{arm}` vs plain LoRA: {diff:+.1f} points in mean success over seeds, {word}."
-            )
+        lines.append(f"- StaMo `{arm}` vs plain LoRA, per seed: {listed} points ({word}){partial}.")
     return lines
 
 
@@ -225,7 +239,7 @@ def _markdown(study: PolicyStudy, data: dict) -> str:
         how = "with the same command" if same else "(every command line is in `study.json`)"
         lines.append(f"It was resumed {len(data['commands']) - 1} time(s) after interruptions {how}.")
     lines.append("")
-    lines += ["## Verdict", "", *_verdict(study, data["arms"]), ""]
+    lines += ["## Verdict", "", *_verdict(study, data["runs"], data["arms"]), ""]
     lines += ["## Demonstrations (fresh initial states, never the 50 test states)", ""]
     lines += ["| data | tasks | episodes | attempts | render px | min distance to a test state | disjoint |"]
     lines += ["|---|---|---:|---:|---:|---:|---|"]
@@ -277,7 +291,7 @@ def _markdown(study: PolicyStudy, data: dict) -> str:
             continue
         l1 = "-" if s["heldout_action_l1"] is None else "{:.4f} ± {:.4f}".format(*s["heldout_action_l1"])
         pooled = _fmt_rate(s["pooled_success_rate"], s["pooled_ci95"])
-        spread = f"{100 * s['seed_mean']:.1f} ± {100 * s['seed_std']:.1f}%"
+        spread = f"{100 * s['seed_mean']:.1f} ± {100 * s['seed_std']:.1f}%" if s["seeds"] > 1 else "one seed"
         lines.append(f"| {arm} | {s['seeds']} | {pooled} | {spread} | {l1} |")
     if (study.out / "curves.png").is_file():
         lines += ["", "![training curves](curves.png)"]

@@ -171,9 +171,21 @@ def test_report_reads_every_number_from_the_run_files(tmp_path):
     assert data["collection"]["finetune"]["episodes"] == 2 and data["collection"]["base"]["disjoint"]
     assert "79.0% [" in report and "reaches the 60% bar" in report
     assert "Produced by `stamo-vla study --seeds [0,1]`" in report and "resumed 1 time(s)" in report
-    assert "StaMo `state` vs plain LoRA: +19.0 points" in report
+    assert (
+        "StaMo `state` vs plain LoRA, per seed: seed 0 +21.0, seed 1 +17.0 points "
+        "(+19.0 ± 2.8 over seeds; every seed agrees on the sign)."
+    ) in report
     assert "| none | 0 | 55.0% [" in report and "0: 30/50, 1: 25/50" in report
     assert (tmp_path / "curves.png").is_file()
+
+    # one StaMo seed still unevaluated: it is compared with nothing, and one seed separates nothing
+    (study.evals / "state_seed1" / "summary.json").unlink()
+    report = write_report(study).read_text()
+    assert (
+        "StaMo `state` vs plain LoRA, per seed: seed 0 +21.0 points (one seed cannot separate an arm from the "
+        "seed-to-seed spread) (partial: seeds [0] of [0, 1] are evaluated in both arms)."
+    ) in report
+    assert "| state | 1 | 76.0% [" in report and "| one seed |" in report
 
 
 def test_report_of_an_unfinished_study_says_what_is_missing(tmp_path):
