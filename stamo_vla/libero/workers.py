@@ -173,13 +173,10 @@ class _Worker:
     def step(self, action, render: bool = True) -> tuple[dict, float, bool, dict]:
         action = np.asarray(action, dtype=np.float64).tolist()
         skip = self.camera_obs and not render and hasattr(self.backend, "cameras_off")
-        if not skip:
+        with self.backend.cameras_off(self.env) if skip else contextlib.nullcontext():
             obs, reward, done, info = self.env.step(action)
-            return obs, float(reward), bool(done), dict(info)
-
-        with self.backend.cameras_off(self.env):
-            obs, reward, done, info = self.env.step(action)
-        obs = {k: v for k, v in obs.items() if not k.endswith(CAMERA_OBS_SUFFIX)}  # blank frames never leave
+        if skip:  # blank frames never leave the worker
+            obs = {k: v for k, v in obs.items() if not k.endswith(CAMERA_OBS_SUFFIX)}
         return obs, float(reward), bool(done), dict(info)
 
     def scripted_action(self) -> np.ndarray:
