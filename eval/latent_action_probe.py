@@ -3,7 +3,7 @@
     python eval/latent_action_probe.py --data_root_dir runs/demo/data --dataset_name libero_spatial_no_noops \
         --stamo_path runs/demo/stamo --output_dir runs/demo/probe
 
-Every option: ``stamo-vla probe --help`` (`stamo_vla.stamo.probe_run`).
+Every option: ``stamo-vla probe --help`` (`stamo_vla.study.probe_run`).
 """
 
 import sys

@@ -3,7 +3,7 @@
     python recipes/train_action_decoder.py --data_root_dir runs/demo/data --dataset_name libero_spatial_no_noops \
         --stamo_path runs/demo/stamo/checkpoints/step_00000300/model --horizon 4 --output_dir runs/action_decoder
 
-Every option: ``stamo-vla train-action-decoder --help`` (`stamo_vla.stamo.action_decoder_training`).
+Every option: ``stamo-vla train-action-decoder --help`` (`stamo_vla.training.action_decoder_training`).
 """
 
 import sys

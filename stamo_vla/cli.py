@@ -26,14 +26,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "stamo_vla.training.finetune",
         "LoRA + StaMo fine-tuning of an OpenVLA checkpoint on RLDS data",
     ),
-    "pretrain": ("stamo_vla.stamo.pretrain", "pretrain a StaMo state model (encoder + DiT decoder)"),
+    "pretrain": ("stamo_vla.training.stamo_pretrain", "pretrain a StaMo state model (encoder + DiT decoder)"),
     "eval": ("stamo_vla.evaluation", "evaluate a policy on LIBERO with the upstream protocol"),
     "probe": (
-        "stamo_vla.stamo.probe_run",
+        "stamo_vla.study.probe_run",
         "the latent-action probe (StaMo motion vs baselines) on a dataset",
     ),
     "train-action-decoder": (
-        "stamo_vla.stamo.action_decoder_training",
+        "stamo_vla.training.action_decoder_training",
         "train the action decoder: latent motion -> k-step action chunk",
     ),
     "collect": ("stamo_vla.libero.collect", "collect scripted LIBERO demonstrations into an RLDS dataset"),
@@ -44,7 +44,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stats": ("stamo_vla.data.statistics", "compute dataset_statistics.json for an RLDS dataset"),
     "cache-targets": ("stamo_vla.data.target_cache", "encode every frame once with a frozen StaMo encoder"),
     "label-latent-actions": (
-        "stamo_vla.stamo.pseudo_labels",
+        "stamo_vla.data.pseudo_labels",
         "write latent motions for action-free episodes",
     ),
     "merge": (

@@ -86,6 +86,7 @@ class Demo(StagedRun):
 
     STAGES = STAGES
     NAME = "demo"
+    targets = TARGETS
 
     def __init__(self, cfg: DemoConfig):
         super().__init__(cfg, cfg.output_dir, cfg.stages)

@@ -5,23 +5,31 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from stamo_vla.fileio import read_jsonl, write_text_atomic
 from stamo_vla.libero.env import SUITE_MAX_STEPS
 from stamo_vla.libero.results import package_versions
+from stamo_vla.viz.curves import plot_curves, series
 
-if TYPE_CHECKING:
-    from stamo_vla.demo import Demo
+
+class Demo(Protocol):
+    """What the report reads of a demo run (`stamo_vla.demo.Demo`, which imports this module)."""
+
+    cfg: Any  # stamo_vla.demo.DemoConfig
+    out: Path
+    data: Path
+    dataset: str
+    stamo_run: Path
+    runs: Path
+    evals: Path
+    probe: Path
+    marks: Path
+    targets: tuple[str, ...]
 
 
 def _jsonl(path: Path) -> list[dict]:
     return read_jsonl(path)
-
-
-def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
-    rows = [(r["step"], r[key]) for r in records if key in r]
-    return [s for s, _ in rows], [v for _, v in rows]
 
 
 ENDS = 3  # logged values averaged at each end of a curve (single batches are noisy)
@@ -34,27 +42,6 @@ def _ends(values: list[float], fmt: str) -> str:
 
 def _rel(path: Path, root: Path) -> str:
     return os.path.relpath(path, root)
-
-
-def plot_curves(curves: dict[str, list[tuple[str, list[int], list[float]]]], path: Path) -> None:
-    """One panel per metric, one line per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.2), squeeze=False)
-    for ax, (title, lines) in zip(axes[0], curves.items()):
-        for label, steps, values in lines:
-            if steps:
-                ax.plot(steps, values, label=label)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("step")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _data_section(demo: Demo) -> list[str]:
@@ -91,7 +78,7 @@ def _stamo_section(demo: Demo, figures: Path) -> list[str]:
     records = _jsonl(demo.stamo_run / "metrics.jsonl")
     if not records:
         return [*lines, "_not run_", ""]
-    steps, loss = _series(records, "train/loss")
+    steps, loss = series(records, "train/loss")
     plot_curves({"StaMo flow-matching loss": [("train", steps, loss)]}, figures / "stamo_loss.png")
     lines += [
         f"Flow-matching loss {loss[0]:.4f} (step {steps[0]}) -> {loss[-1]:.4f} (step {steps[-1]}).",
@@ -168,9 +155,7 @@ def _collapse_note(e: dict) -> list[str]:
 
 def _finetune_section(demo: Demo, figures: Path) -> list[str]:
     lines = ["## 3. Fine-tuning the tiny VLA (LoRA, torchrun)", ""]
-    from stamo_vla.demo import TARGETS  # here: stamo_vla.demo imports this module at its top
-
-    runs = {t: _jsonl(demo.runs / t / "metrics.jsonl") for t in TARGETS}
+    runs = {t: _jsonl(demo.runs / t / "metrics.jsonl") for t in demo.targets}
     if not any(runs.values()):
         return [*lines, "_not run_", ""]
     curves = {}
@@ -179,16 +164,16 @@ def _finetune_section(demo: Demo, figures: Path) -> list[str]:
         ("train/action_accuracy", "action-token accuracy"),
         ("train/future_mse", "StaMo target MSE"),
     ):
-        curves[title] = [(f"target={t}", *_series(r, key)) for t, r in runs.items()]
+        curves[title] = [(f"target={t}", *series(r, key)) for t, r in runs.items()]
     plot_curves(curves, figures / "finetune_curves.png")
     lines += [
         "| target | steps | action CE, first -> last | action accuracy, first -> last | target MSE, first -> last |",
         "|---|---:|---|---|---|",
     ]
     for target, records in runs.items():
-        s, ce = _series(records, "train/loss_action")
-        _, acc = _series(records, "train/action_accuracy")
-        _, fm = _series(records, "train/future_mse")
+        s, ce = series(records, "train/loss_action")
+        _, acc = series(records, "train/action_accuracy")
+        _, fm = series(records, "train/future_mse")
         if s:
             lines.append(
                 f"| {target} | {s[-1]} | {_ends(ce, '.3f')} | {_ends(acc, '.3f')} | {_ends(fm, '.3g') if fm else '-'} |"

@@ -11,7 +11,7 @@ PRESETS = sorted(p.stem for p in Path(PRESET_DIR).glob("*.yaml"))
 
 def config_class(name: str):
     if name.startswith("pretrain_stamo_"):
-        from stamo_vla.stamo.pretrain import PretrainStaMoConfig
+        from stamo_vla.training.stamo_pretrain import PretrainStaMoConfig
 
         return PretrainStaMoConfig, "pretrain_stamo_", []
     if name.startswith("finetune_"):

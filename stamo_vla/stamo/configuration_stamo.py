@@ -144,7 +144,7 @@ class VAEConfig:
     """The frozen diffusers ``AutoencoderKL`` whose latent space the DiT works in."""
 
     # Local diffusers directory of a pretrained VAE (e.g. <sd3-medium>/vae); only the path is stored.
-    # None: random init from the fields below (fit it with `stamo_vla.stamo.vae_fit` before use).
+    # None: random init from the fields below (fit it with `stamo_vla.training.vae_fit` before use).
     pretrained_path: str | None = None
     # Channels per encoder/decoder level; each level after the first halves the resolution.
     block_out_channels: tuple[int, ...] = (128, 256, 512, 512)

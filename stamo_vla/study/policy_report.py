@@ -14,10 +14,10 @@ import platform
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stamo_vla.demo_report import _series, plot_curves
 from stamo_vla.fileio import read_jsonl, write_json_atomic
 from stamo_vla.libero.collect import MANIFEST_NAME, check_disjoint
 from stamo_vla.libero.results import wilson_interval
+from stamo_vla.viz.curves import plot_curves, series
 
 if TYPE_CHECKING:
     from stamo_vla.study.policy_study import PolicyStudy
@@ -157,10 +157,10 @@ def _curves(study: PolicyStudy, runs: list[dict], path: Path) -> None:
     for r in runs:
         records = read_jsonl(study.finetune_root / study.run_id(r["arm"], r["seed"]) / "metrics.jsonl")
         label = study.run_id(r["arm"], r["seed"])
-        panels["train/loss_action (L1)"].append((label, *_series(records, "train/loss_action")))
-        panels["train/loss_future (StaMo)"].append((label, *_series(records, "train/loss_future")))
+        panels["train/loss_action (L1)"].append((label, *series(records, "train/loss_action")))
+        panels["train/loss_future (StaMo)"].append((label, *series(records, "train/loss_future")))
     base = read_jsonl(study.base_run / "metrics.jsonl")
-    panels["base train/loss (tokens)"] = [("base", *_series(base, "train/loss"))]
+    panels["base train/loss (tokens)"] = [("base", *series(base, "train/loss"))]
     panels = {k: [line for line in v if line[1]] for k, v in panels.items()}
     plot_curves({k: v for k, v in panels.items() if v}, path)
 

@@ -32,21 +32,21 @@ from pathlib import Path
 
 from stamo_vla.configs import check_positive_int, parse_config
 from stamo_vla.data.rlds import resolve_dataset_dir
+from stamo_vla.data.stamo_frames import FramesFileSource, RLDSSource, save_frames, split_heldout, to_pixels
 from stamo_vla.fileio import write_json_atomic
 from stamo_vla.libero.collect import CollectConfig, collect
-from stamo_vla.stamo.backbone_pretrain import BackbonePretrainConfig, pretrain_backbone, save_backbone
-from stamo_vla.stamo.evaluation import evaluate, save_sample_sheet
 from stamo_vla.stamo.modeling_autoencoder import StaMoAutoencoder
 from stamo_vla.stamo.modeling_decoder import build_vae
 from stamo_vla.stamo.modeling_encoder import StaMoEncoder
 from stamo_vla.stamo.pixels import uint8_to_pixels
-from stamo_vla.stamo.pretrain import PretrainStaMoConfig, pretrain, warn_health
-from stamo_vla.stamo.pretrain_data import FramesFileSource, RLDSSource, save_frames, split_heldout, to_pixels
-from stamo_vla.stamo.probe import FitConfig, load_rlds_episodes, run_probe, untrained_copy
-from stamo_vla.stamo.vae_fit import fit_vae, latent_statistics, vae_health
+from stamo_vla.study.probe import FitConfig, load_rlds_episodes, run_probe, untrained_copy
 from stamo_vla.study.stages import StagedRun
 from stamo_vla.study.stamo_study_report import write_report
+from stamo_vla.training.backbone_pretrain import BackbonePretrainConfig, pretrain_backbone, save_backbone
 from stamo_vla.training.checkpoint import find_latest_checkpoint
+from stamo_vla.training.stamo_pretrain import PretrainStaMoConfig, pretrain, warn_health
+from stamo_vla.training.vae_fit import fit_vae, latent_statistics, vae_health
+from stamo_vla.viz.reconstruction import evaluate, save_sample_sheet
 
 STAGES = ("collect", "frames", "vae", "backbone", "stamo", "reconstruction", "probe", "report")
 BACKBONES = ("random", "pretrained")

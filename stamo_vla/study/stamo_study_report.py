@@ -110,7 +110,7 @@ def _recon_section(study: StaMoStudy, recon: dict | None, stamo: dict) -> list[s
 
 def _claim_lines(probe: dict) -> list[str]:
     """Per backbone and k: is the StaMo motion's MSE below every baseline's (mean over splits)?"""
-    from stamo_vla.stamo.probe import RANDOM_SPLIT
+    from stamo_vla.study.probe import RANDOM_SPLIT
 
     p = probe["protocols"][RANDOM_SPLIT]
     lines = []
@@ -134,7 +134,7 @@ def _claim_lines(probe: dict) -> list[str]:
 
 
 def _probe_section(probe: dict | None, results: Path) -> list[str]:
-    from stamo_vla.stamo.probe import markdown_table
+    from stamo_vla.study.probe import markdown_table
 
     lines = ["## Latent-action probe (paper §4.6)", ""]
     if not probe:
@@ -160,7 +160,7 @@ def _probe_section(probe: dict | None, results: Path) -> list[str]:
 
 
 def write_report(study: StaMoStudy) -> Path:
-    from stamo_vla.stamo.probe import plot
+    from stamo_vla.study.probe import plot
 
     out, results = study.out, study.results
     results.mkdir(parents=True, exist_ok=True)

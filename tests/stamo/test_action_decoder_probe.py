@@ -6,7 +6,7 @@ import torch
 
 from stamo_vla.stamo import StaMoEncoder, tiny_config
 from stamo_vla.stamo.action_decoder import ActionDecoder, ActionDecoderConfig, fit
-from stamo_vla.stamo.probe import (
+from stamo_vla.study.probe import (
     INPUTS,
     LOTO,
     RANDOM_SPLIT,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from stamo_vla.stamo.probe_run import ProbeConfig, run
+from stamo_vla.study.probe_run import ProbeConfig, run
 
 
 def episode(i, length=10):
@@ -69,7 +69,7 @@ def test_action_decoder_recipe_trains_saves_and_decodes(tmp_path):
     from stamo_vla.data.rlds_writer import write_rlds_dataset
     from stamo_vla.stamo import StaMoEncoder, tiny_config
     from stamo_vla.stamo.action_decoder import ActionDecoder
-    from stamo_vla.stamo.action_decoder_training import TrainActionDecoderConfig, train
+    from stamo_vla.training.action_decoder_training import TrainActionDecoderConfig, train
 
     write_rlds_dataset((episode(i) for i in range(4)), tmp_path / "data", "toy_dec")
     torch.manual_seed(0)

@@ -5,14 +5,14 @@ import pytest
 import torch
 from PIL import Image
 
-from stamo_vla.stamo import StaMoEncoder, tiny_config
-from stamo_vla.stamo.pseudo_labels import (
+from stamo_vla.data.pseudo_labels import (
     frame_folder_episodes,
     label_latent_actions,
     latent_actions,
     load_latent_actions,
     main,
 )
+from stamo_vla.stamo import StaMoEncoder, tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ import json
 import pytest
 
 from stamo_vla.configs import parse_config
+from stamo_vla.data.stamo_frames import RLDSSource, SyntheticSource
 from stamo_vla.stamo.configuration_stamo import (
     BackboneConfig,
     CompressorConfig,
@@ -12,8 +13,7 @@ from stamo_vla.stamo.configuration_stamo import (
     paper_config,
     tiny_config,
 )
-from stamo_vla.stamo.pretrain import PretrainStaMoConfig
-from stamo_vla.stamo.pretrain_data import RLDSSource, SyntheticSource
+from stamo_vla.training.stamo_pretrain import PretrainStaMoConfig
 
 
 def test_round_trip_through_config_json(tmp_path):

@@ -8,13 +8,13 @@ reconstructions from another image's state, in pixels and in latents, with ident
 import pytest
 import torch
 
+from stamo_vla.data.synthetic import shapes
 from stamo_vla.stamo.configuration_stamo import tiny_config
-from stamo_vla.stamo.evaluation import evaluate
 from stamo_vla.stamo.modeling_autoencoder import StaMoAutoencoder
-from stamo_vla.stamo.synthetic import shapes
-from stamo_vla.stamo.vae_fit import fit_vae, latent_statistics
 from stamo_vla.training.optim import OptimizerConfig, build_optimizer
 from stamo_vla.training.step import train_step
+from stamo_vla.training.vae_fit import fit_vae, latent_statistics
+from stamo_vla.viz.reconstruction import evaluate
 
 
 @pytest.mark.slow
@@ -46,7 +46,7 @@ def test_tiny_preset_decodes_own_states_closer_than_shuffled_by_a_margin():
     """The improved tiny preset (stamo_vla/presets/pretrain_stamo_tiny.yaml), a few hundred steps on 12 distinct
     images: decoding from each image's own state must beat another image's state by > 1 dB."""
     from stamo_vla.configs import parse_config
-    from stamo_vla.stamo.pretrain import PretrainStaMoConfig
+    from stamo_vla.training.stamo_pretrain import PretrainStaMoConfig
 
     preset = parse_config(PretrainStaMoConfig, ["--config", "tiny"], prefix="pretrain_stamo_")
     assert preset.model.state_bottleneck == "batch_norm"

@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 
 from stamo_vla.configs import load_config, parse_config
+from stamo_vla.data.stamo_frames import ImageFolderSource, RLDSSource, SyntheticSource
 from stamo_vla.stamo.configuration_stamo import tiny_config
 from stamo_vla.stamo.modeling_autoencoder import StaMoAutoencoder
-from stamo_vla.stamo.pretrain import PretrainStaMoConfig, pretrain
-from stamo_vla.stamo.pretrain_data import ImageFolderSource, RLDSSource, SyntheticSource
 from stamo_vla.training.checkpoint import list_checkpoints
 from stamo_vla.training.optim import OptimizerConfig
+from stamo_vla.training.stamo_pretrain import PretrainStaMoConfig, pretrain
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -140,7 +140,7 @@ def test_recipe_runs_under_torchrun_with_two_cpu_processes(tmp_path):
 
 
 def test_resuming_a_different_model_is_refused(tmp_path):
-    from stamo_vla.stamo.pretrain import check_resume_config
+    from stamo_vla.training.stamo_pretrain import check_resume_config
 
     saved = tiny_config()
     saved.decoder.vae.scaling_factor, saved.decoder.vae.shift_factor = 2.0, 0.1
@@ -158,7 +158,7 @@ def test_resuming_a_different_model_is_refused(tmp_path):
 def test_sigterm_checkpoints_the_current_step_and_resume_finishes(tmp_path, monkeypatch):
     import signal
 
-    from stamo_vla.stamo import pretrain as step_module
+    from stamo_vla.training import stamo_pretrain as step_module
     from stamo_vla.training.checkpoint import find_latest_checkpoint
     from stamo_vla.training.preemption import TrainingInterrupted
 

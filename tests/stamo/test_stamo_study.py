@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from stamo_vla.stamo.backbone_pretrain import BackbonePretrainConfig
 from stamo_vla.study.stamo_study import STAGES, StaMoStudy, StaMoStudyConfig
+from stamo_vla.training.backbone_pretrain import BackbonePretrainConfig
 
 
 def toy_episode(i, length=12):

@@ -14,11 +14,11 @@ def _configs() -> dict[str, tuple[type, str]]:
     from stamo_vla.data.target_cache import CacheTargetsConfig
     from stamo_vla.libero.collect import CollectConfig
     from stamo_vla.libero.evaluation_config import EvalConfig
-    from stamo_vla.stamo.pretrain import PretrainStaMoConfig
-    from stamo_vla.stamo.probe_run import ProbeConfig
     from stamo_vla.study.heldout import HeldoutConfig
+    from stamo_vla.study.probe_run import ProbeConfig
     from stamo_vla.training.base_training import BaseTrainConfig
     from stamo_vla.training.finetune_config import FinetuneConfig
+    from stamo_vla.training.stamo_pretrain import PretrainStaMoConfig
 
     return {
         "collect": (CollectConfig, ""),

@@ -8,11 +8,11 @@ import pytest
 import yaml
 
 from stamo_vla.configs import save_config
-from stamo_vla.stamo.pretrain import PretrainStaMoConfig
 from stamo_vla.training.base_training import BaseTrainConfig
 from stamo_vla.training.finetune_config import FinetuneConfig
 from stamo_vla.training.resume_config import allowed_changes
 from stamo_vla.training.run_config import RunConfig, load_run_config, upgrade_saved_run
+from stamo_vla.training.stamo_pretrain import PretrainStaMoConfig
 
 RUN_FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
 

@@ -29,6 +29,7 @@ import torch
 
 from stamo_vla.configs import check_positive_int
 from stamo_vla.data.rlds import iter_episodes
+from stamo_vla.data.splits import split_episodes
 from stamo_vla.data.statistics import compute_statistics
 from stamo_vla.data.transforms import normalized_actions
 from stamo_vla.optional import require
@@ -185,15 +186,6 @@ def load_rlds_episodes(
 
 
 # ------------------------------------------------------------------------------------------- splits
-def split_episodes(n: int, test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Deterministic episode-level split; at least one episode on each side."""
-    if n < 2:
-        raise ValueError(f"the probe needs at least 2 episodes (one to train, one to test); got {n}")
-    order = np.random.default_rng(seed).permutation(n).tolist()
-    n_test = min(max(1, round(n * test_fraction)), n - 1)
-    return sorted(order[n_test:]), sorted(order[:n_test])
-
-
 def random_splits(n: int, test_fraction: float, seeds: Sequence[int]) -> list[Split]:
     """One seeded episode split per seed."""
     return [Split(f"seed{s}", *split_episodes(n, test_fraction, s), seed=s) for s in seeds]

@@ -3,7 +3,7 @@
 Variants are registered draccus choices (YAML ``source: {type: image_folder, ...}``):
     image_folder   every image file under a directory (recursive)
     rlds           frames of RLDS datasets via ``stamo_vla.data.rlds.iter_episodes`` (imported lazily)
-    synthetic      coloured shapes (`stamo_vla.stamo.synthetic`), for presets that must run anywhere
+    synthetic      coloured shapes (`stamo_vla.data.synthetic`), for presets that must run anywhere
     frames_file    frames saved once by `save_frames` (images, episode ids, episode names), e.g. by the study
 """
 
@@ -18,8 +18,8 @@ import torch
 
 from stamo_vla.configs import check_positive_int
 from stamo_vla.data.rlds import iter_episodes
+from stamo_vla.data.synthetic import shapes
 from stamo_vla.fileio import atomic_path
-from stamo_vla.stamo.synthetic import shapes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 

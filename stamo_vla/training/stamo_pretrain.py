@@ -16,13 +16,11 @@ from pathlib import Path
 import torch
 
 from stamo_vla.configs import check_positive_int, save_config
+from stamo_vla.data.stamo_frames import ImageSourceConfig, SyntheticSource, split_heldout, to_pixels
 from stamo_vla.fileio import write_json_atomic
 from stamo_vla.stamo.configuration_stamo import StaMoConfig
-from stamo_vla.stamo.evaluation import derangement, evaluate, save_sample_sheet
 from stamo_vla.stamo.modeling_autoencoder import StaMoAutoencoder
 from stamo_vla.stamo.pixels import resize
-from stamo_vla.stamo.pretrain_data import ImageSourceConfig, SyntheticSource, split_heldout, to_pixels
-from stamo_vla.stamo.vae_fit import fit_vae, latent_statistics, vae_health
 from stamo_vla.training.batches import EpochBatches
 from stamo_vla.training.checkpoint import (
     TrainerState,
@@ -37,6 +35,8 @@ from stamo_vla.training.optim import OptimizerConfig, build_optimizer, build_sch
 from stamo_vla.training.preemption import TrainingInterrupted, stop_on_sigterm
 from stamo_vla.training.run_config import RunConfig
 from stamo_vla.training.step import train_step
+from stamo_vla.training.vae_fit import fit_vae, latent_statistics, vae_health
+from stamo_vla.viz.reconstruction import derangement, evaluate, save_sample_sheet
 
 
 @dataclass

@@ -84,9 +84,9 @@ def train(cfg: TrainActionDecoderConfig) -> dict:
     """Fit the decoder on the training episodes, save it with its statistics, write metrics.json; returns them."""
     import torch
 
+    from stamo_vla.data.splits import split_episodes
     from stamo_vla.stamo import StaMoEncoder, fingerprint
     from stamo_vla.stamo.action_decoder import ActionDecoder, ActionDecoderConfig, fit
-    from stamo_vla.stamo.probe import split_episodes
 
     encoder = StaMoEncoder.from_pretrained(cfg.stamo_path).eval()
     episodes, stats = episode_windows(cfg, encoder)

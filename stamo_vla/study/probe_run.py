@@ -66,7 +66,7 @@ class ProbeConfig:
             check_positive_int(name, getattr(self, name))
 
     def fit_config(self):
-        from stamo_vla.stamo.probe import FitConfig
+        from stamo_vla.study.probe import FitConfig
 
         return FitConfig(
             hidden_size=self.hidden_size,
@@ -79,7 +79,7 @@ class ProbeConfig:
 
 def write_outputs(results: dict, output_dir: str | Path, title: str) -> str:
     """probe.json, probe.md (one table per protocol) and probe.png under `output_dir`; returns the markdown."""
-    from stamo_vla.stamo.probe import markdown_table, plot
+    from stamo_vla.study.probe import markdown_table, plot
 
     out = Path(output_dir)
     write_json_atomic(out / "probe.json", results)
@@ -100,7 +100,7 @@ def write_outputs(results: dict, output_dir: str | Path, title: str) -> str:
 def run(cfg: ProbeConfig) -> dict:
     """Run the probe and write probe.json / probe.md / probe.png under cfg.output_dir; returns the results."""
     from stamo_vla.stamo import StaMoEncoder, fingerprint
-    from stamo_vla.stamo.probe import episode_features, load_rlds_episodes, run_probe, untrained_copy
+    from stamo_vla.study.probe import episode_features, load_rlds_episodes, run_probe, untrained_copy
 
     encoder = StaMoEncoder.from_pretrained(cfg.stamo_path).eval()
     untrained = untrained_copy(encoder, seed=0)
