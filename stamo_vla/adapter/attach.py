@@ -1,6 +1,6 @@
 """One entry point per operation: attach, save_adapter, load_adapter, merge.
 
-On disk (DESIGN.md contract) an adapter directory holds the peft adapter (``adapter_config.json``,
+On disk (docs/design.md contract) an adapter directory holds the peft adapter (``adapter_config.json``,
 ``adapter_model.safetensors``), the head weights (``stamo_head.safetensors``), the variant's extra modules (``oft_modules.safetensors`` for the OFT
 variant), the StaMo adapter config
 (``stamo_adapter_config.json``), its provenance (``provenance.json``: encoder fingerprint, base-model signature,

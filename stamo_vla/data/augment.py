@@ -1,6 +1,6 @@
 """Upstream OpenVLA image augmentation, TF-free (numpy + PIL on uint8 frames), deterministic given a seed.
 
-Order and ranges as in OpenVLA's ``image_augment_kwargs`` (reference/openvla.md §1.4): random_resized_crop
+Order and ranges as in OpenVLA's ``image_augment_kwargs`` (docs/reference/openvla.md §1.4): random_resized_crop
 (scale 0.9, ratio 1, bilinear, back to the input size), brightness ±0.2, contrast [0.8, 1.2], saturation
 [0.8, 1.2], hue ±0.05; values are clipped to [0, 1] after every op (as dlimp does). One `AugmentParams` draw is
 applied to every image of a sample (upstream uses one seed per frame for all its cameras).

@@ -275,7 +275,7 @@ def _build_tfds(files: list[Path], name: str, version: str, out_dir: Path) -> No
 
             def _info(self):
                 # DatasetInfo(builder=self) instead of dataset_info_from_configs: the latter needs the
-                # builder to live in a package directory (reference/environment.md §2).
+                # builder to live in a package directory (docs/reference/environment.md §2).
                 return tfds.core.DatasetInfo(
                     builder=self,
                     description="LIBERO-style RLDS episodes (modified_libero_rlds feature spec).",

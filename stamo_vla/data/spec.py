@@ -1,4 +1,4 @@
-"""The `modified_libero_rlds` feature spec (reference/openvla.md §4.1), in one place.
+"""The `modified_libero_rlds` feature spec (docs/reference/openvla.md §4.1), in one place.
 
 The TF-free part (names, shapes, dtypes) is used for validation; `tfds_features()` builds the tfds
 `FeaturesDict` and imports tensorflow_datasets lazily.

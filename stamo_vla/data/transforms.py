@@ -1,6 +1,6 @@
 """Trajectory transforms on numpy episodes (TF-free): LIBERO standardization, future frames, action chunks.
 
-Conventions (upstream OpenVLA / OFT, reference/openvla.md §4.2 and §6):
+Conventions (upstream OpenVLA / OFT, docs/reference/openvla.md §4.2 and §6):
 - Gripper action: ``1 - clip(a, 0, 1)``: raw -1 (open) -> 1, raw +1 (close) -> 0.
 - Proprio: ``concat(EEF_state = state[:, :6], gripper_state = state[:, -2:])`` (OFT's 8-D proprio).
 - Action chunk at t: ``a[t], ..., a[t+K-1]``, never padded: only ``t <= T-K`` are chunk anchors (OFT's

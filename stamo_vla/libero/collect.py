@@ -7,7 +7,7 @@ Commands (registered in ``stamo_vla.cli``)::
     stamo-vla controller-report --suite libero_spatial --task_ids '[0,1,2]' --episodes_per_task 10 \
         --num_workers 2 [--cameras false]
 
-Collection follows how ``modified_libero_rlds`` was made (reference/openvla.md §4.1), with one deliberate
+Collection follows how ``modified_libero_rlds`` was made (docs/reference/openvla.md §4.1), with one deliberate
 difference: by default (``init_states="fresh"``) episodes start from fresh object placements drawn from each
 task's own reset distribution with seeds of our own, never from the benchmark's 50 fixed init states, which
 are the evaluation's test set. Each episode's distance to the nearest benchmark state is recorded in the

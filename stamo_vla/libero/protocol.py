@@ -1,4 +1,4 @@
-"""The upstream OpenVLA LIBERO observation/action protocol in numpy + PIL (reference/openvla.md §3.4-3.5).
+"""The upstream OpenVLA LIBERO observation/action protocol in numpy + PIL (docs/reference/openvla.md §3.4-3.5).
 
 Upstream does this with tensorflow, which must never be imported next to the MuJoCo renderer, so every
 function here is TF-free, and each reproduces its TF original bit for bit:

@@ -1,4 +1,4 @@
-"""Scripted pick-and-place for LIBERO from privileged simulator state (reference/libero_scripted.md §3).
+"""Scripted pick-and-place for LIBERO from privileged simulator state (docs/reference/libero_scripted.md §3).
 
 ``ScriptedController(env).act()`` returns the next 7-D env action: a delta-EEF OSC_POSE command (3 position,
 3 axis-angle, each in [-1, 1]) plus the gripper. Actions look like a teleoperator's:

@@ -1,7 +1,7 @@
 """Geometry for the scripted LIBERO controller: rotations, collision point clouds, grasp search.
 
 All numbers are SI units in the world frame (x away from the robot, z up). The measured gripper and
-object facts behind the constants are in reference/libero_scripted.md §1-3.
+object facts behind the constants are in docs/reference/libero_scripted.md §1-3.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def plan_rim(
     """Pinch a bowl's wall: 24 directions around the centre, scored by collisions and reach.
 
     Reach (horizontal distance from the robot base) is penalised at the pick and at the place pose:
-    far poses stall the arm near its joint limits (reference/libero_scripted.md §3.4).
+    far poses stall the arm near its joint limits (docs/reference/libero_scripted.md §3.4).
     """
     centre = (points[:, :2].min(axis=0) + points[:, :2].max(axis=0)) / 2
     best: tuple[float, Grasp] | None = None

@@ -2,7 +2,7 @@
 
 Reads the robosuite task object behind ``env.env``: MuJoCo model/data arrays, ``objects_dict``,
 ``fixtures_dict``, ``object_sites_dict``, ``obj_body_id`` and ``parsed_problem["goal_state"]``
-(reference/libero_scripted.md §1). Quaternion conventions never matter here: everything is read as
+(docs/reference/libero_scripted.md §1). Quaternion conventions never matter here: everything is read as
 positions and rotation matrices.
 """
 

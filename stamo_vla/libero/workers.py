@@ -1,7 +1,7 @@
 """A pool of spawned, TensorFlow-free processes that each own one LIBERO environment.
 
 Why processes: MuJoCo's Mesa renderer segfaults in any process that has imported tensorflow
-(reference/environment.md §5b), and the parent (data writing, policies) may need TF. Workers are started
+(docs/reference/environment.md §5b), and the parent (data writing, policies) may need TF. Workers are started
 with the ``spawn`` method, so they inherit nothing from the parent but its ``sys.path`` and environment,
 and each checks that tensorflow never got imported. Steps run in parallel: the parent sends every
 worker its command first and only then collects the replies.

@@ -1,6 +1,6 @@
 """The separate head files of a released OpenVLA-OFT checkpoint directory: find, read, check.
 
-Layout (moojink/openvla-oft ``vla-scripts/finetune.py``; reference/openvla.md, "Released OpenVLA-OFT checkpoint
+Layout (moojink/openvla-oft ``vla-scripts/finetune.py``; docs/reference/openvla.md, "Released OpenVLA-OFT checkpoint
 directories"): beside the merged OpenVLA weights and ``dataset_statistics.json`` lie
 
     action_head--<step>_checkpoint.pt         L1 head (MLP-ResNet), keys ``[module.]model.<...>``
