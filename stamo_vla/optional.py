@@ -18,6 +18,7 @@ EXTRAS: dict[str, str] = {
     "imageio": "viz",
     "matplotlib": "viz",
     "flash_attn": "flash",
+    "scipy": "study",
 }
 
 
