@@ -1,8 +1,11 @@
 """Metrics of a finished fine-tuning run on its held-out episodes (the ``val`` split of its own data config).
 
     stamo-vla heldout --run_dir runs/study_spatial/finetune/none_seed0
+    stamo-vla heldout --run_dir ... --dataset_name libero_spatial_heldout   # every episode of another dataset
 
-Writes ``<run_dir>/heldout_metrics.json``: the model's own metrics (action L1 in normalized units, token
+With ``dataset_name`` the run is scored on every episode of that dataset (in the run's data root, normalized with
+the run's statistics, StaMo targets computed live by the run's encoder): the policy study collects such a dataset
+with the same episodes per evaluated task, so the held-out metrics cover every task. Writes ``<run_dir>/heldout_metrics.json``: the model's own metrics (action L1 in normalized units, token
 accuracy, StaMo target losses) averaged over every held-out sample, with the sample count.
 """
 
@@ -33,6 +36,8 @@ class HeldoutConfig:
     run_dir: str = ""
     # Samples per forward pass.
     batch_size: int = 32
+    # Score every episode of this dataset (in the run's data root) instead of the run's own val split.
+    dataset_name: str | None = None
 
     def __post_init__(self) -> None:
         if not self.run_dir:
@@ -40,26 +45,35 @@ class HeldoutConfig:
         check_positive_int("batch_size", self.batch_size)
 
 
-def heldout_config(run_dir: Path):
-    """The run's saved config with its data switched to one unaugmented pass over the held-out episodes."""
+def heldout_config(run_dir: Path, dataset_name: str | None = None):
+    """The run's saved config with its data switched to one unaugmented pass over the held-out episodes: its
+    val split, or every episode of `dataset_name` (targets then computed live, as no cache covers it)."""
     cfg = load_run_config(FinetuneConfig, run_dir / "config.yaml")  # old field names included
-    if cfg.data.train_percent >= 100:
-        raise ValueError(
-            f"{run_dir} trained on every episode (data.train_percent=100): it has no held-out episodes to score"
+    if dataset_name is not None:
+        cfg.data = dataclasses.replace(
+            cfg.data, dataset_names=[dataset_name], weights=[], split="all", use_target_cache=False
         )
-    cfg.data = dataclasses.replace(cfg.data, split="val", repeat=False, image_aug=False)
+    elif cfg.data.train_percent >= 100:
+        raise ValueError(
+            f"{run_dir} trained on every episode (data.train_percent=100): it has no held-out episodes to score; "
+            "pass --dataset_name <a held-out dataset>"
+        )
+    else:
+        cfg.data = dataclasses.replace(cfg.data, split="val")
+    cfg.data = dataclasses.replace(cfg.data, repeat=False, image_aug=False)
     cfg.data.statistics_path = str(run_dir / "dataset_statistics.json")  # normalize as the run did
     return cfg
 
 
 @torch.no_grad()
-def heldout_metrics(run_dir: str | Path, batch_size: int = 32) -> dict:
-    """Average every metric of ``model(batch)`` over the held-out samples of the run in `run_dir`."""
+def heldout_metrics(run_dir: str | Path, batch_size: int = 32, dataset_name: str | None = None) -> dict:
+    """Average every metric of ``model(batch)`` over the held-out samples of the run in `run_dir` (its val split,
+    or every episode of `dataset_name`)."""
     from stamo_vla.training.finetune import BASE_MODEL_DIR, build_dataloader, load_stamo
     from stamo_vla.vla import OpenVLAForActionPrediction, OpenVLAProcessor
 
     run_dir = Path(run_dir)
-    cfg = heldout_config(run_dir)
+    cfg = heldout_config(run_dir, dataset_name)
     cfg.batch_size = batch_size
     base_path = (
         str(run_dir / BASE_MODEL_DIR) if cfg.vla_path == "tiny" else cfg.vla_path
@@ -83,12 +97,18 @@ def heldout_metrics(run_dir: str | Path, batch_size: int = 32) -> dict:
         count += n
     if count == 0:
         raise ValueError(f"the held-out split of {run_dir} ({cfg.data.tfds_split}) has no samples")
-    return {"samples": count, "split": cfg.data.tfds_split, **{k: v / count for k, v in totals.items()}}
+    datasets = cfg.data.dataset_names
+    return {
+        "samples": count,
+        "datasets": datasets,
+        "split": cfg.data.tfds_split,
+        **{k: v / count for k, v in totals.items()},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_config(HeldoutConfig, sys.argv[1:] if argv is None else argv)
-    metrics = heldout_metrics(args.run_dir, args.batch_size)
+    metrics = heldout_metrics(args.run_dir, args.batch_size, args.dataset_name)
     write_json_atomic(Path(args.run_dir) / HELDOUT_METRICS, metrics)
     print(metrics)
     return 0

@@ -1,49 +1,40 @@
-"""REPORT.md and study.json of a policy study: every number is read from the run's own files.
+"""REPORT.md, study.json and figures of a policy study: every number is read from the run's own files.
 
-Success rates carry 95% Wilson intervals (per run, and pooled over the seeds of an arm); arms are also
-compared by the mean ± std of their per-seed success rates. Nothing here is typed by hand: a stage that has
-not run shows as missing.
+The training run is the unit of replication. An arm's success is the mean of its runs' success rates, with a 95%
+interval from the hierarchical bootstrap (seeds, then episodes within seeds); comparisons of arms use that
+bootstrap, the exact permutation test over seeds and a logistic mixed model with a random intercept per run
+(`stamo_vla.study.statistics`). A Wilson interval is given per run only: no interval pools episodes of several
+runs. Nothing here is typed by hand: a stage that has not run shows as missing.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import os
-import platform
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stamo_vla.fileio import read_jsonl, write_json_atomic
+from stamo_vla.fileio import read_jsonl, write_json_atomic, write_text_atomic
 from stamo_vla.libero.collect import MANIFEST_NAME, check_disjoint
-from stamo_vla.libero.results import wilson_interval
-from stamo_vla.viz.curves import plot_curves, series
+from stamo_vla.study import statistics as S
 
 if TYPE_CHECKING:
     from stamo_vla.study.policy_study import PolicyStudy
 
-TARGET_SUCCESS = 0.60  # the study's bar: mean success over the evaluated tasks
 COMMAND = "stamo-vla study"
+# (StaMo arm, the arm it is compared with), fixed before the results
+COMPARISONS = (("state", "none"), ("state", "features"), ("state", "untrained"), ("motion", "none"))
+N_BOOT = 10_000
 
 
 def _read(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _wilson(successes: int, n: int) -> tuple[float, float]:
-    return wilson_interval(successes, n)
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    mean = sum(values) / len(values)
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
-    return mean, math.sqrt(var)
-
-
 def collect_evidence(study: PolicyStudy) -> dict:
     """Per dataset: successes, attempts and the disjointness check of its initial states."""
     out = {}
-    for kind in ("finetune", "base"):
+    for kind in ("finetune", "heldout", "base"):
         manifest = _read(study.data / study.dataset(kind) / MANIFEST_NAME)
         if manifest is None:
             continue
@@ -57,112 +48,121 @@ def collect_evidence(study: PolicyStudy) -> dict:
     return out
 
 
+def episode_records(eval_dir: Path) -> list[dict] | None:
+    """Every episode record of a finished evaluation, as written (fields a newer harness adds included), the first
+    record of each episode; episodes that ended in an error are left out, as the harness leaves them out of its
+    success rate. None while the evaluation's summary.json is missing."""
+    from stamo_vla.libero.results import SUMMARY_JSON, ResultsStore
+
+    if not (eval_dir / SUMMARY_JSON).is_file():
+        return None
+    raw = [r for f in ResultsStore(eval_dir).files() for r in read_jsonl(f)]
+    raw = raw or read_jsonl(eval_dir / "episodes.jsonl")  # the copy kept with committed results
+    seen: dict[tuple, dict] = {}
+    for r in raw:
+        seen.setdefault((r["suite"], r["task_id"], r["init_index"]), r)
+    return [r for r in seen.values() if not r.get("error")]
+
+
+def standard_outcomes(study: PolicyStudy, arm: str, seed: int) -> list[int] | None:
+    """0/1 successes of a run's standard evaluation (evaluated tasks, first trials_per_task initial states)."""
+    records = episode_records(study.evals / study.run_id(arm, seed) / "standard")
+    if records is None:
+        return None
+    c = study.cfg
+    keep = [
+        r
+        for r in records
+        if r["suite"] == c.suite and r["task_id"] in c.eval_task_ids and r["init_index"] < c.trials_per_task
+    ]
+    return [int(bool(r["success"])) for r in sorted(keep, key=lambda r: (r["task_id"], r["init_index"]))]
+
+
+def perturbed_outcomes(study: PolicyStudy, arm: str, seed: int) -> dict[str, list[int]] | None:
+    """0/1 successes of a run's perturbed evaluation per perturbation family (the record's ``perturbation``
+    field where the harness writes one, else its suite)."""
+    records = episode_records(study.evals / study.run_id(arm, seed) / "perturbed")
+    if records is None:
+        return None
+    families: dict[str, list[int]] = {}
+    for r in records:
+        families.setdefault(r.get("perturbation") or r["suite"], []).append(int(bool(r["success"])))
+    return families
+
+
 def run_results(study: PolicyStudy, arm: str, seed: int) -> dict:
-    """Training, held-out and benchmark numbers of one fine-tuning run (missing parts are None)."""
+    """Training, held-out and evaluation numbers of one run (missing parts are None)."""
     from stamo_vla.study.heldout import HELDOUT_METRICS
 
     name = study.run_id(arm, seed)
     run = study.finetune_root / name
-    summary = _read(study.evals / name / "summary.json")
-    evaluation = None
-    if summary is not None:
-        overall = summary["overall"]
-        tasks = summary["suites"].get(study.cfg.suite, {}).get("tasks", {})
-        evaluation = {
-            "successes": overall["successes"],
-            "episodes": overall["episodes"],
-            "success_rate": overall["success_rate"],
-            "ci95": _wilson(overall["successes"], overall["episodes"]),
-            "tasks": {
-                t: {k: row[k] for k in ("successes", "episodes", "success_rate")} for t, row in tasks.items()
-            },
-            "missing_episodes": summary.get("missing_episodes", 0),
-        }
+    standard = standard_outcomes(study, arm, seed)
+    perturbed = perturbed_outcomes(study, arm, seed)
+    flat = [x for v in (perturbed or {}).values() for x in v]
     return {
         "arm": arm,
         "seed": seed,
         "final_train": _read(run / "final_metrics.json"),
         "heldout": _read(run / HELDOUT_METRICS),
-        "eval": evaluation,
+        "standard": S.run_summary(standard) if standard else None,
+        "standard_outcomes": standard,
+        "perturbed": S.run_summary(flat) if flat else None,
+        "perturbed_families": {k: S.run_summary(v) for k, v in (perturbed or {}).items()},
+        "perturbed_outcomes": flat or None,
+        "collapsed": None if not standard else sum(standard) / len(standard) < study.cfg.collapse_threshold,
+        "seconds": study.run_seconds().get(name),
     }
 
 
-def arm_summary(runs: list[dict]) -> dict | None:
-    """Pooled Wilson interval and mean ± std over seeds of an arm's finished evaluations."""
-    done = [r["eval"] for r in runs if r["eval"] is not None]
-    if not done:
-        return None
-    wins, n = sum(e["successes"] for e in done), sum(e["episodes"] for e in done)
-    mean, std = _mean_std([e["success_rate"] for e in done])
-    heldout = [r["heldout"]["action_l1"] for r in runs if r["heldout"] and "action_l1" in r["heldout"]]
-    return {
-        "seeds": len(done),
-        "pooled_success_rate": wins / n,
-        "pooled_ci95": _wilson(wins, n),
-        "seed_mean": mean,
-        "seed_std": std,
-        "heldout_action_l1": _mean_std(heldout) if heldout else None,
-    }
+def _arm_runs(runs: list[dict], arm: str, key: str) -> dict[int, list[int]]:
+    return {r["seed"]: r[key] for r in runs if r["arm"] == arm and r[key]}
 
 
-def _fmt_rate(rate: float, ci: tuple[float, float]) -> str:
-    return f"{100 * rate:.1f}% [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
-
-
-def _verdict(study: PolicyStudy, runs: list[dict], arms: dict[str, dict | None]) -> list[str]:
-    """The headline lines: the best arm against the bar, and each StaMo arm against plain LoRA on the seeds that
-    both have evaluated (a seed evaluated in one arm only is compared with nothing)."""
-    lines = []
-    finished = {a: s for a, s in arms.items() if s is not None}
-    if not finished:
-        return ["No evaluation has finished yet."]
-    best = max(finished, key=lambda a: finished[a]["pooled_success_rate"])
-    rate = finished[best]["pooled_success_rate"]
-    reached = "reaches" if rate >= TARGET_SUCCESS else "does not reach"
-    lines.append(
-        f"- Best arm `{best}`: {_fmt_rate(rate, finished[best]['pooled_ci95'])} pooled over its "
-        f"{finished[best]['seeds']} evaluated seed(s); it {reached} the {100 * TARGET_SUCCESS:.0f}% bar."
-    )
-    evals = {(r["arm"], r["seed"]): r["eval"] for r in runs if r["eval"] is not None}
-    for arm in study.cfg.arms:
-        if arm == "none":
+def arm_summaries(study: PolicyStudy, runs: list[dict]) -> dict[str, dict | None]:
+    """Per arm: runs, mean standard and perturbed success with seed-level intervals, collapse, held-out L1."""
+    out: dict[str, dict | None] = {}
+    for arm in study.cfg.primary_arms + study.cfg.secondary_arms:
+        standard = _arm_runs(runs, arm, "standard_outcomes")
+        if not standard:
+            out[arm] = None
             continue
-        paired = [seed for seed in study.cfg.seeds if (arm, seed) in evals and ("none", seed) in evals]
-        if not paired:
-            lines.append(f"- StaMo `{arm}` vs plain LoRA: no seed is evaluated in both arms yet.")
-            continue
-        per_seed = [
-            evals[(arm, seed)]["success_rate"] - evals[("none", seed)]["success_rate"] for seed in paired
+        perturbed = _arm_runs(runs, arm, "perturbed_outcomes")
+        l1 = [
+            r["heldout"]["action_l1"]
+            for r in runs
+            if r["arm"] == arm and (r["heldout"] or {}).get("action_l1")
         ]
-        listed = ", ".join(f"seed {seed} {100 * d:+.1f}" for seed, d in zip(paired, per_seed))
-        partial = (
-            ""
-            if len(paired) == len(study.cfg.seeds)
-            else f" (partial: seeds {paired} of {study.cfg.seeds} are evaluated in both arms)"
+        out[arm] = {
+            "standard": S.arm_bootstrap(standard, N_BOOT),
+            "perturbed": S.arm_bootstrap(perturbed, N_BOOT) if perturbed else None,
+            "collapse": S.collapse(standard, study.cfg.collapse_threshold),
+            "heldout_action_l1": sum(l1) / len(l1) if l1 else None,
+        }
+    return out
+
+
+def comparisons(runs: list[dict], arms: dict[str, dict | None]) -> list[dict]:
+    """Every fixed comparison whose two arms have evaluated runs: standard (bootstrap, permutation, mixed model),
+    perturbed (bootstrap), collapse (Fisher), and the verdict the standard interval supports."""
+    out = []
+    for a, b in COMPARISONS:
+        if arms.get(a) is None or arms.get(b) is None:
+            continue
+        sa, sb = _arm_runs(runs, a, "standard_outcomes"), _arm_runs(runs, b, "standard_outcomes")
+        result = {"a": a, "b": b, "seeds_a": sorted(sa), "seeds_b": sorted(sb), **S.compare(sa, sb, N_BOOT)}
+        pa, pb = _arm_runs(runs, a, "perturbed_outcomes"), _arm_runs(runs, b, "perturbed_outcomes")
+        result["perturbed"] = S.hierarchical_bootstrap(pa, pb, N_BOOT) if pa and pb else None
+        result["collapse_fisher_p"] = S.collapse_fisher(arms[a]["collapse"], arms[b]["collapse"])
+        low, high = result["bootstrap"]["ci"]
+        result["verdict"] = (
+            f"StaMo `{a}` helps"
+            if low > 0
+            else f"StaMo `{a}` hurts"
+            if high < 0
+            else "not decided: the interval covers 0"
         )
-        if len(paired) < 2:
-            word = "one seed cannot separate an arm from the seed-to-seed spread"
-        else:
-            mean, std = _mean_std(per_seed)
-            same_sign = all(d > 0 for d in per_seed) or all(d < 0 for d in per_seed)
-            word = f"{100 * mean:+.1f} ± {100 * std:.1f} over seeds; " + (
-                "every seed agrees on the sign" if same_sign else "the seeds disagree on the sign"
-            )
-        lines.append(f"- StaMo `{arm}` vs plain LoRA, per seed: {listed} points ({word}){partial}.")
-    return lines
-
-
-def _curves(study: PolicyStudy, runs: list[dict], path: Path) -> None:
-    panels: dict[str, list] = {"train/loss_action (L1)": [], "train/loss_future (StaMo)": []}
-    for r in runs:
-        records = read_jsonl(study.finetune_root / study.run_id(r["arm"], r["seed"]) / "metrics.jsonl")
-        label = study.run_id(r["arm"], r["seed"])
-        panels["train/loss_action (L1)"].append((label, *series(records, "train/loss_action")))
-        panels["train/loss_future (StaMo)"].append((label, *series(records, "train/loss_future")))
-    base = read_jsonl(study.base_run / "metrics.jsonl")
-    panels["base train/loss (tokens)"] = [("base", *series(base, "train/loss"))]
-    panels = {k: [line for line in v if line[1]] for k, v in panels.items()}
-    plot_curves({k: v for k, v in panels.items() if v}, path)
+        out.append(result)
+    return out
 
 
 def stage_times(study) -> dict[str, dict]:
@@ -179,127 +179,82 @@ def stage_times(study) -> dict[str, dict]:
     return times
 
 
-def _fmt_times(times: dict[str, dict]) -> str:
-    if not times:
-        return "none"
-    parts = []
-    for name, t in times.items():
-        note = []
-        if t["calls"] is None:
-            note.append("finishing call only")
-        elif t["calls"] > 1:
-            note.append(f"{t['calls']} calls")
-        if not t["finished"]:
-            note.append("running")
-        parts.append(f"{name} {t['seconds'] / 60:.1f} min" + (f" ({', '.join(note)})" if note else ""))
-    total = sum(t["seconds"] for t in times.values()) / 60
-    return ", ".join(parts) + f"; total {total:.1f} min, each stage summed over the calls that worked on it."
+def provenance(study: PolicyStudy) -> dict:
+    """The code versions and machines of every stage call, and whether the study mixes code versions."""
+    from stamo_vla.study.stages import version_key
+
+    starts = [c for c in study.stage_calls() if c.get("event") == "start"]
+    versions: dict[str, list[str]] = {}
+    machines = []
+    for c in starts:
+        versions.setdefault(version_key(c), [])
+        if c["stage"] not in versions[version_key(c)]:
+            versions[version_key(c)].append(c["stage"])
+        if c.get("machine") and c["machine"] not in machines:
+            machines.append(c["machine"])
+    run_versions = {k for k, stages in versions.items() if set(stages) - set(study.ANY_COMMIT)}
+    return {"versions": versions, "mixed": len(run_versions) > 1, "machines": machines, "calls": len(starts)}
+
+
+def keep_videos(study: PolicyStudy, runs: list[dict]) -> dict[str, list[str]]:
+    """Copy the first ``videos_per_run`` failure videos of each run's evaluations to <out>/videos/<run>/."""
+    kept: dict[str, list[str]] = {}
+    for r in runs:
+        name = study.run_id(r["arm"], r["seed"])
+        for kind in ("standard", "perturbed"):
+            source = study.evals / name / kind / "videos"
+            videos = sorted(source.rglob("*success=False*.mp4"))[: study.cfg.videos_per_run]
+            for video in videos:
+                target = study.out / "videos" / name / kind / video.name
+                if not target.is_file():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(video, target)
+                kept.setdefault(name, []).append(str(target.relative_to(study.out)))
+    return kept
 
 
 def write_report(study: PolicyStudy) -> Path:
-    """Write <out>/REPORT.md, <out>/study.json and <out>/curves.png; returns the report path."""
+    """Write <out>/REPORT.md, <out>/study.json and the figures; returns the report path."""
     import dataclasses
 
-    cfg = study.cfg
-    runs = [run_results(study, arm, seed) for arm, seed in cfg.runs]
-    arms = {arm: arm_summary([r for r in runs if r["arm"] == arm]) for arm in cfg.arms}
-    times = stage_times(study)
-    commands = [" ".join(argv) for argv in study.commands()] or [COMMAND]
+    from stamo_vla.study.policy_report_md import markdown
+    from stamo_vla.study.policy_study import POWER_NAME, REPRODUCE_NAME
+
+    runs = [run_results(study, arm, seed) for arm, seed in study.planned_runs()]
+    arms = arm_summaries(study, runs)
+    with_l1 = [r for r in runs if r["standard"] and (r["heldout"] or {}).get("action_l1") is not None]
     data = {
-        "command": commands[0],
-        "commands": commands,
-        "config": dataclasses.asdict(cfg),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-        },
-        "stage_seconds": times,
+        "commands": [" ".join(argv) for argv in study.commands()] or [COMMAND],
+        "config": dataclasses.asdict(study.cfg),
+        "provenance": provenance(study),
+        "stage_seconds": stage_times(study),
+        "power": _read(study.out / POWER_NAME),
         "collection": collect_evidence(study),
         "base": _read(study.base_run / "final_metrics.json"),
         "runs": runs,
         "arms": arms,
+        "comparisons": comparisons(runs, arms),
+        "heldout_l1_vs_success": S.rank_correlation(
+            [r["heldout"]["action_l1"] for r in with_l1], [r["standard"]["success_rate"] for r in with_l1]
+        ),
+        "reproduce": _read(study.out / REPRODUCE_NAME),
+        "videos": keep_videos(study, runs),
     }
     write_json_atomic(study.out / "study.json", data)
-    if any((study.finetune_root / study.run_id(a, s) / "metrics.jsonl").is_file() for a, s in cfg.runs):
-        _curves(study, runs, study.out / "curves.png")
+    figures = _figures(study, runs)
     path = study.out / "REPORT.md"
-    path.write_text(_markdown(study, data))
+    write_text_atomic(path, markdown(study, data, figures))
     return path
 
 
-def _markdown(study: PolicyStudy, data: dict) -> str:
-    cfg = study.cfg
-    lines = [f"# Policy study: {cfg.suite} tasks {cfg.eval_task_ids}", ""]
-    lines += [
-        f"Produced by `{data['command']}` (config in `study.json`) on {data['machine']['cpus']} CPU cores."
-    ]
-    if len(data["commands"]) > 1:
-        same = len(set(data["commands"])) == 1
-        how = "with the same command" if same else "(every command line is in `study.json`)"
-        lines.append(f"It was resumed {len(data['commands']) - 1} time(s) after interruptions {how}.")
-    lines.append("")
-    lines += ["## Verdict", "", *_verdict(study, data["runs"], data["arms"]), ""]
-    lines += ["## Demonstrations (fresh initial states, never the 50 test states)", ""]
-    lines += ["| data | tasks | episodes | attempts | render px | min distance to a test state | disjoint |"]
-    lines += ["|---|---|---:|---:|---:|---:|---|"]
-    for kind, ev in data["collection"].items():
-        tasks = cfg.eval_task_ids if kind == "finetune" else cfg.base_task_ids
-        dist = "n/a" if ev["min_distance"] is None else f"{ev['min_distance']:.4f}"
-        row = (
-            f"| {kind} | {tasks} | {ev['episodes']} | {ev['attempts']} | {ev['render_resolution']} | {dist} |"
-        )
-        lines.append(f"{row} {ev['disjoint']} |")
-    base = data["base"] or {}
-    lines += ["", "## Base policy (full-parameter training, token actions, base tasks only)", ""]
-    if base:
-        acc = base.get("action_accuracy", float("nan"))
-        lines.append(
-            f"{base.get('step')} steps; final train loss {base.get('loss', float('nan')):.3f}, token accuracy {acc:.3f}."
-        )
-    else:
-        lines.append("Not trained yet.")
-    lines += ["", "## Fine-tuned policies on the benchmark (upstream protocol, 95% Wilson intervals)", ""]
-    lines += [
-        f"Protocol: the first {cfg.trials_per_task} of each task's fixed initial states, the suite's step budget, "
-        "10 wait steps, success = the env's `done`. Departures, for CPU cost: cameras render at "
-        f"{cfg.env_resolution} px (the benchmark: 256), only on the steps whose observation the policy reads "
-        "(`--render policy`; no outcome changes), and the policy sees 112 px.",
-        "",
-    ]
-    lines += [
-        "| arm | seed | success | per task | held-out action L1 | held-out StaMo loss |",
-        "|---|---:|---|---|---:|---:|",
-    ]
-    for r in data["runs"]:
-        ev, ho = r["eval"], r["heldout"] or {}
-        success = _fmt_rate(ev["success_rate"], ev["ci95"]) if ev else "not evaluated"
-        per_task = (
-            ", ".join(f"{t}: {v['successes']}/{v['episodes']}" for t, v in ev["tasks"].items()) if ev else ""
-        )
-        l1 = f"{ho['action_l1']:.4f}" if "action_l1" in ho else "-"
-        future = f"{ho['loss_future']:.4f}" if "loss_future" in ho else "-"
-        lines.append(f"| {r['arm']} | {r['seed']} | {success} | {per_task} | {l1} | {future} |")
-    lines += [
-        "",
-        "| arm | seeds | pooled success | mean ± std over seeds | held-out L1 mean ± std |",
-        "|---|---:|---|---|---|",
-    ]
-    for arm, s in data["arms"].items():
-        if s is None:
-            lines.append(f"| {arm} | 0 | not evaluated | | |")
-            continue
-        l1 = "-" if s["heldout_action_l1"] is None else "{:.4f} ± {:.4f}".format(*s["heldout_action_l1"])
-        pooled = _fmt_rate(s["pooled_success_rate"], s["pooled_ci95"])
-        spread = f"{100 * s['seed_mean']:.1f} ± {100 * s['seed_std']:.1f}%" if s["seeds"] > 1 else "one seed"
-        lines.append(f"| {arm} | {s['seeds']} | {pooled} | {spread} | {l1} |")
-    if (study.out / "curves.png").is_file():
-        lines += ["", "![training curves](curves.png)"]
-    lines += [
-        "",
-        "## Stage times",
-        "",
-        _fmt_times(data["stage_seconds"]),
-    ]
-    lines += ["", "Rollout videos of failed episodes: `eval/<arm>_seed<k>/videos/`.", ""]
-    return "\n".join(lines)
+def _figures(study: PolicyStudy, runs: list[dict]) -> list[str]:
+    """The seed dot plot and the training curves, where there is something to draw; their file names."""
+    from stamo_vla.study.policy_plots import plot_seeds, plot_training_curves
+
+    names = []
+    if any(r["standard"] for r in runs):
+        plot_seeds(study, runs, study.out / "seeds.png")
+        names.append("seeds.png")
+    if plot_training_curves(study, runs, study.out / "curves.png"):
+        names.append("curves.png")
+    return names

@@ -8,6 +8,10 @@ interval, when a later call finishes the stage.
 Stages run their heavy work in subprocesses (the simulator never shares a process with TensorFlow, and a
 crash in one stage leaves the driver's state intact); each command resumes its own work when rerun, so an
 interrupted stage continues where it stopped.
+
+Every call of a stage appends two lines to ``.stages/calls.jsonl``: when it starts, the git commit of the code
+running it (and whether tracked files differ from that commit), and when it ends, its seconds. A run that sets
+``allow_mixed_commits = False`` refuses to run a stage from code other than the code that ran its earlier stages.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import platform
 import subprocess
 import sys
 import threading
@@ -29,6 +34,58 @@ from stamo_vla.fileio import append_jsonl, read_jsonl, write_json_atomic
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent
 # Seconds between two writes of a running stage's elapsed time.
 HEARTBEAT_S = 30.0
+# stage calls, one JSON line at each start (commit) and each end (seconds)
+CALLS_NAME = "calls.jsonl"
+
+
+def code_version(root: Path = PACKAGE_ROOT) -> dict:
+    """The git commit of the code in use and whether its tracked files differ from it (``dirty``).
+
+    Outside a git checkout (an installed package) the commit is None and the package version is given instead.
+    """
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return {"commit": None, "dirty": None, "version": version("stamo-vla")}
+        except PackageNotFoundError:
+            return {"commit": None, "dirty": None, "version": None}
+    return {"commit": commit, "dirty": bool(status.strip())}
+
+
+def machine() -> dict:
+    """The CPU model and core count of this machine (what a stage's wall time was measured on)."""
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.read_text().splitlines()
+            if line.startswith("model name")
+        ]
+        model = names[0] if names else model
+    return {"cpu": model, "cores": os.cpu_count(), "platform": platform.platform()}
+
+
+def version_key(code: dict) -> str:
+    """One string per code version: the commit, ``+dirty`` when tracked files differed from it."""
+    if code.get("commit") is None:
+        return f"package {code.get('version')}"
+    return code["commit"] + ("+dirty" if code.get("dirty") else "")
+
+
+class MixedCommitsError(RuntimeError):
+    """A stage was asked to run from code other than the code that ran the earlier stages of the run."""
 
 
 class StageFailed(RuntimeError):
@@ -43,6 +100,10 @@ class StagedRun:
 
     STAGES: tuple[str, ...] = ()
     NAME = "run"
+    # stages whose calls may come from any code (rewriting a report is not a run)
+    ANY_COMMIT: tuple[str, ...] = ("report",)
+    # False: refuse to run a stage from a commit other than the earlier stages' (`check_commit`)
+    allow_mixed_commits = True
 
     def __init__(self, cfg, out_dir: str | os.PathLike, stages: list[str]):
         self.cfg = cfg
@@ -93,6 +154,26 @@ class StagedRun:
         """Every recorded command line of this run, oldest first."""
         return [r["argv"] for r in read_jsonl(self.out / "commands.jsonl")]
 
+    def stage_calls(self) -> list[dict]:
+        """Every recorded stage call (start and end lines), oldest first."""
+        return read_jsonl(self.marks / CALLS_NAME)
+
+    def check_commit(self, name: str, code: dict) -> None:
+        """Refuse (`MixedCommitsError`) to run stage `name` from `code` when earlier stage calls of this run came
+        from another version, unless ``allow_mixed_commits``."""
+        if self.allow_mixed_commits or name in self.ANY_COMMIT:
+            return
+        earlier = {
+            version_key(c) for c in self.stage_calls() if "commit" in c and c["stage"] not in self.ANY_COMMIT
+        }
+        current = version_key(code)
+        if earlier and earlier != {current}:
+            raise MixedCommitsError(
+                f"{self.out}: its stages ran from {sorted(earlier)}, and this code is {current}. A study's numbers "
+                "must come from one version of the code: check out that commit (with a clean tree), or start a new "
+                "output_dir, or pass --allow_mixed_commits true (the report then says the run is mixed)."
+            )
+
     def stage_fn(self, name: str) -> Callable[[], None]:
         return getattr(self, f"stage_{name}")
 
@@ -108,7 +189,12 @@ class StagedRun:
                 times[name] = json.loads(mark.read_text())["seconds"]
                 print(f"[{self.NAME}] {name}: done earlier ({times[name]:.0f} s), skipped", flush=True)
                 continue
+            code = code_version()
+            self.check_commit(name, code)
             print(f"[{self.NAME}] {name} ...", flush=True)
+            calls = self.marks / CALLS_NAME
+            now = time.strftime("%Y-%m-%d %H:%M:%S")
+            append_jsonl(calls, {"stage": name, "event": "start", **code, "time": now, "machine": machine()})
             elapsed = self.marks / f"{name}.elapsed"
             earlier = json.loads(elapsed.read_text()) if elapsed.is_file() else {"seconds": 0.0, "calls": 0}
             start = time.perf_counter()
@@ -119,8 +205,14 @@ class StagedRun:
                 write_json_atomic(elapsed, rec)
                 return rec
 
-            with _Heartbeat(record, HEARTBEAT_S) as beat:
-                self.stage_fn(name)()
+            ok = False
+            try:
+                with _Heartbeat(record, HEARTBEAT_S) as beat:
+                    self.stage_fn(name)()
+                ok = True
+            finally:
+                seconds = round(time.perf_counter() - start, 1)
+                append_jsonl(calls, {"stage": name, "event": "end", "seconds": seconds, "ok": ok})
             rec = beat.last
             times[name] = rec["seconds"]
             config = dataclasses.asdict(self.cfg) if dataclasses.is_dataclass(self.cfg) else {}

@@ -76,6 +76,30 @@ def is_paired(a: Arm, b: Arm) -> bool:
     return set(a) == set(b)
 
 
+def _draw_means(runs: dict[int, np.ndarray], idx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Per replicate (a row of `idx`: drawn runs), the mean success of the drawn runs, each run's episodes
+    resampled with replacement (a binomial draw at the run's own rate: the same distribution)."""
+    seeds = sorted(runs)
+    n = np.array([runs[s].size for s in seeds])
+    p = np.array([runs[s].mean() for s in seeds])
+    return (rng.binomial(n[idx], p[idx]) / n[idx]).mean(axis=1)
+
+
+def arm_bootstrap(arm: Arm, n_boot: int = 10_000, seed: int = 0, level: float = 0.95) -> dict:
+    """Mean run success of one arm with the percentile interval of the two-level bootstrap (seeds, then
+    episodes within each drawn run)."""
+    runs = _outcomes(arm, "arm")
+    rng = np.random.default_rng(seed)
+    means = _draw_means(runs, rng.integers(0, len(runs), size=(n_boot, len(runs))), rng)
+    tail = (1 - level) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return {
+        "mean": float(np.mean([v.mean() for v in runs.values()])),
+        "ci": (float(low), float(high)),
+        "runs": len(runs),
+    }
+
+
 def hierarchical_bootstrap(a: Arm, b: Arm, n_boot: int = 10_000, seed: int = 0, level: float = 0.95) -> dict:
     """Difference of mean run success (a - b) with a percentile interval from a two-level bootstrap.
 
@@ -96,17 +120,9 @@ def hierarchical_bootstrap(a: Arm, b: Arm, n_boot: int = 10_000, seed: int = 0, 
     oa, ob = _outcomes(a, "a"), _outcomes(b, "b")
     rng = np.random.default_rng(seed)
     paired = is_paired(oa, ob)
-
-    def draw(runs: dict[int, np.ndarray], idx: np.ndarray) -> np.ndarray:
-        seeds = sorted(runs)
-        n = np.array([runs[s].size for s in seeds])
-        p = np.array([runs[s].mean() for s in seeds])
-        rates = rng.binomial(n[idx], p[idx]) / n[idx]  # episodes resampled within each drawn run
-        return rates.mean(axis=1)
-
     idx_a = rng.integers(0, len(oa), size=(n_boot, len(oa)))
     idx_b = idx_a if paired else rng.integers(0, len(ob), size=(n_boot, len(ob)))
-    diffs = draw(oa, idx_a) - draw(ob, idx_b)
+    diffs = _draw_means(oa, idx_a, rng) - _draw_means(ob, idx_b, rng)
     tail = (1 - level) / 2
     low, high = np.quantile(diffs, [tail, 1 - tail])
     observed = np.mean([v.mean() for v in oa.values()]) - np.mean([v.mean() for v in ob.values()])
@@ -293,7 +309,10 @@ def seeds_for_effect(
         raise ValueError(f"effect={effect}, alpha={alpha}, power={power}: each must lie in (0, 1)")
     if sd == 0:
         return 2
-    for n in range(2, cap + 1):
+    stats = _scipy("stats")
+    # the t-test never needs fewer runs than the normal approximation: start the search there
+    normal = 2 * ((stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)) * sd / effect) ** 2
+    for n in range(max(2, min(cap, int(normal))), cap + 1):
         if t_test_power(n, effect, sd, alpha) >= power:
             return n
     return cap

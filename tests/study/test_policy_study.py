@@ -1,4 +1,5 @@
-"""The policy study: config checks, resumable stages, the commands it runs, and a report read from run files."""
+"""The policy study: config checks, resumable stages that record their commit and refuse to mix commits, the power
+stage fixing the seeds before further runs, and a report read from run files."""
 
 from __future__ import annotations
 
@@ -6,31 +7,35 @@ import json
 
 import pytest
 
-from stamo_vla.study.policy_study import PolicyStudy, PolicyStudyConfig
-from stamo_vla.study.stages import StagedRun, StageFailed
+from stamo_vla.study import stages
+from stamo_vla.study.policy_study import POWER_NAME, PolicyStudy, PolicyStudyConfig
+from stamo_vla.study.stages import MixedCommitsError, StagedRun, StageFailed
+
+pytest.importorskip("scipy")
 
 
-def test_config_refuses_a_base_that_trains_on_the_evaluated_tasks():
+def test_config_names_the_bad_field_and_value():
     with pytest.raises(ValueError, match=r"share tasks \[1\]"):
         PolicyStudyConfig(eval_task_ids=[0, 1], base_task_ids=[1, 2])
-    with pytest.raises(ValueError, match=r"arms entry='lora'"):
-        PolicyStudyConfig(arms=["lora"])
-    with pytest.raises(ValueError, match="train_percent=100"):
-        PolicyStudyConfig(train_percent=100)  # held-out episodes are needed
-    assert PolicyStudyConfig(arms=["none", "state"], seeds=[0, 1]).runs == [
-        ("none", 0),
-        ("state", 0),
-        ("none", 1),
-        ("state", 1),
-    ]  # seed-major: both arms of the first seed finish first
+    with pytest.raises(ValueError, match=r"primary_arms/secondary_arms entry='lora'"):
+        PolicyStudyConfig(primary_arms=["none", "lora"])
+    with pytest.raises(ValueError, match=r"an arm is listed twice"):
+        PolicyStudyConfig(primary_arms=["none", "state"], secondary_arms=["state"])
+    with pytest.raises(ValueError, match=r"pilot_seeds=1 must be an integer in \[2, max_seeds=40\]"):
+        PolicyStudyConfig(pilot_seeds=1)
+    with pytest.raises(ValueError, match=r"effect=1.5 must lie in \(0, 1\)"):
+        PolicyStudyConfig(effect=1.5)
+    cfg = PolicyStudyConfig(primary_arms=["none", "state"], pilot_seeds=2)
+    assert cfg.pilot_runs == [("none", 0), ("state", 0), ("none", 1), ("state", 1)]  # seed-major
 
 
 class _Flaky(StagedRun):
     STAGES = ("one", "two", "three")
 
-    def __init__(self, out, calls, fail_once):
+    def __init__(self, out, calls, fail_once, allow_mixed=True):
         super().__init__(None, out, list(self.STAGES))
         self.calls, self.fail_once = calls, fail_once
+        self.allow_mixed_commits = allow_mixed
 
     def _stage(self, name):
         self.calls.append(name)
@@ -53,10 +58,7 @@ def test_an_interrupted_stage_resumes_and_finished_stages_are_skipped(tmp_path):
 
 
 def test_a_stage_time_sums_every_call_that_worked_on_it(tmp_path, monkeypatch):
-    import json
     import time
-
-    from stamo_vla.study import stages
 
     monkeypatch.setattr(stages, "HEARTBEAT_S", 0.05)
     seen = []
@@ -76,6 +78,48 @@ def test_a_stage_time_sums_every_call_that_worked_on_it(tmp_path, monkeypatch):
     assert two["calls"] == 2 and two["seconds"] >= 0.6  # the interrupted call's time is kept
     assert json.loads((tmp_path / ".stages" / "one.json").read_text())["calls"] == 1
     assert not (tmp_path / ".stages" / "two.elapsed").exists() and all(seen)
+    ends = [
+        c for c in _Flaky(tmp_path, [], set()).stage_calls() if c["event"] == "end" and c["stage"] == "two"
+    ]
+    assert [c["ok"] for c in ends] == [False, True] and sum(c["seconds"] for c in ends) >= 0.6
+
+
+def test_every_stage_call_records_its_commit_and_mixing_commits_is_refused(tmp_path, monkeypatch):
+    version = {"commit": "a" * 40, "dirty": False}
+    monkeypatch.setattr(stages, "code_version", lambda: dict(version))
+    with pytest.raises(StageFailed):
+        _Flaky(tmp_path, [], fail_once={"two"}, allow_mixed=False).main(always=())
+    starts = [c for c in _Flaky(tmp_path, [], set()).stage_calls() if c["event"] == "start"]
+    assert [(c["stage"], c["commit"], c["dirty"]) for c in starts] == [
+        ("one", "a" * 40, False),
+        ("two", "a" * 40, False),
+    ]
+    assert starts[0]["machine"]["cores"] >= 1 and starts[0]["machine"]["cpu"]
+
+    version["commit"] = "b" * 40  # the code changed under the study
+    calls: list[str] = []
+    with pytest.raises(
+        MixedCommitsError, match=r"ran from \['aaaa.*this code is bbbb.*--allow_mixed_commits true"
+    ):
+        _Flaky(tmp_path, calls, set(), allow_mixed=False).main(always=())
+    assert calls == []  # refused before the stage ran
+    version.update(commit="a" * 40, dirty=True)  # uncommitted changes are another version too
+    with pytest.raises(MixedCommitsError, match=r"this code is a{40}\+dirty"):
+        _Flaky(tmp_path, calls, set(), allow_mixed=False).main(always=())
+    version["commit"], version["dirty"] = "b" * 40, False
+    _Flaky(tmp_path, calls, set(), allow_mixed=True).main(always=())  # told: it runs, and the calls say so
+    assert calls == ["two", "three"]
+    assert {c["commit"] for c in _Flaky(tmp_path, [], set()).stage_calls() if c["event"] == "start"} == {
+        "a" * 40,
+        "b" * 40,
+    }
+
+
+def test_code_version_names_this_checkouts_commit():
+    version = stages.code_version()
+    if version["commit"] is None:
+        pytest.skip("not a git checkout")
+    assert len(version["commit"]) == 40 and isinstance(version["dirty"], bool)
 
 
 def test_stage_commands_fail_with_the_log_tail(tmp_path):
@@ -90,102 +134,212 @@ def _option(args, flag):
 
 
 def test_every_arm_gets_the_same_budget_and_the_evaluation_is_upstreams(tmp_path, monkeypatch):
-    study = PolicyStudy(PolicyStudyConfig(output_dir=str(tmp_path), arms=["none", "state"], seeds=[0, 1]))
+    cfg = PolicyStudyConfig(output_dir=str(tmp_path), primary_arms=["none", "state"], pilot_seeds=2)
+    study = PolicyStudy(cfg)
     monkeypatch.setattr(PolicyStudy, "stamo_model", lambda self: tmp_path / "stamo")
-    runs = {name: study.finetune_args(*name) for name in study.cfg.runs}
+    runs = {name: study.finetune_args(*name) for name in cfg.pilot_runs}
     for flag in ("--max_steps", "--batch_size", "--config", "--vla_path", "--data.dataset_names"):
         assert len({_option(a, flag) for a in runs.values()}) == 1, flag  # equal budgets and data
     assert {_option(a, "--seed") for a in runs.values()} == {"0", "1"}
-    assert _option(runs[("none", 0)], "--adapter.target") == "none"
+    assert _option(runs[("none", 0)], "--data.train_percent") == "100"  # held-out data is its own collection
     assert "--stamo_path" not in runs[("none", 0)] and "--stamo_path" in runs[("state", 0)]
 
     commands = []
     monkeypatch.setattr(PolicyStudy, "run", lambda self, args, log, env=None: commands.append(args))
-    study.stage_evaluate()
-    assert len(commands) == 4
-    for args in commands:
-        assert _option(args, "--num_trials_per_task") == "50"  # the 50 fixed initial states per task
+    study.stage_pilot()
+    evals = [a for a in commands if "eval" in a]
+    assert len(evals) == 4 and len(commands) == 12  # finetune, heldout, eval per run
+    for args in evals:
+        assert _option(args, "--num_trials_per_task") == "25"  # the first 25 fixed initial states, every run
         assert "--max_steps" not in args and "--num_steps_wait" not in args  # the suite's 220 steps, 10 waits
         assert _option(args, "--task_ids") == "[0,1]"
+    heldout = [a for a in commands if "heldout" in a]
+    assert {_option(a, "--dataset_name") for a in heldout} == {"libero_spatial_heldout"}
+
+    cfg.perturbed_suites = ["libero_spatial_swap", "libero_spatial_lan"]
+    steps = study.run_steps("state", 0)
+    assert [s[0] for s in steps] == ["finetune", "heldout", "eval", "eval_perturbed"]
+    assert _option(steps[-1][2], "--suites") == "[libero_spatial_swap,libero_spatial_lan]"
+    assert _option(steps[-1][2], "--task_ids") == "[0,1]"
 
 
-def _fake_run_files(study: PolicyStudy, successes: dict):
-    """Write what the stages leave behind: manifests, base metrics, training metrics, eval summaries."""
-    from stamo_vla.libero.collect import MANIFEST_NAME
+def _write_eval(out, suite_rates: dict[str, float], trials: int, tasks=(0, 1)) -> None:
+    """An evaluation directory as the harness leaves it: per-episode records and a summary."""
+    from stamo_vla.fileio import append_jsonl, write_json_atomic
 
-    for kind in ("finetune", "base"):
-        manifest = {
-            "suite": "libero_spatial",
-            "init_states": "fresh",
-            "render_resolution": 128,
-            "episodes": {},
-        }
-        for i in range(3):
-            manifest["episodes"][f"0:{i}"] = {
-                "success": i < 2,
-                "file_path": f"p{i}",
-                "init_distance": 0.02 + i,
-            }
-        path = study.data / study.dataset(kind) / MANIFEST_NAME
-        path.parent.mkdir(parents=True)
-        path.write_text(json.dumps(manifest))
-    study.base_run.mkdir(parents=True)
-    (study.base_run / "final_metrics.json").write_text(
-        json.dumps({"step": 10, "loss": 1.5, "action_accuracy": 0.4})
+    for suite, rate in suite_rates.items():
+        wins = round(rate * trials * len(tasks))
+        i = 0
+        for task in tasks:
+            for init in range(trials):
+                rec = {"suite": suite, "task_id": task, "init_index": init, "instruction": "x", "steps": 9}
+                video = f"videos/{suite}/t{task}-i{init}--success={i < wins}.mp4"
+                rec.update(success=i < wins, wall_time_s=1.0, rank=0, error=None, video=video)
+                append_jsonl(out / "results" / "rank0.jsonl", rec)
+                if i >= wins:
+                    (out / video).parent.mkdir(parents=True, exist_ok=True)
+                    (out / video).write_bytes(b"mp4")
+                i += 1
+    write_json_atomic(out / "summary.json", {"overall": {}})
+
+
+def _fake_study(tmp_path, rates: dict[tuple[str, int], float], seconds=600.0, **overrides):
+    from stamo_vla.fileio import append_jsonl, write_json_atomic
+
+    overrides.setdefault("stamo_path", str(tmp_path / "stamo_model"))
+    cfg = PolicyStudyConfig(
+        output_dir=str(tmp_path), primary_arms=["none", "state"], pilot_seeds=2, **overrides
     )
-    for (arm, seed), wins in successes.items():
+    study = PolicyStudy(cfg)
+    for (arm, seed), rate in rates.items():
         name = study.run_id(arm, seed)
+        _write_eval(study.evals / name / "standard", {"libero_spatial": rate}, cfg.trials_per_task)
+        if cfg.perturbed_suites:
+            suites = {s: rate / 2 for s in cfg.perturbed_suites}
+            _write_eval(study.evals / name / "perturbed", suites, cfg.trials_per_task)
         run = study.finetune_root / name
-        run.mkdir(parents=True)
-        lines = [{"step": s, "train/loss_action": 1.0 / s} for s in (1, 2, 3)]
-        (run / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-        (run / "heldout_metrics.json").write_text(json.dumps({"samples": 9, "action_l1": 0.1 + seed}))
-        tasks = {"0": {"successes": wins[0], "episodes": 50, "success_rate": wins[0] / 50}}
-        tasks["1"] = {"successes": wins[1], "episodes": 50, "success_rate": wins[1] / 50}
-        total = sum(wins)
-        overall = {"successes": total, "episodes": 100, "success_rate": total / 100}
-        summary = {"overall": overall, "suites": {"libero_spatial": {"tasks": tasks}}, "missing_episodes": 0}
-        (study.evals / name).mkdir(parents=True)
-        (study.evals / name / "summary.json").write_text(json.dumps(summary))
+        write_json_atomic(run / "heldout_metrics.json", {"samples": 9, "action_l1": 0.2 - rate / 10})
+        (run / "adapter").mkdir(parents=True)
+        for step in ("finetune", "heldout", "eval"):
+            append_jsonl(study.out / "run_times.jsonl", {"run": name, "step": step, "seconds": seconds / 3})
+    return study
+
+
+PILOT = {("none", 0): 0.6, ("state", 0): 0.7, ("none", 1): 0.2, ("state", 1): 0.64}
+
+
+def test_the_power_stage_fixes_the_seeds_before_any_further_run(tmp_path, monkeypatch):
+    from stamo_vla.study import policy_study
+    from stamo_vla.study import statistics as S
+
+    monkeypatch.setattr(policy_study, "code_version", lambda: {"commit": "c" * 40, "dirty": False})
+    study = _fake_study(tmp_path, PILOT, budget_hours=10.0)
+    with pytest.raises(FileNotFoundError, match="power.json is missing; run the power stage"):
+        study.stage_runs()
+    study.stage_power()
+    plan = json.loads((tmp_path / POWER_NAME).read_text())
+    sd = S.pooled_sd(
+        {
+            "none": {0: [1] * 30 + [0] * 20, 1: [1] * 10 + [0] * 40},
+            "state": {0: [1] * 35 + [0] * 15, 1: [1] * 32 + [0] * 18},
+        }
+    )
+    assert plan["between_seed_sd"] == pytest.approx(sd)
+    assert plan["required_seeds"] == S.seeds_for_effect(sd, 0.15, 0.05, 0.8) and plan["run_cost_s"] == 600.0
+    # 10 h at 10 min a run covers 60 runs: 2 arms x required seeds fit, so nothing is budget-limited
+    assert plan["seeds"] == {
+        "none": list(range(plan["required_seeds"])),
+        "state": list(range(plan["required_seeds"])),
+    }
+    assert "two-sided two-sample t-test" in plan["rule"] and plan["commit"] == "c" * 40
+
+    started = []
+
+    def fake_run(self, args, log, env=None):
+        assert (tmp_path / POWER_NAME).is_file()  # written before any further run starts
+        started.append(log)
+
+    monkeypatch.setattr(PolicyStudy, "run", fake_run)
+    study.stage_runs()
+    finetunes = [name for name in started if name.startswith("finetune_")]
+    assert finetunes[:2] == ["finetune_none_seed2", "finetune_state_seed2"]  # pilot runs are not repeated
+    assert len(finetunes) == 2 * (plan["required_seeds"] - 2)
+
+
+def test_the_budget_gives_primary_arms_first_and_secondary_arms_what_is_left():
+    from stamo_vla.study.power import plan_seeds
+
+    pilot = {
+        "none": {0: [1] * 6 + [0] * 4, 1: [1] * 4 + [0] * 6},
+        "state": {0: [1] * 5 + [0] * 5, 1: [1] * 5 + [0] * 5},
+    }
+    cfg = PolicyStudyConfig(
+        primary_arms=["none", "state"], secondary_arms=["motion"], pilot_seeds=2, budget_hours=2.0
+    )
+    plan = plan_seeds(pilot, cfg, spent_s=3600.0, run_cost_s=600.0)  # 1 h left = 6 runs
+    assert plan["required_seeds"] > 5 and plan["budget_limited"]
+    assert (
+        plan["seeds"]["none"] == plan["seeds"]["state"] == [0, 1, 2, 3, 4] and plan["seeds"]["motion"] == []
+    )
+    rich = plan_seeds(pilot, PolicyStudyConfig(**{**cfg.__dict__, "budget_hours": 200.0}), 3600.0, 600.0)
+    n = rich["required_seeds"]
+    assert rich["seeds"]["motion"] == list(range(n)) and not rich["budget_limited"]
 
 
 def test_report_reads_every_number_from_the_run_files(tmp_path):
     pytest.importorskip("matplotlib")
-    from stamo_vla.libero.results import wilson_interval
+    from stamo_vla.fileio import write_json_atomic
+    from stamo_vla.study import statistics as S
     from stamo_vla.study.policy_report import write_report
 
-    cfg = PolicyStudyConfig(output_dir=str(tmp_path), arms=["none", "state"], seeds=[0, 1])
-    study = PolicyStudy(cfg)
-    successes = {("none", 0): (30, 25), ("none", 1): (35, 30), ("state", 0): (40, 36), ("state", 1): (42, 40)}
-    _fake_run_files(study, successes)
-    study.record_command(["stamo-vla", "study", "--seeds", "[0,1]"])
-    study.record_command(["stamo-vla", "study", "--seeds", "[0,1]"])  # resumed once
+    rates = {**PILOT, ("none", 2): 0.04, ("state", 2): 0.72}
+    study = _fake_study(tmp_path, rates, perturbed_suites=["libero_spatial_swap"], videos_per_run=2)
+    write_json_atomic(
+        tmp_path / POWER_NAME,
+        {
+            "rule": "R",
+            "between_seed_sd": 0.2,
+            "required_seeds": 3,
+            "budget_limited": False,
+            "budget_s": 3600.0,
+            "run_cost_s": 600.0,
+            "commit": "c" * 40,
+            "seeds": {"none": [0, 1, 2], "state": [0, 1, 2]},
+        },
+    )
+    write_json_atomic(
+        tmp_path / "reproduce.json",
+        {
+            "run": "none_seed2",
+            "identical": True,
+            "tensors": 7,
+            "differing": 0,
+            "missing": [],
+            "max_abs_diff": 0.0,
+        },
+    )
+    study.record_command(["stamo-vla", "study", "--config", "targets"])
     report = write_report(study).read_text()
     data = json.loads((tmp_path / "study.json").read_text())
 
-    state = data["arms"]["state"]
-    assert state["pooled_success_rate"] == pytest.approx(158 / 200)
-    assert state["pooled_ci95"] == pytest.approx(wilson_interval(158, 200))
-    assert state["seed_mean"] == pytest.approx((0.76 + 0.82) / 2)
-    assert state["seed_std"] == pytest.approx(0.0424264, abs=1e-6)  # sample std of 0.76 and 0.82
-    assert data["collection"]["finetune"]["episodes"] == 2 and data["collection"]["base"]["disjoint"]
-    assert "79.0% [" in report and "reaches the 60% bar" in report
-    assert "Produced by `stamo-vla study --seeds [0,1]`" in report and "resumed 1 time(s)" in report
+    none = {s: [1] * round(r * 50) + [0] * (50 - round(r * 50)) for (a, s), r in rates.items() if a == "none"}
+    state = {
+        s: [1] * round(r * 50) + [0] * (50 - round(r * 50)) for (a, s), r in rates.items() if a == "state"
+    }
+    (cmp,) = data["comparisons"]  # only state vs none has both arms
+    assert cmp["bootstrap"]["difference"] == pytest.approx(
+        S.hierarchical_bootstrap(state, none)["difference"]
+    )
+    assert cmp["bootstrap"]["ci"] == pytest.approx(list(S.hierarchical_bootstrap(state, none)["ci"]))
     assert (
-        "StaMo `state` vs plain LoRA, per seed: seed 0 +21.0, seed 1 +17.0 points "
-        "(+19.0 ± 2.8 over seeds; every seed agrees on the sign)."
-    ) in report
-    assert "| none | 0 | 55.0% [" in report and "0: 30/50, 1: 25/50" in report
-    assert (tmp_path / "curves.png").is_file()
+        cmp["permutation"]["p"] == pytest.approx(S.permutation_test(state, none)["p"])
+        and cmp["permutation"]["paired"]
+    )
+    assert cmp["mixed_model"]["effect"] == pytest.approx(S.mixed_logistic(state, none)["effect"], abs=1e-6)
+    assert (
+        data["arms"]["none"]["collapse"]["seeds"] == [2]
+        and data["arms"]["state"]["collapse"]["collapsed"] == 0
+    )
+    assert data["arms"]["state"]["standard"]["mean"] == pytest.approx((0.7 + 0.64 + 0.72) / 3)
+    assert data["arms"]["state"]["perturbed"]["mean"] == pytest.approx(
+        sum(round(r / 2 * 50) for r in (0.7, 0.64, 0.72)) / 150
+    )
+    assert data["heldout_l1_vs_success"]["rho"] == pytest.approx(-1.0)  # L1 made to fall as success rises
+    assert len(data["videos"]["none_seed2"]) == 4 and (tmp_path / data["videos"]["none_seed2"][0]).is_file()
 
-    # one StaMo seed still unevaluated: it is compared with nothing, and one seed separates nothing
-    (study.evals / "state_seed1" / "summary.json").unlink()
-    report = write_report(study).read_text()
+    assert "pooled" not in report.lower().replace(
+        "pooled over the primary", ""
+    )  # no pooled interval anywhere
+    assert report.index("## Seeds, fixed by the power stage") < report.index("## Verdict as measured")
+    low, high = cmp["bootstrap"]["ci"]
+    verdict = "StaMo `state` helps" if low > 0 else "not decided: the interval covers 0"
     assert (
-        "StaMo `state` vs plain LoRA, per seed: seed 0 +21.0 points (one seed cannot separate an arm from the "
-        "seed-to-seed spread) (partial: seeds [0] of [0, 1] are evaluated in both arms)."
-    ) in report
-    assert "| state | 1 | 76.0% [" in report and "| one seed |" in report
+        f"`state` vs `none`: {100 * cmp['bootstrap']['difference']:5.1f} points" in report
+        and verdict in report
+    )
+    assert "| none_seed2 (collapsed) |" in report and "reproduces it bit for bit" in report
+    assert "Produced by `stamo-vla study --config targets`" in report and "Machine:" in report
+    assert (tmp_path / "seeds.png").is_file()
 
 
 def test_report_of_an_unfinished_study_says_what_is_missing(tmp_path):
@@ -199,10 +353,30 @@ def test_report_of_an_unfinished_study_says_what_is_missing(tmp_path):
     )  # written before calls were counted
     write_json_atomic(marks / "base.elapsed", {"stage": "base", "seconds": 120.0, "calls": 1})
     report = write_report(PolicyStudy(PolicyStudyConfig(output_dir=str(tmp_path)))).read_text()
-    assert (
-        "No evaluation has finished yet." in report
-        and "not evaluated" in report
-        and "Not trained yet." in report
-    )
+    assert "No comparison has two evaluated arms yet." in report and "not evaluated" in report
+    assert "The power stage has not run" in report and "The reproduce stage has not run." in report
     assert "collect 10.0 min (3 calls)" in report and "stamo 1.0 min (finishing call only)" in report
     assert "base 2.0 min (running)" in report and "total 13.0 min" in report
+
+
+def test_a_retrain_is_compared_with_the_first_run_tensor_by_tensor(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from stamo_vla.study.reproduce import compare_adapters
+
+    tensors = {"lora_A": torch.arange(6.0).reshape(2, 3), "head": torch.ones(4)}
+    for name in ("first", "same", "other"):
+        (tmp_path / name).mkdir()
+    save_file(tensors, str(tmp_path / "first" / "adapter_model.safetensors"))
+    save_file(
+        {k: v.clone() for k, v in tensors.items()}, str(tmp_path / "same" / "adapter_model.safetensors")
+    )
+    changed = {**tensors, "head": torch.ones(4) + torch.tensor([0, 0, 0.5, 0])}
+    save_file(changed, str(tmp_path / "other" / "adapter_model.safetensors"))
+    same = compare_adapters(tmp_path / "first", tmp_path / "same")
+    assert same["identical"] and same["tensors"] == 2 and same["max_abs_diff"] == 0.0
+    other = compare_adapters(tmp_path / "first", tmp_path / "other")
+    assert not other["identical"] and other["differing"] == 1 and other["max_abs_diff"] == pytest.approx(0.5)
+    with pytest.raises(FileNotFoundError, match="holds no .safetensors file"):
+        compare_adapters(tmp_path / "first", tmp_path)

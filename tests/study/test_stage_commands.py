@@ -68,13 +68,25 @@ def test_demo_stages_run_stamo_vla_commands_that_parse(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("with_stamo_path", [False, True])
 def test_policy_study_stages_run_stamo_vla_commands_that_parse(tmp_path, monkeypatch, with_stamo_path):
-    from stamo_vla.study.policy_study import PolicyStudy, PolicyStudyConfig
+    from stamo_vla.fileio import write_json_atomic
+    from stamo_vla.study import policy_study
+    from stamo_vla.study.policy_study import POWER_NAME, PolicyStudy, PolicyStudyConfig
 
     commands = _recorded(PolicyStudy, monkeypatch)
+    monkeypatch.setattr(policy_study, "code_version", lambda: {"commit": "c" * 40, "dirty": False})
     stamo = str(tmp_path / "given_stamo") if with_stamo_path else None
-    study = PolicyStudy(PolicyStudyConfig(output_dir=str(tmp_path / "study"), stamo_path=stamo))
+    cfg = PolicyStudyConfig(output_dir=str(tmp_path / "study"), stamo_path=stamo, pilot_seeds=2)
+    study = PolicyStudy(cfg)
     monkeypatch.setattr(PolicyStudy, "stamo_model", lambda self: tmp_path / "stamo" / "model")
-    for stage in ("collect", "stamo", "base", "finetune", "heldout", "evaluate"):
+    write_json_atomic(study.out / POWER_NAME, {"seeds": {"none": [0, 1, 2], "state": [0, 1, 2]}})
+    for stage in ("collect", "stamo", "base", "pilot", "runs"):
         study.stage_fn(stage)()
     expected = {"collect", "cache-targets", "train-base", "finetune", "heldout", "eval"}
     _check(commands, expected if with_stamo_path else expected | {"pretrain"})
+    finetunes = [
+        a[a.index("--run_dir") + 1] for a in commands if a[a.index("stamo_vla.cli") + 1] == "finetune"
+    ]
+    # the pilot's 4 runs; then `runs` goes over every planned run (nothing marks the pilot's done here): 6
+    assert [f.rsplit("/", 1)[-1] for f in finetunes[4:]] == [
+        f"{a}_seed{s}" for s in (0, 1, 2) for a in ("none", "state")
+    ]
