@@ -38,6 +38,9 @@ def test_heldout_scores_exactly_the_validation_episodes(tmp_path, toy_data_root)
     assert main(["--run_dir", str(result.run_dir)]) == 0
     written = json.loads((result.run_dir / "heldout_metrics.json").read_text())
     assert written["samples"] == 24
+    # another dataset (the policy study's held-out collection): every episode of it, every step
+    other = heldout_metrics(result.run_dir, batch_size=24, dataset_name=DATASET)
+    assert other["split"] == "train" and other["datasets"] == [DATASET] and other["samples"] == 8 * 12
 
 
 def test_heldout_config_names_what_is_missing():
