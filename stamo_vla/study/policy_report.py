@@ -141,6 +141,25 @@ def arm_summaries(study: PolicyStudy, runs: list[dict]) -> dict[str, dict | None
     return out
 
 
+VERDICT_RULE = (
+    "An arm is said to help (or hurt) only where the seed-level 95% bootstrap interval of the difference excludes 0 "
+    "and the exact permutation test over seeds agrees (p < 0.05); with few seeds the bootstrap has few distinct "
+    "resamples and its interval is too narrow, while the permutation test cannot go below 2/2^n for n paired seeds "
+    "(n < 6 never decides)."
+)
+
+
+def verdict(arm: str, ci: tuple[float, float], p: float, alpha: float = 0.05) -> str:
+    """The verdict the fixed rule (`VERDICT_RULE`) gives one comparison of `arm` against another."""
+    if p < alpha and ci[0] > 0:
+        return f"`{arm}` helps"
+    if p < alpha and ci[1] < 0:
+        return f"`{arm}` hurts"
+    if ci[0] > 0 or ci[1] < 0:
+        return f"not decided: the interval excludes 0 but the permutation test does not agree (p = {p:.3f})"
+    return "not decided: the interval covers 0"
+
+
 def comparisons(runs: list[dict], arms: dict[str, dict | None]) -> list[dict]:
     """Every fixed comparison whose two arms have evaluated runs: standard (bootstrap, permutation, mixed model),
     perturbed (bootstrap), collapse (Fisher), and the verdict the standard interval supports."""
@@ -153,14 +172,7 @@ def comparisons(runs: list[dict], arms: dict[str, dict | None]) -> list[dict]:
         pa, pb = _arm_runs(runs, a, "perturbed_outcomes"), _arm_runs(runs, b, "perturbed_outcomes")
         result["perturbed"] = S.hierarchical_bootstrap(pa, pb, N_BOOT) if pa and pb else None
         result["collapse_fisher_p"] = S.collapse_fisher(arms[a]["collapse"], arms[b]["collapse"])
-        low, high = result["bootstrap"]["ci"]
-        result["verdict"] = (
-            f"StaMo `{a}` helps"
-            if low > 0
-            else f"StaMo `{a}` hurts"
-            if high < 0
-            else "not decided: the interval covers 0"
-        )
+        result["verdict"] = verdict(a, result["bootstrap"]["ci"], result["permutation"]["p"])
         out.append(result)
     return out
 

@@ -84,13 +84,17 @@ def _power(data: dict) -> list[str]:
 
 
 def _verdict(data: dict) -> list[str]:
+    from stamo_vla.study.policy_report import VERDICT_RULE
+
     lines = ["## Verdict as measured (primary endpoint: standard success, seed-level 95% interval)", ""]
+    lines += [VERDICT_RULE, ""]
     if not data["comparisons"]:
         return [*lines, "No comparison has two evaluated arms yet.", ""]
     for c in data["comparisons"]:
         b = c["bootstrap"]
         lines.append(
-            f"- `{c['a']}` vs `{c['b']}`: {_pct(b['difference']):>5} points {_ci(b['ci'])} -> {c['verdict']}."
+            f"- `{c['a']}` vs `{c['b']}`: {_pct(b['difference']):>5} points {_ci(b['ci'])}, permutation p = "
+            f"{_p(c['permutation']['p'])} -> {c['verdict']}."
         )
     return [*lines, ""]
 
