@@ -64,8 +64,8 @@ def episode_records(eval_dir: Path) -> list[dict] | None:
     return [r for r in seen.values() if not r.get("error")]
 
 
-def standard_outcomes(study: PolicyStudy, arm: str, seed: int) -> list[int] | None:
-    """0/1 successes of a run's standard evaluation (evaluated tasks, first trials_per_task initial states)."""
+def standard_records(study: PolicyStudy, arm: str, seed: int) -> list[dict] | None:
+    """A run's standard episodes (evaluated tasks, first trials_per_task initial states), by task and state."""
     records = episode_records(study.evals / study.run_id(arm, seed) / "standard")
     if records is None:
         return None
@@ -75,7 +75,28 @@ def standard_outcomes(study: PolicyStudy, arm: str, seed: int) -> list[int] | No
         for r in records
         if r["suite"] == c.suite and r["task_id"] in c.eval_task_ids and r["init_index"] < c.trials_per_task
     ]
-    return [int(bool(r["success"])) for r in sorted(keep, key=lambda r: (r["task_id"], r["init_index"]))]
+    return sorted(keep, key=lambda r: (r["task_id"], r["init_index"]))
+
+
+def standard_outcomes(study: PolicyStudy, arm: str, seed: int) -> list[int] | None:
+    """0/1 successes of a run's standard evaluation, in the order of `standard_records`."""
+    records = standard_records(study, arm, seed)
+    return None if records is None else [int(bool(r["success"])) for r in records]
+
+
+def _per_task(records: list[dict]) -> dict[str, dict]:
+    """Per task: successes, episodes and the mean steps of the failed episodes (what a collapsed run does)."""
+    out: dict[str, dict] = {}
+    for r in records:
+        row = out.setdefault(str(r["task_id"]), {"successes": 0, "episodes": 0, "failed_steps": []})
+        row["successes"] += int(bool(r["success"]))
+        row["episodes"] += 1
+        if not r["success"]:
+            row["failed_steps"].append(r["steps"])
+    for row in out.values():
+        steps = row.pop("failed_steps")
+        row["mean_failed_steps"] = sum(steps) / len(steps) if steps else None
+    return out
 
 
 def perturbed_outcomes(study: PolicyStudy, arm: str, seed: int) -> dict[str, list[int]] | None:
@@ -96,7 +117,8 @@ def run_results(study: PolicyStudy, arm: str, seed: int) -> dict:
 
     name = study.run_id(arm, seed)
     run = study.finetune_root / name
-    standard = standard_outcomes(study, arm, seed)
+    records = standard_records(study, arm, seed)
+    standard = None if records is None else [int(bool(r["success"])) for r in records]
     perturbed = perturbed_outcomes(study, arm, seed)
     flat = [x for v in (perturbed or {}).values() for x in v]
     return {
@@ -106,6 +128,7 @@ def run_results(study: PolicyStudy, arm: str, seed: int) -> dict:
         "heldout": _read(run / HELDOUT_METRICS),
         "standard": S.run_summary(standard) if standard else None,
         "standard_outcomes": standard,
+        "standard_tasks": _per_task(records or []),
         "perturbed": S.run_summary(flat) if flat else None,
         "perturbed_families": {k: S.run_summary(v) for k, v in (perturbed or {}).items()},
         "perturbed_outcomes": flat or None,

@@ -115,6 +115,34 @@ def _arm_table(data: dict) -> list[str]:
     return [*lines, ""]
 
 
+def _families(data: dict) -> list[str]:
+    """Perturbed success per perturbation family and arm (mean over runs)."""
+    rows: dict[str, dict[str, list[float]]] = {}
+    for r in data["runs"]:
+        for family, summary in r["perturbed_families"].items():
+            rows.setdefault(family, {}).setdefault(r["arm"], []).append(summary["success_rate"])
+    if not rows:
+        return []
+    arms = list(data["arms"])
+    lines = ["Perturbed success per family (mean over runs, runs in brackets):", ""]
+    lines += ["| family | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
+    for family, per_arm in rows.items():
+        cells = [f"{_pct(sum(v) / len(v))} ({len(v)})" if (v := per_arm.get(a)) else "-" for a in arms]
+        lines.append(f"| {family} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _base(data: dict) -> list[str]:
+    base = data["base"]
+    if not base:
+        return ["Base: not trained yet.", ""]
+    return [
+        f"Base (full-parameter, token actions, base tasks only): {base.get('step')} steps, final train loss "
+        f"{base.get('loss', float('nan')):.3f}, token accuracy {base.get('action_accuracy', float('nan')):.3f}.",
+        "",
+    ]
+
+
 def _comparison_table(data: dict) -> list[str]:
     lines = ["## Paired differences (first arm minus second, points)", ""]
     lines += [
@@ -175,9 +203,13 @@ def _diagnosis(data: dict) -> list[str]:
             ", ".join(f"[{v.rsplit('/', 1)[-1][:40]}]({v})" for v in data["videos"].get(name, []))
             or "none kept"
         )
-        lines.append(
-            f"- `{name}`: {r['standard']['successes']}/{r['standard']['episodes']} standard; failure videos: {videos}."
+        tasks = ", ".join(
+            f"task {t}: {v['successes']}/{v['episodes']}, failures end after {v['mean_failed_steps']:.0f} steps"
+            for t, v in r["standard_tasks"].items()
+            if v["mean_failed_steps"] is not None
         )
+        standard = f"{r['standard']['successes']}/{r['standard']['episodes']}"
+        lines.append(f"- `{name}`: {standard} standard ({tasks}); failure videos: {videos}.")
     rep = data["reproduce"]
     if rep is None:
         lines.append("\nThe reproduce stage has not run.")
@@ -222,10 +254,12 @@ def _evidence(study: PolicyStudy, data: dict) -> list[str]:
 
 def markdown(study: PolicyStudy, data: dict, figures: list[str]) -> str:
     """REPORT.md: provenance, the seed rule (before any result), verdict, tables, figures, diagnosis."""
-    lines = _header(study, data) + _power(data) + _verdict(data) + _arm_table(data)
+    lines = _header(study, data) + _power(data) + _verdict(data) + _arm_table(data) + _families(data)
     if "seeds.png" in figures:
         lines += ["![every seed a dot](seeds.png)", ""]
-    lines += _comparison_table(data) + _runs_table(data) + _diagnosis(data) + _evidence(study, data)
+    lines += (
+        _comparison_table(data) + _runs_table(data) + _diagnosis(data) + _evidence(study, data) + _base(data)
+    )
     if "curves.png" in figures:
         lines += ["![training curves](curves.png)", ""]
     lines += [

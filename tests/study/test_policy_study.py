@@ -334,6 +334,7 @@ def test_report_reads_every_number_from_the_run_files(tmp_path):
     # 3 paired seeds: the permutation test cannot reach 0.05 (2/8 at best), so nothing is decided
     assert cmp["permutation"]["p"] >= 0.25 and "not decided" in cmp["verdict"]
     assert f"`state` vs `none`: {100 * cmp['bootstrap']['difference']:5.1f} points" in report
+    assert "`none_seed2`: 2/50 standard (task 0: 2/25, failures end after 9 steps, task 1: 0/25" in report
     assert "| none_seed2 (collapsed) |" in report and "reproduces it bit for bit" in report
     assert "Produced by `stamo-vla study --config targets`" in report and "Machine:" in report
     assert (tmp_path / "seeds.png").is_file()
