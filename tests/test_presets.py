@@ -24,6 +24,10 @@ def config_class(name: str):
 
         # model presets take the checkpoint on the command line
         return EvalConfig, "eval_", [] if name == "eval_oracle" else ["--checkpoint", "/models/openvla-7b"]
+    if name.startswith("study_"):
+        from stamo_vla.study.policy_study import PolicyStudyConfig
+
+        return PolicyStudyConfig, "study_", []
     raise AssertionError(f"preset {name} has no known recipe prefix")
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stamo_vla.demo_report import _series, plot_curves
 from stamo_vla.fileio import atomic_path, read_jsonl
+from stamo_vla.viz.curves import plot_curves, series
 
 if TYPE_CHECKING:
     from stamo_vla.study.policy_study import PolicyStudy
@@ -51,10 +51,10 @@ def plot_training_curves(study: PolicyStudy, runs: list[dict], path: Path) -> bo
     for r in runs:
         label = study.run_id(r["arm"], r["seed"])
         records = read_jsonl(study.finetune_root / label / "metrics.jsonl")
-        panels["train/loss_action (L1)"].append((label, *_series(records, "train/loss_action")))
-        panels["train/loss_future (target)"].append((label, *_series(records, "train/loss_future")))
+        panels["train/loss_action (L1)"].append((label, *series(records, "train/loss_action")))
+        panels["train/loss_future (target)"].append((label, *series(records, "train/loss_future")))
     base = read_jsonl(study.base_run / "metrics.jsonl")
-    panels["base train/loss (tokens)"] = [("base", *_series(base, "train/loss"))]
+    panels["base train/loss (tokens)"] = [("base", *series(base, "train/loss"))]
     panels = {k: [line for line in v if line[1]] for k, v in panels.items()}
     panels = {k: v for k, v in panels.items() if v}
     if not any(k.startswith("train/") for k in panels):
