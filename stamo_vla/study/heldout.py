@@ -4,8 +4,8 @@
     stamo-vla heldout --run_dir ... --dataset_name libero_spatial_heldout   # every episode of another dataset
 
 With ``dataset_name`` the run is scored on every episode of that dataset (in the run's data root, normalized with
-the run's statistics, StaMo targets computed live by the run's encoder): the policy study collects such a dataset
-with the same episodes per evaluated task, so the held-out metrics cover every task. Writes ``<run_dir>/heldout_metrics.json``: the model's own metrics (action L1 in normalized units, token
+the run's statistics, its targets read from that dataset's cache when the run trained on caches): the policy study
+collects such a dataset with the same episodes per evaluated task, so the held-out metrics cover every task. Writes ``<run_dir>/heldout_metrics.json``: the model's own metrics (action L1 in normalized units, token
 accuracy, StaMo target losses) averaged over every held-out sample, with the sample count.
 """
 
@@ -47,12 +47,10 @@ class HeldoutConfig:
 
 def heldout_config(run_dir: Path, dataset_name: str | None = None):
     """The run's saved config with its data switched to one unaugmented pass over the held-out episodes: its
-    val split, or every episode of `dataset_name` (targets then computed live, as no cache covers it)."""
+    val split, or every episode of `dataset_name` (from its own target cache when the run used caches)."""
     cfg = load_run_config(FinetuneConfig, run_dir / "config.yaml")  # old field names included
     if dataset_name is not None:
-        cfg.data = dataclasses.replace(
-            cfg.data, dataset_names=[dataset_name], weights=[], split="all", use_target_cache=False
-        )
+        cfg.data = dataclasses.replace(cfg.data, dataset_names=[dataset_name], weights=[], split="all")
     elif cfg.data.train_percent >= 100:
         raise ValueError(
             f"{run_dir} trained on every episode (data.train_percent=100): it has no held-out episodes to score; "

@@ -12,9 +12,10 @@ it ran from, and the study refuses to mix commits unless ``--allow_mixed_commits
               distance of every start to the nearest test state is recorded and checked): the evaluated tasks
               (fine-tuning data), the same tasks again with another seed (the held-out data: ``heldout_episodes``
               per task, so held-out metrics cover every evaluated task) and other tasks of the suite (base data)
-2. stamo      a tiny StaMo pretrained on the fine-tuning frames (or ``stamo_path``), and its target cache
+2. stamo      a tiny StaMo pretrained on the fine-tuning frames (or ``stamo_path``)
 3. base       full-parameter training of the small OpenVLA-architecture policy on the base tasks, token actions:
               the stand-in for openvla-7b
+   targets    the target cache of every arm's target kind, for the fine-tuning and the held-out data
 4. pilot      the first ``pilot_seeds`` seeds of every primary arm, each a full run: LoRA fine-tuning with the
               L1 chunk head (``--adapter.target <arm>``), held-out action L1 and target loss, the standard
               evaluation and the perturbed one
@@ -43,11 +44,14 @@ from stamo_vla.configs import check_choice, check_positive_int, parse_config, re
 from stamo_vla.fileio import append_jsonl, read_json, read_jsonl, write_json_atomic
 from stamo_vla.study.stages import StagedRun, code_version, stamo_vla_cli
 
-STAGES = ("collect", "stamo", "base", "pilot", "power", "runs", "reproduce", "report")
+STAGES = ("collect", "stamo", "base", "targets", "pilot", "power", "runs", "reproduce", "report")
 # fine-tuning arms: adapter.target values (none = plain LoRA)
 ARMS = ("none", "features", "untrained", "state", "motion")
-# arms whose targets come from an encoder (cached, and `--stamo_path` given)
-TARGET_ARMS = ("features", "untrained", "state", "motion")
+# arms with an auxiliary target, and the cache each reads: state and motion share the StaMo-state cache at the
+# datasets' default place (<data>/<dataset>/stamo_targets); the others have a cache root of their own
+TARGET_CACHE = {"state": "state", "motion": "state", "untrained": "untrained", "features": "features"}
+# arms whose target is made of a StaMo checkpoint's encoder (`--stamo_path` given)
+STAMO_ARMS = ("state", "motion", "untrained")
 POWER_NAME = "power.json"
 REPRODUCE_NAME = "reproduce.json"
 RUN_TIMES_NAME = "run_times.jsonl"
@@ -235,7 +239,7 @@ class PolicyStudy(StagedRun):
         import yaml
 
         c = self.cfg
-        if not c.stamo_path:
+        if not c.stamo_path:  # a given checkpoint needs no pretraining
             preset = yaml.safe_load(resolve_preset(c.stamo_preset, prefix="pretrain_stamo_").read_text())
             preset["source"] = {
                 "type": "rlds",
@@ -251,9 +255,6 @@ class PolicyStudy(StagedRun):
             if c.stamo_steps is not None:
                 args += ["--max_steps", str(c.stamo_steps)]
             self.run(stamo_vla_cli("pretrain", *args), "stamo_pretrain")
-        args = ["--data_root_dir", str(self.data), "--dataset_name", self.dataset(FINETUNE_DATASET)]
-        args += ["--stamo_path", str(self.stamo_model())]
-        self.run(stamo_vla_cli("cache-targets", *args), "stamo_cache")
 
     def stage_base(self) -> None:
         c = self.cfg
@@ -269,6 +270,25 @@ class PolicyStudy(StagedRun):
         args += ["--batch_size", str(c.base_batch_size), "--save_steps", str(max(1, c.base_steps // 8))]
         args += ["--tokenizer_datasets", f"[{self.dataset(FINETUNE_DATASET)}]"]  # words of every task prompt
         self.run(stamo_vla_cli("train-base", *args), "base")
+
+    def cache_root(self, kind: str) -> Path | None:
+        """The target cache root of a cache kind (None: the datasets' default place)."""
+        return None if kind == "state" else self.out / "target_cache" / kind
+
+    def stage_targets(self) -> None:
+        """Every target cache the arms read, of the fine-tuning and the held-out data (after the base: the
+        features target is made of the base's frozen backbone)."""
+        arms = self.cfg.primary_arms + self.cfg.secondary_arms
+        for kind in sorted({TARGET_CACHE[a] for a in arms if a in TARGET_CACHE}):
+            for dataset in (self.dataset(FINETUNE_DATASET), self.dataset(HELDOUT_DATASET)):
+                args = ["--data_root_dir", str(self.data), "--dataset_name", dataset]
+                if kind != "state":  # the StaMo-state cache is the command's default target
+                    args += ["--target", kind, "--output_dir", str(self.cache_root(kind) / dataset)]
+                if kind == "features":
+                    args += ["--vla_path", str(self.base_run / "model")]
+                else:
+                    args += ["--stamo_path", str(self.stamo_model())]
+                self.run(stamo_vla_cli("cache-targets", *args), f"cache_{kind}_{dataset}")
 
     def finetune_args(self, arm: str, seed: int, run_dir: Path | None = None) -> list[str]:
         """The ``stamo-vla finetune`` options of one run (into `run_dir`, default its place in the study)."""
@@ -287,8 +307,12 @@ class PolicyStudy(StagedRun):
             "--resume",
             "true",
         ]
-        if arm in TARGET_ARMS:
-            args += ["--data.use_target_cache", "true", "--stamo_path", str(self.stamo_model())]
+        if arm in TARGET_CACHE:
+            args += ["--data.use_target_cache", "true"]
+            root = self.cache_root(TARGET_CACHE[arm])
+            args += [] if root is None else ["--data.target_cache_root", str(root)]
+        if arm in STAMO_ARMS:
+            args += ["--stamo_path", str(self.stamo_model())]
         return args
 
     def eval_args(self, arm: str, seed: int, suites: list[str], output_dir: Path) -> list[str]:

@@ -156,6 +156,30 @@ def test_every_arm_gets_the_same_budget_and_the_evaluation_is_upstreams(tmp_path
     heldout = [a for a in commands if "heldout" in a]
     assert {_option(a, "--dataset_name") for a in heldout} == {"libero_spatial_heldout"}
 
+    # every target kind's cache, of the fine-tuning and the held-out data; each arm reads its own kind
+    commands.clear()
+    cfg.secondary_arms = ["features", "untrained", "motion"]
+    study.stage_targets()
+    caches = {
+        (_option(a, "--dataset_name"), a[a.index("--target") + 1] if "--target" in a else "state")
+        for a in commands
+    }
+    assert caches == {
+        (d, k)
+        for d in ("libero_spatial_finetune", "libero_spatial_heldout")
+        for k in ("state", "features", "untrained")
+    }
+    features = [a for a in commands if "features" in a]
+    assert all("--vla_path" in a and "--stamo_path" not in a for a in features)
+    assert _option(study.finetune_args("motion", 0), "--adapter.target") == "motion"
+    assert "--data.target_cache_root" not in study.finetune_args("motion", 0)  # motion reads the state cache
+    root = _option(study.finetune_args("features", 0), "--data.target_cache_root")
+    assert {_option(a, "--output_dir") for a in features} == {
+        f"{root}/libero_spatial_finetune",
+        f"{root}/libero_spatial_heldout",
+    }
+    assert "--stamo_path" not in study.finetune_args("features", 0)
+
     cfg.perturbed_suites = ["libero_spatial_swap", "libero_spatial_lan"]
     steps = study.run_steps("state", 0)
     assert [s[0] for s in steps] == ["finetune", "heldout", "eval", "eval_perturbed"]

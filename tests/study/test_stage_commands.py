@@ -79,7 +79,7 @@ def test_policy_study_stages_run_stamo_vla_commands_that_parse(tmp_path, monkeyp
     study = PolicyStudy(cfg)
     monkeypatch.setattr(PolicyStudy, "stamo_model", lambda self: tmp_path / "stamo" / "model")
     write_json_atomic(study.out / POWER_NAME, {"seeds": {"none": [0, 1, 2], "state": [0, 1, 2]}})
-    for stage in ("collect", "stamo", "base", "pilot", "runs"):
+    for stage in ("collect", "stamo", "base", "targets", "pilot", "runs"):
         study.stage_fn(stage)()
     expected = {"collect", "cache-targets", "train-base", "finetune", "heldout", "eval"}
     _check(commands, expected if with_stamo_path else expected | {"pretrain"})
