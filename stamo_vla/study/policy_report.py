@@ -100,14 +100,19 @@ def _per_task(records: list[dict]) -> dict[str, dict]:
 
 
 def perturbed_outcomes(study: PolicyStudy, arm: str, seed: int) -> dict[str, list[int]] | None:
-    """0/1 successes of a run's perturbed evaluation per perturbation family (the record's ``perturbation``
-    field where the harness writes one, else its suite)."""
+    """0/1 successes of a run's perturbed evaluation per perturbation family (the record's ``family`` where the
+    harness writes one, else its suite), over the evaluated tasks: a record's ``base_task_id`` (the base task it
+    perturbs) where written, else its task id (the LIBERO-PRO spatial suites list the tasks in the base order)."""
     records = episode_records(study.evals / study.run_id(arm, seed) / "perturbed")
     if records is None:
         return None
     families: dict[str, list[int]] = {}
-    for r in records:
-        families.setdefault(r.get("perturbation") or r["suite"], []).append(int(bool(r["success"])))
+    for r in sorted(records, key=lambda r: (r["suite"], r["task_id"], r["init_index"])):
+        base_task = r.get("base_task_id")
+        if (r["task_id"] if base_task is None else base_task) not in study.cfg.eval_task_ids:
+            continue
+        if r["init_index"] < study.cfg.trials_per_task:
+            families.setdefault(r.get("family") or r["suite"], []).append(int(bool(r["success"])))
     return families
 
 

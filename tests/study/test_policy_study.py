@@ -407,3 +407,22 @@ def test_a_retrain_is_compared_with_the_first_run_tensor_by_tensor(tmp_path):
     assert not other["identical"] and other["differing"] == 1 and other["max_abs_diff"] == pytest.approx(0.5)
     with pytest.raises(FileNotFoundError, match="holds no .safetensors file"):
         compare_adapters(tmp_path / "first", tmp_path)
+
+
+def test_perturbed_success_is_grouped_by_family_over_the_evaluated_base_tasks(tmp_path):
+    from stamo_vla.fileio import append_jsonl, write_json_atomic
+    from stamo_vla.study.policy_report import perturbed_outcomes
+
+    study = PolicyStudy(PolicyStudyConfig(output_dir=str(tmp_path), eval_task_ids=[0, 1], trials_per_task=2))
+    out = study.evals / "state_seed0" / "perturbed"
+    # a suite whose task 5 perturbs base task 0, and whose task 0 perturbs base task 7 (not evaluated)
+    for task, base, init, success in ((5, 0, 0, True), (5, 0, 1, False), (5, 0, 2, True), (0, 7, 0, True)):
+        rec = {"suite": "libero_spatial_swap", "task_id": task, "init_index": init, "success": success}
+        append_jsonl(
+            out / "results" / "rank0.jsonl", {**rec, "family": "swap", "base_task_id": base, "steps": 3}
+        )
+    rec = {"suite": "libero_spatial_lan", "task_id": 1, "init_index": 0, "success": False, "steps": 3}
+    append_jsonl(out / "results" / "rank0.jsonl", rec)  # no family written: grouped by its suite
+    assert perturbed_outcomes(study, "state", 0) is None  # no summary yet: unfinished
+    write_json_atomic(out / "summary.json", {})
+    assert perturbed_outcomes(study, "state", 0) == {"swap": [1, 0], "libero_spatial_lan": [0]}
