@@ -352,18 +352,20 @@ class PolicyStudy(StagedRun):
 
     def run_one(self, arm: str, seed: int) -> None:
         """Every step of one run that has not finished; each step's wall time and commit appended to
-        run_times.jsonl (the power stage's cost per run)."""
+        run_times.jsonl (the power stage's cost per run). A step is refused (`MixedCommitsError`) when the code
+        changed since the study's earlier stage calls, unless ``allow_mixed_commits``."""
+        name = self.run_id(arm, seed)
         for step, done, command in self.run_steps(arm, seed):
             if done.exists():
                 continue
+            code = (
+                code_version()
+            )  # the step's command imports the code on disk now: it must still be the study's
+            self.check_commit(step, code)
             start = time.perf_counter()
-            self.run(command, f"{step}_{self.run_id(arm, seed)}")
-            record = {
-                "run": self.run_id(arm, seed),
-                "step": step,
-                "seconds": round(time.perf_counter() - start, 1),
-            }
-            append_jsonl(self.out / RUN_TIMES_NAME, {**record, **code_version()})
+            self.run(command, f"{step}_{name}")
+            seconds = round(time.perf_counter() - start, 1)
+            append_jsonl(self.out / RUN_TIMES_NAME, {"run": name, "step": step, "seconds": seconds, **code})
 
     def run_seconds(self) -> dict[str, float]:
         """Seconds of every run, summed over its steps and calls."""

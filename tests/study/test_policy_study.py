@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from stamo_vla.fileio import read_jsonl
 from stamo_vla.study import stages
 from stamo_vla.study.policy_study import POWER_NAME, PolicyStudy, PolicyStudyConfig
 from stamo_vla.study.stages import MixedCommitsError, StagedRun, StageFailed
@@ -426,3 +427,23 @@ def test_perturbed_success_is_grouped_by_family_over_the_evaluated_base_tasks(tm
     assert perturbed_outcomes(study, "state", 0) is None  # no summary yet: unfinished
     write_json_atomic(out / "summary.json", {})
     assert perturbed_outcomes(study, "state", 0) == {"swap": [1, 0], "libero_spatial_lan": [0]}
+
+
+def test_a_run_step_is_refused_when_the_code_changed_under_a_running_stage(tmp_path, monkeypatch):
+    from stamo_vla.fileio import append_jsonl
+    from stamo_vla.study import policy_study
+
+    study = PolicyStudy(PolicyStudyConfig(output_dir=str(tmp_path), stamo_path=str(tmp_path / "stamo")))
+    append_jsonl(
+        study.marks / "calls.jsonl", {"stage": "pilot", "event": "start", "commit": "a" * 40, "dirty": False}
+    )
+    monkeypatch.setattr(policy_study, "code_version", lambda: {"commit": "b" * 40, "dirty": False})
+    ran = []
+    monkeypatch.setattr(PolicyStudy, "run", lambda self, args, log, env=None: ran.append(log))
+    with pytest.raises(MixedCommitsError, match="this code is b{40}"):
+        study.run_one("none", 0)
+    assert ran == []
+    study.allow_mixed_commits = True
+    study.run_one("none", 0)
+    assert ran == ["finetune_none_seed0", "heldout_none_seed0", "eval_none_seed0"]
+    assert {r["commit"] for r in read_jsonl(tmp_path / "run_times.jsonl")} == {"b" * 40}
