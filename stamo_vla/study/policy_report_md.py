@@ -155,7 +155,11 @@ def _comparison_table(data: dict) -> list[str]:
         how = "paired by seed" if b["paired"] else f"unpaired ({len(c['seeds_a'])} vs {len(c['seeds_b'])})"
         exact = "exact" if perm["exact"] else "Monte Carlo"
         pert = f"{_pct(c['perturbed']['difference'])} {_ci(c['perturbed']['ci'])}" if c["perturbed"] else "-"
-        mixed = f"{mm['effect']:+.2f} [{mm['ci'][0]:+.2f}, {mm['ci'][1]:+.2f}]"
+        if mm["effect"] is None:
+            mixed = "not estimable (an arm at 0% or 100% in every run)"
+        else:
+            ci = "[not estimable]" if mm["ci"] is None else f"[{mm['ci'][0]:+.2f}, {mm['ci'][1]:+.2f}]"
+            mixed = f"{mm['effect']:+.2f} {ci}"
         lines.append(
             f"| {c['a']} vs {c['b']} | {how} | {_pct(b['difference'])} {_ci(b['ci'])} | {_p(perm['p'])} ({exact}, "
             f"{perm['arrangements']} arrangements) | {mixed} | {pert} | {_p(c['collapse_fisher_p'])} |"
@@ -183,7 +187,7 @@ def _runs_table(data: dict) -> list[str]:
         flag = " (collapsed)" if r["collapsed"] else ""
         lines.append(f"| {r['arm']}_seed{r['seed']}{flag} | {std} | {pert} | {l1} | {fut} | {minutes} |")
     rho = data["heldout_l1_vs_success"]
-    if rho["runs"] >= 3:
+    if rho["rho"] is not None:
         lines += [
             "",
             f"Held-out action L1 against standard success over {rho['runs']} runs: Spearman rho = "

@@ -181,13 +181,15 @@ def permutation_test(a: Arm, b: Arm, seed: int = 0) -> dict:
 def _run_log_likelihood(eta0: np.ndarray, sigma: float, k: np.ndarray, n: np.ndarray) -> np.ndarray:
     """log ∫ Binomial(k | n, sigmoid(eta0 + sigma z)) N(z) dz per run (binomial coefficient left out), by adaptive
     Gauss-Hermite quadrature centred on each run's mode."""
+    from scipy.special import expit
+
     z = np.zeros_like(eta0)
     for _ in range(30):  # Newton on the concave log integrand
-        p = 1 / (1 + np.exp(-(eta0 + sigma * z)))
+        p = expit(eta0 + sigma * z)
         grad = sigma * (k - n * p) - z
         hess = -(sigma**2) * n * p * (1 - p) - 1
         z = z - grad / hess
-    p = 1 / (1 + np.exp(-(eta0 + sigma * z)))
+    p = expit(eta0 + sigma * z)
     scale = 1 / np.sqrt(sigma**2 * n * p * (1 - p) + 1)
     x, w = np.polynomial.hermite.hermgauss(GH_NODES)
     zz = z[:, None] + math.sqrt(2) * scale[:, None] * x[None, :]
@@ -216,8 +218,9 @@ def mixed_logistic(a: Arm, b: Arm) -> dict:
 
     Returns:
         ``{"effect", "ci", "se", "sigma", "converged"}``: effect = b1 in logits (a relative to b) with its Wald
-        95% interval from the observed information; se/ci are NaN when the information is not positive
-        definite (e.g. every run of an arm at 0%), and `converged` says whether the optimizer stopped cleanly.
+        95% interval from the observed information; effect, se and ci are None when the effect is not identified
+        (the information is not positive definite, or the effect runs to its bound: an arm at 0% or 100% in
+        every run); `converged` says whether the optimizer stopped cleanly.
     """
     optimize = _scipy("optimize")
     oa, ob = _outcomes(a, "a"), _outcomes(b, "b")
@@ -234,17 +237,18 @@ def mixed_logistic(a: Arm, b: Arm) -> dict:
     start = np.array([math.log(rate / (1 - rate)), 0.0, 0.0])
     bounds = [(-20, 20), (-20, 20), (-7, 3)]
     fit = optimize.minimize(nll, start, method="L-BFGS-B", bounds=bounds)
-    se = float("nan")
+    se = None
     hess = _hessian(nll, fit.x)
-    if np.all(np.isfinite(hess)):
-        eig = np.linalg.eigvalsh(hess)
-        if eig.min() > 0:
-            se = float(math.sqrt(np.linalg.inv(hess)[1, 1]))
+    if np.all(np.isfinite(hess)) and np.linalg.eigvalsh(hess).min() > 0:
+        se = float(math.sqrt(np.linalg.inv(hess)[1, 1]))
     effect = float(fit.x[1])
+    separated = any(k[x == g].sum() in (0, n[x == g].sum()) for g in (0.0, 1.0))  # an arm all 0% or all 100%
+    if separated or se is None or abs(effect) >= bounds[1][1] - 1e-3:  # the effect is not identified
+        effect, se = None, None
     return {
         "effect": effect,
         "se": se,
-        "ci": (effect - 1.959964 * se, effect + 1.959964 * se),
+        "ci": None if se is None else (effect - 1.959964 * se, effect + 1.959964 * se),
         "sigma": float(math.exp(fit.x[2])),
         "converged": bool(fit.success),
     }
@@ -333,9 +337,12 @@ def pooled_sd(arms: Mapping[str, Arm]) -> float:
 
 
 def rank_correlation(x: Sequence[float], y: Sequence[float]) -> dict:
-    """Spearman rank correlation over runs (e.g. held-out action L1 against closed-loop success)."""
+    """Spearman rank correlation over runs (e.g. held-out action L1 against closed-loop success); rho and p are
+    None with fewer than 3 runs or a constant series."""
     stats = _scipy("stats")
-    if len(x) != len(y) or len(x) < 3:
-        return {"rho": float("nan"), "p": float("nan"), "runs": len(x)}
+    if len(x) != len(y):
+        raise ValueError(f"rank_correlation: {len(x)} x values and {len(y)} y values; give one pair per run")
+    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+        return {"rho": None, "p": None, "runs": len(x)}
     res = stats.spearmanr(x, y)
     return {"rho": float(res.statistic), "p": float(res.pvalue), "runs": len(x)}

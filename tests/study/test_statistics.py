@@ -81,6 +81,12 @@ def test_without_run_spread_the_mixed_model_is_the_logit_difference():
     assert fit["sigma"] < 0.05  # no spread beyond binomial noise
 
 
+def test_an_arm_at_zero_in_every_run_gives_no_mixed_model_effect_and_no_nan():
+    fit = S.mixed_logistic(_runs({0: 0.0, 1: 0.0, 2: 0.0}), _runs({0: 0.5, 1: 0.4, 2: 0.6}))
+    assert fit["effect"] is None and fit["ci"] is None and fit["se"] is None
+    assert S.rank_correlation([1.0, 1.0, 1.0], [0.1, 0.5, 0.9]) == {"rho": None, "p": None, "runs": 3}
+
+
 def test_collapse_rate_has_an_exact_interval_and_fisher_compares_arms():
     plain = _runs({0: 0.6, 1: 0.0, 2: 0.05, 3: 0.5})
     stamo = _runs({0: 0.7, 1: 0.6, 2: 0.65, 3: 0.55})
