@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stamo_vla.fileio import read_jsonl, write_json_atomic, write_text_atomic
+from stamo_vla.fileio import atomic_path, read_jsonl, write_json_atomic, write_text_atomic
 from stamo_vla.libero.collect import MANIFEST_NAME, check_disjoint
 from stamo_vla.study import statistics as S
 
@@ -247,8 +247,8 @@ def keep_videos(study: PolicyStudy, runs: list[dict]) -> dict[str, list[str]]:
             for video in videos:
                 target = study.out / "videos" / name / kind / video.name
                 if not target.is_file():
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(video, target)
+                    with atomic_path(target) as tmp:
+                        shutil.copyfile(video, tmp)
                 kept.setdefault(name, []).append(str(target.relative_to(study.out)))
     return kept
 
