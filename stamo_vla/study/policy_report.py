@@ -232,6 +232,10 @@ def provenance(study: PolicyStudy) -> dict:
             versions[version_key(c)].append(c["stage"])
         if c.get("machine") and c["machine"] not in machines:
             machines.append(c["machine"])
+    started = {c["stage"] for c in starts}
+    unrecorded = [m.stem for m in sorted(study.marks.glob("*.json")) if m.stem not in started]
+    if unrecorded:  # finished before stage calls recorded their commit
+        versions["unrecorded"] = unrecorded
     run_versions = {k for k, stages in versions.items() if set(stages) - set(study.ANY_COMMIT)}
     return {"versions": versions, "mixed": len(run_versions) > 1, "machines": machines, "calls": len(starts)}
 

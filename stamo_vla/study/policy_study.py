@@ -62,7 +62,7 @@ class PolicyStudyConfig:
     """The CPU policy study (defaults: the small two-arm study on libero_spatial tasks 0 and 1)."""
 
     # Folder of every stage's output and of REPORT.md.
-    output_dir: str = "runs/study_spatial"
+    output_dir: str = "runs/study"
     # LIBERO suite of every task below.
     suite: str = "libero_spatial"
     # Evaluated tasks: fine-tuning data and the benchmark evaluation.

@@ -163,9 +163,11 @@ class StagedRun:
         from another version, unless ``allow_mixed_commits``."""
         if self.allow_mixed_commits or name in self.ANY_COMMIT:
             return
-        earlier = {
-            version_key(c) for c in self.stage_calls() if "commit" in c and c["stage"] not in self.ANY_COMMIT
-        }
+        calls = [c for c in self.stage_calls() if "commit" in c and c["stage"] not in self.ANY_COMMIT]
+        earlier = {version_key(c) for c in calls}
+        recorded = {c["stage"] for c in calls}
+        if any(m.stem not in recorded and m.stem not in self.ANY_COMMIT for m in self.marks.glob("*.json")):
+            earlier.add("unrecorded (stages finished before commits were recorded)")
         current = version_key(code)
         if earlier and earlier != {current}:
             raise MixedCommitsError(

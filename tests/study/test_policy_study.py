@@ -116,6 +116,21 @@ def test_every_stage_call_records_its_commit_and_mixing_commits_is_refused(tmp_p
     }
 
 
+def test_a_run_whose_stages_finished_before_commits_were_recorded_counts_as_another_version(
+    tmp_path, monkeypatch
+):
+    from stamo_vla.fileio import write_json_atomic
+
+    monkeypatch.setattr(stages, "code_version", lambda: {"commit": "a" * 40, "dirty": False})
+    write_json_atomic(
+        tmp_path / ".stages" / "one.json", {"stage": "one", "seconds": 5.0}
+    )  # an older run's mark
+    with pytest.raises(
+        MixedCommitsError, match=r"unrecorded \(stages finished before commits were recorded\)"
+    ):
+        _Flaky(tmp_path, [], set(), allow_mixed=False).main(always=())
+
+
 def test_code_version_names_this_checkouts_commit():
     version = stages.code_version()
     if version["commit"] is None:
