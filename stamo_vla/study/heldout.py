@@ -1,6 +1,6 @@
 """Metrics of a finished fine-tuning run on its held-out episodes (the ``val`` split of its own data config).
 
-    stamo-vla heldout --run_dir runs/study_spatial/finetune/none_seed0
+    stamo-vla heldout --run_dir runs/study/finetune/none_seed0
     stamo-vla heldout --run_dir ... --dataset_name libero_spatial_heldout   # every episode of another dataset
 
 With ``dataset_name`` the run is scored on every episode of that dataset (in the run's data root, normalized with
