@@ -87,6 +87,8 @@ def version_key(code: dict) -> str:
 class MixedCommitsError(RuntimeError):
     """A stage was asked to run from code other than the code that ran the earlier stages of the run."""
 
+    user_error = True  # the message says what to do: the command line prints it alone
+
 
 class StageFailed(RuntimeError):
     """A stage command exited with an error; the message holds the tail of its log."""
