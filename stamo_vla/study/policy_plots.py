@@ -38,7 +38,7 @@ def plot_seeds(study: PolicyStudy, runs: list[dict], path: Path) -> None:
         ax.set_xticks(range(len(arms)), arms)
         ax.set_ylim(-3, 103)
         ax.set_ylabel("success per run (%)")
-        ax.set_title(f"{kind} evaluation: every seed a dot, bar = mean", fontsize=9)
+        ax.set_title(f"{kind} evaluation: every seed a dot (open: collapsed), bar = mean", fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
