@@ -43,7 +43,7 @@ def collect_evidence(study: PolicyStudy) -> dict:
             **check_disjoint(manifest),
             "episodes": sum(r["success"] for r in records),
             "attempts": len(manifest["episodes"]),
-            "render_resolution": manifest.get("render_resolution", 256),
+            "render_resolution": manifest.get("render_resolution"),  # None: the manifest does not record it
         }
     return out
 

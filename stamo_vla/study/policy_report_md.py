@@ -242,7 +242,7 @@ def _evidence(study: PolicyStudy, data: dict) -> list[str]:
     for kind, ev in data["collection"].items():
         dist = "n/a" if ev["min_distance"] is None else f"{ev['min_distance']:.4f}"
         lines.append(
-            f"| {kind} | {ev['episodes']} | {ev['attempts']} | {ev['render_resolution']} | {dist} | {ev['disjoint']} |"
+            f"| {kind} | {ev['episodes']} | {ev['attempts']} | {ev['render_resolution'] or '-'} | {dist} | {ev['disjoint']} |"
         )
     lines += [
         "",
