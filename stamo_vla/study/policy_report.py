@@ -240,6 +240,20 @@ def provenance(study: PolicyStudy) -> dict:
     return {"versions": versions, "mixed": len(run_versions) > 1, "machines": machines, "calls": len(starts)}
 
 
+def config_differences(study: PolicyStudy) -> list[str]:
+    """Fields whose value in this (report) call differs from the config a finished stage recorded in its mark."""
+    import dataclasses
+
+    now = dataclasses.asdict(study.cfg)
+    differ = set()
+    for mark in study.marks.glob("*.json"):
+        recorded = json.loads(mark.read_text()).get("config") or {}
+        differ |= {
+            k for k, v in recorded.items() if k not in ("stages", "allow_mixed_commits") and now.get(k) != v
+        }
+    return sorted(differ)
+
+
 def keep_videos(study: PolicyStudy, runs: list[dict]) -> dict[str, list[str]]:
     """Copy the first ``videos_per_run`` failure videos of each run's evaluations to <out>/videos/<run>/."""
     kept: dict[str, list[str]] = {}
@@ -271,6 +285,7 @@ def write_report(study: PolicyStudy) -> Path:
         "commands": [" ".join(argv) for argv in study.commands()] or [COMMAND],
         "config": dataclasses.asdict(study.cfg),
         "provenance": provenance(study),
+        "config_differences": config_differences(study),
         "stage_seconds": stage_times(study),
         "power": _read(study.out / POWER_NAME),
         "collection": collect_evidence(study),

@@ -42,6 +42,11 @@ def _header(study: PolicyStudy, data: dict) -> list[str]:
         )
     if any(k.endswith("+dirty") for k in prov["versions"]):
         lines.append("Some calls ran from a tree with uncommitted changes to tracked files (`+dirty`).")
+    if data["config_differences"]:
+        lines.append(
+            f"**This report was written with other values than the stages ran with, for {data['config_differences']}: "
+            "rerun the report stage with the study's own options (its `--config` and overrides).**"
+        )
     machines = "; ".join(f"{m['cpu']}, {m['cores']} cores" for m in prov["machines"]) or "not recorded"
     lines += [f"Machine: {machines}.", "", f"Wall time per stage: {_fmt_times(data['stage_seconds'])}", ""]
     return lines

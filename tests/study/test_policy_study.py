@@ -389,6 +389,13 @@ def test_report_of_an_unfinished_study_says_what_is_missing(tmp_path):
     assert "The power stage has not run" in report and "The reproduce stage has not run." in report
     assert "collect 10.0 min (3 calls)" in report and "stamo 1.0 min (finishing call only)" in report
     assert "base 2.0 min (running)" in report and "total 13.0 min" in report
+    assert "other values than the stages ran with" not in report
+    # a report written with other options than the stages ran with says so
+    write_json_atomic(
+        marks / "collect.json", {"stage": "collect", "seconds": 600.0, "config": {"trials_per_task": 50}}
+    )
+    report = write_report(PolicyStudy(PolicyStudyConfig(output_dir=str(tmp_path)))).read_text()
+    assert "other values than the stages ran with, for ['trials_per_task']" in report
 
 
 def test_the_verdict_needs_the_interval_and_the_permutation_test_to_agree():
