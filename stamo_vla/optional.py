@@ -19,6 +19,10 @@ EXTRAS: dict[str, str] = {
     "matplotlib": "viz",
     "flash_attn": "flash",
     "scipy": "study",
+    "av": "lerobot",
+    "pyarrow": "lerobot",
+    "pyarrow.parquet": "lerobot",
+    "pyarrow.compute": "lerobot",
 }
 
 

@@ -8,6 +8,7 @@ import os
 from stamo_vla.configs import check_positive_int
 from stamo_vla.data.augment import ImageAugConfig
 
+FORMATS = ("rlds", "lerobot")  # stamo_vla.data.sources.FORMATS, kept here so configs import nothing heavy
 SPLITS = {"train": "train[:{p}%]", "val": "train[{p}%:]", "all": "train"}
 
 
@@ -15,7 +16,10 @@ SPLITS = {"train": "train[:{p}%]", "val": "train[{p}%:]", "all": "train"}
 class DataConfig:
     """Where the RLDS data is and how samples are drawn from it (upstream OpenVLA defaults where they exist)."""
 
-    # folder that contains <dataset_name>/<version>/ (upstream --data_root_dir, e.g. .../modified_libero_rlds)
+    # on-disk format: "rlds" (tfds, upstream OpenVLA) or "lerobot" (LeRobotDataset v3.0, e.g. lerobot/libero)
+    format: str = "rlds"
+    # rlds: folder that contains <dataset_name>/<version>/ (upstream --data_root_dir, e.g. .../modified_libero_rlds);
+    # lerobot: the dataset root (holding meta/info.json) or the folder that contains <dataset_name>/
     data_root_dir: str = "datasets/modified_libero_rlds"
     # datasets to mix; each must exist under data_root_dir (e.g. a labeled and an action-free one)
     dataset_names: list[str] = dataclasses.field(default_factory=lambda: ["libero_spatial_no_noops"])
@@ -68,6 +72,8 @@ class DataConfig:
             )
         if any(w < 0 for w in self.weights) or (self.weights and sum(self.weights) <= 0):
             raise ValueError(f"weights={self.weights} must be >= 0 with a positive sum")
+        if self.format not in FORMATS:
+            raise ValueError(f"format={self.format!r} is not a data format; allowed: {list(FORMATS)}")
         if self.split not in SPLITS:
             raise ValueError(f"split={self.split!r} is not valid; allowed: {list(SPLITS)}")
         if not 0 < self.train_percent <= 100:

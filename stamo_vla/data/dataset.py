@@ -28,8 +28,9 @@ from stamo_vla import keys
 from stamo_vla.data import transforms
 from stamo_vla.data.augment import augment_image, sample_params
 from stamo_vla.data.config import DataConfig
+from stamo_vla.data.lerobot import resize_frame
 from stamo_vla.data.normalization import normalize
-from stamo_vla.data.rlds import iter_episodes
+from stamo_vla.data.sources import iter_episodes
 from stamo_vla.data.statistics import compute_statistics, load_dataset_statistics
 from stamo_vla.data.target_cache import TargetCache
 from stamo_vla.data.tf_setup import import_tfds
@@ -54,13 +55,15 @@ def resolve_rank(rank: int | None = None, world_size: int | None = None) -> tupl
     return rank, world_size
 
 
-def decode_frame(jpeg: bytes, size: int) -> np.ndarray:
+def decode_frame(jpeg: bytes | np.ndarray, size: int) -> np.ndarray:
     """JPEG bytes -> (size, size, 3) uint8, bit for bit as upstream's RLDS pipeline makes its frames.
 
     Upstream (OpenVLA / OFT ``decode_and_resize`` + dlimp ``resize_image``): ``tf.io.decode_image`` (libjpeg with
     TF's default, the fast integer IDCT), then ``tf.image.resize(method="lanczos3", antialias=True)`` always (also
     at the stored size), then round, clip and cast to uint8. The reader already runs TF, so we call the same ops.
     """
+    if isinstance(jpeg, np.ndarray):  # a decoded LeRobot frame: the same resize, without TF
+        return resize_frame(jpeg, size)
     tf, _ = import_tfds("decoding training frames")
     img = tf.io.decode_image(jpeg, expand_animations=False, dtype=tf.uint8)
     img = tf.image.resize(img, (size, size), method="lanczos3", antialias=True)
@@ -139,6 +142,7 @@ class RLDSFrameDataset(IterableDataset):
             self.cfg.data_root_dir,
             self.dataset_name,
             self.cfg.tfds_split,
+            fmt=self.cfg.format,
             decode_images=False,
             shard=shard,
             shuffle_episodes=self.cfg.episode_shuffle_buffer if self.cfg.repeat else 0,

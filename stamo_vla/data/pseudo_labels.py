@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from stamo_vla.configs import check_positive_int, parse_config
-from stamo_vla.data.rlds import iter_episodes
+from stamo_vla.data.sources import iter_episodes
 from stamo_vla.fileio import atomic_path, write_json_atomic
 from stamo_vla.stamo import StaMoEncoder, fingerprint
 from stamo_vla.stamo.pixels import uint8_to_pixels

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from stamo_vla.configs import check_positive_int
-from stamo_vla.data.rlds import iter_episodes
+from stamo_vla.data.sources import iter_episodes
 from stamo_vla.data.synthetic import shapes
 from stamo_vla.fileio import atomic_path
 

@@ -30,7 +30,7 @@ import numpy as np
 from stamo_vla.configs import parse_config
 from stamo_vla.data import transforms
 from stamo_vla.data.normalization import ACTION_MASK, warn_degenerate
-from stamo_vla.data.rlds import dataset_fingerprint, iter_episodes, resolve_dataset_dir
+from stamo_vla.data.sources import dataset_fingerprint, iter_episodes, resolve_dataset_dir
 from stamo_vla.fileio import read_json, write_json_atomic
 
 # bump when the statistics computation or the transforms it depends on change

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from stamo_vla.configs import check_positive_int, parse_config
-from stamo_vla.data.rlds import dataset_fingerprint, iter_episodes, resolve_dataset_dir
+from stamo_vla.data.sources import dataset_fingerprint, iter_episodes, resolve_dataset_dir
 from stamo_vla.fileio import atomic_path, safetensors_problem, write_json_atomic
 from stamo_vla.stamo import StaMoEncoder, fingerprint
 from stamo_vla.stamo.pixels import uint8_to_pixels

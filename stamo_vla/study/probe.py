@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from stamo_vla.configs import check_positive_int
-from stamo_vla.data.rlds import iter_episodes
+from stamo_vla.data.sources import iter_episodes
 from stamo_vla.data.splits import split_episodes
 from stamo_vla.data.statistics import compute_statistics
 from stamo_vla.data.transforms import normalized_actions

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 
 from stamo_vla.configs import check_positive_int, parse_config
-from stamo_vla.data.rlds import iter_episodes
+from stamo_vla.data.sources import iter_episodes
 from stamo_vla.data.statistics import compute_statistics
 from stamo_vla.data.transforms import normalized_actions
 from stamo_vla.fileio import write_json_atomic

@@ -23,7 +23,7 @@ from stamo_vla.adapter.action_heads import TokenActionHead
 from stamo_vla.configs import check_choice, parse_config, save_config
 from stamo_vla.data.config import DataConfig
 from stamo_vla.data.dataset import make_dataloader
-from stamo_vla.data.rlds import iter_episodes
+from stamo_vla.data.sources import iter_episodes
 from stamo_vla.fileio import write_json_atomic
 from stamo_vla.training.checkpoint import find_resumable_checkpoint, optimization_state, save_checkpoint
 from stamo_vla.training.distributed import seed_everything, setup_accelerator
