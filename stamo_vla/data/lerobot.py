@@ -32,6 +32,7 @@ decoded frame nearest to ``from_timestamp + timestamp``, as LeRobot's own decode
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import os
@@ -132,15 +133,40 @@ def shard_range(lo: int, hi: int, shard: tuple[int, int] | None) -> tuple[int, i
     return int(bounds[index]), int(bounds[index + 1])
 
 
+@functools.lru_cache(maxsize=16)
+def _lanczos3_weights(in_size: int, out_size: int) -> np.ndarray:
+    """(out, in) weights of TF's antialiased Lanczos-3 ``scale_and_translate`` (spans, kernel scale, normalization)."""
+    inv_scale = in_size / out_size
+    kernel_scale = max(inv_scale, 1.0)
+    radius = 3.0 * kernel_scale
+    weights = np.zeros((out_size, in_size), np.float64)
+    for x in range(out_size):
+        sample = (x + 0.5) * inv_scale
+        start = min(max(int(np.ceil(sample - radius - 0.5)), 0), in_size - 1)
+        stop = min(max(int(np.floor(sample + radius - 0.5)), 0), in_size - 1) + 1
+        pos = np.abs((np.arange(start, stop) + 0.5 - sample) / kernel_scale)
+        safe = np.maximum(pos, 1e-3) * np.pi
+        w = np.where(
+            pos > 3.0,
+            0.0,
+            np.where(pos <= 1e-3, 1.0, 3.0 * np.sin(safe) * np.sin(safe / 3.0) / (safe * safe)),
+        )
+        weights[x, start:stop] = w / w.sum()
+    return weights.astype(np.float32)
+
+
 def resize_frame(frame: np.ndarray, size: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> (size, size, 3) uint8 with antialiased Lanczos-3 (PIL), always, as the RLDS path.
+    """(H, W, 3) uint8 -> (size, size, 3) uint8: antialiased Lanczos-3, then round and clip, always (as RLDS).
 
-    The RLDS path runs TF's ``resize(lanczos3, antialias=True)``; PIL's LANCZOS is the same kernel with the
-    same support scaling, and differs from it only by rounding (measured in tests/data/test_lerobot_reader.py).
+    The RLDS path runs ``tf.image.resize(method="lanczos3", antialias=True)``; this computes the same separable
+    weights in numpy (no TF), so the two agree up to float rounding (within 1 level; tests/data check it).
     """
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(frame).resize((size, size), Image.Resampling.LANCZOS), dtype=np.uint8)
+    rows = _lanczos3_weights(frame.shape[0], size)
+    cols = _lanczos3_weights(frame.shape[1], size)
+    height, width, channels = frame.shape
+    tall = (rows @ frame.reshape(height, width * channels).astype(np.float32)).reshape(size, width, channels)
+    out = np.matmul(cols, tall)  # (size, size, C): per output row, the column weights over the width
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
 def _column(table, key: str) -> np.ndarray:
@@ -319,22 +345,14 @@ def decode_video_frames(path: str | os.PathLike, timestamps: np.ndarray, fps: fl
     if not path.is_file():
         raise FileNotFoundError(f"LeRobot video '{path}' is missing; copy the dataset again")
     tolerance = 0.5 / fps
-    times, frames = [], []
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        first = float(timestamps[0])
-        container.seek(max(0, int((first - tolerance) / stream.time_base)), stream=stream, backward=True)
-        for frame in container.decode(stream):
-            t = float(frame.time)
-            if t < first - tolerance:
-                continue
-            if t > float(timestamps[-1]) + tolerance:
-                break
-            times.append(t)
-            frames.append(frame.to_ndarray(format="rgb24"))
+    try:
+        times, frames = _decode_span(av, path, float(timestamps[0]), float(timestamps[-1]), tolerance)
+    except av.FFmpegError as err:
+        raise ValueError(
+            f"LeRobot video '{path}' cannot be decoded ({err}); it is truncated or corrupt. Copy the dataset again."
+        ) from err
     if not frames:
-        raise ValueError(f"LeRobot video '{path}' has no frames near t={first:.3f}s; it is truncated")
+        raise ValueError(f"LeRobot video '{path}' has no frames near t={timestamps[0]:.3f}s; it is truncated")
     times_arr = np.asarray(times)
     nearest = np.abs(times_arr[None, :] - timestamps[:, None]).argmin(1)
     gap = np.abs(times_arr[nearest] - timestamps)
@@ -345,6 +363,24 @@ def decode_video_frames(path: str | os.PathLike, timestamps: np.ndarray, fps: fl
             f"{gap.max():.4f}s away); the video is truncated or its timestamps do not match the data"
         )
     return np.stack([frames[i] for i in nearest])
+
+
+def _decode_span(av, path: Path, first: float, last: float, tolerance: float) -> tuple[list, list]:
+    """(times, RGB frames) of the decoded frames within [first - tolerance, last + tolerance]."""
+    times, frames = [], []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        container.seek(max(0, int((first - tolerance) / stream.time_base)), stream=stream, backward=True)
+        for frame in container.decode(stream):
+            t = float(frame.time)
+            if t < first - tolerance:
+                continue
+            if t > last + tolerance:
+                break
+            times.append(t)
+            frames.append(frame.to_ndarray(format="rgb24"))
+    return times, frames
 
 
 def iter_lerobot_episodes(
