@@ -3,6 +3,7 @@
 Variants are registered draccus choices (YAML ``source: {type: image_folder, ...}``):
     image_folder   every image file under a directory (recursive)
     rlds           frames of RLDS datasets via ``stamo_vla.data.rlds.iter_episodes`` (imported lazily)
+    lerobot        frames of LeRobotDataset v3.0 datasets (``stamo_vla.data.lerobot``; no tensorflow)
     synthetic      coloured shapes (`stamo_vla.data.synthetic`), for presets that must run anywhere
     frames_file    frames saved once by `save_frames` (images, episode ids, episode names), e.g. by the study
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import draccus
 import numpy as np
@@ -94,6 +96,8 @@ class RLDSSource(ImageSourceConfig):
     # tfds split to read.
     split: str = "train"
 
+    data_format: ClassVar[str | None] = None  # None: the layout on disk decides (stamo_vla.data.sources)
+
     def __post_init__(self) -> None:
         for cam in self.cameras:
             if cam not in ("image", "wrist_image"):
@@ -111,7 +115,7 @@ class RLDSSource(ImageSourceConfig):
         groups: list[int] = []
         names: list[str] = []
         for name in self.dataset_names:
-            for episode in iter_episodes(self.data_root_dir, name, split=self.split):
+            for episode in iter_episodes(self.data_root_dir, name, split=self.split, fmt=self.data_format):
                 for cam in self.cameras:
                     new = [_resize_uint8(f, image_size) for f in episode[cam][:: self.frame_stride]]
                     frames.extend(new)
@@ -123,6 +127,15 @@ class RLDSSource(ImageSourceConfig):
         if not frames:
             raise ValueError(f"no frames found in {self.dataset_names} under '{self.data_root_dir}'")
         return torch.stack(frames), torch.tensor(groups), names
+
+
+@ImageSourceConfig.register_subclass("lerobot")
+@dataclass
+class LeRobotSource(RLDSSource):
+    """Camera frames of LeRobotDataset v3.0 datasets (``data_root_dir``: a dataset root or the folder holding them;
+    cameras map as in `stamo_vla.data.lerobot`: image = observation.images.image, wrist_image = ...image2)."""
+
+    data_format: ClassVar[str | None] = "lerobot"
 
 
 @ImageSourceConfig.register_subclass("synthetic")

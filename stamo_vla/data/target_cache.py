@@ -164,10 +164,12 @@ def shard_problem(path: Path, num_steps: int) -> str | None:
     return None if steps == num_steps else f"{path} has {steps} steps, the episode {num_steps}"
 
 
-def _frames_to_pixels(jpegs: list[bytes]):
-    """JPEG frames at their stored size -> (B, 3, H, W) float in [0, 1]."""
+def _frames_to_pixels(jpegs: list[bytes] | np.ndarray):
+    """JPEG frames at their stored size (or decoded LeRobot frames) -> (B, 3, H, W) float in [0, 1]."""
     from PIL import Image
 
+    if isinstance(jpegs, np.ndarray):
+        return uint8_to_pixels(jpegs)
     return uint8_to_pixels(np.stack([np.array(Image.open(io.BytesIO(j)).convert("RGB")) for j in jpegs]))
 
 
