@@ -97,19 +97,33 @@ def feature_stats(x: np.ndarray) -> dict:
     return {k: v.tolist() for k, v in out.items()}
 
 
-def image_stats(frames: np.ndarray) -> dict:
-    """Per-channel statistics of (N, H, W, 3) uint8 frames in [0, 1], each value shaped (3, 1, 1)."""
-    pixels = (np.asarray(frames, dtype=np.float64) / 255.0).reshape(-1, 3)
-    flat = feature_stats(pixels)
-    return {k: (v if k == "count" else [[[c]] for c in v]) for k, v in flat.items()} | {
-        "count": [len(frames)]
+def pixel_histogram(frames: np.ndarray) -> np.ndarray:
+    """(3, 256) counts of each uint8 value per channel over (N, H, W, 3) frames."""
+    flat = np.asarray(frames, dtype=np.uint8).reshape(-1, 3)
+    return np.stack([np.bincount(flat[:, c], minlength=256) for c in range(3)]).astype(np.int64)
+
+
+def image_stats(histogram: np.ndarray, num_frames: int) -> dict:
+    """Per-channel statistics in [0, 1] from a (3, 256) pixel histogram, each value shaped (3, 1, 1).
+
+    uint8 pixels make the histogram exact: the quantiles are numpy's (linear interpolation) over every pixel.
+    """
+    levels = np.arange(256) / 255.0
+    total = histogram.sum(1)
+    mean = (histogram * levels).sum(1) / total
+    out = {
+        "min": levels[(histogram > 0).argmax(1)],
+        "max": levels[255 - (histogram[:, ::-1] > 0).argmax(1)],
+        "mean": mean,
+        "std": np.sqrt((histogram * (levels - mean[:, None]) ** 2).sum(1) / total),
     }
-
-
-def _sample_frames(frames: np.ndarray) -> np.ndarray:
-    """A few evenly spaced frames, downsampled, as LeRobot samples images for statistics."""
-    idx = np.linspace(0, len(frames) - 1, min(len(frames), 20)).round().astype(int)
-    return frames[idx][:, ::4, ::4]
+    cumulative = histogram.cumsum(1)
+    for q in QUANTILES:
+        pos = q * (total - 1)
+        lo = np.array([np.searchsorted(c, k, side="right") for c, k in zip(cumulative, np.floor(pos))])
+        hi = np.array([np.searchsorted(c, k, side="right") for c, k in zip(cumulative, np.ceil(pos))])
+        out[f"q{int(round(q * 100)):02d}"] = levels[lo] + (pos - np.floor(pos)) * (levels[hi] - levels[lo])
+    return {k: [[[float(c)]] for c in v] for k, v in out.items()} | {"count": [int(num_frames)]}
 
 
 class _VideoStream:
@@ -218,7 +232,7 @@ class LeRobotWriter:
         self.tasks: dict[str, int] = {}
         self.episodes: list[dict] = []
         self.values: dict[str, list[np.ndarray]] = {k: [] for k in (*_NAMES, *_INDEX_KEYS)}
-        self.image_samples: dict[str, list[np.ndarray]] = {k: [] for k in CAMERAS.values()}
+        self.histograms = {k: np.zeros((3, 256), np.int64) for k in CAMERAS.values()}
         self.streams = (
             {key: _VideoStream(self.root, key, self.fps, FILE_SIZE_MB["video"]) for key in CAMERAS.values()}
             if video
@@ -256,9 +270,9 @@ class LeRobotWriter:
         meta.update({"dataset_from_index": self.frames, "dataset_to_index": self.frames + length})
         stats = {k: feature_stats(v) for k, v in columns.items()}
         for key, f in frames.items():
-            sample = _sample_frames(f)
-            self.image_samples[key].append(sample)
-            stats[key] = image_stats(sample)
+            histogram = pixel_histogram(f)
+            self.histograms[key] += histogram
+            stats[key] = image_stats(histogram, len(f))
         meta.update({f"stats/{k}/{s}": v for k, block in stats.items() for s, v in block.items()})
         meta.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
         for key, value in columns.items():
@@ -314,7 +328,7 @@ class LeRobotWriter:
             _tasks_table(pa, sorted(self.tasks, key=self.tasks.get)), self.root / "meta/tasks.parquet"
         )
         stats = {k: feature_stats(np.concatenate(v)) for k, v in self.values.items()}
-        stats |= {k: image_stats(np.concatenate(v)) for k, v in self.image_samples.items()}
+        stats |= {k: image_stats(h, self.frames) for k, h in self.histograms.items()}
         write_json_atomic(self.root / lr.STATS_PATH, stats, indent=4)
         write_json_atomic(self.root / lr.INFO_PATH, self._info(), indent=4)
 

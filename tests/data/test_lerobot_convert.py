@@ -85,13 +85,12 @@ def test_png_layout_is_lossless_and_statistics_have_lerobot_quantiles(tmp_path):
     np.testing.assert_allclose(stats["action"]["mean"], labeled.mean(0))
     states = np.concatenate([e["state"] for e in eps]).astype(np.float64)
     np.testing.assert_allclose(stats["observation.state"]["max"], states.max(0))
-    assert np.asarray(stats["observation.images.image"]["mean"]).shape == (3, 1, 1)
-    assert (
-        0
-        <= np.min(stats["observation.images.image"]["min"])
-        <= np.max(stats["observation.images.image"]["max"])
-        <= 1
-    )
+    pixels = np.concatenate([e["wrist_image"] for e in eps]).reshape(-1, 3) / 255.0  # exact, over every pixel
+    image = {k: np.asarray(v) for k, v in stats["observation.images.image2"].items()}
+    assert image["mean"].shape == image["q50"].shape == (3, 1, 1) and image["count"].tolist() == [len(states)]
+    np.testing.assert_allclose(image["mean"].ravel(), pixels.mean(0))
+    for key, q in quantiles.items():
+        np.testing.assert_allclose(image[key].ravel(), np.quantile(pixels, q, axis=0), atol=1e-12)
     tasks = pq.read_table(root / "meta/tasks.parquet").to_pylist()
     assert [t["task"] for t in tasks] == list(dict.fromkeys(e["language_instruction"] for e in eps))
 
