@@ -74,3 +74,16 @@ def toy_cotrain_root(tmp_path_factory):
         video.append(ep)
     write_rlds_dataset(video, root, ACTION_FREE)
     return root
+
+
+LEROBOT_DATASET = "toy_push_lerobot"
+
+
+@pytest.fixture(scope="session")
+def toy_lerobot_root(tmp_path_factory):
+    """The first 4 push episodes as a LeRobotDataset v3.0 (our writer; no tensorflow): ``<root>/toy_push_lerobot``."""
+    from stamo_vla.data.lerobot_writer import write_lerobot_dataset
+
+    root = tmp_path_factory.mktemp("lerobot_data")
+    write_lerobot_dataset((push_episode(i) for i in range(4)), root / LEROBOT_DATASET)
+    return root
