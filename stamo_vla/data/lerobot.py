@@ -35,6 +35,7 @@ import difflib
 import functools
 import hashlib
 import json
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -44,6 +45,8 @@ import numpy as np
 
 from stamo_vla.fileio import read_json
 from stamo_vla.optional import require
+
+log = logging.getLogger(__name__)
 
 INFO_PATH = "meta/info.json"
 STATS_PATH = "meta/stats.json"
@@ -213,6 +216,12 @@ class LeRobotReader:
             "image": self._camera(PRIMARY_CAMERAS, required=True),
             "wrist_image": self._camera(WRIST_CAMERAS, required=False),
         }
+        if self.camera_keys["wrist_image"] is None:
+            log.warning(
+                "LeRobot dataset '%s' has no wrist camera (%s); wrist_image frames are black",
+                self.root,
+                WRIST_CAMERAS,
+            )
         for key in (STATE_KEY, ACTION_KEY):
             if key not in self.features:
                 raise ValueError(
@@ -388,26 +397,30 @@ def iter_lerobot_episodes(
     dataset_name: str,
     split: str = "train",
     *,
+    decode_images: bool = True,
     load_images: bool = True,
     shard: tuple[int, int] | None = None,
     shuffle_episodes: int = 0,
     seed: int = 0,
-    **_rlds_only,
+    num_parallel_reads: int = 1,
 ) -> Iterator[dict]:
     """Yield the episodes of a LeRobot dataset as `stamo_vla.data.rlds.iter_episodes` yields RLDS ones.
 
-    Frames are decoded arrays (videos cannot stay encoded per frame); RLDS-only options
-    (``decode_images``, ``num_parallel_reads``) are accepted and ignored.
+    Frames are always decoded arrays (a video frame cannot stay encoded on its own), so ``decode_images`` and
+    ``num_parallel_reads`` (RLDS record files) are accepted, for one signature with the RLDS reader, and unused.
 
     Args:
         data_root_dir: the dataset root, or its parent (see `resolve_lerobot_dir`).
         dataset_name: the dataset's folder name under `data_root_dir` (or any name when it is the root).
         split: tfds-style split over episodes in episode_index order (see `split_range`).
+        decode_images: unused (see above).
         load_images: False skips frames (statistics need none).
         shard: ``(index, count)``: read only that contiguous block of the split's episodes.
         shuffle_episodes: episode shuffle buffer (0 = stored order).
         seed: seed of the episode shuffle.
+        num_parallel_reads: unused (see above).
     """
+    del decode_images, num_parallel_reads
     dataset = LeRobotReader(resolve_lerobot_dir(data_root_dir, dataset_name))
     lo, hi = shard_range(*split_range(split, len(dataset)), shard)
     order: list[int] = list(range(lo, hi))

@@ -30,6 +30,11 @@ def _format(data_root_dir, dataset_name: str, fmt: str | None) -> str:
         return detect_format(data_root_dir, dataset_name)
     if fmt not in FORMATS:
         raise ValueError(f"format={fmt!r} is not a data format; allowed: {list(FORMATS)}")
+    if fmt == "rlds" and detect_format(data_root_dir, dataset_name) == "lerobot":
+        raise ValueError(
+            f"'{data_root_dir}' (dataset '{dataset_name}') is a LeRobot dataset (it has meta/info.json), not RLDS: "
+            "pass --data.format lerobot"
+        )
     return fmt
 
 

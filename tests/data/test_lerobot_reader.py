@@ -23,7 +23,7 @@ from stamo_vla.data.lerobot import (
     shard_range,
     split_range,
 )
-from stamo_vla.data.sources import detect_format
+from stamo_vla.data.sources import detect_format, iter_episodes
 
 FIXTURES = Path(__file__).parent / "fixtures"
 VIDEO, IMAGE = "lerobot_libero_video", "lerobot_libero_image"
@@ -108,6 +108,8 @@ def test_layout_detection_and_errors_name_what_to_do(tmp_path):
     assert detect_format(FIXTURES, VIDEO) == "lerobot" and detect_format(FIXTURES / VIDEO, "x") == "lerobot"
     assert detect_format(tmp_path, "missing") == "rlds"
     assert resolve_lerobot_dir(FIXTURES / VIDEO, "anything") == FIXTURES / VIDEO
+    with pytest.raises(ValueError, match="is a LeRobot dataset.*pass --data.format lerobot"):
+        iter_episodes(FIXTURES, VIDEO, fmt="rlds")
     with pytest.raises(FileNotFoundError, match=r"no LeRobot dataset.*Did you mean 'lerobot_libero_video'"):
         resolve_lerobot_dir(FIXTURES, "lerobot_libero_vide")
     old = tmp_path / "old"
