@@ -26,7 +26,10 @@ Key mapping to our episode dicts (the same dicts `stamo_vla.data.rlds.iter_episo
 Frames come out as stored: (T, H, W, 3) uint8, upright (both LIBERO LeRobot sets store the 180°-rotated,
 upright frames of the OpenVLA RLDS data, as we do), at the stored size; the sample stream resizes them as the
 RLDS path does (`resize_frame`). Videos are decoded with PyAV (extra ``lerobot``); the frame of a row is the
-decoded frame nearest to ``from_timestamp + timestamp``, as LeRobot's own decoder picks it.
+decoded frame nearest to ``from_timestamp + timestamp``, as LeRobot's own decoder picks it. With
+``decode_images=False`` (the sample stream) frames are `LazyFrames`, decoded one at a time when a sample is
+made (a seek to the previous key frame, at most two AV1 frames with LeRobot's g=2), so memory holds compressed
+episodes as on the RLDS path.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -293,8 +296,12 @@ class LeRobotReader:
             self._data_cache = (key, pq.read_table(path, columns=names))
         return self._data_cache[1]
 
-    def read_episode(self, position: int, load_images: bool = True) -> dict:
-        """Episode at `position` (in episode_index order) as an episode dict (see the module docstring)."""
+    def read_episode(self, position: int, load_images: bool = True, decode_images: bool = True) -> dict:
+        """Episode at `position` (in episode_index order) as an episode dict (see the module docstring).
+
+        ``decode_images=False`` gives `LazyFrames` (decoded per access) instead of arrays, so a shuffle buffer
+        holding many episodes keeps them compressed, as the RLDS reader keeps JPEG bytes.
+        """
         meta = self.episodes[position]
         index = int(meta["episode_index"])
         table = self._data_table(meta, load_images)
@@ -325,21 +332,48 @@ class LeRobotReader:
             timestamps = _column(rows, "timestamp").astype(np.float64).reshape(-1)
             for name, key in self.camera_keys.items():
                 if key is not None:
-                    ep[name] = self._frames(key, meta, rows, timestamps)
+                    ep[name] = self._frames(key, meta, rows, timestamps, decode_images)
             if ep.get("wrist_image") is None:
-                ep["wrist_image"] = np.zeros_like(ep["image"])
+                ep["wrist_image"] = np.zeros(
+                    (length, *self.features[self.camera_keys["image"]]["shape"]), np.uint8
+                )
         return ep
 
-    def _frames(self, key: str, meta: dict, rows, timestamps: np.ndarray) -> np.ndarray:
+    def _frames(self, key: str, meta: dict, rows, timestamps: np.ndarray, decode: bool):
         if self.features[key]["dtype"] == "image":
-            return np.stack([_decode_image_cell(c) for c in rows.column(key).to_pylist()])
+            cells = rows.column(key).to_pylist()
+            frames = LazyFrames(len(cells), lambda idx: np.stack([_decode_image_cell(cells[i]) for i in idx]))
+            return frames[:] if decode else frames
         path = self.root / self.info["video_path"].format(
             video_key=key,
             chunk_index=meta[f"videos/{key}/chunk_index"],
             file_index=meta[f"videos/{key}/file_index"],
         )
-        start = float(meta.get(f"videos/{key}/from_timestamp", 0.0))
-        return decode_video_frames(path, start + timestamps, self.fps)
+        times, fps = float(meta.get(f"videos/{key}/from_timestamp", 0.0)) + timestamps, self.fps
+        frames = LazyFrames(len(times), lambda idx: decode_video_frames(path, times[idx], fps))
+        return frames[:] if decode else frames
+
+
+class LazyFrames(Sequence):
+    """An episode's frames decoded on access: ``frames[t]`` is (H, W, 3) uint8, ``frames[a:b]`` (N, H, W, 3).
+
+    Args:
+        length: number of frames.
+        decode: ascending frame indices -> their (N, H, W, 3) uint8 frames (one seek for a contiguous run).
+    """
+
+    def __init__(self, length: int, decode: Callable[[list[int]], np.ndarray]) -> None:
+        self.length, self.decode = length, decode
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.decode(list(range(*index.indices(self.length))))
+        if not -self.length <= index < self.length:
+            raise IndexError(f"frame {index} of an episode with {self.length} frames")
+        return self.decode([index % self.length])[0]
 
 
 def decode_video_frames(path: str | os.PathLike, timestamps: np.ndarray, fps: float) -> np.ndarray:
@@ -406,28 +440,27 @@ def iter_lerobot_episodes(
 ) -> Iterator[dict]:
     """Yield the episodes of a LeRobot dataset as `stamo_vla.data.rlds.iter_episodes` yields RLDS ones.
 
-    Frames are always decoded arrays (a video frame cannot stay encoded on its own), so ``decode_images`` and
-    ``num_parallel_reads`` (RLDS record files) are accepted, for one signature with the RLDS reader, and unused.
+    ``num_parallel_reads`` (RLDS record files) is accepted, for one signature with the RLDS reader, and unused.
 
     Args:
         data_root_dir: the dataset root, or its parent (see `resolve_lerobot_dir`).
         dataset_name: the dataset's folder name under `data_root_dir` (or any name when it is the root).
         split: tfds-style split over episodes in episode_index order (see `split_range`).
-        decode_images: unused (see above).
+        decode_images: decoded (T, H, W, 3) arrays; False gives `LazyFrames` that decode each frame on access.
         load_images: False skips frames (statistics need none).
         shard: ``(index, count)``: read only that contiguous block of the split's episodes.
         shuffle_episodes: episode shuffle buffer (0 = stored order).
         seed: seed of the episode shuffle.
         num_parallel_reads: unused (see above).
     """
-    del decode_images, num_parallel_reads
+    del num_parallel_reads
     dataset = LeRobotReader(resolve_lerobot_dir(data_root_dir, dataset_name))
     lo, hi = shard_range(*split_range(split, len(dataset)), shard)
     order: list[int] = list(range(lo, hi))
     if shuffle_episodes > 0:
         order = _buffer_shuffle(order, shuffle_episodes, np.random.default_rng(seed))
     for position in order:
-        yield dataset.read_episode(position, load_images=load_images)
+        yield dataset.read_episode(position, load_images=load_images, decode_images=decode_images)
 
 
 def _buffer_shuffle(items: list[int], size: int, rng: np.random.Generator) -> list[int]:

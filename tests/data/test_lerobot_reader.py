@@ -57,6 +57,20 @@ def test_library_written_fixture_loads_with_keys_shapes_tasks_and_values(name):
             assert ep[key][:, :8].mean() > 200  # upright: the top marker is still on top
 
 
+@pytest.mark.parametrize("name", [VIDEO, IMAGE])
+def test_lazy_frames_decode_to_the_same_pixels(name):
+    eager = list(iter_lerobot_episodes(FIXTURES, name))
+    lazy = list(iter_lerobot_episodes(FIXTURES, name, decode_images=False))
+    for a, b in zip(eager, lazy):
+        for key in ("image", "wrist_image"):
+            assert len(b[key]) == len(a[key]) and not isinstance(b[key], np.ndarray)
+            np.testing.assert_array_equal(b[key][:], a[key])
+            for t in (len(a[key]) - 1, 0, 3, -1):  # random access, each its own seek
+                np.testing.assert_array_equal(b[key][t], a[key][t])
+            with pytest.raises(IndexError, match="frame 99 of an episode"):
+                b[key][99]
+
+
 def test_library_statistics_agree_with_the_episodes():
     stats = json.loads((FIXTURES / VIDEO / "meta/stats.json").read_text())
     episodes = list(iter_lerobot_episodes(FIXTURES, VIDEO, load_images=False))
