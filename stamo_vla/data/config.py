@@ -8,7 +8,7 @@ import os
 from stamo_vla.configs import check_positive_int
 from stamo_vla.data.augment import ImageAugConfig
 
-FORMATS = ("rlds", "lerobot")  # stamo_vla.data.sources.FORMATS, kept here so configs import nothing heavy
+FORMATS = ("rlds", "lerobot")  # on-disk formats; stamo_vla.data.sources reads both
 SPLITS = {"train": "train[:{p}%]", "val": "train[{p}%:]", "all": "train"}
 
 

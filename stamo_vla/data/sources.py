@@ -13,8 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from stamo_vla.data import lerobot
-
-FORMATS = ("rlds", "lerobot")
+from stamo_vla.data.config import FORMATS
 
 
 def detect_format(data_root_dir: str | os.PathLike, dataset_name: str) -> str:
