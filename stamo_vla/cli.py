@@ -42,7 +42,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "measure the scripted controller's success rate per task (no dataset written)",
     ),
     "stats": ("stamo_vla.data.statistics", "compute dataset_statistics.json for an RLDS dataset"),
-    "convert": ("stamo_vla.data.convert", "convert a dataset between RLDS and LeRobotDataset v3.0, both ways"),
+    "convert": (
+        "stamo_vla.data.convert",
+        "convert a dataset between RLDS and LeRobotDataset v3.0, both ways",
+    ),
     "cache-targets": ("stamo_vla.data.target_cache", "encode every frame once with a frozen StaMo encoder"),
     "label-latent-actions": (
         "stamo_vla.data.pseudo_labels",
