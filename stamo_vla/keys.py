@@ -9,7 +9,7 @@ Samples (one timestep, produced by `stamo_vla.data`, consumed by the policy's ba
     PROPRIO          (P,) float32        normalized proprioception (optional)
     HAS_ACTION       bool                False for action-free ("video") samples
     DATASET_NAME     str
-    EPISODE_ID       str                 stable episode key (the episode's file_path)
+    EPISODE_ID       str                 episode identity (file_path#content digest)
     STEP             int                 index of t inside the episode
     FUTURE_STEP      int                 index of t + h inside the episode (clamped)
 

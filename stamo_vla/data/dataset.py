@@ -4,7 +4,7 @@ One sample = one timestep t of one episode (keys and shapes: `stamo_vla.keys`)::
 
     IMAGE (S,S,3) uint8, FUTURE_IMAGE (S,S,3) uint8 [frame min(t+h, T-1)], WRIST_IMAGE (optional),
     INSTRUCTION str, ACTION (K,7) float32 normalized, PROPRIO (8,) float32 normalized (optional),
-    HAS_ACTION bool, DATASET_NAME str, EPISODE_ID str (file_path), STEP int, FUTURE_STEP int,
+    HAS_ACTION bool, DATASET_NAME str, EPISODE_ID str (`episode_id`), STEP int, FUTURE_STEP int,
     STATE / FUTURE_STATE (N,D) float32 when a StaMo target cache is configured.
 
 Sharding: the split's episodes are cut into ``world_size * num_workers`` contiguous, disjoint blocks and each
@@ -28,6 +28,7 @@ from stamo_vla import keys
 from stamo_vla.data import transforms
 from stamo_vla.data.augment import augment_image, sample_params
 from stamo_vla.data.config import DataConfig
+from stamo_vla.data.episodes import episode_id
 from stamo_vla.data.lerobot import resize_frame
 from stamo_vla.data.normalization import normalize
 from stamo_vla.data.sources import iter_episodes
@@ -94,6 +95,7 @@ class _Episode:
             dataset_name,
         )
         self.states = states
+        self.identity = episode_id(raw)
 
 
 class RLDSFrameDataset(IterableDataset):
@@ -149,11 +151,7 @@ class RLDSFrameDataset(IterableDataset):
             seed=seed,
             num_parallel_reads=self.cfg.num_parallel_reads,
         ):
-            states = (
-                self.target_cache.load_episode(raw["file_path"], len(raw["image"]))
-                if self.target_cache
-                else None
-            )
+            states = self.target_cache.load_episode(raw) if self.target_cache else None
             yield _Episode(raw, self.cfg, self.dataset_name, self.statistics, states)
 
     def _refs(self, shard: tuple[int, int], rng: np.random.Generator) -> Iterator[tuple[_Episode, int]]:
@@ -236,7 +234,7 @@ class RLDSFrameDataset(IterableDataset):
             keys.ACTION: transforms.action_chunk(ep.action, t, self.cfg.action_chunk),
             keys.HAS_ACTION: ep.has_action,
             keys.DATASET_NAME: ep.dataset_name,
-            keys.EPISODE_ID: ep.file_path,
+            keys.EPISODE_ID: ep.identity,
             keys.STEP: t,
             keys.FUTURE_STEP: tf,
         }

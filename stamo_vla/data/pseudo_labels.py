@@ -10,6 +10,9 @@ Output layout::
     episodes/<key>.safetensors       "latent_actions": (T, N, D) float32, row t = s_{min(t+h, T-1)} - s_t,
                                      "states": (T, N, D) float32; metadata: episode id, num_steps
 
+An RLDS episode's id is `stamo_vla.data.episodes.episode_id` (file path + content digest; released LIBERO data
+stores one file path for all demos of a task), a frame folder's its sub-folder name; ids that repeat are refused.
+
 Episodes are written atomically one by one, so an interrupted run resumes where it stopped; a directory built
 with another StaMo checkpoint or horizon is refused unless ``--overwrite true`` is given.
 """
@@ -17,7 +20,6 @@ with another StaMo checkpoint or horizon is refused unless ``--overwrite true`` 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import shutil
 import sys
@@ -27,12 +29,14 @@ from pathlib import Path
 import numpy as np
 
 from stamo_vla.configs import check_positive_int, parse_config
+from stamo_vla.data.episodes import EpisodeIdentities, episode_key
 from stamo_vla.data.sources import iter_episodes
 from stamo_vla.fileio import atomic_path, write_json_atomic
 from stamo_vla.stamo import StaMoEncoder, fingerprint
 from stamo_vla.stamo.pixels import uint8_to_pixels
 
-FORMAT_VERSION = 1
+# 2: RLDS episodes keyed by their identity (file path + content digest); 1 keyed them by file_path alone
+FORMAT_VERSION = 2
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
@@ -61,14 +65,16 @@ def frame_folder_episodes(root: str | Path) -> Iterator[tuple[str, np.ndarray]]:
 
 
 def rlds_episodes(data_root_dir: str | Path, dataset_name: str) -> Iterator[tuple[str, np.ndarray]]:
-    """(file_path, (T, H, W, 3) uint8 primary-camera frames) of every episode of an RLDS dataset."""
+    """(episode id, (T, H, W, 3) uint8 primary-camera frames) of every episode of an RLDS dataset."""
+    identities = EpisodeIdentities(f"dataset '{dataset_name}' under {data_root_dir}")
     for ep in iter_episodes(data_root_dir, dataset_name, "train"):
+        identity = identities.add(ep)
         frames = ep.get("image")
         if frames is None or len(frames) == 0:
             raise ValueError(
                 f"dataset '{dataset_name}' episode {ep.get('file_path')} has no images to encode"
             )
-        yield ep["file_path"], np.asarray(frames)
+        yield identity, np.asarray(frames)
 
 
 def _encode(encoder, frames: np.ndarray, batch_size: int, device: str) -> np.ndarray:
@@ -124,7 +130,7 @@ def label_latent_actions(
     write_json_atomic(out / "manifest.json", manifest)
     encoder = encoder.to(device).eval().requires_grad_(False)
     for episode_id, frames in episodes:
-        path = out / "episodes" / f"{hashlib.sha1(episode_id.encode()).hexdigest()[:16]}.safetensors"
+        path = out / "episodes" / f"{episode_key(episode_id)}.safetensors"
         if path.is_file():
             continue  # done by an interrupted earlier run
         states = _encode(encoder, frames, batch_size, device)

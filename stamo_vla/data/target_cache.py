@@ -4,7 +4,12 @@ Layout of one dataset's cache directory::
 
     manifest.json                     encoder + dataset fingerprints, N, D, image source, format version
     episodes/<key>.safetensors        "states": (T, N, D) float32 for the episode's primary-camera frames;
-                                      metadata file_path and num_steps (key = sha1(file_path)[:16])
+                                      metadata episode_id, file_path and num_steps
+                                      (key = `stamo_vla.data.episodes.episode_key` of the episode's identity)
+
+Episodes are keyed by `stamo_vla.data.episodes.episode_id` (file path + content digest), never by ``file_path``
+alone, which about 50 episodes of a released LIBERO dataset share; a dataset that still repeats an identity is
+refused. Caches of format_version 1 were keyed by ``file_path`` and are refused with the command that rebuilds them.
 
 Frames are the stored 256x256 upright primary-camera images, un-augmented, as float [0, 1] (the encoder resizes
 and normalizes internally). Shards are written atomically one episode at a time, so an interrupted run resumes
@@ -23,7 +28,6 @@ Default ``--output_dir``: ``<data_root_dir>/<dataset_name>/stamo_targets`` (`def
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 import os
@@ -34,12 +38,14 @@ from pathlib import Path
 import numpy as np
 
 from stamo_vla.configs import check_positive_int, parse_config
+from stamo_vla.data.episodes import EpisodeIdentities, episode_id, episode_key
 from stamo_vla.data.sources import dataset_fingerprint, iter_episodes, resolve_dataset_dir
 from stamo_vla.fileio import atomic_path, safetensors_problem, write_json_atomic
 from stamo_vla.stamo import StaMoEncoder, fingerprint
 from stamo_vla.stamo.pixels import uint8_to_pixels
 
-FORMAT_VERSION = 1
+# 2: episodes keyed by their identity (file path + content digest); 1 keyed them by file_path alone
+FORMAT_VERSION = 2
 IMAGE_SOURCE = "steps/observation/image (stored frame, upright, un-augmented, float [0, 1])"
 
 
@@ -50,11 +56,6 @@ class StaleTargetCacheError(ValueError):
 def default_cache_dir(data_root_dir: str | os.PathLike, dataset_name: str) -> Path:
     """Where `cache-targets` writes by default and where `DataConfig` looks when no root is given."""
     return Path(data_root_dir) / dataset_name / "stamo_targets"
-
-
-def episode_key(file_path: str) -> str:
-    """File-name-safe key of an episode (its ``file_path`` may contain slashes)."""
-    return hashlib.sha1(file_path.encode()).hexdigest()[:16]
 
 
 def _rebuild_hint(cache_dir: Path, data_root_dir, dataset_name: str) -> str:
@@ -73,9 +74,16 @@ def _check_manifest(
         if value is not None and manifest.get(key) != value
     ]
     if diffs:
+        why = ""
+        if manifest.get("format_version") == 1:
+            why = (
+                " (format 1 keyed episodes by file_path, which episodes of one task share in released LIBERO "
+                "data, so one episode could be given another's states)"
+            )
         raise StaleTargetCacheError(
             f"StaMo target cache '{cache_dir}' does not match: "
             + "; ".join(diffs)
+            + why
             + ". "
             + _rebuild_hint(cache_dir, data_root_dir, dataset_name)
         )
@@ -118,18 +126,20 @@ class TargetCache:
         _check_manifest(manifest, expected, cache_dir, data_root_dir, dataset_name)
         return cls(cache_dir, manifest)
 
-    def shard_path(self, file_path: str) -> Path:
-        """Where the states of the episode with this ``file_path`` live."""
-        return self.cache_dir / "episodes" / f"{episode_key(file_path)}.safetensors"
+    def shard_path(self, identity: str) -> Path:
+        """Where the states of the episode with this identity (`stamo_vla.data.episodes.episode_id`) live."""
+        return self.cache_dir / "episodes" / f"{episode_key(identity)}.safetensors"
 
-    def load_episode(self, file_path: str, num_steps: int) -> np.ndarray:
-        """(T, N, D) float32 states of one episode; a clear error when the cache is incomplete."""
+    def load_episode(self, episode: dict) -> np.ndarray:
+        """(T, N, D) float32 states of one episode (as `iter_episodes` yields it); a clear error when the cache
+        is incomplete."""
         from safetensors import safe_open
 
-        path = self.shard_path(file_path)
+        identity, num_steps = episode_id(episode), len(episode["action"])
+        path = self.shard_path(identity)
         if not path.is_file():
             raise FileNotFoundError(
-                f"StaMo target cache '{self.cache_dir}' has no entry for episode '{file_path}' (the cache run "
+                f"StaMo target cache '{self.cache_dir}' has no entry for episode '{identity}' (the cache run "
                 "did not finish). Rerun the same `stamo-vla cache-targets` command: it resumes."
             )
 
@@ -143,7 +153,7 @@ class TargetCache:
             states = f.get_tensor("states")
         if len(states) != num_steps:
             raise StaleTargetCacheError(
-                f"cache entry {path} has {len(states)} steps but episode '{file_path}' has {num_steps}; "
+                f"cache entry {path} has {len(states)} steps but episode '{identity}' has {num_steps}; "
                 "the cache does not belong to this dataset. Rebuild it with --overwrite."
             )
         return states
@@ -225,8 +235,10 @@ def build_target_cache(
     write_json_atomic(out / "manifest.json", manifest)
     cache = TargetCache(out, manifest)
     encoder = encoder.to(device).eval().requires_grad_(False)
+    identities = EpisodeIdentities(f"dataset '{dataset_name}' under {data_root_dir}")
     for ep in iter_episodes(data_root_dir, dataset_name, "train", decode_images=False):
-        path = cache.shard_path(ep["file_path"])
+        identity = identities.add(ep)
+        path = cache.shard_path(identity)
         if path.is_file():
             problem = shard_problem(path, len(ep["image"]))
             if problem is None:
@@ -242,7 +254,11 @@ def build_target_cache(
             save_file(
                 {"states": np.concatenate(states).astype(np.float32)},
                 str(tmp),
-                metadata={"file_path": ep["file_path"], "num_steps": str(len(ep["image"]))},
+                metadata={
+                    "episode_id": identity,
+                    "file_path": ep["file_path"],
+                    "num_steps": str(len(ep["image"])),
+                },
             )
     return out
 

@@ -69,27 +69,24 @@ def test_truncated_statistics_file_names_itself(tmp_path):
 def test_cache_targets_rerun_re_encodes_a_truncated_shard(tmp_path, toy_rlds_root):
     import torch
 
-    from stamo_vla.data.target_cache import (
-        StaleTargetCacheError,
-        TargetCache,
-        build_target_cache,
-        episode_key,
-    )
+    from stamo_vla.data.episodes import episode_id, episode_key
+    from stamo_vla.data.rlds import iter_episodes
+    from stamo_vla.data.target_cache import StaleTargetCacheError, TargetCache, build_target_cache
     from stamo_vla.stamo import StaMoEncoder, tiny_config
 
     torch.manual_seed(0)
     encoder = StaMoEncoder(tiny_config()).eval()
     out = build_target_cache(toy_rlds_root, "toy_video", encoder, tmp_path / "cache", batch_size=8)
-    file_path = "/toy/video_100.hdf5"  # written by the toy_rlds_root fixture
-    shard = out / "episodes" / f"{episode_key(file_path)}.safetensors"
+    episode = next(iter_episodes(toy_rlds_root, "toy_video", load_images=False))
+    shard = out / "episodes" / f"{episode_key(episode_id(episode))}.safetensors"
     intact = shard.read_bytes()
     shard.write_bytes(intact[: len(intact) // 2])  # a copy or a disk that stopped halfway
     cache = TargetCache.open(out, toy_rlds_root, "toy_video")
     with pytest.raises(StaleTargetCacheError, match=f"{shard.name} is truncated.*Rerun"):
-        cache.load_episode(file_path, 8)
+        cache.load_episode(episode)
     with pytest.warns(UserWarning, match=f"{shard.name}.*encoding that episode again"):
         build_target_cache(toy_rlds_root, "toy_video", encoder, out, batch_size=8)
-    states = TargetCache.open(out, toy_rlds_root, "toy_video").load_episode(file_path, 8)
+    states = TargetCache.open(out, toy_rlds_root, "toy_video").load_episode(episode)
     assert states.shape[0] == 8 and np.all(np.isfinite(states))
 
 

@@ -11,6 +11,7 @@ from stamo_vla import cli, keys
 from stamo_vla.data import rlds
 from stamo_vla.data.config import DataConfig
 from stamo_vla.data.dataset import RLDSFrameDataset
+from stamo_vla.data.episodes import episode_id
 from stamo_vla.data.statistics import compute_statistics
 from stamo_vla.data.target_cache import (
     StaleTargetCacheError,
@@ -43,7 +44,7 @@ def test_targets_equal_a_direct_encoder_call(data_root, cache):
     opened = TargetCache.open(out, data_root, ACTION_FREE)
     cfg = encoder.config
     for ep in rlds.iter_episodes(data_root, ACTION_FREE):
-        states = opened.load_episode(ep["file_path"], len(ep["image"]))
+        states = opened.load_episode(ep)
         assert (
             states.shape == (len(ep["image"]), cfg.num_state_tokens, cfg.state_dim)
             and states.dtype == np.float32
@@ -116,12 +117,12 @@ def test_dataset_attaches_cached_states(data_root, cache):
     opened = TargetCache.open(link, data_root, ACTION_FREE)
     samples = list(RLDSFrameDataset(cfg, ACTION_FREE, stats, rank=0, world_size=1))
     assert len(samples) == sum(episode_length(100 + i) for i in range(3))
-    by_episode = {}
+    by_episode = {
+        episode_id(ep): opened.load_episode(ep)
+        for ep in rlds.iter_episodes(data_root, ACTION_FREE, load_images=False)
+    }
     for s in samples:
         ep = s[keys.EPISODE_ID]
-        if ep not in by_episode:
-            n = 1 + max(x[keys.STEP] for x in samples if x[keys.EPISODE_ID] == ep)
-            by_episode[ep] = opened.load_episode(ep, n)
         np.testing.assert_array_equal(s[keys.STATE], by_episode[ep][s[keys.STEP]])
         np.testing.assert_array_equal(s[keys.FUTURE_STATE], by_episode[ep][s[keys.FUTURE_STEP]])
 
@@ -146,9 +147,7 @@ def test_cli_builds_the_same_cache(data_root, cache, tmp_path):
     assert a.manifest == b.manifest
     for ep in rlds.iter_episodes(data_root, ACTION_FREE, load_images=False):
         n = len(ep["state"])
-        np.testing.assert_allclose(
-            a.load_episode(ep["file_path"], n), b.load_episode(ep["file_path"], n), atol=1e-5
-        )
+        np.testing.assert_allclose(a.load_episode(ep), b.load_episode(ep), atol=1e-5)
 
 
 def test_cli_refuses_a_stale_cache_with_a_message(data_root, cache, tmp_path, capsys):

@@ -136,7 +136,7 @@ def test_encoder_target_cache_and_adapter_see_the_same_tokens(tmp_path):
         pixels = _frames_to_pixels(ep["image"])  # the very pixels the cache encoded (same JPEG decoder)
         with torch.no_grad():
             direct = enc.encode(pixels)
-        cached = torch.from_numpy(cache.load_episode(ep["file_path"], len(pixels)))
+        cached = torch.from_numpy(cache.load_episode(ep))
         torch.testing.assert_close(cached, direct, atol=1e-5, rtol=0)
         motion = adapted.targets({K.STAMO_PIXELS: pixels[:1], K.FUTURE_STAMO_PIXELS: pixels[3:4]})
         torch.testing.assert_close(motion, direct[3:4] - direct[:1], atol=1e-5, rtol=0)

@@ -1,0 +1,97 @@
+"""Datasets as other tools write them: episodes that share a file path (upstream's LIBERO builder), an older writer's
+ordering flag, task-by-task order, upstream statistics without a proprio block."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+# upstream's LIBERO builder stores the task's HDF5 file for every demo of it (openvla/rlds_dataset_builder)
+SHARED_FILE_PATH = "/data/libero/libero_spatial/pick_up_the_black_bowl_demo.hdf5"
+
+
+def write_shared_file_path_dataset(root, name: str, episodes: list[dict]) -> None:
+    """Write `episodes` as upstream's builder does: every one with the same ``episode_metadata/file_path``."""
+    from stamo_vla.data.rlds_writer import RLDSShardWriter
+
+    writer = RLDSShardWriter(root, name)
+    for i, episode in enumerate(episodes):  # the writer stages by file path: stage under unique ones first
+        writer.add_episode({**episode, "file_path": f"staged_{i}"})
+    for path in writer.staged_files():
+        with np.load(path) as staged:
+            arrays = dict(staged)
+        arrays["file_path"] = np.asarray(SHARED_FILE_PATH)
+        np.savez(path, **arrays)
+    writer.finalize(remove_staging=True)
+
+
+@pytest.fixture(scope="module")
+def shared_root(tmp_path_factory):
+    from conftest import toy_episode
+
+    root = tmp_path_factory.mktemp("shared_file_path")
+    write_shared_file_path_dataset(root, "toy_shared", [toy_episode(i) for i in range(4)])
+    return root
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    import torch
+
+    from stamo_vla.stamo import StaMoEncoder, tiny_config
+
+    torch.manual_seed(0)
+    return StaMoEncoder(tiny_config()).eval()
+
+
+@pytest.mark.slow
+def test_episodes_that_share_a_file_path_each_get_their_own_targets(shared_root, encoder, tmp_path):
+    import torch
+
+    from stamo_vla.data.rlds import iter_episodes
+    from stamo_vla.data.target_cache import TargetCache, _frames_to_pixels, build_target_cache
+    from stamo_vla.stamo.pseudo_labels import label_latent_actions, load_latent_actions, rlds_episodes
+
+    episodes = list(iter_episodes(shared_root, "toy_shared", decode_images=False))
+    assert len(episodes) == 4 and {ep["file_path"] for ep in episodes} == {SHARED_FILE_PATH}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "encoding that episode again" for an episode of the same file
+        out = build_target_cache(shared_root, "toy_shared", encoder, tmp_path / "cache", batch_size=8)
+    assert len(list((out / "episodes").iterdir())) == 4
+    cache = TargetCache.open(out, shared_root, "toy_shared")
+    for ep in episodes:
+        with torch.no_grad():
+            own = encoder.encode(_frames_to_pixels(ep["image"])).numpy()
+        np.testing.assert_allclose(cache.load_episode(ep), own, atol=1e-5)
+
+    labels = load_latent_actions(
+        label_latent_actions(
+            rlds_episodes(shared_root, "toy_shared"), encoder, tmp_path / "labels", horizon=2
+        )
+    )
+    assert len(labels) == 4 and all(key.startswith(SHARED_FILE_PATH + "#") for key in labels)
+
+
+@pytest.mark.slow
+def test_a_dataset_holding_one_episode_twice_is_refused(tmp_path, encoder):
+    from conftest import toy_episode
+
+    from stamo_vla.data.target_cache import build_target_cache
+
+    write_shared_file_path_dataset(tmp_path, "toy_twice", [toy_episode(0), toy_episode(1), toy_episode(0)])
+    with pytest.raises(ValueError, match=r"episodes \d and \d are the same episode .*Remove the duplicate"):
+        build_target_cache(tmp_path, "toy_twice", encoder, tmp_path / "cache")
+
+
+@pytest.mark.slow
+def test_a_cache_keyed_by_file_path_is_refused_with_the_rebuild_command(shared_root, encoder, tmp_path):
+    from stamo_vla.data.target_cache import StaleTargetCacheError, TargetCache, build_target_cache
+
+    out = build_target_cache(shared_root, "toy_shared", encoder, tmp_path / "cache", batch_size=8)
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
+    with pytest.raises(StaleTargetCacheError, match=r"keyed episodes by file_path.*--overwrite true"):
+        TargetCache.open(out, shared_root, "toy_shared")
