@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -25,7 +26,7 @@ from stamo_vla.adapter.lora import lora_config
 from stamo_vla.adapter.modeling_adapter import StaMoAdapterModel, base_model_of, hidden_size_of
 from stamo_vla.data.statistics import load_dataset_statistics
 from stamo_vla.fileio import atomic_dir, check_replaceable, safetensors_problem, write_json_atomic
-from stamo_vla.provenance import Provenance, read_provenance, write_provenance
+from stamo_vla.provenance import PROVENANCE_NAME, Provenance, read_provenance, write_provenance
 from stamo_vla.stamo import fingerprint
 
 HEAD_WEIGHTS = "stamo_head.safetensors"
@@ -36,8 +37,43 @@ ADAPTER_KIND = "adapter"
 MERGED_KIND = "merged_checkpoint"
 
 
+# weight_digest: how many weight matrices, and how many of each one's elements, it hashes
+DIGEST_TENSORS, DIGEST_ELEMENTS = 8, 4096
+
+
+def weight_digest(model: nn.Module) -> str:
+    """A hash of the weights themselves, cheap on a 7B model: `DIGEST_TENSORS` matrices spread evenly over the
+    parameter names (embeddings, vision backbone, projector, LLM layers, output), `DIGEST_ELEMENTS` evenly spaced
+    elements of each.
+
+    Fine-tunes of one base share its architecture and shapes and differ only in values, and a merged LoRA update
+    changes every element of the matrices it targets, so a few sampled matrices tell them apart. Samples are
+    hashed as bfloat16, so a checkpoint loaded in bf16 or in fp32 gives the same digest.
+    """
+    matrices = sorted(
+        (name, p)
+        for name, p in model.named_parameters()
+        if "lora_" not in name and p.ndim >= 2 and p.dtype.is_floating_point
+    )
+    if not matrices:
+        return ""
+    picks = sorted(
+        {round(i * (len(matrices) - 1) / max(DIGEST_TENSORS - 1, 1)) for i in range(DIGEST_TENSORS)}
+    )
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for i in picks:
+            name, p = matrices[i]
+            flat = p.detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // DIGEST_ELEMENTS)][:DIGEST_ELEMENTS]
+            h.update(name.encode())
+            h.update(sample.to("cpu", torch.bfloat16).view(torch.int16).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def base_signature(model: nn.Module) -> dict:
-    """What an adapter must agree with to be loaded onto `model`: architecture, sizes and parameter shapes."""
+    """What an adapter must agree with to be loaded onto `model`: architecture, sizes, parameter shapes and a
+    digest of the weights (`weight_digest`: another checkpoint of the same architecture is another base)."""
     shapes = sorted((name, tuple(p.shape)) for name, p in model.named_parameters() if "lora_" not in name)
     digest = hashlib.sha256(json.dumps(shapes).encode()).hexdigest()[:16]
     return {
@@ -45,6 +81,7 @@ def base_signature(model: nn.Module) -> dict:
         "hidden_size": hidden_size_of(model),
         "num_parameters": int(sum(p.numel() for p in model.parameters())),
         "shape_digest": digest,
+        "weight_digest": weight_digest(model),
     }
 
 
@@ -152,17 +189,29 @@ def _provenance_of(model: nn.Module) -> Provenance:
 
 
 def _check_compatible(base: nn.Module, provenance: Provenance, directory: Path) -> None:
+    """Refuse a base other than the recorded one; warn when nothing is recorded (the base cannot be checked)."""
+    if not provenance.recorded:
+        warnings.warn(
+            f"{directory} has no {PROVENANCE_NAME} (nor the facts older adapters kept in their config): the base "
+            "model it was trained on is unknown and is not checked. Copy provenance.json from the run that wrote "
+            "the adapter (<run_dir>/adapter) to have it checked.",
+            stacklevel=3,
+        )
     expected = provenance.base_model
     if not expected:
         return
     found = base_signature(base)
+    # an older record lacks weight_digest: check what it holds
     diffs = [
-        f"{k}: adapter {expected.get(k)!r} vs base {found[k]!r}" for k in found if expected.get(k) != found[k]
+        f"{k}: adapter {expected[k]!r} vs base {found[k]!r}"
+        for k in found
+        if k in expected and expected[k] != found[k]
     ]
     if diffs:
         raise ValueError(
             f"the adapter in {directory} was trained on a different base model ({'; '.join(diffs)}; the "
-            f"adapter's record is base_model in {provenance.source}). Load it onto the checkpoint it was trained "
+            f"adapter's record is base_model in {provenance.source}; a weight_digest that differs alone means a "
+            "checkpoint of the same architecture with other weights). Load it onto the checkpoint it was trained "
             "from."
         )
 

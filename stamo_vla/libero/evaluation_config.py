@@ -7,7 +7,7 @@ from pathlib import Path
 
 from stamo_vla.configs import check_choice, check_positive_int
 from stamo_vla.libero.env import SUITE_MAX_STEPS
-from stamo_vla.provenance import read_provenance
+from stamo_vla.provenance import LEGACY_FILE, PROVENANCE_NAME, read_provenance
 
 POLICY_TYPES = ("openvla", "scripted")
 VIDEO_MODES = ("all", "failures", "none")
@@ -69,8 +69,9 @@ class EvalConfig:
     max_steps: int | None = None
     # center crop keeping 90 percent of the policy image's area; None = crop exactly when the checkpoint records
     # that training used image augmentation (trained_with_image_aug in the adapter's provenance.json, or in the
-    # stamo_adapter_config.json of an adapter saved before provenance had its own file), and crop when
-    # nothing is recorded (upstream's default, right for upstream checkpoints, which all trained with augmentation)
+    # stamo_adapter_config.json of an adapter saved before provenance had its own file); crop for an upstream
+    # checkpoint (no stamo_adapter_config.json: all trained with augmentation, upstream's default); a directory
+    # of ours that records nothing (provenance.json deleted) is refused: pass true or false
     center_crop: bool | None = None
     # camera resolution of the simulator before the 224 px resize (upstream: 256)
     env_resolution: int = 256
@@ -149,11 +150,25 @@ class EvalConfig:
             )
 
     def resolve_center_crop(self) -> bool:
-        """Fix `center_crop` (explicit value wins, else the checkpoint's record, else True) and return it."""
+        """Fix `center_crop` (explicit value wins, else the checkpoint's record, else True for an upstream
+        checkpoint) and return it.
+
+        Raises:
+            ValueError: `center_crop` is None and a directory written by stamo_vla records no
+                ``trained_with_image_aug`` (its provenance.json was removed): the crop it needs is unknown.
+        """
         if self.center_crop is None:
             recorded = None
             if self.policy == "openvla":
-                recorded = recorded_image_aug(self.adapter_dir or self.checkpoint)
+                directory = self.adapter_dir or self.checkpoint
+                recorded = recorded_image_aug(directory)
+                if recorded is None and (Path(directory) / LEGACY_FILE).is_file():
+                    raise ValueError(
+                        f"center_crop: {directory} records no trained_with_image_aug ({PROVENANCE_NAME} is missing "
+                        "or leaves it null), so whether its training images were augmented is unknown. Pass "
+                        "--center_crop true (trained with data.image_aug true) or --center_crop false, or copy "
+                        f"{PROVENANCE_NAME} back from the run that wrote it."
+                    )
             self.center_crop = True if recorded is None else recorded
         return self.center_crop
 

@@ -13,6 +13,7 @@ from stamo_vla.data import dataset as dataset_mod
 from stamo_vla.data import transforms
 from stamo_vla.data.config import DataConfig
 from stamo_vla.data.dataset import MixtureDataset, RLDSFrameDataset, make_dataloader
+from stamo_vla.data.episodes import episode_id
 from stamo_vla.data.normalization import normalize
 from stamo_vla.data.statistics import compute_statistics
 
@@ -66,7 +67,7 @@ def test_sample_keys_shapes_dtypes_and_values(data_root, stats):
         assert s[keys.ACTION].shape == (4, 7) and s[keys.ACTION].dtype == np.float32
         assert s[keys.PROPRIO].shape == (8,) and s[keys.PROPRIO].dtype == np.float32
         assert s[keys.HAS_ACTION] is True and s[keys.DATASET_NAME] == LABELED
-        assert s[keys.EPISODE_ID] == src["file_path"] and s[keys.INSTRUCTION] == src["language_instruction"]
+        assert s[keys.EPISODE_ID] == episode_id(src) and s[keys.INSTRUCTION] == src["language_instruction"]
         t = s[keys.STEP]
         assert s[keys.FUTURE_STEP] == min(t + 3, n - 1)  # clamped at the episode end
         # upright, and the frames are the ones the indices say
@@ -86,7 +87,7 @@ def test_no_training_chunk_is_padded(data_root, stats):
         samples = _pass(_cfg(data_root, action_chunk=chunk), stats)  # train[:95%] = 19 episodes
         assert len(samples) == sum(episode_length(i) - chunk + 1 for i in range(19))
         for s in samples:
-            src = make_episode(int(s[keys.EPISODE_ID].split("_")[-1].split(".")[0]))
+            src = make_episode(int(s[keys.EPISODE_ID].split("#")[0].split("_")[-1].split(".")[0]))
             actions = normalize(transforms.standardize_gripper(src["action"]), stats[LABELED]["action"])
             t = s[keys.STEP]
             assert t + chunk <= len(actions)  # every entry is a real step of the episode, none repeated

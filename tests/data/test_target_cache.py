@@ -146,7 +146,6 @@ def test_cli_builds_the_same_cache(data_root, cache, tmp_path):
     a, b = TargetCache.open(out, data_root, ACTION_FREE), TargetCache.open(dest, data_root, ACTION_FREE)
     assert a.manifest == b.manifest
     for ep in rlds.iter_episodes(data_root, ACTION_FREE, load_images=False):
-        n = len(ep["state"])
         np.testing.assert_allclose(a.load_episode(ep), b.load_episode(ep), atol=1e-5)
 
 
