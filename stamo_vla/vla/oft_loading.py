@@ -12,7 +12,9 @@ with ``torch.load(weights_only=True)`` (no pickled code runs).
 
 from __future__ import annotations
 
+import pickle
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -74,16 +76,69 @@ def find_component(directory: Path, component: str, step: int | None, required: 
     return next(iter(files.values()))
 
 
+def step_of(path: Path, component: str) -> int:
+    """The ``<step>`` of a ``<component>--<step>_checkpoint.pt`` file name."""
+    return int(_pattern(component).match(path.name).group(1))
+
+
+def check_head_files(
+    directory: Path, head_file: Path, proprio_file: Path | None, use_proprio: bool | None
+) -> None:
+    """Refuse a head and a projector of different training steps; warn when an optional projector is absent.
+
+    Upstream saves both files at every checkpoint step, so two steps mean files of two checkpoints (or runs) side
+    by side; a missing projector is either a checkpoint trained without proprio or an interrupted download.
+    """
+    if proprio_file is not None:
+        head_step, proprio_step = step_of(head_file, ACTION_HEAD), step_of(proprio_file, PROPRIO_PROJECTOR)
+        if head_step != proprio_step:
+            raise CheckpointError(
+                f"OpenVLA-OFT checkpoint {directory}: the action head is from step {head_step} ({head_file.name}) "
+                f"but the proprio projector from step {proprio_step} ({proprio_file.name}); upstream saves both at "
+                "every step, so these belong to different checkpoints. Keep the pair of one step, or pass "
+                "step=<step> when both steps are complete."
+            )
+    elif use_proprio is None:
+        warnings.warn(
+            f"OpenVLA-OFT checkpoint {directory} has no {PROPRIO_PROJECTOR}--<step>_checkpoint.pt: the model runs "
+            "without a proprio token and refuses proprio inputs. If the download was interrupted, fetch the file "
+            "(the LIBERO checkpoints all have one); pass use_proprio=False to load without it silently.",
+            stacklevel=3,
+        )
+
+
 def read_component(path: Path) -> dict[str, torch.Tensor]:
-    """A head's state dict with any DDP ``module.`` prefix removed (loaded on the CPU, weights only)."""
+    """A head's state dict with any DDP ``module.`` prefix removed (loaded on the CPU, weights only).
+
+    Raises:
+        CheckpointError: the file is truncated or corrupt, holds pickled code, is not a state dict of tensors, or
+            holds NaN/inf (each names the file; the last also the tensor).
+    """
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated file, pickled code (refused by weights_only), not a torch file
+    except pickle.UnpicklingError as err:  # weights_only refuses pickled code (and other non-tensor objects)
         raise CheckpointError(
-            f"OpenVLA-OFT checkpoint: cannot read {path} with torch.load(weights_only=True): {err}"
+            f"OpenVLA-OFT checkpoint: {path} holds objects torch.load(weights_only=True) refuses to run "
+            f"({str(err).splitlines()[0]}); only a state dict of tensors is loaded. Take the file from its source."
+        ) from err
+    except (
+        Exception
+    ) as err:  # a short or damaged zip: "[Errno 22] Invalid argument", "failed finding central ..."
+        size = path.stat().st_size
+        raise CheckpointError(
+            f"OpenVLA-OFT checkpoint: {path} ({size} bytes) is truncated or corrupt: torch.load cannot read it "
+            f"({type(err).__name__}: {err}). Download or copy it again from the checkpoint's source."
         ) from err
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"OpenVLA-OFT checkpoint: {path} does not hold a state dict of tensors.")
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(
+                f"OpenVLA-OFT checkpoint: {path} holds NaN/inf in '{key}' ({bad} of {value.numel()} values), so "
+                "every action chunk would be NaN. Take the file from an earlier checkpoint of the run, or "
+                "download it again."
+            )
     return {k[len(DDP_PREFIX) :] if k.startswith(DDP_PREFIX) else k: v for k, v in state.items()}
 
 

@@ -36,6 +36,7 @@ from stamo_vla.vla.oft_loading import (
     ACTION_HEAD,
     FILM_BACKBONE,
     PROPRIO_PROJECTOR,
+    check_head_files,
     component_files,
     find_component,
     head_sizes,
@@ -103,13 +104,19 @@ class OpenVLAOFTForActionPrediction(nn.Module):
             pretrained_model_name_or_path: the checkpoint directory (or a Hub id, fetched when not local).
             num_images_in_input: images channel-stacked in `pixel_values` (upstream eval: 2 for LIBERO).
             action_chunk: K, actions per pass (OFT's NUM_ACTIONS_CHUNK: 8 for LIBERO, 25 for ALOHA).
-            use_proprio: None = use the proprio projector when its file is present; True requires it.
+            use_proprio: None = use the proprio projector when its file is present (warning when it is not: an
+                interrupted download looks the same); True requires it; False ignores it.
             step: which ``--<step>_checkpoint.pt`` files to use when the directory holds several.
             kwargs: passed to `OpenVLAForActionPrediction.from_pretrained` (torch_dtype / dtype,
-                attn_implementation "sdpa" or "eager", load_in_4bit, device_map, ...).
+                attn_implementation "sdpa" or "eager", load_in_4bit, device_map, output_loading_info, ...).
+
+        Returns:
+            The model; ``(model, loading_info)`` with ``output_loading_info=True``, as transformers returns
+            (the head files are loaded strictly, so the info is the base model's).
 
         Raises:
-            CheckpointError: a head file is missing, unreadable, or does not fit the model (names the file).
+            CheckpointError: a head file is missing, truncated, holds NaN/inf, comes from another step than its
+                sibling, or does not fit the model (names the file).
         """
         from stamo_vla.vla.modeling_openvla import OpenVLAForActionPrediction
 
@@ -130,10 +137,14 @@ class OpenVLAOFTForActionPrediction(nn.Module):
         proprio_file = find_component(directory, PROPRIO_PROJECTOR, step, required=bool(use_proprio))
         if use_proprio is False:
             proprio_file = None
+        check_head_files(directory, head_file, proprio_file, use_proprio)
         head_state = read_component(head_file)
         proprio_state = read_component(proprio_file) if proprio_file is not None else None
 
-        vla = OpenVLAForActionPrediction.from_pretrained(directory, **kwargs)
+        want_info = kwargs.pop("output_loading_info", False)
+        vla, loading_info = OpenVLAForActionPrediction.from_pretrained(
+            directory, output_loading_info=True, **kwargs
+        )
         if getattr(vla.config.text_config, "_attn_implementation", None) == "flash_attention_2":
             raise ValueError("OFT needs attn_implementation 'sdpa' or 'eager' (a 4-D mask).")
         hidden = vla.config.text_config.hidden_size
@@ -155,7 +166,7 @@ class OpenVLAOFTForActionPrediction(nn.Module):
         model = cls(vla, oft).eval()
         model.requires_grad_(False)
         model.source = {"directory": str(Path(directory)), "action_head": head_file.name}
-        return model
+        return (model, loading_info) if want_info else model
 
     @torch.no_grad()
     def predict_action(
@@ -196,6 +207,13 @@ class OpenVLAOFTForActionPrediction(nn.Module):
         if pixel_values is None:
             raise ValueError(
                 "predict_action needs pixel_values (B, 6 * num_images, H, W) from the processor."
+            )
+        if proprio is not None and not self.uses_proprio:
+            where = getattr(self, "source", {}).get("directory", "this checkpoint")
+            raise ValueError(
+                f"predict_action got proprio, but {where} has no {PROPRIO_PROJECTOR}--<step>_checkpoint.pt, so the "
+                "model has no proprio token and would ignore it. If the file is missing (an interrupted download), "
+                "fetch it; for a checkpoint trained without proprio, pass proprio=None."
             )
         stats = None
         if unnormalize:
