@@ -9,6 +9,7 @@ import torch
 
 from stamo_vla.adapter.modeling_adapter import base_model_of
 from stamo_vla.data.normalization import normalize
+from stamo_vla.data.statistics import check_block_dims
 from stamo_vla.policy import Policy
 from stamo_vla.vla.generation import check_unnorm_key
 
@@ -51,13 +52,13 @@ class OFTPolicy(Policy):
 
     def normalize_proprio(self, proprio: np.ndarray) -> np.ndarray:
         """Raw (B, P) proprio -> normalized with the dataset's proprio statistics, clipped to [-1, 1]."""
-        stats = self.model.norm_stats[self.unnorm_key].get("proprio")
-        if stats is None:
-            raise ValueError(
-                f"the statistics of {self.unnorm_key!r} have no 'proprio' block; use the training run's "
-                "dataset_statistics.json (written with data.load_proprio=true)."
-            )
         want = self.proprio_dim
+        stats = check_block_dims(
+            self.model.norm_stats[self.unnorm_key],
+            "proprio",
+            want,
+            f"dataset_statistics.json of the checkpoint, entry '{self.unnorm_key}'",
+        )
         proprio = np.asarray(proprio, dtype=np.float32)
         if proprio.ndim != 2 or proprio.shape[1] != want:
             raise ValueError(f"predict_batch: proprio has shape {proprio.shape}, expected (B, {want}).")

@@ -25,14 +25,14 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from stamo_vla import keys
-from stamo_vla.data import transforms
+from stamo_vla.data import spec, transforms
 from stamo_vla.data.augment import augment_image, sample_params
 from stamo_vla.data.config import DataConfig
 from stamo_vla.data.episodes import episode_id
 from stamo_vla.data.lerobot import resize_frame
 from stamo_vla.data.normalization import normalize
 from stamo_vla.data.sources import iter_episodes
-from stamo_vla.data.statistics import compute_statistics, load_dataset_statistics
+from stamo_vla.data.statistics import check_block_dims, compute_statistics, load_dataset_statistics
 from stamo_vla.data.target_cache import TargetCache
 from stamo_vla.data.tf_setup import import_tfds
 
@@ -329,6 +329,8 @@ def build_dataset(
         stats = given.get(name) or compute_statistics(
             cfg.data_root_dir, name, num_parallel_reads=cfg.num_parallel_reads
         )
+        if cfg.load_proprio and name in given:
+            check_block_dims(stats, "proprio", spec.STATE_DIM, f"'{cfg.statistics_path}' entry '{name}'")
         ds = RLDSFrameDataset(cfg, name, stats, rank, world_size, encoder_fingerprint)
         ds.dataset_statistics = {name: stats}
         datasets.append(ds)

@@ -58,10 +58,20 @@ def _mask(stats: dict, dim: int) -> np.ndarray:
     return np.asarray(stats.get("mask", [True] * dim), dtype=bool)
 
 
+def _check_dims(q01: np.ndarray, x: np.ndarray, what: str) -> None:
+    if q01.shape != x.shape[-1:]:
+        raise ValueError(
+            f"{what}: the statistics have shape {q01.shape}, the values (..., {x.shape[-1]}): they describe other "
+            "data (upstream OpenVLA's dataset_statistics.json holds a 7-D zero proprio block). Use the statistics "
+            "of this data (`stamo-vla stats`)."
+        )
+
+
 def normalize(x: np.ndarray, stats: dict) -> np.ndarray:
     """Normalize `x` (..., D) with one statistics block (keys q01, q99, min, max and optional mask)."""
     x = _finite(np.asarray(x, dtype=np.float32), "normalize input")
     q01, q99 = _arr(stats, "q01"), _arr(stats, "q99")
+    _check_dims(q01, x, "normalize")
     mask = _mask(stats, x.shape[-1])
     scaled = np.clip(2.0 * (x - q01) / (q99 - q01 + EPS) - 1.0, -1.0, 1.0)
     out = np.where(mask, scaled, x)
@@ -72,5 +82,6 @@ def unnormalize(y: np.ndarray, stats: dict) -> np.ndarray:
     """Inverse of `normalize` on masked dims: ``0.5 (y + 1) (q99 - q01 + 1e-8) + q01``; others unchanged."""
     y = _finite(np.asarray(y, dtype=np.float32), "unnormalize input")
     q01, q99 = _arr(stats, "q01"), _arr(stats, "q99")
+    _check_dims(q01, y, "unnormalize")
     mask = _mask(stats, y.shape[-1])
     return np.where(mask, 0.5 * (y + 1.0) * (q99 - q01 + EPS) + q01, y).astype(np.float32)

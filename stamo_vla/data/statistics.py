@@ -83,6 +83,43 @@ def check_statistics(stats: dict, where: str) -> dict:
     return stats
 
 
+def check_block_dims(stats: dict, part: str, dim: int, where: str) -> dict:
+    """Require `dim`-D q01/q99/min/max in the `part` block of one dataset's statistics; returns the block.
+
+    Upstream OpenVLA's ``dataset_statistics.json`` holds a 7-D all-zero proprio block (its models use no proprio),
+    which a proprio config (8-D: eef position, axis-angle, gripper qpos) cannot normalize with.
+
+    Args:
+        stats: one dataset's statistics (``{"action": ..., "proprio": ...}``).
+        part: ``"action"`` or ``"proprio"``.
+        dim: the size the values to normalize have.
+        where: the file and entry the statistics come from (named in the error).
+
+    Raises:
+        ValueError: the block is absent or a field has another shape (names `where`, the key, both shapes, the fix).
+    """
+    fix = (
+        "Compute this dataset's statistics with `stamo-vla stats` (or drop the statistics file to compute them), "
+        f"or use a config without {part} (data.load_proprio false)"
+        if part == "proprio"
+        else "Compute this dataset's statistics with `stamo-vla stats`"
+    )
+    block = stats.get(part)
+    if not isinstance(block, dict):
+        raise ValueError(
+            f"{where}: no '{part}' statistics, but {dim}-D {part} values must be normalized. {fix}."
+        )
+    for key in ("q01", "q99", "min", "max"):
+        shape = np.shape(block.get(key, []))
+        if shape != (dim,):
+            origin = " (upstream OpenVLA's files hold a 7-D zero proprio block)" if part == "proprio" else ""
+            raise ValueError(
+                f"{where}: '{part}.{key}' has shape {shape}, expected ({dim},) for the {dim}-D {part} this config "
+                f"reads{origin}. {fix}."
+            )
+    return block
+
+
 def statistics_from_arrays(actions: list[np.ndarray], states: list[np.ndarray]) -> dict:
     """Statistics of one dataset from per-episode raw actions (T,7) and states (T,8) (NaN actions skipped).
 
