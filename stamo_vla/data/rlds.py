@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import os
 import re
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -123,6 +125,27 @@ def _feature_paths(feature, prefix: str = "") -> dict[str, object]:
     return {prefix.rstrip("/"): feature}
 
 
+def warn_if_ordered(dataset_dir: Path) -> bool:
+    """Warn when ``dataset_info.json`` carries ``disableShuffling`` (left by older versions of our writer).
+
+    tfds then refuses shuffled, interleaved reads, which is how upstream OpenVLA's trainer reads every dataset, so
+    the dataset works here but not there. Returns whether the flag is set.
+    """
+    try:
+        ordered = bool(json.loads((dataset_dir / "dataset_info.json").read_text()).get("disableShuffling"))
+    except (OSError, ValueError, AttributeError):
+        return False  # a missing or damaged info file is reported by tfds, with its own message
+    if ordered:
+        warnings.warn(
+            f"{dataset_dir}/dataset_info.json sets disableShuffling (written by an older stamo_vla): it reads here, "
+            "but upstream OpenVLA's trainer refuses it (tfds allows no shuffled reads of an ordered dataset). Rerun "
+            "the same `stamo-vla collect` command that wrote it: it rebuilds the dataset from its staged episodes "
+            "without the flag.",
+            stacklevel=3,
+        )
+    return ordered
+
+
 def open_builder(data_root_dir: str | os.PathLike, dataset_name: str, version: str | None = None):
     """Open a dataset as a tfds ReadOnlyBuilder and check it has every feature of the LIBERO spec.
 
@@ -131,6 +154,7 @@ def open_builder(data_root_dir: str | os.PathLike, dataset_name: str, version: s
         ValueError: a required feature is missing or has the wrong shape (named in the message).
     """
     dataset_dir = resolve_dataset_dir(data_root_dir, dataset_name, version)
+    warn_if_ordered(dataset_dir)
     _, tfds = import_tfds("reading RLDS datasets")
     builder = tfds.builder_from_directory(str(dataset_dir))
     paths = _feature_paths(builder.info.features)

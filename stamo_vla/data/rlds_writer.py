@@ -8,8 +8,13 @@ Collection is incremental and resumable through a staging directory
 one ``.npz`` (images already JPEG-encoded, so staging is about as small as the final dataset and needs no
 tensorflow). An interrupted collection keeps every finished episode; a resumed one skips episodes whose
 ``file_path`` is already staged. `RLDSShardWriter.finalize()` (tensorflow, parent process only) builds the
-tfds dataset from all staged episodes in arrival order and swaps it in atomically; it may be called again
-after more episodes arrive.
+tfds dataset from all staged episodes and swaps it in atomically; it may be called again after more episodes
+arrive.
+
+Episodes are written in a seeded interleaved order (`write_order_key`), not in arrival order: a collection runs
+task by task, so arrival order would make ``train[95%:]`` the last episodes of the last task, and a validation
+split that measures one task. The released LIBERO data is hash-shuffled by its tfds build the same way. The order
+depends only on the staged episodes and the seed, so a resumed collection writes the same dataset.
 
 Episode input (numpy), per interfaces.md::
 
@@ -95,6 +100,15 @@ def _episode_key(file_path: str) -> str:
     return hashlib.sha1(file_path.encode()).hexdigest()[:16]
 
 
+def _order_key(episode_key: str, seed: int) -> bytes:
+    return hashlib.sha256(f"{seed}:{episode_key}".encode()).digest()
+
+
+def write_order_key(file_path: str, seed: int = 0) -> bytes:
+    """Sort key of an episode in the written dataset: a seeded hash of its ``file_path`` (a uniform shuffle)."""
+    return _order_key(_episode_key(file_path), seed)
+
+
 def _encode_jpegs(frames: np.ndarray, quality: int) -> tuple[np.ndarray, np.ndarray]:
     """JPEG-encode frames into one flat byte buffer plus offsets (npz needs no pickling this way)."""
     blobs = []
@@ -164,6 +178,7 @@ class RLDSShardWriter:
         dataset_name: tfds name, lower snake case (the upstream ``--dataset_name``).
         version: tfds version directory, ``"1.0.0"`` like upstream.
         jpeg_quality: JPEG quality of the stored images (95 = tf.io.encode_jpeg's default).
+        order_seed: seed of the order episodes are written in (`write_order_key`).
     """
 
     def __init__(
@@ -172,6 +187,7 @@ class RLDSShardWriter:
         dataset_name: str,
         version: str = spec.DEFAULT_VERSION,
         jpeg_quality: int = spec.JPEG_QUALITY,
+        order_seed: int = 0,
     ) -> None:
         if not _NAME_RE.match(dataset_name):
             raise ValueError(
@@ -186,6 +202,7 @@ class RLDSShardWriter:
         self.dataset_name = dataset_name
         self.version = version
         self.jpeg_quality = jpeg_quality
+        self.order_seed = order_seed
         self.staging_dir = self.data_root_dir / dataset_name / f".staging-{version}"
         self.staging_dir.mkdir(parents=True, exist_ok=True)
         self._staged: dict[str, Path] = {}  # episode key -> staged file
@@ -252,8 +269,10 @@ class RLDSShardWriter:
             raise ValueError(
                 f"no staged episodes under {self.staging_dir}; add episodes with add_episode() before finalize()"
             )
+        # staged files are named by their file_path's key (`write_order_key` of each episode)
+        order = sorted(files, key=lambda p: _order_key(_STAGED_RE.match(p.name).group(2), self.order_seed))
         with atomic_dir(self.dataset_dir, kind="rlds_dataset", overwrite=True) as out:
-            _build_tfds(files, self.dataset_name, self.version, out)
+            _build_tfds(order, self.dataset_name, self.version, out)
         if remove_staging:
             shutil.rmtree(self.staging_dir, ignore_errors=True)
         return self.dataset_dir
@@ -280,7 +299,7 @@ def _build_tfds(files: list[Path], name: str, version: str, out_dir: Path) -> No
                     builder=self,
                     description="LIBERO-style RLDS episodes (modified_libero_rlds feature spec).",
                     features=spec.tfds_features(),
-                    # write in arrival order (the 95%/5% split is then reproducible); the flag is cleared
+                    # write in the given (seeded) order, so the 95%/5% split is reproducible; the flag is cleared
                     # afterwards (`_allow_shuffled_reads`) so shuffled, interleaved reads are allowed
                     disable_shuffling=True,
                 )
@@ -317,7 +336,7 @@ def _allow_shuffled_reads(dataset_dir: Path) -> None:
 
     tfds refuses ``shuffle_files=True`` and ``interleave_cycle_length != 1`` on a dataset marked ordered, and
     upstream OpenVLA's trainer reads exactly that way (dlimp ``from_rlds(shuffle=True)`` + interleaving). The
-    records stay in arrival order, so a read with ``shuffle_files=False`` (ours) still sees that order.
+    records stay in the written order, so a read with ``shuffle_files=False`` (ours) still sees that order.
     """
     info_file = dataset_dir / "dataset_info.json"
     info = json.loads(info_file.read_text())

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from stamo_vla.configs import check_positive_int
+from stamo_vla.data.episodes import episode_id
 from stamo_vla.data.sources import iter_episodes
 from stamo_vla.data.synthetic import shapes
 from stamo_vla.fileio import atomic_path
@@ -110,7 +111,7 @@ class RLDSSource(ImageSourceConfig):
         return self.load_grouped(image_size)[0]
 
     def load_grouped(self, image_size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-        """Frames, their episode index, and each episode's ``<dataset>/<file_path>``."""
+        """Frames, their episode index, and each episode's ``<dataset>/<episode id>`` (`episode_id`)."""
         frames: list[torch.Tensor] = []
         groups: list[int] = []
         names: list[str] = []
@@ -120,7 +121,7 @@ class RLDSSource(ImageSourceConfig):
                     new = [_resize_uint8(f, image_size) for f in episode[cam][:: self.frame_stride]]
                     frames.extend(new)
                     groups.extend([len(names)] * len(new))
-                names.append(f"{name}/{episode['file_path']}")
+                names.append(f"{name}/{episode_id(episode)}")
                 if self.max_images is not None and len(frames) >= self.max_images:
                     n = self.max_images
                     return torch.stack(frames[:n]), torch.tensor(groups[:n]), names

@@ -195,7 +195,7 @@ def collect(cfg: CollectConfig) -> dict:
     from tqdm import tqdm
 
     tasks = task_ids(cfg.suite, cfg.task_ids)
-    writer = RLDSShardWriter(cfg.data_root_dir, cfg.dataset_name)
+    writer = RLDSShardWriter(cfg.data_root_dir, cfg.dataset_name, order_seed=cfg.seed)
     manifest_path = Path(cfg.data_root_dir) / cfg.dataset_name / MANIFEST_NAME
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     if manifest and manifest.get("suite") != cfg.suite:

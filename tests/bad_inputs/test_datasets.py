@@ -95,3 +95,75 @@ def test_a_cache_keyed_by_file_path_is_refused_with_the_rebuild_command(shared_r
     (out / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
     with pytest.raises(StaleTargetCacheError, match=r"keyed episodes by file_path.*--overwrite true"):
         TargetCache.open(out, shared_root, "toy_shared")
+
+
+@pytest.mark.slow
+def test_a_dataset_an_older_writer_marked_ordered_warns_with_the_fix(toy_rlds_root, tmp_path):
+    import shutil
+
+    from stamo_vla.data import spec
+    from stamo_vla.data.rlds import iter_episodes
+
+    shutil.copytree(toy_rlds_root / "toy_push_no_noops", tmp_path / "toy_push_no_noops")
+    info_file = tmp_path / "toy_push_no_noops" / spec.DEFAULT_VERSION / "dataset_info.json"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # what our writer writes today carries no flag
+        assert len(list(iter_episodes(tmp_path, "toy_push_no_noops", load_images=False))) == 4
+    info_file.write_text(json.dumps({**json.loads(info_file.read_text()), "disableShuffling": True}))
+    with pytest.warns(
+        UserWarning, match=r"sets disableShuffling.*upstream OpenVLA's trainer refuses it.*collect"
+    ):
+        assert len(list(iter_episodes(tmp_path, "toy_push_no_noops", load_images=False))) == 4
+
+
+@pytest.mark.slow
+def test_episodes_collected_task_by_task_are_written_interleaved(tmp_path):
+    from conftest import toy_episode
+
+    from stamo_vla.data.rlds import iter_episodes
+    from stamo_vla.data.rlds_writer import write_order_key, write_rlds_dataset
+
+    tasks = {}  # arrival order: task 0's four episodes, then task 1's, then task 2's (as collect runs)
+    episodes = []
+    for task in range(3):
+        for k in range(4):
+            ep = toy_episode(4 * task + k, length=3)
+            ep["file_path"] = f"libero_spatial/task_{task}/init_{k:02d}"
+            tasks[ep["file_path"]] = task
+            episodes.append(ep)
+    write_rlds_dataset(episodes, tmp_path, "toy_tasks")
+    written = [ep["file_path"] for ep in iter_episodes(tmp_path, "toy_tasks", load_images=False)]
+    assert written == sorted(tasks, key=write_order_key)  # seeded: the same set gives the same order
+    task_changes = sum(tasks[a] != tasks[b] for a, b in zip(written, written[1:]))
+    assert task_changes > 2  # task by task would change task twice
+    held_out = [
+        ep["file_path"] for ep in iter_episodes(tmp_path, "toy_tasks", "train[75%:]", load_images=False)
+    ]
+    assert len({tasks[p] for p in held_out}) > 1  # the validation split is not the last task's episodes
+
+
+def test_upstream_statistics_without_a_proprio_block_name_the_file_and_shapes(tmp_path):
+    from stamo_vla.data.config import DataConfig
+    from stamo_vla.data.dataset import build_dataset
+    from stamo_vla.data.normalization import normalize
+
+    zeros = [0.0] * 7  # upstream OpenVLA's dataset_statistics.json: a 7-D all-zero proprio block
+    block = {key: zeros for key in ("mean", "std", "max", "min", "q01", "q99")}
+    stats = {"action": {**block, "q99": [1.0] * 7, "max": [1.0] * 7, "mask": [True] * 6 + [False]}}
+    path = tmp_path / "dataset_statistics.json"
+    path.write_text(json.dumps({"toy_push_no_noops": {**stats, "proprio": block}}))
+    cfg = DataConfig(
+        data_root_dir=str(tmp_path),  # refused before any data is read
+        dataset_names=["toy_push_no_noops"],
+        statistics_path=str(path),
+        load_proprio=True,
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"dataset_statistics.json' entry 'toy_push_no_noops': 'proprio.q01' has shape \(7,\), expected \(8,\)",
+    ):
+        build_dataset(cfg)
+    with pytest.raises(
+        ValueError, match=r"normalize: the statistics have shape \(7,\), the values \(\.\.\., 8\)"
+    ):
+        normalize(np.zeros((2, 8)), block)

@@ -53,6 +53,13 @@ def make_episode(i: int, length: int | None = None, action_free: bool = False, t
     }
 
 
+def written_order(count: int = NUM_EPISODES, tag: str = "") -> list[int]:
+    """Indices of `make_episode` episodes in the order the writer stores them (seeded, interleaved)."""
+    from stamo_vla.data.rlds_writer import write_order_key
+
+    return sorted(range(count), key=lambda i: write_order_key(make_episode(i, tag=tag)["file_path"]))
+
+
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory):
     """A data_root_dir with a 20-episode labeled dataset and a 3-episode action-free dataset."""

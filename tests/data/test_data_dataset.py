@@ -6,7 +6,7 @@ import types
 
 import numpy as np
 import pytest
-from conftest import ACTION_FREE, LABELED, STEP_BASE, STEP_SCALE, episode_length, make_episode
+from conftest import ACTION_FREE, LABELED, STEP_BASE, STEP_SCALE, episode_length, make_episode, written_order
 
 from stamo_vla import keys
 from stamo_vla.data import dataset as dataset_mod
@@ -44,8 +44,8 @@ def _pass(cfg, stats, name=LABELED, rank=0, world=1, worker=None, monkeypatch=No
 def test_sample_keys_shapes_dtypes_and_values(data_root, stats):
     cfg = _cfg(data_root, split="val", horizon=3, action_chunk=4, load_wrist=True, load_proprio=True)
     samples = _pass(cfg, stats)
-    src = make_episode(19)  # val = train[95%:] = the last of 20 episodes
-    n = episode_length(19)
+    last = written_order()[-1]  # val = train[95%:] = the last of 20 episodes as written
+    src, n = make_episode(last), episode_length(last)
     assert len(samples) == n - 3  # the last K-1 = 3 steps start no chunk (upstream OFT)
     assert sorted(s[keys.STEP] for s in samples) == list(range(n - 3))
     for s in samples:
@@ -85,7 +85,7 @@ def test_sample_keys_shapes_dtypes_and_values(data_root, stats):
 def test_no_training_chunk_is_padded(data_root, stats):
     for chunk in (1, 8):
         samples = _pass(_cfg(data_root, action_chunk=chunk), stats)  # train[:95%] = 19 episodes
-        assert len(samples) == sum(episode_length(i) - chunk + 1 for i in range(19))
+        assert len(samples) == sum(episode_length(i) - chunk + 1 for i in written_order()[:19])
         for s in samples:
             src = make_episode(int(s[keys.EPISODE_ID].split("#")[0].split("_")[-1].split(".")[0]))
             actions = normalize(transforms.standardize_gripper(src["action"]), stats[LABELED]["action"])
@@ -111,7 +111,9 @@ def test_primary_and_wrist_images_get_independent_augmentation_draws(data_root, 
 
 def test_ranks_and_workers_get_disjoint_samples_covering_the_split(data_root, stats, monkeypatch):
     cfg = _cfg(data_root, shuffle_buffer_size=8)
-    expected = {(make_episode(i)["file_path"], t) for i in range(19) for t in range(episode_length(i))}
+    expected = {
+        (episode_id(make_episode(i)), t) for i in written_order()[:19] for t in range(episode_length(i))
+    }
     seen: list[set] = []
     for rank in range(2):
         for worker in range(2):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import ACTION_FREE, LABELED, NUM_EPISODES, episode_length, make_episode
+from conftest import ACTION_FREE, LABELED, NUM_EPISODES, episode_length, make_episode, written_order
 
 from stamo_vla.data import rlds
 
@@ -17,7 +17,7 @@ def test_list_datasets(data_root, tmp_path):
 def test_iter_episodes_keys_shapes_dtypes_and_upright_images(data_root):
     episodes = list(rlds.iter_episodes(data_root, LABELED, "train[:3]"))
     assert len(episodes) == 3
-    for i, ep in enumerate(episodes):
+    for i, ep in zip(written_order()[:3], episodes):
         n, src = episode_length(i), make_episode(i)
         assert ep["image"].shape == ep["wrist_image"].shape == (n, 256, 256, 3)
         assert ep["image"].dtype == ep["wrist_image"].dtype == np.uint8

@@ -10,7 +10,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import LABELED, NUM_EPISODES, episode_length, make_episode
+from conftest import LABELED, NUM_EPISODES, episode_length, make_episode, written_order
 
 from stamo_vla.data import spec
 from stamo_vla.data.rlds_writer import RLDSShardWriter, validate_episode, write_rlds_dataset
@@ -105,9 +105,9 @@ def test_values_round_trip_through_tfds(data_root):
     builder = tfds.builder_from_directory(str(data_root / LABELED / "1.0.0"))
     episodes = list(tfds.as_numpy(builder.as_dataset(split="train")))
     assert [e["episode_metadata"]["file_path"].decode() for e in episodes] == [
-        make_episode(i)["file_path"] for i in range(NUM_EPISODES)
-    ]  # arrival order kept
-    ep, src = episodes[3], make_episode(3)
+        make_episode(i)["file_path"] for i in written_order()
+    ]  # the seeded interleaved order, not arrival order
+    ep, src = episodes[written_order().index(3)], make_episode(3)
     steps = list(ep["steps"])  # the nested steps Dataset comes back as an iterable of step dicts
     image = np.stack([x["observation"]["image"] for x in steps])
     wrist = np.stack([x["observation"]["wrist_image"] for x in steps])
