@@ -162,8 +162,12 @@ def test_missing_or_mismatched_head_files_name_the_file(tmp_path):
     write_released(tmp_path / "no_proprio", proprio=False)
     with pytest.raises(CheckpointError, match=r"proprio_projector--<step>_checkpoint.pt is missing"):
         OpenVLAOFTForActionPrediction.from_pretrained(tmp_path / "no_proprio", use_proprio=True)
-    model = OpenVLAOFTForActionPrediction.from_pretrained(tmp_path / "no_proprio")
+    with pytest.warns(UserWarning, match="no proprio_projector--<step>_checkpoint.pt"):
+        model = OpenVLAOFTForActionPrediction.from_pretrained(tmp_path / "no_proprio")
     assert not model.uses_proprio
+    assert not OpenVLAOFTForActionPrediction.from_pretrained(
+        tmp_path / "no_proprio", use_proprio=False
+    ).uses_proprio
 
 
 @pytest.mark.slow
