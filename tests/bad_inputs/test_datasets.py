@@ -51,21 +51,46 @@ def encoder():
 def test_episodes_that_share_a_file_path_each_get_their_own_targets(shared_root, encoder, tmp_path):
     import torch
 
+    from stamo_vla import keys
+    from stamo_vla.data.config import DataConfig
+    from stamo_vla.data.dataset import RLDSFrameDataset
+    from stamo_vla.data.episodes import episode_id
+    from stamo_vla.data.pseudo_labels import label_latent_actions, load_latent_actions, rlds_episodes
     from stamo_vla.data.rlds import iter_episodes
+    from stamo_vla.data.statistics import compute_statistics
     from stamo_vla.data.target_cache import TargetCache, _frames_to_pixels, build_target_cache
-    from stamo_vla.stamo.pseudo_labels import label_latent_actions, load_latent_actions, rlds_episodes
 
     episodes = list(iter_episodes(shared_root, "toy_shared", decode_images=False))
     assert len(episodes) == 4 and {ep["file_path"] for ep in episodes} == {SHARED_FILE_PATH}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "encoding that episode again" for an episode of the same file
-        out = build_target_cache(shared_root, "toy_shared", encoder, tmp_path / "cache", batch_size=8)
+        out = build_target_cache(
+            shared_root, "toy_shared", encoder, tmp_path / "cache" / "toy_shared", batch_size=8
+        )
     assert len(list((out / "episodes").iterdir())) == 4
     cache = TargetCache.open(out, shared_root, "toy_shared")
+    own = {}
     for ep in episodes:
         with torch.no_grad():
-            own = encoder.encode(_frames_to_pixels(ep["image"])).numpy()
-        np.testing.assert_allclose(cache.load_episode(ep), own, atol=1e-5)
+            own[episode_id(ep)] = encoder.encode(_frames_to_pixels(ep["image"])).numpy()
+        np.testing.assert_allclose(cache.load_episode(ep), own[episode_id(ep)], atol=1e-5)
+
+    # what training reads: every sample's state is its own episode's
+    cfg = DataConfig(
+        data_root_dir=str(shared_root),
+        dataset_names=["toy_shared"],
+        split="all",
+        repeat=False,
+        shuffle_buffer_size=0,
+        horizon=2,
+        use_target_cache=True,
+        target_cache_root=str(tmp_path / "cache"),
+    )
+    stats = compute_statistics(shared_root, "toy_shared")
+    samples = list(RLDSFrameDataset(cfg, "toy_shared", stats, rank=0, world_size=1))
+    assert {s[keys.EPISODE_ID] for s in samples} == set(own)
+    for s in samples:
+        np.testing.assert_allclose(s[keys.STATE], own[s[keys.EPISODE_ID]][s[keys.STEP]], atol=1e-5)
 
     labels = load_latent_actions(
         label_latent_actions(
