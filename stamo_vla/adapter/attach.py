@@ -50,10 +50,11 @@ def weight_digest(model: nn.Module) -> str:
     changes every element of the matrices it targets, so a few sampled matrices tell them apart. Samples are
     hashed as bfloat16, so a checkpoint loaded in bf16 or in fp32 gives the same digest.
     """
-    matrices = sorted(
+    matrices = sorted(  # by name (names are unique)
         (name, p)
         for name, p in model.named_parameters()
-        if "lora_" not in name and p.ndim >= 2 and p.dtype.is_floating_point
+        # quantized (packed integer) and offloaded (meta) tensors hold no comparable values
+        if "lora_" not in name and p.ndim >= 2 and p.dtype.is_floating_point and p.device.type != "meta"
     )
     if not matrices:
         return ""
