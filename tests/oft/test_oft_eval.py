@@ -147,9 +147,14 @@ def test_eval_crop_follows_the_checkpoints_record_and_an_explicit_value_wins(oft
         json.dumps({**json.loads(provenance.read_text()), "trained_with_image_aug": record})
     )
     common = dict(checkpoint=str(oft_dirs / "base"), adapter_dir=str(adapter), suites=["libero_spatial"])
-    expected = True if record is None else record  # nothing recorded: upstream's default (crop)
-    assert EvalConfig(**common).resolve_center_crop() is expected
-    for explicit in (True, False):
-        assert EvalConfig(center_crop=explicit, **common).resolve_center_crop() is explicit
-    # a merged checkpoint carries the same record
-    assert EvalConfig(checkpoint=str(adapter), suites=["libero_spatial"]).resolve_center_crop() is expected
+    merged = dict(
+        checkpoint=str(adapter), suites=["libero_spatial"]
+    )  # a merged checkpoint carries the same record
+    for cfg in (common, merged):
+        if record is None:  # nothing recorded: unknown, the user says which
+            with pytest.raises(ValueError, match="records no trained_with_image_aug.*--center_crop true"):
+                EvalConfig(**cfg).resolve_center_crop()
+        else:
+            assert EvalConfig(**cfg).resolve_center_crop() is record
+        for explicit in (True, False):
+            assert EvalConfig(center_crop=explicit, **cfg).resolve_center_crop() is explicit
