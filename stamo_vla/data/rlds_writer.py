@@ -39,6 +39,7 @@ import numpy as np
 from PIL import Image
 
 from stamo_vla.data import spec
+from stamo_vla.data.episodes import CONTENT_FIELDS, episode_id
 from stamo_vla.data.tf_setup import import_tfds
 from stamo_vla.fileio import atomic_dir, atomic_path, write_json_atomic
 
@@ -231,11 +232,23 @@ class RLDSShardWriter:
         """Validate and stage one finished episode atomically.
 
         Returns:
-            True if written, False if an episode with the same ``file_path`` was already staged.
+            True if written, False if this very episode was already staged (a resumed run).
+
+        Raises:
+            ValueError: another episode is staged under the same ``file_path`` (upstream's LIBERO builder stores one
+                file path for all demos of a task; here each episode needs its own).
         """
         validate_episode(episode)
         key = _episode_key(episode["file_path"])
         if key in self._staged:
+            with np.load(self._staged[key], allow_pickle=False) as z:
+                staged = {k: z[k] for k in (*CONTENT_FIELDS, *spec.EPISODE_TEXT)}
+            if episode_id(staged) != episode_id(episode):
+                raise ValueError(
+                    f"episode file_path {episode['file_path']!r} is already staged ({self._staged[key].name}) for "
+                    "another episode (other states or actions): every episode needs its own file_path, or one "
+                    "would be dropped. Give each its own, e.g. '<hdf5 file>/demo_<index>'."
+                )
             return False
         arrays: dict[str, np.ndarray] = {
             k: np.asarray(episode[k], dtype=np.float32) for k in ("state", "joint_state", "action")
@@ -354,8 +367,9 @@ def write_rlds_dataset(
 ) -> Path:
     """Write a complete RLDS dataset from an iterable of episode dicts (see module docstring).
 
-    Episodes with a repeated ``file_path`` are written once; episodes left staged by an interrupted earlier
-    call for the same name and version are included (resume). Needs tensorflow (parent process only).
+    An episode given twice is written once, another episode under a ``file_path`` already used is refused;
+    episodes left staged by an interrupted earlier call for the same name and version are included (resume).
+    Needs tensorflow (parent process only).
 
     Args:
         episodes: episode dicts in the input format.

@@ -53,6 +53,7 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "NaN released OFT head (NaN chunks); truncated head file ('[Errno 22] Invalid argument')": "test_released_oft.py::test_a_non_finite_or_truncated_head_file_is_refused_naming_file_and_tensor",
         "episodes that share file_path (upstream's LIBERO builder) get each other's StaMo targets": "test_datasets.py::test_episodes_that_share_a_file_path_each_get_their_own_targets",
         "a dataset holding one episode twice": "test_datasets.py::test_a_dataset_holding_one_episode_twice_is_refused",
+        "writing another episode under a file_path already staged (dropped)": "test_datasets.py::test_the_writer_refuses_another_episode_under_a_staged_file_path",
         "episodes written task by task: train[95%:] is one task": "test_datasets.py::test_episodes_collected_task_by_task_are_written_interleaved",
         "dataset of an older writer marked disableShuffling (upstream's trainer refuses it)": "test_datasets.py::test_a_dataset_an_older_writer_marked_ordered_warns_with_the_fix",
     },

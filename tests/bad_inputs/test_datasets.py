@@ -192,3 +192,20 @@ def test_upstream_statistics_without_a_proprio_block_name_the_file_and_shapes(tm
         ValueError, match=r"normalize: the statistics have shape \(7,\), the values \(\.\.\., 8\)"
     ):
         normalize(np.zeros((2, 8)), block)
+
+
+def test_the_writer_refuses_another_episode_under_a_staged_file_path(tmp_path):
+    from conftest import toy_episode
+
+    from stamo_vla.data.rlds_writer import RLDSShardWriter
+
+    writer = RLDSShardWriter(tmp_path, "toy_names")
+    assert writer.add_episode({**toy_episode(0, length=3), "file_path": SHARED_FILE_PATH})
+    assert not writer.add_episode(
+        {**toy_episode(0, length=3), "file_path": SHARED_FILE_PATH}
+    )  # a resumed run
+    with pytest.raises(ValueError, match="already staged .* for another episode.*its own file_path"):
+        writer.add_episode(
+            {**toy_episode(1, length=3), "file_path": SHARED_FILE_PATH}
+        )  # was dropped silently
+    assert len(writer) == 1
