@@ -116,8 +116,9 @@ def init_states_patch_needed(benchmark_cls: type, torch_new: bool | None = None)
         source = inspect.getsource(method)
     except (OSError, TypeError):
         return False
-    torch_new = _torch_at_least_2_6() if torch_new is None else torch_new
-    return torch_new and "torch.load(" in source and "weights_only" not in source
+    if "torch.load(" not in source or "weights_only" in source:
+        return False  # decided without importing torch (seconds), which NPZ-loading benchmarks never need
+    return _torch_at_least_2_6() if torch_new is None else torch_new
 
 
 def apply_init_states_patch(benchmark_module, torch_new: bool | None = None) -> bool:

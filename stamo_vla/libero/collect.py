@@ -30,7 +30,7 @@ from pathlib import Path
 from stamo_vla.configs import check_positive_int, parse_config
 from stamo_vla.data.rlds_writer import RLDSShardWriter
 from stamo_vla.fileio import write_json_atomic
-from stamo_vla.libero.env import SAME_STATE_TOLERANCE, SUITE_MAX_STEPS, get_task, init_states
+from stamo_vla.libero.env import SAME_STATE_TOLERANCE, check_suite, get_task, init_states, task_instruction
 from stamo_vla.libero.scripted_rollout import (  # noqa: F401  (re-exported: the collection API in one place)
     NOOP_THRESHOLD,
     EpisodeRecorder,
@@ -41,6 +41,7 @@ from stamo_vla.libero.scripted_rollout import (  # noqa: F401  (re-exported: the
     run_scripted_episodes,
     task_ids,
 )
+from stamo_vla.libero.suites import resolve_suite
 from stamo_vla.libero.workers import EnvWorkerPool, EpisodeSpec
 
 MANIFEST_NAME = "collect_manifest.json"
@@ -77,8 +78,7 @@ class CollectConfig:
             raise ValueError(
                 "data_root_dir is empty; give the folder the dataset goes to (--data_root_dir DATA)"
             )
-        if self.suite not in SUITE_MAX_STEPS:
-            raise ValueError(f"suite={self.suite!r} is not valid; allowed: {list(SUITE_MAX_STEPS)}")
+        check_suite(self.suite)
         if self.init_states not in INIT_STATE_SOURCES:
             raise ValueError(
                 f"init_states={self.init_states!r} is not valid; allowed: {list(INIT_STATE_SOURCES)}"
@@ -92,7 +92,7 @@ class CollectConfig:
 
     @property
     def step_budget(self) -> int:
-        return self.max_steps or SUITE_MAX_STEPS[self.suite]
+        return self.max_steps or resolve_suite(self.suite).max_steps
 
 
 # ------------------------------------------------------------------------------------------- collect
@@ -234,7 +234,7 @@ def collect(cfg: CollectConfig) -> dict:
             file_path = f"{cfg.suite}/{get_task(cfg.suite, spec.task_id).name}/{start}"
             kept = len(res.recorder) if res.recorder is not None else 0
             if res.success and kept:
-                instruction = get_task(cfg.suite, spec.task_id).language
+                instruction = task_instruction(cfg.suite, spec.task_id)
                 writer.add_episode(res.recorder.episode(instruction, file_path, cfg.action_free))
                 bar.update(1)
             record = {"success": res.success and kept > 0, "steps": res.steps, "kept_steps": kept}
@@ -285,8 +285,7 @@ class ControllerReportConfig:
     output_path: str | None = None  # also write the report to this JSON file
 
     def __post_init__(self):
-        if self.suite not in SUITE_MAX_STEPS:
-            raise ValueError(f"suite={self.suite!r} is not valid; allowed: {list(SUITE_MAX_STEPS)}")
+        check_suite(self.suite)
         for field in ("episodes_per_task", "num_workers"):
             check_positive_int(field, getattr(self, field))
 

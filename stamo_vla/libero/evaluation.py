@@ -28,6 +28,7 @@ from stamo_vla.libero.results import (
     environment_info,
     write_summary,
 )
+from stamo_vla.libero.suites import resolve_suite
 from stamo_vla.libero.workers import EnvWorkerPool
 
 # fields that change per-episode outcomes: a resumed run must match the run that wrote the records
@@ -102,9 +103,12 @@ def plan_episodes(
         suites: suite names, in order.
         task_ids: task subset applied to every suite, or None for all tasks.
         trials: trials per task.
-        catalog: provides ``task_count(suite)`` and ``task_instruction(suite, task_id)``
-            (``stamo_vla.libero.env`` by default).
+        catalog: provides ``task_count(suite)`` and ``task_instruction(suite, task_id)``, and optionally
+            ``check_task_ready(suite, task_id, trials)`` (raises when the installed benchmark lacks the task's
+            files) and ``base_task_id(suite, task_id)`` (``stamo_vla.libero.env`` by default, which has all four).
     """
+    check_ready = getattr(catalog, "check_task_ready", None)
+    base_task_of = getattr(catalog, "base_task_id", None)
     episodes = []
     for suite in suites:
         count = catalog.task_count(suite)
@@ -113,8 +117,11 @@ def plan_episodes(
         if bad:
             raise ValueError(f"task_ids={list(task_ids)}: {suite} has tasks 0..{count - 1}, got {bad}")
         for task_id in ids:
+            if check_ready is not None:
+                check_ready(suite, task_id, trials)
             instruction = catalog.task_instruction(suite, task_id)
-            episodes += [PlannedEpisode(suite, task_id, i, instruction) for i in range(trials)]
+            base = base_task_of(suite, task_id) if base_task_of is not None else None
+            episodes += [PlannedEpisode(suite, task_id, i, instruction, base) for i in range(trials)]
     return episodes
 
 
@@ -285,8 +292,10 @@ def _run_shard(
 
                 policy = ScriptedOraclePolicy(pool)
             for suite in dict.fromkeys(e.suite for e in todo):
-                # per-suite action statistics (unnorm_key), for policies that have them
-                key = policy.set_suite(suite) if hasattr(policy, "set_suite") else None
+                # per-suite action statistics (unnorm_key), for policies that have them; a perturbed suite
+                # (LIBERO-PRO) is acted on with the statistics of the suite it perturbs
+                base = resolve_suite(suite).base_suite
+                key = policy.set_suite(base) if hasattr(policy, "set_suite") else None
                 if key is not None:
                     print(f"[LIBERO eval] {suite}: unnorm_key={key!r}", file=sys.stderr)
                 settings = RolloutSettings(

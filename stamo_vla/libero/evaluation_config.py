@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from stamo_vla.configs import check_choice, check_positive_int
-from stamo_vla.libero.env import SUITE_MAX_STEPS
+from stamo_vla.libero.suites import SUITE_MAX_STEPS, resolve_suite
 from stamo_vla.provenance import LEGACY_FILE, PROVENANCE_NAME, read_provenance
 
 POLICY_TYPES = ("openvla", "scripted")
@@ -55,7 +55,8 @@ class EvalConfig:
     # flow-matching steps of those decodes (None: the checkpoint's default)
     future_video_sample_steps: int | None = 4
 
-    # suites to run, in order: libero_spatial, libero_object, libero_goal, libero_10, libero_90
+    # suites to run, in order: libero_spatial, libero_object, libero_goal, libero_10, libero_90, or any suite the
+    # installed benchmark registers that perturbs one of them (LIBERO-PRO: libero_spatial_swap, libero_goal_lan, ...)
     suites: list[str] = dataclasses.field(default_factory=lambda: ["libero_spatial"])
     # subset of task ids, applied to every suite (None = all tasks of the suite)
     task_ids: list[int] | None = None
@@ -65,7 +66,8 @@ class EvalConfig:
     seed: int = 7
     # steps of the dummy action at episode start while objects settle (upstream: 10)
     num_steps_wait: int = 10
-    # policy-step budget per episode; None = the suite's upstream value (220/280/300/520/400)
+    # policy-step budget per episode; None = the suite's upstream value (220/280/300/520/400; a perturbed suite
+    # gets the value of the suite it perturbs)
     max_steps: int | None = None
     # center crop keeping 90 percent of the policy image's area; None = crop exactly when the checkpoint records
     # that training used image augmentation (trained_with_image_aug in the adapter's provenance.json, or in the
@@ -108,7 +110,8 @@ class EvalConfig:
         if not self.suites:
             raise ValueError(f"suites is empty; pass one or more of {list(valid)}")
         for suite in self.suites:
-            check_choice("suites", suite, valid)
+            if suite not in valid:
+                check_benchmark_suite(suite)
         if len(set(self.suites)) != len(self.suites):
             raise ValueError(f"suites={self.suites} lists a suite twice; list each suite once")
         if self.task_ids is not None and (not self.task_ids or min(self.task_ids) < 0):
@@ -174,7 +177,7 @@ class EvalConfig:
 
     def max_steps_for(self, suite: str) -> int:
         """The policy-step budget for `suite`: the override, else the upstream per-suite value."""
-        return self.max_steps if self.max_steps is not None else SUITE_MAX_STEPS[suite]
+        return self.max_steps if self.max_steps is not None else resolve_suite(suite).max_steps
 
     def check_paths(self) -> None:
         """Raise a clear error for a missing checkpoint / adapter directory (done at run time, not parse time)."""
@@ -187,6 +190,24 @@ class EvalConfig:
             )
         if self.adapter_dir is not None and not Path(self.adapter_dir).is_dir():
             raise FileNotFoundError(f"adapter_dir={self.adapter_dir!r} is not a directory")
+
+
+def check_benchmark_suite(suite: str) -> None:
+    """Raise ValueError unless the installed benchmark registers `suite` as a perturbation of a base suite.
+
+    Imports the benchmark's task registry (no simulator, no renderer); only names outside the five base suites
+    get here.
+    """
+    from stamo_vla.libero.env import check_suite
+    from stamo_vla.optional import MissingDependencyError
+
+    try:
+        check_suite(suite, field="suites")
+    except MissingDependencyError as err:
+        raise ValueError(
+            f"suites: {suite!r} is none of the base suites {list(standard_suites())}, and the LIBERO benchmark "
+            f"that would define it is not installed ({err})"
+        ) from err
 
 
 def recorded_image_aug(directory: str | None) -> bool | None:

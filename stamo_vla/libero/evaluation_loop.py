@@ -30,12 +30,13 @@ CAMERA_KEY = "agentview_image"
 
 @dataclasses.dataclass(frozen=True)
 class PlannedEpisode:
-    """One episode to run: the benchmark key plus its instruction."""
+    """One episode to run: the benchmark key plus its instruction (and the base task it perturbs, if known)."""
 
     suite: str
     task_id: int
     init_index: int
     instruction: str
+    base_task_id: int | None = None
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -148,6 +149,7 @@ def _finish(
         rank=settings.rank,
         error=error,
         video=video,
+        base_task_id=ep.base_task_id,
     )
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from stamo_vla import fileio
+from stamo_vla.libero.suites import BASE_FAMILY, resolve_suite
 
 RESULTS_DIR = "results"
 SUMMARY_JSON = "summary.json"
@@ -75,6 +76,9 @@ class EpisodeRecord:
         error: a worker crash, step error or non-finite action; such episodes are counted apart (``errors``)
             and left out of the success rate, which covers only episodes that ran to their end.
         video: path of the rollout video relative to the output dir, when one was written.
+        base_suite: the suite that `suite` perturbs (`suite` itself for a base suite).
+        family: the perturbation family of `suite` ("none" for a base suite; see `stamo_vla.libero.suites`).
+        base_task_id: the task of `base_suite` this task perturbs (matched by name), when one matches.
     """
 
     suite: str
@@ -87,6 +91,19 @@ class EpisodeRecord:
     rank: int = 0
     error: str | None = None
     video: str | None = None
+    base_suite: str | None = None
+    family: str | None = None
+    base_task_id: int | None = None
+
+    def __post_init__(self) -> None:
+        # records written before suites had families, and hand-made ones, get them from the suite name
+        if self.base_suite is None or self.family is None:
+            try:
+                info = resolve_suite(self.suite)
+            except ValueError:
+                return
+            self.base_suite = self.base_suite or info.base_suite
+            self.family = self.family or info.family
 
     @property
     def key(self) -> EpisodeKey:
@@ -228,18 +245,39 @@ def summarize(
         tasks = {}
         for task_id in sorted({r.task_id for r in in_suite}):
             in_task = [r for r in in_suite if r.task_id == task_id]
-            tasks[str(task_id)] = {"instruction": in_task[0].instruction, **_rate(in_task)}
-        suites[suite] = {**_rate(in_suite), "tasks": tasks}
+            tasks[str(task_id)] = {
+                "instruction": in_task[0].instruction,
+                "base_task_id": in_task[0].base_task_id,
+                **_rate(in_task),
+            }
+        first = in_suite[0]
+        suites[suite] = {
+            "base_suite": first.base_suite,
+            "family": first.family,
+            **_rate(in_suite),
+            "tasks": tasks,
+        }
 
     suite_rates = [s["success_rate"] for s in suites.values()]
     return {
         "overall": _rate(ordered),
         "suite_average": sum(suite_rates) / len(suite_rates) if suite_rates else 0.0,
         "suites": suites,
+        "families": _families(ordered),
         "expected_episodes": len(expected_set) if expected_set is not None else len(ordered),
         "missing_episodes": len(expected_set - set(unique)) if expected_set is not None else 0,
         "episode_wall_time_s": sum(r.wall_time_s for r in ordered),
     }
+
+
+def _families(records: list[EpisodeRecord]) -> dict[str, Any]:
+    """Success per perturbation family over all its suites ("none", the base suites, first), each with its suites."""
+    families: dict[str, Any] = {}
+    names = {r.family or BASE_FAMILY for r in records}
+    for family in sorted(names, key=lambda f: (f != BASE_FAMILY, f)):
+        in_family = [r for r in records if (r.family or BASE_FAMILY) == family]
+        families[family] = {**_rate(in_family), "suites": sorted({r.suite for r in in_family})}
+    return families
 
 
 def _pct(row: dict[str, Any]) -> str:
@@ -254,7 +292,10 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     """Render `summarize` output as markdown: one table per suite, then a suite/overall table."""
     lines = ["# LIBERO evaluation", ""]
     for suite, s in summary["suites"].items():
-        lines += [f"## {suite}", "", "| task | instruction | success | rate % | 95% CI % | mean steps |"]
+        lines += [f"## {suite}", ""]
+        if s.get("family", BASE_FAMILY) not in (BASE_FAMILY, None):
+            lines += [f"Perturbation family `{s['family']}` of {s['base_suite']}.", ""]
+        lines += ["| task | instruction | success | rate % | 95% CI % | mean steps |"]
         lines += ["|---:|---|---:|---:|---|---:|"]
         for task_id, t in s["tasks"].items():
             lines.append(
@@ -273,6 +314,20 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     o = summary["overall"]
     lines.append(f"| **all** | {o['successes']}/{o['episodes']} | {_pct(o)} | {_ci(o)} | {o['errors']} |")
     lines += ["", f"Suite average: {100 * summary['suite_average']:.1f}%."]
+    families = summary.get("families", {})
+    if set(families) - {BASE_FAMILY}:
+        lines += [
+            "",
+            "## Perturbation families",
+            "",
+            "| family | suites | success | rate % | 95% CI % | errors |",
+        ]
+        lines += ["|---|---|---:|---:|---|---:|"]
+        for family, f in families.items():
+            lines.append(
+                f"| {family} | {', '.join(f['suites'])} | {f['successes']}/{f['episodes']} | {_pct(f)} "
+                f"| {_ci(f)} | {f['errors']} |"
+            )
     if summary["missing_episodes"]:
         lines.append(
             f"**Incomplete:** {summary['missing_episodes']} of {summary['expected_episodes']} planned "

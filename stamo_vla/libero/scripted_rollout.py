@@ -13,8 +13,9 @@ import numpy as np
 
 from stamo_vla.configs import check_positive_int
 from stamo_vla.data.spec import IMAGE_SIZE
-from stamo_vla.libero.env import NUM_STEPS_WAIT, SUITE_MAX_STEPS, check_task, init_states, task_count
+from stamo_vla.libero.env import NUM_STEPS_WAIT, check_task, init_states, task_count
 from stamo_vla.libero.protocol import flip_image, lanczos_resize, proprio_from_obs
+from stamo_vla.libero.suites import resolve_suite
 from stamo_vla.libero.workers import INIT_DISTANCE_KEY, EnvWorkerPool, EpisodeSpec, WorkerCrashed
 
 # upstream regenerate_libero_dataset.py: an action is a no-op below this arm-command norm
@@ -189,7 +190,7 @@ def controller_report(
     ]
     queue = iter(jobs)
     results: dict[int, list[EpisodeResult]] = {t: [] for t in ids}
-    budget = max_steps or SUITE_MAX_STEPS[suite]
+    budget = max_steps or resolve_suite(suite).max_steps
     with (
         EnvWorkerPool(
             workers, scripted=True, camera_obs=cameras, controller_config={"noise_std": noise_std}

@@ -32,8 +32,9 @@ from typing import Any
 import numpy as np
 
 from stamo_vla.configs import check_positive_int
-from stamo_vla.libero.env import CAMERA_OBS_SUFFIX, SUITE_MAX_STEPS
+from stamo_vla.libero.env import CAMERA_OBS_SUFFIX
 from stamo_vla.libero.scripted import ScriptedController, ScriptedControllerConfig
+from stamo_vla.libero.suites import resolve_suite
 
 # module that provides make_env(suite, task_id, resolution=, camera_obs=) and init_states(suite, task_id)
 DEFAULT_ENV_MODULE = "stamo_vla.libero.env"
@@ -60,10 +61,10 @@ class EpisodeSpec:
     placement_seed: int | None = None  # None: the fixed init state; an int: a fresh placement with this seed
 
     def __post_init__(self):
-        if self.suite not in SUITE_MAX_STEPS:
-            raise ValueError(
-                f"EpisodeSpec.suite={self.suite!r} is not valid; allowed: {list(SUITE_MAX_STEPS)}"
-            )
+        try:
+            resolve_suite(self.suite)
+        except ValueError as err:
+            raise ValueError(f"EpisodeSpec.suite: {err}") from None
         names = ("task_id", "init_index", "noise_seed") + (
             ("placement_seed",) if self.placement_seed is not None else ()
         )

@@ -18,7 +18,7 @@ def test_suite_and_task_metadata():
 
 
 def test_unknown_suite_and_task_list_valid_ones():
-    with pytest.raises(ValueError, match=r"valid suites: \['libero_spatial'"):
+    with pytest.raises(ValueError, match=r"Did you mean 'libero_spatial' or .* allowed: \['libero_10'"):
         E.task_count("libero_spatail")
     with pytest.raises(ValueError, match=r"task_id=10 .* valid task ids: 0\.\.9"):
         E.make_env("libero_spatial", 10)

@@ -398,3 +398,49 @@ def test_summarize_run_rebuilds_the_merge_from_disk(tmp_path):
     (tmp_path / "s" / "summary.json").unlink()
     assert summarize_run(cfg.output_dir, catalog=CATALOG) == summary
     assert json.loads((tmp_path / "s" / "summary.json").read_text()) == summary
+
+
+class SuiteAwarePolicy(FakePolicy):
+    def __init__(self):
+        super().__init__()
+        self.suites = []
+
+    def set_suite(self, suite):
+        self.suites.append(suite)
+        return f"{suite}_no_noops"
+
+
+def test_perturbed_suites_run_on_their_base_suites_budget_and_statistics(tmp_path):
+    pytest.importorskip("libero")  # the LIBERO-PRO suite names come from the installed benchmark
+    checked = []
+    catalog = types.SimpleNamespace(
+        task_count=lambda suite: 3,
+        task_instruction=lambda suite, t: f"{suite} task {t}",
+        base_task_id=lambda suite, t: 2 - t if suite.endswith("_with_milk") else t,
+        check_task_ready=lambda suite, t, n: checked.append((suite, t, n)),
+    )
+    cfg = _cfg(
+        tmp_path,
+        policy="openvla",
+        suites=["libero_spatial_swap", "libero_spatial_with_milk"],
+        task_ids=[0, 1],
+    )
+    cfg.max_steps = None  # each suite's own budget: the 220 steps of libero_spatial
+    policy = SuiteAwarePolicy()
+    summary = evaluate(cfg, pool_factory=lambda n: FakePool(n), policy=policy, catalog=catalog)
+    assert policy.suites == [
+        "libero_spatial",
+        "libero_spatial",
+    ]  # un-normalized with the base suite's statistics
+    assert checked == [(s, t, 4) for s in cfg.suites for t in (0, 1)]
+    lines = [json.loads(x) for x in (tmp_path / "run" / "results" / "rank0.jsonl").read_text().splitlines()]
+    assert len(lines) == 16
+    for rec in lines:
+        family = "swap" if rec["suite"] == "libero_spatial_swap" else "distractor"
+        assert (rec["base_suite"], rec["family"]) == ("libero_spatial", family)
+        assert rec["base_task_id"] == (rec["task_id"] if family == "swap" else 2 - rec["task_id"])
+        assert rec["instruction"] == f"{rec['suite']} task {rec['task_id']}"
+    # task 0 init 0 never succeeds (speed 0): it runs the full 220-step budget of libero_spatial
+    assert max(r["steps"] for r in lines) == 220
+    assert set(summary["families"]) == {"swap", "distractor"}
+    assert summary["suites"]["libero_spatial_with_milk"]["tasks"]["1"]["base_task_id"] == 1

@@ -163,7 +163,9 @@ def test_bad_inputs_raise_value_errors(pool):
         pool.step({0: np.zeros(6)})
     with pytest.raises(RuntimeError, match="scripted=True"):
         pool.scripted_actions([0])
-    with pytest.raises(ValueError, match="allowed"):
+    with pytest.raises(
+        ValueError, match="EpisodeSpec.suite: suite='libero_nope' perturbs none of the base suites"
+    ):
         EpisodeSpec("libero_nope", 0, 0)
     with pytest.raises(ValueError, match="non-negative"):
         EpisodeSpec("libero_spatial", -1, 0)
