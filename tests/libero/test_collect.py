@@ -179,6 +179,19 @@ def test_collect_config_defaults_and_validation():
         C.CollectConfig(data_root_dir="x", num_workers=0)
 
 
+def test_collect_config_takes_libero_pro_suites_with_their_base_budget():
+    pytest.importorskip("libero")
+    cfg = C.CollectConfig(data_root_dir="x", suite="libero_spatial_swap")
+    assert (cfg.dataset_name, cfg.step_budget) == ("libero_spatial_swap_no_noops", 220)
+    assert C.CollectConfig(data_root_dir="x", suite="libero_10_lan").step_budget == 520
+    with pytest.raises(
+        ValueError, match=r"suite='libero_spatial_swapp' is not valid; .*Did you mean 'libero_spatial_swap'"
+    ):
+        C.CollectConfig(data_root_dir="x", suite="libero_spatial_swapp")
+    with pytest.raises(ValueError, match=r"suite='libero_goal_lang' is not valid"):
+        C.ControllerReportConfig(suite="libero_goal_lang")
+
+
 @pytest.mark.sim
 @pytest.mark.slow
 def test_collect_one_episode_writes_the_modified_libero_rlds_spec(tmp_path):

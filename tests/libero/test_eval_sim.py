@@ -150,3 +150,35 @@ def test_rendering_only_the_steps_the_policy_reads_gives_the_same_frames_and_rol
         for x, y in zip(a, b):
             np.testing.assert_array_equal(x, y)
     assert not np.array_equal(seen["all"][0][0], seen["all"][1][0])  # the arm moved between the queries
+
+
+def test_scripted_oracle_on_a_libero_pro_suite_records_its_family(tmp_path):
+    """One episode of the position-swap perturbation of libero_spatial: the oracle reads the perturbed scene and
+    succeeds inside the base suite's 220-step budget, and the JSONL record names the suite, base and family."""
+    cfg = EvalConfig(
+        policy="scripted",
+        suites=["libero_spatial_swap"],
+        task_ids=[0],
+        num_trials_per_task=1,
+        num_workers=1,
+        env_resolution=64,  # the oracle reads no pixels; small frames keep the test short
+        center_crop=False,
+        video="none",
+        progress=False,
+        output_dir=str(tmp_path),
+    )
+    summary = evaluate(cfg)
+    (line,) = (tmp_path / "results" / "rank0.jsonl").read_text().splitlines()
+    record = json.loads(line)
+    assert (record["suite"], record["base_suite"], record["family"], record["base_task_id"]) == (
+        "libero_spatial_swap",
+        "libero_spatial",
+        "swap",
+        0,
+    )
+    assert record["success"] and record["error"] is None and 0 < record["steps"] < 220, record
+    assert (
+        record["instruction"]
+        == "pick up the black bowl between the plate and the ramekin and place it on the plate"
+    )
+    assert summary["families"]["swap"]["successes"] == 1
