@@ -46,7 +46,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "stamo_vla.data.convert",
         "convert a dataset between RLDS and LeRobotDataset v3.0, both ways",
     ),
-    "cache-targets": ("stamo_vla.data.target_cache", "encode every frame once with a frozen StaMo encoder"),
+    "cache-targets": (
+        "stamo_vla.adapter.cache_targets",
+        "encode every frame once with the frozen encoder of an auxiliary target",
+    ),
     "label-latent-actions": (
         "stamo_vla.data.pseudo_labels",
         "write latent motions for action-free episodes",

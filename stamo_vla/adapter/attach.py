@@ -9,11 +9,13 @@ image augmentation; `stamo_vla.provenance`) and ``dataset_statistics.json`` (act
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -25,9 +27,9 @@ from stamo_vla.adapter.heads import StateHead
 from stamo_vla.adapter.lora import lora_config
 from stamo_vla.adapter.modeling_adapter import StaMoAdapterModel, base_model_of, hidden_size_of
 from stamo_vla.data.statistics import load_dataset_statistics
+from stamo_vla.data.target_cache import target_facts
 from stamo_vla.fileio import atomic_dir, check_replaceable, safetensors_problem, write_json_atomic
 from stamo_vla.provenance import PROVENANCE_NAME, Provenance, read_provenance, write_provenance
-from stamo_vla.stamo import fingerprint
 
 HEAD_WEIGHTS = "stamo_head.safetensors"
 STATISTICS = "dataset_statistics.json"
@@ -94,6 +96,28 @@ def _build_head(model: nn.Module, cfg: StaMoAdapterConfig) -> StateHead | None:
     )
 
 
+def init_seed(seed: int, part: str) -> int:
+    """The seed of one initialization (`part`: "lora", "target_head", "action_head") derived from the run seed."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{part}".encode()).digest()[:8], "big") % 2**63
+
+
+@contextlib.contextmanager
+def seeded_init(seed: int | None, part: str) -> Iterator[None]:
+    """Draw the weights built inside from their own generator, seeded by (`seed`, `part`) alone: the global
+    torch RNG is restored afterwards, so whatever was built before (a target encoder) cannot shift them and they
+    shift nothing after. ``seed=None`` draws from the global RNG as it stands."""
+    if seed is None:
+        yield
+        return
+    import torch
+
+    with torch.random.fork_rng(
+        devices=range(torch.cuda.device_count()) if torch.cuda.is_initialized() else []
+    ):
+        torch.manual_seed(init_seed(seed, part))
+        yield
+
+
 def _describe_trainable(model: StaMoAdapterModel) -> str:
     total = sum(p.numel() for p in model.parameters())
     lora = sum(p.numel() for n, p in model.vla.named_parameters() if p.requires_grad)
@@ -110,8 +134,9 @@ def attach(
     stamo_encoder: nn.Module | None = None,
     stamo_decoder: nn.Module | None = None,
     provenance: Provenance | None = None,
+    seed: int | None = None,
 ) -> StaMoAdapterModel:
-    """Freeze `vla`, add LoRA through peft and the StaMo head; return the trainable model.
+    """Freeze `vla`, add LoRA through peft and the target head; return the trainable model.
 
     Args:
         vla: a transformers causal VLA whose forward accepts ``input_ids, attention_mask, pixel_values`` and
@@ -119,28 +144,35 @@ def attach(
             with peft's ``prepare_model_for_kbit_training`` first.
         cfg: adapter config; not modified. The model's own copy (``model.config``) takes ``num_state_tokens`` /
             ``state_dim`` from `stamo_encoder` when given.
-        stamo_encoder: frozen StaMo encoder for on-the-fly targets (not needed with a target cache).
+        stamo_encoder: the target's frozen per-frame encoder for on-the-fly targets: a StaMo encoder, or one of
+            `stamo_vla.adapter.target_encoders` (not needed with a target cache).
         stamo_decoder: frozen StaMo decoder for the optional decoder loss and for decoding predictions.
         provenance: facts to record with the adapter (e.g. ``trained_with_image_aug``); not modified. The model's
             own record (``model.provenance``, saved as provenance.json) adds the base signature and, when
             `stamo_encoder` is given, its fingerprint.
+        seed: the run seed. When given, the LoRA weights, the target head and the action head's extra modules
+            are each drawn from their own generator derived from it (`seeded_init`), so runs with the same seed
+            start from the same weights wherever their shapes agree, whatever target encoder was loaded first.
     """
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     cfg = dataclasses.replace(cfg)
     record = dataclasses.replace(provenance or Provenance(), base_model=base_signature(vla))
     if stamo_encoder is not None:
-        ecfg = stamo_encoder.config
-        cfg.num_state_tokens, cfg.state_dim = int(ecfg.num_state_tokens), int(ecfg.state_dim)
-        record.stamo_fingerprint = fingerprint(stamo_encoder)
+        facts = target_facts(stamo_encoder)
+        cfg.num_state_tokens, cfg.state_dim = int(facts["num_state_tokens"]), int(facts["state_dim"])
+        record.stamo_fingerprint = facts["encoder_fingerprint"]
     if getattr(vla, "is_loaded_in_4bit", False) or getattr(vla, "is_loaded_in_8bit", False):
         vla = prepare_model_for_kbit_training(vla)
     vla.requires_grad_(False)
-    peft_model = get_peft_model(vla, lora_config(vla, cfg))
-    head = _build_head(vla, cfg)
+    with seeded_init(seed, "lora"):
+        peft_model = get_peft_model(vla, lora_config(vla, cfg))
+    with seeded_init(seed, "target_head"):
+        head = _build_head(vla, cfg)
     if head is not None:
         head.to(next(vla.parameters()).device)
-    model = cfg.action_head.build_model(peft_model, vla, cfg, head)
+    with seeded_init(seed, "action_head"):
+        model = cfg.action_head.build_model(peft_model, vla, cfg, head)
     model.set_stamo(stamo_encoder, stamo_decoder)
     model.provenance = record
     if int(os.environ.get("RANK", "0")) == 0:  # one parameter summary per run, not one per process
@@ -224,7 +256,7 @@ def _load_head(model_for_size: nn.Module, cfg: StaMoAdapterConfig, directory: Pa
     path = directory / HEAD_WEIGHTS
     if not path.is_file():
         raise FileNotFoundError(f"{directory} has target={cfg.target!r} but no {HEAD_WEIGHTS}")
-    head.load_state_dict(load_file(str(path)))
+    head.load_weights(load_file(str(path)))
     return head.to(next(model_for_size.parameters()).device)
 
 

@@ -9,11 +9,13 @@ from pathlib import Path
 import draccus
 
 from stamo_vla.adapter.action_heads import ActionHeadConfig, TokenActionHead, upgrade_legacy_action_head
+from stamo_vla.adapter.targets import get_target, target_names
 from stamo_vla.configs import check_choice, check_positive_int
 from stamo_vla.fileio import read_json, write_json_atomic
 from stamo_vla.provenance import Provenance
 
-TARGETS = ("state", "motion", "none")
+TARGETS = target_names()
+TARGET_NORMS = ("dataset", "none")
 READOUTS = ("action_query", "mean_vision")
 LORA_TARGET_PRESETS = ("openvla-upstream", "all-linear")
 # fields of older adapter configs that are no longer read here: the StaMo checkpoint path is the run's, not the
@@ -32,8 +34,24 @@ class StaMoAdapterConfig:
     ``provenance.json`` beside this config (`stamo_vla.provenance`).
     """
 
-    # What the head predicts: "state" = s_{t+h}, "motion" = s_{t+h} - s_t, "none" = plain LoRA baseline (no head).
+    # What the head predicts (`stamo_vla.adapter.targets`): "state" = StaMo state s_{t+h}; "motion" = s_{t+h} - s_t;
+    # "features" = the frozen policy vision backbone's patch features of frame t+h, average-pooled per tower to a
+    # feature_grid x feature_grid map (the paper's DINOv2-feature control); "untrained" = the state of frame t+h
+    # from the StaMo encoder architecture with random compressor weights drawn from target_seed (a control: is any
+    # compact target enough?); "none" = plain LoRA baseline (no head).
     target: str = "motion"
+    # How targets are scaled before the loss: "dataset" = per-dimension (x - mean) / std with the mean and std of
+    # the target over the training data (from the target cache, or estimated from the first batches when targets
+    # are computed on the fly), stored with the head, so one lambda_future means the same pull for every target;
+    # the head predicts standardized targets and un-standardizes its outputs. "none" = raw targets (adapters
+    # saved before standardization load with their head's mean 0 / std 1, i.e. raw).
+    target_norm: str = "dataset"
+    # Seed of the random compressor weights of target="untrained" (recorded in the target cache manifest through
+    # the encoder fingerprint; every run with the same seed regresses the same random target).
+    target_seed: int = 0
+    # target="features": side of the grid the backbone's patch features are average-pooled to (1 = one pooled
+    # vector per tower; the paper's row uses the dense map, 2 keeps its spatial layout at 4 tokens).
+    feature_grid: int = 2
     # Horizon h in environment steps between the current frame and the future frame (1 = next step).
     horizon: int = 1
     # Where the head reads the backbone: "action_query" = last-layer hidden state at the position that predicts
@@ -44,7 +62,8 @@ class StaMoAdapterConfig:
     head_depth: int = 2
     # Width of the head's hidden layers.
     head_width: int = 1024
-    # Shape of one StaMo state: number of tokens and token dim. Filled from the StaMo encoder when attached.
+    # Shape of one target (N tokens x D dims; a StaMo state is 2 x 1024). Filled from the target encoder or the
+    # target cache when attached.
     num_state_tokens: int = 2
     state_dim: int = 1024
     # Weight of the action loss (token cross-entropy, or L1 for the continuous head).
@@ -74,25 +93,44 @@ class StaMoAdapterConfig:
 
     def __post_init__(self) -> None:
         check_choice("target", self.target, TARGETS)
+        check_choice("target_norm", self.target_norm, TARGET_NORMS)
         check_choice("readout", self.readout, READOUTS)
         check_choice("lora_init", self.lora_init, ("gaussian", "default"))
         if isinstance(self.lora_target_modules, str):
             check_choice("lora_target_modules", self.lora_target_modules, LORA_TARGET_PRESETS)
         elif not self.lora_target_modules:
             raise ValueError("lora_target_modules=[] is empty; give a preset name or module-name suffixes")
-        for name in ("horizon", "head_depth", "head_width", "num_state_tokens", "state_dim", "lora_rank"):
+        if self.target_seed < 0:
+            raise ValueError(f"target_seed={self.target_seed!r} must be >= 0")
+        for name in (
+            "horizon",
+            "head_depth",
+            "head_width",
+            "num_state_tokens",
+            "state_dim",
+            "lora_rank",
+            "feature_grid",
+        ):
             check_positive_int(name, getattr(self, name))
         for name in ("lambda_action", "lambda_future", "lambda_decoder", "lora_dropout"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0")
         if self.lora_alpha is not None and self.lora_alpha <= 0:
             raise ValueError(f"lora_alpha={self.lora_alpha!r} must be positive (or None for min(rank, 16))")
-        if self.lambda_decoder > 0 and self.target == "none":
-            raise ValueError("lambda_decoder > 0 needs a head: set target to 'state' or 'motion'")
+        if self.lambda_decoder > 0 and not get_target(self.target).in_state_space:
+            raise ValueError(
+                f"lambda_decoder > 0 decodes predicted StaMo states; target={self.target!r} does not predict them: "
+                "set target to 'state' or 'motion'"
+            )
+
+    @property
+    def target_spec(self):
+        """The registered `stamo_vla.adapter.targets.TargetSpec` of `target`."""
+        return get_target(self.target)
 
     @property
     def has_head(self) -> bool:
-        return self.target != "none"
+        return self.target_spec.has_head
 
     @property
     def effective_lora_alpha(self) -> int:

@@ -1,4 +1,4 @@
-"""Prediction heads that read a backbone hidden state and predict a StaMo state (or motion)."""
+"""Prediction heads that read a backbone hidden state and predict an auxiliary target (StaMo state, motion, ...)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,13 @@ from torch import nn
 class StateHead(nn.Module):
     """LayerNorm -> (Linear -> GELU) x (depth - 1) -> Linear, reshaped to (B, num_tokens, token_dim).
 
-    The paper attaches "a lightweight MLP head" to the autoregressive backbone; this is that head.
+    The paper attaches "a lightweight MLP head" to the autoregressive backbone; this is that head. It predicts
+    the *standardized* target, ``(target - target_mean) / target_std`` per dimension; `unstandardize` maps its
+    outputs back. The statistics are buffers saved with the head weights; a head saved without them (older
+    adapters) loads with mean 0 and std 1, i.e. raw targets as before.
     """
+
+    STATISTICS = ("target_mean", "target_std")
 
     def __init__(self, hidden_size: int, num_tokens: int, token_dim: int, depth: int = 2, width: int = 1024):
         super().__init__()
@@ -22,6 +27,40 @@ class StateHead(nn.Module):
             in_dim = width
         layers.append(nn.Linear(in_dim, num_tokens * token_dim))
         self.mlp = nn.Sequential(*layers)
+        self.register_buffer("target_mean", torch.zeros(num_tokens, token_dim))
+        self.register_buffer("target_std", torch.ones(num_tokens, token_dim))
+
+    @torch.no_grad()
+    def set_target_statistics(self, mean, std, min_std: float = 1e-6) -> None:
+        """Standardize targets with this per-dimension `mean` and `std` ((N, D) arrays or tensors).
+
+        Raises:
+            ValueError: wrong shape or non-finite values (naming which).
+        """
+        for name, value, buffer in (("mean", mean, self.target_mean), ("std", std, self.target_std)):
+            value = torch.as_tensor(value, dtype=torch.float32)
+            if tuple(value.shape) != tuple(buffer.shape):
+                raise ValueError(
+                    f"target {name} has shape {tuple(value.shape)}; the head predicts {tuple(buffer.shape)}"
+                )
+            if not bool(torch.isfinite(value).all()):
+                raise ValueError(f"target {name} holds non-finite values; rebuild the target cache")
+            if name == "std":
+                value = value.clamp_min(min_std)  # a constant dimension standardizes to 0, never to inf
+            buffer.copy_(value.to(buffer.device))
+
+    def standardize(self, target: torch.Tensor) -> torch.Tensor:
+        return (target.float() - self.target_mean) / self.target_std
+
+    def unstandardize(self, pred: torch.Tensor) -> torch.Tensor:
+        return pred.float() * self.target_std + self.target_mean
+
+    def load_weights(self, state: dict[str, torch.Tensor]) -> None:
+        """Load saved head weights; statistics missing from an older file stay mean 0 / std 1."""
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        problems = [k for k in missing if k not in self.STATISTICS] + list(unexpected)
+        if problems:
+            self.load_state_dict(state)  # strict: raises with torch's message naming every key
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """features: (B, hidden_size) -> (B, num_tokens, token_dim)."""

@@ -87,22 +87,25 @@ class StaMoAdapterModel(nn.Module):
     def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
         if self.encoder is None:
             raise ValueError(
-                "the batch has no cached StaMo targets ('future_state') and no StaMo encoder is attached. "
-                "Build the target cache (`stamo-vla cache-targets`) or pass the encoder to attach(..., stamo_encoder=...)."
+                f"the batch has no cached targets ('future_state') and no target encoder is attached "
+                f"(target={self.config.target!r}). Build the target cache (`stamo-vla cache-targets --target "
+                f"{self.config.target}`) or pass the encoder to attach(..., stamo_encoder=...)."
             )
         return self.encoder.encode(pixels).float()
 
     def targets(self, batch: dict) -> torch.Tensor:
-        """The head's regression target for this batch, (B, N, D)."""
+        """The head's regression target for this batch, (B, N, D), in raw (un-standardized) units: f(t+h), or
+        f(t+h) - f(t) for a difference target, of the target's frozen per-frame encoder f."""
         future = batch.get(K.FUTURE_STATE)
         if future is None:
             future = self._encode(batch[K.FUTURE_STAMO_PIXELS])
-        if self.config.target == "state":
+        if not self.config.target_spec.difference:
             return future.float()
+        return (future - self._current(batch)).float()
+
+    def _current(self, batch: dict) -> torch.Tensor:
         current = batch.get(K.STATE)
-        if current is None:
-            current = self._encode(batch[K.STAMO_PIXELS])
-        return (future - current).float()
+        return self._encode(batch[K.STAMO_PIXELS]) if current is None else current
 
     # ------------------------------------------------------------------ forward
     def _readout(self, hidden: torch.Tensor, batch: dict, offset: int) -> torch.Tensor:
@@ -137,10 +140,11 @@ class StaMoAdapterModel(nn.Module):
         return loss, metrics
 
     def future_terms(self, readout: torch.Tensor, batch: dict, metrics: dict[str, float]) -> torch.Tensor:
-        """lambda_future * (MSE + L1) of the head's prediction from `readout` (B, H), plus the optional decoder
-        loss; their metrics are added to `metrics`."""
+        """lambda_future * (MSE + L1) between the head's prediction from `readout` (B, H) and the standardized
+        target, plus the optional decoder loss; their metrics are added to `metrics`."""
         pred = self.head(readout.float())
-        loss_future, future_metrics = future_loss(pred, self.targets(batch).to(pred.device))
+        target = self.head.standardize(self.targets(batch).to(pred.device))
+        loss_future, future_metrics = future_loss(pred, target)
         metrics.update(future_metrics, loss_future=loss_future.item())
         loss = self.config.lambda_future * loss_future
         if self.config.lambda_decoder > 0:
@@ -152,10 +156,11 @@ class StaMoAdapterModel(nn.Module):
     def future_state_from(
         self, readout: torch.Tensor, current_state: torch.Tensor | None, stamo_pixels: torch.Tensor | None
     ) -> torch.Tensor:
-        """Predicted future state (B, N, D) from the readout hidden state; for target='motion' it is s_t + motion,
-        with s_t given or encoded from `stamo_pixels` by the attached frozen encoder."""
-        pred = self.head(readout.float())
-        if self.config.target != "motion":
+        """Predicted future target frame (B, N, D), un-standardized, from the readout hidden state; for
+        target='motion' it is s_t + motion, with s_t given or encoded from `stamo_pixels` by the attached frozen
+        encoder."""
+        pred = self.head.unstandardize(self.head(readout.float()))
+        if not self.config.target_spec.difference:
             return pred
         if current_state is None:
             if stamo_pixels is None:
@@ -174,12 +179,9 @@ class StaMoAdapterModel(nn.Module):
             )
         if K.FUTURE_STAMO_PIXELS not in batch:
             raise ValueError("lambda_decoder > 0 needs 'future_stamo_pixels' (the future frame) in the batch")
-        state = pred
-        if self.config.target == "motion":
-            current = batch.get(K.STATE)
-            if current is None:
-                current = self._encode(batch[K.STAMO_PIXELS])
-            state = current.to(pred.device) + pred
+        state = self.head.unstandardize(pred)
+        if self.config.target_spec.difference:
+            state = self._current(batch).to(pred.device) + state
 
         pixels = batch[K.FUTURE_STAMO_PIXELS]
         with torch.no_grad():

@@ -1,8 +1,8 @@
-"""StaMo target cache: encode every frame once with a frozen StaMo encoder, so fine-tuning runs no encoder.
+"""Target cache: encode every frame once with a frozen target encoder, so fine-tuning runs no encoder.
 
 Layout of one dataset's cache directory::
 
-    manifest.json                     encoder + dataset fingerprints, N, D, image source, format version
+    manifest.json                     target kind, encoder + dataset fingerprints, N, D, image source, version
     episodes/<key>.safetensors        "states": (T, N, D) float32 for the episode's primary-camera frames;
                                       metadata episode_id, file_path and num_steps
                                       (key = `stamo_vla.data.episodes.episode_key` of the episode's identity)
@@ -11,41 +11,51 @@ Episodes are keyed by `stamo_vla.data.episodes.episode_id` (file path + content 
 alone, which about 50 episodes of a released LIBERO dataset share; a dataset that still repeats an identity is
 refused. Caches of format_version 1 were keyed by ``file_path`` and are refused with the command that rebuilds them.
 
+The per-frame encoder is the one a target is made of (`stamo_vla.adapter.targets`): the trained StaMo encoder
+(``target_kind`` "stamo": targets state and motion share one cache), the untrained StaMo encoder
+("untrained_stamo", with its seed) or the policy's vision backbone features ("backbone_features", with its grid).
+Any encoder with ``encode(pixels) -> (B, N, D)`` fits; it describes itself with ``target_manifest()`` (a plain
+`StaMoEncoder` is "stamo"). A manifest written before the kind was recorded is read as "stamo".
+
 Frames are the stored 256x256 upright primary-camera images, un-augmented, as float [0, 1] (the encoder resizes
 and normalizes internally). Shards are written atomically one episode at a time, so an interrupted run resumes
-where it stopped; an existing shard is reused only when the manifest's fingerprints match.
+where it stopped; an existing shard is reused only when the manifest's fingerprints match. Every shard is checked
+for finite values when it is written and when it is read.
 
-A cache is refused (with what differs and the command to rebuild it) when its encoder fingerprint differs from
-the expected one or its dataset fingerprint differs from the dataset on disk (the dataset was rebuilt).
+A cache is refused (with what differs and the command to rebuild it) when its target kind or encoder fingerprint
+differs from the expected one or its dataset fingerprint differs from the dataset on disk (the dataset was
+rebuilt).
 
-Command line::
+Command line (`stamo_vla.adapter.cache_targets`)::
 
-    stamo-vla cache-targets --data_root_dir D --dataset_name N --stamo_path CKPT [--output_dir DIR] [--batch_size 32]
+    stamo-vla cache-targets --data_root_dir D --dataset_name N --target state --stamo_path CKPT [--output_dir DIR]
+    stamo-vla cache-targets --data_root_dir D --dataset_name N --target features --vla_path BASE [--output_dir DIR]
 
 Default ``--output_dir``: ``<data_root_dir>/<dataset_name>/stamo_targets`` (`default_cache_dir`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import os
-import sys
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
-from stamo_vla.configs import check_positive_int, parse_config
+from stamo_vla.configs import check_positive_int
 from stamo_vla.data.episodes import EpisodeIdentities, episode_id, episode_key
 from stamo_vla.data.sources import dataset_fingerprint, iter_episodes, resolve_dataset_dir
+from stamo_vla.data.transforms import future_indices
 from stamo_vla.fileio import atomic_path, safetensors_problem, write_json_atomic
-from stamo_vla.stamo import StaMoEncoder, fingerprint
+from stamo_vla.stamo import fingerprint
 from stamo_vla.stamo.pixels import uint8_to_pixels
 
 # 2: episodes keyed by their identity (file path + content digest); 1 keyed them by file_path alone
 FORMAT_VERSION = 2
+LEGACY_TARGET_KIND = "stamo"  # what a manifest without "target_kind" was built with
 IMAGE_SOURCE = "steps/observation/image (stored frame, upright, un-augmented, float [0, 1])"
 
 
@@ -61,8 +71,36 @@ def default_cache_dir(data_root_dir: str | os.PathLike, dataset_name: str) -> Pa
 def _rebuild_hint(cache_dir: Path, data_root_dir, dataset_name: str) -> str:
     return (
         f"Rebuild it with: stamo-vla cache-targets --data_root_dir {data_root_dir} --dataset_name {dataset_name} "
-        f"--stamo_path <encoder checkpoint> --output_dir {cache_dir} --overwrite true"
+        f"--target <adapter.target> --stamo_path <encoder checkpoint> (target features: --vla_path <base policy>) "
+        f"--output_dir {cache_dir} --overwrite true"
     )
+
+
+def target_facts(encoder) -> dict:
+    """What a cache records about the encoder that made it: ``target_kind``, ``encoder_fingerprint``,
+    ``num_state_tokens``, ``state_dim`` (and the encoder's own extras, e.g. ``target_seed``)."""
+    describe = getattr(encoder, "target_manifest", None)
+    if callable(describe):
+        return dict(describe())
+    return {
+        "target_kind": LEGACY_TARGET_KIND,
+        "encoder_fingerprint": fingerprint(encoder),
+        "num_state_tokens": int(encoder.config.num_state_tokens),
+        "state_dim": int(encoder.config.state_dim),
+    }
+
+
+def read_manifest(cache_dir: str | os.PathLike) -> dict:
+    """A cache's manifest.json (a manifest from before target kinds were recorded reads as kind "stamo")."""
+    path = Path(cache_dir) / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise StaleTargetCacheError(
+            f"{path} is not valid JSON ({err}); rebuild the cache with `stamo-vla cache-targets ... --overwrite true`"
+        ) from err
+    manifest.setdefault("target_kind", LEGACY_TARGET_KIND)
+    return manifest
 
 
 def _check_manifest(
@@ -102,8 +140,9 @@ class TargetCache:
         data_root_dir: str | os.PathLike,
         dataset_name: str,
         encoder_fingerprint: str | None = None,
+        target_kind: str | None = None,
     ) -> TargetCache:
-        """Open a cache and check it against the dataset on disk (and the encoder, when given).
+        """Open a cache and check it against the dataset on disk (and the encoder and target kind, when given).
 
         Raises:
             FileNotFoundError: no cache there (with the command that builds it).
@@ -116,11 +155,12 @@ class TargetCache:
                 f"no StaMo target cache at '{cache_dir}' (manifest.json missing). "
                 + _rebuild_hint(cache_dir, data_root_dir, dataset_name).replace("Rebuild it", "Build it")
             )
-        manifest = json.loads(manifest_path.read_text())
+        manifest = read_manifest(cache_dir)
         expected = {
             "format_version": FORMAT_VERSION,
             "dataset_name": dataset_name,
             "dataset_fingerprint": dataset_fingerprint(resolve_dataset_dir(data_root_dir, dataset_name)),
+            "target_kind": target_kind,
             "encoder_fingerprint": encoder_fingerprint,
         }
         _check_manifest(manifest, expected, cache_dir, data_root_dir, dataset_name)
@@ -156,11 +196,60 @@ class TargetCache:
                 f"cache entry {path} has {len(states)} steps but episode '{identity}' has {num_steps}; "
                 "the cache does not belong to this dataset. Rebuild it with --overwrite."
             )
+        check_finite(states, path)
         return states
 
 
+def check_finite(states: np.ndarray, path: Path | str) -> None:
+    """Raise naming the shard, the first bad step and what to do when `states` holds NaN or inf."""
+    finite = np.isfinite(states.reshape(len(states), -1)).all(axis=1)
+    if finite.all():
+        return
+    bad = np.flatnonzero(~finite)
+    raise StaleTargetCacheError(
+        f"target cache shard {path} holds non-finite values (NaN or inf) at {len(bad)} of {len(states)} steps, "
+        f"first at step {int(bad[0])}; training on them would make the loss NaN. Rerun the same "
+        "`stamo-vla cache-targets` command: it re-encodes that shard (if the encoder itself produces non-finite "
+        "values, the rerun stops naming the episode: check the encoder checkpoint)."
+    )
+
+
+def target_statistics(cache_dirs: Iterable[str | os.PathLike], horizon: int, difference: bool) -> dict:
+    """Per-dimension mean and std of a target over every episode of the caches in `cache_dirs`.
+
+    The target of step t is ``f(t+h)`` (or ``f(t+h) - f(t)`` with `difference`), with t+h clamped at the episode
+    end as in the sample stream; every step of every cached episode counts once (like upstream's action
+    statistics, computed over the whole dataset). Accumulated in float64.
+
+    Returns:
+        ``{"mean": (N, D) float32, "std": (N, D) float32, "count": steps}``.
+    """
+    from safetensors import safe_open
+
+    total = total_sq = None
+    count = 0
+    for cache_dir in cache_dirs:
+        for path in sorted((Path(cache_dir) / "episodes").glob("*.safetensors")):
+            with safe_open(str(path), framework="numpy") as f:
+                states = f.get_tensor("states")
+            check_finite(states, path)
+            targets = states[future_indices(len(states), horizon)].astype(np.float64)
+            if difference:
+                targets = targets - states.astype(np.float64)
+            total = targets.sum(0) if total is None else total + targets.sum(0)
+            total_sq = (targets**2).sum(0) if total_sq is None else total_sq + (targets**2).sum(0)
+            count += len(targets)
+    if count == 0:
+        raise FileNotFoundError(
+            f"no cached episodes under {[str(d) for d in cache_dirs]}: build the cache with `stamo-vla cache-targets`"
+        )
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    return {"mean": mean.astype(np.float32), "std": std.astype(np.float32), "count": count}
+
+
 def shard_problem(path: Path, num_steps: int) -> str | None:
-    """Why a cache shard cannot be reused (truncated, unreadable, wrong length), or None."""
+    """Why a cache shard cannot be reused (truncated, unreadable, wrong length, non-finite), or None."""
     from safetensors import safe_open
 
     problem = safetensors_problem(path)
@@ -168,10 +257,12 @@ def shard_problem(path: Path, num_steps: int) -> str | None:
         return problem
     try:
         with safe_open(str(path), framework="numpy") as f:
-            steps = f.get_slice("states").get_shape()[0]
+            states = f.get_tensor("states")
     except Exception as err:  # safetensors raises its own error types
         return f"{path} cannot be read ({err})"
-    return None if steps == num_steps else f"{path} has {steps} steps, the episode {num_steps}"
+    if len(states) != num_steps:
+        return f"{path} has {len(states)} steps, the episode {num_steps}"
+    return None if np.isfinite(states).all() else f"{path} holds non-finite values"
 
 
 def _frames_to_pixels(jpegs: list[bytes] | np.ndarray):
@@ -197,7 +288,8 @@ def build_target_cache(
     Args:
         data_root_dir: folder containing ``<dataset_name>/<version>/``.
         dataset_name: dataset to encode (all episodes, all splits).
-        encoder: a `stamo_vla.stamo.StaMoEncoder` (frozen; put in eval mode here).
+        encoder: a frozen per-frame target encoder: a `stamo_vla.stamo.StaMoEncoder`, or one of
+            `stamo_vla.adapter.target_encoders` (put in eval mode here).
         out_dir: cache directory (default `default_cache_dir`).
         batch_size: frames per encoder call.
         overwrite: start over when an existing cache does not match instead of refusing.
@@ -217,13 +309,11 @@ def build_target_cache(
         "format_version": FORMAT_VERSION,
         "dataset_name": dataset_name,
         "dataset_fingerprint": dataset_fingerprint(resolve_dataset_dir(data_root_dir, dataset_name)),
-        "encoder_fingerprint": fingerprint(encoder),
-        "num_state_tokens": int(encoder.config.num_state_tokens),
-        "state_dim": int(encoder.config.state_dim),
+        **target_facts(encoder),
         "image_source": IMAGE_SOURCE,
     }
     if (out / "manifest.json").is_file():
-        existing = json.loads((out / "manifest.json").read_text())
+        existing = read_manifest(out)
         if existing != manifest:
             if not overwrite:
                 _check_manifest(existing, manifest, out, data_root_dir, dataset_name)
@@ -249,10 +339,12 @@ def build_target_cache(
             for i in range(0, len(ep["image"]), batch_size):
                 pixels = _frames_to_pixels(ep["image"][i : i + batch_size]).to(device)
                 states.append(encoder.encode(pixels).float().cpu().numpy())
+        states = np.concatenate(states).astype(np.float32)
+        check_finite(states, f"{path} (episode '{identity}', not written)")
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             save_file(
-                {"states": np.concatenate(states).astype(np.float32)},
+                {"states": states},
                 str(tmp),
                 metadata={
                     "episode_id": identity,
@@ -261,46 +353,3 @@ def build_target_cache(
                 },
             )
     return out
-
-
-@dataclasses.dataclass
-class CacheTargetsConfig:
-    """Options of ``stamo-vla cache-targets``."""
-
-    # folder containing <dataset_name>/<version>/
-    data_root_dir: str = ""
-    # dataset to encode
-    dataset_name: str = ""
-    # StaMo encoder or autoencoder directory (save_pretrained)
-    stamo_path: str = ""
-    # cache directory (None: <data_root_dir>/<dataset_name>/stamo_targets)
-    output_dir: str | None = None
-    # frames per encoder call
-    batch_size: int = 32
-    # torch device (None: cuda when available, else cpu)
-    device: str | None = None
-    # replace a cache built with another encoder or dataset
-    overwrite: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("data_root_dir", "dataset_name", "stamo_path"):
-            if not getattr(self, name):
-                raise ValueError(f"{name} is empty; give --{name}")
-        check_positive_int("batch_size", self.batch_size)
-
-
-def main_cache_targets(argv: list[str] | None = None) -> int:
-    """``stamo-vla cache-targets``: encode a dataset's frames once with a frozen StaMo encoder."""
-    import torch
-
-    cfg = parse_config(CacheTargetsConfig, sys.argv[1:] if argv is None else argv)
-    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    encoder = StaMoEncoder.from_pretrained(cfg.stamo_path)
-    out = build_target_cache(
-        cfg.data_root_dir, cfg.dataset_name, encoder, cfg.output_dir, cfg.batch_size, cfg.overwrite, device
-    )
-    print(f"StaMo targets for '{cfg.dataset_name}' in {out}")
-    return 0
-
-
-main = main_cache_targets

@@ -26,11 +26,13 @@ import torch
 
 from stamo_vla import keys as K
 from stamo_vla.adapter import attach, load_adapter, save_adapter
+from stamo_vla.adapter.target_encoders import build_target_encoder
 from stamo_vla.configs import parse_config, save_config
 from stamo_vla.data.dataset import make_dataloader
+from stamo_vla.data.target_cache import StaleTargetCacheError, read_manifest, target_facts, target_statistics
 from stamo_vla.fileio import write_json_atomic
 from stamo_vla.provenance import read_provenance
-from stamo_vla.stamo import StaMoAutoencoder, StaMoEncoder, fingerprint
+from stamo_vla.stamo import StaMoAutoencoder, StaMoEncoder
 from stamo_vla.stamo.pixels import uint8_to_pixels
 from stamo_vla.training import resume_config
 from stamo_vla.training.checkpoint import (
@@ -53,6 +55,7 @@ BASE_MODEL_DIR = "base_model"
 ADAPTER_DIR = "adapter"
 SUPERVISION = "_supervision"  # batch entry added by FinetuneCollator, popped before the model sees the batch
 CHECK_STEPS = 10  # optimizer steps over which a run must show something to learn from
+STATISTICS_BATCHES = 16  # batches that estimate the target statistics when targets are computed on the fly
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -89,19 +92,65 @@ def load_stamo(cfg: FinetuneConfig, device) -> tuple[Any, Any]:
     return StaMoEncoder.from_pretrained(cfg.stamo_path).to(device).eval(), None
 
 
+def _cache_manifests(cfg: FinetuneConfig) -> list[dict]:
+    """Every dataset's target-cache manifest, refused when it was built for another target (its per-frame kind)."""
+    expected = cfg.adapter.target_spec.frames
+    manifests = []
+    for name in cfg.data.dataset_names:
+        cache_dir = Path(cfg.data.target_cache_dir(name))
+        if not (cache_dir / "manifest.json").is_file():
+            raise FileNotFoundError(
+                f"data.use_target_cache=true but there is no cache at {cache_dir}; build it with "
+                f"`stamo-vla cache-targets --target {cfg.adapter.target}` (or compute targets on the fly)."
+            )
+        manifest = read_manifest(cache_dir)
+        if manifest["target_kind"] != expected:
+            raise StaleTargetCacheError(
+                f"target cache {cache_dir} holds {manifest['target_kind']!r} frames, but adapter.target="
+                f"{cfg.adapter.target!r} is made of {expected!r} frames. Build its own cache with `stamo-vla "
+                f"cache-targets --target {cfg.adapter.target} --output_dir <dir>` and point "
+                "data.target_cache_root at it."
+            )
+        manifests.append(manifest)
+    return manifests
+
+
 def _adopt_cache_shape(cfg: FinetuneConfig) -> str:
-    """Without an encoder, the head's state shape comes from the target cache; returns the encoder fingerprint
+    """Without an encoder, the head's target shape comes from the target cache; returns the encoder fingerprint
     its manifest records (every dataset's cache must match it)."""
-    manifest_path = Path(cfg.data.target_cache_dir(cfg.data.dataset_names[0])) / "manifest.json"
-    if not manifest_path.is_file():
-        raise FileNotFoundError(
-            f"data.use_target_cache=true but there is no cache at {manifest_path.parent}; build it with "
-            "`stamo-vla cache-targets` (or set stamo_path to compute targets on the fly)."
-        )
-    manifest = json.loads(manifest_path.read_text())
+    manifest = _cache_manifests(cfg)[0]
     cfg.adapter.num_state_tokens = int(manifest["num_state_tokens"])
     cfg.adapter.state_dim = int(manifest["state_dim"])
     return manifest["encoder_fingerprint"]
+
+
+def fit_target_statistics(cfg: FinetuneConfig, model, loader, accelerator) -> None:
+    """Set the head's target standardization (``adapter.target_norm='dataset'``): per-dimension mean and std over
+    every cached frame of the training datasets, or, with targets computed on the fly, over the first
+    `STATISTICS_BATCHES` batches of the training stream (summed over ranks)."""
+    if model.head is None or cfg.adapter.target_norm != "dataset":
+        return
+    spec = cfg.adapter.target_spec
+    if cfg.data.use_target_cache:
+        dirs = [cfg.data.target_cache_dir(name) for name in cfg.data.dataset_names]
+        stats = target_statistics(dirs, cfg.adapter.horizon, spec.difference)
+        model.head.set_target_statistics(stats["mean"], stats["std"])
+        return
+    moments = None
+    for i, batch in enumerate(loader):
+        if i == STATISTICS_BATCHES:
+            break
+        batch.pop(SUPERVISION, None)
+        target = model.targets(to_device(batch, accelerator.device)).double()
+        found = torch.stack([target.sum(0), (target**2).sum(0), torch.full_like(target[0], len(target))])
+        moments = found if moments is None else moments + found
+    if moments is None:  # no data: the training loop names the problem
+        return
+    if accelerator.num_processes > 1:
+        moments = accelerator.reduce(moments, reduction="sum")
+    mean = moments[0] / moments[2]
+    std = (moments[1] / moments[2] - mean**2).clamp_min(0).sqrt()
+    model.head.set_target_statistics(mean.float(), std.float())
 
 
 def build_model(
@@ -121,7 +170,9 @@ def build_model(
         model.set_stamo(encoder, decoder)
         return model
     provenance = dataclasses.replace(cfg.provenance(), stamo_fingerprint=stamo_fingerprint)
-    return attach(base, cfg.adapter, stamo_encoder=encoder, stamo_decoder=decoder, provenance=provenance)
+    return attach(
+        base, cfg.adapter, stamo_encoder=encoder, stamo_decoder=decoder, provenance=provenance, seed=cfg.seed
+    )
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -318,12 +369,17 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     seed_everything(cfg.seed)
 
     base, processor = load_base(cfg, run_dir, accelerator)
-    encoder, decoder = load_stamo(cfg, accelerator.device)
+    stamo_encoder, decoder = load_stamo(cfg, accelerator.device)
+    encoder = None  # the target's frozen per-frame encoder (before LoRA: features copies the base's backbone)
+    if cfg.adapter.has_head and (stamo_encoder is not None or not cfg.adapter.target_spec.needs_stamo):
+        encoder = build_target_encoder(cfg.adapter, stamo_encoder, base, processor)
     cache_fingerprint = None  # the encoder every target cache must have been built with (None = any)
-    if encoder is not None and cfg.data.use_target_cache:
-        cache_fingerprint = fingerprint(encoder)  # refuse caches built by another encoder
-    if encoder is None and cfg.data.use_target_cache and cfg.adapter.has_head:
-        cache_fingerprint = _adopt_cache_shape(cfg)  # every dataset: the first cache's encoder
+    if cfg.data.use_target_cache and cfg.adapter.has_head:
+        if encoder is not None:
+            _cache_manifests(cfg)  # refuse caches of another target
+            cache_fingerprint = target_facts(encoder)["encoder_fingerprint"]  # and of another encoder
+        else:
+            cache_fingerprint = _adopt_cache_shape(cfg)  # every dataset: the first cache's encoder
     if resume_from is not None:  # before the model is loaded: a changed model is refused, not trained
         resume_config.check_fixed(
             cfg.to_dict(),
@@ -345,6 +401,8 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     )
     stats = dataset.dataset_statistics
     base.norm_stats = stats
+    if resume_from is None:  # a resumed head keeps the statistics it was trained with
+        fit_target_statistics(cfg, model, loader, accelerator)
 
     optimizer, scheduler, state = optimization_state(
         model.trainable_parameters(), cfg.optim, cfg.max_steps, resume_from, accelerator

@@ -101,7 +101,7 @@ class FinetuneConfig(RunConfig):
             raise ValueError(
                 "adapter.lambda_decoder > 0 needs stamo_path (a StaMo checkpoint with a decoder)"
             )
-        if self.adapter.has_head and not (self.stamo_path or self.data.use_target_cache):
+        if self.adapter.target_spec.needs_stamo and not (self.stamo_path or self.data.use_target_cache):
             raise ValueError(
                 f"adapter.target={self.adapter.target!r} needs StaMo targets: set stamo_path (targets computed on the "
                 "fly by the frozen encoder) or data.use_target_cache=true (after `stamo-vla cache-targets`), or use "

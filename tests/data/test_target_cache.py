@@ -1,4 +1,5 @@
-"""StaMo target cache: equals direct encoder calls, resumes, refuses stale caches, feeds STATE / FUTURE_STATE."""
+"""Target cache: equals direct encoder calls, resumes, refuses stale caches, feeds STATE / FUTURE_STATE, stops at
+non-finite shards, and gives the per-dimension target statistics."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ from stamo_vla.data.config import DataConfig
 from stamo_vla.data.dataset import RLDSFrameDataset
 from stamo_vla.data.episodes import episode_id
 from stamo_vla.data.statistics import compute_statistics
+from stamo_vla.adapter.cache_targets import main_cache_targets
 from stamo_vla.data.target_cache import (
     StaleTargetCacheError,
     TargetCache,
     build_target_cache,
-    main_cache_targets,
+    read_manifest,
+    target_statistics,
 )
 
 pytestmark = pytest.mark.slow  # builds a tiny StaMo encoder (imports transformers) once per module
@@ -165,3 +168,62 @@ def test_cli_refuses_a_stale_cache_with_a_message(data_root, cache, tmp_path, ca
     ]
     assert cli.main(["cache-targets", *argv, "--device", "cpu"]) == 2
     assert "encoder_fingerprint" in capsys.readouterr().err
+
+
+def test_manifest_records_the_target_kind_and_old_manifests_read_as_stamo(data_root, cache, tmp_path):
+    import json
+    import shutil
+
+    out, encoder = cache
+    assert read_manifest(out)["target_kind"] == "stamo"
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["target_kind"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert TargetCache.open(old, data_root, ACTION_FREE, target_kind="stamo").manifest["target_kind"] == "stamo"
+    with pytest.raises(StaleTargetCacheError, match="target_kind: cache has 'stamo', expected 'backbone_features'"):
+        TargetCache.open(old, data_root, ACTION_FREE, target_kind="backbone_features")
+    build_target_cache(data_root, ACTION_FREE, encoder, old)  # the same encoder reuses the old cache
+
+
+def test_a_nan_shard_stops_reading_with_its_name_and_a_rerun_repairs_it(data_root, cache, tmp_path):
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    out, encoder = cache
+    copy = tmp_path / "nan"
+    shutil.copytree(out, copy)
+    ep = next(rlds.iter_episodes(data_root, ACTION_FREE, load_images=False))
+    opened = TargetCache.open(copy, data_root, ACTION_FREE)
+    shard = opened.shard_path(ep["file_path"])
+    states = load_file(str(shard))["states"]
+    good = states.copy()
+    states[1, 0, 3] = np.nan
+    save_file({"states": states}, str(shard))
+    with pytest.raises(StaleTargetCacheError, match="non-finite") as err:
+        opened.load_episode(ep["file_path"], len(ep["state"]))
+    assert str(shard) in str(err.value) and "first at step 1" in str(err.value)
+    assert "stamo-vla cache-targets" in str(err.value)
+    with pytest.raises(StaleTargetCacheError, match=str(shard)):
+        target_statistics([copy], 1, difference=False)
+    with pytest.warns(UserWarning, match="non-finite"):
+        build_target_cache(data_root, ACTION_FREE, encoder, copy, batch_size=5)
+    np.testing.assert_allclose(opened.load_episode(ep["file_path"], len(ep["state"])), good, atol=1e-6)
+
+
+@pytest.mark.parametrize("difference", [False, True])
+def test_target_statistics_are_the_per_dimension_moments_of_the_targets(data_root, cache, difference):
+    out, _ = cache
+    opened = TargetCache.open(out, data_root, ACTION_FREE)
+    horizon, targets = 2, []
+    for ep in rlds.iter_episodes(data_root, ACTION_FREE, load_images=False):
+        states = opened.load_episode(ep["file_path"], len(ep["state"])).astype(np.float64)
+        future = states[np.minimum(np.arange(len(states)) + horizon, len(states) - 1)]
+        targets.append(future - states if difference else future)
+    targets = np.concatenate(targets)
+    stats = target_statistics([out], horizon, difference)
+    assert stats["count"] == len(targets) and stats["mean"].shape == targets.shape[1:]
+    np.testing.assert_allclose(stats["mean"], targets.mean(0), atol=1e-5)
+    np.testing.assert_allclose(stats["std"], targets.std(0), atol=1e-4)

@@ -11,7 +11,7 @@ from stamo_vla.configs import parse_config
 
 
 def _configs() -> dict[str, tuple[type, str]]:
-    from stamo_vla.data.target_cache import CacheTargetsConfig
+    from stamo_vla.adapter.cache_targets import CacheTargetsConfig
     from stamo_vla.libero.collect import CollectConfig
     from stamo_vla.libero.evaluation_config import EvalConfig
     from stamo_vla.study.heldout import HeldoutConfig
