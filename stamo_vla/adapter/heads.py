@@ -37,6 +37,7 @@ class StateHead(nn.Module):
         Raises:
             ValueError: wrong shape or non-finite values (naming which).
         """
+        values = {}
         for name, value, buffer in (("mean", mean, self.target_mean), ("std", std, self.target_std)):
             value = torch.as_tensor(value, dtype=torch.float32)
             if tuple(value.shape) != tuple(buffer.shape):
@@ -45,9 +46,10 @@ class StateHead(nn.Module):
                 )
             if not bool(torch.isfinite(value).all()):
                 raise ValueError(f"target {name} holds non-finite values; rebuild the target cache")
-            if name == "std":
-                value = value.clamp_min(min_std)  # a constant dimension standardizes to 0, never to inf
-            buffer.copy_(value.to(buffer.device))
+            values[name] = value
+        self.target_mean.copy_(values["mean"].to(self.target_mean.device))
+        # a constant dimension standardizes to 0, never to inf
+        self.target_std.copy_(values["std"].clamp_min(min_std).to(self.target_std.device))
 
     def standardize(self, target: torch.Tensor) -> torch.Tensor:
         return (target.float() - self.target_mean) / self.target_std

@@ -9,12 +9,12 @@ import torch
 from conftest import ACTION_FREE, episode_length
 
 from stamo_vla import cli, keys
+from stamo_vla.adapter.cache_targets import main_cache_targets
 from stamo_vla.data import rlds
 from stamo_vla.data.config import DataConfig
 from stamo_vla.data.dataset import RLDSFrameDataset
 from stamo_vla.data.episodes import episode_id
 from stamo_vla.data.statistics import compute_statistics
-from stamo_vla.adapter.cache_targets import main_cache_targets
 from stamo_vla.data.target_cache import (
     StaleTargetCacheError,
     TargetCache,
@@ -181,8 +181,12 @@ def test_manifest_records_the_target_kind_and_old_manifests_read_as_stamo(data_r
     manifest = json.loads((old / "manifest.json").read_text())
     del manifest["target_kind"]
     (old / "manifest.json").write_text(json.dumps(manifest))
-    assert TargetCache.open(old, data_root, ACTION_FREE, target_kind="stamo").manifest["target_kind"] == "stamo"
-    with pytest.raises(StaleTargetCacheError, match="target_kind: cache has 'stamo', expected 'backbone_features'"):
+    assert (
+        TargetCache.open(old, data_root, ACTION_FREE, target_kind="stamo").manifest["target_kind"] == "stamo"
+    )
+    with pytest.raises(
+        StaleTargetCacheError, match="target_kind: cache has 'stamo', expected 'backbone_features'"
+    ):
         TargetCache.open(old, data_root, ACTION_FREE, target_kind="backbone_features")
     build_target_cache(data_root, ACTION_FREE, encoder, old)  # the same encoder reuses the old cache
 
