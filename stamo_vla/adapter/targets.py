@@ -14,6 +14,10 @@ cache stores per frame (its ``frames`` kind is recorded in the cache manifest), 
 fly without a cache. Every target is standardized the same way (per-dimension mean and std over the training data,
 `stamo_vla.adapter.heads.StateHead`). Encoders are built in `stamo_vla.adapter.target_encoders` (torch imported
 there, not here).
+
+To add a target: `register_target` a `TargetSpec`; when it needs a new kind of frames, give
+`stamo_vla.adapter.target_encoders.build_target_encoder` an encoder with ``encode`` and ``target_manifest``. The
+cache, the standardization, saving and loading follow without further changes.
 """
 
 from __future__ import annotations
