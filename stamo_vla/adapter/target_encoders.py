@@ -26,11 +26,15 @@ from stamo_vla.stamo.modeling_encoder import Compressor, StateBottleneck, finger
 from stamo_vla.stamo.pixels import check_pixels, resize
 
 
-def _digest(facts: dict, module: nn.Module) -> str:
-    """sha256 over `facts` and every tensor of `module` (names, dtypes, shapes, bytes)."""
+def _digest(facts: dict, module: nn.Module, dtype: torch.dtype | None = None) -> str:
+    """sha256 over `facts` and every tensor of `module` (names, dtypes, shapes, bytes; floating tensors cast to
+    `dtype` first when given)."""
     digest = hashlib.sha256(json.dumps(facts, sort_keys=True).encode())
     for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
+        t = tensor.detach().cpu()
+        if dtype is not None and t.is_floating_point():
+            t = t.to(dtype)
+        t = t.contiguous()
         digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
@@ -62,7 +66,7 @@ class UntrainedStaMoEncoder(nn.Module):
             )
         self.compressor = compressor.to(next(trained.parameters()).device)
         self.bottleneck = StateBottleneck(cfg.state_bottleneck, cfg.num_state_tokens, cfg.state_dim)
-        self.eval().requires_grad_(False)
+        self.to(next(trained.parameters()).device).eval().requires_grad_(False)
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -138,7 +142,9 @@ class FeatureTargetEncoder(nn.Module):
         }
         return {
             "target_kind": "backbone_features",
-            "encoder_fingerprint": _digest(facts, self.backbone),
+            # the weights at bfloat16 precision: a cache made from a float32 base on CPU serves a GPU run that
+            # loads the same base in bfloat16
+            "encoder_fingerprint": _digest(facts, self.backbone, torch.bfloat16),
             "num_state_tokens": self.grid * self.grid,
             "state_dim": self.token_dim,
             "feature_grid": self.grid,

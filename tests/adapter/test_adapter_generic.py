@@ -200,7 +200,8 @@ def test_missing_statistics_and_unknown_target_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="dataset statistics"):
         save_adapter(model, tmp_path / "a")
     with pytest.raises(
-        ValueError, match=r"target='states' is not valid; allowed: \['state', 'motion', 'features', 'untrained', 'none'\]"
+        ValueError,
+        match=r"target='states' is not valid; allowed: \['state', 'motion', 'features', 'untrained', 'none'\]",
     ):
         StaMoAdapterConfig(target="states")
 

@@ -106,6 +106,11 @@ def test_feature_target_is_the_policy_backbone_pooled_to_its_grid():
     expected = torch.nn.functional.adaptive_avg_pool2d(grid, 2).flatten(2).transpose(1, 2)
     assert got.shape == (1, 4, base.vision_backbone.embed_dim)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    # a base loaded in bfloat16 (GPU training) has the fingerprint of the float32 base the cache was made from
+    half = build_target_encoder(
+        _cfg("features"), base=build_tiny(seed=0)[0].to(torch.bfloat16), processor=processor
+    )
+    assert target_facts(half)["encoder_fingerprint"] == target_facts(encoder)["encoder_fingerprint"]
     with torch.no_grad():  # a copy: LoRA or training on the base never moves the target
         next(base.vision_backbone.parameters()).add_(1.0)
     torch.testing.assert_close(encoder.encode(torch.from_numpy(image).permute(2, 0, 1)[None] / 255.0), got)

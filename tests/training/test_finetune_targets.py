@@ -131,3 +131,27 @@ def test_arms_with_the_same_seed_see_the_same_first_batches(
         for key in (K.PIXEL_VALUES, K.INPUT_IDS, K.LABELS, K.ATTENTION_MASK):
             assert torch.equal(a[key], b[key]), key
         assert K.FUTURE_STATE in b and K.FUTURE_STATE not in a
+
+
+def test_features_target_trains_on_the_fly_without_stamo(tmp_path, toy_data_root, base_dir):
+    """No StaMo checkpoint and no cache: the copied backbone computes the targets, and their statistics come
+    from the first batches."""
+    from stamo_vla.adapter import load_adapter
+    from stamo_vla.vla import OpenVLAForActionPrediction
+
+    cfg = tiny_cfg(
+        tmp_path,
+        toy_data_root,
+        "--vla_path",
+        str(base_dir),
+        "--adapter.target",
+        "features",
+        "--max_steps",
+        "2",
+    )
+    result = finetune(cfg)
+    assert np.isfinite(result.last_metrics["loss_future"])
+    adapter = load_adapter(OpenVLAForActionPrediction.from_pretrained(base_dir), result.adapter_dir)
+    std = adapter.head.target_std
+    assert torch.isfinite(std).all() and not torch.equal(std, torch.ones_like(std))
+    assert torch.isfinite(adapter.head.target_mean).all() and adapter.head.target_mean.abs().sum() > 0
