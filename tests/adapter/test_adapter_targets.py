@@ -72,6 +72,7 @@ def test_old_adapter_configs_load_with_the_new_fields_at_their_defaults():
     assert loaded == _cfg("motion") and loaded.target_norm == "dataset"
 
 
+@pytest.mark.slow
 def test_untrained_encoder_is_seeded_has_the_trained_shapes_and_leaves_the_global_rng_alone():
     trained = _stamo_encoder()
     state = torch.get_rng_state()
@@ -126,6 +127,7 @@ def _lora_and_heads(model) -> dict[str, torch.Tensor]:
     return weights
 
 
+@pytest.mark.slow
 def test_same_seed_gives_every_arm_the_same_lora_and_action_head_weights():
     from stamo_vla.vla import build_tiny
 
@@ -187,6 +189,7 @@ def test_standardization_round_trip_and_the_loss_sees_standardized_targets():
     torch.testing.assert_close(loss, expected)
 
 
+@pytest.mark.slow
 def test_head_statistics_are_saved_loaded_and_absent_ones_mean_raw_targets(tmp_path):
     from stamo_vla.vla import build_tiny
 

@@ -26,6 +26,13 @@ def base_dir(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def state_cache(tmp_path_factory, toy_data_root, tiny_stamo_dir):
+    return _cache(
+        tmp_path_factory.mktemp("state"), toy_data_root, "state", "--stamo_path", str(tiny_stamo_dir)
+    )
+
+
 def _cache(tmp_path, data_root, target: str, *source: str):
     root = tmp_path / f"cache_{target}"
     argv = ["--data_root_dir", str(data_root), "--dataset_name", DATASET, "--target", target]
