@@ -124,6 +124,24 @@ def _adopt_cache_shape(cfg: FinetuneConfig) -> str:
     return manifest["encoder_fingerprint"]
 
 
+def target_encoder(cfg: FinetuneConfig, stamo_encoder, base, processor) -> tuple[Any, str | None]:
+    """(the target's frozen per-frame encoder or None, the encoder fingerprint every target cache must have).
+
+    Built before LoRA is attached (target features copies the base's vision backbone). Without an encoder (a
+    StaMo target and no stamo_path) the head's shape and the fingerprint come from the first cache. Caches of
+    another target are refused.
+    """
+    encoder = None
+    if cfg.adapter.has_head and (stamo_encoder is not None or not cfg.adapter.target_spec.needs_stamo):
+        encoder = build_target_encoder(cfg.adapter, stamo_encoder, base, processor)
+    if not (cfg.data.use_target_cache and cfg.adapter.has_head):
+        return encoder, None  # None = any cache
+    if encoder is None:
+        return None, _adopt_cache_shape(cfg)
+    _cache_manifests(cfg)
+    return encoder, target_facts(encoder)["encoder_fingerprint"]
+
+
 def fit_target_statistics(cfg: FinetuneConfig, model, loader, accelerator) -> None:
     """Set the head's target standardization (``adapter.target_norm='dataset'``): per-dimension mean and std over
     every cached frame of the training datasets, or, with targets computed on the fly, over the first
@@ -370,16 +388,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
 
     base, processor = load_base(cfg, run_dir, accelerator)
     stamo_encoder, decoder = load_stamo(cfg, accelerator.device)
-    encoder = None  # the target's frozen per-frame encoder (before LoRA: features copies the base's backbone)
-    if cfg.adapter.has_head and (stamo_encoder is not None or not cfg.adapter.target_spec.needs_stamo):
-        encoder = build_target_encoder(cfg.adapter, stamo_encoder, base, processor)
-    cache_fingerprint = None  # the encoder every target cache must have been built with (None = any)
-    if cfg.data.use_target_cache and cfg.adapter.has_head:
-        if encoder is not None:
-            _cache_manifests(cfg)  # refuse caches of another target
-            cache_fingerprint = target_facts(encoder)["encoder_fingerprint"]  # and of another encoder
-        else:
-            cache_fingerprint = _adopt_cache_shape(cfg)  # every dataset: the first cache's encoder
+    encoder, cache_fingerprint = target_encoder(cfg, stamo_encoder, base, processor)
     if resume_from is not None:  # before the model is loaded: a changed model is refused, not trained
         resume_config.check_fixed(
             cfg.to_dict(),
