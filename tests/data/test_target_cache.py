@@ -201,20 +201,20 @@ def test_a_nan_shard_stops_reading_with_its_name_and_a_rerun_repairs_it(data_roo
     shutil.copytree(out, copy)
     ep = next(rlds.iter_episodes(data_root, ACTION_FREE, load_images=False))
     opened = TargetCache.open(copy, data_root, ACTION_FREE)
-    shard = opened.shard_path(ep["file_path"])
+    shard = opened.shard_path(episode_id(ep))
     states = load_file(str(shard))["states"]
     good = states.copy()
     states[1, 0, 3] = np.nan
     save_file({"states": states}, str(shard))
     with pytest.raises(StaleTargetCacheError, match="non-finite") as err:
-        opened.load_episode(ep["file_path"], len(ep["state"]))
+        opened.load_episode(ep)
     assert str(shard) in str(err.value) and "first at step 1" in str(err.value)
     assert "stamo-vla cache-targets" in str(err.value)
     with pytest.raises(StaleTargetCacheError, match=str(shard)):
         target_statistics([copy], 1, difference=False)
     with pytest.warns(UserWarning, match="non-finite"):
         build_target_cache(data_root, ACTION_FREE, encoder, copy, batch_size=5)
-    np.testing.assert_allclose(opened.load_episode(ep["file_path"], len(ep["state"])), good, atol=1e-6)
+    np.testing.assert_allclose(opened.load_episode(ep), good, atol=1e-6)
 
 
 @pytest.mark.parametrize("difference", [False, True])
@@ -223,7 +223,7 @@ def test_target_statistics_are_the_per_dimension_moments_of_the_targets(data_roo
     opened = TargetCache.open(out, data_root, ACTION_FREE)
     horizon, targets = 2, []
     for ep in rlds.iter_episodes(data_root, ACTION_FREE, load_images=False):
-        states = opened.load_episode(ep["file_path"], len(ep["state"])).astype(np.float64)
+        states = opened.load_episode(ep).astype(np.float64)
         future = states[np.minimum(np.arange(len(states)) + horizon, len(states) - 1)]
         targets.append(future - states if difference else future)
     targets = np.concatenate(targets)
