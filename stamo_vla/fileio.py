@@ -9,7 +9,7 @@ import os
 import shutil
 import struct
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +34,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    follow_umask(tmp_path)
     try:
         yield tmp_path
+        follow_umask(
+            tmp_path
+        )  # after the write: some writers (safetensors) replace the file with a private one
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
@@ -44,6 +46,86 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def save_weights(
+    tensors: dict[str, Any], path: str | os.PathLike, metadata: dict[str, str] | None = None
+) -> None:
+    """Write a safetensors file atomically, with the mode the umask gives (safetensors alone writes 0600).
+
+    Args:
+        tensors: name -> torch tensor (moved to CPU and made contiguous here) or numpy array.
+        path: the file to write; a crash mid-write leaves the previous file in place.
+        metadata: text metadata for the header (transformers writes ``{"format": "pt"}``).
+    """
+    import numpy as np
+
+    if tensors and all(isinstance(v, np.ndarray) for v in tensors.values()):
+        from safetensors.numpy import save_file
+
+        arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    else:
+        from safetensors.torch import save_file
+
+        arrays = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(arrays, str(tmp), metadata=metadata)
+
+
+WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"
+
+
+def plan_shards(sizes: dict[str, int], max_shard_bytes: int) -> list[list[str]]:
+    """Group tensor names, in order, into shards of at most `max_shard_bytes` (a larger tensor gets its own)."""
+    shards: list[list[str]] = [[]]
+    used = 0
+    for name, size in sizes.items():
+        if shards[-1] and used + size > max_shard_bytes:
+            shards.append([])
+            used = 0
+        shards[-1].append(name)
+        used += size
+    return shards
+
+
+def save_sharded_weights(
+    directory: str | os.PathLike,
+    sizes: dict[str, int],
+    produce: Callable[[list[str]], dict[str, Any]],
+    max_shard_bytes: int,
+    metadata: dict[str, str] | None = None,
+) -> list[Path]:
+    """Write weights in transformers' sharded layout, one shard in memory at a time.
+
+    One shard is written as ``model.safetensors``; more as ``model-0000i-of-0000n.safetensors`` plus
+    ``model.safetensors.index.json`` (the layout transformers and upstream checkpoints use).
+
+    Args:
+        directory: where the files go (normally an `atomic_dir` temporary).
+        sizes: tensor name -> size in bytes, in the order the tensors are written.
+        produce: called once per shard with its tensor names; returns those tensors.
+        max_shard_bytes: the most bytes of tensor data a shard holds.
+        metadata: safetensors header metadata of every shard.
+    """
+    directory = Path(directory)
+    shards = plan_shards(sizes, max_shard_bytes)
+    names = (
+        [WEIGHTS_FILE]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
+    for file, keys in zip(names, shards, strict=True):
+        tensors = produce(keys)
+        if sorted(tensors) != sorted(keys):
+            raise ValueError(f"{file}: expected tensors {sorted(keys)}, got {sorted(tensors)}")
+        save_weights(tensors, directory / file, metadata)
+        del tensors
+    if len(shards) > 1:
+        weight_map = {key: file for file, keys in zip(names, shards, strict=True) for key in keys}
+        index = {"metadata": {"total_size": int(sum(sizes.values()))}, "weight_map": weight_map}
+        write_json_atomic(directory / WEIGHTS_INDEX, index)
+    return [directory / name for name in names]
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
@@ -121,20 +203,59 @@ def follow_umask(path: str | os.PathLike) -> None:
         os.chmod(path, mode & ~_umask())
 
 
+def follow_umask_tree(directory: str | os.PathLike) -> None:
+    """`follow_umask` on a directory and everything under it (third-party writers such as transformers'
+    and peft's ``save_pretrained`` leave their safetensors files private whatever the umask)."""
+    directory = Path(directory)
+    follow_umask(directory)
+    for root, dirs, files in os.walk(directory):
+        for name in dirs + files:
+            path = Path(root) / name
+            if not path.is_symlink():
+                follow_umask(path)
+
+
+def _read_marker(path: str | os.PathLike) -> dict:
+    try:
+        marker = json.loads((Path(path) / OUTPUT_MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+    return marker if isinstance(marker, dict) else {}
+
+
 def output_kind(path: str | os.PathLike) -> str | None:
     """The kind recorded in a directory's output marker (written by `atomic_dir`), or None."""
-    marker = Path(path) / OUTPUT_MARKER
-    try:
-        return json.loads(marker.read_text()).get("kind")
-    except (OSError, ValueError, AttributeError):
-        return None
+    return _read_marker(path).get("kind")
+
+
+def _files_under(directory: Path) -> list[str]:
+    """Relative paths (posix) of the files and links under `directory`, sorted."""
+    found = []
+    for root, dirs, files in os.walk(directory):
+        links = [d for d in dirs if (Path(root) / d).is_symlink()]  # os.walk lists them as dirs, never enters
+        for name in files + links:
+            found.append((Path(root) / name).relative_to(directory).as_posix())
+    return sorted(found)
+
+
+def foreign_files(path: str | os.PathLike) -> list[str]:
+    """Files inside an earlier output that its marker does not list (put there by someone else).
+
+    An output written before markers listed their files (no "files" entry) has none by definition.
+    """
+    listed = _read_marker(path).get("files")
+    if not isinstance(listed, list):
+        return []
+    ours = set(listed) | {OUTPUT_MARKER}
+    return [name for name in _files_under(Path(path)) if name not in ours]
 
 
 def check_replaceable(path: str | os.PathLike, kind: str, overwrite: bool) -> None:
     """Refuse to replace `path` unless it is missing, empty, or a previous `kind` output and `overwrite`.
 
     Raises:
-        ForeignDirectoryError: `path` is a file, or a non-empty directory that is not a `kind` output.
+        ForeignDirectoryError: `path` is a file, a non-empty directory that is not a `kind` output, or a
+            `kind` output holding files its marker does not list (someone else's: they would be deleted).
         FileExistsError: `path` is a previous `kind` output and `overwrite` is False.
     """
     path = Path(path)
@@ -157,6 +278,14 @@ def check_replaceable(path: str | os.PathLike, kind: str, overwrite: bool) -> No
         raise FileExistsError(
             f"'{path}' already holds a {kind}; pass overwrite=True (on the command line: --overwrite) to "
             "replace it, or choose another output directory."
+        )
+    foreign = foreign_files(path)
+    if foreign:
+        shown = ", ".join(foreign[:10]) + (f" and {len(foreign) - 10} more" if len(foreign) > 10 else "")
+        raise ForeignDirectoryError(
+            f"refusing to replace '{path}': besides the {kind} written there it holds files stamo_vla did not "
+            f"write, which would be deleted: {shown}. Move them out of '{path}', or choose another output "
+            "directory."
         )
 
 
@@ -190,7 +319,9 @@ def atomic_dir(path: str | os.PathLike, kind: str, overwrite: bool = False) -> I
     old = path.with_name(f".{path.name}.old")
     try:
         yield tmp
-        write_json_atomic(tmp / OUTPUT_MARKER, {"kind": kind, "format": 1})
+        follow_umask_tree(tmp)
+        # the files listed are the ones a later overwrite may delete; anything else found there is refused
+        write_json_atomic(tmp / OUTPUT_MARKER, {"kind": kind, "format": 1, "files": _files_under(tmp)})
         check_replaceable(path, kind, overwrite)
         if old.exists():
             shutil.rmtree(old)

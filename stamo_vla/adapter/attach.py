@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from stamo_vla.adapter.configuration_adapter import StaMoAdapterConfig
@@ -28,7 +28,13 @@ from stamo_vla.adapter.lora import lora_config
 from stamo_vla.adapter.modeling_adapter import StaMoAdapterModel, base_model_of, hidden_size_of
 from stamo_vla.data.statistics import load_dataset_statistics
 from stamo_vla.data.target_cache import target_facts
-from stamo_vla.fileio import atomic_dir, check_replaceable, safetensors_problem, write_json_atomic
+from stamo_vla.fileio import (
+    atomic_dir,
+    check_replaceable,
+    safetensors_problem,
+    save_weights,
+    write_json_atomic,
+)
 from stamo_vla.provenance import PROVENANCE_NAME, Provenance, read_provenance, write_provenance
 
 HEAD_WEIGHTS = "stamo_head.safetensors"
@@ -207,8 +213,7 @@ def save_adapter(
         # embeddings are frozen and unchanged, so only the LoRA weights are written
         model.vla.save_pretrained(tmp, save_embedding_layers=False)
         if model.head is not None:
-            state = {k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}
-            save_file(state, str(tmp / HEAD_WEIGHTS))
+            save_weights(model.head.state_dict(), tmp / HEAD_WEIGHTS)
         model.config.action_head.save_extra(model, tmp)
         model.config.save(tmp)
         write_provenance(tmp, _provenance_of(model))
@@ -314,26 +319,40 @@ def load_adapter(base: nn.Module, directory: str | Path, is_trainable: bool = Fa
     return model
 
 
-def merge(model: StaMoAdapterModel, out_dir: str | Path, processor=None, overwrite: bool = False) -> Path:
-    """Merge LoRA into the base weights and write the upstream checkpoint layout plus the head.
+def merge(
+    model: StaMoAdapterModel,
+    out_dir: str | Path,
+    processor=None,
+    overwrite: bool = False,
+    max_shard_size: str | int = "5GB",
+) -> Path:
+    """Merge LoRA into the loaded base weights and write the upstream checkpoint layout plus the head.
 
-    `out_dir` must be new or empty, or (with `overwrite`) an earlier merge output; anything else is refused.
+    `out_dir` must be new or empty, or (with `overwrite`) an earlier merge output holding only what was
+    written there; anything else is refused.
 
-    This consumes `model` (peft merges in place). Run it once, offline, on one process: never on every rank
-    (openvla-oft #28, #151). The result loads with the policy loader; `load_adapter(merged, out_dir)` restores
-    the head on top of it.
+    This consumes `model` (peft merges in place) and needs the whole model in memory; a base on disk merges
+    with far less memory through `stamo-vla merge` (`stamo_vla.adapter.streaming_merge`), which writes the
+    same tensors. Run it once, offline, on one process: never on every rank (openvla-oft #28, #151). The
+    result loads with the policy loader; `load_adapter(merged, out_dir)` restores the head on top of it.
+
+    Args:
+        model: the adapter model (from `attach` or `load_adapter`).
+        out_dir: output directory.
+        processor: written beside the weights when given.
+        overwrite: replace an earlier merge output.
+        max_shard_size: the most tensor data per weight shard (upstream's "5GB").
     """
     out_dir = Path(out_dir)
     check_replaceable(out_dir, MERGED_KIND, overwrite)  # before merging: the merge consumes `model`
     merged = model.vla.merge_and_unload() if hasattr(model.vla, "merge_and_unload") else model.vla
     stats = getattr(merged, "norm_stats", None)
     with atomic_dir(out_dir, kind=MERGED_KIND, overwrite=overwrite) as tmp:
-        merged.save_pretrained(tmp)
+        merged.save_pretrained(tmp, max_shard_size=max_shard_size)
         if processor is not None:
             processor.save_pretrained(tmp)
         if model.head is not None:
-            state = {k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}
-            save_file(state, str(tmp / HEAD_WEIGHTS))
+            save_weights(model.head.state_dict(), tmp / HEAD_WEIGHTS)
         model.config.action_head.save_extra(model, tmp)
         model.config.save(tmp)
         # the merged weights are no longer the base the LoRA weights were trained on: no base signature to check

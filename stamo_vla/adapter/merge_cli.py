@@ -2,13 +2,17 @@
 
     stamo-vla merge --vla_path /path/to/openvla-7b --adapter_dir runs/<run>/adapter --output_dir runs/<run>/merged
 
-Loads the base on CPU by default (a 7B model needs ~15 GB of host RAM in bf16), merges the LoRA weights and writes
-the upstream checkpoint layout (config.json, safetensors shards, processor files, dataset_statistics.json) plus the
-head (stamo_head.safetensors, stamo_adapter_config.json, provenance.json). Never merge on every rank of a training job
-(openvla-oft #28, #151): run this once, afterwards.
+Streams the base checkpoint shard by shard (`stamo_vla.adapter.streaming_merge`): each base tensor is read from
+its safetensors file, the LoRA delta that targets it is added, and the result is written in upstream-sized shards
+(``model-0000i-of-0000n.safetensors`` + ``model.safetensors.index.json``, at most --max_shard_size each). The
+peak memory is about one shard plus the adapter, so openvla-7b merges on a 16 GB machine. Beside the weights
+go config.json, the processor files, dataset_statistics.json and the head (stamo_head.safetensors,
+stamo_adapter_config.json, provenance.json). Never merge on every rank of a training job (openvla-oft #28, #151):
+run this once, afterwards.
 
---output_dir must be a new or empty directory; an earlier merge output is replaced only with --overwrite true, and
-an --output_dir that equals, contains or sits inside --vla_path or --adapter_dir is refused.
+--output_dir must be a new or empty directory; an earlier merge output is replaced only with --overwrite true,
+and only when it holds nothing but what the merge wrote there (other files are listed and the merge is refused).
+An --output_dir that equals, contains or sits inside --vla_path or --adapter_dir is refused.
 """
 
 from __future__ import annotations
@@ -41,25 +45,29 @@ def merge_checkpoint(
     dtype: str | None = None,
     device: str = "cpu",
     overwrite: bool = False,
+    max_shard_size: str | int = "5GB",
 ) -> Path:
-    """Load base + adapter, merge, and write `out_dir`; returns it.
+    """Merge the adapter into the base checkpoint on disk, shard by shard, and write `out_dir`; returns it.
 
-    Refused before anything is loaded: an `out_dir` that overlaps `base_dir` or `adapter_dir`, and an
-    existing `out_dir` that is not an earlier merge output (or is one, without `overwrite`).
+    Refused before anything is read: an `out_dir` that overlaps `base_dir` or `adapter_dir`, and an
+    existing `out_dir` that is not an earlier merge output (or is one, without `overwrite`, or holds
+    files the merge did not write).
+
+    Args:
+        base_dir: base checkpoint (upstream layout).
+        adapter_dir: adapter directory written by `save_adapter`.
+        out_dir: output directory.
+        dtype: float32 | bfloat16 | float16 for the merged weights (None: as stored).
+        device: where the LoRA deltas are computed.
+        overwrite: replace an earlier merge output.
+        max_shard_size: the most tensor data per shard ("5GB" as upstream).
     """
-    import torch
-
-    from stamo_vla.adapter import load_adapter, merge
     from stamo_vla.adapter.attach import MERGED_KIND
-    from stamo_vla.vla import OpenVLAForActionPrediction, OpenVLAProcessor
+    from stamo_vla.adapter.streaming_merge import streaming_merge
 
     check_out_dir(out_dir, {"vla_path": base_dir, "adapter_dir": adapter_dir})
     check_replaceable(out_dir, MERGED_KIND, overwrite)
-    kwargs = {"dtype": getattr(torch, dtype)} if dtype else {}
-    base = OpenVLAForActionPrediction.from_pretrained(base_dir, **kwargs).to(device)
-    model = load_adapter(base, adapter_dir)
-    processor = OpenVLAProcessor.from_pretrained(base_dir)
-    return merge(model, out_dir, processor=processor, overwrite=overwrite)
+    return streaming_merge(base_dir, adapter_dir, out_dir, dtype, device, overwrite, max_shard_size)
 
 
 @dataclasses.dataclass
@@ -76,8 +84,10 @@ class MergeConfig:
     dtype: str | None = None
     # where to merge
     device: str = "cpu"
-    # replace output_dir when it holds an earlier merge output
+    # replace output_dir when it holds an earlier merge output (and nothing else)
     overwrite: bool = False
+    # the most tensor data per weight shard, as transformers reads it ("5GB" as upstream openvla-7b, "500MB")
+    max_shard_size: str = "5GB"
 
     def __post_init__(self) -> None:
         for name in ("vla_path", "adapter_dir", "output_dir"):
@@ -85,13 +95,22 @@ class MergeConfig:
                 raise ValueError(f"{name} is empty; give --{name}")
         if self.dtype is not None:
             check_choice("dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        from stamo_vla.adapter.streaming_merge import shard_bytes
+
+        shard_bytes(self.max_shard_size)  # a clear error for "5 GB" or "-1"
 
 
 def main(argv: list[str] | None = None) -> int:
     """``stamo-vla merge``: merge base + adapter into an upstream-layout checkpoint."""
     cfg = parse_config(MergeConfig, sys.argv[1:] if argv is None else argv)
     out = merge_checkpoint(
-        cfg.vla_path, cfg.adapter_dir, cfg.output_dir, cfg.dtype, cfg.device, cfg.overwrite
+        cfg.vla_path,
+        cfg.adapter_dir,
+        cfg.output_dir,
+        cfg.dtype,
+        cfg.device,
+        cfg.overwrite,
+        cfg.max_shard_size,
     )
     print(f"merged checkpoint written to {out}")
     return 0
