@@ -181,10 +181,9 @@ class L1ActionHead(ActionHeadConfig):
         return OFTPolicy(adapter, processor, unnorm_key=unnorm_key)
 
     def save_extra(self, model, directory):
-        from safetensors.torch import save_file
+        from stamo_vla.fileio import save_weights
 
-        state = {k: v.detach().contiguous().cpu() for k, v in model.oft.state_dict().items()}
-        save_file(state, str(Path(directory) / OFT_WEIGHTS))
+        save_weights(model.oft.state_dict(), Path(directory) / OFT_WEIGHTS)
 
     def load_extra(self, model, directory, is_trainable):
         from safetensors.torch import load_file

@@ -172,7 +172,8 @@ def shard_bytes(max_shard_size: str | int) -> int:
     from transformers.utils.hub import convert_file_size_to_int
 
     try:
-        size = convert_file_size_to_int(max_shard_size)
+        text = str(max_shard_size).strip()
+        size = int(text) if text.lstrip("-").isdigit() else convert_file_size_to_int(text)
     except ValueError as err:
         raise ValueError(
             f"max_shard_size={max_shard_size!r} is not a size; give bytes or a string such as '5GB' or '500MB'."

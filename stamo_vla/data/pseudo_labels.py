@@ -31,7 +31,7 @@ import numpy as np
 from stamo_vla.configs import check_positive_int, parse_config
 from stamo_vla.data.episodes import EpisodeIdentities, episode_key
 from stamo_vla.data.sources import iter_episodes
-from stamo_vla.fileio import atomic_path, write_json_atomic
+from stamo_vla.fileio import save_weights, write_json_atomic
 from stamo_vla.stamo import StaMoEncoder, fingerprint
 from stamo_vla.stamo.pixels import uint8_to_pixels
 
@@ -100,8 +100,6 @@ def label_latent_actions(
     device: str = "cpu",
 ) -> Path:
     """Encode every frame once and write per-episode latent actions; returns the output directory."""
-    from safetensors.numpy import save_file
-
     out = Path(out_dir)
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -135,12 +133,11 @@ def label_latent_actions(
             continue  # done by an interrupted earlier run
         states = _encode(encoder, frames, batch_size, device)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            save_file(
-                {"latent_actions": latent_actions(states, horizon), "states": states.astype(np.float32)},
-                str(tmp),
-                metadata={"episode_id": episode_id, "num_steps": str(len(frames))},
-            )
+        save_weights(
+            {"latent_actions": latent_actions(states, horizon), "states": states.astype(np.float32)},
+            path,
+            metadata={"episode_id": episode_id, "num_steps": str(len(frames))},
+        )
     return out
 
 

@@ -49,7 +49,7 @@ from stamo_vla.configs import check_positive_int
 from stamo_vla.data.episodes import EpisodeIdentities, episode_id, episode_key
 from stamo_vla.data.sources import dataset_fingerprint, iter_episodes, resolve_dataset_dir
 from stamo_vla.data.transforms import future_indices
-from stamo_vla.fileio import atomic_path, safetensors_problem, write_json_atomic
+from stamo_vla.fileio import safetensors_problem, save_weights, write_json_atomic
 from stamo_vla.stamo import fingerprint
 from stamo_vla.stamo.pixels import uint8_to_pixels
 
@@ -301,7 +301,6 @@ def build_target_cache(
     import shutil
 
     import torch
-    from safetensors.numpy import save_file
 
     check_positive_int("batch_size", batch_size)
     out = Path(out_dir) if out_dir else default_cache_dir(data_root_dir, dataset_name)
@@ -342,14 +341,13 @@ def build_target_cache(
         states = np.concatenate(states).astype(np.float32)
         check_finite(states, f"{path} (episode '{identity}', not written)")
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            save_file(
-                {"states": states},
-                str(tmp),
-                metadata={
-                    "episode_id": identity,
-                    "file_path": ep["file_path"],
-                    "num_steps": str(len(ep["image"])),
-                },
-            )
+        save_weights(
+            {"states": states},
+            path,
+            metadata={
+                "episode_id": identity,
+                "file_path": ep["file_path"],
+                "num_steps": str(len(ep["image"])),
+            },
+        )
     return out

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from stamo_vla.configs import check_positive_int
-from stamo_vla.fileio import atomic_path, write_json_atomic
+from stamo_vla.fileio import save_weights, write_json_atomic
 
 CONFIG_NAME = "action_decoder_config.json"
 WEIGHTS_NAME = "action_decoder.safetensors"
@@ -139,13 +139,10 @@ class ActionDecoder(nn.Module):
 
     # ---- persistence -------------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike, dataset_statistics: dict | None = None) -> None:
-        from safetensors.torch import save_file
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         write_json_atomic(directory / CONFIG_NAME, dataclasses.asdict(self.config))
-        with atomic_path(directory / WEIGHTS_NAME) as tmp:
-            save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(tmp))
+        save_weights(self.state_dict(), directory / WEIGHTS_NAME)
         if dataset_statistics is not None:
             write_json_atomic(directory / "dataset_statistics.json", dataset_statistics)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from stamo_vla.fileio import atomic_path
+from stamo_vla.fileio import save_weights
 from stamo_vla.stamo.configuration_stamo import WEIGHTS_NAME
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -16,11 +16,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def save_state(state: dict[str, torch.Tensor], directory: str | os.PathLike) -> None:
     """Write `state` to ``<directory>/model.safetensors`` atomically."""
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    with atomic_path(Path(directory) / WEIGHTS_NAME) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    save_weights(state, Path(directory) / WEIGHTS_NAME, metadata={"format": "pt"})
 
 
 def load_state(directory: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -33,7 +33,7 @@ from pathlib import Path
 from stamo_vla.configs import check_positive_int, parse_config
 from stamo_vla.data.rlds import resolve_dataset_dir
 from stamo_vla.data.stamo_frames import FramesFileSource, RLDSSource, save_frames, split_heldout, to_pixels
-from stamo_vla.fileio import write_json_atomic
+from stamo_vla.fileio import follow_umask_tree, write_json_atomic
 from stamo_vla.libero.collect import CollectConfig, collect
 from stamo_vla.stamo.modeling_autoencoder import StaMoAutoencoder
 from stamo_vla.stamo.modeling_decoder import build_vae
@@ -252,6 +252,7 @@ class StaMoStudy(StagedRun):
         scale, shift = latent_statistics(vae, train)
         health = vae_health(vae, train, to_pixels(eval_u8))
         vae.save_pretrained(str(self.vae_dir))
+        follow_umask_tree(self.vae_dir)  # diffusers writes its safetensors private whatever the umask
         record = {
             "steps": c.vae_fit_steps,
             "seconds": round(time.perf_counter() - start, 1),

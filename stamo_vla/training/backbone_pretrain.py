@@ -204,4 +204,7 @@ def pretrain_backbone(
 
 def save_backbone(backbone: nn.Module, directory: str | os.PathLike) -> None:
     """Write the backbone as a transformers checkpoint directory (``config.json`` + safetensors)."""
+    from stamo_vla.fileio import follow_umask_tree
+
     backbone.save_pretrained(str(directory))
+    follow_umask_tree(directory)  # transformers writes its safetensors private whatever the umask

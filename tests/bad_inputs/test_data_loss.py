@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 
@@ -161,3 +162,55 @@ def test_merge_refuses_a_foreign_out_and_needs_overwrite_for_its_own(
     assert cli.main([*args, str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert cli.main([*args, str(out), "--overwrite", "true"]) == 0
+
+
+def test_merge_overwrite_refuses_files_it_did_not_write(tmp_path, tiny_base_dir, tiny_adapter_dir, capsys):
+    args = ["merge", "--vla_path", str(tiny_base_dir), "--adapter_dir", str(tiny_adapter_dir), "--output_dir"]
+    out = tmp_path / "merged"
+    assert cli.main([*args, str(out), "--max_shard_size", "200KB"]) == 0
+    listed = set(json.loads((out / fileio.OUTPUT_MARKER).read_text())["files"])
+    assert {p.name for p in out.iterdir()} - {fileio.OUTPUT_MARKER} == listed
+    (out / "notes.txt").write_text("user data")
+    (out / "eval").mkdir()
+    (out / "eval" / "results.json").write_text("{}")
+    assert cli.main([*args, str(out), "--overwrite", "true"]) == 2
+    err = capsys.readouterr().err
+    assert "eval/results.json, notes.txt" in err and "Move them out" in err
+    assert (out / "notes.txt").read_text() == "user data" and (out / "eval" / "results.json").is_file()
+    assert listed <= {p.name for p in out.iterdir()}  # the earlier merge is untouched too
+    (out / "notes.txt").unlink()
+    (out / "eval" / "results.json").unlink()
+    (out / "eval").rmdir()
+    assert cli.main([*args, str(out), "--overwrite", "true"]) == 0  # only what it wrote: replaced
+    assert (out / fileio.WEIGHTS_FILE).is_file() and not (out / fileio.WEIGHTS_INDEX).exists()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_weights_follow_the_umask(tmp_path, tiny_base_dir, umask):
+    from safetensors.torch import save_file
+
+    from stamo_vla.adapter import StaMoAdapterConfig, attach, save_adapter
+    from stamo_vla.vla import OpenVLAForActionPrediction
+
+    model = attach(OpenVLAForActionPrediction.from_pretrained(tiny_base_dir), StaMoAdapterConfig(lora_rank=2))
+    old = os.umask(umask)
+    try:
+        fileio.save_weights({"w": torch.ones(2)}, tmp_path / "w.safetensors")
+        with fileio.atomic_dir(tmp_path / "third_party", kind="adapter") as d:
+            save_file({"w": torch.ones(2)}, str(d / "w.safetensors"))  # what save_pretrained does: 0600
+        save_adapter(model, tmp_path / "adapter", dataset_statistics=STATS)
+        save_checkpoint(
+            tmp_path / "run", TrainerState(step=1), _Tiny(), torch.optim.SGD(_Tiny().parameters())
+        )
+    finally:
+        os.umask(old)
+    files = [
+        tmp_path / "w.safetensors",
+        tmp_path / "third_party" / "w.safetensors",
+        tmp_path / "adapter" / "adapter_model.safetensors",
+        tmp_path / "adapter" / "stamo_head.safetensors",
+        checkpoint_dir(tmp_path / "run", 1) / "model" / "w.safetensors",
+    ]
+    assert {f.name: oct(stat.S_IMODE(f.stat().st_mode)) for f in files} == {
+        f.name: oct(0o666 & ~umask) for f in files
+    }
