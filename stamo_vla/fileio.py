@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
+import math
 import os
 import shutil
 import struct
@@ -89,26 +90,84 @@ def plan_shards(sizes: dict[str, int], max_shard_bytes: int) -> list[list[str]]:
     return shards
 
 
+_SAFETENSORS_DTYPES = {
+    "float64": "F64",
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
+}
+
+
+def stream_safetensors(
+    path: str | os.PathLike,
+    specs: dict[str, tuple[Any, tuple[int, ...]]],
+    tensors: Iterator[tuple[str, Any]],
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """Write a safetensors file one tensor at a time (the header comes from `specs`), atomically.
+
+    ``safetensors.torch.save_file`` needs every tensor in memory at once; this writes the same format (8-byte
+    header length, JSON header padded to 8 bytes, tensor data in header order), so the peak is one tensor.
+
+    Args:
+        path: the file.
+        specs: name -> (torch dtype, shape), in the order the tensors come.
+        tensors: (name, torch tensor) pairs in that order, each matching its spec.
+        metadata: text metadata of the header.
+    """
+    import torch
+
+    header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for name, (dtype, shape) in specs.items():
+        size = math.prod(shape) * dtype.itemsize
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPES[str(dtype).removeprefix("torch.")],
+            "shape": list(shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        for expected, (name, tensor) in zip(specs, tensors, strict=True):
+            dtype, shape = specs[expected]
+            if name != expected or tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
+                raise ValueError(
+                    f"{path}: tensor {name} {tensor.dtype} {tuple(tensor.shape)} does not match the header's "
+                    f"{expected} {dtype} {tuple(shape)}"
+                )
+            f.write(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
+
+
 def save_sharded_weights(
     directory: str | os.PathLike,
-    sizes: dict[str, int],
-    produce: Callable[[list[str]], dict[str, Any]],
+    specs: dict[str, tuple[Any, tuple[int, ...]]],
+    produce: Callable[[list[str]], Iterator[tuple[str, Any]]],
     max_shard_bytes: int,
     metadata: dict[str, str] | None = None,
 ) -> list[Path]:
-    """Write weights in transformers' sharded layout, one shard in memory at a time.
+    """Write weights in transformers' sharded layout, one tensor in memory at a time.
 
     One shard is written as ``model.safetensors``; more as ``model-0000i-of-0000n.safetensors`` plus
     ``model.safetensors.index.json`` (the layout transformers and upstream checkpoints use).
 
     Args:
         directory: where the files go (normally an `atomic_dir` temporary).
-        sizes: tensor name -> size in bytes, in the order the tensors are written.
-        produce: called once per shard with its tensor names; returns those tensors.
+        specs: tensor name -> (torch dtype, shape), in the order the tensors are written.
+        produce: called once per shard with its tensor names; yields (name, tensor) in that order.
         max_shard_bytes: the most bytes of tensor data a shard holds.
         metadata: safetensors header metadata of every shard.
     """
     directory = Path(directory)
+    sizes = {name: math.prod(shape) * dtype.itemsize for name, (dtype, shape) in specs.items()}
     shards = plan_shards(sizes, max_shard_bytes)
     names = (
         [WEIGHTS_FILE]
@@ -116,11 +175,7 @@ def save_sharded_weights(
         else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     )
     for file, keys in zip(names, shards, strict=True):
-        tensors = produce(keys)
-        if sorted(tensors) != sorted(keys):
-            raise ValueError(f"{file}: expected tensors {sorted(keys)}, got {sorted(tensors)}")
-        save_weights(tensors, directory / file, metadata)
-        del tensors
+        stream_safetensors(directory / file, {k: specs[k] for k in keys}, produce(keys), metadata)
     if len(shards) > 1:
         weight_map = {key: file for file, keys in zip(names, shards, strict=True) for key in keys}
         index = {"metadata": {"total_size": int(sum(sizes.values()))}, "weight_map": weight_map}

@@ -4,7 +4,7 @@ The in-memory merge (`stamo_vla.adapter.attach.merge`) writes each LoRA delta in
 memory-mapped 7B base every page becomes a private copy, so it peaks near the model's size (16.6 GiB for
 openvla-7b). Here each base tensor is read from its safetensors shard, the delta of the LoRA pair that targets it
 is added in the arithmetic peft's ``merge_and_unload`` uses (so the tensors are bit-identical), and the result is
-written in transformers' sharded layout; the peak is about one output shard plus the adapter.
+streamed into transformers' sharded layout; the peak is about the adapter plus one tensor (and its delta).
 """
 
 from __future__ import annotations
@@ -144,13 +144,12 @@ def merge_tensors(
     keys: list[str],
     dtype: torch.dtype | None = None,
     device: str = "cpu",
-) -> dict[str, torch.Tensor]:
-    """The merged tensors `keys` (one output shard): base weight in its merged dtype plus its LoRA delta.
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """The merged tensors `keys`, one at a time: base weight in its merged dtype plus its LoRA delta.
 
     Raises:
         ValueError: a merged weight holds NaN or inf (the adapter is broken), naming the tensor.
     """
-    out = {}
     for key, tensor in base.read(keys):
         tensor = tensor.to(merged_dtype(tensor.dtype, dtype))
         pair = pairs.get(key)
@@ -162,9 +161,7 @@ def merge_tensors(
                     f"merging the adapter into {key} gives NaN or inf: the adapter's LoRA weights for it are "
                     "broken. Take the adapter from an earlier checkpoint (<run_dir>/checkpoints/step_*/model)."
                 )
-            tensor = tensor.cpu()
-        out[key] = tensor
-    return out
+        yield key, tensor
 
 
 def shard_bytes(max_shard_size: str | int) -> int:
@@ -208,13 +205,10 @@ def write_merged_weights(
             f"the adapter has LoRA weights for {missing[:5]} (and {max(len(missing) - 5, 0)} more), which the "
             f"base checkpoint {base_files[0].parent} does not hold: it was trained on another base model."
         )
-    sizes = {
-        key: math.prod(shape) * merged_dtype(base.dtypes[key], dtype).itemsize
-        for key, shape in base.shapes.items()
-    }
+    specs = {key: (merged_dtype(base.dtypes[key], dtype), shape) for key, shape in base.shapes.items()}
     return save_sharded_weights(
         directory,
-        sizes,
+        specs,
         lambda keys: merge_tensors(base, pairs, keys, dtype, device),
         max_shard_bytes,
         metadata={"format": "pt"},

@@ -130,27 +130,51 @@ def test_a_broken_adapter_is_named_and_nothing_is_written(saved, tmp_path):
         read_lora(broken)
 
 
-def test_shards_are_planned_in_order_and_a_large_tensor_gets_its_own(tmp_path):
-    tensors = {"a": torch.zeros(10), "b": torch.ones(30), "c": torch.full((5,), 2.0), "d": torch.arange(4.0)}
-    sizes = {k: v.numel() * 4 for k, v in tensors.items()}
-    assert fileio.plan_shards(sizes, 64) == [["a"], ["b"], ["c", "d"]]
-    calls = []
-    files = fileio.save_sharded_weights(
-        tmp_path, sizes, lambda keys: calls.append(keys) or {k: tensors[k] for k in keys}, 64
-    )
-    assert calls == [["a"], ["b"], ["c", "d"]]  # one shard in memory at a time
-    assert [f.name for f in files] == [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
-    index = json.loads((tmp_path / fileio.WEIGHTS_INDEX).read_text())
-    assert index == {
-        "metadata": {"total_size": 196},
-        "weight_map": {"a": files[0].name, "b": files[1].name, "c": files[2].name, "d": files[2].name},
+def test_shards_are_planned_in_order_streamed_and_a_large_tensor_gets_its_own(tmp_path):
+    tensors = {
+        "a": torch.zeros(10),
+        "b": torch.randn(6, 5).to(torch.bfloat16),
+        "c": torch.tensor([True, False]),
+        "d": torch.arange(4),
+        "e": torch.randn(3, 2, 2),
     }
-    one = fileio.save_sharded_weights(
-        tmp_path / "one", sizes, lambda keys: {k: tensors[k] for k in keys}, 10**6
+    specs = {k: (v.dtype, tuple(v.shape)) for k, v in tensors.items()}
+    assert fileio.plan_shards({"a": 40, "b": 60, "c": 2, "d": 32, "e": 48}, 64) == [
+        ["a"],
+        ["b", "c"],
+        ["d"],
+        ["e"],
+    ]
+    calls = []
+
+    def produce(keys):
+        calls.append(keys)
+        yield from ((k, tensors[k]) for k in keys)
+
+    files = fileio.save_sharded_weights(tmp_path, specs, produce, 64, metadata={"format": "pt"})
+    assert calls == [["a"], ["b", "c"], ["d"], ["e"]]
+    assert [f.name for f in files] == [f"model-0000{i}-of-00004.safetensors" for i in (1, 2, 3, 4)]
+    index = json.loads((tmp_path / fileio.WEIGHTS_INDEX).read_text())
+    assert index["metadata"] == {"total_size": 182}
+    assert index["weight_map"] == {
+        "a": files[0].name,
+        "b": files[1].name,
+        "c": files[1].name,
+        "d": files[2].name,
+        "e": files[3].name,
+    }
+    read = _tensors(tmp_path)  # safetensors reads what was streamed: same names, dtypes and values
+    assert sorted(read) == sorted(tensors) and all(
+        read[k].dtype == v.dtype and torch.equal(read[k], v) for k, v in tensors.items()
     )
+    assert all(fileio.safetensors_problem(f) is None for f in files)
+    one = fileio.save_sharded_weights(tmp_path / "one", specs, produce, 10**6)
     assert [f.name for f in one] == [fileio.WEIGHTS_FILE] and not (
         tmp_path / "one" / fileio.WEIGHTS_INDEX
     ).exists()
+    with pytest.raises(ValueError, match="does not match the header"):
+        fileio.save_sharded_weights(tmp_path / "bad", specs, lambda keys: iter([("a", torch.ones(3))]), 10**6)
+    assert not (tmp_path / "bad" / fileio.WEIGHTS_FILE).exists()
 
 
 @pytest.mark.parametrize("size", ["5XB", "-1GB", "0", "lots"])
