@@ -288,6 +288,23 @@ def _check_weight_files(directory: Path) -> None:
             )
 
 
+def has_lora(directory: Path) -> bool:
+    """Whether an adapter directory holds peft LoRA weights (a merged checkpoint's head directory holds none).
+
+    Raises:
+        FileNotFoundError: LoRA weights without their ``adapter_config.json`` (they would be dropped).
+    """
+    if (directory / PEFT_CONFIG).is_file():
+        return True
+    if weights := [name for name in PEFT_WEIGHTS if (directory / name).is_file()]:
+        raise FileNotFoundError(
+            f"adapter directory {directory} holds LoRA weights ({weights[0]}) but no {PEFT_CONFIG}, so they "
+            f"cannot be loaded (and would otherwise be dropped). Copy {PEFT_CONFIG} from the run that wrote "
+            "them (<run_dir>/adapter or its checkpoints/step_*/model), or save the adapter again."
+        )
+    return False
+
+
 def load_adapter(base: nn.Module, directory: str | Path, is_trainable: bool = False) -> StaMoAdapterModel:
     """Load an adapter saved by `save_adapter` (or the head of a merged directory) onto `base`."""
     from peft import PeftModel
@@ -299,15 +316,9 @@ def load_adapter(base: nn.Module, directory: str | Path, is_trainable: bool = Fa
     provenance = read_provenance(directory)
     _check_weight_files(directory)
     _apply_statistics(base, directory)
-    if (directory / PEFT_CONFIG).is_file():
+    if has_lora(directory):
         _check_compatible(base, provenance, directory)
         vla = PeftModel.from_pretrained(base, str(directory), is_trainable=is_trainable)
-    elif weights := [name for name in PEFT_WEIGHTS if (directory / name).is_file()]:
-        raise FileNotFoundError(
-            f"adapter directory {directory} holds LoRA weights ({weights[0]}) but no {PEFT_CONFIG}, so they "
-            f"cannot be loaded (and would otherwise be dropped). Copy {PEFT_CONFIG} from the run that wrote "
-            "them (<run_dir>/adapter or its checkpoints/step_*/model), or save the adapter again."
-        )
     else:  # a merged checkpoint: the LoRA weights are already inside `base`
         vla = base
     head = _load_head(base, cfg, directory)

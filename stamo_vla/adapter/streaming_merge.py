@@ -256,6 +256,7 @@ def streaming_merge(
         STATISTICS,
         _check_compatible,
         _check_weight_files,
+        has_lora,
     )
     from stamo_vla.adapter.configuration_adapter import StaMoAdapterConfig
     from stamo_vla.data.statistics import load_dataset_statistics
@@ -269,6 +270,8 @@ def streaming_merge(
     max_shard_bytes = shard_bytes(max_shard_size)
     torch_dtype = getattr(torch, dtype) if dtype else None
     directory, _, _ = prepare_load(base_dir, {})  # checks config, weights and every tensor's shape
+    if not adapter_dir.is_dir():
+        raise FileNotFoundError(f"adapter directory {adapter_dir} does not exist")
     cfg = StaMoAdapterConfig.load(adapter_dir)
     provenance = read_provenance(adapter_dir)
     _check_weight_files(adapter_dir)
@@ -276,8 +279,10 @@ def streaming_merge(
     config = OpenVLAConfig.from_pretrained(str(directory))
     with torch.device("meta"):
         skeleton = OpenVLAForActionPrediction(config)  # names and shapes only, for the base-model check
-    _check_compatible(skeleton, provenance, adapter_dir)
-    pairs = read_lora(adapter_dir)
+    lora = has_lora(adapter_dir)  # without LoRA weights (a merged checkpoint's head), the base is copied
+    if lora:
+        _check_compatible(skeleton, provenance, adapter_dir)
+    pairs = read_lora(adapter_dir) if lora else {}
     processor = OpenVLAProcessor.from_pretrained(directory)
     with atomic_dir(out_dir, kind=MERGED_KIND, overwrite=overwrite) as tmp:
         write_merged_weights(tmp, weight_files(directory), pairs, torch_dtype, device, max_shard_bytes)

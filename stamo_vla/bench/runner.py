@@ -1,6 +1,8 @@
 """``stamo-vla bench``: run the benchmarks and write JSON plus a markdown table.
 
     stamo-vla bench [--quick true] [--only '[adapter,predict_action]'] [--output_dir runs/bench]
+    stamo-vla bench --device cuda [--output_dir runs/bench_cuda]   # the GPU benchmarks (skipped without a GPU)
+    stamo-vla bench --only '[big]'      # on demand: the openvla-7b-shaped load / attach / predict / merge
     python -m eval.bench ...            # the same, from a checkout
 
 Each benchmark module ``stamo_vla/bench/bench_<name>.py`` exposes ``run(quick: bool) -> dict`` and measures its
@@ -23,7 +25,10 @@ from pathlib import Path
 from stamo_vla.configs import check_choice, parse_config
 from stamo_vla.fileio import write_json_atomic, write_text_atomic
 
-BENCHMARKS = ("predict_action", "adapter", "stamo", "rlds_loader", "env", "eval", "oft")
+BENCHMARKS = ("predict_action", "adapter", "stamo", "rlds_loader", "env", "eval", "oft", "big", "cuda")
+# run only when named (--only) or, for cuda, by --device cuda: minutes of disk I/O, or a GPU
+ON_DEMAND = ("big", "cuda")
+DEVICES = {"cpu": tuple(b for b in BENCHMARKS if b not in ON_DEMAND), "cuda": ("cuda",)}
 
 
 @dataclasses.dataclass
@@ -32,18 +37,22 @@ class BenchConfig:
 
     # Small sizes and few repeats (seconds per benchmark).
     quick: bool = False
-    # Benchmarks to run (empty: all of predict_action, adapter, stamo, rlds_loader, env, eval, oft).
+    # Benchmarks to run (empty: every CPU benchmark, or with --device cuda the GPU ones). On demand only:
+    # big (openvla-7b-shaped load/attach/predict/merge, ~31 GB of disk) and cuda.
     only: list[str] = dataclasses.field(default_factory=list)
+    # cpu: the CPU benchmarks; cuda: the GPU benchmarks at the openvla-7b shape (skipped without a GPU).
+    device: str = "cpu"
     # Output folder of bench.json and bench.md.
     output_dir: str = "runs/bench"
 
     def __post_init__(self) -> None:
         for name in self.only:
             check_choice("only entry", name, BENCHMARKS)
+        check_choice("device", self.device, tuple(DEVICES))
 
     @property
     def names(self) -> list[str]:
-        return list(self.only) or list(BENCHMARKS)
+        return list(self.only) or list(DEVICES[self.device])
 
 
 def machine() -> dict:
