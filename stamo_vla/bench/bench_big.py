@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-UPSTREAM_LORA_PARAMS = 110_828_288  # LoRA r=32 on upstream's target set (reference openvla.md §1.3)
+UPSTREAM_LORA_PARAMS = 110_828_288  # LoRA r=32 on upstream's targets (docs/reference/openvla.md §1.3)
 UPSTREAM_PARAMS = 7_541_237_184
 LORA_RANK = 32
 RESULT = "BENCH_BIG_RESULT "

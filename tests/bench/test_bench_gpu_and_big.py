@@ -73,6 +73,12 @@ def test_big_bench_specs_are_openvla_7b_in_upstream_shards():
     shards = plan_shards(sizes, 5 * 10**9)
     assert len(shards) == 4  # upstream's model-0000{1..4}-of-00004 (4.93 / 4.95 / 4.95 / 0.26 GB)
     assert [round(sum(sizes[k] for k in keys) / 1e9, 2) for keys in shards][-1] < 1
+    from stamo_vla.vla import OpenVLAForActionPrediction
+
+    with torch.device("meta"):  # the bench's attach on the 7B skeleton: upstream's LoRA r=32 count, exactly
+        adapted = bench_big._attach(OpenVLAForActionPrediction(config))
+    lora = sum(p.numel() for p in adapted.vla.parameters() if p.requires_grad)
+    assert lora == bench_big.UPSTREAM_LORA_PARAMS == 110_828_288
 
 
 @pytest.mark.slow
