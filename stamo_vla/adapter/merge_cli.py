@@ -19,55 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from pathlib import Path
 
 from stamo_vla.configs import check_choice, parse_config
-from stamo_vla.fileio import check_replaceable
-
-
-def check_out_dir(out_dir: str | Path, inputs: dict[str, str | Path]) -> None:
-    """Refuse an output directory that equals, contains or sits inside one of the named input directories."""
-    out = Path(out_dir).expanduser().resolve()
-    for name, path in inputs.items():
-        src = Path(path).expanduser().resolve()
-        if out == src or src.is_relative_to(out) or out.is_relative_to(src):
-            relation = "is" if out == src else "contains" if src.is_relative_to(out) else "sits inside"
-            raise ValueError(
-                f"--output_dir {out_dir} {relation} --{name} {path}: writing there would destroy the input. "
-                "Choose an output directory outside both inputs (e.g. runs/<run>/merged next to the adapter)."
-            )
-
-
-def merge_checkpoint(
-    base_dir: str | Path,
-    adapter_dir: str | Path,
-    out_dir: str | Path,
-    dtype: str | None = None,
-    device: str = "cpu",
-    overwrite: bool = False,
-    max_shard_size: str | int = "5GB",
-) -> Path:
-    """Merge the adapter into the base checkpoint on disk, shard by shard, and write `out_dir`; returns it.
-
-    Refused before anything is read: an `out_dir` that overlaps `base_dir` or `adapter_dir`, and an
-    existing `out_dir` that is not an earlier merge output (or is one, without `overwrite`, or holds
-    files the merge did not write).
-
-    Args:
-        base_dir: base checkpoint (upstream layout).
-        adapter_dir: adapter directory written by `save_adapter`.
-        out_dir: output directory.
-        dtype: float32 | bfloat16 | float16 for the merged weights (None: as stored).
-        device: where the LoRA deltas are computed.
-        overwrite: replace an earlier merge output.
-        max_shard_size: the most tensor data per shard ("5GB" as upstream).
-    """
-    from stamo_vla.adapter.attach import MERGED_KIND
-    from stamo_vla.adapter.streaming_merge import streaming_merge
-
-    check_out_dir(out_dir, {"vla_path": base_dir, "adapter_dir": adapter_dir})
-    check_replaceable(out_dir, MERGED_KIND, overwrite)
-    return streaming_merge(base_dir, adapter_dir, out_dir, dtype, device, overwrite, max_shard_size)
 
 
 @dataclasses.dataclass
@@ -97,11 +50,13 @@ class MergeConfig:
             check_choice("dtype", self.dtype, ("float32", "bfloat16", "float16"))
         from stamo_vla.adapter.streaming_merge import shard_bytes
 
-        shard_bytes(self.max_shard_size)  # a clear error for "5 GB" or "-1"
+        shard_bytes(self.max_shard_size)  # a clear error for "5XB" or "-1GB"
 
 
 def main(argv: list[str] | None = None) -> int:
     """``stamo-vla merge``: merge base + adapter into an upstream-layout checkpoint."""
+    from stamo_vla.adapter.streaming_merge import merge_checkpoint
+
     cfg = parse_config(MergeConfig, sys.argv[1:] if argv is None else argv)
     out = merge_checkpoint(
         cfg.vla_path,

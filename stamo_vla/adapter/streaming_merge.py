@@ -225,7 +225,20 @@ def copy_head_files(adapter_dir: Path, directory: Path, skip: tuple[str, ...]) -
     return copied
 
 
-def streaming_merge(
+def check_out_dir(out_dir: str | Path, inputs: dict[str, str | Path]) -> None:
+    """Refuse an output directory that equals, contains or sits inside one of the named input directories."""
+    out = Path(out_dir).expanduser().resolve()
+    for name, path in inputs.items():
+        src = Path(path).expanduser().resolve()
+        if out == src or src.is_relative_to(out) or out.is_relative_to(src):
+            relation = "is" if out == src else "contains" if src.is_relative_to(out) else "sits inside"
+            raise ValueError(
+                f"--output_dir {out_dir} {relation} --{name} {path}: writing there would destroy the input. "
+                "Choose an output directory outside both inputs (e.g. runs/<run>/merged next to the adapter)."
+            )
+
+
+def merge_checkpoint(
     base_dir: str | Path,
     adapter_dir: str | Path,
     out_dir: str | Path,
@@ -236,7 +249,9 @@ def streaming_merge(
 ) -> Path:
     """Merge the adapter in `adapter_dir` into the checkpoint `base_dir`, writing `out_dir` shard by shard.
 
-    `out_dir` holds what `stamo_vla.adapter.attach.merge` writes (config, weights, processor files,
+    Refused before anything is read: an `out_dir` that overlaps `base_dir` or `adapter_dir`, and an existing
+    `out_dir` that is not an earlier merge output (or is one, without `overwrite`, or holds files the merge did
+    not write). `out_dir` holds what `stamo_vla.adapter.attach.merge` writes (config, weights, processor files,
     dataset_statistics.json, the StaMo head and adapter config, provenance.json), with weights in shards of at
     most `max_shard_size` (upstream's 5 GB by default) and an index when there are several.
 
@@ -266,6 +281,7 @@ def streaming_merge(
     from stamo_vla.vla.loading import prepare_load, weight_files
 
     base_dir, adapter_dir, out_dir = Path(base_dir), Path(adapter_dir), Path(out_dir)
+    check_out_dir(out_dir, {"vla_path": base_dir, "adapter_dir": adapter_dir})
     check_replaceable(out_dir, MERGED_KIND, overwrite)
     max_shard_bytes = shard_bytes(max_shard_size)
     torch_dtype = getattr(torch, dtype) if dtype else None

@@ -174,7 +174,7 @@ def step_merge(work: Path, streaming: bool) -> dict:
     out = work / ("merged_streaming" if streaming else "merged_in_memory")
     start = time.perf_counter()
     if streaming:
-        from stamo_vla.adapter.merge_cli import merge_checkpoint
+        from stamo_vla.adapter.streaming_merge import merge_checkpoint
 
         merge_checkpoint(work / "base", work / "adapter", out)
     else:

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 
 from stamo_vla import fileio
 from stamo_vla.adapter import StaMoAdapterConfig, attach, load_adapter, merge, save_adapter
-from stamo_vla.adapter.merge_cli import MergeConfig, merge_checkpoint
-from stamo_vla.adapter.streaming_merge import read_lora, shard_bytes
+from stamo_vla.adapter.merge_cli import MergeConfig
+from stamo_vla.adapter.streaming_merge import merge_checkpoint, read_lora, shard_bytes
 
 SHARD = 100_000  # bytes: the tiny model (about 1.2 MB in fp32) then spans many shards
 
