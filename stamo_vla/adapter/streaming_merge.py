@@ -96,7 +96,8 @@ def lora_delta(pair: LoraPair, weight_shape: torch.Size, device: str | torch.dev
         lora_a, lora_b = lora_a.float(), lora_b.float()
     if lora_a.dim() == 2:
         delta = lora_b @ lora_a
-        return (delta.T if pair.fan_in_fan_out else delta) * pair.scaling
+        # scaled in place: one fp32 copy of the delta at a time, not two (the same products as peft's `* scaling`)
+        return (delta.T if pair.fan_in_fan_out else delta).mul_(pair.scaling)
     if tuple(weight_shape[2:4]) == (1, 1):  # 1x1 convolution
         return (lora_b.squeeze(3).squeeze(2) @ lora_a.squeeze(3).squeeze(2)).unsqueeze(2).unsqueeze(
             3
