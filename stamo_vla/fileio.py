@@ -37,9 +37,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        follow_umask(
-            tmp_path
-        )  # after the write: some writers (safetensors) replace the file with a private one
+        # after the write: some writers (safetensors) replace the file with a private one
+        follow_umask(tmp_path)
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
