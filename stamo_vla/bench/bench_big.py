@@ -6,7 +6,7 @@
 The checkpoint is random: the exact openvla-7b architecture (7,541,237,184 parameters, bf16, upstream tensor
 names and 5 GB shards: four files) is built on the meta device and streamed to disk one tensor at a time, so
 building it takes about 1 GiB of RAM, never the model. Each step then runs in a fresh process, which reports its
-wall time and its peak RSS (``ru_maxrss``: file pages mapped from the checkpoint count too), so the steps do not
+wall time and its peak RSS (``VmHWM``: file pages mapped from the checkpoint count too), so the steps do not
 hide each other's memory. The merge is measured twice, side by side: the streaming merge of `stamo-vla merge`
 and the in-memory merge it replaced (load, peft's ``merge_and_unload``, ``save_pretrained``). Each merged output
 is deleted once measured; the base checkpoint and the adapter are deleted at the end unless ``keep`` is set.
@@ -15,6 +15,7 @@ Not part of the test suite (tests run it at the tiny shape).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -187,12 +188,24 @@ def step_merge(work: Path, streaming: bool) -> dict:
     return {"seconds": seconds, "shards": shards}
 
 
+def peak_rss_gib() -> float:
+    """This process's peak resident memory in GiB: ``VmHWM`` where Linux reports it, else ``ru_maxrss``.
+
+    ``ru_maxrss`` alone would not do in a child process: Linux carries the parent's peak over at exec.
+    """
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def run_step(step: str, work: Path, shape: str) -> dict:
-    """Run one step in this process; adds its peak RSS (GiB) and the RSS it started from."""
+    """Run one step in this process; adds its peak RSS (GiB) and the peak it had before the step."""
     import torch
 
     torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
-    start_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    start_rss = peak_rss_gib()
     if step == "build":
         begin = time.perf_counter()
         result = build_checkpoint(work / "base", shape)
@@ -207,8 +220,8 @@ def run_step(step: str, work: Path, shape: str) -> dict:
         result = step_predict_action(work)
     else:
         result = step_merge(work, streaming=step == "merge_streaming")
-    result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    result["rss_after_imports_gib"] = start_rss
+    result["peak_rss_gib"] = peak_rss_gib()
+    result["peak_rss_before_step_gib"] = start_rss
     return result
 
 
