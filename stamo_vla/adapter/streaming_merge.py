@@ -294,11 +294,12 @@ def merge_checkpoint(
     _check_weight_files(adapter_dir)
     stats = load_dataset_statistics(adapter_dir / STATISTICS)
     config = OpenVLAConfig.from_pretrained(str(directory))
-    with torch.device("meta"):
-        skeleton = OpenVLAForActionPrediction(config)  # names and shapes only, for the base-model check
     lora = has_lora(adapter_dir)  # without LoRA weights (a merged checkpoint's head), the base is copied
     if lora:
-        _check_compatible(skeleton, provenance, adapter_dir)
+        # the base-model check reads shapes and a few sampled weights: the model stays memory-mapped
+        base = OpenVLAForActionPrediction.from_pretrained(directory)
+        _check_compatible(base, provenance, adapter_dir)
+        del base
     pairs = read_lora(adapter_dir) if lora else {}
     processor = OpenVLAProcessor.from_pretrained(directory)
     with atomic_dir(out_dir, kind=MERGED_KIND, overwrite=overwrite) as tmp:

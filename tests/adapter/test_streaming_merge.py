@@ -182,3 +182,12 @@ def test_a_shard_size_that_does_not_parse_is_named(size):
     with pytest.raises(ValueError, match=f"max_shard_size={size!r}"):
         MergeConfig(vla_path="b", adapter_dir="a", output_dir="o", max_shard_size=size)
     assert shard_bytes("5GB") == 5 * 10**9 and shard_bytes("2000") == 2000 and shard_bytes("1GiB") == 2**30
+
+
+def test_an_adapter_of_another_base_is_refused_before_anything_is_written(saved, tmp_path):
+    from stamo_vla.vla import build_tiny
+
+    build_tiny(save_dir=tmp_path / "other", seed=1)  # same architecture, other weights
+    with pytest.raises(ValueError, match="trained on a different base model.*weight_digest"):
+        merge_checkpoint(tmp_path / "other", saved / "adapter", tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
