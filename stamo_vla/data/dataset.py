@@ -15,6 +15,7 @@ only when a sample is emitted. Action-free episodes give ``ACTION = 0`` and ``HA
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sys
@@ -72,6 +73,38 @@ def decode_frame(jpeg: bytes | np.ndarray, size: int) -> np.ndarray:
     return np.array(img.numpy(), dtype=np.uint8)  # a writable copy: torch warns on read-only arrays
 
 
+class DecodedFrames:
+    """Frames decoded at the policy's size, kept so that each JPEG is decoded and resized once per process.
+
+    Keyed by the JPEG's content digest (not by episode and step: a file path may name several episodes), so a
+    hit returns exactly what `decode_frame` would return. Frames are kept until ``max_mb`` is reached; later
+    ones are decoded on every use. Each DataLoader worker holds its own.
+
+    Args:
+        max_mb: memory bound in MiB (0: keep nothing, decode every time).
+    """
+
+    def __init__(self, max_mb: int) -> None:
+        self.max_bytes, self.bytes = int(max_mb) * 2**20, 0
+        self._frames: dict[bytes, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def decode(self, jpeg: bytes, size: int) -> np.ndarray:
+        """`decode_frame(jpeg, size)`, from memory when this frame was decoded before (a copy: callers own it)."""
+        if self.max_bytes <= 0:
+            return decode_frame(jpeg, size)
+        key = hashlib.blake2b(jpeg, digest_size=16, person=size.to_bytes(4, "little")).digest()
+        frame = self._frames.get(key)
+        if frame is None:
+            frame = decode_frame(jpeg, size)
+            if self.bytes + frame.nbytes > self.max_bytes:
+                return frame
+            self._frames[key], self.bytes = frame, self.bytes + frame.nbytes
+        return frame.copy()
+
+
 class _Episode:
     """One episode prepared for sampling: JPEG frames, normalized actions/proprio, optional cached states."""
 
@@ -124,6 +157,7 @@ class RLDSFrameDataset(IterableDataset):
         self.cfg, self.dataset_name, self.statistics = cfg, dataset_name, statistics
         self.rank, self.world_size = resolve_rank(rank, world_size)
         self.augment = cfg.image_aug and cfg.split == "train"
+        self.frames = DecodedFrames(cfg.frame_cache_mb)
         self.target_cache = None
         if cfg.use_target_cache:
             self.target_cache = TargetCache.open(
@@ -218,13 +252,10 @@ class RLDSFrameDataset(IterableDataset):
 
     def make_sample(self, ep: _Episode, t: int, rng: np.random.Generator) -> dict:
         """Decode and assemble the sample of step `t` of `ep`."""
-        size, tf = self.cfg.image_size, int(ep.future[t])
-        images = {
-            keys.IMAGE: decode_frame(ep.image[t], size),
-            keys.FUTURE_IMAGE: decode_frame(ep.image[tf], size),
-        }
+        size, tf, decode = self.cfg.image_size, int(ep.future[t]), self.frames.decode
+        images = {keys.IMAGE: decode(ep.image[t], size), keys.FUTURE_IMAGE: decode(ep.image[tf], size)}
         if ep.wrist is not None:
-            images[keys.WRIST_IMAGE] = decode_frame(ep.wrist[t], size)
+            images[keys.WRIST_IMAGE] = decode(ep.wrist[t], size)
         draws = self._augment_draws(ep, rng)
         if draws:
             images = {k: augment_image(v, draws[_AUG_CAMERA[k]]) for k, v in images.items()}

@@ -229,3 +229,46 @@ def test_mixture_resume_position_continues_the_stream_exactly(data_root, stats):
     resumed = mixture()
     resumed.set_resume_position(consumed_batches=5, batch_size=4)
     assert _ids([s for _, s in zip(range(10), resumed)]) == _ids(full[20:])
+
+
+def test_decoded_frame_cache_gives_the_same_samples_and_decodes_each_frame_once(
+    data_root, stats, monkeypatch
+):
+    cfg = _cfg(
+        data_root, train_percent=10, repeat=True, load_wrist=True, image_aug=True, shuffle_buffer_size=8
+    )
+    n = 3 * sum(episode_length(i) for i in range(2))  # three passes over the two train episodes
+    plain = RLDSFrameDataset(cfg, LABELED, stats[LABELED], 0, 1)
+    cached = RLDSFrameDataset(
+        DataConfig(**{**cfg.__dict__, "frame_cache_mb": 64}), LABELED, stats[LABELED], 0, 1
+    )
+    decoded = []
+    real = dataset_mod.decode_frame
+    monkeypatch.setattr(
+        dataset_mod, "decode_frame", lambda jpeg, size: decoded.append(jpeg) or real(jpeg, size)
+    )
+    a = [s for s, _ in zip(plain, range(n))]
+    decoded.clear()
+    b = [s for s, _ in zip(cached, range(n))]
+    for x, y in zip(a, b, strict=True):
+        assert x[keys.STEP] == y[keys.STEP]
+        for k in (
+            keys.IMAGE,
+            keys.FUTURE_IMAGE,
+            keys.WRIST_IMAGE,
+        ):  # augmented copies: the cache is untouched
+            np.testing.assert_array_equal(x[k], y[k])
+    assert len(decoded) == len(set(decoded)) == len(cached.frames)  # every distinct JPEG decoded once
+    assert cached.frames.bytes == len(cached.frames) * 224 * 224 * 3
+
+
+def test_decoded_frame_cache_stops_growing_at_its_bound(data_root, stats):
+    cfg = _cfg(data_root, train_percent=10, frame_cache_mb=1)  # 1 MiB holds 6 frames of 224 px
+    ds = RLDSFrameDataset(cfg, LABELED, stats[LABELED], 0, 1)
+    samples = list(ds)
+    assert len(ds.frames) == 6 and ds.frames.bytes <= 2**20
+    again = list(RLDSFrameDataset(_cfg(data_root, train_percent=10), LABELED, stats[LABELED], 0, 1))
+    for x, y in zip(samples, again, strict=True):
+        np.testing.assert_array_equal(x[keys.FUTURE_IMAGE], y[keys.FUTURE_IMAGE])
+    with pytest.raises(ValueError, match="frame_cache_mb=-1 must be >= 0"):
+        _cfg(data_root, frame_cache_mb=-1)
