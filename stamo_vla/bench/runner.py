@@ -25,7 +25,18 @@ from pathlib import Path
 from stamo_vla.configs import check_choice, parse_config
 from stamo_vla.fileio import write_json_atomic, write_text_atomic
 
-BENCHMARKS = ("predict_action", "adapter", "stamo", "rlds_loader", "env", "eval", "oft", "big", "cuda")
+BENCHMARKS = (
+    "predict_action",
+    "adapter",
+    "stamo",
+    "rlds_loader",
+    "env",
+    "eval",
+    "oft",
+    "train",
+    "big",
+    "cuda",
+)
 # run only when named (--only) or, for cuda, by --device cuda: minutes of disk I/O, or a GPU
 ON_DEMAND = ("big", "cuda")
 DEVICES = {"cpu": tuple(b for b in BENCHMARKS if b not in ON_DEMAND), "cuda": ("cuda",)}

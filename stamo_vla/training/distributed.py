@@ -1,7 +1,7 @@
 """Process setup that works as plain ``python`` (one process) and under ``torchrun --nproc-per-node K``.
 
 accelerate picks the backend: gloo for CPU processes, nccl on CUDA. Mixed precision (bf16 autocast) is
-used on CUDA only; CPU runs stay in float32 so results are exact and reproducible.
+used on CUDA by default; CPU runs stay in float32 (exact and reproducible) unless bf16 is asked for.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ def setup_accelerator(mixed_precision: str = "auto", find_unused_parameters: boo
     """Create the run's ``Accelerator``.
 
     Args:
-        mixed_precision: ``auto`` (bf16 on CUDA, none on CPU) | ``no`` | ``bf16`` (ignored on CPU, where
-            autocast would only slow things down and change numerics).
+        mixed_precision: ``auto`` (bf16 on CUDA, none on CPU) | ``no`` | ``bf16`` (bf16 autocast on any device:
+            on a CPU with ``avx512_bf16`` or AMX it speeds up matmuls, on others it is slower; it changes
+            numerics, see the ``train`` benchmark).
         find_unused_parameters: DDP option; needed when some trainable parameters get no gradient (OpenVLA's
             featurizers skip their last block, so LoRA there is unused, as in upstream fine-tuning).
     """
@@ -33,7 +34,7 @@ def setup_accelerator(mixed_precision: str = "auto", find_unused_parameters: boo
 
     check_choice("mixed_precision", mixed_precision, MIXED_PRECISION)
     cuda = torch.cuda.is_available()
-    precision = "bf16" if cuda and mixed_precision in ("auto", "bf16") else "no"
+    precision = "bf16" if mixed_precision == "bf16" or (cuda and mixed_precision == "auto") else "no"
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if find_unused_parameters else []
     return Accelerator(cpu=not cuda, mixed_precision=precision, kwargs_handlers=handlers)
 

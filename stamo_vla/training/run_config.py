@@ -45,7 +45,7 @@ class RunConfig:
     keep_last: int = 1
     # Log metrics every this many optimizer steps (and at the last step).
     log_steps: int = 10
-    # auto (bf16 autocast on CUDA, float32 on CPU) | no | bf16.
+    # auto (bf16 autocast on CUDA, float32 on CPU) | no | bf16 (bf16 autocast on CUDA and CPU alike).
     mixed_precision: str = "auto"
     # Log to Weights & Biases under this project (None: wandb is not used or imported).
     wandb_project: str | None = None

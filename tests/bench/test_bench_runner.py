@@ -32,3 +32,19 @@ def test_quick_run_writes_json_and_markdown(tmp_path):
     assert set(overhead) == {"stamo_cached_vs_plain_lora", "stamo_live_encoder_vs_plain_lora"}
     assert data["machine"]["cpu_count"] >= 1
     assert "## adapter" in (tmp_path / "bench.md").read_text()
+
+
+@pytest.mark.slow
+def test_train_bench_compares_old_and_new_paths_per_stage():
+    from stamo_vla.bench import bench_train
+
+    result = bench_train.run(quick=True, recipes=("finetune",))["finetune"]
+    stages = {f"{s}_s" for s in bench_train.STAGES}
+    for variant in bench_train.VARIANTS:
+        row = result[variant]
+        assert stages <= set(row) and all(row[k] >= 0 for k in stages)
+        assert row["step_s"] > 0 and row["samples_per_s"] == pytest.approx(2 / row["step_s"])
+    assert result["speedup_new_vs_old"] == pytest.approx(result["old"]["step_s"] / result["new"]["step_s"])
+    roof = result["roofline"]
+    assert roof["step_gflop"] > 0 and roof["peak_fp32_gflops"] > 0 and roof["peak_bf16_gflops"] > 0
+    assert roof["achieved_gflops"] == pytest.approx(roof["step_gflop"] / result["new"]["step_s"])

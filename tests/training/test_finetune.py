@@ -195,3 +195,15 @@ def test_torchrun_two_cpu_processes_write_the_same_adapter_format(tmp_path, toy_
     state = json.loads((run / "checkpoints" / "step_00000002" / "trainer_state.json").read_text())
     assert state["world_size"] == 2 and state["step"] == 2
     assert len(losses(run)) == 2
+
+
+@pytest.mark.slow
+def test_decoded_frame_cache_keeps_the_first_50_losses_bitwise(tmp_path, toy_data_root):
+    def run(name, cache_mb):
+        extra = ["--adapter.target", "none", "--max_steps", "50", "--save_steps", "0", "--batch_size", "2"]
+        cfg = tiny_cfg(tmp_path / name, toy_data_root, *extra, "--data.frame_cache_mb", str(cache_mb))
+        return losses(finetune(cfg).run_dir)
+
+    old, new = run("old", 0), run("new", 64)
+    assert sorted(old) == list(range(1, 51))
+    assert [old[s] for s in range(1, 51)] == [new[s] for s in range(1, 51)]  # exact equality, not approx
