@@ -16,7 +16,7 @@ frames in memory (``data.frame_cache_mb``; the same pixels, so the same losses);
 autocast on the CPU, a change of arithmetic that is measured here and not used by any recipe.
 
     stamo-vla bench --only '[train]'                 # a few minutes
-    stamo-vla bench --only '[train]' --quick true    # seconds: tiny batches, two timed steps
+    stamo-vla bench --only '[train]' --quick true    # tiny batches, one timed step per variant
 """
 
 from __future__ import annotations
@@ -203,19 +203,16 @@ def matmul_peak(m: int, k: int, n: int, dtype: torch.dtype, repeats: int) -> flo
     return 2 * m * k * n / best
 
 
-def compare(
-    trainers: dict[str, Trainer], warm_batches: int, rounds: int, steps: int, quick: bool = False
-) -> dict[str, dict]:
+def compare(trainers: dict[str, Trainer], warm_batches: int, rounds: int, steps: int) -> dict[str, dict]:
     """Per variant: median seconds per stage over the timed steps (variants take turns, `steps` each round).
 
     Every variant first draws `warm_batches` batches (one pass over the data: the new path's frames are then
-    decoded once, as in a run's later epochs) and trains two steps (allocator, first-call costs; one if `quick`).
+    decoded once, as in a run's later epochs) and trains one step (allocator, first-call costs).
     """
     for trainer in trainers.values():
         for _ in range(warm_batches):
             trainer.batch()
-        for _ in range(1 if quick else 2):
-            trainer.step()
+        trainer.step()
     times: dict[str, list[dict]] = {name: [] for name in trainers}
     for _ in range(rounds):
         for name, trainer in trainers.items():
@@ -249,8 +246,8 @@ def roofline(trainer: Trainer, step_s: float, llm_config, quick: bool) -> dict:
 def bench_recipe(name: str, make, batch_size: int, quick: bool, warm_batches: int) -> dict:
     """Old vs new (vs new + bf16) of one recipe: samples/s, ratios, per-stage seconds and the roofline."""
     trainers = {variant: make(variant) for variant in VARIANTS}
-    rounds, steps = (1, 1) if quick else (3, 3)
-    stages = compare(trainers, warm_batches, rounds, steps, quick)
+    rounds, steps = (1, 1) if quick else (2, 2)
+    stages = compare(trainers, warm_batches, rounds, steps)
     old = stages["old"]["step_s"]
     result = {"batch_size": batch_size}
     for variant, row in stages.items():
@@ -282,7 +279,7 @@ def run(quick: bool = False, recipes: tuple[str, ...] = ("finetune", "base")) ->
     """Benchmark the recipes; prints the tables and returns the numbers.
 
     Args:
-        quick: batch 2, a tiny dataset and two timed steps per variant (tests; the numbers mean little).
+        quick: batch 2, a tiny dataset and one timed step per variant (tests; the numbers mean little).
         recipes: which of "finetune" and "base" to run.
     """
     from stamo_vla.vla import build_tiny
@@ -291,7 +288,7 @@ def run(quick: bool = False, recipes: tuple[str, ...] = ("finetune", "base")) ->
     unknown = sorted(set(recipes) - {"finetune", "base"})
     if unknown:
         raise ValueError(f"recipes: unknown {unknown}; allowed ['base', 'finetune'].")
-    episodes, length = (2, 12) if quick else (12, 40)
+    episodes, length = (2, 12) if quick else (8, 40)
     out: dict = {"threads": torch.get_num_threads(), "episodes": episodes, "episode_length": length}
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         root = Path(tmp)

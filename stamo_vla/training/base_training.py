@@ -59,8 +59,11 @@ class BaseTrainConfig(RunConfig):
 
     # Model size from `stamo_vla.vla.tiny`: tiny (0.3M, 224 px) | small (5M, 112 px) | mid (5.5M, 224 px).
     model: str = "small"
-    # The training data; data.image_size must equal the model's input size (112 for small).
-    data: DataConfig = field(default_factory=lambda: DataConfig(image_size=112, train_percent=100))
+    # The training data; data.image_size must equal the model's input size (112 for small). Frames are decoded
+    # once and kept (up to 1 GiB), which changes no result.
+    data: DataConfig = field(
+        default_factory=lambda: DataConfig(image_size=112, train_percent=100, frame_cache_mb=1024)
+    )
     # Optimizer and schedule (linear warm-up, cosine decay, no gradient clipping).
     optim: OptimizerConfig = field(default_factory=_base_optim)
     # More datasets (in data.data_root_dir) whose instructions the tokenizer's BPE merges are learned on, besides
