@@ -62,14 +62,17 @@ class Trainer:
         optimizer, scheduler: over the trainable parameters.
         stages: {"vision": [modules], "llm": [modules]} whose forward time is measured with hooks.
         bf16: run the forward under CPU bf16 autocast.
+        max_grad_norm: clip as the recipe does (part of the optimizer stage); None: no clipping.
     """
 
-    def __init__(self, model, batches, optimizer, scheduler, stages: dict, bf16: bool = False):
+    def __init__(
+        self, model, batches, optimizer, scheduler, stages: dict, bf16: bool = False, max_grad_norm=None
+    ):
         self.model, self.batches, self.optimizer, self.scheduler = model, batches, optimizer, scheduler
+        self.max_grad_norm = max_grad_norm
         self.bf16, self._hook_s = bf16, {name: 0.0 for name in stages}
-        self.stage_config = stages["llm"][
-            0
-        ].config  # the LLM's config (hidden and MLP widths for the roofline)
+        self.llm_config = stages["llm"][0].config  # hidden and MLP widths, for the roofline
+        self.llm_rows = 0  # batch x sequence length of the last LLM forward (text and image tokens)
         for name, modules in stages.items():
             for module in modules:
                 self._time_forward(module, name)
@@ -78,8 +81,10 @@ class Trainer:
         start: list[float] = []
         module.register_forward_pre_hook(lambda *_: start.append(time.perf_counter()))
 
-        def done(*_):
+        def done(_module, _args, output):
             self._hook_s[name] += time.perf_counter() - start.pop()
+            if name == "llm":
+                self.llm_rows = int(output[0].shape[0] * output[0].shape[1])
 
         module.register_forward_hook(done)
 
@@ -107,6 +112,9 @@ class Trainer:
         t2 = time.perf_counter()
         loss.backward()
         t3 = time.perf_counter()
+        if self.max_grad_norm is not None:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -121,14 +129,14 @@ class Trainer:
         }
 
     def count_flop(self) -> tuple[int, int]:
-        """(FLOP of one forward + backward, tokens per batch) on the next batch; no optimizer step."""
+        """(FLOP of one forward + backward, LLM rows: batch x sequence) on the next batch; no optimizer step."""
         from torch.utils.flop_counter import FlopCounterMode
 
         batch = self.batch()
         with FlopCounterMode(display=False) as counter:
             self.forward(batch).backward()
         self.optimizer.zero_grad(set_to_none=True)
-        return counter.get_total_flops(), int(batch["input_ids"].numel())
+        return counter.get_total_flops(), self.llm_rows
 
 
 def finetune_trainer(root: str, dataset: str, base_dir: str, variant: str, quick: bool) -> Trainer:
@@ -156,7 +164,8 @@ def finetune_trainer(root: str, dataset: str, base_dir: str, variant: str, quick
         model.trainable_parameters(), cfg.optim, cfg.max_steps, None, accelerator
     )
     stages = {"vision": [base.vision_backbone, base.projector], "llm": [base.get_decoder()]}
-    return Trainer(model, iter(loader), optimizer, scheduler, stages, bf16=bf16)
+    clip = cfg.optim.max_grad_norm
+    return Trainer(model, iter(loader), optimizer, scheduler, stages, bf16=bf16, max_grad_norm=clip)
 
 
 def base_trainer(root: str, dataset: str, variant: str, quick: bool) -> Trainer:
@@ -187,7 +196,8 @@ def base_trainer(root: str, dataset: str, variant: str, quick: bool) -> Trainer:
         model.parameters(), cfg.optim, cfg.max_steps, None, accelerator
     )
     stages = {"vision": [vla.vision_backbone, vla.projector], "llm": [vla.get_decoder()]}
-    return Trainer(model, iter(loader), optimizer, scheduler, stages, bf16=bf16)
+    clip = cfg.optim.max_grad_norm
+    return Trainer(model, iter(loader), optimizer, scheduler, stages, bf16=bf16, max_grad_norm=clip)
 
 
 # ------------------------------------------------------------------------------------------- measure
@@ -254,8 +264,8 @@ def bench_recipe(name: str, make, batch_size: int, quick: bool, warm_batches: in
         result[variant] = {"samples_per_s": batch_size / row["step_s"], **row}
     result["speedup_new_vs_old"] = old / stages["new"]["step_s"]
     result["speedup_new_bf16_vs_old"] = old / stages["new_bf16"]["step_s"]
-    vla = trainers["new"].stage_config
-    result["roofline"] = roofline(trainers["new"], stages["new"]["step_s"], vla, quick)
+    new = trainers["new"]
+    result["roofline"] = roofline(new, stages["new"]["step_s"], new.llm_config, quick)
     _print(name, result)
     return result
 
