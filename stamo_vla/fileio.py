@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import json
 import math
 import os
 import shutil
+import socket
 import struct
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -239,6 +242,55 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 OUTPUT_MARKER = ".stamo_vla_output.json"
 
 
+def dataset_inputs(
+    option: str, data_root_dir: str | os.PathLike | None, names: list[str] | tuple[str, ...]
+) -> dict[str, Path]:
+    """The version folders (``<data_root_dir>/<name>/<x.y.z>``) of datasets a command reads, for `check_apart`.
+
+    Only the stored data count: a cache or labels written beside them (``<name>/stamo_targets``) are outputs.
+    """
+    if not data_root_dir:
+        return {}
+    return {
+        f"{option} ({name})": version
+        for name in names
+        for version in sorted(Path(data_root_dir, name).glob("[0-9]*.[0-9]*.[0-9]*"))
+    }
+
+
+def check_apart(
+    outputs: dict[str, str | os.PathLike | None], inputs: dict[str, str | os.PathLike | None]
+) -> None:
+    """Refuse an output that equals, contains or sits inside an input: writing there could destroy the input.
+
+    Every command that writes applies this to everything it reads. Paths are compared after resolving symlinks;
+    None or empty paths, and inputs that do not exist here (a Hub id), are skipped.
+
+    Args:
+        outputs: option name (as the user types it, without ``--``) -> the path written.
+        inputs: option name -> a path read.
+
+    Raises:
+        ValueError: naming both options, both paths and how they overlap.
+    """
+    for out_name, out_path in outputs.items():
+        if not out_path:
+            continue
+        out = Path(out_path).expanduser().resolve()
+        for name, path in inputs.items():
+            if not path or not (Path(path).expanduser().exists() or Path(path).is_symlink()):
+                continue
+            src = Path(path).expanduser().resolve()
+            if out == src or src.is_relative_to(out) or out.is_relative_to(src):
+                relation = "is" if out == src else "contains" if src.is_relative_to(out) else "sits inside"
+                raise ValueError(
+                    f"--{out_name} {out_path} {relation} --{name} {path}"
+                    + (f" ({src})" if str(src) != str(path) else "")
+                    + ": writing there would destroy the input. Choose an output outside every "
+                    "input (e.g. a new folder under runs/)."
+                )
+
+
 class ForeignDirectoryError(FileExistsError):
     """An output path holds something we did not write (or wrote as another kind): it is never replaced."""
 
@@ -406,3 +458,66 @@ def safetensors_problem(file: str | os.PathLike) -> str | None:
     if size != 8 + n + end:
         return f"{file} is truncated or padded ({size} bytes, its header describes {8 + n + end})"
     return None
+
+
+LOCK_NAME = ".stamo_vla.lock"
+
+
+class DirectoryLockedError(RuntimeError):
+    """Another process is writing the directory (it holds its lock)."""
+
+    user_error = True  # the CLI prints the message alone
+
+
+@contextlib.contextmanager
+def directory_lock(path: str | os.PathLike, command: str) -> Iterator[Path]:
+    """Hold an exclusive lock on the directory `path` (created if missing) while the block runs.
+
+    The lock is an ``fcntl.flock`` on ``<path>/.stamo_vla.lock``, which records the holder (pid, host, command,
+    start time). The kernel releases it when the holder exits, even on ``kill -9``, so a stale file never blocks.
+
+    Raises:
+        DirectoryLockedError: another process holds the lock; the message names it.
+    """
+    import fcntl
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    lock_file = path / LOCK_NAME
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "{}"
+            raise DirectoryLockedError(
+                f"'{path}' is being written by another process ({holder}, lock file {lock_file}); two writers "
+                "would corrupt each other. Wait for it to finish or stop it, or choose another output directory."
+            ) from None
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "command": command}
+        record["started"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def holds_directory_lock(command: str, directory: Callable[[Any], str | os.PathLike]) -> Callable:
+    """Decorate ``fn(cfg, ...)`` to run under `directory_lock` on ``directory(cfg)``, in the main process only.
+
+    Under torchrun only rank 0 (``RANK`` unset or 0) takes the lock: the other ranks of the same job write
+    nothing of their own.
+    """
+
+    def wrap(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def locked(cfg, *args, **kwargs):
+            if int(os.environ.get("RANK", "0")) != 0:
+                return fn(cfg, *args, **kwargs)
+            with directory_lock(directory(cfg), command):
+                return fn(cfg, *args, **kwargs)
+
+        return locked
+
+    return wrap

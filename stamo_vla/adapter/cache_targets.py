@@ -17,7 +17,8 @@ import sys
 from stamo_vla.adapter.configuration_adapter import StaMoAdapterConfig
 from stamo_vla.adapter.targets import get_target, target_names
 from stamo_vla.configs import check_choice, check_positive_int, parse_config
-from stamo_vla.data.target_cache import build_target_cache
+from stamo_vla.data.target_cache import build_target_cache, default_cache_dir
+from stamo_vla.fileio import check_apart, dataset_inputs
 
 
 @dataclasses.dataclass
@@ -93,6 +94,9 @@ def main_cache_targets(argv: list[str] | None = None) -> int:
     import torch
 
     cfg = parse_config(CacheTargetsConfig, sys.argv[1:] if argv is None else argv)
+    out = cfg.output_dir or default_cache_dir(cfg.data_root_dir, cfg.dataset_name)
+    inputs = dataset_inputs("data_root_dir", cfg.data_root_dir, [cfg.dataset_name])
+    check_apart({"output_dir": out}, {"stamo_path": cfg.stamo_path, "vla_path": cfg.vla_path, **inputs})
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     encoder = load_target_encoder(cfg, device)
     out = build_target_cache(

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 
 from stamo_vla.configs import check_positive_int
 from stamo_vla.data.augment import ImageAugConfig
+from stamo_vla.fileio import dataset_inputs
 
 FORMATS = ("rlds", "lerobot")  # on-disk formats; stamo_vla.data.sources reads both
 SPLITS = {"train": "train[:{p}%]", "val": "train[{p}%:]", "all": "train"}
@@ -65,6 +67,13 @@ class DataConfig:
     use_target_cache: bool = False
     # folder holding one cache per dataset, <root>/<dataset_name>/ (None = <data_root_dir>/<dataset_name>/stamo_targets)
     target_cache_root: str | None = None
+
+    def input_paths(self, prefix: str = "") -> dict[str, str | Path | None]:
+        """The stored datasets, statistics file and target caches read, by option name (`check_apart`)."""
+        paths: dict[str, str | Path | None] = {f"{prefix}statistics_path": self.statistics_path}
+        if self.use_target_cache:
+            paths[f"{prefix}target_cache_root"] = self.target_cache_root
+        return {**paths, **dataset_inputs(f"{prefix}data_root_dir", self.data_root_dir, self.dataset_names)}
 
     def __post_init__(self) -> None:
         if not self.dataset_names:

@@ -31,7 +31,7 @@ import numpy as np
 from stamo_vla.configs import check_positive_int, parse_config
 from stamo_vla.data.episodes import EpisodeIdentities, episode_key
 from stamo_vla.data.sources import iter_episodes
-from stamo_vla.fileio import save_weights, write_json_atomic
+from stamo_vla.fileio import check_apart, dataset_inputs, save_weights, write_json_atomic
 from stamo_vla.stamo import StaMoEncoder, fingerprint
 from stamo_vla.stamo.pixels import uint8_to_pixels
 
@@ -196,6 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     cfg = parse_config(LabelLatentActionsConfig, sys.argv[1:] if argv is None else argv)
+    inputs = dataset_inputs(
+        "data_root_dir", cfg.data_root_dir, [cfg.dataset_name] if cfg.dataset_name else []
+    )
+    check_apart(
+        {"output_dir": cfg.output_dir}, {"stamo_path": cfg.stamo_path, "frames_dir": cfg.frames_dir, **inputs}
+    )
     episodes = (
         rlds_episodes(cfg.data_root_dir, cfg.dataset_name)
         if cfg.dataset_name

@@ -22,7 +22,7 @@ from stamo_vla.configs import check_positive_int
 from stamo_vla.data.episodes import episode_id
 from stamo_vla.data.sources import iter_episodes
 from stamo_vla.data.synthetic import shapes
-from stamo_vla.fileio import atomic_path
+from stamo_vla.fileio import atomic_path, dataset_inputs
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -53,6 +53,12 @@ class ImageSourceConfig(draccus.ChoiceRegistry):
         """
         images = self.load(image_size)
         return images, torch.arange(len(images)), [str(i) for i in range(len(images))]
+
+    def input_paths(self) -> dict[str, str | Path | None]:
+        """The files or folders read, by option name (a run directory must lie apart from them)."""
+        if hasattr(self, "data_root_dir"):
+            return dataset_inputs("source.data_root_dir", self.data_root_dir, self.dataset_names)
+        return {"source.path": getattr(self, "path", None)}
 
 
 @ImageSourceConfig.register_subclass("image_folder")

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from stamo_vla.configs import check_choice, check_positive_int
+from stamo_vla.fileio import check_apart
 from stamo_vla.libero.suites import SUITE_MAX_STEPS, resolve_suite
 from stamo_vla.provenance import LEGACY_FILE, PROVENANCE_NAME, read_provenance
 
@@ -97,6 +98,9 @@ class EvalConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        check_apart(
+            {"output_dir": self.output_dir}, {"checkpoint": self.checkpoint, "adapter_dir": self.adapter_dir}
+        )
         check_choice("policy", self.policy, POLICY_TYPES)
         check_choice("video", self.video, VIDEO_MODES)
         check_choice("render", self.render, RENDER_MODES)

@@ -16,10 +16,12 @@ running it (and whether tracked files differ from that commit), and when it ends
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import threading
@@ -27,7 +29,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from stamo_vla.fileio import append_jsonl, read_jsonl, write_json_atomic
+from stamo_vla.fileio import append_jsonl, directory_lock, read_jsonl, write_json_atomic
 
 # the folder holding the stamo_vla package in use (a checkout or site-packages): stage commands run
 # `python -m stamo_vla.cli ...` and must import the same code as this process
@@ -88,6 +90,8 @@ class MixedCommitsError(RuntimeError):
     """A stage was asked to run from code other than the code that ran the earlier stages of the run."""
 
     user_error = True  # the message says what to do: the command line prints it alone
+# Seconds a stopped stage command may take to save its state (a checkpoint) before it is killed.
+STOP_GRACE_S = 120.0
 
 
 class StageFailed(RuntimeError):
@@ -133,10 +137,10 @@ class StagedRun:
         }
         print("  $ " + " ".join(args), flush=True)
         with open(log, "a") as f:
-            proc = subprocess.run(args, env=full_env, stdout=f, stderr=subprocess.STDOUT)
-        if proc.returncode != 0:
+            returncode = run_child(args, full_env, f)
+        if returncode != 0:
             tail = "\n".join(log.read_text().splitlines()[-30:])
-            raise StageFailed(f"stage command failed (exit {proc.returncode}); log {log}:\n{tail}")
+            raise StageFailed(f"stage command failed (exit {returncode}); log {log}:\n{tail}")
 
     def latest_model(self, run_dir: Path, stage: str) -> Path:
         """``<newest checkpoint of run_dir>/model``; names the stage that makes it when there is none."""
@@ -185,7 +189,14 @@ class StagedRun:
         return (self.marks / f"{name}.json").is_file()
 
     def main(self, always: tuple[str, ...] = ("report",)) -> dict[str, float]:
-        """Run the selected stages in order, skipping finished ones (except those in `always`)."""
+        """Run the selected stages in order, skipping finished ones (except those in `always`).
+
+        The output directory is locked meanwhile (`directory_lock`): a second driver on it is refused.
+        """
+        with directory_lock(self.out, self.NAME):
+            return self._run_stages(always)
+
+    def _run_stages(self, always: tuple[str, ...]) -> dict[str, float]:
         times: dict[str, float] = {}
         for name in self.stages:
             mark = self.marks / f"{name}.json"
@@ -249,6 +260,64 @@ class _Heartbeat:
         self.stop.set()
         self.thread.join()
         self.last = self.fn()
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGTERM when this process dies, even by SIGKILL (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork: the child only calls it
+    pr_set_pdeathsig = 1
+    return lambda: prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def run_child(args: list[str], env: dict, stdout) -> int:
+    """Run a stage command so that it never outlives this driver; returns its exit code.
+
+    The command runs in a process group of its own (with everything it starts: simulator workers, torchrun
+    ranks). SIGTERM or Ctrl-C to the driver is passed on to that whole group, which gets `STOP_GRACE_S` to save
+    its state (training writes a checkpoint on SIGTERM) before it is killed; the driver then exits with 143
+    (130 for Ctrl-C). If the driver itself is killed, the command gets SIGTERM from the kernel (Linux).
+    """
+    proc = subprocess.Popen(
+        args,
+        env=env,
+        stdout=stdout,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=_die_with_parent(),
+    )
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
+    try:
+        return proc.wait()
+    except BaseException:
+        _stop_group(proc)
+        raise
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(SystemExit):
+    """The driver got SIGTERM (exit code 143, as a process killed by it)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated(128 + signal.SIGTERM)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to the command's process group, then SIGKILL after `STOP_GRACE_S` (and to any it left behind)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=STOP_GRACE_S)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def python(*args: str) -> list[str]:

@@ -24,7 +24,7 @@ from stamo_vla.configs import check_choice, parse_config, save_config
 from stamo_vla.data.config import DataConfig
 from stamo_vla.data.dataset import make_dataloader
 from stamo_vla.data.sources import iter_episodes
-from stamo_vla.fileio import write_json_atomic
+from stamo_vla.fileio import check_apart, dataset_inputs, holds_directory_lock, write_json_atomic
 from stamo_vla.training.checkpoint import find_resumable_checkpoint, optimization_state, save_checkpoint
 from stamo_vla.training.distributed import seed_everything, setup_accelerator
 from stamo_vla.training.finetune import FinetuneCollator, to_device
@@ -142,10 +142,13 @@ def _load_or_build(cfg: BaseTrainConfig, run_dir: Path, resume_from: Path | None
     return build_tiny(config=model_config(cfg.model), seed=cfg.seed, instructions=texts)
 
 
+@holds_directory_lock("train-base", BaseTrainConfig.run_path)
 def train_base(cfg: BaseTrainConfig) -> Path:
     """Train (or resume) and write ``<run_dir>/model`` in the upstream layout; returns that directory."""
-    accelerator = setup_accelerator(cfg.mixed_precision)
     run_dir = cfg.run_path()
+    tokenizer_data = dataset_inputs("tokenizer_datasets", cfg.data.data_root_dir, cfg.tokenizer_datasets)
+    check_apart({"run_dir": run_dir}, {**cfg.data.input_paths("data."), **tokenizer_data})
+    accelerator = setup_accelerator(cfg.mixed_precision)
     resume_from = find_resumable_checkpoint(run_dir) if cfg.resume else None
     seed_everything(cfg.seed)
     vla, processor = _load_or_build(cfg, run_dir, resume_from)

@@ -136,6 +136,14 @@ class FinetuneConfig(RunConfig):
         then)."""
         return Provenance(trained_with_image_aug=bool(self.data.image_aug))
 
+    def input_paths(self) -> dict[str, str | Path | None]:
+        """Everything the run reads, by option name (the run directory must lie apart from all of them)."""
+        models = {
+            "vla_path": None if self.vla_path == "tiny" else self.vla_path,
+            "stamo_path": self.stamo_path,
+        }
+        return {**models, **self.data.input_paths("data.")}
+
     def run_path(self) -> Path:
         """``run_dir``, or ``runs/<default_run_id>`` when it is not set."""
         return Path(self.run_dir) if self.run_dir else Path("runs") / self.default_run_id
