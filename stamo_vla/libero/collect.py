@@ -25,11 +25,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from stamo_vla.configs import check_positive_int, parse_config
 from stamo_vla.data.rlds_writer import RLDSShardWriter
-from stamo_vla.fileio import write_json_atomic
+from stamo_vla.fileio import holds_directory_lock, write_json_atomic
 from stamo_vla.libero.env import SAME_STATE_TOLERANCE, check_suite, get_task, init_states, task_instruction
 from stamo_vla.libero.scripted_rollout import (  # noqa: F401  (re-exported: the collection API in one place)
     NOOP_THRESHOLD,
@@ -190,6 +191,46 @@ def check_disjoint(manifest: dict, tolerance: float = SAME_STATE_TOLERANCE) -> d
     }
 
 
+def check_resumable(manifest: dict, manifest_path: Path, cfg: CollectConfig) -> None:
+    """Refuse to resume a collection whose manifest was made with another suite, init-state source or render size.
+
+    Manifests written before the render size was recorded do not say it: those episodes are taken to have been
+    rendered at ``cfg.render_resolution`` (the demo and the study always pass the same value), with a warning, and
+    the value is recorded from then on.
+    """
+    if not manifest:
+        return
+    if manifest.get("suite") != cfg.suite:
+        raise ValueError(f"{manifest_path} belongs to suite {manifest.get('suite')!r}, not {cfg.suite!r}")
+    if manifest.get("init_states", "benchmark") != cfg.init_states:
+        raise ValueError(
+            f"{manifest_path} was collected with init_states={manifest.get('init_states', 'benchmark')!r}, not "
+            f"{cfg.init_states!r}; use another --data_root_dir or --dataset_name."
+        )
+    recorded = manifest.get("render_resolution")
+    if recorded is None and manifest.get("episodes"):
+        warnings.warn(
+            f"{manifest_path} predates the recording of the render size; its {len(manifest['episodes'])} "
+            f"attempts are taken to have been rendered at --render_resolution {cfg.render_resolution}, as this "
+            "run is, and that is recorded from now on. If they were rendered at another size, stop now and "
+            "rerun with that --render_resolution, or collect into another --dataset_name.",
+            stacklevel=2,
+        )
+    elif recorded is not None and recorded != cfg.render_resolution:
+        raise ValueError(
+            f"{manifest_path} was rendered at {recorded} px, not {cfg.render_resolution}; "
+            "use the same --render_resolution to resume, or another --data_root_dir or --dataset_name."
+        )
+
+
+def _write_manifest(path: Path, cfg: CollectConfig, done: dict) -> None:
+    manifest = {"suite": cfg.suite, "name": cfg.dataset_name, "init_states": cfg.init_states}
+    manifest.update(render_resolution=cfg.render_resolution, episodes=done)
+    check_disjoint(manifest)
+    write_json_atomic(path, manifest)
+
+
+@holds_directory_lock("collect", lambda cfg: Path(cfg.data_root_dir) / cfg.dataset_name)
 def collect(cfg: CollectConfig) -> dict:
     """Run the collection described by `cfg`; returns a summary (successes and attempts per task)."""
     from tqdm import tqdm
@@ -198,19 +239,9 @@ def collect(cfg: CollectConfig) -> dict:
     writer = RLDSShardWriter(cfg.data_root_dir, cfg.dataset_name, order_seed=cfg.seed)
     manifest_path = Path(cfg.data_root_dir) / cfg.dataset_name / MANIFEST_NAME
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    if manifest and manifest.get("suite") != cfg.suite:
-        raise ValueError(f"{manifest_path} belongs to suite {manifest.get('suite')!r}, not {cfg.suite!r}")
-    if manifest and manifest.get("init_states", "benchmark") != cfg.init_states:
-        raise ValueError(
-            f"{manifest_path} was collected with init_states={manifest.get('init_states', 'benchmark')!r}, not "
-            f"{cfg.init_states!r}; use another --data_root_dir or --dataset_name."
-        )
-    if manifest and manifest.get("render_resolution", 256) != cfg.render_resolution:
-        raise ValueError(
-            f"{manifest_path} was rendered at {manifest.get('render_resolution', 256)} px, not {cfg.render_resolution}; "
-            "use the same --render_resolution to resume, or another --data_root_dir or --dataset_name."
-        )
+    check_resumable(manifest, manifest_path, cfg)
     done = manifest.get("episodes", {})
+    _write_manifest(manifest_path, cfg, done)  # an older manifest gains the render size now
     if cfg.init_states == "fresh":
         num_states = dict.fromkeys(tasks, cfg.episodes_per_task * MAX_ATTEMPTS_FACTOR)
     else:
@@ -241,14 +272,7 @@ def collect(cfg: CollectConfig) -> dict:
             record.update({"retries": res.retries, "crashed": res.crashed, "file_path": file_path})
             record.update({"placement_seed": spec.placement_seed, "init_distance": res.init_distance})
             sched.finished(attempt, spec, record)
-            manifest = {
-                "suite": cfg.suite,
-                "name": cfg.dataset_name,
-                "init_states": cfg.init_states,
-                "episodes": done,
-            }
-            check_disjoint(manifest)
-            write_json_atomic(manifest_path, manifest)
+            _write_manifest(manifest_path, cfg, done)
             bar.set_postfix(attempts=len(done), failed=sum(not r["success"] for r in done.values()))
     bar.close()
     summary = {
