@@ -503,19 +503,31 @@ def directory_lock(path: str | os.PathLike, command: str) -> Iterator[Path]:
         os.close(fd)  # releases the lock
 
 
-def holds_directory_lock(command: str, directory: Callable[[Any], str | os.PathLike]) -> Callable:
-    """Decorate ``fn(cfg, ...)`` to run under `directory_lock` on ``directory(cfg)``, in the main process only.
+def writes_directory(
+    command: str,
+    option: str,
+    directory: Callable[[Any], str | os.PathLike],
+    inputs: Callable[[Any], dict[str, str | os.PathLike | None]] | None = None,
+) -> Callable:
+    """Decorate ``fn(cfg, ...)``, a command writing the directory ``directory(cfg)``: refuse it when it overlaps
+    an input (`check_apart` over ``inputs(cfg)``), then run under its `directory_lock`.
 
     Under torchrun only rank 0 (``RANK`` unset or 0) takes the lock: the other ranks of the same job write
     nothing of their own.
+
+    Args:
+        command: the command's name, recorded in the lock file.
+        option: the option that names the directory (``run_dir``), as error messages call it.
     """
 
     def wrap(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def locked(cfg, *args, **kwargs):
+            path = directory(cfg)
+            check_apart({option: path}, inputs(cfg) if inputs is not None else {})
             if int(os.environ.get("RANK", "0")) != 0:
                 return fn(cfg, *args, **kwargs)
-            with directory_lock(directory(cfg), command):
+            with directory_lock(path, command):
                 return fn(cfg, *args, **kwargs)
 
         return locked

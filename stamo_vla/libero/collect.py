@@ -30,7 +30,7 @@ from pathlib import Path
 
 from stamo_vla.configs import check_positive_int, parse_config
 from stamo_vla.data.rlds_writer import RLDSShardWriter
-from stamo_vla.fileio import holds_directory_lock, write_json_atomic
+from stamo_vla.fileio import write_json_atomic, writes_directory
 from stamo_vla.libero.env import SAME_STATE_TOLERANCE, check_suite, get_task, init_states, task_instruction
 from stamo_vla.libero.scripted_rollout import (  # noqa: F401  (re-exported: the collection API in one place)
     NOOP_THRESHOLD,
@@ -230,7 +230,7 @@ def _write_manifest(path: Path, cfg: CollectConfig, done: dict) -> None:
     write_json_atomic(path, manifest)
 
 
-@holds_directory_lock("collect", lambda cfg: Path(cfg.data_root_dir) / cfg.dataset_name)
+@writes_directory("collect", "data_root_dir", lambda cfg: Path(cfg.data_root_dir) / cfg.dataset_name)
 def collect(cfg: CollectConfig) -> dict:
     """Run the collection described by `cfg`; returns a summary (successes and attempts per task)."""
     from tqdm import tqdm

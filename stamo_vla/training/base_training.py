@@ -24,7 +24,7 @@ from stamo_vla.configs import check_choice, parse_config, save_config
 from stamo_vla.data.config import DataConfig
 from stamo_vla.data.dataset import make_dataloader
 from stamo_vla.data.sources import iter_episodes
-from stamo_vla.fileio import check_apart, dataset_inputs, holds_directory_lock, write_json_atomic
+from stamo_vla.fileio import dataset_inputs, write_json_atomic, writes_directory
 from stamo_vla.training.checkpoint import find_resumable_checkpoint, optimization_state, save_checkpoint
 from stamo_vla.training.distributed import seed_everything, setup_accelerator
 from stamo_vla.training.finetune import FinetuneCollator, to_device
@@ -84,6 +84,13 @@ class BaseTrainConfig(RunConfig):
     # no | auto (bf16 autocast on CUDA) | bf16. "no": the small models train in float32 everywhere.
     mixed_precision: str = "no"
 
+    def input_paths(self) -> dict:
+        """The datasets read, by option name (the run directory must lie apart from them)."""
+        tokenizer_data = dataset_inputs(
+            "tokenizer_datasets", self.data.data_root_dir, self.tokenizer_datasets
+        )
+        return {**self.data.input_paths("data."), **tokenizer_data}
+
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice("model", self.model, MODEL_PRESETS)
@@ -142,13 +149,11 @@ def _load_or_build(cfg: BaseTrainConfig, run_dir: Path, resume_from: Path | None
     return build_tiny(config=model_config(cfg.model), seed=cfg.seed, instructions=texts)
 
 
-@holds_directory_lock("train-base", BaseTrainConfig.run_path)
+@writes_directory("train-base", "run_dir", BaseTrainConfig.run_path, BaseTrainConfig.input_paths)
 def train_base(cfg: BaseTrainConfig) -> Path:
     """Train (or resume) and write ``<run_dir>/model`` in the upstream layout; returns that directory."""
-    run_dir = cfg.run_path()
-    tokenizer_data = dataset_inputs("tokenizer_datasets", cfg.data.data_root_dir, cfg.tokenizer_datasets)
-    check_apart({"run_dir": run_dir}, {**cfg.data.input_paths("data."), **tokenizer_data})
     accelerator = setup_accelerator(cfg.mixed_precision)
+    run_dir = cfg.run_path()
     resume_from = find_resumable_checkpoint(run_dir) if cfg.resume else None
     seed_everything(cfg.seed)
     vla, processor = _load_or_build(cfg, run_dir, resume_from)

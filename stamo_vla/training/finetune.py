@@ -30,7 +30,7 @@ from stamo_vla.adapter.target_encoders import build_target_encoder
 from stamo_vla.configs import parse_config, save_config
 from stamo_vla.data.dataset import make_dataloader
 from stamo_vla.data.target_cache import StaleTargetCacheError, read_manifest, target_facts, target_statistics
-from stamo_vla.fileio import check_apart, holds_directory_lock, write_json_atomic
+from stamo_vla.fileio import write_json_atomic, writes_directory
 from stamo_vla.provenance import read_provenance
 from stamo_vla.stamo import StaMoAutoencoder, StaMoEncoder
 from stamo_vla.stamo.pixels import uint8_to_pixels
@@ -373,7 +373,7 @@ def _prepare_resume(
         _apply_optim_config(optimizer, scheduler, cfg.optim)
 
 
-@holds_directory_lock("finetune", FinetuneConfig.run_path)
+@writes_directory("finetune", "run_dir", FinetuneConfig.run_path, FinetuneConfig.input_paths)
 def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     """Train; returns where the run and its final adapter are.
 
@@ -381,9 +381,8 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
         TrainingInterrupted: after SIGTERM, once the checkpoint of the current step is written.
         DirectoryLockedError: another process is writing the run directory.
     """
-    run_dir = cfg.run_path()
-    check_apart({"run_dir": run_dir}, cfg.input_paths())
     accelerator = setup_accelerator(cfg.mixed_precision, find_unused_parameters=True)
+    run_dir = cfg.run_path()
     resume_from = find_resumable_checkpoint(run_dir) if cfg.resume else None
     if cfg.resume and resume_from is None and list_checkpoints(run_dir) and accelerator.is_main_process:
         logger.warning("resume=true but %s has no intact checkpoint; starting from scratch", run_dir)

@@ -17,7 +17,7 @@ import torch
 
 from stamo_vla.configs import check_positive_int, save_config
 from stamo_vla.data.stamo_frames import ImageSourceConfig, SyntheticSource, split_heldout, to_pixels
-from stamo_vla.fileio import check_apart, holds_directory_lock, write_json_atomic
+from stamo_vla.fileio import write_json_atomic, writes_directory
 from stamo_vla.stamo.configuration_stamo import StaMoConfig
 from stamo_vla.stamo.modeling_autoencoder import StaMoAutoencoder
 from stamo_vla.stamo.pixels import resize
@@ -176,14 +176,13 @@ def check_resume_config(requested: StaMoConfig, saved: StaMoConfig, checkpoint: 
     requested.decoder.vae.shift_factor = saved.decoder.vae.shift_factor
 
 
-@holds_directory_lock("pretrain", PretrainStaMoConfig.run_path)
+@writes_directory("pretrain", "run_dir", PretrainStaMoConfig.run_path, lambda cfg: cfg.source.input_paths())
 def pretrain(cfg: PretrainStaMoConfig) -> dict:
     """Run (or resume) pretraining.
 
     Returns ``{"losses": {step: loss}, "eval": {...}, "health": {...}, "checkpoint": path}``; ``health`` holds
     the VAE gate, the own/shuffled loss gap at ``gap_check_step`` and the warnings raised (when not strict).
     """
-    check_apart({"run_dir": cfg.run_path()}, cfg.source.input_paths())
     acc = setup_accelerator(cfg.mixed_precision)
     run_dir, main = cfg.run_path(), acc.is_main_process
     latest = find_resumable_checkpoint(run_dir) if cfg.resume else None  # past a damaged newest one

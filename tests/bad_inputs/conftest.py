@@ -119,3 +119,9 @@ def finetune_cfg(tmp_path, toy_rlds_root):
         return parse_config(FinetuneConfig, args, prefix="finetune_")
 
     return build
+
+
+@pytest.fixture
+def finetune_argv(tmp_path, toy_rlds_root):
+    """Command-line arguments of a tiny fine-tuning run in this test's tmp_path: ``finetune_argv("--max_steps", "3")``."""
+    return lambda *extra: finetune_args(tmp_path, toy_rlds_root, *extra)

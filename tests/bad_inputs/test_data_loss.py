@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 
 import pytest
@@ -214,3 +215,60 @@ def test_weights_follow_the_umask(tmp_path, tiny_base_dir, umask):
     assert {f.name: oct(stat.S_IMODE(f.stat().st_mode)) for f in files} == {
         f.name: oct(0o666 & ~umask) for f in files
     }
+
+
+# ------------------------------------------------------------------------- every command: inputs apart
+def _tree(path):
+    return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("link", [False, True], ids=["same path", "symlink"])
+def test_finetune_refuses_a_run_dir_that_is_its_base_checkpoint(
+    tmp_path, tiny_base_dir, finetune_argv, link, capsys
+):
+    base = tmp_path / "base"
+    shutil.copytree(tiny_base_dir, base)
+    before = _tree(base)
+    run_dir = base
+    if link:
+        run_dir = tmp_path / "link"
+        run_dir.symlink_to(base)
+    args = finetune_argv("--vla_path", str(base), "--max_steps", "1")
+    assert cli.main(["finetune", *args, "--run_dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"--run_dir {run_dir} is --vla_path {base}" in err and "would destroy the input" in err
+    assert _tree(base) == before  # dataset_statistics.json included
+
+
+def test_every_writing_command_refuses_an_output_overlapping_its_inputs(tmp_path, toy_rlds_root, capsys):
+    stamo = _foreign(tmp_path / "stamo")
+    data = str(toy_rlds_root)
+    dataset = toy_rlds_root / "toy_push_no_noops" / "1.0.0"
+    toy = ["--data_root_dir", data, "--dataset_name", "toy_push_no_noops"]
+    commands = {
+        "eval": ["--checkpoint", str(stamo), "--output_dir", str(stamo / "eval")],
+        "cache-targets": [*toy, "--stamo_path", str(stamo), "--output_dir", str(stamo)],
+        "label-latent-actions": [*toy, "--stamo_path", str(stamo), "--output_dir", str(dataset / "labels")],
+        "train-base": [
+            "--data.data_root_dir",
+            data,
+            "--data.dataset_names",
+            "[toy_push_no_noops]",
+            "--data.image_size",
+            "112",
+        ]
+        + ["--run_dir", str(toy_rlds_root)],
+        "pretrain": [
+            "--source.type",
+            "image_folder",
+            "--source.path",
+            str(stamo),
+            "--run_dir",
+            str(tmp_path),
+        ],
+    }
+    for command, args in commands.items():
+        assert cli.main([command, *args]) == 2, command
+        err = capsys.readouterr().err
+        assert "would destroy the input" in err, (command, err)
+    assert _intact(stamo) and sorted(os.listdir(stamo)) == ["precious.txt"]
