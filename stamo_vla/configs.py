@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -164,3 +165,28 @@ def check_positive_int(field: str, value: object, allow_zero: bool = False) -> N
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         allowed = "an integer >= 0" if allow_zero else "a positive integer"
         raise ValueError(f"{field}={value!r} must be {allowed}")
+
+
+def check_range(
+    field: str,
+    value: object,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """Raise ValueError naming the field, the value and the allowed interval unless `value` is a finite number in
+    it (NaN and inf never pass; ``low_open`` / ``high_open`` exclude the bound itself).
+
+    Example: ``check_range("optim.lr", lr, low=0, low_open=True)`` allows (0, inf).
+    """
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        left = "-inf" if low is None else f"{low:g}"
+        right = "inf" if high is None else f"{high:g}"
+        interval = f"{'(' if low is None or low_open else '['}{left}, {right}{')' if high is None or high_open else ']'}"
+        raise ValueError(f"{field}={value!r} is not valid; it must be a finite number in {interval}")

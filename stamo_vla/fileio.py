@@ -13,7 +13,7 @@ import socket
 import struct
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -440,6 +440,34 @@ def atomic_dir(path: str | os.PathLike, kind: str, overwrite: bool = False) -> I
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+class NonFiniteWeightsError(ValueError):
+    """Weights hold NaN or inf: they are never saved, loaded or merged."""
+
+
+def check_finite_tensors(tensors: Iterable[tuple[str, Any]], what: str, fix: str) -> None:
+    """Raise `NonFiniteWeightsError` naming every floating-point tensor of `tensors` that holds NaN or inf.
+
+    Args:
+        tensors: (name, torch tensor) pairs; integer tensors are skipped.
+        what: what they are, for the message (e.g. "the adapter to save in runs/x/adapter").
+        fix: what the user should do.
+    """
+    bad = [name for name, t in tensors if t.is_floating_point() and not bool(t.isfinite().all())]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise NonFiniteWeightsError(f"{what}: {len(bad)} tensors hold NaN or inf ({shown}). {fix}")
+
+
+def check_finite_safetensors(files: Iterable[str | os.PathLike], fix: str) -> None:
+    """`check_finite_tensors` over every tensor stored in the safetensors `files`, one tensor in memory at a time;
+    the message names the file and the tensors."""
+    from safetensors import safe_open
+
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            check_finite_tensors(((k, f.get_tensor(k)) for k in f.keys()), f"weight file {file}", fix)  # noqa: SIM118
 
 
 def safetensors_problem(file: str | os.PathLike) -> str | None:

@@ -30,6 +30,8 @@ from stamo_vla.data.statistics import load_dataset_statistics
 from stamo_vla.data.target_cache import target_facts
 from stamo_vla.fileio import (
     atomic_dir,
+    check_finite_safetensors,
+    check_finite_tensors,
     check_replaceable,
     safetensors_problem,
     save_weights,
@@ -186,6 +188,21 @@ def attach(
     return model
 
 
+def check_finite_adapter(model: StaMoAdapterModel, what: str) -> None:
+    """Refuse an adapter whose own tensors (LoRA, head, the action head's modules) hold NaN or inf."""
+    tensors = (
+        (name, p.detach())
+        for name, p in model.named_parameters()
+        if p.requires_grad or "lora_" in name or name.startswith("head.")
+    )
+    check_finite_tensors(
+        tensors,
+        what,
+        "Training diverged before these weights were made; resume from an earlier checkpoint with a lower "
+        "--optim.lr (or --optim.max_grad_norm) instead.",
+    )
+
+
 def save_adapter(
     model: StaMoAdapterModel,
     directory: str | Path,
@@ -208,6 +225,7 @@ def save_adapter(
             "save_adapter needs dataset statistics (action/proprio q01/q99) so the adapter can un-normalize actions; "
             "pass dataset_statistics=... (the training run's dataset_statistics.json)."
         )
+    check_finite_adapter(model, f"the adapter to save in {directory}")
     with atomic_dir(directory, kind=ADAPTER_KIND, overwrite=overwrite) as tmp:
         # LoRA on lm_head (upstream's target set) makes peft offer to save whole embedding matrices; the base
         # embeddings are frozen and unchanged, so only the LoRA weights are written
@@ -315,6 +333,12 @@ def load_adapter(base: nn.Module, directory: str | Path, is_trainable: bool = Fa
     cfg = StaMoAdapterConfig.load(directory)
     provenance = read_provenance(directory)
     _check_weight_files(directory)
+    own = [
+        f for f in sorted(directory.glob("*.safetensors")) if not f.name.startswith("model")
+    ]  # not merged shards
+    check_finite_safetensors(
+        own, "These weights come from a diverged run: use an earlier checkpoint's adapter."
+    )
     _apply_statistics(base, directory)
     if has_lora(directory):
         _check_compatible(base, provenance, directory)
@@ -356,6 +380,7 @@ def merge(
     """
     out_dir = Path(out_dir)
     check_replaceable(out_dir, MERGED_KIND, overwrite)  # before merging: the merge consumes `model`
+    check_finite_adapter(model, f"the adapter to merge into {out_dir}")
     merged = model.vla.merge_and_unload() if hasattr(model.vla, "merge_and_unload") else model.vla
     stats = getattr(merged, "norm_stats", None)
     with atomic_dir(out_dir, kind=MERGED_KIND, overwrite=overwrite) as tmp:

@@ -10,7 +10,7 @@ import draccus
 
 from stamo_vla.adapter.action_heads import ActionHeadConfig, TokenActionHead, upgrade_legacy_action_head
 from stamo_vla.adapter.targets import get_target, target_names
-from stamo_vla.configs import check_choice, check_positive_int
+from stamo_vla.configs import check_choice, check_positive_int, check_range
 from stamo_vla.fileio import read_json, write_json_atomic
 from stamo_vla.provenance import Provenance
 
@@ -112,9 +112,9 @@ class StaMoAdapterConfig:
             "feature_grid",
         ):
             check_positive_int(name, getattr(self, name))
-        for name in ("lambda_action", "lambda_future", "lambda_decoder", "lora_dropout"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be >= 0")
+        for name in ("lambda_action", "lambda_future", "lambda_decoder"):
+            check_range(name, getattr(self, name), low=0)
+        check_range("lora_dropout", self.lora_dropout, low=0, high=1, high_open=True)
         if self.lora_alpha is not None and self.lora_alpha <= 0:
             raise ValueError(f"lora_alpha={self.lora_alpha!r} must be positive (or None for min(rank, 16))")
         if self.lambda_decoder > 0 and not get_target(self.target).in_state_space:

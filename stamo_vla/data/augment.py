@@ -16,6 +16,8 @@ import dataclasses
 import numpy as np
 from PIL import Image
 
+from stamo_vla.configs import check_range
+
 
 @dataclasses.dataclass
 class ImageAugConfig:
@@ -31,8 +33,7 @@ class ImageAugConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.crop_scale <= 1.0:
             raise ValueError(f"crop_scale={self.crop_scale} must be in (0, 1]")
-        if self.crop_ratio <= 0:
-            raise ValueError(f"crop_ratio={self.crop_ratio} must be > 0")
+        check_range("crop_ratio", self.crop_ratio, low=0, low_open=True)
         if not 0.0 <= self.brightness <= 1.0:
             raise ValueError(f"brightness={self.brightness} must be in [0, 1]")
         for name in ("contrast", "saturation"):

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stamo_vla.configs import check_choice
+from stamo_vla.configs import check_choice, check_range
 from stamo_vla.fileio import write_json_atomic
 
 CONFIG_NAME = "config.json"
@@ -31,8 +31,7 @@ STATE_BOTTLENECKS = ("none", "batch_norm")
 
 
 def _positive(name: str, value: int | float) -> None:
-    if value <= 0:
-        raise ValueError(f"{name}={value!r} is not valid; it must be > 0")
+    check_range(name, value, low=0, low_open=True)  # finite too: NaN or inf never passes
 
 
 def _divides(name: str, value: int, divisor_name: str, divisor: int) -> None:
@@ -196,6 +195,7 @@ class FlowMatchingConfig:
 
     def __post_init__(self) -> None:
         check_choice("decoder.flow.sigma_sampling", self.sigma_sampling, SIGMA_SAMPLINGS)
+        check_range("decoder.flow.logit_mean", self.logit_mean)
         _positive("decoder.flow.logit_std", self.logit_std)
         _positive("decoder.flow.num_train_timesteps", self.num_train_timesteps)
         _positive("decoder.flow.sampling_shift", self.sampling_shift)

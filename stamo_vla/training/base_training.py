@@ -205,7 +205,15 @@ def _train_loop(cfg, run_dir, state, dataset, loader, training, accelerator, log
     with stop_on_sigterm() as stop:
         while state.step < cfg.max_steps:
             micro = [to_device(next(batches), accelerator.device) for _ in range(cfg.grad_accumulation_steps)]
-            metrics = train_step(ddp_model, micro, optimizer, scheduler, accelerator, cfg.optim.max_grad_norm)
+            metrics = train_step(
+                ddp_model,
+                micro,
+                optimizer,
+                scheduler,
+                accelerator,
+                cfg.optim.max_grad_norm,
+                step=state.step + 1,
+            )
             consumed += len(micro)
             state.step += 1
             if cfg.logs_at(state.step):

@@ -16,6 +16,7 @@ skips a damaged newest checkpoint, with a warning naming it, in favour of the ne
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -28,7 +29,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from stamo_vla.fileio import atomic_dir, remove_stale_temporaries, safetensors_problem, write_json_atomic
+from stamo_vla.fileio import (
+    atomic_dir,
+    check_finite_safetensors,
+    check_finite_tensors,
+    remove_stale_temporaries,
+    safetensors_problem,
+    write_json_atomic,
+)
 from stamo_vla.training.distributed import gather_objects, rng_state, set_rng_state
 from stamo_vla.training.optim import OptimizerConfig, build_optimizer, build_scheduler
 
@@ -146,15 +154,10 @@ def save_checkpoint(
     rng = gather_objects(rng_state(), accelerator)  # collective: every rank takes part
     path = checkpoint_dir(run_dir, state.step)
     if accelerator is None or accelerator.is_main_process:
+        trained = ((n, p.detach()) for n, p in model.named_parameters() if p.requires_grad)
+        check_finite_tensors(trained, f"the model of step {state.step} (not saved)", _DIVERGED_FIX)
         remove_stale_temporaries(path.parent, ".step_*.tmp")  # left by a write that was killed
-        with atomic_dir(path, kind=CHECKPOINT_KIND, overwrite=True) as tmp:
-            model.save_pretrained(tmp / "model")
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            if scheduler is not None:
-                torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-            torch.save(rng, tmp / "rng_states.pt")
-            info = {"step": state.step, "world_size": len(rng), "data_state": state.data_state, **state.extra}
-            write_json_atomic(tmp / STATE_FILE, info)  # written last: marks the checkpoint complete
+        _write_checkpoint(path, state, model, optimizer, scheduler, rng)
         problem = verify_checkpoint(path)
         if problem is not None:
             warnings.warn(
@@ -168,6 +171,62 @@ def save_checkpoint(
     if accelerator is not None:
         accelerator.wait_for_everyone()
     return path
+
+
+def _write_checkpoint(path: Path, state: TrainerState, model, optimizer, scheduler, rng: list) -> None:
+    """Write the checkpoint's files through `atomic_dir`; a full disk names the file, the space it needed and the
+    checkpoint left intact."""
+    writing = path / "model"
+    try:
+        with atomic_dir(path, kind=CHECKPOINT_KIND, overwrite=True) as tmp:
+            model.save_pretrained(tmp / "model")
+            writing = path / "optimizer.pt"
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            if scheduler is not None:
+                torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            writing = path / "rng_states.pt"
+            torch.save(rng, tmp / "rng_states.pt")
+            info = {"step": state.step, "world_size": len(rng), "data_state": state.data_state, **state.extra}
+            writing = path / STATE_FILE
+            write_json_atomic(tmp / STATE_FILE, info)  # written last: marks the checkpoint complete
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise CheckpointWriteError(_disk_full_message(path, writing, model, optimizer, err)) from err
+
+
+def _disk_full_message(path: Path, writing: Path, model, optimizer, err: OSError) -> str:
+    needed = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    needed += sum(
+        t.numel() * t.element_size()
+        for s in optimizer.state.values()
+        for t in s.values()
+        if isinstance(t, torch.Tensor)
+    )
+    free = shutil.disk_usage(path.parent).free if path.parent.exists() else 0
+    previous = [p for p in list_checkpoints(path.parent.parent) if p != path]
+    kept = (
+        f"the previous checkpoint {previous[-1]} is intact and a rerun resumes from it"
+        if previous
+        else "no earlier checkpoint exists; nothing was replaced"
+    )
+    return (
+        f"the disk filled while writing {writing} ({err.strerror}): checkpoint {path.name} needs about "
+        f"{needed / 2**20:.1f} MiB (model and optimizer tensors), {free / 2**20:.1f} MiB are free now. The "
+        f"unfinished checkpoint was removed; {kept}. Free space (or lower keep_last) and rerun the same command."
+    )
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (the disk is full); the message says what to do."""
+
+    user_error = True
+
+
+_DIVERGED_FIX = (
+    "Training diverged: it is never saved or resumed from. Resume from an earlier checkpoint with a lower "
+    "--optim.lr (or --optim.max_grad_norm), or check the data for NaN values."
+)
 
 
 class CheckpointCorruptError(ValueError):
@@ -205,6 +264,7 @@ def load_checkpoint(
             f"checkpoint '{path}' cannot be resumed: {problem}. Delete it to resume from the one before it "
             "(resume=true picks the newest intact checkpoint), or start a new run."
         )
+    check_finite_safetensors(sorted((path / "model").rglob("*.safetensors")), _DIVERGED_FIX)
     info = json.loads(state_file.read_text())
     optimizer.load_state_dict(_load_torch(path / "optimizer.pt", map_location="cpu"))
     if scheduler is not None:

@@ -495,7 +495,15 @@ def train_loop(cfg, run_dir, state, dataset, loader, training, accelerator, log)
             check.update([m.pop(SUPERVISION, {}) for m in micro], accelerator)
             micro = [to_device(m, accelerator.device) for m in micro]
             consumed += len(micro)
-            metrics = train_step(ddp_model, micro, optimizer, scheduler, accelerator, cfg.optim.max_grad_norm)
+            metrics = train_step(
+                ddp_model,
+                micro,
+                optimizer,
+                scheduler,
+                accelerator,
+                cfg.optim.max_grad_norm,
+                step=state.step + 1,
+            )
             state.step += 1
             if cfg.logs_at(state.step):
                 log.log(state.step, metrics)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from stamo_vla.configs import check_choice, check_positive_int
+from stamo_vla.configs import check_choice, check_positive_int, check_range
 
 DECAYS = ("constant", "cosine", "step")
 
@@ -40,19 +40,20 @@ class OptimizerConfig:
 
     def __post_init__(self) -> None:
         check_choice("optim.decay", self.decay, DECAYS)
-        if self.lr <= 0:
-            raise ValueError(f"optim.lr={self.lr} is not valid; it must be > 0")
-        if self.weight_decay < 0:
-            raise ValueError(f"optim.weight_decay={self.weight_decay} is not valid; it must be >= 0")
-        if self.warmup_steps < 0:
-            raise ValueError(f"optim.warmup_steps={self.warmup_steps} is not valid; it must be >= 0")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"optim.min_lr_ratio={self.min_lr_ratio} is not valid; allowed: [0, 1]")
+        check_range("optim.lr", self.lr, low=0, low_open=True)
+        check_range("optim.eps", self.eps, low=0, low_open=True)  # 0 divides by zero where a gradient is 0
+        check_range("optim.weight_decay", self.weight_decay, low=0)
+        if len(self.betas) != 2:
+            raise ValueError(f"optim.betas={self.betas!r} is not valid; give two numbers, e.g. [0.9, 0.999]")
+        for i, beta in enumerate(self.betas):
+            check_range(f"optim.betas[{i}]", beta, low=0, high=1, high_open=True)
+        check_positive_int("optim.warmup_steps", self.warmup_steps, allow_zero=True)
+        check_range("optim.min_lr_ratio", self.min_lr_ratio, low=0, high=1)
         check_positive_int("optim.decay_step_size", self.decay_step_size)
-        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
-            raise ValueError(
-                f"optim.max_grad_norm={self.max_grad_norm} is not valid; give a value > 0 or null"
-            )
+        # a negative factor flips the learning rate's sign (gradient ascent); above 1 it grows without end
+        check_range("optim.decay_gamma", self.decay_gamma, low=0, high=1, low_open=True)
+        if self.max_grad_norm is not None:
+            check_range("optim.max_grad_norm", self.max_grad_norm, low=0, low_open=True)
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig) -> torch.optim.AdamW:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from stamo_vla.configs import check_positive_int, save_config
+from stamo_vla.configs import check_positive_int, check_range, save_config
 from stamo_vla.data.stamo_frames import ImageSourceConfig, SyntheticSource, split_heldout, to_pixels
 from stamo_vla.fileio import write_json_atomic, writes_directory
 from stamo_vla.stamo.configuration_stamo import StaMoConfig
@@ -93,6 +93,9 @@ class PretrainStaMoConfig(RunConfig):
             raise ValueError(f"heldout_groups={self.heldout_groups} is not valid; it must be >= 1 or None")
         for name in ("eval_steps", "vae_fit_steps", "gap_check_step"):
             check_positive_int(name, getattr(self, name), allow_zero=True)
+        check_range("vae_fit_lr", self.vae_fit_lr, low=0, low_open=True)
+        check_range("vae_min_gain_db", self.vae_min_gain_db)
+        check_range("min_loss_gap", self.min_loss_gap, low=0)
         if self.num_heldout == 1:
             raise ValueError("num_heldout=1 is not valid; use 0 (no evaluation) or >= 2 (shuffled baseline)")
         if self.interpolation_frames < 2:
@@ -276,7 +279,9 @@ def pretrain(cfg: PretrainStaMoConfig) -> dict:
             micro = [
                 to_pixels(train_u8[next(batches)]).to(acc.device) for _ in range(cfg.grad_accumulation_steps)
             ]
-            metrics = train_step(model, micro, optimizer, scheduler, acc, cfg.optim.max_grad_norm)
+            metrics = train_step(
+                model, micro, optimizer, scheduler, acc, cfg.optim.max_grad_norm, step=step + 1
+            )
             done = step + 1
             losses[done] = metrics["loss"]
             if cfg.logs_at(done):

@@ -3,6 +3,7 @@ pretraining)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ def train_step(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     accelerator: Accelerator | None = None,
     max_grad_norm: float | None = None,
+    step: int | None = None,
 ) -> dict[str, float]:
     """Forward and backward over ``micro_batches``, then (clip and) step once. The model owns its loss:
     ``model(batch) -> (loss, metrics)``.
@@ -29,8 +31,12 @@ def train_step(
     Pass the scheduler here rather than through ``accelerator.prepare``: accelerate's scheduler wrapper
     steps once per process, which would make the schedule depend on the number of GPUs.
 
+    A non-finite loss or gradient stops training before the optimizer steps (`TrainingDiverged`), so the
+    weights stay as they were and are never saved with NaN in them.
+
     Args:
         micro_batches: the batches of one optimizer step (one batch: no accumulation).
+        step: the 1-based number of this step, for the error message.
 
     Returns:
         ``loss`` and the model's metrics (each the mean over the micro-batches), ``lr`` (the rate this step
@@ -53,13 +59,60 @@ def train_step(
             scaled.backward()
         for k, v in {"loss": loss.item(), **metrics}.items():
             out[k] = out.get(k, 0.0) + v / n
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    clip = accelerator.clip_grad_norm_ if accelerator is not None else torch.nn.utils.clip_grad_norm_
+    # the norm before clipping; no limit (inf) only measures it. Gradients are synced, so every rank agrees.
+    grad_norm = float(clip(params, max_grad_norm if max_grad_norm is not None else math.inf))
     if max_grad_norm is not None:
-        params = [p for g in optimizer.param_groups for p in g["params"]]
-        clip = accelerator.clip_grad_norm_ if accelerator is not None else torch.nn.utils.clip_grad_norm_
-        out["grad_norm"] = float(clip(params, max_grad_norm))
+        out["grad_norm"] = grad_norm
+    if not (math.isfinite(out["loss"]) and math.isfinite(grad_norm)):
+        raise TrainingDiverged(divergence_message(step, out, grad_norm, optimizer, micro_batches))
     out["lr"] = optimizer.param_groups[0]["lr"]
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return out
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss or the gradient of a training step is NaN or inf; the message names the step and likely causes."""
+
+    user_error = True  # the CLI prints the message alone
+    exit_code = 1
+
+
+def divergence_message(
+    step: int | None, metrics: dict[str, float], grad_norm: float, optimizer: torch.optim.Optimizer, batches
+) -> str:
+    """Which values went non-finite at `step`, and the causes that fit what is seen (config first, then data)."""
+    bad = [f"{k}={v}" for k, v in metrics.items() if not math.isfinite(v)]
+    seen = (
+        ", ".join(bad)
+        if bad
+        else f"the loss is finite ({metrics['loss']:.4g}) but the gradient norm is {grad_norm}"
+    )
+    group = optimizer.param_groups[0]
+    causes = []
+    if not math.isfinite(group["lr"]) or not math.isfinite(group.get("initial_lr", group["lr"])):
+        causes.append(f"the learning rate is {group['lr']} (--optim.lr)")
+    if group.get("eps", 1.0) == 0:
+        causes.append("--optim.eps 0 divides by zero where a gradient is 0")
+    tensors = [
+        (k, v) for b in batches if isinstance(b, dict) for k, v in b.items() if isinstance(v, torch.Tensor)
+    ]
+    nan_inputs = sorted({k for k, v in tensors if v.is_floating_point() and not bool(v.isfinite().all())})
+    if nan_inputs:
+        causes.append(
+            f"the batch holds NaN/inf in {nan_inputs} (e.g. NaN states in a target-cache shard: rebuild it with "
+            "`stamo-vla cache-targets ... --overwrite true`)"
+        )
+    if bad:
+        causes.append("a non-finite loss weight (--adapter.lambda_*)")
+    causes.append("a learning rate too high for this model (lower --optim.lr, or set --optim.max_grad_norm)")
+    where = f"at step {step}" if step is not None else ""
+    return (
+        f"training diverged {where}: {seen}. The optimizer did not step, so no weight took a NaN; nothing of this "
+        f"step is saved. Likely causes: {'; '.join(dict.fromkeys(causes))}. Fix the cause and rerun: training "
+        "resumes from the last checkpoint."
+    )

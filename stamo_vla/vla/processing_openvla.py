@@ -8,6 +8,7 @@ absent the means/stds are rounded to bf16 here too (reference §2.4).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,10 @@ PROMPT_TEMPLATE = "In: What action should the robot take to {instruction}?\nOut:
 # images with a side below input / MIN_IMAGE_FRACTION are refused (a 1x1 frame would be upscaled and acted on);
 # LIBERO's 128 px and 256 px frames pass for a 224 px model
 MIN_IMAGE_FRACTION = 4
+
+
+# the prompt template around an empty (or blank) instruction
+_EMPTY_PROMPT = re.compile(re.escape(PROMPT_TEMPLATE).replace(re.escape("{instruction}"), r"\s*"))
 
 
 def build_prompt(instruction: str) -> str:
@@ -248,6 +253,12 @@ class OpenVLAProcessor:
             raise ValueError(
                 f"processor: got {len(texts)} texts and {len(images)} images; need one each per row."
             )
+        for i, t in enumerate(texts):
+            if not isinstance(t, str) or not t.strip() or _EMPTY_PROMPT.fullmatch(t.strip()):
+                raise ValueError(
+                    f"processor: text {i} is {t!r}, a prompt with no task instruction; the policy would act "
+                    "on nothing. Build it with build_prompt(<instruction>) from a non-empty instruction."
+                )
         enc = self.tokenizer(texts, padding=padding, return_tensors=return_tensors)
         self.check_length([int(sum(m)) for m in enc["attention_mask"]])
         return {
