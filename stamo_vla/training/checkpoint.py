@@ -38,7 +38,7 @@ from stamo_vla.fileio import (
     write_json_atomic,
 )
 from stamo_vla.training.distributed import gather_objects, rng_state, set_rng_state
-from stamo_vla.training.optim import OptimizerConfig, build_optimizer, build_scheduler
+from stamo_vla.training.optim import OptimizerConfig, apply_optim_config, build_optimizer, build_scheduler
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -249,10 +249,15 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     accelerator: Accelerator | None = None,
+    optim_cfg: OptimizerConfig | None = None,
 ) -> TrainerState:
     """Restore optimizer, scheduler and this rank's RNG states; return the step and data position.
 
     The model is not touched: load it beforehand from ``<path>/model`` with its ``from_pretrained``.
+
+    Args:
+        optim_cfg: the run's current optimizer config: the restored optimizer and schedule follow it (a changed
+            lr, weight decay, betas or eps takes effect), not the values stored in the checkpoint.
     """
     path = Path(path)
     state_file = path / STATE_FILE
@@ -269,6 +274,8 @@ def load_checkpoint(
     optimizer.load_state_dict(_load_torch(path / "optimizer.pt", map_location="cpu"))
     if scheduler is not None:
         scheduler.load_state_dict(_load_torch(path / "scheduler.pt"))
+    if optim_cfg is not None:
+        apply_optim_config(optimizer, scheduler, optim_cfg)
     rng = _load_torch(path / "rng_states.pt")
     rank = accelerator.process_index if accelerator is not None else 0
     if len(rng) != (accelerator.num_processes if accelerator is not None else 1):
@@ -292,5 +299,5 @@ def optimization_state(
     scheduler = build_scheduler(optimizer, optim_cfg, max_steps)
     state = TrainerState()
     if resume_from is not None:
-        state = load_checkpoint(resume_from, optimizer, scheduler, accelerator)
+        state = load_checkpoint(resume_from, optimizer, scheduler, accelerator, optim_cfg)
     return optimizer, scheduler, state

@@ -334,18 +334,6 @@ class SupervisionCheck:
             )
 
 
-def _apply_optim_config(optimizer, scheduler, optim_cfg) -> None:
-    """Make a resumed optimizer and schedule follow the (changed) optimizer config, not the checkpoint's."""
-    for i, group in enumerate(optimizer.param_groups):
-        group["initial_lr"] = optim_cfg.lr
-        group["betas"], group["eps"] = tuple(optim_cfg.betas), optim_cfg.eps
-        if i == 0 and group["weight_decay"] != 0.0:
-            group["weight_decay"] = optim_cfg.weight_decay
-    scheduler.base_lrs = [optim_cfg.lr] * len(optimizer.param_groups)
-    for group, fn in zip(optimizer.param_groups, scheduler.lr_lambdas):
-        group["lr"] = optim_cfg.lr * fn(scheduler.last_epoch)
-
-
 def _data_position(data_state: dict, batch_size: int) -> int:
     """Micro-batches of the current `batch_size` already consumed (converted when the batch size changed)."""
     consumed = int(data_state.get("micro_batches", 0))
@@ -364,13 +352,10 @@ def _data_position(data_state: dict, batch_size: int) -> int:
     return -(-samples // batch_size)
 
 
-def _prepare_resume(
-    cfg: FinetuneConfig, run_dir: Path, resume_from: Path, state, optimizer, scheduler, main: bool
-):
-    """Check the resumed config against the checkpoint, record what changed (rank 0) and apply it."""
-    changes = resume_config.reconcile(cfg.to_dict(), run_dir, resume_from, state.step, write=main)
-    if any(k.startswith("optim.") or k == "max_steps" for k in changes):
-        _apply_optim_config(optimizer, scheduler, cfg.optim)
+def _prepare_resume(cfg: FinetuneConfig, run_dir: Path, resume_from: Path, state, main: bool) -> None:
+    """Check the resumed config against the checkpoint and record what changed (rank 0). The optimizer and
+    schedule already follow the current config (`load_checkpoint` applies it)."""
+    resume_config.reconcile(cfg.to_dict(), run_dir, resume_from, state.step, write=main)
 
 
 @writes_directory("finetune", "run_dir", FinetuneConfig.run_path, FinetuneConfig.input_paths)
@@ -392,12 +377,14 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     stamo_encoder, decoder = load_stamo(cfg, accelerator.device)
     encoder, cache_fingerprint = target_encoder(cfg, stamo_encoder, base, processor)
     if resume_from is not None:  # before the model is loaded: a changed model is refused, not trained
+        targets = cache_fingerprint or (fingerprint(encoder) if encoder is not None else None)
         resume_config.check_fixed(
             cfg.to_dict(),
             _checkpoint_adapter(resume_from),
             None,
             resume_from,
             read_provenance(resume_from / "model"),
+            stamo_fingerprint=targets,
         )
     model = build_model(cfg, base, encoder, decoder, resume_from, cache_fingerprint)
     live_targets = model.config.has_head and not cfg.data.use_target_cache
@@ -420,7 +407,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     )
     if resume_from is not None:
         main = accelerator.is_main_process
-        _prepare_resume(cfg, run_dir, resume_from, state, optimizer, scheduler, main)
+        _prepare_resume(cfg, run_dir, resume_from, state, main)
     accelerator.wait_for_everyone()  # every rank has read the previous config.yaml before it is replaced
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)

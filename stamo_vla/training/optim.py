@@ -69,6 +69,28 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig) 
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
 
+def apply_optim_config(
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR | None,
+    cfg: OptimizerConfig,
+) -> None:
+    """Make a restored optimizer and schedule follow `cfg` (a resumed run's current config), not the values the
+    checkpoint stored: lr (and its place on the schedule), weight decay, betas and eps. Unchanged values are
+    set to what they already were, so an unchanged resume stays bit-exact."""
+    for group in optimizer.param_groups:
+        decayed = all(p.ndim >= 2 for p in group["params"])  # as `build_optimizer` grouped them
+        group["weight_decay"] = cfg.weight_decay if decayed else 0.0
+        group["betas"], group["eps"] = tuple(cfg.betas), cfg.eps
+        group["initial_lr"] = cfg.lr
+    if scheduler is None:
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr
+        return
+    scheduler.base_lrs = [cfg.lr] * len(optimizer.param_groups)
+    for group, fn in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group["lr"] = cfg.lr * fn(scheduler.last_epoch)
+
+
 def lr_factor(step: int, cfg: OptimizerConfig, total_steps: int) -> float:
     """Multiplier of cfg.lr at optimizer step `step` (0-based)."""
     if step < cfg.warmup_steps:

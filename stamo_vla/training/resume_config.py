@@ -4,21 +4,22 @@ A checkpoint fixes the model it holds: the base checkpoint and every adapter set
 the trained modules (LoRA rank and targets, head, target kind, horizon, ...). Changing one of those on resume
 is refused (`ResumeConfigError`), since the checkpoint would silently keep training the old model while the
 run's config said otherwise. So is a change of data.image_aug when the checkpoint's provenance records that
-its images were (or were not) augmented. Everything else (lr and schedule, batch size, step counts, logging, data
-settings) may change: each change is written to ``<run_dir>/config_changes.jsonl`` with the step it took
-effect, and the previous ``config.yaml`` is kept under ``<run_dir>/config_history/`` before the new one is
-written.
+its images were (or were not) augmented, and a StaMo encoder other than the one whose states the head learned.
+Everything else (lr and schedule, batch size, step counts, logging, data settings) may change: each change is
+written to ``<run_dir>/config_changes.jsonl`` with the step it took effect, and the previous ``config.yaml`` is
+kept under ``<run_dir>/config_history/`` before the new one is written (append-only: a copy is never
+overwritten). The optimizer follows the current config on resume (`stamo_vla.training.optim.apply_optim_config`),
+so each recorded change is the change that took effect.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import warnings
 from pathlib import Path
 
-from stamo_vla.fileio import append_jsonl
+from stamo_vla.fileio import append_jsonl, write_text_atomic
 from stamo_vla.provenance import Provenance, read_provenance
 from stamo_vla.training.finetune_config import FinetuneConfig
 
@@ -64,11 +65,15 @@ def check_fixed(
     previous: dict | None,
     checkpoint: Path,
     provenance: Provenance | None = None,
+    stamo_fingerprint: str | None = None,
 ) -> None:
     """Raise `ResumeConfigError` naming every fixed setting that differs from the checkpoint's.
 
-    `provenance`: the checkpoint model's record (`read_provenance`); its ``trained_with_image_aug`` fixes
-    data.image_aug.
+    Args:
+        provenance: the checkpoint model's record (`read_provenance`); its ``trained_with_image_aug`` fixes
+            data.image_aug, its ``stamo_fingerprint`` the StaMo encoder whose states are the head's targets.
+        stamo_fingerprint: the encoder of this run's targets (stamo_path, or the target caches); None = no
+            targets.
     """
     current = _flatten(cfg_dict)
     saved_adapter = FinetuneConfig.upgrade_saved({"adapter": checkpoint_adapter})["adapter"]
@@ -90,12 +95,23 @@ def check_fixed(
             f"data.image_aug: checkpoint trained with {recorded!r} (trained_with_image_aug in "
             f"{provenance.source}), now {current['data.image_aug']!r}"
         )
+    diffs += _encoder_change(provenance, stamo_fingerprint)
     if diffs:
         raise ResumeConfigError(
             f"resume=true cannot change what checkpoint {checkpoint} fixes: "
             + "; ".join(diffs)
             + ". Resume with the original values, or start a new run (another run_dir) for the new model."
         )
+
+
+def _encoder_change(provenance: Provenance | None, current: str | None) -> list[str]:
+    recorded = provenance.stamo_fingerprint if provenance is not None else None
+    if recorded is None or current is None or recorded == current:
+        return []
+    return [
+        f"StaMo encoder: the head learned the states of encoder {recorded[:12]} (stamo_fingerprint in "
+        f"{provenance.source}), the targets now come from encoder {current[:12]} (stamo_path / target caches)"
+    ]
 
 
 def allowed_changes(cfg_dict: dict, previous: dict) -> dict[str, dict]:
@@ -108,6 +124,24 @@ def allowed_changes(cfg_dict: dict, previous: dict) -> dict[str, dict]:
         if old.get(key) != new.get(key):
             changes[key] = {"old": old.get(key), "new": new.get(key)}
     return changes
+
+
+def keep_in_history(config_file: Path, history: Path, step: int) -> Path:
+    """Copy `config_file` into `history` atomically, under a name no earlier copy holds; returns the copy.
+
+    Append-only: a resume that was killed after recording its change and is resumed again from the same step
+    adds ``config_until_step_<step>.<n>.yaml`` beside the first copy, which is never overwritten.
+    """
+    text = config_file.read_text()
+    stem = f"config_until_step_{step:08d}"
+    kept, n = history / f"{stem}.yaml", 0
+    while kept.exists():
+        if kept.read_text() == text:
+            return kept  # this very config is kept already
+        n += 1
+        kept = history / f"{stem}.{n}.yaml"
+    write_text_atomic(kept, text)
+    return kept
 
 
 def reconcile(
@@ -132,10 +166,7 @@ def reconcile(
         return {}
     changes = allowed_changes(cfg_dict, previous)
     if changes and write:
-        history = run_dir / HISTORY_DIR
-        history.mkdir(parents=True, exist_ok=True)
-        kept = history / f"config_until_step_{step:08d}.yaml"
-        shutil.copy2(config_file, kept)
+        kept = keep_in_history(config_file, run_dir / HISTORY_DIR, step)
         append_jsonl(run_dir / CHANGES_FILE, {"step": step, "changes": changes})
         described = ", ".join(f"{k}: {v['old']!r} -> {v['new']!r}" for k, v in changes.items())
         warnings.warn(

@@ -222,7 +222,7 @@ def pretrain(cfg: PretrainStaMoConfig) -> dict:
     model, optimizer = acc.prepare(model, optimizer)
     state = TrainerState()
     if latest is not None:
-        state = load_checkpoint(latest, optimizer, scheduler, acc)  # restores RNG streams too
+        state = load_checkpoint(latest, optimizer, scheduler, acc, cfg.optim)  # restores RNG streams too
     else:
         seed_everything(cfg.seed + acc.process_index)  # distinct noise per rank
     batches = EpochBatches(

@@ -3,9 +3,11 @@ encoder, a resume killed while it records its config."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
+import torch
 
 
 @pytest.mark.sim
@@ -42,3 +44,102 @@ def test_an_interrupted_128_px_collection_resumes_through_the_demo_command(tmp_p
     demo.collect()  # the manifest it wrote resumes too, without a warning
     assert json.loads(manifest_path.read_text()) == resumed
     assert (demo.out / "logs" / "collect.log").read_text().count("predates") == 1
+
+
+class _Toy(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Linear(2, 2)  # a weight (decayed) and a bias (never decayed)
+
+    def forward(self, batch):
+        loss = self.w(batch).pow(2).mean()
+        return loss, {}
+
+    def save_pretrained(self, directory):
+        from safetensors.torch import save_file
+
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(directory / "w.safetensors"))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"lr": 3e-3},
+        {"weight_decay": 0.1},  # from 0: the group's stored decay of 0 once hid which group decays
+        {"betas": (0.5, 0.9)},
+        {"eps": 1e-6},
+        {"warmup_steps": 10},
+        {"decay": "step", "decay_step_size": 1, "decay_gamma": 0.5},
+    ],
+    ids=lambda c: ",".join(c),
+)
+def test_each_optimizer_change_on_resume_takes_effect(tmp_path, change):
+    from stamo_vla.training.checkpoint import TrainerState, optimization_state, save_checkpoint
+    from stamo_vla.training.optim import OptimizerConfig, lr_factor
+    from stamo_vla.training.step import train_step
+
+    model = _Toy()
+    before = OptimizerConfig(lr=1e-3, weight_decay=0.0)
+    optimizer, scheduler, _ = optimization_state(model.parameters(), before, 20, None, None)
+    for _ in range(2):
+        train_step(model, [torch.ones(2, 2)], optimizer, scheduler)
+    checkpoint = save_checkpoint(tmp_path, TrainerState(step=2), model, optimizer, scheduler)
+
+    after = dataclasses.replace(before, **change)
+    optimizer, scheduler, state = optimization_state(model.parameters(), after, 20, checkpoint, None)
+    assert state.step == 2
+    decayed, plain = optimizer.param_groups
+    assert (decayed["weight_decay"], plain["weight_decay"]) == (after.weight_decay, 0.0)
+    for group in optimizer.param_groups:
+        assert (group["betas"], group["eps"]) == (tuple(after.betas), after.eps)
+        assert group["lr"] == pytest.approx(after.lr * lr_factor(2, after, 20))
+    train_step(
+        model, [torch.ones(2, 2)], optimizer, scheduler
+    )  # and the schedule goes on from the new config
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(after.lr * lr_factor(3, after, 20))
+
+
+def test_resuming_with_another_stamo_encoder_is_refused(tmp_path, finetune_cfg):
+    from stamo_vla.stamo import StaMoEncoder, tiny_config
+    from stamo_vla.training.finetune import finetune
+    from stamo_vla.training.resume_config import ResumeConfigError
+
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        StaMoEncoder(tiny_config()).save_pretrained(tmp_path / f"stamo{seed}")
+    head = ("--adapter.target", "motion", "--adapter.head_width", "16")
+    first = finetune(finetune_cfg("--max_steps", "1", *head, "--stamo_path", str(tmp_path / "stamo0")))
+    recorded = json.loads((first.adapter_dir / "provenance.json").read_text())["stamo_fingerprint"]
+    with pytest.raises(
+        ResumeConfigError, match=rf"StaMo encoder: the head learned the states of encoder {recorded[:12]}"
+    ):
+        finetune(finetune_cfg("--max_steps", "2", *head, "--stamo_path", str(tmp_path / "stamo1")))
+    assert json.loads((first.adapter_dir / "provenance.json").read_text())["stamo_fingerprint"] == recorded
+
+
+def test_a_resume_killed_after_recording_its_change_never_overwrites_the_history(tmp_path, finetune_cfg):
+    from stamo_vla.configs import save_config
+    from stamo_vla.training.resume_config import CHANGES_FILE, HISTORY_DIR, reconcile
+
+    original = finetune_cfg("--optim.lr", "0.005")
+    run_dir = original.run_path()
+    run_dir.mkdir(parents=True)
+    save_config(original, run_dir / "config.yaml")
+    original_text = (run_dir / "config.yaml").read_text()
+    checkpoint = (
+        tmp_path / "checkpoint"
+    )  # a step-2 checkpoint without adapter files: nothing fixed to compare
+    checkpoint.mkdir()
+    for lr in ("0.001", "0.002"):  # the first resume is killed after recording; the second resumes again
+        changed = finetune_cfg("--optim.lr", lr)
+        with pytest.warns(UserWarning, match="resuming at step 2"):
+            reconcile(changed.to_dict(), run_dir, checkpoint, 2)
+        save_config(changed, run_dir / "config.yaml")
+    history = sorted(p.name for p in (run_dir / HISTORY_DIR).iterdir())
+    assert history == ["config_until_step_00000002.1.yaml", "config_until_step_00000002.yaml"]
+    assert (run_dir / HISTORY_DIR / "config_until_step_00000002.yaml").read_text() == original_text
+    records = [
+        json.loads(line)["changes"]["optim.lr"] for line in (run_dir / CHANGES_FILE).read_text().splitlines()
+    ]
+    assert records == [{"old": 0.005, "new": 0.001}, {"old": 0.001, "new": 0.002}]
