@@ -203,18 +203,24 @@ class FinetuneCollator:
             FUTURE_IMAGE for the frozen encoder (the target cache makes this unnecessary).
     """
 
-    def __init__(self, batch_transform, stamo_pixels: bool, has_head: bool = False):
+    def __init__(self, batch_transform, stamo_pixels: bool, has_head: bool = False, horizon: int = 0):
         self.batch_transform = batch_transform
         self.stamo_pixels = stamo_pixels
         self.has_head = has_head
+        self.horizon = horizon
 
     @staticmethod
-    def supervision(samples: list[dict], has_head: bool) -> dict[str, int]:
-        """Per batch: samples with a supervised action, with a real future frame, and with neither.
+    def supervision(samples: list[dict], has_head: bool, horizon: int = 0) -> dict[str, int]:
+        """Per batch: samples with a supervised action, with a real future frame, and with neither; with a head,
+        also the samples whose future frame was clamped to the episode's last frame (``clamped``, fewer than
+        `horizon` steps ahead) and the longest episode those show (``longest``: their future step + 1).
 
         A future frame clamped onto the current one (``FUTURE_STEP == STEP``: the episode ended before the
         horizon) makes a trivial StaMo target (zero motion, the current state).
         """
+        ahead = [int(s.get(K.FUTURE_STEP, 1)) - int(s.get(K.STEP, 0)) for s in samples]
+        clamped = [s for s, a in zip(samples, ahead) if has_head and a < horizon]
+        longest = max((int(s[K.FUTURE_STEP]) + 1 for s in clamped if K.FUTURE_STEP in s), default=0)
         actions = sum(bool(s.get(K.HAS_ACTION, True)) for s in samples)
         futures = (
             sum(int(s.get(K.FUTURE_STEP, 1)) != int(s.get(K.STEP, 0)) for s in samples) if has_head else 0
@@ -224,10 +230,11 @@ class FinetuneCollator:
             and not (has_head and int(s.get(K.FUTURE_STEP, 1)) != int(s.get(K.STEP, 0)))
             for s in samples
         )
-        return {"samples": len(samples), "actions": actions, "targets": futures, "degenerate": degenerate}
+        counts = {"samples": len(samples), "actions": actions, "targets": futures, "degenerate": degenerate}
+        return {**counts, "clamped": len(clamped), "longest": longest}
 
     def __call__(self, samples: list[dict]) -> dict:
-        supervision = self.supervision(samples, self.has_head)
+        supervision = self.supervision(samples, self.has_head, self.horizon)
         items = []
         for sample in samples:
             extra = {}
@@ -257,7 +264,9 @@ def build_dataloader(
     dataset = cfg.data.build(rank=rank, world_size=world_size, encoder_fingerprint=encoder_fingerprint)
     action_tokenizer = ActionTokenizer(base.action_vocab_size, bins=base.config.n_action_bins)
     transform = cfg.adapter.action_head.batch_transform(processor, action_tokenizer)
-    collate = FinetuneCollator(transform, stamo_pixels=live_targets, has_head=cfg.adapter.has_head)
+    collate = FinetuneCollator(
+        transform, stamo_pixels=live_targets, has_head=cfg.adapter.has_head, horizon=cfg.adapter.horizon
+    )
     loader = make_dataloader(dataset, cfg.batch_size, num_workers=cfg.num_workers, collate_fn=collate)
     return dataset, loader
 
@@ -286,7 +295,8 @@ class SupervisionCheck:
 
     def __init__(self, cfg: FinetuneConfig, check_steps: int = CHECK_STEPS):
         self.cfg, self.steps = cfg, min(check_steps, cfg.max_steps)
-        self.totals = {"samples": 0, "actions": 0, "targets": 0, "degenerate": 0}
+        self.totals = {"samples": 0, "actions": 0, "targets": 0, "degenerate": 0, "clamped": 0}
+        self.longest = 0  # the longest episode the clamped samples show
         self.seen, self.done = 0, False
 
     def update(self, supervision: list[dict], accelerator) -> None:
@@ -295,6 +305,7 @@ class SupervisionCheck:
         for counts in supervision:
             for k in self.totals:
                 self.totals[k] += int(counts.get(k, 0))
+            self.longest = max(self.longest, int(counts.get("longest", 0)))
         self.seen += 1
         if self.seen < self.steps:
             return
@@ -303,6 +314,9 @@ class SupervisionCheck:
         if accelerator is not None and accelerator.num_processes > 1:
             flat = torch.tensor([float(totals[k]) for k in totals], device=accelerator.device)
             totals = dict(zip(totals, accelerator.reduce(flat, reduction="sum").tolist()))
+            self.longest = int(
+                accelerator.gather(torch.tensor([self.longest], device=accelerator.device)).max()
+            )
         self._judge({k: int(v) for k, v in totals.items()})
 
     def _judge(self, t: dict) -> None:
@@ -322,6 +336,14 @@ class SupervisionCheck:
                 f"nothing to learn from: the first {self.seen} steps ({t['samples']} samples) hold no supervised "
                 f"action token and no StaMo target: {'; '.join(reasons)}. Add labeled data to data.dataset_names, "
                 "set adapter.target (state | motion) with StaMo targets, or lower adapter.horizon."
+            )
+        if cfg.adapter.has_head and t["samples"] and t["clamped"] == t["samples"]:
+            raise ValueError(
+                f"adapter.horizon={cfg.adapter.horizon} is longer than every episode read: in the first {self.seen} "
+                f"steps all {t['samples']} samples had their future frame clamped to their episode's last frame "
+                f"(episodes of at most {self.longest} steps), so the head would learn the way to the episode's end, "
+                f"not {cfg.adapter.horizon} steps ahead. Set adapter.horizon below {self.longest}, or use longer "
+                "episodes."
             )
         if t["degenerate"] > t["samples"] / 2:
             logger.warning(

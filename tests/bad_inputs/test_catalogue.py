@@ -27,6 +27,10 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "bare error naming no file for a damaged checkpoint": "test_checkpoints.py::test_loading_a_damaged_checkpoint_names_the_file_and_the_fix",
         "keep_last=1 deletes the only intact checkpoint": "test_checkpoints.py::test_an_unreadable_new_checkpoint_never_prunes_the_older_one",
         "SIGTERM loses every step since the last checkpoint": "test_training_runs.py::test_sigterm_saves_a_checkpoint_and_resume_continues_from_it",
+        "finetune --run_dir equal to --vla_path, or a symlink to it (base statistics overwritten)": "test_data_loss.py::test_finetune_refuses_a_run_dir_that_is_its_base_checkpoint",
+        "eval, cache-targets, label-latent-actions, train-base, pretrain writing onto or inside an input": "test_data_loss.py::test_every_writing_command_refuses_an_output_overlapping_its_inputs",
+        "disk full while a checkpoint is written: unclear error": "test_divergence.py::test_a_full_disk_names_the_file_the_space_needed_and_the_intact_checkpoint",
+        "a resume killed after recording its change overwrites the config history": "test_resume.py::test_a_resume_killed_after_recording_its_change_never_overwrites_the_history",
     },
     "silently wrong": {
         "inf action / NaN state / inf joint state in the writer": "test_non_finite.py::test_writer_refuses_non_finite_values",
@@ -58,6 +62,17 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "writing another episode under a file_path already staged (dropped)": "test_datasets.py::test_the_writer_refuses_another_episode_under_a_staged_file_path",
         "episodes written task by task: train[95%:] is one task": "test_datasets.py::test_episodes_collected_task_by_task_are_written_interleaved",
         "dataset of an older writer marked disableShuffling (upstream's trainer refuses it)": "test_datasets.py::test_a_dataset_an_older_writer_marked_ordered_warns_with_the_fix",
+        "NaN input or NaN loss weight: a non-finite loss trains on": "test_divergence.py::test_a_non_finite_loss_stops_the_step_before_any_weight_changes",
+        "lr far too high: the run diverges, exits 0 and saves NaN weights": "test_divergence.py::test_a_diverging_fine_tuning_run_stops_naming_the_step_and_saves_nothing",
+        "NaN adapter weights saved, loaded and merged": "test_divergence.py::test_non_finite_weights_are_never_saved_loaded_or_merged",
+        "NaN weights written to or resumed from a checkpoint": "test_divergence.py::test_checkpoints_with_non_finite_weights_are_never_written_or_resumed",
+        "NaN states in a target-cache shard": "test_divergence.py::test_a_target_cache_shard_with_nan_states_is_refused_when_read",
+        "decay_gamma -1, lr/eps 0 or inf, NaN/inf loss weights, betas >= 1, NaN crop ratio": "test_divergence.py::test_numeric_fields_out_of_range_are_refused_where_declared",
+        "a prompt with an empty instruction reaching predict_action": "test_divergence.py::test_a_prompt_without_an_instruction_never_reaches_predict_action",
+        "horizon longer than every labeled episode: the head learns the way to the episode's end": "test_training_runs.py::test_a_horizon_longer_than_every_episode_is_refused_with_the_episode_lengths",
+        "optimizer change on resume (weight decay, ...) logged but not applied": "test_resume.py::test_each_optimizer_change_on_resume_takes_effect",
+        "resume with another StaMo encoder than the head learned": "test_resume.py::test_resuming_with_another_stamo_encoder_is_refused",
+        "interrupted 128 px collection never resumes (demo, study); report says 256 px": "test_resume.py::test_an_interrupted_128_px_collection_resumes_through_the_demo_command",
     },
     "unclear errors": {
         "missing tokenizer.json said to install sentencepiece; truncated tokenizer.json": "test_clear_errors.py::test_missing_tokenizer_names_the_file_not_sentencepiece",
@@ -74,6 +89,11 @@ CATALOGUE: dict[str, dict[str, str]] = {
     },
     "security and sharing": {
         "runs/merged typo taken as a Hub repo id": "test_clear_errors.py::test_a_missing_local_path_with_one_slash_is_never_a_hub_id",
+    },
+    "processes and concurrency": {
+        "SIGTERM to study / demo leaves its stage command running": "test_processes.py::test_sigterm_to_a_study_driver_leaves_no_child_running",
+        "kill -9 of the study / demo driver leaves its stage command running": "test_processes.py::test_a_killed_driver_takes_its_stage_command_with_it",
+        "two writers in one run directory": "test_processes.py::test_a_second_writer_of_a_locked_run_directory_is_refused",
     },
 }
 

@@ -94,6 +94,8 @@ def test_supervision_check_counts_clamped_future_frames_as_degenerate():
         "actions": 0,
         "targets": 0,
         "degenerate": 3,
+        "clamped": 0,  # counted against a horizon (none given here)
+        "longest": 0,
     }
     real = [{K.HAS_ACTION: False, K.STEP: 1, K.FUTURE_STEP: 3}]
     assert FinetuneCollator.supervision(real, has_head=True)["targets"] == 1
@@ -126,3 +128,25 @@ def test_mostly_degenerate_samples_warn(finetune_cfg, caplog):
     with caplog.at_level("WARNING", logger="stamo_vla.training.finetune"):
         check.update([{"samples": 4, "actions": 1, "targets": 0, "degenerate": 3}], None)
     assert "3 of 4 samples in the first 1 steps are degenerate" in caplog.text
+
+
+def test_a_horizon_longer_than_every_episode_is_refused_with_the_episode_lengths(finetune_cfg):
+    from stamo_vla import keys as K
+    from stamo_vla.training.finetune import FinetuneCollator, SupervisionCheck
+
+    cfg = finetune_cfg("--max_steps", "2")
+    cfg.adapter.target, cfg.adapter.horizon = "motion", 50
+    # labeled samples of 8-step episodes: each future frame is the episode's last one, short of 50 steps ahead
+    samples = [{K.HAS_ACTION: True, K.STEP: t, K.FUTURE_STEP: 7} for t in range(7)]
+    counts = FinetuneCollator.supervision(samples, has_head=True, horizon=50)
+    assert (counts["actions"], counts["clamped"], counts["longest"]) == (7, 7, 8)
+    check = SupervisionCheck(cfg)
+    check.update([counts], None)
+    with pytest.raises(
+        ValueError, match=r"adapter.horizon=50 is longer than every episode read.*at most 8 steps"
+    ):
+        check.update([counts], None)
+    fine = FinetuneCollator.supervision(samples, has_head=True, horizon=3)  # most samples see 3 steps ahead
+    check = SupervisionCheck(cfg)
+    check.update([fine, fine], None)
+    assert check.done and fine["clamped"] == 2
