@@ -259,7 +259,9 @@ def dataset_inputs(
 
 
 def check_apart(
-    outputs: dict[str, str | os.PathLike | None], inputs: dict[str, str | os.PathLike | None]
+    outputs: dict[str, str | os.PathLike | None],
+    inputs: dict[str, str | os.PathLike | None],
+    inside_ok: bool = False,
 ) -> None:
     """Refuse an output that equals, contains or sits inside an input: writing there could destroy the input.
 
@@ -269,6 +271,8 @@ def check_apart(
     Args:
         outputs: option name (as the user types it, without ``--``) -> the path written.
         inputs: option name -> a path read.
+        inside_ok: an output inside an input is fine: the command only adds its own files under its own folder
+            and never replaces or deletes that folder (evaluation results written under a model's folder).
 
     Raises:
         ValueError: naming both options, both paths and how they overlap.
@@ -281,7 +285,7 @@ def check_apart(
             if not path or not (Path(path).expanduser().exists() or Path(path).is_symlink()):
                 continue
             src = Path(path).expanduser().resolve()
-            if out == src or src.is_relative_to(out) or out.is_relative_to(src):
+            if out == src or src.is_relative_to(out) or (out.is_relative_to(src) and not inside_ok):
                 relation = "is" if out == src else "contains" if src.is_relative_to(out) else "sits inside"
                 raise ValueError(
                     f"--{out_name} {out_path} {relation} --{name} {path}"

@@ -71,8 +71,9 @@ class DataConfig:
     def input_paths(self, prefix: str = "") -> dict[str, str | Path | None]:
         """The stored datasets, statistics file and target caches read, by option name (`check_apart`)."""
         paths: dict[str, str | Path | None] = {f"{prefix}statistics_path": self.statistics_path}
-        if self.use_target_cache:
-            paths[f"{prefix}target_cache_root"] = self.target_cache_root
+        if self.use_target_cache:  # the cache of each dataset read, not the whole root
+            for name in self.dataset_names:
+                paths[f"{prefix}target_cache_root ({name})"] = self.target_cache_dir(name)
         return {**paths, **dataset_inputs(f"{prefix}data_root_dir", self.data_root_dir, self.dataset_names)}
 
     def __post_init__(self) -> None:

@@ -98,9 +98,9 @@ class EvalConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        check_apart(
-            {"output_dir": self.output_dir}, {"checkpoint": self.checkpoint, "adapter_dir": self.adapter_dir}
-        )
+        # results only add files under output_dir (never replace it), so <model>/eval is fine
+        inputs = {"checkpoint": self.checkpoint, "adapter_dir": self.adapter_dir}
+        check_apart({"output_dir": self.output_dir}, inputs, inside_ok=True)
         check_choice("policy", self.policy, POLICY_TYPES)
         check_choice("video", self.video, VIDEO_MODES)
         check_choice("render", self.render, RENDER_MODES)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stamo_vla.configs import check_positive_int, parse_config
-from stamo_vla.fileio import write_json_atomic, write_text_atomic
+from stamo_vla.fileio import check_apart, dataset_inputs, write_json_atomic, write_text_atomic
 
 
 @dataclass
@@ -133,5 +133,8 @@ def run(cfg: ProbeConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """``stamo-vla probe``: parse a `ProbeConfig` and run the probe."""
-    run(parse_config(ProbeConfig, sys.argv[1:] if argv is None else argv))
+    cfg = parse_config(ProbeConfig, sys.argv[1:] if argv is None else argv)
+    inputs = dataset_inputs("data_root_dir", cfg.data_root_dir, [cfg.dataset_name])
+    check_apart({"output_dir": cfg.output_dir}, {"stamo_path": cfg.stamo_path, **inputs})
+    run(cfg)
     return 0

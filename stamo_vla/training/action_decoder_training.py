@@ -14,11 +14,11 @@ import dataclasses
 import sys
 from dataclasses import dataclass
 
-from stamo_vla.configs import check_positive_int, parse_config
+from stamo_vla.configs import check_positive_int, check_range, parse_config
 from stamo_vla.data.sources import iter_episodes
 from stamo_vla.data.statistics import compute_statistics
 from stamo_vla.data.transforms import normalized_actions
-from stamo_vla.fileio import write_json_atomic
+from stamo_vla.fileio import check_apart, dataset_inputs, write_json_atomic
 
 
 @dataclass
@@ -51,8 +51,8 @@ class TrainActionDecoderConfig:
     def __post_init__(self) -> None:
         for name in ("horizon", "hidden_size", "num_layers", "steps", "batch_size"):
             check_positive_int(name, getattr(self, name))
-        if not 0 < self.test_fraction < 1:
-            raise ValueError(f"test_fraction={self.test_fraction} must be in (0, 1)")
+        check_range("lr", self.lr, low=0, low_open=True)
+        check_range("test_fraction", self.test_fraction, low=0, high=1, low_open=True, high_open=True)
 
 
 def episode_windows(cfg: TrainActionDecoderConfig, encoder):
@@ -136,5 +136,8 @@ def train(cfg: TrainActionDecoderConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """``stamo-vla train-action-decoder``: parse a `TrainActionDecoderConfig` and train."""
-    train(parse_config(TrainActionDecoderConfig, sys.argv[1:] if argv is None else argv))
+    cfg = parse_config(TrainActionDecoderConfig, sys.argv[1:] if argv is None else argv)
+    inputs = dataset_inputs("data_root_dir", cfg.data_root_dir, [cfg.dataset_name])
+    check_apart({"output_dir": cfg.output_dir}, {"stamo_path": cfg.stamo_path, **inputs})
+    train(cfg)
     return 0

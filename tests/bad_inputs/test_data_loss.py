@@ -242,13 +242,16 @@ def test_finetune_refuses_a_run_dir_that_is_its_base_checkpoint(
 
 def test_every_writing_command_refuses_an_output_overlapping_its_inputs(tmp_path, toy_rlds_root, capsys):
     stamo = _foreign(tmp_path / "stamo")
+    (stamo / "model").mkdir()
     data = str(toy_rlds_root)
     dataset = toy_rlds_root / "toy_push_no_noops" / "1.0.0"
     toy = ["--data_root_dir", data, "--dataset_name", "toy_push_no_noops"]
     commands = {
-        "eval": ["--checkpoint", str(stamo), "--output_dir", str(stamo / "eval")],
+        "eval": ["--checkpoint", str(stamo / "model"), "--output_dir", str(stamo)],
         "cache-targets": [*toy, "--stamo_path", str(stamo), "--output_dir", str(stamo)],
         "label-latent-actions": [*toy, "--stamo_path", str(stamo), "--output_dir", str(dataset / "labels")],
+        "probe": [*toy, "--stamo_path", str(stamo), "--output_dir", str(stamo / "probe")],
+        "train-action-decoder": [*toy, "--stamo_path", str(stamo), "--output_dir", str(dataset)],
         "train-base": [
             "--data.data_root_dir",
             data,
@@ -271,4 +274,4 @@ def test_every_writing_command_refuses_an_output_overlapping_its_inputs(tmp_path
         assert cli.main([command, *args]) == 2, command
         err = capsys.readouterr().err
         assert "would destroy the input" in err, (command, err)
-    assert _intact(stamo) and sorted(os.listdir(stamo)) == ["precious.txt"]
+    assert _intact(stamo) and sorted(os.listdir(stamo)) == ["model", "precious.txt"]

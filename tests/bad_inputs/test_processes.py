@@ -3,6 +3,7 @@ refused while the first holds its lock."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -82,10 +83,12 @@ def test_sigterm_to_a_study_driver_leaves_no_child_running(tmp_path):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG: Linux")
 def test_a_killed_driver_takes_its_stage_command_with_it(tmp_path):
-    driver, child, _ = _start_driver(tmp_path)
+    driver, child, grandchild = _start_driver(tmp_path)
     driver.kill()
     driver.wait(timeout=60)
     assert _gone(child)
+    with contextlib.suppress(ProcessLookupError):  # what the stage command started is its own to stop
+        os.kill(grandchild, signal.SIGKILL)
 
 
 def test_a_second_writer_of_a_locked_run_directory_is_refused(tmp_path, finetune_argv, capsys):
