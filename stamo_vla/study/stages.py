@@ -262,15 +262,19 @@ class _Heartbeat:
         self.last = self.fn()
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that makes the child get SIGTERM when this process dies, even by SIGKILL (Linux)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
+# Run a command so that it gets SIGTERM when the process that started it dies, even by SIGKILL (Linux
+# PR_SET_PDEATHSIG, kept across exec): a fresh single-threaded interpreter sets it, checks that its parent is
+# still the driver (it may have died in between), then becomes the command.
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys; ctypes.CDLL(None).prctl(1, signal.SIGTERM); "
+    "os.getppid() == int(sys.argv[1]) or sys.exit(143); os.execvp(sys.argv[2], sys.argv[2:])"
+)
 
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork: the child only calls it
-    pr_set_pdeathsig = 1
-    return lambda: prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+def _dies_with_parent(args: list[str]) -> list[str]:
+    if not sys.platform.startswith("linux"):
+        return args
+    return [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *args]
 
 
 def run_child(args: list[str], env: dict, stdout) -> int:
@@ -282,12 +286,7 @@ def run_child(args: list[str], env: dict, stdout) -> int:
     (130 for Ctrl-C). If the driver itself is killed, the command gets SIGTERM from the kernel (Linux).
     """
     proc = subprocess.Popen(
-        args,
-        env=env,
-        stdout=stdout,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        preexec_fn=_die_with_parent(),
+        _dies_with_parent(args), env=env, stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True
     )
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None

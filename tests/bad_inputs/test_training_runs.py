@@ -148,5 +148,6 @@ def test_a_horizon_longer_than_every_episode_is_refused_with_the_episode_lengths
         check.update([counts], None)
     fine = FinetuneCollator.supervision(samples, has_head=True, horizon=3)  # most samples see 3 steps ahead
     check = SupervisionCheck(cfg)
-    check.update([fine, fine], None)
+    check.update([fine], None)
+    check.update([fine], None)  # judged after two steps: no error
     assert check.done and fine["clamped"] == 2
