@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 STATS = {
     "toy": {
@@ -125,3 +126,28 @@ def finetune_cfg(tmp_path, toy_rlds_root):
 def finetune_argv(tmp_path, toy_rlds_root):
     """Command-line arguments of a tiny fine-tuning run in this test's tmp_path: ``finetune_argv("--max_steps", "3")``."""
     return lambda *extra: finetune_args(tmp_path, toy_rlds_root, *extra)
+
+
+class ToyModel(torch.nn.Module):
+    """A linear layer with the training loop's interface: ``forward(batch) -> (loss, metrics)`` over
+    ``{"x": (B, 2), "scale": optional float}``, and ``save_pretrained``."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Linear(2, 2)  # a weight (decayed) and a bias (never decayed)
+
+    def forward(self, batch):
+        loss = (self.w(batch["x"]) * batch.get("scale", 1.0)).pow(2).mean()
+        return loss, {"toy_loss": loss.item()}
+
+    def save_pretrained(self, directory):
+        from safetensors.torch import save_file
+
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(directory / "w.safetensors"))
+
+
+@pytest.fixture
+def toy_model():
+    """The `ToyModel` class: ``model = toy_model()``."""
+    return ToyModel

@@ -23,25 +23,9 @@ from stamo_vla.training.checkpoint import (
 from stamo_vla.training.step import TrainingDiverged, train_step
 
 
-class _Toy(torch.nn.Module):
-    """forward(batch) -> (loss, metrics), as every model the loop trains."""
-
-    def __init__(self):
-        super().__init__()
-        self.w = torch.nn.Linear(2, 1)
-
-    def forward(self, batch):
-        loss = (self.w(batch["x"]) * batch.get("scale", 1.0)).pow(2).mean()
-        return loss, {"toy_loss": loss.item()}
-
-    def save_pretrained(self, directory):
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(directory / "w.safetensors"))
-
-
 # ------------------------------------------------------------------------------------------ the step
-def test_a_non_finite_loss_stops_the_step_before_any_weight_changes():
-    model = _Toy()
+def test_a_non_finite_loss_stops_the_step_before_any_weight_changes(toy_model):
+    model = toy_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.ones(4, 2)
@@ -89,8 +73,8 @@ def test_non_finite_weights_are_never_saved_loaded_or_merged(tmp_path, tiny_base
         load_adapter(OpenVLAForActionPrediction.from_pretrained(tiny_base_dir), broken)
 
 
-def test_checkpoints_with_non_finite_weights_are_never_written_or_resumed(tmp_path):
-    model = _Toy()
+def test_checkpoints_with_non_finite_weights_are_never_written_or_resumed(tmp_path, toy_model):
+    model = toy_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     good = save_checkpoint(tmp_path, TrainerState(step=1), model, opt)
     with torch.no_grad():
@@ -99,7 +83,7 @@ def test_checkpoints_with_non_finite_weights_are_never_written_or_resumed(tmp_pa
         save_checkpoint(tmp_path, TrainerState(step=2), model, opt)
     assert not (tmp_path / "checkpoints" / "step_00000002").exists()
     save_file(
-        {"w.weight": torch.full((1, 2), float("nan")), "w.bias": torch.zeros(1)},
+        {"w.weight": torch.full((2, 2), float("nan")), "w.bias": torch.zeros(2)},
         str(good / "model" / "w.safetensors"),
     )
     with pytest.raises(
@@ -108,10 +92,12 @@ def test_checkpoints_with_non_finite_weights_are_never_written_or_resumed(tmp_pa
         load_checkpoint(good, opt)
 
 
-def test_a_full_disk_names_the_file_the_space_needed_and_the_intact_checkpoint(tmp_path, monkeypatch):
+def test_a_full_disk_names_the_file_the_space_needed_and_the_intact_checkpoint(
+    tmp_path, monkeypatch, toy_model
+):
     import stamo_vla.training.checkpoint as ckpt
 
-    model = _Toy()
+    model = toy_model()
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
     train_step(model, [{"x": torch.ones(2, 2)}], opt)
     previous = save_checkpoint(tmp_path, TrainerState(step=1), model, opt)

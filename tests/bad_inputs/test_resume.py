@@ -46,22 +46,6 @@ def test_an_interrupted_128_px_collection_resumes_through_the_demo_command(tmp_p
     assert (demo.out / "logs" / "collect.log").read_text().count("predates") == 1
 
 
-class _Toy(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.w = torch.nn.Linear(2, 2)  # a weight (decayed) and a bias (never decayed)
-
-    def forward(self, batch):
-        loss = self.w(batch).pow(2).mean()
-        return loss, {}
-
-    def save_pretrained(self, directory):
-        from safetensors.torch import save_file
-
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(directory / "w.safetensors"))
-
-
 @pytest.mark.parametrize(
     "change",
     [
@@ -74,16 +58,16 @@ class _Toy(torch.nn.Module):
     ],
     ids=lambda c: ",".join(c),
 )
-def test_each_optimizer_change_on_resume_takes_effect(tmp_path, change):
+def test_each_optimizer_change_on_resume_takes_effect(tmp_path, change, toy_model):
     from stamo_vla.training.checkpoint import TrainerState, optimization_state, save_checkpoint
     from stamo_vla.training.optim import OptimizerConfig, lr_factor
     from stamo_vla.training.step import train_step
 
-    model = _Toy()
+    model = toy_model()
     before = OptimizerConfig(lr=1e-3, weight_decay=0.0)
     optimizer, scheduler, _ = optimization_state(model.parameters(), before, 20, None, None)
     for _ in range(2):
-        train_step(model, [torch.ones(2, 2)], optimizer, scheduler)
+        train_step(model, [{"x": torch.ones(2, 2)}], optimizer, scheduler)
     checkpoint = save_checkpoint(tmp_path, TrainerState(step=2), model, optimizer, scheduler)
 
     after = dataclasses.replace(before, **change)
@@ -95,7 +79,7 @@ def test_each_optimizer_change_on_resume_takes_effect(tmp_path, change):
         assert (group["betas"], group["eps"]) == (tuple(after.betas), after.eps)
         assert group["lr"] == pytest.approx(after.lr * lr_factor(2, after, 20))
     train_step(
-        model, [torch.ones(2, 2)], optimizer, scheduler
+        model, [{"x": torch.ones(2, 2)}], optimizer, scheduler
     )  # and the schedule goes on from the new config
     assert optimizer.param_groups[0]["lr"] == pytest.approx(after.lr * lr_factor(3, after, 20))
 
