@@ -60,11 +60,11 @@ def train_step(
         for k, v in {"loss": loss.item(), **metrics}.items():
             out[k] = out.get(k, 0.0) + v / n
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    clip = accelerator.clip_grad_norm_ if accelerator is not None else torch.nn.utils.clip_grad_norm_
-    # the norm before clipping; no limit (inf) only measures it. Gradients are synced, so every rank agrees.
-    grad_norm = float(clip(params, max_grad_norm if max_grad_norm is not None else math.inf))
-    if max_grad_norm is not None:
-        out["grad_norm"] = grad_norm
+    if max_grad_norm is not None:  # the norm before clipping
+        clip = accelerator.clip_grad_norm_ if accelerator is not None else torch.nn.utils.clip_grad_norm_
+        grad_norm = out["grad_norm"] = float(clip(params, max_grad_norm))
+    else:  # only measured; gradients are synced by now, so every rank sees the same norm
+        grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
     if not (math.isfinite(out["loss"]) and math.isfinite(grad_norm)):
         raise TrainingDiverged(divergence_message(step, out, grad_norm, optimizer, micro_batches))
     out["lr"] = optimizer.param_groups[0]["lr"]
