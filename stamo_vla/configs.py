@@ -179,6 +179,14 @@ def check_range(
     it (NaN and inf never pass; ``low_open`` / ``high_open`` exclude the bound itself).
 
     Example: ``check_range("optim.lr", lr, low=0, low_open=True)`` allows (0, inf).
+
+    Args:
+        field: the field's dotted name, as the user types it.
+        value: the value received.
+        low: the lowest value allowed (None: no bound).
+        high: the highest value allowed (None: no bound).
+        low_open: `low` itself is not allowed.
+        high_open: `high` itself is not allowed.
     """
     ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     if ok and low is not None:

@@ -248,6 +248,11 @@ def dataset_inputs(
     """The version folders (``<data_root_dir>/<name>/<x.y.z>``) of datasets a command reads, for `check_apart`.
 
     Only the stored data count: a cache or labels written beside them (``<name>/stamo_targets``) are outputs.
+
+    Args:
+        option: the option naming the root, for messages (``data.data_root_dir``).
+        data_root_dir: folder containing the datasets (None or empty: nothing is read).
+        names: the datasets read.
     """
     if not data_root_dir:
         return {}

@@ -85,7 +85,15 @@ class TrainingDiverged(FloatingPointError):
 def divergence_message(
     step: int | None, metrics: dict[str, float], grad_norm: float, optimizer: torch.optim.Optimizer, batches
 ) -> str:
-    """Which values went non-finite at `step`, and the causes that fit what is seen (config first, then data)."""
+    """Which values went non-finite at `step`, and the causes that fit what is seen (config first, then data).
+
+    Args:
+        step: the 1-based step (None: not known).
+        metrics: the step's loss and metrics (means over its micro-batches).
+        grad_norm: the global gradient norm before clipping.
+        optimizer: read for its learning rate and eps.
+        batches: the step's micro-batches, searched for NaN/inf inputs.
+    """
     bad = [f"{k}={v}" for k, v in metrics.items() if not math.isfinite(v)]
     seen = (
         ", ".join(bad)
