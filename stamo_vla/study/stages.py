@@ -36,6 +36,8 @@ from stamo_vla.fileio import append_jsonl, directory_lock, read_jsonl, write_jso
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent
 # Seconds between two writes of a running stage's elapsed time.
 HEARTBEAT_S = 30.0
+# Seconds a stopped stage command may take to save its state (a checkpoint) before it is killed.
+STOP_GRACE_S = 120.0
 # stage calls, one JSON line at each start (commit) and each end (seconds)
 CALLS_NAME = "calls.jsonl"
 
@@ -90,8 +92,6 @@ class MixedCommitsError(RuntimeError):
     """A stage was asked to run from code other than the code that ran the earlier stages of the run."""
 
     user_error = True  # the message says what to do: the command line prints it alone
-# Seconds a stopped stage command may take to save its state (a checkpoint) before it is killed.
-STOP_GRACE_S = 120.0
 
 
 class StageFailed(RuntimeError):
