@@ -122,11 +122,13 @@ def test_a_full_disk_names_the_file_the_space_needed_and_the_intact_checkpoint(
 
 
 # ------------------------------------------------------------------------------------------ caches
-def test_a_target_cache_shard_with_nan_states_is_refused_when_read(tmp_path):
+def test_a_target_cache_shard_with_nan_states_is_refused_when_read(tmp_path, make_episode):
+    from stamo_vla.data.episodes import episode_id
     from stamo_vla.data.target_cache import StaleTargetCacheError, TargetCache
 
+    episode = make_episode(0, length=3)
     cache = TargetCache(tmp_path, {})
-    path = cache.shard_path("/toy/ep0.hdf5")
+    path = cache.shard_path(episode_id(episode))
     path.parent.mkdir(parents=True)
     states = np.zeros((3, 2, 4), np.float32)
     states[1, 0, 2] = np.nan
@@ -134,7 +136,7 @@ def test_a_target_cache_shard_with_nan_states_is_refused_when_read(tmp_path):
     with pytest.raises(
         StaleTargetCacheError, match=r"holds NaN or inf states.*rerun the same `stamo-vla cache-targets`"
     ):
-        cache.load_episode("/toy/ep0.hdf5", 3)
+        cache.load_episode(episode)
 
 
 # ------------------------------------------------------------------------------------------ configs
