@@ -104,7 +104,7 @@ def finetune_args(tmp_path, data_root, *extra: str, dataset: str = "toy_push_no_
     ]
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_episode():
     return toy_episode
 

@@ -29,8 +29,8 @@ def write_shared_file_path_dataset(root, name: str, episodes: list[dict]) -> Non
 
 
 @pytest.fixture(scope="module")
-def shared_root(tmp_path_factory):
-    from conftest import toy_episode
+def shared_root(tmp_path_factory, make_episode):
+    toy_episode = make_episode
 
     root = tmp_path_factory.mktemp("shared_file_path")
     write_shared_file_path_dataset(root, "toy_shared", [toy_episode(i) for i in range(4)])
@@ -101,8 +101,8 @@ def test_episodes_that_share_a_file_path_each_get_their_own_targets(shared_root,
 
 
 @pytest.mark.slow
-def test_a_dataset_holding_one_episode_twice_is_refused(tmp_path, encoder):
-    from conftest import toy_episode
+def test_a_dataset_holding_one_episode_twice_is_refused(tmp_path, encoder, make_episode):
+    toy_episode = make_episode
 
     from stamo_vla.data.target_cache import build_target_cache
 
@@ -142,8 +142,8 @@ def test_a_dataset_an_older_writer_marked_ordered_warns_with_the_fix(toy_rlds_ro
 
 
 @pytest.mark.slow
-def test_episodes_collected_task_by_task_are_written_interleaved(tmp_path):
-    from conftest import toy_episode
+def test_episodes_collected_task_by_task_are_written_interleaved(tmp_path, make_episode):
+    toy_episode = make_episode
 
     from stamo_vla.data.rlds import iter_episodes
     from stamo_vla.data.rlds_writer import write_order_key, write_rlds_dataset
@@ -194,8 +194,8 @@ def test_upstream_statistics_without_a_proprio_block_name_the_file_and_shapes(tm
         normalize(np.zeros((2, 8)), block)
 
 
-def test_the_writer_refuses_another_episode_under_a_staged_file_path(tmp_path):
-    from conftest import toy_episode
+def test_the_writer_refuses_another_episode_under_a_staged_file_path(tmp_path, make_episode):
+    toy_episode = make_episode
 
     from stamo_vla.data.rlds_writer import RLDSShardWriter
 
