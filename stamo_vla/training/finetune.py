@@ -399,7 +399,8 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     stamo_encoder, decoder = load_stamo(cfg, accelerator.device)
     encoder, cache_fingerprint = target_encoder(cfg, stamo_encoder, base, processor)
     if resume_from is not None:  # before the model is loaded: a changed model is refused, not trained
-        targets = cache_fingerprint or (fingerprint(encoder) if encoder is not None else None)
+        facts = target_facts(encoder) if encoder is not None else {}
+        targets = cache_fingerprint or facts.get("encoder_fingerprint")
         resume_config.check_fixed(
             cfg.to_dict(),
             _checkpoint_adapter(resume_from),
