@@ -19,7 +19,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from stamo_vla.fileio import atomic_dir, check_replaceable, save_sharded_weights, write_json_atomic
+from stamo_vla.fileio import (
+    atomic_dir,
+    check_apart,
+    check_replaceable,
+    save_sharded_weights,
+    write_json_atomic,
+)
 
 PEFT_PREFIX = "base_model.model."
 SAFETENSORS_DTYPES = {
@@ -226,19 +232,6 @@ def copy_head_files(adapter_dir: Path, directory: Path, skip: tuple[str, ...]) -
     return copied
 
 
-def check_out_dir(out_dir: str | Path, inputs: dict[str, str | Path]) -> None:
-    """Refuse an output directory that equals, contains or sits inside one of the named input directories."""
-    out = Path(out_dir).expanduser().resolve()
-    for name, path in inputs.items():
-        src = Path(path).expanduser().resolve()
-        if out == src or src.is_relative_to(out) or out.is_relative_to(src):
-            relation = "is" if out == src else "contains" if src.is_relative_to(out) else "sits inside"
-            raise ValueError(
-                f"--output_dir {out_dir} {relation} --{name} {path}: writing there would destroy the input. "
-                "Choose an output directory outside both inputs (e.g. runs/<run>/merged next to the adapter)."
-            )
-
-
 def merge_checkpoint(
     base_dir: str | Path,
     adapter_dir: str | Path,
@@ -282,7 +275,7 @@ def merge_checkpoint(
     from stamo_vla.vla.loading import prepare_load, weight_files
 
     base_dir, adapter_dir, out_dir = Path(base_dir), Path(adapter_dir), Path(out_dir)
-    check_out_dir(out_dir, {"vla_path": base_dir, "adapter_dir": adapter_dir})
+    check_apart({"output_dir": out_dir}, {"vla_path": base_dir, "adapter_dir": adapter_dir})
     check_replaceable(out_dir, MERGED_KIND, overwrite)
     max_shard_bytes = shard_bytes(max_shard_size)
     torch_dtype = getattr(torch, dtype) if dtype else None

@@ -134,7 +134,8 @@ def test_a_target_cache_shard_with_nan_states_is_refused_when_read(tmp_path, mak
     states[1, 0, 2] = np.nan
     save_file({"states": torch.from_numpy(states)}, str(path))
     with pytest.raises(
-        StaleTargetCacheError, match=r"holds non-finite values \(NaN or inf\).*Rerun the same `stamo-vla cache-targets`"
+        StaleTargetCacheError,
+        match=r"holds non-finite values \(NaN or inf\).*Rerun the same `stamo-vla cache-targets`",
     ):
         cache.load_episode(episode)
 
