@@ -245,7 +245,9 @@ OUTPUT_MARKER = ".stamo_vla_output.json"
 def dataset_inputs(
     option: str, data_root_dir: str | os.PathLike | None, names: list[str] | tuple[str, ...]
 ) -> dict[str, Path]:
-    """The version folders (``<data_root_dir>/<name>/<x.y.z>``) of datasets a command reads, for `check_apart`.
+    """The folders of the datasets a command reads, for `check_apart`: an RLDS dataset's version folders
+    (``<data_root_dir>/<name>/<x.y.z>``), a LeRobot dataset's root (the folder holding ``meta/info.json``, at
+    ``data_root_dir`` or ``<data_root_dir>/<name>``).
 
     Only the stored data count: a cache or labels written beside them (``<name>/stamo_targets``) are outputs.
 
@@ -256,17 +258,22 @@ def dataset_inputs(
     """
     if not data_root_dir:
         return {}
-    return {
-        f"{option} ({name})": version
-        for name in names
-        for version in sorted(Path(data_root_dir, name).glob("[0-9]*.[0-9]*.[0-9]*"))
-    }
+    found = {}
+    for name in names:
+        folders = sorted(Path(data_root_dir, name).glob("[0-9]*.[0-9]*.[0-9]*"))
+        folders += [
+            p
+            for p in (Path(data_root_dir), Path(data_root_dir, name))
+            if (p / "meta" / "info.json").is_file()
+        ]
+        found.update({f"{option} ({name})" + (f" [{i}]" if i else ""): p for i, p in enumerate(folders)})
+    return found
 
 
 def check_apart(
     outputs: dict[str, str | os.PathLike | None],
     inputs: dict[str, str | os.PathLike | None],
-    inside_ok: bool = False,
+    additive: bool = False,
 ) -> None:
     """Refuse an output that equals, contains or sits inside an input: writing there could destroy the input.
 
@@ -276,8 +283,8 @@ def check_apart(
     Args:
         outputs: option name (as the user types it, without ``--``) -> the path written.
         inputs: option name -> a path read.
-        inside_ok: an output inside an input is fine: the command only adds its own files under its own folder
-            and never replaces or deletes that folder (evaluation results written under a model's folder).
+        additive: the command only adds its own files under its output folder and never replaces or deletes
+            it (evaluation results): an output inside an input, or around one, is fine; the same folder is not.
 
     Raises:
         ValueError: naming both options, both paths and how they overlap.
@@ -290,7 +297,8 @@ def check_apart(
             if not path or not (Path(path).expanduser().exists() or Path(path).is_symlink()):
                 continue
             src = Path(path).expanduser().resolve()
-            if out == src or src.is_relative_to(out) or (out.is_relative_to(src) and not inside_ok):
+            overlaps = out == src or (not additive and (src.is_relative_to(out) or out.is_relative_to(src)))
+            if overlaps:
                 relation = "is" if out == src else "contains" if src.is_relative_to(out) else "sits inside"
                 raise ValueError(
                     f"--{out_name} {out_path} {relation} --{name} {path}"

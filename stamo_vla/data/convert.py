@@ -21,6 +21,7 @@ RLDS ``file_path`` has no LeRobot field: LeRobot -> RLDS names episodes ``episod
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from collections.abc import Iterator
 
@@ -30,6 +31,7 @@ from stamo_vla.configs import check_positive_int, parse_config
 from stamo_vla.data import spec
 from stamo_vla.data.lerobot import resize_frame
 from stamo_vla.data.sources import detect_format, iter_episodes
+from stamo_vla.fileio import check_apart, dataset_inputs
 
 TARGETS = ("lerobot", "rlds")
 
@@ -86,6 +88,14 @@ def convert(cfg: ConvertConfig) -> str:
             f"--to {cfg.to} converts a {wanted} dataset, but '{cfg.data_root_dir}' (dataset '{cfg.dataset_name}') "
             f"is {source}. Pass --to {'rlds' if cfg.to == 'lerobot' else 'lerobot'} to convert it the other way."
         )
+    written = (
+        cfg.output_dir
+        if cfg.to == "lerobot"
+        else os.path.join(cfg.output_dir, cfg.output_name or cfg.dataset_name)
+    )
+    check_apart(
+        {"output_dir": written}, dataset_inputs("data_root_dir", cfg.data_root_dir, [cfg.dataset_name])
+    )
     episodes = iter_episodes(cfg.data_root_dir, cfg.dataset_name, "train", fmt=source)
     if cfg.to == "lerobot":
         from stamo_vla.data.lerobot_writer import write_lerobot_dataset

@@ -98,9 +98,10 @@ class EvalConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        # results only add files under output_dir (never replace it), so <model>/eval is fine
+        # results only add files under output_dir (never replace it), so <model>/eval or the run folder that holds
+        # the adapter is fine; the model folder itself is not
         inputs = {"checkpoint": self.checkpoint, "adapter_dir": self.adapter_dir}
-        check_apart({"output_dir": self.output_dir}, inputs, inside_ok=True)
+        check_apart({"output_dir": self.output_dir}, inputs, additive=True)
         check_choice("policy", self.policy, POLICY_TYPES)
         check_choice("video", self.video, VIDEO_MODES)
         check_choice("render", self.render, RENDER_MODES)

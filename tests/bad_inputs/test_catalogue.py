@@ -23,6 +23,7 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "outputs private to the owner whatever the umask": "test_data_loss.py::test_outputs_follow_the_umask",
         "safetensors weights (merge, adapter, head, checkpoints) written 0600 whatever the umask": "test_data_loss.py::test_weights_follow_the_umask",
         "merge --overwrite true deleted files the user put in the output folder": "test_data_loss.py::test_merge_overwrite_refuses_files_it_did_not_write",
+        "convert --to rlds writing inside the LeRobot dataset it reads": "test_data_loss.py::test_convert_never_writes_into_the_lerobot_dataset_it_reads",
         "corrupt newest checkpoint blocks resume": "test_checkpoints.py::test_resume_falls_back_to_the_newest_intact_checkpoint_naming_the_broken_one",
         "bare error naming no file for a damaged checkpoint": "test_checkpoints.py::test_loading_a_damaged_checkpoint_names_the_file_and_the_fix",
         "keep_last=1 deletes the only intact checkpoint": "test_checkpoints.py::test_an_unreadable_new_checkpoint_never_prunes_the_older_one",

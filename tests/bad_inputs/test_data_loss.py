@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -247,11 +248,12 @@ def test_every_writing_command_refuses_an_output_overlapping_its_inputs(tmp_path
     dataset = toy_rlds_root / "toy_push_no_noops" / "1.0.0"
     toy = ["--data_root_dir", data, "--dataset_name", "toy_push_no_noops"]
     commands = {
-        "eval": ["--checkpoint", str(stamo / "model"), "--output_dir", str(stamo)],
+        "eval": ["--checkpoint", str(stamo / "model"), "--output_dir", str(stamo / "model")],
         "cache-targets": [*toy, "--stamo_path", str(stamo), "--output_dir", str(stamo)],
         "label-latent-actions": [*toy, "--stamo_path", str(stamo), "--output_dir", str(dataset / "labels")],
         "probe": [*toy, "--stamo_path", str(stamo), "--output_dir", str(stamo / "probe")],
         "train-action-decoder": [*toy, "--stamo_path", str(stamo), "--output_dir", str(dataset)],
+        "convert": ["--to", "lerobot", *toy, "--output_dir", str(toy_rlds_root)],
         "train-base": [
             "--data.data_root_dir",
             data,
@@ -275,3 +277,15 @@ def test_every_writing_command_refuses_an_output_overlapping_its_inputs(tmp_path
         err = capsys.readouterr().err
         assert "would destroy the input" in err, (command, err)
     assert _intact(stamo) and sorted(os.listdir(stamo)) == ["model", "precious.txt"]
+
+
+def test_convert_never_writes_into_the_lerobot_dataset_it_reads(tmp_path, capsys):
+    source = Path(__file__).parents[1] / "data" / "fixtures" / "lerobot_libero_image"
+    root = tmp_path / "lerobot"
+    shutil.copytree(source, root)
+    before = _tree(root)
+    args = ["convert", "--to", "rlds", "--data_root_dir", str(root), "--dataset_name", "any"]
+    assert cli.main([*args, "--output_dir", str(root), "--output_name", "back"]) == 2
+    err = capsys.readouterr().err
+    assert f"--output_dir {root / 'back'} sits inside --data_root_dir (any) {root}" in err
+    assert _tree(root) == before
