@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 COMMAND = "stamo-vla study"
 # (StaMo arm, the arm it is compared with), fixed before the results
+# the stages whose output a study given ``inputs_from`` reads from the earlier study
+REUSED_STAGES = ("collect", "stamo", "base", "targets")
 COMPARISONS = (("state", "none"), ("state", "features"), ("state", "untrained"), ("motion", "none"))
 N_BOOT = 10_000
 
@@ -191,8 +193,12 @@ def verdict(arm: str, ci: tuple[float, float], p: float, alpha: float = 0.05) ->
 def comparisons(runs: list[dict], arms: dict[str, dict | None]) -> list[dict]:
     """Every fixed comparison whose two arms have evaluated runs: standard (bootstrap, permutation, mixed model),
     perturbed (bootstrap), collapse (Fisher), and the verdict the standard interval supports."""
+    from stamo_vla.study.policy_study import arm_parts
+
+    # the fixed comparisons of targets, then every arm trained under another precision against its float32 arm
+    precision = [(a, arm_parts(a)[0]) for a in arms if arm_parts(a)[1] is not None]
     out = []
-    for a, b in COMPARISONS:
+    for a, b in (*COMPARISONS, *precision):
         if arms.get(a) is None or arms.get(b) is None:
             continue
         sa, sb = _arm_runs(runs, a, "standard_outcomes"), _arm_runs(runs, b, "standard_outcomes")
@@ -221,7 +227,7 @@ def stage_times(study) -> dict[str, dict]:
 
 def provenance(study: PolicyStudy) -> dict:
     """The code versions and machines of every stage call, and whether the study mixes code versions."""
-    from stamo_vla.study.stages import version_key
+    from stamo_vla.study.stages import CALLS_NAME, version_key
 
     starts = [c for c in study.stage_calls() if c.get("event") == "start"]
     versions: dict[str, list[str]] = {}
@@ -237,7 +243,16 @@ def provenance(study: PolicyStudy) -> dict:
     if unrecorded:  # finished before stage calls recorded their commit
         versions["unrecorded"] = unrecorded
     run_versions = {k for k, stages in versions.items() if set(stages) - set(study.ANY_COMMIT)}
-    return {"versions": versions, "mixed": len(run_versions) > 1, "machines": machines, "calls": len(starts)}
+    out = {"versions": versions, "mixed": len(run_versions) > 1, "machines": machines, "calls": len(starts)}
+    if study.cfg.inputs_from:  # the stages whose output this study reads from an earlier study
+        reused = read_jsonl(study.inputs / ".stages" / CALLS_NAME)
+        inputs: dict[str, list[str]] = {}
+        for c in reused:
+            if c.get("event") == "start" and c["stage"] in REUSED_STAGES:
+                stages = inputs.setdefault(version_key(c), [])
+                stages += [] if c["stage"] in stages else [c["stage"]]
+        out["inputs_from"] = {"output_dir": str(study.inputs), "versions": inputs}
+    return out
 
 
 def config_differences(study: PolicyStudy) -> list[str]:

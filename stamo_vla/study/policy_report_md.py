@@ -40,6 +40,13 @@ def _header(study: PolicyStudy, data: dict) -> list[str]:
             "**Mixed run: the stages ran from more than one version of the code (`--allow_mixed_commits true`); "
             "its numbers do not come from one commit.**"
         )
+    if prov.get("inputs_from"):
+        reused = prov["inputs_from"]
+        where = ", ".join(f"`{k}` ({', '.join(v)})" for k, v in reused["versions"].items()) or "none recorded"
+        lines.append(
+            f"Inputs (demonstrations, StaMo model, base, target caches) are read from the study in "
+            f"`{reused['output_dir']}`, whose stages ran from {where}."
+        )
     if any(k.endswith("+dirty") for k in prov["versions"]):
         lines.append("Some calls ran from a tree with uncommitted changes to tracked files (`+dirty`).")
     if data["config_differences"]:

@@ -45,8 +45,10 @@ from stamo_vla.fileio import append_jsonl, read_json, read_jsonl, write_json_ato
 from stamo_vla.study.stages import StagedRun, code_version, stamo_vla_cli
 
 STAGES = ("collect", "stamo", "base", "targets", "pilot", "power", "runs", "reproduce", "report")
-# fine-tuning arms: adapter.target values (none = plain LoRA)
+# fine-tuning arms: adapter.target values (none = plain LoRA), each optionally trained under another precision:
+# `<target>+bf16` is the same run with bf16 autocast (`--mixed_precision bf16`), an arm of the precision check
 ARMS = ("none", "features", "untrained", "state", "motion")
+PRECISIONS = ("bf16",)
 # arms with an auxiliary target, and the cache each reads: state and motion share the StaMo-state cache at the
 # datasets' default place (<data>/<dataset>/stamo_targets); the others have a cache root of their own
 TARGET_CACHE = {"state": "state", "motion": "state", "untrained": "untrained", "features": "features"}
@@ -113,6 +115,10 @@ class PolicyStudyConfig:
     videos_per_run: int = 3
     # Camera render size of collection and evaluation alike (the benchmark renders 256 px; the policy sees 112).
     env_resolution: int = 128
+    # Output folder of an earlier study whose data, StaMo model, base and target caches this study reads instead of
+    # making its own (its collect, stamo, base and targets stages must have finished there; nothing is written
+    # into it). None: this study makes its own.
+    inputs_from: str | None = None
     # Run stages from a commit other than the earlier stages' (the report then says the study is mixed).
     allow_mixed_commits: bool = False
     # Stages to run, in order (default: all).
@@ -122,11 +128,19 @@ class PolicyStudyConfig:
         for stage in self.stages:
             check_choice("stages entry", stage, STAGES)
         for arm in self.primary_arms + self.secondary_arms:
-            check_choice("primary_arms/secondary_arms entry", arm, ARMS)
+            target, precision = arm_parts(arm)
+            check_choice("primary_arms/secondary_arms entry", target, ARMS)
+            if precision is not None:
+                check_choice(f"primary_arms/secondary_arms entry {arm!r}: precision", precision, PRECISIONS)
         arms = self.primary_arms + self.secondary_arms
         if len(set(arms)) != len(arms):
             raise ValueError(
                 f"primary_arms={self.primary_arms}, secondary_arms={self.secondary_arms}: an arm is listed twice"
+            )
+        if self.inputs_from and Path(self.inputs_from).resolve() == Path(self.output_dir).resolve():
+            raise ValueError(
+                f"inputs_from={self.inputs_from} is this study's own output_dir; name the earlier study's folder, "
+                "or leave inputs_from unset"
             )
         overlap = sorted(set(self.eval_task_ids) & set(self.base_task_ids))
         if overlap:
@@ -169,6 +183,12 @@ class PolicyStudyConfig:
         return [(arm, seed) for seed in range(self.pilot_seeds) for arm in self.primary_arms]
 
 
+def arm_parts(arm: str) -> tuple[str, str | None]:
+    """(adapter.target, training precision or None for float32) of an arm: ``state+bf16`` -> (state, bf16)."""
+    target, plus, precision = arm.partition("+")
+    return target, (precision if plus else None)
+
+
 FINETUNE_DATASET = "finetune"
 HELDOUT_DATASET = "heldout"
 BASE_DATASET = "base"
@@ -183,9 +203,11 @@ class PolicyStudy(StagedRun):
     def __init__(self, cfg: PolicyStudyConfig):
         super().__init__(cfg, cfg.output_dir, cfg.stages)
         self.allow_mixed_commits = cfg.allow_mixed_commits
-        self.data = self.out / "data"
-        self.stamo_run = self.out / "stamo"
-        self.base_run = self.out / "base"
+        # where the inputs of every run live: this study's folder, or the earlier study it reads them from
+        self.inputs = Path(cfg.inputs_from) if cfg.inputs_from else self.out
+        self.data = self.inputs / "data"
+        self.stamo_run = self.inputs / "stamo"
+        self.base_run = self.inputs / "base"
         self.finetune_root = self.out / "finetune"
         self.evals = self.out / "eval"
         self.reproduce_root = self.out / "reproduce"
@@ -222,7 +244,21 @@ class PolicyStudy(StagedRun):
         return read_json(path, "Delete it and rerun the power stage.") if path.is_file() else None
 
     # ---------------------------------------------------------------- stages
+    def reused(self, stage: str) -> bool:
+        """True when `stage`'s output comes from ``inputs_from`` (checked finished there); False: run it here."""
+        if not self.cfg.inputs_from:
+            return False
+        if not (self.inputs / ".stages" / f"{stage}.json").is_file():
+            raise FileNotFoundError(
+                f"inputs_from={self.cfg.inputs_from}: its {stage} stage has not finished (no "
+                f"{self.inputs / '.stages' / (stage + '.json')}); finish that study's {stage} stage first, or leave "
+                "inputs_from unset so this study makes its own inputs"
+            )
+        return True
+
     def stage_collect(self) -> None:
+        if self.reused("collect"):
+            return
         c = self.cfg
         for kind, tasks, episodes, seed in (
             (FINETUNE_DATASET, c.eval_task_ids, c.finetune_episodes, c.collect_seed),
@@ -239,7 +275,7 @@ class PolicyStudy(StagedRun):
         import yaml
 
         c = self.cfg
-        if not c.stamo_path:  # a given checkpoint needs no pretraining
+        if not c.stamo_path and not self.reused("stamo"):  # a given checkpoint needs no pretraining
             preset = yaml.safe_load(resolve_preset(c.stamo_preset, prefix="pretrain_stamo_").read_text())
             preset["source"] = {
                 "type": "rlds",
@@ -257,6 +293,8 @@ class PolicyStudy(StagedRun):
             self.run(stamo_vla_cli("pretrain", *args), "stamo_pretrain")
 
     def stage_base(self) -> None:
+        if self.reused("base"):
+            return
         c = self.cfg
         args = ["--model", c.base_model, "--data.data_root_dir", str(self.data)]
         args += ["--data.dataset_names", f"[{self.dataset(BASE_DATASET)}]"]
@@ -273,13 +311,17 @@ class PolicyStudy(StagedRun):
 
     def cache_root(self, kind: str) -> Path | None:
         """The target cache root of a cache kind (None: the datasets' default place)."""
-        return None if kind == "state" else self.out / "target_cache" / kind
+        return None if kind == "state" else self.inputs / "target_cache" / kind
 
     def stage_targets(self) -> None:
         """Every target cache the arms read, of the fine-tuning and the held-out data (after the base: the
-        features target is made of the base's frozen backbone)."""
-        arms = self.cfg.primary_arms + self.cfg.secondary_arms
-        for kind in sorted({TARGET_CACHE[a] for a in arms if a in TARGET_CACHE}):
+        features target is made of the base's frozen backbone). Reused ones must hold every cache the arms read."""
+        targets = {arm_parts(a)[0] for a in self.cfg.primary_arms + self.cfg.secondary_arms}
+        kinds = sorted({TARGET_CACHE[t] for t in targets if t in TARGET_CACHE})
+        if self.reused("targets"):
+            self.check_reused_caches(kinds)
+            return
+        for kind in kinds:
             for dataset in (self.dataset(FINETUNE_DATASET), self.dataset(HELDOUT_DATASET)):
                 args = ["--data_root_dir", str(self.data), "--dataset_name", dataset]
                 if kind != "state":  # the StaMo-state cache is the command's default target
@@ -290,9 +332,24 @@ class PolicyStudy(StagedRun):
                     args += ["--stamo_path", str(self.stamo_model())]
                 self.run(stamo_vla_cli("cache-targets", *args), f"cache_{kind}_{dataset}")
 
+    def check_reused_caches(self, kinds: list[str]) -> None:
+        """Every target cache of `kinds` exists in ``inputs_from`` (the earlier study may have had other arms)."""
+        from stamo_vla.data.target_cache import default_cache_dir
+
+        for kind in kinds:
+            for dataset in (self.dataset(FINETUNE_DATASET), self.dataset(HELDOUT_DATASET)):
+                root = self.cache_root(kind)
+                where = default_cache_dir(self.data, dataset) if root is None else root / dataset
+                if not where.is_dir():
+                    raise FileNotFoundError(
+                        f"inputs_from={self.cfg.inputs_from} has no {kind} target cache of {dataset} ({where}): that "
+                        f"study had no arm reading it; choose arms whose caches it holds, or leave inputs_from unset"
+                    )
+
     def finetune_args(self, arm: str, seed: int, run_dir: Path | None = None) -> list[str]:
         """The ``stamo-vla finetune`` options of one run (into `run_dir`, default its place in the study)."""
         c = self.cfg
+        target, precision = arm_parts(arm)
         run_dir = run_dir or self.finetune_root / self.run_id(arm, seed)
         args = ["--config", c.finetune_preset]
         args += ["--vla_path", str(self.base_run / "model"), "--data.data_root_dir", str(self.data)]
@@ -303,15 +360,17 @@ class PolicyStudy(StagedRun):
             "--save_steps",
             str(max(1, c.finetune_steps // 5)),
             "--adapter.target",
-            arm,
+            target,
             "--resume",
             "true",
         ]
-        if arm in TARGET_CACHE:
+        if precision is not None:
+            args += ["--mixed_precision", precision]
+        if target in TARGET_CACHE:
             args += ["--data.use_target_cache", "true"]
-            root = self.cache_root(TARGET_CACHE[arm])
+            root = self.cache_root(TARGET_CACHE[target])
             args += [] if root is None else ["--data.target_cache_root", str(root)]
-        if arm in STAMO_ARMS:
+        if target in STAMO_ARMS:
             args += ["--stamo_path", str(self.stamo_model())]
         return args
 

@@ -469,3 +469,90 @@ def test_a_run_step_is_refused_when_the_code_changed_under_a_running_stage(tmp_p
     study.run_one("none", 0)
     assert ran == ["finetune_none_seed0", "heldout_none_seed0", "eval_none_seed0"]
     assert {r["commit"] for r in read_jsonl(tmp_path / "run_times.jsonl")} == {"b" * 40}
+
+
+def test_a_precision_arm_is_its_target_trained_under_bf16_autocast(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match=r"'none\+fp16': precision='fp16'"):
+        PolicyStudyConfig(primary_arms=["none", "none+fp16"])
+    with pytest.raises(ValueError, match=r"primary_arms/secondary_arms entry='lora'"):
+        PolicyStudyConfig(primary_arms=["none", "lora+bf16"])
+    cfg = PolicyStudyConfig(output_dir=str(tmp_path), primary_arms=["state", "state+bf16"], pilot_seeds=2)
+    study = PolicyStudy(cfg)
+    monkeypatch.setattr(PolicyStudy, "stamo_model", lambda self: tmp_path / "stamo")
+    fp32, bf16 = study.finetune_args("state", 1), study.finetune_args("state+bf16", 1)
+    assert _option(bf16, "--mixed_precision") == "bf16" and "--mixed_precision" not in fp32
+    assert _option(bf16, "--adapter.target") == "state" and _option(bf16, "--run_dir").endswith(
+        "state+bf16_seed1"
+    )
+    # everything else is the float32 arm's: same seed (data order, initialization), data, cache, StaMo model
+    rest = [a for a in bf16 if a not in ("--mixed_precision", "bf16")]
+    assert [a for a, b in zip(rest, fp32) if a != b] == [rest[rest.index("--run_dir") + 1]]
+    commands = []
+    monkeypatch.setattr(PolicyStudy, "run", lambda self, args, log, env=None: commands.append(args))
+    study.stage_targets()
+    assert len(commands) == 2  # one state cache per dataset serves both precisions
+
+
+def _finish_stages(out, stages, commit):
+    from stamo_vla.fileio import append_jsonl, write_json_atomic
+
+    for stage in stages:
+        append_jsonl(out / ".stages" / "calls.jsonl", {"stage": stage, "event": "start", "commit": commit})
+        write_json_atomic(out / ".stages" / f"{stage}.json", {"seconds": 1.0, "calls": 1})
+
+
+def test_a_study_reads_its_inputs_from_an_earlier_one_and_writes_nothing_there(tmp_path, monkeypatch):
+    earlier, here = tmp_path / "targets", tmp_path / "precision"
+    with pytest.raises(ValueError, match="is this study's own output_dir"):
+        PolicyStudyConfig(output_dir=str(here), inputs_from=str(here))
+    cfg = PolicyStudyConfig(
+        output_dir=str(here), inputs_from=str(earlier), primary_arms=["none", "none+bf16"], pilot_seeds=2
+    )
+    study = PolicyStudy(cfg)
+    assert (study.data, study.base_run, study.stamo_run) == (
+        earlier / "data",
+        earlier / "base",
+        earlier / "stamo",
+    )
+    args = study.finetune_args("none+bf16", 0)
+    assert _option(args, "--vla_path") == str(earlier / "base" / "model")
+    assert _option(args, "--data.data_root_dir") == str(earlier / "data")
+    assert _option(args, "--run_dir").startswith(str(here / "finetune"))
+
+    with pytest.raises(
+        FileNotFoundError, match=r"its collect stage has not finished .*targets/.stages/collect.json"
+    ):
+        study.stage_collect()
+    _finish_stages(earlier, ("collect", "stamo", "base", "targets"), "a" * 40)
+    commands = []
+    monkeypatch.setattr(PolicyStudy, "run", lambda self, args, log, env=None: commands.append(args))
+    for stage in ("collect", "stamo", "base", "targets"):
+        study.stage_fn(stage)()
+    assert commands == []  # nothing made again, nothing written into the earlier study
+    before = sorted(p.relative_to(earlier) for p in earlier.rglob("*"))
+
+    cfg.secondary_arms = ["features"]  # the earlier study never cached the features target
+    with pytest.raises(FileNotFoundError, match=r"no features target cache of libero_spatial_finetune"):
+        study.stage_targets()
+    assert sorted(p.relative_to(earlier) for p in earlier.rglob("*")) == before
+
+    from stamo_vla.study.policy_report import provenance
+
+    prov = provenance(study)
+    assert prov["inputs_from"] == {
+        "output_dir": str(earlier),
+        "versions": {"a" * 40: ["collect", "stamo", "base", "targets"]},
+    }
+
+
+def test_the_report_compares_every_bf16_arm_with_its_float32_arm(tmp_path):
+    from stamo_vla.study.policy_report import comparisons
+
+    runs = [
+        {"arm": arm, "seed": seed, "standard_outcomes": [1] * k + [0] * (10 - k), "perturbed_outcomes": None}
+        for arm, ks in (("none", (3, 5, 4)), ("none+bf16", (4, 5, 3)), ("state", (6, 7, 6)))
+        for seed, k in enumerate(ks)
+    ]
+    arms = {a: {"collapse": {"collapsed": 0, "runs": 3}} for a in ("none", "none+bf16", "state")}
+    pairs = [(c["a"], c["b"]) for c in comparisons(runs, arms)]
+    assert pairs == [("state", "none"), ("none+bf16", "none")]
