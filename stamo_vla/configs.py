@@ -153,6 +153,22 @@ def load_config(config_cls: type[T], path: str | os.PathLike) -> T:
         return draccus.load(config_cls, f)
 
 
+# Words YAML 1.1 reads as booleans: draccus hands them to a str field as "False" / "True".
+_YAML_BOOLEAN_WORDS = {"no": "False", "off": "False", "yes": "True", "on": "True"}
+
+
+def choice_word(value: object, allowed: Sequence[str]) -> object:
+    """`value` as the allowed word it was typed as.
+
+    YAML 1.1 reads ``no``/``off``/``yes``/``on`` as booleans, so ``--mixed_precision no`` reaches a str field as
+    "False"; when exactly one allowed word reads so, that word is given back. Any other value is returned as is.
+    """
+    if str(value) not in ("False", "True"):
+        return value
+    words = [w for w in allowed if _YAML_BOOLEAN_WORDS.get(w) == str(value)]
+    return words[0] if len(words) == 1 else value
+
+
 def check_choice(field: str, value: object, allowed: Sequence[object]) -> None:
     """Raise ValueError naming the field, the value and the allowed set."""
     if value not in allowed:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from stamo_vla.configs import check_choice, check_positive_int
+from stamo_vla.configs import check_choice, check_positive_int, choice_word
 from stamo_vla.training.distributed import MIXED_PRECISION
 
 T = TypeVar("T", bound="RunConfig")
@@ -51,6 +51,7 @@ class RunConfig:
     wandb_project: str | None = None
 
     def __post_init__(self) -> None:
+        self.mixed_precision = choice_word(self.mixed_precision, MIXED_PRECISION)  # `no` reads as a boolean
         check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         for name in ("max_steps", "batch_size", "grad_accumulation_steps", "keep_last", "log_steps"):
             check_positive_int(name, getattr(self, name))

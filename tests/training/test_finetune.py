@@ -207,3 +207,28 @@ def test_decoded_frame_cache_keeps_the_first_50_losses_bitwise(tmp_path, toy_dat
     old, new = run("old", 0), run("new", 64)
     assert sorted(old) == list(range(1, 51))
     assert [old[s] for s in range(1, 51)] == [new[s] for s in range(1, 51)]  # exact equality, not approx
+
+
+@pytest.mark.slow
+def test_bf16_autocast_on_the_cpu_trains_near_float32_and_saves_float32_weights(tmp_path, toy_data_root):
+    from accelerate.state import AcceleratorState
+    from safetensors.torch import load_file
+
+    def run(name, precision):
+        AcceleratorState._reset_state(
+            True
+        )  # accelerate keeps one precision per process; a CLI run is its own
+        extra = ["--adapter.target", "none", "--max_steps", "3", "--save_steps", "0", "--batch_size", "2"]
+        cfg = tiny_cfg(tmp_path / name, toy_data_root, *extra, "--mixed_precision", precision)
+        return finetune(cfg).run_dir
+
+    try:
+        fp32_dir, bf16_dir = run("fp32", "no"), run("bf16", "bf16")
+    finally:
+        AcceleratorState._reset_state(True)  # the next test's run starts from a fresh state
+    fp32, bf16 = losses(fp32_dir), losses(bf16_dir)
+    assert sorted(bf16) == [1, 2, 3]
+    # the same batch and initialization: the first losses differ only by bf16 rounding, and they do differ
+    assert bf16[1] != fp32[1] and bf16[1] == pytest.approx(fp32[1], rel=0.05)
+    weights = next((bf16_dir / "adapter").glob("*.safetensors"))
+    assert {str(t.dtype) for t in load_file(weights).values()} == {"torch.float32"}

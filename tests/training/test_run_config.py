@@ -83,3 +83,22 @@ def test_an_old_pretrain_config_yaml_loads(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
     loaded = load_run_config(PretrainStaMoConfig, tmp_path / "config.yaml")
     assert (loaded.save_steps, loaded.log_steps, loaded.eval_steps) == (3, 2, 6)
+
+
+def test_mixed_precision_no_is_the_word_typed_not_a_yaml_boolean(tmp_path):
+    from stamo_vla.configs import choice_word, parse_config
+
+    # YAML 1.1 reads `no` as false; draccus then hands "False" to the str field
+    for cls, prefix in ((FinetuneConfig, "finetune_"), (BaseTrainConfig, ""), (PretrainStaMoConfig, "")):
+        extra = ["--adapter.target", "none"] if cls is FinetuneConfig else []
+        args = ["--mixed_precision", "no", "--run_dir", str(tmp_path / "r"), *extra]
+        cfg = parse_config(cls, args, prefix=prefix)
+        assert cfg.mixed_precision == "no", cls.__name__
+    path = tmp_path / "config.yaml"
+    path.write_text("mixed_precision: no\nrun_dir: r\n")
+    assert parse_config(BaseTrainConfig, ["--config", str(path)]).mixed_precision == "no"
+    assert choice_word("True", ("no", "bf16")) == "True"  # no allowed word reads as true: left for the check
+    with pytest.raises(
+        ValueError, match=r"mixed_precision='True' is not valid; allowed: \['auto', 'no', 'bf16'\]"
+    ):
+        parse_config(BaseTrainConfig, ["--mixed_precision", "yes", "--run_dir", str(tmp_path / "r")])
