@@ -1,6 +1,7 @@
 """Training logger: tqdm bar with a running loss, tensorboard scalars, ``metrics.jsonl``, optional wandb.
 
-Only the main process logs; on other ranks every method is a no-op, so callers need no rank checks.
+Only the main process logs; on other ranks every method is a no-op, so callers need no rank checks. Use it as a
+context manager (``with TrainLogger(...) as log:``) so it closes however the run ends.
 """
 
 from __future__ import annotations
@@ -87,6 +88,12 @@ class TrainLogger:
             self._bar.refresh()
         else:
             self._bar.write(f"step {step} {prefix}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+
+    def __enter__(self) -> TrainLogger:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def close(self) -> None:
         if not self.enabled:
