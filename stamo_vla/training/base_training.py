@@ -6,7 +6,8 @@ with LoRA (with or without the StaMo head), exactly as a user fine-tunes openvla
         --run_dir runs/base --max_steps 3000
 
 Resumable: ``resume=true`` (the default) continues from the newest intact checkpoint in ``run_dir``
-(weights, optimizer, schedule, RNG and data position).
+(weights, optimizer, schedule, RNG and data position), through the loop every recipe shares
+(`stamo_vla.training.loop`).
 """
 
 from __future__ import annotations
@@ -25,14 +26,13 @@ from stamo_vla.data.config import DataConfig
 from stamo_vla.data.dataset import make_dataloader
 from stamo_vla.data.sources import iter_episodes
 from stamo_vla.fileio import dataset_inputs, write_json_atomic, writes_directory
-from stamo_vla.training.checkpoint import find_resumable_checkpoint, optimization_state, save_checkpoint
+from stamo_vla.training.checkpoint import optimization_state
 from stamo_vla.training.distributed import seed_everything, setup_accelerator
-from stamo_vla.training.finetune import FinetuneCollator, to_device
 from stamo_vla.training.logger import TrainLogger
+from stamo_vla.training.loop import Hooks, Training, loader_batches, resume_point, train_loop
 from stamo_vla.training.optim import OptimizerConfig
-from stamo_vla.training.preemption import TrainingInterrupted, stop_on_sigterm
 from stamo_vla.training.run_config import RunConfig
-from stamo_vla.training.step import train_step
+from stamo_vla.training.supervision import FinetuneCollator, SupervisionCheck
 from stamo_vla.vla import ActionTokenizer, OpenVLAForActionPrediction, OpenVLAProcessor, build_tiny, tiny
 from stamo_vla.vla.loading import save_checkpoint as save_vla
 
@@ -154,7 +154,7 @@ def train_base(cfg: BaseTrainConfig) -> Path:
     """Train (or resume) and write ``<run_dir>/model`` in the upstream layout; returns that directory."""
     accelerator = setup_accelerator(cfg.mixed_precision)
     run_dir = cfg.run_path()
-    resume_from = find_resumable_checkpoint(run_dir) if cfg.resume else None
+    resume_from = resume_point(cfg, run_dir, accelerator.is_main_process)
     seed_everything(cfg.seed)
     vla, processor = _load_or_build(cfg, run_dir, resume_from)
     model = FullTraining(vla.to(accelerator.device))
@@ -171,57 +171,19 @@ def train_base(cfg: BaseTrainConfig) -> Path:
         save_config(cfg, run_dir / "config.yaml")
         if resume_from is None:  # the tokenizer's merges depend on the data: resume reads them back
             processor.save_pretrained(run_dir / PROCESSOR_DIR)
-    log = TrainLogger(
+    training = Training(ddp_model, optimizer, scheduler, state)
+    check = SupervisionCheck(cfg.max_steps)  # token actions only: action-free data has nothing to teach
+    with TrainLogger(
         run_dir, cfg.max_steps, state.step, accelerator.is_main_process, cfg.wandb_project, asdict(cfg)
-    )
-    metrics = _train_loop(
-        cfg, run_dir, state, dataset, loader, (ddp_model, optimizer, scheduler), accelerator, log
-    )
-    log.close()
+    ) as log:
+        stream = loader_batches(cfg, dataset, loader, state)
+        metrics = train_loop(cfg, run_dir, training, stream, accelerator, log, Hooks(inspect=check))
     out = run_dir / MODEL_DIR
     if accelerator.is_main_process:
         save_vla(vla, processor, out, overwrite=True)  # this run's own output (a rerun writes it again)
         write_json_atomic(run_dir / "final_metrics.json", {"step": state.step, **metrics})
     accelerator.wait_for_everyone()
     return out
-
-
-def _train_loop(cfg, run_dir, state, dataset, loader, training, accelerator, log) -> dict:
-    """Steps until ``cfg.max_steps``: log, checkpoint, and on SIGTERM checkpoint the current step and exit."""
-    ddp_model, optimizer, scheduler = training
-    consumed = int(state.data_state.get("micro_batches", 0))
-    if consumed:  # continue the deterministic sample stream where the run stopped
-        dataset.set_resume_position(consumed, cfg.batch_size)
-    batches = iter(loader)
-
-    def checkpoint():
-        state.data_state = {"micro_batches": consumed}
-        model = accelerator.unwrap_model(ddp_model)
-        return save_checkpoint(
-            run_dir, state, model, optimizer, scheduler, accelerator, keep_last=cfg.keep_last
-        )
-
-    metrics: dict = {}
-    with stop_on_sigterm() as stop:
-        while state.step < cfg.max_steps:
-            micro = [to_device(next(batches), accelerator.device) for _ in range(cfg.grad_accumulation_steps)]
-            metrics = train_step(
-                ddp_model,
-                micro,
-                optimizer,
-                scheduler,
-                accelerator,
-                cfg.optim.max_grad_norm,
-                step=state.step + 1,
-            )
-            consumed += len(micro)
-            state.step += 1
-            if cfg.logs_at(state.step):
-                log.log(state.step, metrics)
-            saved = checkpoint() if cfg.saves_at(state.step) else None
-            if state.step < cfg.max_steps and stop.requested(accelerator):
-                raise TrainingInterrupted(saved or checkpoint(), state.step)
-    return metrics
 
 
 def main(argv: list[str] | None = None) -> int:

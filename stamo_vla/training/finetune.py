@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 
-from stamo_vla import keys as K
 from stamo_vla.adapter import attach, load_adapter, save_adapter
 from stamo_vla.adapter.target_encoders import build_target_encoder
 from stamo_vla.configs import parse_config, save_config
@@ -33,19 +32,13 @@ from stamo_vla.data.target_cache import StaleTargetCacheError, read_manifest, ta
 from stamo_vla.fileio import write_json_atomic, writes_directory
 from stamo_vla.provenance import read_provenance
 from stamo_vla.stamo import StaMoAutoencoder, StaMoEncoder
-from stamo_vla.stamo.pixels import uint8_to_pixels
 from stamo_vla.training import resume_config
-from stamo_vla.training.checkpoint import (
-    find_resumable_checkpoint,
-    list_checkpoints,
-    optimization_state,
-    save_checkpoint,
-)
+from stamo_vla.training.checkpoint import optimization_state
 from stamo_vla.training.distributed import seed_everything, setup_accelerator
 from stamo_vla.training.finetune_config import FinetuneConfig
 from stamo_vla.training.logger import TrainLogger
-from stamo_vla.training.preemption import TrainingInterrupted, stop_on_sigterm
-from stamo_vla.training.step import train_step
+from stamo_vla.training.loop import Hooks, Training, loader_batches, resume_point, to_device, train_loop
+from stamo_vla.training.supervision import SUPERVISION, FinetuneCollator, SupervisionCheck
 from stamo_vla.vla import ActionTokenizer, OpenVLAForActionPrediction, OpenVLAProcessor, build_tiny
 from stamo_vla.vla.loading import load_vla
 
@@ -53,8 +46,6 @@ logger = logging.getLogger(__name__)
 
 BASE_MODEL_DIR = "base_model"
 ADAPTER_DIR = "adapter"
-SUPERVISION = "_supervision"  # batch entry added by FinetuneCollator, popped before the model sees the batch
-CHECK_STEPS = 10  # optimizer steps over which a run must show something to learn from
 STATISTICS_BATCHES = 16  # batches that estimate the target statistics when targets are computed on the fly
 
 
@@ -194,60 +185,6 @@ def build_model(
 
 
 # ----------------------------------------------------------------------------------------------- data
-class FinetuneCollator:
-    """Samples -> model batch: the policy's batch transform, plus StaMo pixels when targets are computed live.
-
-    Args:
-        batch_transform: an `OpenVLABatchTransform`.
-        stamo_pixels: add STAMO_PIXELS / FUTURE_STAMO_PIXELS ((B, 3, S, S) float in [0, 1]) from IMAGE /
-            FUTURE_IMAGE for the frozen encoder (the target cache makes this unnecessary).
-    """
-
-    def __init__(self, batch_transform, stamo_pixels: bool, has_head: bool = False, horizon: int = 0):
-        self.batch_transform = batch_transform
-        self.stamo_pixels = stamo_pixels
-        self.has_head = has_head
-        self.horizon = horizon
-
-    @staticmethod
-    def supervision(samples: list[dict], has_head: bool, horizon: int = 0) -> dict[str, int]:
-        """Per batch: samples with a supervised action, with a real future frame, and with neither; with a head,
-        also the samples whose future frame was clamped to the episode's last frame (``clamped``, fewer than
-        `horizon` steps ahead) and the longest episode those show (``longest``: their future step + 1).
-
-        A future frame clamped onto the current one (``FUTURE_STEP == STEP``: the episode ended before the
-        horizon) makes a trivial StaMo target (zero motion, the current state).
-        """
-        ahead = [int(s.get(K.FUTURE_STEP, 1)) - int(s.get(K.STEP, 0)) for s in samples]
-        clamped = [s for s, a in zip(samples, ahead) if has_head and a < horizon]
-        longest = max((int(s[K.FUTURE_STEP]) + 1 for s in clamped if K.FUTURE_STEP in s), default=0)
-        actions = sum(bool(s.get(K.HAS_ACTION, True)) for s in samples)
-        futures = (
-            sum(int(s.get(K.FUTURE_STEP, 1)) != int(s.get(K.STEP, 0)) for s in samples) if has_head else 0
-        )
-        degenerate = sum(
-            not bool(s.get(K.HAS_ACTION, True))
-            and not (has_head and int(s.get(K.FUTURE_STEP, 1)) != int(s.get(K.STEP, 0)))
-            for s in samples
-        )
-        counts = {"samples": len(samples), "actions": actions, "targets": futures, "degenerate": degenerate}
-        return {**counts, "clamped": len(clamped), "longest": longest}
-
-    def __call__(self, samples: list[dict]) -> dict:
-        supervision = self.supervision(samples, self.has_head, self.horizon)
-        items = []
-        for sample in samples:
-            extra = {}
-            if self.stamo_pixels:
-                extra = {
-                    K.STAMO_PIXELS: uint8_to_pixels(sample[K.IMAGE]),
-                    K.FUTURE_STAMO_PIXELS: uint8_to_pixels(sample[K.FUTURE_IMAGE]),
-                }
-            sample = {k: v for k, v in sample.items() if k != K.FUTURE_IMAGE}
-            items.append({**self.batch_transform(sample), **extra})
-        return {**self.batch_transform.collate(items), SUPERVISION: supervision}
-
-
 def build_dataloader(
     cfg: FinetuneConfig,
     base,
@@ -271,12 +208,6 @@ def build_dataloader(
     return dataset, loader
 
 
-def to_device(batch: dict, device) -> dict:
-    return {
-        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
-    }
-
-
 # ----------------------------------------------------------------------------------------------- loop
 @dataclass
 class FinetuneResult:
@@ -284,94 +215,6 @@ class FinetuneResult:
     adapter_dir: Path
     step: int
     last_metrics: dict
-
-
-class SupervisionCheck:
-    """Fail fast when the first steps hold nothing to learn from; warn when most samples are degenerate.
-
-    Without it, action-free data with no StaMo head, or a horizon longer than every episode, trains for the
-    whole run at loss 0 and exits 0.
-    """
-
-    def __init__(self, cfg: FinetuneConfig, check_steps: int = CHECK_STEPS):
-        self.cfg, self.steps = cfg, min(check_steps, cfg.max_steps)
-        self.totals = {"samples": 0, "actions": 0, "targets": 0, "degenerate": 0, "clamped": 0}
-        self.longest = 0  # the longest episode the clamped samples show
-        self.seen, self.done = 0, False
-
-    def update(self, supervision: list[dict], accelerator) -> None:
-        if self.done:
-            return
-        for counts in supervision:
-            for k in self.totals:
-                self.totals[k] += int(counts.get(k, 0))
-            self.longest = max(self.longest, int(counts.get("longest", 0)))
-        self.seen += 1
-        if self.seen < self.steps:
-            return
-        self.done = True
-        totals = self.totals
-        if accelerator is not None and accelerator.num_processes > 1:
-            flat = torch.tensor([float(totals[k]) for k in totals], device=accelerator.device)
-            totals = dict(zip(totals, accelerator.reduce(flat, reduction="sum").tolist()))
-            self.longest = int(
-                accelerator.gather(torch.tensor([self.longest], device=accelerator.device)).max()
-            )
-        self._judge({k: int(v) for k, v in totals.items()})
-
-    def _judge(self, t: dict) -> None:
-        cfg = self.cfg
-        if t["actions"] == 0 and t["targets"] == 0:
-            reasons = []
-            if not cfg.adapter.has_head:
-                reasons.append(
-                    "every sample is action-free (NaN actions) and adapter.target=none gives no StaMo target"
-                )
-            else:
-                reasons.append(
-                    "no sample has an action, and every future frame is clamped onto the current one "
-                    f"(adapter.horizon={cfg.adapter.horizon} is longer than the episodes), so the StaMo target is trivial"
-                )
-            raise ValueError(
-                f"nothing to learn from: the first {self.seen} steps ({t['samples']} samples) hold no supervised "
-                f"action token and no StaMo target: {'; '.join(reasons)}. Add labeled data to data.dataset_names, "
-                "set adapter.target (state | motion) with StaMo targets, or lower adapter.horizon."
-            )
-        if cfg.adapter.has_head and t["samples"] and t["clamped"] == t["samples"]:
-            raise ValueError(
-                f"adapter.horizon={cfg.adapter.horizon} is longer than every episode read: in the first {self.seen} "
-                f"steps all {t['samples']} samples had their future frame clamped to their episode's last frame "
-                f"(episodes of at most {self.longest} steps), so the head would learn the way to the episode's end, "
-                f"not {cfg.adapter.horizon} steps ahead. Set adapter.horizon below {self.longest}, or use longer "
-                "episodes."
-            )
-        if t["degenerate"] > t["samples"] / 2:
-            logger.warning(
-                "%d of %d samples in the first %d steps are degenerate (no action and no future frame within "
-                "adapter.horizon=%d); training learns from the rest only.",
-                t["degenerate"],
-                t["samples"],
-                self.seen,
-                cfg.adapter.horizon,
-            )
-
-
-def _data_position(data_state: dict, batch_size: int) -> int:
-    """Micro-batches of the current `batch_size` already consumed (converted when the batch size changed)."""
-    consumed = int(data_state.get("micro_batches", 0))
-    saved = int(data_state.get("batch_size", batch_size))
-    if saved == batch_size:
-        return consumed
-    samples = consumed * saved
-    if samples % batch_size:
-        logger.warning(
-            "batch_size changed from %d to %d: %d samples were consumed, so the data stream resumes at sample %d",
-            saved,
-            batch_size,
-            samples,
-            -(-samples // batch_size) * batch_size,
-        )
-    return -(-samples // batch_size)
 
 
 def _prepare_resume(cfg: FinetuneConfig, run_dir: Path, resume_from: Path, state, main: bool) -> None:
@@ -390,11 +233,42 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     """
     accelerator = setup_accelerator(cfg.mixed_precision, find_unused_parameters=True)
     run_dir = cfg.run_path()
-    resume_from = find_resumable_checkpoint(run_dir) if cfg.resume else None
-    if cfg.resume and resume_from is None and list_checkpoints(run_dir) and accelerator.is_main_process:
-        logger.warning("resume=true but %s has no intact checkpoint; starting from scratch", run_dir)
+    resume_from = resume_point(cfg, run_dir, accelerator.is_main_process)
     seed_everything(cfg.seed)
+    model, dataset, loader = _build(cfg, run_dir, resume_from, accelerator)
+    stats = dataset.dataset_statistics
 
+    optimizer, scheduler, state = optimization_state(
+        model.trainable_parameters(), cfg.optim, cfg.max_steps, resume_from, accelerator
+    )
+    if resume_from is not None:
+        main = accelerator.is_main_process
+        _prepare_resume(cfg, run_dir, resume_from, state, main)
+    accelerator.wait_for_everyone()  # every rank has read the previous config.yaml before it is replaced
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        write_json_atomic(run_dir / "dataset_statistics.json", stats)
+    ddp_model, optimizer = accelerator.prepare(model, optimizer)
+    training = Training(ddp_model, optimizer, scheduler, state)
+    check = SupervisionCheck(cfg.max_steps, cfg.adapter.has_head, cfg.adapter.horizon)
+    with TrainLogger(
+        run_dir, cfg.max_steps, state.step, accelerator.is_main_process, cfg.wandb_project, cfg.to_dict()
+    ) as log:
+        stream = loader_batches(cfg, dataset, loader, state)
+        metrics = train_loop(cfg, run_dir, training, stream, accelerator, log, Hooks(inspect=check))
+    adapter_dir = run_dir / ADAPTER_DIR
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(ddp_model)
+        save_adapter(unwrapped, adapter_dir, dataset_statistics=stats, overwrite=True)  # this run's own
+        write_json_atomic(run_dir / "final_metrics.json", {"step": state.step, **metrics})
+    accelerator.wait_for_everyone()
+    return FinetuneResult(run_dir, adapter_dir, state.step, metrics)
+
+
+def _build(cfg: FinetuneConfig, run_dir: Path, resume_from: Path | None, accelerator):
+    """(the model to train, its dataset, its DataLoader): the base with a fresh adapter (its target statistics
+    fitted) or the checkpoint's adapter, after the resumed config is checked against the checkpoint."""
     base, processor = load_base(cfg, run_dir, accelerator)
     stamo_encoder, decoder = load_stamo(cfg, accelerator.device)
     encoder, cache_fingerprint = target_encoder(cfg, stamo_encoder, base, processor)
@@ -424,103 +298,12 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     base.norm_stats = stats
     if resume_from is None:  # a resumed head keeps the statistics it was trained with
         fit_target_statistics(cfg, model, loader, accelerator)
-
-    optimizer, scheduler, state = optimization_state(
-        model.trainable_parameters(), cfg.optim, cfg.max_steps, resume_from, accelerator
-    )
-    if resume_from is not None:
-        main = accelerator.is_main_process
-        _prepare_resume(cfg, run_dir, resume_from, state, main)
-    accelerator.wait_for_everyone()  # every rank has read the previous config.yaml before it is replaced
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-        write_json_atomic(run_dir / "dataset_statistics.json", stats)
-    ddp_model, optimizer = accelerator.prepare(model, optimizer)
-    log = TrainLogger(
-        run_dir, cfg.max_steps, state.step, accelerator.is_main_process, cfg.wandb_project, cfg.to_dict()
-    )
-    try:
-        metrics = train_loop(
-            cfg, run_dir, state, dataset, loader, (ddp_model, optimizer, scheduler), accelerator, log
-        )
-    finally:
-        log.close()
-    adapter_dir = run_dir / ADAPTER_DIR
-    if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(ddp_model)
-        save_adapter(unwrapped, adapter_dir, dataset_statistics=stats, overwrite=True)  # this run's own
-        write_json_atomic(run_dir / "final_metrics.json", {"step": state.step, **metrics})
-    accelerator.wait_for_everyone()
-    return FinetuneResult(run_dir, adapter_dir, state.step, metrics)
+    return model, dataset, loader
 
 
 def _checkpoint_adapter(checkpoint: Path) -> dict:
     path = checkpoint / "model" / "stamo_adapter_config.json"
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _batches(loader, cfg: FinetuneConfig):
-    """The loader's batches; a clear error instead of a bare StopIteration when the data runs out."""
-    produced = 0
-    for batch in loader:
-        produced += 1
-        yield batch
-    split = f"data.split={cfg.data.split!r} of {list(cfg.data.dataset_names)} under {cfg.data.data_root_dir}"
-    if produced == 0:
-        raise ValueError(
-            f"no training samples: {split} has no episodes (or none long enough). Check data.split / "
-            "data.train_percent and that the dataset holds episodes."
-        )
-    raise ValueError(
-        f"the data ran out after {produced} batches ({split}); set data.repeat=true or lower max_steps."
-    )
-
-
-def train_loop(cfg, run_dir, state, dataset, loader, training, accelerator, log) -> dict:
-    """Optimizer steps until ``cfg.max_steps``: log, checkpoint, stop cleanly on SIGTERM; last metrics.
-
-    Args:
-        training: (prepared model, optimizer, scheduler).
-    """
-    ddp_model, optimizer, scheduler = training
-
-    consumed = _data_position(state.data_state, cfg.batch_size)
-    if consumed:  # continue the deterministic sample stream where the run stopped, decoding nothing skipped
-        dataset.set_resume_position(consumed, cfg.batch_size)
-    batches = _batches(loader, cfg)
-    check = SupervisionCheck(cfg)
-    metrics: dict = {}
-
-    def checkpoint():
-        state.data_state = {"micro_batches": consumed, "batch_size": cfg.batch_size}
-        unwrapped = accelerator.unwrap_model(ddp_model)
-        return save_checkpoint(
-            run_dir, state, unwrapped, optimizer, scheduler, accelerator, keep_last=cfg.keep_last
-        )
-
-    with stop_on_sigterm() as stop:
-        while state.step < cfg.max_steps:
-            micro = [next(batches) for _ in range(cfg.grad_accumulation_steps)]
-            check.update([m.pop(SUPERVISION, {}) for m in micro], accelerator)
-            micro = [to_device(m, accelerator.device) for m in micro]
-            consumed += len(micro)
-            metrics = train_step(
-                ddp_model,
-                micro,
-                optimizer,
-                scheduler,
-                accelerator,
-                cfg.optim.max_grad_norm,
-                step=state.step + 1,
-            )
-            state.step += 1
-            if cfg.logs_at(state.step):
-                log.log(state.step, metrics)
-            saved = checkpoint() if cfg.saves_at(state.step) else None
-            if state.step < cfg.max_steps and stop.requested(accelerator):
-                raise TrainingInterrupted(saved or checkpoint(), state.step)
-    return metrics
 
 
 def load_metrics(run_dir: str | Path) -> list[dict]:

@@ -22,19 +22,12 @@ from stamo_vla.stamo.configuration_stamo import StaMoConfig
 from stamo_vla.stamo.modeling_autoencoder import StaMoAutoencoder
 from stamo_vla.stamo.pixels import resize
 from stamo_vla.training.batches import EpochBatches
-from stamo_vla.training.checkpoint import (
-    TrainerState,
-    find_latest_checkpoint,
-    find_resumable_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from stamo_vla.training.checkpoint import find_latest_checkpoint, optimization_state
 from stamo_vla.training.distributed import seed_everything, setup_accelerator
 from stamo_vla.training.logger import TrainLogger
-from stamo_vla.training.optim import OptimizerConfig, build_optimizer, build_scheduler
-from stamo_vla.training.preemption import TrainingInterrupted, stop_on_sigterm
+from stamo_vla.training.loop import Hooks, Training, resume_point, train_loop
+from stamo_vla.training.optim import OptimizerConfig
 from stamo_vla.training.run_config import RunConfig
-from stamo_vla.training.step import train_step
 from stamo_vla.training.vae_fit import fit_vae, latent_statistics, vae_health
 from stamo_vla.viz.reconstruction import derangement, evaluate, save_sample_sheet
 
@@ -179,6 +172,113 @@ def check_resume_config(requested: StaMoConfig, saved: StaMoConfig, checkpoint: 
     requested.decoder.vae.shift_factor = saved.decoder.vae.shift_factor
 
 
+class _Pixels:
+    """The training images of each index batch of `batches`, as StaMo pixels; its position is theirs."""
+
+    def __init__(self, images_u8: torch.Tensor, batches: EpochBatches):
+        self.images_u8, self.batches = images_u8, batches
+
+    def __iter__(self) -> _Pixels:
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        return to_pixels(self.images_u8[next(self.batches)])
+
+    def state_dict(self) -> dict:
+        return self.batches.state_dict()
+
+
+class _Checks:
+    """Pretraining's additions to the loop: the loss record, the own/shuffled loss gap at ``gap_check_step``,
+    held-out evaluation with sample sheets every ``eval_steps``, and exact bottleneck statistics before every
+    evaluation and checkpoint (`hooks`)."""
+
+    def __init__(self, cfg: PretrainStaMoConfig, ae, images: tuple[torch.Tensor, torch.Tensor], log, health):
+        self.cfg, self.ae, self.log, self.health = cfg, ae, log, health
+        self.train_u8, self.heldout_u8 = images
+        self.losses: dict[int, float] = {}
+        order = torch.randperm(len(self.train_u8), generator=torch.Generator().manual_seed(cfg.seed))
+        self.calibration = to_pixels(self.train_u8[order[:1024]])
+
+    def hooks(self) -> Hooks:
+        return Hooks(after_step=self.after_step, before_save=self.recalibrate)
+
+    def recalibrate(self) -> None:
+        """Exact bottleneck statistics before evaluating or saving (every rank alike)."""
+        self.ae.encoder.recalibrate_bottleneck(self.calibration)
+
+    def after_step(self, step: int, metrics: dict) -> None:
+        cfg = self.cfg
+        self.losses[step] = metrics["loss"]
+        if self.log.enabled and len(self.heldout_u8) >= 2 and step == cfg.gap_check_step:
+            self.check_gap(step)
+        if cfg.eval_steps and step % cfg.eval_steps == 0 and step < cfg.max_steps:
+            self.evaluate(step)
+
+    def check_gap(self, step: int) -> None:
+        """Log the held-out own/shuffled loss gap; warn (or raise, when strict) when it is below min_loss_gap."""
+        cfg = self.cfg
+        self.recalibrate()
+        gap = loss_gap(self.ae, to_pixels(self.heldout_u8), cfg.seed)
+        self.log.log(step, gap, prefix="health")
+        self.health["gap_check"] = {"step": step, **gap}
+        if gap["loss_gap"] < cfg.min_loss_gap:
+            self.health["warnings"].append(
+                warn_health(
+                    f"at step {step} the held-out flow loss from each image's own state ({gap['loss_own']:.4f}) "
+                    f"is not {cfg.min_loss_gap:.0%} below the loss from another image's state "
+                    f"({gap['loss_shuffled']:.4f}): the states carry (almost) nothing yet. Check the VAE, "
+                    "state_bottleneck and learning rate, or train longer.",
+                    cfg.strict_health,
+                )
+            )
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Held-out PSNR/SSIM and a sample sheet, and the same metrics on as many training images (rank 0)."""
+        cfg = self.cfg
+        if not self.log.enabled or cfg.num_heldout == 0:
+            return {}
+        self.recalibrate()
+        pixels = to_pixels(self.heldout_u8)
+        sheet = self.log.run_dir / "samples" / f"step_{step:08d}.png"
+        save_sample_sheet(self.ae, pixels, sheet, cfg.eval_sample_steps, cfg.interpolation_frames)
+        metrics = evaluate(self.ae, pixels, cfg.eval_sample_steps, seed=cfg.seed)
+        self.log.log(step, metrics, prefix="eval")
+        # the same metrics on as many training images: memorization vs generalization at a glance
+        train = to_pixels(self.train_u8[: len(self.heldout_u8)])
+        seen = evaluate(self.ae, train, cfg.eval_sample_steps, seed=cfg.seed)
+        self.log.log(step, seen, prefix="eval_train")
+        return {**metrics, **{f"train_{k}": v for k, v in seen.items()}}
+
+
+def _split_images(cfg: PretrainStaMoConfig) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(training images, held-out images, the record of the split written to heldout.json), uint8."""
+    images, groups, group_names = cfg.source.load_grouped(cfg.model.image_size)
+    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+    train_u8, heldout_u8, held = split_heldout(
+        images, cfg.num_heldout, split_seed, groups, cfg.heldout_groups
+    )
+    record = {
+        "heldout_groups": [group_names[g] for g in held],
+        "num_train_images": len(train_u8),
+        "num_heldout_images": len(heldout_u8),
+    }
+    return train_u8, heldout_u8, record
+
+
+def _model(cfg: PretrainStaMoConfig, latest: Path | None, images: tuple, health: dict) -> StaMoAutoencoder:
+    """The checkpoint's autoencoder (its model checked against cfg.model), or a fresh one (VAE fitted)."""
+    if latest is not None:
+        model = StaMoAutoencoder.from_pretrained(latest / "model")
+        check_resume_config(cfg.model, model.config, latest)
+        return model
+    train_u8, heldout_u8 = images
+    model, health["vae"] = build_model(cfg, to_pixels(train_u8), to_pixels(heldout_u8))
+    if "warning" in health["vae"]:
+        health["warnings"].append(health["vae"]["warning"])
+    return model
+
+
 @writes_directory("pretrain", "run_dir", PretrainStaMoConfig.run_path, lambda cfg: cfg.source.input_paths())
 def pretrain(cfg: PretrainStaMoConfig) -> dict:
     """Run (or resume) pretraining.
@@ -188,129 +288,34 @@ def pretrain(cfg: PretrainStaMoConfig) -> dict:
     """
     acc = setup_accelerator(cfg.mixed_precision)
     run_dir, main = cfg.run_path(), acc.is_main_process
-    latest = find_resumable_checkpoint(run_dir) if cfg.resume else None  # past a damaged newest one
-    images, groups, group_names = cfg.source.load_grouped(cfg.model.image_size)
-    train_u8, heldout_u8, held = split_heldout(
-        images,
-        cfg.num_heldout,
-        cfg.seed if cfg.split_seed is None else cfg.split_seed,
-        groups,
-        cfg.heldout_groups,
-    )
+    latest = resume_point(cfg, run_dir, main)  # past a damaged newest one
+    train_u8, heldout_u8, split = _split_images(cfg)
     seed_everything(cfg.seed)
     health: dict = {"warnings": []}
-    if latest is not None:
-        model = StaMoAutoencoder.from_pretrained(latest / "model")
-        check_resume_config(cfg.model, model.config, latest)
-    else:
-        model, health["vae"] = build_model(cfg, to_pixels(train_u8), to_pixels(heldout_u8))
-        if "warning" in health["vae"]:
-            health["warnings"].append(health["vae"]["warning"])
-    model.to(acc.device)
+    model = _model(cfg, latest, (train_u8, heldout_u8), health).to(acc.device)
     if main:
         save_config(cfg, run_dir / "config.yaml")
-        write_json_atomic(
-            run_dir / "heldout.json",
-            {
-                "heldout_groups": [group_names[g] for g in held],
-                "num_train_images": len(train_u8),
-                "num_heldout_images": len(heldout_u8),
-            },
-        )
-    optimizer = build_optimizer(model.trainable_parameters(), cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, cfg.max_steps)
-    model, optimizer = acc.prepare(model, optimizer)
-    state = TrainerState()
-    if latest is not None:
-        state = load_checkpoint(latest, optimizer, scheduler, acc, cfg.optim)  # restores RNG streams too
-    else:
+        write_json_atomic(run_dir / "heldout.json", split)
+    optimizer, scheduler, state = optimization_state(
+        model.trainable_parameters(), cfg.optim, cfg.max_steps, latest, acc
+    )  # restores the RNG streams too
+    ddp_model, optimizer = acc.prepare(model, optimizer)
+    if latest is None:
         seed_everything(cfg.seed + acc.process_index)  # distinct noise per rank
     batches = EpochBatches(
         len(train_u8), cfg.batch_size, cfg.seed, acc.process_index, acc.num_processes, state.data_state
     )
-    logger = TrainLogger(
-        run_dir, cfg.max_steps, state.step, main, cfg.wandb_project, asdict(cfg) if main else None
-    )
-    if main and health.get("vae"):
-        logger.log(0, {k: v for k, v in health["vae"].items() if k != "warning"}, prefix="vae")
-    losses: dict[int, float] = {}
-    ae = acc.unwrap_model(model)
-
-    calibration = to_pixels(
-        train_u8[torch.randperm(len(train_u8), generator=torch.Generator().manual_seed(cfg.seed))[:1024]]
-    )
-
-    def recalibrate() -> None:  # exact bottleneck statistics before evaluating or saving (every rank alike)
-        ae.encoder.recalibrate_bottleneck(calibration)
-
-    def evaluate_and_sheet(step: int) -> dict[str, float]:
-        if not main or cfg.num_heldout == 0:
-            return {}
-        recalibrate()
-        pixels = to_pixels(heldout_u8)
-        save_sample_sheet(
-            ae,
-            pixels,
-            run_dir / "samples" / f"step_{step:08d}.png",
-            cfg.eval_sample_steps,
-            cfg.interpolation_frames,
-        )
-        metrics = evaluate(ae, pixels, cfg.eval_sample_steps, seed=cfg.seed)
-        logger.log(step, metrics, prefix="eval")
-        # the same metrics on as many training images: memorization vs generalization at a glance
-        seen = evaluate(ae, to_pixels(train_u8[: len(heldout_u8)]), cfg.eval_sample_steps, seed=cfg.seed)
-        logger.log(step, seen, prefix="eval_train")
-        return {**metrics, **{f"train_{k}": v for k, v in seen.items()}}
-
-    def checkpoint(done: int):
-        recalibrate()
-        return save_checkpoint(
-            run_dir,
-            TrainerState(step=done, data_state=batches.state_dict()),
-            ae,
-            optimizer,
-            scheduler,
-            acc,
-            cfg.keep_last,
-        )
-
-    with stop_on_sigterm() as stop:
-        for step in range(state.step, cfg.max_steps):
-            micro = [
-                to_pixels(train_u8[next(batches)]).to(acc.device) for _ in range(cfg.grad_accumulation_steps)
-            ]
-            metrics = train_step(
-                model, micro, optimizer, scheduler, acc, cfg.optim.max_grad_norm, step=step + 1
-            )
-            done = step + 1
-            losses[done] = metrics["loss"]
-            if cfg.logs_at(done):
-                logger.log(done, metrics)
-            if main and len(heldout_u8) >= 2 and done == cfg.gap_check_step:
-                recalibrate()
-                gap = loss_gap(ae, to_pixels(heldout_u8), cfg.seed)
-                logger.log(done, gap, prefix="health")
-                health["gap_check"] = {"step": done, **gap}
-                if gap["loss_gap"] < cfg.min_loss_gap:
-                    health["warnings"].append(
-                        warn_health(
-                            f"at step {done} the held-out flow loss from each image's own state ({gap['loss_own']:.4f}) "
-                            f"is not {cfg.min_loss_gap:.0%} below the loss from another image's state "
-                            f"({gap['loss_shuffled']:.4f}): the states carry (almost) nothing yet. Check the VAE, "
-                            "state_bottleneck and learning rate, or train longer.",
-                            cfg.strict_health,
-                        )
-                    )
-            if cfg.eval_steps and done % cfg.eval_steps == 0 and done < cfg.max_steps:
-                evaluate_and_sheet(done)
-            saved = checkpoint(done) if cfg.saves_at(done) else None
-            if done < cfg.max_steps and stop.requested(acc):  # SIGTERM: keep this step, then exit
-                raise TrainingInterrupted(saved or checkpoint(done), done)
-    final = evaluate_and_sheet(cfg.max_steps) if losses else {}  # nothing new to evaluate otherwise
-    logger.close()
+    config = asdict(cfg) if main else None
+    with TrainLogger(run_dir, cfg.max_steps, state.step, main, cfg.wandb_project, config) as log:
+        if main and health.get("vae"):
+            log.log(0, {k: v for k, v in health["vae"].items() if k != "warning"}, prefix="vae")
+        checks = _Checks(cfg, acc.unwrap_model(ddp_model), (train_u8, heldout_u8), log, health)
+        training = Training(ddp_model, optimizer, scheduler, state)
+        train_loop(cfg, run_dir, training, _Pixels(train_u8, batches), acc, log, checks.hooks())
+        final = checks.evaluate(cfg.max_steps) if checks.losses else {}  # nothing new to evaluate otherwise
     latest = find_latest_checkpoint(run_dir)
     return {
-        "losses": losses,
+        "losses": checks.losses,
         "eval": final,
         "health": health,
         "checkpoint": str(latest) if latest else None,

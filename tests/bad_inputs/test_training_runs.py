@@ -9,7 +9,7 @@ import signal
 import pytest
 import yaml
 
-from stamo_vla.training import finetune as finetune_module
+from stamo_vla.training import loop as loop_module
 from stamo_vla.training.finetune import finetune, load_metrics
 from stamo_vla.training.preemption import SIGTERM_EXIT_CODE, TrainingInterrupted
 from stamo_vla.training.resume_config import ResumeConfigError
@@ -21,7 +21,7 @@ def _losses(run_dir):
 
 def _sigterm_at(monkeypatch, at_step: int):
     """Send this process SIGTERM during optimizer step `at_step` (as a scheduler would, at any moment)."""
-    real, calls = finetune_module.train_step, []
+    real, calls = loop_module.train_step, []
 
     def step(*args, **kwargs):
         calls.append(1)
@@ -29,7 +29,7 @@ def _sigterm_at(monkeypatch, at_step: int):
             os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(finetune_module, "train_step", step)
+    monkeypatch.setattr(loop_module, "train_step", step)
 
 
 @pytest.mark.slow
@@ -86,7 +86,7 @@ def test_action_free_data_without_a_stamo_target_fails_fast(tmp_path, finetune_c
 
 def test_supervision_check_counts_clamped_future_frames_as_degenerate():
     from stamo_vla import keys as K
-    from stamo_vla.training.finetune import FinetuneCollator
+    from stamo_vla.training.supervision import FinetuneCollator
 
     clamped = [{K.HAS_ACTION: False, K.STEP: 5, K.FUTURE_STEP: 5}] * 3
     assert FinetuneCollator.supervision(clamped, has_head=True) == {
@@ -102,11 +102,11 @@ def test_supervision_check_counts_clamped_future_frames_as_degenerate():
 
 
 def test_horizon_longer_than_every_episode_fails_fast(finetune_cfg):
-    from stamo_vla.training.finetune import SupervisionCheck
+    from stamo_vla.training.supervision import SupervisionCheck
 
     cfg = finetune_cfg("--max_steps", "2")
     cfg.adapter.target, cfg.adapter.horizon = "motion", 50
-    check = SupervisionCheck(cfg)
+    check = SupervisionCheck(cfg.max_steps, cfg.adapter.has_head, cfg.adapter.horizon)
     clamped = {"samples": 2, "actions": 0, "targets": 0, "degenerate": 2}
     check.update([clamped], None)
     with pytest.raises(ValueError, match=r"horizon=50 is longer than the episodes"):
@@ -120,19 +120,19 @@ def test_a_split_with_no_episodes_says_so(finetune_cfg):
 
 
 def test_mostly_degenerate_samples_warn(finetune_cfg, caplog):
-    from stamo_vla.training.finetune import SupervisionCheck
+    from stamo_vla.training.supervision import SupervisionCheck
 
     cfg = finetune_cfg("--max_steps", "1")
     cfg.adapter.target = "motion"
-    check = SupervisionCheck(cfg)
-    with caplog.at_level("WARNING", logger="stamo_vla.training.finetune"):
+    check = SupervisionCheck(cfg.max_steps, cfg.adapter.has_head, cfg.adapter.horizon)
+    with caplog.at_level("WARNING", logger="stamo_vla.training.supervision"):
         check.update([{"samples": 4, "actions": 1, "targets": 0, "degenerate": 3}], None)
     assert "3 of 4 samples in the first 1 steps are degenerate" in caplog.text
 
 
 def test_a_horizon_longer_than_every_episode_is_refused_with_the_episode_lengths(finetune_cfg):
     from stamo_vla import keys as K
-    from stamo_vla.training.finetune import FinetuneCollator, SupervisionCheck
+    from stamo_vla.training.supervision import FinetuneCollator, SupervisionCheck
 
     cfg = finetune_cfg("--max_steps", "2")
     cfg.adapter.target, cfg.adapter.horizon = "motion", 50
@@ -140,14 +140,14 @@ def test_a_horizon_longer_than_every_episode_is_refused_with_the_episode_lengths
     samples = [{K.HAS_ACTION: True, K.STEP: t, K.FUTURE_STEP: 7} for t in range(7)]
     counts = FinetuneCollator.supervision(samples, has_head=True, horizon=50)
     assert (counts["actions"], counts["clamped"], counts["longest"]) == (7, 7, 8)
-    check = SupervisionCheck(cfg)
+    check = SupervisionCheck(cfg.max_steps, cfg.adapter.has_head, cfg.adapter.horizon)
     check.update([counts], None)
     with pytest.raises(
         ValueError, match=r"adapter.horizon=50 is longer than every episode read.*at most 8 steps"
     ):
         check.update([counts], None)
     fine = FinetuneCollator.supervision(samples, has_head=True, horizon=3)  # most samples see 3 steps ahead
-    check = SupervisionCheck(cfg)
+    check = SupervisionCheck(cfg.max_steps, cfg.adapter.has_head, cfg.adapter.horizon)
     check.update([fine], None)
     check.update([fine], None)  # judged after two steps: no error
     assert check.done and fine["clamped"] == 2

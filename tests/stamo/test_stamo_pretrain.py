@@ -134,7 +134,7 @@ def test_recipe_runs_under_torchrun_with_two_cpu_processes(tmp_path):
     state = json.loads((list_checkpoints(tmp_path)[-1] / "trainer_state.json").read_text())
     assert state["step"] == 2 and state["world_size"] == 2
     # 10 training images, global batch 2 ranks x 2: two full batches per epoch, one per step
-    assert state["data_state"] == {"epoch": 0, "batch": 2}
+    assert state["data_state"] == {"epoch": 0, "batch": 2, "batch_size": 2}
     preset = parse_config(PretrainStaMoConfig, ["--config", "tiny"], prefix="pretrain_stamo_")
     assert StaMoAutoencoder.from_pretrained(list_checkpoints(tmp_path)[-1] / "model").config == preset.model
 
@@ -158,7 +158,7 @@ def test_resuming_a_different_model_is_refused(tmp_path):
 def test_sigterm_checkpoints_the_current_step_and_resume_finishes(tmp_path, monkeypatch):
     import signal
 
-    from stamo_vla.training import stamo_pretrain as step_module
+    from stamo_vla.training import loop as step_module  # the loop every recipe runs
     from stamo_vla.training.checkpoint import find_latest_checkpoint
     from stamo_vla.training.preemption import TrainingInterrupted
 

@@ -68,7 +68,7 @@ def test_sigterm_checkpoints_the_current_step_and_a_rerun_finishes(tmp_path, toy
     import os
     import signal
 
-    from stamo_vla.training import base_training as step_module
+    from stamo_vla.training import loop as step_module  # the loop every recipe runs
     from stamo_vla.training.checkpoint import find_latest_checkpoint
     from stamo_vla.training.preemption import TrainingInterrupted
 
