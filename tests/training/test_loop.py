@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
+import torch
 from test_base_training import base_cfg
 from test_finetune import tiny_cfg
 
-from stamo_vla.training.batches import LoaderBatches, resumed_position
+from stamo_vla.training.batches import EpochBatches, LoaderBatches, resumed_position
 from stamo_vla.training.checkpoint import find_latest_checkpoint
 from stamo_vla.training.finetune import load_metrics
+from stamo_vla.training.optim import OptimizerConfig
+from stamo_vla.training.run_config import RunConfig
 
 
 def _finetune(tmp_path, data_root, batch_size: int, max_steps: int):
@@ -103,3 +108,94 @@ def test_loader_batches_count_their_position_and_name_their_source_when_empty():
         next(empty)
     with pytest.raises(ValueError, match=r"ran out after 2 batches \(split X\); set data.repeat=true"):
         next(stream), next(stream)
+
+
+class _Toy(torch.nn.Module):
+    """``forward(batch) -> (loss, metrics)`` and ``save_pretrained``: what the loop asks of a model."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Linear(2, 1)
+
+    def forward(self, x):
+        loss = (self.w(x) - x.sum(1, keepdim=True)).pow(2).mean()
+        return loss, {}
+
+    def save_pretrained(self, directory):
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        torch.save(self.state_dict(), Path(directory) / "w.pt")
+
+
+class _Rows:
+    """Index batches of `EpochBatches` over a fixed tensor: a stream with a position."""
+
+    def __init__(self, data: torch.Tensor, batches: EpochBatches):
+        self.data, self.batches = data, batches
+
+    def __next__(self):
+        return self.data[next(self.batches)]
+
+    def state_dict(self) -> dict:
+        return self.batches.state_dict()
+
+
+@dataclass
+class _ToyConfig(RunConfig):
+    """A recipe's config: the run fields and an optimizer."""
+
+    optim: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=0.05, warmup_steps=0))
+
+
+class _Crash(Exception):
+    """A process killed between two steps."""
+
+
+def _toy_run(run_dir: Path, events: list, crash_at: int = 0) -> None:
+    """5 steps of `_Toy` (checkpoints every 2), resumed from `run_dir`; killed before step `crash_at` (0: never)."""
+    from stamo_vla.training.checkpoint import optimization_state
+    from stamo_vla.training.distributed import setup_accelerator
+    from stamo_vla.training.logger import TrainLogger
+    from stamo_vla.training.loop import Hooks, Training, resume_point, train_loop
+
+    cfg = _ToyConfig(run_dir=str(run_dir), max_steps=5, batch_size=2, save_steps=2, keep_last=5)
+    accelerator = setup_accelerator("no")
+    torch.manual_seed(0)
+    model = _Toy()
+    checkpoint = resume_point(cfg, run_dir)
+    if checkpoint is not None:
+        model.load_state_dict(torch.load(checkpoint / "model" / "w.pt"))
+    optimizer, scheduler, state = optimization_state(
+        model.parameters(), cfg.optim, cfg.max_steps, checkpoint, accelerator
+    )
+    data = torch.randn(8, 2, generator=torch.Generator().manual_seed(1))
+    stream = _Rows(data, EpochBatches(8, 2, seed=0, state=state.data_state))
+
+    def inspect(micro, accelerator):
+        if state.step + 1 == crash_at:
+            raise _Crash
+        events.append(("inspect", len(micro)))
+
+    hooks = Hooks(
+        inspect=inspect,
+        after_step=lambda step, metrics: events.append(("step", step, metrics["loss"])),
+        before_save=lambda: events.append(("save",)),
+    )
+    with TrainLogger(run_dir, cfg.max_steps, state.step, enabled=False) as log:
+        training = Training(model, optimizer, scheduler, state)
+        train_loop(cfg, run_dir, training, stream, accelerator, log, hooks)
+
+
+def test_the_loop_calls_the_hooks_in_order_and_resumes_exactly(tmp_path):
+    straight, first, resumed = [], [], []
+    _toy_run(tmp_path / "straight", straight)
+    losses = [e[2] for e in straight if e[0] == "step"]
+    assert [e[0] for e in straight[:6]] == ["inspect", "step", "inspect", "step", "save", "inspect"]
+    assert [e[1] for e in straight if e[0] == "step"] == [1, 2, 3, 4, 5]
+    assert straight[-1] == ("save",)  # the last step always saves
+    with pytest.raises(_Crash):
+        _toy_run(tmp_path / "run", first, crash_at=4)  # after the checkpoint of step 2, step 3 is lost
+    state = json.loads((find_latest_checkpoint(tmp_path / "run") / "trainer_state.json").read_text())
+    assert state["step"] == 2 and state["data_state"] == {"epoch": 0, "batch": 2, "batch_size": 2}
+    _toy_run(tmp_path / "run", resumed)
+    assert [e[1] for e in resumed if e[0] == "step"] == [3, 4, 5]
+    assert [e[2] for e in resumed if e[0] == "step"] == losses[2:]  # bitwise: the run continued exactly
