@@ -1,4 +1,4 @@
-"""LoRA + StaMo-head fine-tuning of an OpenVLA checkpoint: setup -> loop -> save.
+"""LoRA + StaMo-head fine-tuning of an OpenVLA checkpoint: setup -> loop (`stamo_vla.training.loop`) -> save.
 
 Run through ``stamo-vla finetune`` (``torchrun --nproc-per-node K -m stamo_vla.cli finetune`` on several devices;
 ``recipes/finetune_libero.py`` is the same command). Every rank

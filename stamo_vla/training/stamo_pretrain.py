@@ -1,10 +1,11 @@
 """StaMo pretraining: train compressor + DiT decoder with the flow-matching loss (DINOv2 and VAE frozen).
 
-`pretrain(cfg)` is the whole run (setup -> loop -> save); ``stamo-vla pretrain`` (`main`, also behind
-``recipes/pretrain_stamo.py``) parses the config and calls it; the studies call it in-process. It works as one
-process and under torchrun (DDP, gloo on CPU), resumes exactly from the newest checkpoint in ``run_dir``, logs
-to tqdm / tensorboard / ``metrics.jsonl``, and on rank 0 writes PSNR/SSIM (held-out images under ``eval/``, as
-many training images under ``eval_train/``) and sample sheets of the held-out images (``samples/step_*.png``).
+`pretrain(cfg)` is the whole run (setup -> the loop every recipe runs, `stamo_vla.training.loop` -> save);
+``stamo-vla pretrain`` (`main`, also behind ``recipes/pretrain_stamo.py``) parses the config and calls it; the
+studies call it in-process. It works as one process and under torchrun (DDP, gloo on CPU), resumes exactly from
+the newest checkpoint in ``run_dir``, logs to tqdm / tensorboard / ``metrics.jsonl``, and on rank 0 writes
+PSNR/SSIM (held-out images under ``eval/``, as many training images under ``eval_train/``) and sample sheets of
+the held-out images (``samples/step_*.png``).
 """
 
 from __future__ import annotations
@@ -191,7 +192,7 @@ class _Pixels:
 class _Checks:
     """Pretraining's additions to the loop: the loss record, the own/shuffled loss gap at ``gap_check_step``,
     held-out evaluation with sample sheets every ``eval_steps``, and exact bottleneck statistics before every
-    evaluation and checkpoint (`hooks`)."""
+    evaluation and checkpoint (`hooks`). The gap check and evaluation run on rank 0 only, where `log` is enabled."""
 
     def __init__(self, cfg: PretrainStaMoConfig, ae, images: tuple[torch.Tensor, torch.Tensor], log, health):
         self.cfg, self.ae, self.log, self.health = cfg, ae, log, health
