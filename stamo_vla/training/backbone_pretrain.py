@@ -138,6 +138,14 @@ def relative_loss(model: MaskedImageModel, pixels: torch.Tensor, ratio: float, s
     return sum(losses) / sum(baselines)
 
 
+def _lr_at(cfg: BackbonePretrainConfig, step: int) -> float:
+    """The rate of 0-based `step`: linear warm-up, then cosine decay to a tenth of ``cfg.lr``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
 def pretrain_backbone(
     backbone_cfg: BackboneConfig,
     train_images: torch.Tensor,
@@ -164,12 +172,6 @@ def pretrain_backbone(
     model = MaskedImageModel(build_random_dinov2(backbone_cfg))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    def lr_at(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return cfg.lr * (step + 1) / cfg.warmup_steps
-        t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
-
     g = torch.Generator().manual_seed(cfg.seed)
     patches = (size // backbone_cfg.patch_size) ** 2
     history = {
@@ -180,7 +182,7 @@ def pretrain_backbone(
     model.train()
     for step in range(cfg.steps):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step)
+            group["lr"] = _lr_at(cfg, step)
         idx = torch.randint(len(train), (min(cfg.batch_size, len(train)),), generator=g)
         x = _shift(train[idx], cfg.max_shift, g)
         if bool(torch.rand(1, generator=g) < 0.5):
