@@ -34,4 +34,3 @@ def test_a_resumed_batch_size_continues_at_the_first_sample_not_seen():
     assert resumed.state_dict() == {"epoch": 0, "batch": 2, "batch_size": 3}
     assert torch.cat([next(resumed) for _ in range(2)]).tolist() == rest.tolist()
     assert set(seen.tolist()).isdisjoint(rest.tolist())
-
