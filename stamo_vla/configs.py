@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import difflib
 import math
@@ -88,6 +89,8 @@ def parse_config(config_cls: type[T], args: Sequence[str] | None = None, prefix:
             if cause is not None:
                 raise ValueError(str(cause)) from err
             raise
+        except argparse.ArgumentError as err:  # a value outside a flag's choices (an unregistered ``type``)
+            raise ValueError(f"{err}; `--help` lists the choices") from err
         except draccus.utils.DraccusException as err:  # an unknown flag: name it and the closest known one
             known = list(parser.parser._option_string_actions)
             unknown = [

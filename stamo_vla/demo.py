@@ -202,7 +202,7 @@ class Demo(StagedRun):
         self.run(
             stamo_vla_cli(
                 "eval",
-                "--policy",
+                "--policy.type",
                 "scripted",
                 "--num_trials_per_task",
                 "1",
@@ -216,11 +216,13 @@ class Demo(StagedRun):
             self.run(
                 stamo_vla_cli(
                     "eval",
-                    "--checkpoint",
+                    "--policy.type",
+                    "adapter",
+                    "--policy.checkpoint",
                     str(self.runs / "base_model"),
-                    "--adapter_dir",
+                    "--policy.adapter_dir",
                     str(self.runs / target / "adapter"),
-                    "--unnorm_key",
+                    "--policy.unnorm_key",
                     self.dataset,
                     "--num_trials_per_task",
                     str(c.eval_trials),

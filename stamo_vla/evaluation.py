@@ -1,41 +1,60 @@
-"""``stamo-vla eval``: our policies on the LIBERO harness. The harness (`stamo_vla.libero.evaluation`) runs any
-`stamo_vla.policy.Policy` and builds none itself; this module loads our OpenVLA-compatible checkpoints (optionally
-+ a StaMo/LoRA adapter, or a released OpenVLA-OFT directory) as policies and hands them to it. The protocol is upstream OpenVLA's, batched over env workers.
+"""``stamo-vla eval``: policies on the LIBERO harness. The harness (`stamo_vla.libero.evaluation`) runs any
+`stamo_vla.policy.Policy` and builds none itself; the evaluation config names a policy kind (``--policy.type``, a
+registered choice), and this module registers the kinds that load models, each with its own loading fields:
+
+    checkpoint  (default) our OpenVLA-compatible checkpoint: upstream, a full fine-tune, or merged (its action
+                head, tokens or L1, acts through the action-head registry)
+    adapter     a StaMo/LoRA adapter directory on its base checkpoint
+    oft         a released OpenVLA-OFT directory (both cameras, proprio, the 8-step chunk open loop)
+    scripted    the privileged-state oracle (registered by the harness: it needs no model)
+
+The protocol is upstream OpenVLA's, batched over env workers.
 
     # one suite, 8 simulator workers, videos of failures
-    stamo-vla eval --checkpoint runs/openvla-libero-spatial --suites '[libero_spatial]' \\
+    stamo-vla eval --policy.checkpoint runs/openvla-libero-spatial --suites '[libero_spatial]' \\
         --num_workers 8 --output_dir runs/eval/spatial
 
     # base model + a StaMo/LoRA adapter, 4-bit, all four standard suites
-    stamo-vla eval --checkpoint /models/openvla-7b --adapter_dir runs/stamo/adapter \\
-        --quantization 4bit --suites '[libero_spatial,libero_object,libero_goal,libero_10]'
+    stamo-vla eval --policy.type adapter --policy.checkpoint /models/openvla-7b \\
+        --policy.adapter_dir runs/stamo/adapter --policy.quantization 4bit \\
+        --suites '[libero_spatial,libero_object,libero_goal,libero_10]'
+
+    # a released OpenVLA-OFT directory
+    stamo-vla eval --policy.type oft --policy.checkpoint /models/openvla-7b-oft-finetuned-libero-spatial
 
     # the scripted privileged-state oracle (checks the harness itself)
-    stamo-vla eval --policy scripted --suites '[libero_object]' --num_trials_per_task 5
+    stamo-vla eval --policy.type scripted --suites '[libero_object]' --num_trials_per_task 5
 
     # several GPUs: each rank takes a round-robin share of the episodes; rank 0 writes the summary
-    torchrun --nproc-per-node 4 -m stamo_vla.cli eval --checkpoint ... --num_workers 4
+    torchrun --nproc-per-node 4 -m stamo_vla.cli eval --policy.checkpoint ... --num_workers 4
 
     # a YAML preset (stamo_vla/presets/eval_<name>.yaml), plus overrides
     stamo-vla eval --config tiny --output_dir /tmp/eval
 
-Rerunning the same command with the same --output_dir resumes an interrupted evaluation. Every option is
-documented by ``--help``.
+Rerunning the same command with the same --output_dir resumes an interrupted evaluation (also one written before
+the policy was a registered choice). Every option is documented by ``--help``.
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from stamo_vla.configs import parse_config
+from stamo_vla.configs import check_choice, check_positive_int, parse_config
 from stamo_vla.libero import evaluation as harness
-from stamo_vla.libero.evaluation_config import EvalConfig
-from stamo_vla.libero.evaluation_policies import resolve_unnorm_key
+from stamo_vla.libero.evaluation_config import EvalConfig, check_moved_flags
+from stamo_vla.libero.evaluation_policies import PolicyConfig, resolve_unnorm_key
 from stamo_vla.libero.results import SUMMARY_JSON, summary_markdown
 from stamo_vla.policy import Policy
+
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+QUANTIZATIONS = ("none", "8bit", "4bit")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 class SuiteKeyedPolicy(Policy):
@@ -47,7 +66,7 @@ class SuiteKeyedPolicy(Policy):
     Args:
         policy: a `Policy` with an ``unnorm_key`` and ``model.norm_stats`` (`OpenVLAPolicy`, `OFTPolicy`,
             `FutureFramePolicy`).
-        requested_key: ``EvalConfig.unnorm_key`` (None = per-suite default with the upstream fallback).
+        requested_key: ``policy.unnorm_key`` (None = per-suite default with the upstream fallback).
     """
 
     def __init__(self, policy: Policy, requested_key: str | None = None) -> None:
@@ -75,34 +94,197 @@ class SuiteKeyedPolicy(Policy):
         return self.policy.predict_batch(images, instructions, **obs)
 
 
-def _device(cfg: EvalConfig, device_index: int) -> str:
-    import torch
+@dataclass
+class ModelPolicyConfig(PolicyConfig):
+    """The loading fields every model kind shares (not a kind itself)."""
 
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' but CUDA is not available; use --device auto or --device cpu")
-    if cfg.device == "cpu" or not torch.cuda.is_available():
-        return "cpu"
-    return f"cuda:{device_index % max(1, torch.cuda.device_count())}"
+    # model directory saved with save_pretrained (the kind says which: ours, the adapter's base, a released OFT)
+    checkpoint: str = ""
+    # key of the action statistics used to un-normalize; default: the suite, falling back to <suite>_no_noops
+    unnorm_key: str | None = None
+    # compute dtype of the model; "auto" = bfloat16 on CUDA, float32 on CPU
+    dtype: str = "auto"
+    # weight quantization through bitsandbytes: "none", "8bit" or "4bit" (NF4)
+    quantization: str = "none"
+    # attention kernel; "flash_attention_2" falls back to "sdpa" when flash-attn is not installed
+    attn_implementation: str = "sdpa"
+    # device for the policy; "auto" = cuda:<LOCAL_RANK> when CUDA is available, else cpu
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not self.checkpoint:
+            raise ValueError(
+                f"policy.checkpoint is empty; policy.type={self.name} needs --policy.checkpoint <model dir>"
+            )
+        check_choice("policy.dtype", self.dtype, DTYPES)
+        check_choice("policy.quantization", self.quantization, QUANTIZATIONS)
+        check_choice("policy.attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
+        check_choice("policy.device", self.device, DEVICES)
+
+    def input_dirs(self) -> dict[str, str | None]:
+        return {"policy.checkpoint": self.checkpoint}
+
+    def provenance_dir(self) -> str | None:
+        return self.checkpoint
+
+    def check_paths(self) -> None:
+        for name, path in self.input_dirs().items():
+            if path is not None and not Path(path).is_dir():
+                raise FileNotFoundError(
+                    f"{name}={path!r} is not a directory. Pass a directory saved with save_pretrained "
+                    f"(policy.type={self.name}: {self.__doc__.splitlines()[0]})"
+                )
+
+    def outcome_settings(self) -> dict[str, Any]:
+        # every model kind loads an OpenVLA-family model ("openvla" in configs of earlier versions); which kind
+        # follows from the directories, which a kind refuses when they are another kind's
+        names = ("checkpoint", "unnorm_key", "dtype", "quantization", "attn_implementation")
+        return {"policy": "openvla", **{n: getattr(self, n) for n in names}}
+
+    def device_for(self, device_index: int) -> str:
+        """The torch device of this rank."""
+        import torch
+
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError(
+                "policy.device='cuda' but CUDA is not available; use --policy.device auto or --policy.device cpu"
+            )
+        if self.device == "cpu" or not torch.cuda.is_available():
+            return "cpu"
+        return f"cuda:{device_index % max(1, torch.cuda.device_count())}"
+
+    def load(self, model_cls: Any, device: str) -> Any:
+        """`checkpoint` as `model_cls` on `device`, with this kind's dtype, quantization and attention."""
+        from stamo_vla.vla.loading import load_vla
+
+        dtype = self.dtype
+        if dtype == "auto":
+            dtype = "bfloat16" if device.startswith("cuda") else "float32"
+        return load_vla(
+            model_cls, self.checkpoint, device, dtype, self.quantization, self.attn_implementation
+        )
+
+    def suite_keyed(self, inner: Policy, suites: list[str]) -> SuiteKeyedPolicy:
+        """`inner` keyed by suite, every suite's statistics key checked now (before any simulator starts, so a
+        checkpoint without the statistics fails in seconds with the keys it does have)."""
+        policy = SuiteKeyedPolicy(inner, self.unnorm_key)
+        for suite in suites:
+            policy.unnorm_key_for(suite)
+        return policy
+
+    def first_key(self, model: Any, cfg: EvalConfig) -> str:
+        """The statistics key of the first suite (the policy starts with it)."""
+        return resolve_unnorm_key(model.norm_stats, cfg.suites[0], self.unnorm_key)
 
 
-def _dtype(cfg: EvalConfig, device: str) -> str:
-    if cfg.dtype != "auto":
-        return cfg.dtype
-    return "bfloat16" if device.startswith("cuda") else "float32"
+@PolicyConfig.register_subclass("checkpoint")
+@dataclass
+class CheckpointPolicyConfig(ModelPolicyConfig):
+    """Our OpenVLA-compatible checkpoint: upstream, a full fine-tune, or a merged adapter (tokens or L1 head)."""
+
+    def build(self, cfg: EvalConfig, device_index: int = 0, pool: Any = None) -> Policy:
+        from stamo_vla.adapter.configuration_adapter import CONFIG_NAME
+        from stamo_vla.vla.modeling_openvla import OpenVLAForActionPrediction
+        from stamo_vla.vla.policy import OpenVLAPolicy
+        from stamo_vla.vla.processing_openvla import OpenVLAProcessor
+
+        if released_oft_dir(self.checkpoint):
+            raise ValueError(
+                f"policy.checkpoint={self.checkpoint!r} is a released OpenVLA-OFT directory (an "
+                "action_head--<step>_checkpoint.pt beside the weights); evaluate it with --policy.type oft"
+            )
+        processor = OpenVLAProcessor.from_pretrained(self.checkpoint)
+        model = self.load(OpenVLAForActionPrediction, self.device_for(device_index))
+        if not (Path(self.checkpoint) / CONFIG_NAME).is_file():  # upstream: its 7 action tokens, no adapter
+            return self.suite_keyed(OpenVLAPolicy(model, processor, self.first_key(model, cfg)), cfg.suites)
+        # merged by stamo_vla: the head (and an L1 head's modules) sit beside the merged weights
+        adapter = load_adapter_into(model, self.checkpoint)
+        head = adapter.config.action_head
+        return self.suite_keyed(head.policy(adapter, processor, self.first_key(adapter.vla, cfg)), cfg.suites)
 
 
-def _merged_oft_dir(checkpoint: str) -> str | None:
-    """`checkpoint` itself when it is a merged OFT checkpoint: its L1 head / proprio projector sit beside the
-    weights and it cannot act through token decoding."""
-    from pathlib import Path
+@PolicyConfig.register_subclass("adapter")
+@dataclass
+class AdapterPolicyConfig(ModelPolicyConfig):
+    """A StaMo/LoRA adapter (`stamo_vla.adapter.load_adapter`) on its base checkpoint."""
 
-    from stamo_vla.adapter.configuration_adapter import CONFIG_NAME, StaMoAdapterConfig
+    # the adapter directory written by save_adapter (its dataset_statistics.json replaces the base's statistics)
+    adapter_dir: str = ""
+    # StaMo autoencoder (with decoder) used to draw the head's predicted future state beside each rollout video
+    # frame; needs the tokens action head, a StaMo head and video != "none" (costs one decode per step)
+    future_video_stamo: str | None = None
+    # flow-matching steps of those decodes (None: the checkpoint's default)
+    future_video_sample_steps: int | None = 4
 
-    if (Path(checkpoint) / CONFIG_NAME).is_file() and StaMoAdapterConfig.load(
-        checkpoint
-    ).action_head.name != "tokens":
-        return checkpoint
-    return None
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.adapter_dir:
+            raise ValueError(
+                "policy.adapter_dir is empty; policy.type=adapter needs --policy.adapter_dir <dir>"
+            )
+        if self.future_video_sample_steps is not None:
+            check_positive_int("policy.future_video_sample_steps", self.future_video_sample_steps)
+
+    def input_dirs(self) -> dict[str, str | None]:
+        return {**super().input_dirs(), "policy.adapter_dir": self.adapter_dir}
+
+    def provenance_dir(self) -> str | None:
+        return self.adapter_dir
+
+    def outcome_settings(self) -> dict[str, Any]:
+        return {**super().outcome_settings(), "adapter_dir": self.adapter_dir}
+
+    def build(self, cfg: EvalConfig, device_index: int = 0, pool: Any = None) -> Policy:
+        from stamo_vla.vla.modeling_openvla import OpenVLAForActionPrediction
+        from stamo_vla.vla.processing_openvla import OpenVLAProcessor
+
+        device = self.device_for(device_index)
+        processor = OpenVLAProcessor.from_pretrained(self.checkpoint)
+        # the adapter's LoRA acts inside the base model's modules; its dataset_statistics.json replaces the base
+        # model's statistics; the future-state head is not needed to act
+        adapter = load_adapter_into(self.load(OpenVLAForActionPrediction, device), self.adapter_dir)
+        first = self.first_key(adapter.vla, cfg)
+        if self.future_video_stamo is None:
+            inner = adapter.config.action_head.policy(adapter, processor, first)
+        else:
+            inner = self._future_frame_policy(adapter, processor, first, device)
+        return self.suite_keyed(inner, cfg.suites)
+
+    def _future_frame_policy(self, adapter: Any, processor: Any, unnorm_key: str, device: str) -> Policy:
+        from stamo_vla.adapter.policy import FutureFramePolicy
+        from stamo_vla.stamo import StaMoAutoencoder
+
+        if adapter.config.action_head.name != "tokens":
+            raise ValueError(
+                f"policy.future_video_stamo={self.future_video_stamo!r} draws the future state of a tokens-head "
+                f"adapter; {self.adapter_dir} has action_head.type={adapter.config.action_head.name!r}: drop "
+                "--policy.future_video_stamo"
+            )
+        stamo = StaMoAutoencoder.from_pretrained(self.future_video_stamo).to(device).eval()
+        adapter.set_stamo(stamo.encoder, stamo.decoder)
+        return FutureFramePolicy(adapter, processor, unnorm_key, sample_steps=self.future_video_sample_steps)
+
+
+@PolicyConfig.register_subclass("oft")
+@dataclass
+class ReleasedOFTPolicyConfig(ModelPolicyConfig):
+    """A released OpenVLA-OFT directory: OFT's LIBERO protocol (both cameras, proprio, the whole 8-step chunk
+    open loop unless open_loop_steps says otherwise)."""
+
+    def build(self, cfg: EvalConfig, device_index: int = 0, pool: Any = None) -> Policy:
+        from stamo_vla.adapter.oft_policy import OFTPolicy
+        from stamo_vla.vla.oft_model import OpenVLAOFTForActionPrediction
+        from stamo_vla.vla.processing_openvla import OpenVLAProcessor
+
+        if not released_oft_dir(self.checkpoint):
+            raise ValueError(
+                f"policy.checkpoint={self.checkpoint!r} is not a released OpenVLA-OFT directory (no "
+                "action_head--<step>_checkpoint.pt beside the weights); evaluate our checkpoints with "
+                "--policy.type checkpoint (merged) or adapter"
+            )
+        processor = OpenVLAProcessor.from_pretrained(self.checkpoint)
+        model = self.load(OpenVLAOFTForActionPrediction, self.device_for(device_index))
+        return self.suite_keyed(OFTPolicy(model, processor, self.first_key(model, cfg)), cfg.suites)
 
 
 def released_oft_dir(checkpoint: str) -> bool:
@@ -112,71 +294,10 @@ def released_oft_dir(checkpoint: str) -> bool:
     return is_oft_directory(checkpoint)
 
 
-def _load(model_cls: Any, cfg: EvalConfig, device: str) -> Any:
-    from stamo_vla.vla.loading import load_vla
-
-    return load_vla(
-        model_cls, cfg.checkpoint, device, _dtype(cfg, device), cfg.quantization, cfg.attn_implementation
-    )
-
-
-def _released_oft_policy(cfg: EvalConfig, device: str, processor: Any) -> SuiteKeyedPolicy:
-    """OFT's LIBERO protocol: both cameras, proprio, the whole 8-step chunk open loop (cfg.open_loop_steps)."""
-    from stamo_vla.adapter.oft_policy import OFTPolicy
-    from stamo_vla.vla.oft_model import OpenVLAOFTForActionPrediction
-
-    model = _load(OpenVLAOFTForActionPrediction, cfg, device)
-    first = resolve_unnorm_key(model.norm_stats, cfg.suites[0], cfg.unnorm_key)
-    policy = SuiteKeyedPolicy(OFTPolicy(model, processor, unnorm_key=first), cfg.unnorm_key)
-    for suite in cfg.suites:
-        policy.unnorm_key_for(suite)
-    return policy
-
-
-def build_openvla_policy(cfg: EvalConfig, device_index: int = 0) -> SuiteKeyedPolicy:
-    """Load ``cfg.checkpoint`` (+ ``cfg.adapter_dir``) as a batched policy and validate its statistics keys.
-
-    Every suite's ``unnorm_key`` is resolved here, before any simulator starts, so a checkpoint without
-    the statistics fails in seconds with the list of keys it does have.
-
-    Args:
-        cfg: evaluation config (checkpoint, adapter_dir, dtype, quantization, attention, device, unnorm_key).
-        device_index: CUDA device of this rank (``LOCAL_RANK`` under torchrun).
-    """
-    from stamo_vla.vla.modeling_openvla import OpenVLAForActionPrediction
-    from stamo_vla.vla.policy import OpenVLAPolicy
-    from stamo_vla.vla.processing_openvla import OpenVLAProcessor
-
-    device = _device(cfg, device_index)
-    processor = OpenVLAProcessor.from_pretrained(cfg.checkpoint)
-    if cfg.adapter_dir is None and released_oft_dir(cfg.checkpoint):
-        return _released_oft_policy(cfg, device, processor)
-    model = _load(OpenVLAForActionPrediction, cfg, device)
-    adapter = None
-    adapter_dir = cfg.adapter_dir or _merged_oft_dir(cfg.checkpoint)
-    if adapter_dir is not None:
-        # the adapter's LoRA acts inside the base model's modules; its dataset_statistics.json replaces
-        # the base model's statistics; the future-state head is not needed to act
-        adapter = load_adapter_into(model, adapter_dir)
-        model = adapter.vla
-    first = resolve_unnorm_key(model.norm_stats, cfg.suites[0], cfg.unnorm_key)
-    if adapter is not None and adapter.config.action_head.name != "tokens":
-        inner = adapter.config.action_head.policy(adapter, processor, first)
-    elif cfg.future_video_stamo is not None:
-        from stamo_vla.adapter.policy import FutureFramePolicy
-        from stamo_vla.stamo import StaMoAutoencoder
-
-        stamo = StaMoAutoencoder.from_pretrained(cfg.future_video_stamo).to(device).eval()
-        adapter.set_stamo(stamo.encoder, stamo.decoder)
-        inner = FutureFramePolicy(
-            adapter, processor, unnorm_key=first, sample_steps=cfg.future_video_sample_steps
-        )
-    else:
-        inner = OpenVLAPolicy(model, processor, unnorm_key=first)
-    policy = SuiteKeyedPolicy(inner, cfg.unnorm_key)
-    for suite in cfg.suites:
-        policy.unnorm_key_for(suite)
-    return policy
+def build_policy(cfg: EvalConfig, device_index: int = 0) -> Policy:
+    """The policy `cfg` names, on CUDA device `device_index` (a kind that reads the simulator needs the harness's
+    worker pool: the harness builds it)."""
+    return cfg.policy.build(cfg, device_index)
 
 
 def load_adapter_into(model: Any, adapter_dir: str) -> Any:
@@ -193,14 +314,21 @@ def load_adapter_into(model: Any, adapter_dir: str) -> Any:
 
 
 def evaluate(cfg: EvalConfig, **kwargs: Any) -> dict[str, Any] | None:
-    """`stamo_vla.libero.evaluation.evaluate` with our checkpoints as the policy of ``cfg.policy='openvla'``;
-    keyword arguments (``pool_factory``, ``policy``, ``catalog``) pass through."""
-    return harness.evaluate(cfg, policy_factory=build_openvla_policy, **kwargs)
+    """`stamo_vla.libero.evaluation.evaluate` with every policy kind registered; keyword arguments
+    (``pool_factory``, ``policy``, ``catalog``) pass through."""
+    return harness.evaluate(cfg, **kwargs)
+
+
+def parse(argv: list[str]) -> EvalConfig:
+    """The `EvalConfig` of a command line (``--config`` presets, overrides; an old flat flag is refused with its
+    new spelling)."""
+    check_moved_flags(argv)
+    return parse_config(EvalConfig, argv, prefix="eval_")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the config, run (or resume) the evaluation, print the summary table; returns an exit code."""
-    cfg = parse_config(EvalConfig, sys.argv[1:] if argv is None else argv, prefix="eval_")
+    cfg = parse(sys.argv[1:] if argv is None else argv)
     try:
         summary = evaluate(cfg)
     except KeyboardInterrupt:

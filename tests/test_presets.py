@@ -20,10 +20,14 @@ def config_class(name: str):
         # presets with a StaMo head need a StaMo checkpoint, which the user passes on the command line
         return FinetuneConfig, "finetune_", ["--stamo_path", "/models/stamo"]
     if name.startswith("eval_"):
-        from stamo_vla.libero.evaluation_config import EvalConfig
+        from stamo_vla.evaluation import EvalConfig
 
         # model presets take the checkpoint on the command line
-        return EvalConfig, "eval_", [] if name == "eval_oracle" else ["--checkpoint", "/models/openvla-7b"]
+        return (
+            EvalConfig,
+            "eval_",
+            [] if name == "eval_oracle" else ["--policy.checkpoint", "/models/openvla-7b"],
+        )
     if name.startswith("study_"):
         from stamo_vla.study.policy_study import PolicyStudyConfig
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from stamo_vla import fileio
-from stamo_vla.configs import load_config, save_config
+from stamo_vla.configs import save_config
 from stamo_vla.libero.evaluation_config import EvalConfig
 from stamo_vla.libero.evaluation_loop import PlannedEpisode, RolloutSettings, run_episodes
 from stamo_vla.libero.results import (
@@ -30,16 +30,11 @@ from stamo_vla.libero.results import (
 )
 from stamo_vla.libero.suites import resolve_suite
 from stamo_vla.libero.workers import EnvWorkerPool
+from stamo_vla.policy import Policy
 
-# fields that change per-episode outcomes: a resumed run must match the run that wrote the records
+# fields that change per-episode outcomes: a resumed run must match the run that wrote the records (with the
+# policy's own, `PolicyConfig.outcome_settings`)
 OUTCOME_FIELDS = (
-    "policy",
-    "checkpoint",
-    "adapter_dir",
-    "unnorm_key",
-    "dtype",
-    "quantization",
-    "attn_implementation",
     "open_loop_steps",
     "seed",
     "num_steps_wait",
@@ -141,18 +136,28 @@ def check_resume_compatible(cfg: EvalConfig, output_dir: Path) -> None:
             "or pass --resume true to continue it"
         )
 
-    saved = load_config(EvalConfig, saved_path)
-    diff = {
-        f: (getattr(saved, f), getattr(cfg, f))
-        for f in OUTCOME_FIELDS
-        if getattr(saved, f) != getattr(cfg, f)
-    }
+    recorded, now = outcome_settings(load_eval_config(saved_path)), outcome_settings(cfg)
+    diff = {f: (recorded.get(f), now.get(f)) for f in {**recorded, **now} if recorded.get(f) != now.get(f)}
     if diff:
         listed = ", ".join(f"{k}: recorded {a!r} vs now {b!r}" for k, (a, b) in diff.items())
         raise ValueError(
             f"output_dir={str(output_dir)!r} holds results of a different evaluation ({listed}). Use a new "
             "output_dir, or rerun with the recorded settings to resume."
         )
+
+
+def outcome_settings(cfg: EvalConfig) -> dict[str, Any]:
+    """The settings of `cfg` that change episode outcomes, by the names evaluation configs have recorded."""
+    return {**cfg.policy.outcome_settings(), **{f: getattr(cfg, f) for f in OUTCOME_FIELDS}}
+
+
+def load_eval_config(path: Path) -> EvalConfig:
+    """The `EvalConfig` saved at `path`, one written before the policy was a registered choice included."""
+    import draccus
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    return draccus.decode(EvalConfig, EvalConfig.upgrade_saved(data, Path(path).parent))
 
 
 def rendering_guard(err: BaseException) -> BaseException:
@@ -170,7 +175,9 @@ def rendering_guard(err: BaseException) -> BaseException:
 
 def _default_pool_factory(cfg: EvalConfig) -> Callable[[int], Any]:
     def factory(num_workers: int) -> Any:
-        return EnvWorkerPool(num_workers, resolution=cfg.env_resolution, scripted=cfg.policy == "scripted")
+        return EnvWorkerPool(
+            num_workers, resolution=cfg.env_resolution, scripted=cfg.policy.reads_simulator_state
+        )
 
     return factory
 
@@ -204,8 +211,7 @@ def evaluate(
     cfg: EvalConfig,
     *,
     pool_factory: Callable[[int], Any] | None = None,
-    policy: Any | None = None,
-    policy_factory: Callable[[EvalConfig, int], Any] | None = None,
+    policy: Policy | None = None,
     catalog: Any | None = None,
 ) -> dict[str, Any] | None:
     """Run (or resume) the evaluation described by `cfg`.
@@ -213,10 +219,8 @@ def evaluate(
     Args:
         cfg: the evaluation config.
         pool_factory: ``num_workers -> pool``; defaults to ``EnvWorkerPool`` (tests pass a fake).
-        policy: a ready `stamo_vla.policy.Policy`; default: the scripted oracle (bound to the pool) for
-            ``cfg.policy='scripted'``, else ``policy_factory(cfg, local_rank)``.
-        policy_factory: ``(cfg, device_index) -> Policy`` for ``cfg.policy='openvla'``, called only when this
-            rank has episodes left; ``stamo_vla.evaluation.evaluate`` passes the one that loads our checkpoints.
+        policy: a ready `stamo_vla.policy.Policy`; default: ``cfg.policy.build(cfg, local_rank)``, called only
+            when this rank has episodes left (a kind that reads the simulator is built with the started pool).
         catalog: task catalog (``task_count``, ``task_instruction``); default ``stamo_vla.libero.env``.
 
     Returns:
@@ -240,21 +244,16 @@ def evaluate(
         file=sys.stderr,
     )
 
-    if policy is None and cfg.policy == "openvla" and todo:
+    if policy is None and not cfg.policy.reads_simulator_state and todo:
         # load (and validate the checkpoint, statistics keys, adapter) before paying for env workers;
         # a finished shard (resume) skips loading the model altogether
-        if policy_factory is None:
-            raise ValueError(
-                "policy='openvla' needs a policy or a policy_factory: the harness builds no models; "
-                "use stamo_vla.evaluation.evaluate (stamo-vla eval), which loads the checkpoint"
-            )
-        cfg.check_paths()
-        policy = policy_factory(cfg, local_rank)
+        cfg.policy.check_paths()
+        policy = cfg.policy.build(cfg, local_rank)
     if rank == 0:
         save_config(cfg, out / CONFIG_YAML)
         fileio.write_json_atomic(out / ENVIRONMENT_JSON, environment_info(world))
 
-    _run_shard(cfg, todo, store, rank, pool_factory or _default_pool_factory(cfg), policy)
+    _run_shard(cfg, todo, store, (rank, local_rank), pool_factory or _default_pool_factory(cfg), policy)
     _barrier(world)
     if rank != 0:
         return None
@@ -265,12 +264,13 @@ def _run_shard(
     cfg: EvalConfig,
     todo: list[PlannedEpisode],
     store: ResultsStore,
-    rank: int,
+    ranks: tuple[int, int],
     pool_factory: Callable[[int], Any],
-    policy: Any | None,
+    policy: Policy | None,
 ) -> None:
     if not todo:
         return
+    rank, local_rank = ranks
     video_dir = store.output_dir / "videos"
     for stale in video_dir.glob(f".rank{rank}-slot*.tmp.mp4"):
         stale.unlink()  # partial videos of episodes that were in flight when a previous run died
@@ -287,15 +287,13 @@ def _run_shard(
     num_workers = min(cfg.num_workers, len(todo))
     try:
         with pool_factory(num_workers) as pool:
-            if policy is None:
-                from stamo_vla.libero.evaluation_policies import ScriptedOraclePolicy
-
-                policy = ScriptedOraclePolicy(pool)
+            if policy is None:  # a kind that reads the simulator acts through the started workers
+                policy = cfg.policy.build(cfg, local_rank, pool)
             for suite in dict.fromkeys(e.suite for e in todo):
                 # per-suite action statistics (unnorm_key), for policies that have them; a perturbed suite
                 # (LIBERO-PRO) is acted on with the statistics of the suite it perturbs
                 base = resolve_suite(suite).base_suite
-                key = policy.set_suite(base) if hasattr(policy, "set_suite") else None
+                key = policy.set_suite(base)
                 if key is not None:
                     print(f"[LIBERO eval] {suite}: unnorm_key={key!r}", file=sys.stderr)
                 settings = RolloutSettings(
@@ -334,6 +332,6 @@ def summarize_run(output_dir: str | os.PathLike, catalog: Any | None = None) -> 
     config_path = out / CONFIG_YAML
     if not config_path.exists():
         raise FileNotFoundError(f"{config_path} not found; is {str(out)!r} an evaluation output_dir?")
-    cfg = load_config(EvalConfig, config_path)
+    cfg = load_eval_config(config_path)
     planned = plan_episodes(cfg.suites, cfg.task_ids, cfg.num_trials_per_task, catalog)
     return write_summary(out, ResultsStore(out).load(), [e.key for e in planned])

@@ -7,20 +7,42 @@ from pathlib import Path
 
 from stamo_vla.configs import check_choice, check_positive_int
 from stamo_vla.fileio import check_apart
+from stamo_vla.libero.evaluation_policies import DEFAULT_POLICY, PolicyConfig
 from stamo_vla.libero.suites import SUITE_MAX_STEPS, resolve_suite
 from stamo_vla.provenance import LEGACY_FILE, PROVENANCE_NAME, read_provenance
 
-POLICY_TYPES = ("openvla", "scripted")
 VIDEO_MODES = ("all", "failures", "none")
 RENDER_MODES = ("all", "policy")
-DTYPES = ("auto", "bfloat16", "float16", "float32")
-QUANTIZATIONS = ("none", "8bit", "4bit")
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
-DEVICES = ("auto", "cpu", "cuda")
 # upstream default trials per task (50 fixed init states ship with each LIBERO task)
 NUM_INIT_STATES = 50
 # steps after which a LIBERO env refuses to step (robosuite `horizon` of OffScreenRenderEnv)
 LIBERO_HORIZON = 1000
+# the policy fields of configs written before the policy was a registered choice (all flat in EvalConfig)
+LEGACY_POLICY_FIELDS = (
+    "checkpoint",
+    "adapter_dir",
+    "unnorm_key",
+    "dtype",
+    "quantization",
+    "attn_implementation",
+    "device",
+    "future_video_stamo",
+    "future_video_sample_steps",
+)
+
+# the fields of those that the checkpoint kind has (the rest belong to the adapter kind)
+CHECKPOINT_FIELDS = ("checkpoint", "unnorm_key", "dtype", "quantization", "attn_implementation", "device")
+
+
+def default_policy() -> PolicyConfig:
+    """A fresh config of the default kind (``checkpoint``, registered by `stamo_vla.evaluation`)."""
+    known = PolicyConfig.get_known_choices()
+    if DEFAULT_POLICY not in known:
+        raise ValueError(
+            f"policy: the default kind {DEFAULT_POLICY!r} is registered by stamo_vla.evaluation; import it (or "
+            f"use EvalConfig from there), or pass policy= one of {sorted(known)}"
+        )
+    return known[DEFAULT_POLICY]()
 
 
 def standard_suites() -> tuple[str, ...]:
@@ -32,29 +54,14 @@ def standard_suites() -> tuple[str, ...]:
 class EvalConfig:
     """LIBERO evaluation (upstream OpenVLA protocol, batched over parallel env workers, resumable)."""
 
-    # policy: "openvla" (our OpenVLA-compatible model, optionally + adapter) or "scripted" (privileged-state oracle)
-    policy: str = "openvla"
-    # model directory: a merged checkpoint, or the base model when adapter_dir is set (unused for "scripted")
-    checkpoint: str = ""
-    # optional StaMo/LoRA adapter directory loaded on top of `checkpoint` (stamo_vla.adapter.load_adapter)
-    adapter_dir: str | None = None
-    # key of the action statistics used to un-normalize; default: the suite, falling back to <suite>_no_noops
-    unnorm_key: str | None = None
-    # compute dtype of the model; "auto" = bfloat16 on CUDA, float32 on CPU
-    dtype: str = "auto"
-    # weight quantization through bitsandbytes: "none", "8bit" or "4bit" (NF4)
-    quantization: str = "none"
-    # attention kernel; "flash_attention_2" falls back to "sdpa" when flash-attn is not installed
-    attn_implementation: str = "sdpa"
-    # device for the policy; "auto" = cuda:<LOCAL_RANK> when CUDA is available, else cpu
-    device: str = "auto"
+    # what runs, a registered choice (--policy.type; its fields are --policy.<field>): "checkpoint" (default: our
+    # OpenVLA-compatible model, merged or upstream, --policy.checkpoint DIR), "adapter" (a StaMo/LoRA adapter on a
+    # base model: --policy.checkpoint BASE --policy.adapter_dir DIR), "oft" (a released OpenVLA-OFT directory),
+    # "scripted" (the privileged-state oracle). The model kinds also take unnorm_key, dtype, quantization,
+    # attn_implementation and device (see `stamo_vla.evaluation`).
+    policy: PolicyConfig = dataclasses.field(default_factory=default_policy)
     # chunked policies: execute the first n of the K returned actions before querying again (None = all K)
     open_loop_steps: int | None = None
-    # StaMo autoencoder (with decoder) used to draw the adapter head's predicted future state beside each rollout
-    # video frame; needs an adapter with a StaMo head and video != "none" (costs one decode per step)
-    future_video_stamo: str | None = None
-    # flow-matching steps of those decodes (None: the checkpoint's default)
-    future_video_sample_steps: int | None = 4
 
     # suites to run, in order: libero_spatial, libero_object, libero_goal, libero_10, libero_90, or any suite the
     # installed benchmark registers that perturbs one of them (LIBERO-PRO: libero_spatial_swap, libero_goal_lan, ...)
@@ -98,31 +105,17 @@ class EvalConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.policy, PolicyConfig):
+            raise ValueError(
+                f"policy={self.policy!r} is not valid; the policy is a registered choice: pass a PolicyConfig, on "
+                f"the command line --policy.type with one of {sorted(PolicyConfig.get_known_choices())}"
+            )
         # results only add files under output_dir (never replace it), so <model>/eval or the run folder that holds
         # the adapter is fine; the model folder itself is not
-        inputs = {"checkpoint": self.checkpoint, "adapter_dir": self.adapter_dir}
-        check_apart({"output_dir": self.output_dir}, inputs, additive=True)
-        check_choice("policy", self.policy, POLICY_TYPES)
+        check_apart({"output_dir": self.output_dir}, self.policy.input_dirs(), additive=True)
         check_choice("video", self.video, VIDEO_MODES)
         check_choice("render", self.render, RENDER_MODES)
-        check_choice("dtype", self.dtype, DTYPES)
-        check_choice("quantization", self.quantization, QUANTIZATIONS)
-        check_choice("attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
-        check_choice("device", self.device, DEVICES)
-        if isinstance(self.suites, str):
-            self.suites = [self.suites]
-        valid = standard_suites()
-        if not self.suites:
-            raise ValueError(f"suites is empty; pass one or more of {list(valid)}")
-        for suite in self.suites:
-            if suite not in valid:
-                check_benchmark_suite(suite)
-        if len(set(self.suites)) != len(self.suites):
-            raise ValueError(f"suites={self.suites} lists a suite twice; list each suite once")
-        if self.task_ids is not None and (not self.task_ids or min(self.task_ids) < 0):
-            raise ValueError(
-                f"task_ids={self.task_ids} must be None (all tasks) or non-negative task indices"
-            )
+        self._check_suites()
         check_positive_int("num_trials_per_task", self.num_trials_per_task)
         if self.num_trials_per_task > NUM_INIT_STATES:
             raise ValueError(
@@ -144,39 +137,73 @@ class EvalConfig:
         check_positive_int("num_workers", self.num_workers)
         check_positive_int("video_fps", self.video_fps)
         check_positive_int("env_resolution", self.env_resolution)
-        if self.future_video_stamo is not None and (self.adapter_dir is None or self.video == "none"):
+        if getattr(self.policy, "future_video_stamo", None) is not None and self.video == "none":
             raise ValueError(
-                f"future_video_stamo={self.future_video_stamo!r} draws the adapter head's predicted future state into "
-                "the videos: it needs adapter_dir (an adapter with a StaMo head) and video != 'none'"
-            )
-        if self.policy == "openvla" and not self.checkpoint:
-            raise ValueError("checkpoint is empty; policy='openvla' needs --checkpoint <model dir>")
-        if self.policy == "scripted" and (self.adapter_dir or self.quantization != "none"):
-            raise ValueError(
-                f"policy='scripted' takes no model options (adapter_dir={self.adapter_dir!r}, "
-                f"quantization={self.quantization!r}); drop them or use policy='openvla'"
+                f"policy.future_video_stamo={self.policy.future_video_stamo!r} draws the predicted future state "
+                "into the rollout videos: it needs video 'all' or 'failures', got video='none'"
             )
 
+    def _check_suites(self) -> None:
+        if isinstance(self.suites, str):
+            self.suites = [self.suites]
+        valid = standard_suites()
+        if not self.suites:
+            raise ValueError(f"suites is empty; pass one or more of {list(valid)}")
+        for suite in self.suites:
+            if suite not in valid:
+                check_benchmark_suite(suite)
+        if len(set(self.suites)) != len(self.suites):
+            raise ValueError(f"suites={self.suites} lists a suite twice; list each suite once")
+        if self.task_ids is not None and (not self.task_ids or min(self.task_ids) < 0):
+            raise ValueError(
+                f"task_ids={self.task_ids} must be None (all tasks) or non-negative task indices"
+            )
+
+    @classmethod
+    def upgrade_saved(cls, data: dict, config_dir: str | Path | None = None) -> dict:
+        """An eval config dict (YAML) written before the policy was a registered choice, with its flat policy
+        fields (``policy: openvla``, ``checkpoint``, ``adapter_dir``, ...) moved into ``policy``: ``scripted``,
+        else ``adapter`` when it names an adapter, else ``checkpoint`` (a new dict; current dicts pass unchanged).
+        """
+        if isinstance(data.get("policy"), dict) or not (
+            "policy" in data or any(k in data for k in LEGACY_POLICY_FIELDS)
+        ):
+            return data
+        old = data.get("policy", "openvla")
+        flat = {k: data[k] for k in LEGACY_POLICY_FIELDS if k in data}
+        data = {k: v for k, v in data.items() if k not in LEGACY_POLICY_FIELDS}
+        if old == "scripted":
+            data["policy"] = {"type": "scripted"}
+            return data
+        if old != "openvla":
+            raise ValueError(
+                f"policy={old!r} is not valid; allowed in a config of this layout: ['openvla', 'scripted']"
+            )
+        if flat.get("adapter_dir") is None:
+            flat = {k: v for k, v in flat.items() if k in CHECKPOINT_FIELDS}
+            data["policy"] = {"type": DEFAULT_POLICY, **flat}
+        else:
+            data["policy"] = {"type": "adapter", **flat}
+        return data
+
     def resolve_center_crop(self) -> bool:
-        """Fix `center_crop` (explicit value wins, else the checkpoint's record, else True for an upstream
-        checkpoint) and return it.
+        """Fix `center_crop` (explicit value wins, else the policy's record, else True for an upstream
+        checkpoint and for a policy without a model) and return it.
 
         Raises:
             ValueError: `center_crop` is None and a directory written by stamo_vla records no
                 ``trained_with_image_aug`` (its provenance.json was removed): the crop it needs is unknown.
         """
         if self.center_crop is None:
-            recorded = None
-            if self.policy == "openvla":
-                directory = self.adapter_dir or self.checkpoint
-                recorded = recorded_image_aug(directory)
-                if recorded is None and (Path(directory) / LEGACY_FILE).is_file():
-                    raise ValueError(
-                        f"center_crop: {directory} records no trained_with_image_aug ({PROVENANCE_NAME} is missing "
-                        "or leaves it null), so whether its training images were augmented is unknown. Pass "
-                        "--center_crop true (trained with data.image_aug true) or --center_crop false, or copy "
-                        f"{PROVENANCE_NAME} back from the run that wrote it."
-                    )
+            directory = self.policy.provenance_dir()
+            recorded = recorded_image_aug(directory)
+            if recorded is None and directory and (Path(directory) / LEGACY_FILE).is_file():
+                raise ValueError(
+                    f"center_crop: {directory} records no trained_with_image_aug ({PROVENANCE_NAME} is missing "
+                    "or leaves it null), so whether its training images were augmented is unknown. Pass "
+                    "--center_crop true (trained with data.image_aug true) or --center_crop false, or copy "
+                    f"{PROVENANCE_NAME} back from the run that wrote it."
+                )
             self.center_crop = True if recorded is None else recorded
         return self.center_crop
 
@@ -184,17 +211,29 @@ class EvalConfig:
         """The policy-step budget for `suite`: the override, else the upstream per-suite value."""
         return self.max_steps if self.max_steps is not None else resolve_suite(suite).max_steps
 
-    def check_paths(self) -> None:
-        """Raise a clear error for a missing checkpoint / adapter directory (done at run time, not parse time)."""
-        if self.policy != "openvla":
-            return
-        if not Path(self.checkpoint).is_dir():
-            raise FileNotFoundError(
-                f"checkpoint={self.checkpoint!r} is not a directory. Pass a model directory saved with "
-                "save_pretrained (a merged model, or the base model together with --adapter_dir)."
+
+def check_moved_flags(args: list[str]) -> None:
+    """Raise a ValueError naming the new spelling of a flag from before the policy was a registered choice
+    (``--checkpoint DIR`` is now ``--policy.checkpoint DIR``, ``--policy scripted`` is ``--policy.type scripted``).
+    """
+    for arg in args:
+        flag, _, value = arg.partition("=")
+        name = flag[2:] if flag.startswith("--") else None
+        following = value or (args[args.index(arg) + 1] if arg != args[-1] else "")
+        if name == "policy" and following in ("openvla", "scripted"):  # (--policy FILE.yaml loads the choice)
+            kind = "scripted" if following == "scripted" else f"{DEFAULT_POLICY} (or adapter, oft)"
+            raise ValueError(
+                f"--policy {following} is now --policy.type {kind}: the policy is a registered choice whose "
+                "loading options are --policy.<field> (see --help)"
             )
-        if self.adapter_dir is not None and not Path(self.adapter_dir).is_dir():
-            raise FileNotFoundError(f"adapter_dir={self.adapter_dir!r} is not a directory")
+        if name in LEGACY_POLICY_FIELDS:
+            new = f"--policy.{name}"
+            if name not in CHECKPOINT_FIELDS:
+                new = f"--policy.type adapter {new}"
+            raise ValueError(
+                f"{flag} is now {new}: the loading options belong to the policy kind (--policy.type "
+                f"{DEFAULT_POLICY} | adapter | oft | scripted; see --help)"
+            )
 
 
 def check_benchmark_suite(suite: str) -> None:

@@ -1,18 +1,81 @@
-"""Policies of the harness itself: the scripted oracle, and the statistics-key resolution every VLA policy uses.
+"""What the evaluation runs: the policy kinds (a registered config choice), the scripted oracle, and the
+statistics-key resolution every VLA policy uses.
 
-The harness runs any `stamo_vla.policy.Policy` (the protocol is documented there): our VLA, the VLA + adapter,
-and the privileged scripted oracle all run through the same code path.
+``--policy.type`` picks a kind; each kind is a dataclass that owns its loading fields and builds a
+`stamo_vla.policy.Policy`, which the harness runs (the protocol is documented there). The harness registers the
+kind it can build without a model, ``scripted``; the kinds that load models (``checkpoint``, ``adapter``,
+``oft``) are registered by `stamo_vla.evaluation`, the layer that may import model code.
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
+import draccus
 import numpy as np
 
 from stamo_vla.policy import Policy
+
+if TYPE_CHECKING:
+    from stamo_vla.libero.evaluation_config import EvalConfig
+
+# the kind of a bare ``--policy.<field>`` (``--policy.checkpoint DIR`` alone evaluates our checkpoint)
+DEFAULT_POLICY = "checkpoint"
+
+
+class PolicyConfig(draccus.ChoiceRegistry):
+    """What the evaluation runs (set ``policy.type``; default ``checkpoint``): each kind owns its loading fields."""
+
+    # The kind acts on privileged simulator state read inside the env workers (they start with the controller).
+    reads_simulator_state: ClassVar[bool] = False
+
+    @classmethod
+    def default_choice_name(cls) -> str:
+        return DEFAULT_POLICY
+
+    @property
+    def name(self) -> str:
+        """The registered name (``checkpoint`` | ``adapter`` | ``oft`` | ``scripted``)."""
+        return PolicyConfig.get_choice_name(type(self))
+
+    def build(self, cfg: EvalConfig, device_index: int = 0, pool: Any = None) -> Policy:
+        """The `Policy` the harness runs for `cfg` on CUDA device `device_index` (``pool``: the env workers, given
+        only to a kind that `reads_simulator_state`; the others are built before any worker starts)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement build()")
+
+    def input_dirs(self) -> dict[str, str | None]:
+        """The directories the kind reads, by field name (the output folder may not be one of them)."""
+        return {}
+
+    def provenance_dir(self) -> str | None:
+        """The directory whose provenance records how the policy's training images were made (None: none)."""
+        return None
+
+    def check_paths(self) -> None:
+        """Raise a clear error for a missing input (at run time, not at parse time)."""
+
+    def outcome_settings(self) -> dict[str, Any]:
+        """The settings that change episode outcomes, in the flat names that evaluation config.yaml files have
+        always recorded: a resumed run must match them."""
+        return {"policy": self.name}
+
+
+@PolicyConfig.register_subclass("scripted")
+@dataclass
+class ScriptedPolicyConfig(PolicyConfig):
+    """The privileged scripted pick-and-place controller: an upper bound that proves the harness (no fields)."""
+
+    reads_simulator_state = True
+
+    def build(self, cfg: EvalConfig, device_index: int = 0, pool: Any = None) -> Policy:
+        if pool is None:
+            raise ValueError(
+                "policy.type=scripted reads the simulator: build it with the started env worker pool"
+            )
+        return ScriptedOraclePolicy(pool)
 
 
 class ScriptedOraclePolicy(Policy):

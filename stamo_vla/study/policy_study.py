@@ -377,9 +377,10 @@ class PolicyStudy(StagedRun):
     def eval_args(self, arm: str, seed: int, suites: list[str], output_dir: Path) -> list[str]:
         """The ``stamo-vla eval`` options of one run on `suites` (the evaluated tasks of each)."""
         c = self.cfg
-        args = ["--checkpoint", str(self.base_run / "model")]
-        args += ["--adapter_dir", str(self.finetune_root / self.run_id(arm, seed) / "adapter")]
-        args += ["--unnorm_key", self.dataset(FINETUNE_DATASET), "--suites", "[" + ",".join(suites) + "]"]
+        args = ["--policy.type", "adapter", "--policy.checkpoint", str(self.base_run / "model")]
+        args += ["--policy.adapter_dir", str(self.finetune_root / self.run_id(arm, seed) / "adapter")]
+        args += ["--policy.unnorm_key", self.dataset(FINETUNE_DATASET)]
+        args += ["--suites", "[" + ",".join(suites) + "]"]
         args += ["--task_ids", _ids(c.eval_task_ids)]
         args += ["--num_trials_per_task", str(c.trials_per_task), "--num_workers", str(c.num_workers)]
         args += ["--env_resolution", str(c.env_resolution), "--center_crop", "false"]

@@ -42,7 +42,10 @@ def test_needs_a_head_and_a_decoder():
 
 
 def test_eval_config_refuses_future_video_without_an_adapter():
-    from stamo_vla.libero.evaluation_config import EvalConfig
+    from stamo_vla.evaluation import AdapterPolicyConfig, EvalConfig
 
-    with pytest.raises(ValueError, match="needs adapter_dir"):
-        EvalConfig(policy="scripted", future_video_stamo="/some/stamo")
+    with pytest.raises(ValueError, match="needs --policy.adapter_dir"):
+        AdapterPolicyConfig(checkpoint="base", future_video_stamo="/some/stamo")
+    policy = AdapterPolicyConfig(checkpoint="base", adapter_dir="adapter", future_video_stamo="/some/stamo")
+    with pytest.raises(ValueError, match="policy.future_video_stamo='/some/stamo' .* got video='none'"):
+        EvalConfig(policy=policy, video="none")

@@ -15,7 +15,8 @@ import yaml
 from stamo_vla.adapter import StaMoAdapterConfig, attach, load_adapter, merge, save_adapter
 from stamo_vla.adapter.configuration_adapter import CONFIG_NAME
 from stamo_vla.configs import parse_config
-from stamo_vla.libero.evaluation_config import EvalConfig, recorded_image_aug
+from stamo_vla.evaluation import AdapterPolicyConfig, EvalConfig
+from stamo_vla.libero.evaluation_config import recorded_image_aug
 from stamo_vla.provenance import LEGACY_FILE, PROVENANCE_NAME, Provenance, read_provenance, write_provenance
 from stamo_vla.training import resume_config
 from stamo_vla.training.finetune_config import FinetuneConfig
@@ -107,7 +108,10 @@ def test_both_layouts_load_check_and_predict_the_same(saved, tmp_path, layout):
     torch.testing.assert_close(state, expected_state)
     # evaluation's center_crop=None follows the record in either layout
     assert recorded_image_aug(str(adapter)) is True
-    common = dict(checkpoint=str(tmp_path), adapter_dir=str(adapter), suites=["libero_spatial"])
+    common = dict(
+        policy=AdapterPolicyConfig(checkpoint=str(tmp_path), adapter_dir=str(adapter)),
+        suites=["libero_spatial"],
+    )
     assert EvalConfig(**common).resolve_center_crop() is True
 
     # a base-model signature that differs is refused, naming the file that records it

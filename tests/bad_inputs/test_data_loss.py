@@ -248,7 +248,7 @@ def test_every_writing_command_refuses_an_output_overlapping_its_inputs(tmp_path
     dataset = toy_rlds_root / "toy_push_no_noops" / "1.0.0"
     toy = ["--data_root_dir", data, "--dataset_name", "toy_push_no_noops"]
     commands = {
-        "eval": ["--checkpoint", str(stamo / "model"), "--output_dir", str(stamo / "model")],
+        "eval": ["--policy.checkpoint", str(stamo / "model"), "--output_dir", str(stamo / "model")],
         "cache-targets": [*toy, "--stamo_path", str(stamo), "--output_dir", str(stamo)],
         "label-latent-actions": [*toy, "--stamo_path", str(stamo), "--output_dir", str(dataset / "labels")],
         "probe": [*toy, "--stamo_path", str(stamo), "--output_dir", str(stamo / "probe")],

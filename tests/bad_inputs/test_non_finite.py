@@ -157,13 +157,12 @@ class _NaNPolicy(Policy):
 
 
 def test_a_non_finite_action_never_reaches_the_simulator_and_is_counted_as_an_error(tmp_path):
+    from stamo_vla.evaluation import CheckpointPolicyConfig, EvalConfig
     from stamo_vla.libero.evaluation import evaluate
-    from stamo_vla.libero.evaluation_config import EvalConfig
     from stamo_vla.libero.results import ResultsStore
 
     cfg = EvalConfig(
-        policy="openvla",
-        checkpoint=str(tmp_path),
+        policy=CheckpointPolicyConfig(checkpoint=str(tmp_path)),
         suites=["libero_spatial"],
         num_trials_per_task=2,
         max_steps=5,

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from stamo_vla.libero.evaluation_config import EvalConfig
+from stamo_vla.evaluation import AdapterPolicyConfig, CheckpointPolicyConfig, EvalConfig
 from stamo_vla.provenance import PROVENANCE_NAME, read_provenance
 
 
@@ -21,7 +21,9 @@ def adapter_copy(tiny_adapter_dir, tmp_path):
 
 def _eval_cfg(base_dir, adapter_dir, **extra) -> EvalConfig:
     return EvalConfig(
-        checkpoint=str(base_dir), adapter_dir=str(adapter_dir), suites=["libero_spatial"], **extra
+        policy=AdapterPolicyConfig(checkpoint=str(base_dir), adapter_dir=str(adapter_dir)),
+        suites=["libero_spatial"],
+        **extra,
     )
 
 
@@ -42,7 +44,12 @@ def test_a_removed_provenance_file_is_unknown_never_guessed(tiny_base_dir, adapt
         _eval_cfg(tiny_base_dir, adapter_copy).resolve_center_crop()
     assert _eval_cfg(tiny_base_dir, adapter_copy, center_crop=False).resolve_center_crop() is False
     # an upstream checkpoint (no stamo_adapter_config.json) is cropped as upstream's evaluation does
-    assert EvalConfig(checkpoint=str(tiny_base_dir), suites=["libero_spatial"]).resolve_center_crop() is True
+    assert (
+        EvalConfig(
+            policy=CheckpointPolicyConfig(checkpoint=str(tiny_base_dir)), suites=["libero_spatial"]
+        ).resolve_center_crop()
+        is True
+    )
 
     base = OpenVLAForActionPrediction.from_pretrained(tiny_base_dir)
     with pytest.warns(UserWarning, match=f"no {PROVENANCE_NAME}.*base model it was trained on is unknown"):

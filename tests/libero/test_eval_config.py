@@ -4,14 +4,20 @@ import sys
 import types
 
 import pytest
+import yaml
 
 from stamo_vla import cli
 from stamo_vla import evaluation as SCRIPT
 from stamo_vla.configs import load_config, save_config
-from stamo_vla.evaluation import load_adapter_into
+from stamo_vla.evaluation import (
+    AdapterPolicyConfig,
+    CheckpointPolicyConfig,
+    EvalConfig,
+    ReleasedOFTPolicyConfig,
+    load_adapter_into,
+)
 from stamo_vla.libero.evaluation import RenderingError, evaluate, rendering_guard
-from stamo_vla.libero.evaluation_config import EvalConfig
-from stamo_vla.libero.evaluation_policies import resolve_unnorm_key
+from stamo_vla.libero.evaluation_policies import ScriptedPolicyConfig, resolve_unnorm_key
 
 
 def main(argv: list[str]) -> int:
@@ -26,7 +32,7 @@ def test_unknown_suite_lists_valid_ones():
     with pytest.raises(
         ValueError, match=r"suites='libero_spatal' is not valid; .* Did you mean 'libero_spatial'"
     ) as info:
-        EvalConfig(policy="scripted", suites=["libero_spatal"])
+        EvalConfig(policy=ScriptedPolicyConfig(), suites=["libero_spatal"])
     assert all(s in str(info.value) for s in SUITES)
 
 
@@ -35,28 +41,41 @@ def test_unknown_suite_lists_valid_ones():
     [
         ({"policy": "diffusion"}, "policy='diffusion' is not valid"),
         ({"video": "some"}, "video='some' is not valid; allowed: \\['all', 'failures', 'none'\\]"),
-        ({"quantization": "3bit"}, "quantization='3bit'"),
+        (
+            {"policy": lambda: CheckpointPolicyConfig(checkpoint="c", quantization="3bit")},
+            "quantization='3bit'",
+        ),
         ({"num_trials_per_task": 51}, "ships 50 fixed initial states"),
         ({"num_workers": 0}, "num_workers=0 must be a positive integer"),
         ({"open_loop_steps": 0}, "open_loop_steps=0"),
         ({"task_ids": [-1]}, "task_ids=\\[-1\\]"),
         ({"suites": ["libero_10", "libero_10"]}, "lists a suite twice"),
         ({"max_steps": 995}, "exceeds the LIBERO env horizon of 1000 steps; use max_steps <= 990"),
-        ({"adapter_dir": "x"}, "policy='scripted' takes no model options"),
+        ({"policy": CheckpointPolicyConfig}, "policy.checkpoint is empty"),
     ],
 )
 def test_bad_values_name_field_and_allowed_set(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        EvalConfig(**{"policy": "scripted", **kwargs})
+        kwargs = {
+            k: v() if callable(v) else v for k, v in kwargs.items()
+        }  # policies are built inside raises()
+        EvalConfig(**{"policy": ScriptedPolicyConfig(), **kwargs})
 
 
 def test_defaults_follow_upstream_and_round_trip(tmp_path):
-    cfg = EvalConfig(checkpoint="ckpt")
+    cfg = EvalConfig(policy=CheckpointPolicyConfig(checkpoint="ckpt"))
     assert (cfg.num_trials_per_task, cfg.seed, cfg.num_steps_wait, cfg.center_crop) == (50, 7, 10, None)
     assert cfg.resolve_center_crop() is True  # nothing recorded: upstream's default
     assert [cfg.max_steps_for(s) for s in SUITES] == [220, 280, 300, 520, 400]
-    assert EvalConfig(checkpoint="c", max_steps=5).max_steps_for("libero_10") == 5
-    custom = EvalConfig(checkpoint="c", suites=["libero_goal", "libero_10"], task_ids=[1, 3], max_steps=9)
+    assert (
+        EvalConfig(policy=CheckpointPolicyConfig(checkpoint="c"), max_steps=5).max_steps_for("libero_10") == 5
+    )
+    custom = EvalConfig(
+        policy=CheckpointPolicyConfig(checkpoint="c"),
+        suites=["libero_goal", "libero_10"],
+        task_ids=[1, 3],
+        max_steps=9,
+    )
     save_config(custom, tmp_path / "c.yaml")
     assert load_config(EvalConfig, tmp_path / "c.yaml") == custom
 
@@ -64,13 +83,73 @@ def test_defaults_follow_upstream_and_round_trip(tmp_path):
 def test_missing_checkpoint_is_a_clear_cli_error(tmp_path, capsys):
     assert main(["--output_dir", str(tmp_path / "o")]) == 2
     assert "checkpoint is empty" in capsys.readouterr().err
-    assert main(["--checkpoint", str(tmp_path / "nope"), "--output_dir", str(tmp_path / "o")]) == 2
+    assert main(["--policy.checkpoint", str(tmp_path / "nope"), "--output_dir", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "nope' is not a directory" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--checkpoint", "ckpt"], "--checkpoint is now --policy.checkpoint"),
+        (["--adapter_dir=runs/a"], "--adapter_dir is now --policy.type adapter --policy.adapter_dir"),
+        (["--quantization", "4bit"], "--quantization is now --policy.quantization"),
+        (["--policy", "scripted"], "--policy scripted is now --policy.type scripted"),
+        (["--policy", "openvla"], "--policy openvla is now --policy.type checkpoint"),
+        (["--policy.type", "diffusion"], "invalid choice: 'diffusion'"),
+        (
+            ["--policy.type", "scripted", "--policy.adapter_dir", "a"],
+            "`adapter_dir` are not valid for Scripted",
+        ),
+    ],
+)
+def test_old_flat_flags_name_their_new_spelling(args, message, tmp_path, capsys):
+    assert main([*args, "--output_dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_short_forms_and_an_old_flat_yaml_parse_into_policy_kinds(tmp_path):
+    from stamo_vla.configs import parse_config
+
+    short = SCRIPT.parse(["--policy.checkpoint", "ckpt", "--policy.quantization", "4bit"])
+    assert short.policy == CheckpointPolicyConfig(checkpoint="ckpt", quantization="4bit")
+    old = {"policy": "openvla", "checkpoint": "base", "adapter_dir": "ad", "unnorm_key": "k", "device": "cpu"}
+    (tmp_path / "adapter.yaml").write_text(yaml.safe_dump({**old, "suites": ["libero_goal"], "seed": 3}))
+    cfg = parse_config(EvalConfig, ["--config", str(tmp_path / "adapter.yaml")])
+    assert (cfg.suites, cfg.seed) == (["libero_goal"], 3)
+    assert cfg.policy == AdapterPolicyConfig(
+        checkpoint="base", adapter_dir="ad", unnorm_key="k", device="cpu"
+    )
+    (tmp_path / "plain.yaml").write_text(
+        yaml.safe_dump({**old, "adapter_dir": None, "future_video_stamo": None})
+    )
+    plain = parse_config(EvalConfig, ["--config", str(tmp_path / "plain.yaml")]).policy
+    assert plain == CheckpointPolicyConfig(checkpoint="base", unnorm_key="k", device="cpu")
+    (tmp_path / "oracle.yaml").write_text(yaml.safe_dump({"policy": "scripted", "checkpoint": ""}))
+    assert (
+        parse_config(EvalConfig, ["--config", str(tmp_path / "oracle.yaml")]).policy == ScriptedPolicyConfig()
+    )
+
+
+def test_a_kind_refuses_a_directory_of_another_kind(tmp_path):
+    released = tmp_path / "released"
+    released.mkdir()
+    (released / "action_head--150000_checkpoint.pt").write_bytes(b"")
+    cfg = EvalConfig(policy=CheckpointPolicyConfig(checkpoint=str(released)), output_dir=str(tmp_path / "o"))
+    with pytest.raises(ValueError, match="is a released OpenVLA-OFT directory .* --policy.type oft"):
+        cfg.policy.build(cfg)
+    ours = EvalConfig(
+        policy=ReleasedOFTPolicyConfig(checkpoint=str(tmp_path)), output_dir=str(tmp_path / "o")
+    )
+    with pytest.raises(
+        ValueError, match="is not a released OpenVLA-OFT directory .* --policy.type checkpoint"
+    ):
+        ours.policy.build(ours)
+
+
 def test_cli_unknown_suite(capsys):
-    assert main(["--policy", "scripted", "--suites", "[libero_spatal]"]) == 2
+    assert main(["--policy.type", "scripted", "--suites", "[libero_spatal]"]) == 2
     err = capsys.readouterr().err
     assert "suites='libero_spatal' is not valid" in err and "Did you mean 'libero_spatial'" in err
     assert "'libero_spatial_swap'" in err  # the list holds the installed LIBERO-PRO suites
@@ -112,7 +191,9 @@ def test_render_error_in_workers_reaches_the_cli_as_guidance(tmp_path, monkeypat
         )
 
     catalog = types.SimpleNamespace(task_count=lambda s: 1, task_instruction=lambda s, t: "x")
-    cfg = EvalConfig(policy="scripted", num_trials_per_task=1, output_dir=str(tmp_path), progress=False)
+    cfg = EvalConfig(
+        policy=ScriptedPolicyConfig(), num_trials_per_task=1, output_dir=str(tmp_path), progress=False
+    )
     with pytest.raises(RenderingError, match="PYOPENGL_PLATFORM"):
         evaluate(cfg, pool_factory=broken_pool, catalog=catalog)
 
@@ -121,7 +202,8 @@ def test_render_error_in_workers_reaches_the_cli_as_guidance(tmp_path, monkeypat
     monkeypatch.setattr(evaluation, "_default_pool_factory", lambda cfg: broken_pool)
     monkeypatch.setattr(SCRIPT, "evaluate", lambda cfg: evaluate(cfg, catalog=catalog))
     assert (
-        main(["--policy", "scripted", "--num_trials_per_task", "1", "--output_dir", str(tmp_path / "b")]) == 3
+        main(["--policy.type", "scripted", "--num_trials_per_task", "1", "--output_dir", str(tmp_path / "b")])
+        == 3
     )
     err = capsys.readouterr().err
     assert "apt-get install libosmesa6" in err and "Traceback" not in err
@@ -131,13 +213,13 @@ def test_presets_parse_with_overrides():
     from stamo_vla.configs import available_presets, parse_config
 
     assert {"eval_upstream", "eval_oracle", "eval_tiny"} <= set(available_presets("eval_"))
-    up = parse_config(EvalConfig, ["--config", "upstream", "--checkpoint", "ckpt"], prefix="eval_")
+    up = parse_config(EvalConfig, ["--config", "upstream", "--policy.checkpoint", "ckpt"], prefix="eval_")
     assert up.suites == ["libero_spatial", "libero_object", "libero_goal", "libero_10"]
     assert (up.num_trials_per_task, up.seed, up.center_crop, up.max_steps) == (50, 7, None, None)
     oracle = parse_config(EvalConfig, ["--config", "oracle", "--num_workers", "4"], prefix="eval_")
-    assert (oracle.policy, oracle.num_workers) == ("scripted", 4)
-    tiny = parse_config(EvalConfig, ["--config", "tiny", "--checkpoint", "c"], prefix="eval_")
-    assert (tiny.max_steps, tiny.unnorm_key) == (5, "tiny_dataset")
+    assert (oracle.policy.name, oracle.num_workers) == ("scripted", 4)
+    tiny = parse_config(EvalConfig, ["--config", "tiny", "--policy.checkpoint", "c"], prefix="eval_")
+    assert (tiny.max_steps, tiny.policy.unnorm_key) == (5, "tiny_dataset")
 
 
 def test_evaluation_modules_never_import_tensorflow_or_the_simulator():
@@ -161,5 +243,5 @@ def test_interrupt_says_how_to_resume(tmp_path, monkeypatch, capsys):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(SCRIPT, "evaluate", interrupted)
-    assert main(["--policy", "scripted", "--output_dir", str(tmp_path / "x")]) == 130
+    assert main(["--policy.type", "scripted", "--output_dir", str(tmp_path / "x")]) == 130
     assert f"--output_dir {tmp_path / 'x'} to resume" in capsys.readouterr().err

@@ -6,15 +6,18 @@ speed from the image brightness, which the fake env sets per (task, init state),
 episode but are fully deterministic.
 """
 
+import dataclasses
 import json
 import types
 
 import numpy as np
 import pytest
+import yaml
 
+from stamo_vla.evaluation import CheckpointPolicyConfig, EvalConfig
 from stamo_vla.libero.env import DUMMY_ACTION
 from stamo_vla.libero.evaluation import evaluate, plan_episodes, shard
-from stamo_vla.libero.evaluation_config import EvalConfig
+from stamo_vla.libero.evaluation_policies import PolicyConfig, ScriptedPolicyConfig
 from stamo_vla.libero.results import ResultsStore
 from stamo_vla.libero.workers import WorkerCrashed
 from stamo_vla.policy import Policy
@@ -119,8 +122,7 @@ CATALOG = types.SimpleNamespace(
 
 def _cfg(tmp_path, name="run", **kw):
     base = dict(
-        policy="openvla",
-        checkpoint=str(tmp_path),
+        policy=CheckpointPolicyConfig(checkpoint=str(tmp_path)),
         suites=[SUITE],
         num_trials_per_task=4,
         max_steps=12,
@@ -275,7 +277,7 @@ def test_rendering_only_what_the_policy_reads_changes_no_outcome(tmp_path):
 
 
 def test_scripted_oracle_actions_reach_env_unchanged(tmp_path):
-    cfg = _cfg(tmp_path, name="oracle", policy="scripted", checkpoint="", num_trials_per_task=1)
+    cfg = _cfg(tmp_path, name="oracle", policy=ScriptedPolicyConfig(), num_trials_per_task=1)
     pool = FakePool(2)
     summary = evaluate(cfg, pool_factory=lambda n: pool, catalog=CATALOG)
     assert summary["overall"]["successes"] == 3  # 0.05 per step reaches 0.3 in 6 steps
@@ -292,6 +294,62 @@ def test_resume_refuses_a_different_protocol(tmp_path):
     # more trials with the same protocol extends the run
     summary, _ = _run(_cfg(tmp_path, name="r", num_trials_per_task=2, num_workers=1))
     assert summary["overall"]["episodes"] == 6
+
+
+def _flat_layout(config_yaml):
+    """Rewrite a saved config.yaml as evaluations wrote it before the policy was a registered choice."""
+    data = yaml.safe_load(config_yaml.read_text())
+    policy = data.pop("policy")
+    kind = policy.pop("type")
+    flat = {"policy": "scripted" if kind == "scripted" else "openvla", "checkpoint": "", "adapter_dir": None}
+    flat |= {"unnorm_key": None, "dtype": "auto", "quantization": "none", "attn_implementation": "sdpa"}
+    flat |= {"device": "auto", "future_video_stamo": None, "future_video_sample_steps": 4}
+    config_yaml.write_text(yaml.safe_dump({**flat, **policy, **data}, sort_keys=False))
+
+
+def test_a_results_directory_of_the_flat_layout_resumes(tmp_path):
+    cfg = _cfg(tmp_path, name="flat")
+    reference, _ = _run(cfg)
+    _flat_layout(tmp_path / "flat" / "config.yaml")
+    store = ResultsStore(cfg.output_dir, rank=0)
+    lines = store.path.read_text().splitlines()
+    store.path.write_text("\n".join(lines[:-3]) + "\n")  # three episodes left to run
+    resumed, pool = _run(_cfg(tmp_path, name="flat"), policy=(policy := FakePolicy()))
+    assert _strip_times(resumed) == _strip_times(reference)
+    assert len({(s.suite, s.task_id, s.init_index) for s, _, _ in pool.received}) == 3 and policy.calls
+    _flat_layout(tmp_path / "flat" / "config.yaml")
+    other = _cfg(tmp_path, name="flat", policy=CheckpointPolicyConfig(checkpoint=str(tmp_path / "other")))
+    with pytest.raises(ValueError, match=f"checkpoint: recorded '{tmp_path}' vs now '{tmp_path / 'other'}'"):
+        _run(other)
+    with pytest.raises(ValueError, match="policy: recorded 'openvla' vs now 'scripted'"):
+        _run(_cfg(tmp_path, name="flat", policy=ScriptedPolicyConfig()))
+
+
+BUILT = []
+
+
+@PolicyConfig.register_subclass("test_fake")
+@dataclasses.dataclass
+class FakePolicyConfig(PolicyConfig):
+    """A policy kind of the tests: the harness builds it from the config alone."""
+
+    # actions per call of the fake policy
+    chunk: int = 1
+
+    def build(self, cfg, device_index=0, pool=None):
+        BUILT.append((self.chunk, device_index, pool))
+        return FakePolicy(chunk=self.chunk)
+
+
+def test_the_harness_builds_the_registered_kind_once_and_not_on_a_finished_run(tmp_path):
+    BUILT.clear()
+    cfg = _cfg(tmp_path, name="kind", policy=FakePolicyConfig(chunk=2), num_trials_per_task=1)
+    first = evaluate(cfg, pool_factory=lambda n: FakePool(n), catalog=CATALOG)
+    assert BUILT == [(2, 0, None)] and first["overall"]["episodes"] == 3
+    saved = yaml.safe_load((tmp_path / "kind" / "config.yaml").read_text())
+    assert saved["policy"] == {"type": "test_fake", "chunk": 2}
+    again = evaluate(cfg, pool_factory=lambda n: FakePool(n), catalog=CATALOG)
+    assert BUILT == [(2, 0, None)] and _strip_times(again) == _strip_times(first)  # nothing left: not built
 
 
 class FuturePolicy(FakePolicy):
@@ -421,7 +479,6 @@ def test_perturbed_suites_run_on_their_base_suites_budget_and_statistics(tmp_pat
     )
     cfg = _cfg(
         tmp_path,
-        policy="openvla",
         suites=["libero_spatial_swap", "libero_spatial_with_milk"],
         task_ids=[0, 1],
     )

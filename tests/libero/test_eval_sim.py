@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from stamo_vla.evaluation import evaluate
-from stamo_vla.libero.evaluation_config import EvalConfig
+from stamo_vla.evaluation import CheckpointPolicyConfig, EvalConfig, evaluate
+from stamo_vla.libero.evaluation_policies import ScriptedPolicyConfig
 from stamo_vla.libero.results import ResultsStore
 from stamo_vla.policy import Policy
 
@@ -17,7 +17,7 @@ pytest.importorskip("libero")
 def test_scripted_oracle_succeeds_through_the_harness(tmp_path):
     """Real successes prove the env action convention, step budget and success (`done`) detection."""
     cfg = EvalConfig(
-        policy="scripted",
+        policy=ScriptedPolicyConfig(),
         suites=["libero_object"],
         task_ids=[0],
         num_trials_per_task=2,
@@ -50,8 +50,7 @@ def test_tiny_vla_short_run_writes_summary_and_videos(tmp_path):
 
     build_tiny(save_dir=tmp_path / "ckpt")
     cfg = EvalConfig(
-        checkpoint=str(tmp_path / "ckpt"),
-        unnorm_key="tiny_dataset",
+        policy=CheckpointPolicyConfig(checkpoint=str(tmp_path / "ckpt"), unnorm_key="tiny_dataset"),
         suites=["libero_spatial"],
         task_ids=[0],
         num_trials_per_task=2,
@@ -156,7 +155,7 @@ def test_scripted_oracle_on_a_libero_pro_suite_records_its_family(tmp_path):
     """One episode of the position-swap perturbation of libero_spatial: the oracle reads the perturbed scene and
     succeeds inside the base suite's 220-step budget, and the JSONL record names the suite, base and family."""
     cfg = EvalConfig(
-        policy="scripted",
+        policy=ScriptedPolicyConfig(),
         suites=["libero_spatial_swap"],
         task_ids=[0],
         num_trials_per_task=1,

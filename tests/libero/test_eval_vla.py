@@ -6,9 +6,8 @@ import shutil
 import numpy as np
 import pytest
 
-from stamo_vla.evaluation import build_openvla_policy
+from stamo_vla.evaluation import AdapterPolicyConfig, CheckpointPolicyConfig, EvalConfig, build_policy
 from stamo_vla.libero.evaluation import evaluate
-from stamo_vla.libero.evaluation_config import EvalConfig
 from stamo_vla.libero.results import ResultsStore
 from stamo_vla.policy import Policy
 
@@ -43,7 +42,7 @@ class CountingPolicy(Policy):
 
 def test_tiny_vla_runs_batched_and_writes_results(tiny_checkpoint, tmp_path):
     cfg = EvalConfig(
-        checkpoint=str(tiny_checkpoint),
+        policy=CheckpointPolicyConfig(checkpoint=str(tiny_checkpoint)),
         suites=["libero_spatial"],
         task_ids=[0],
         num_trials_per_task=2,
@@ -54,7 +53,7 @@ def test_tiny_vla_runs_batched_and_writes_results(tiny_checkpoint, tmp_path):
         progress=False,
         output_dir=str(tmp_path / "out"),
     )
-    policy = CountingPolicy(build_openvla_policy(cfg))
+    policy = CountingPolicy(build_policy(cfg))
     assert policy.inner.policy.unnorm_key == "libero_spatial_no_noops"  # upstream's fallback
     pool = FakePool(2)
     summary = evaluate(cfg, pool_factory=lambda n: pool, policy=policy, catalog=CATALOG)
@@ -75,20 +74,29 @@ def test_statistics_without_the_suite_key_list_available_keys(tiny_checkpoint, t
     (ckpt / "dataset_statistics.json").write_text(
         json.dumps({"bridge_orig": stats["libero_spatial_no_noops"]})
     )
-    cfg = EvalConfig(checkpoint=str(ckpt), suites=["libero_spatial"], output_dir=str(tmp_path / "o"))
+    cfg = EvalConfig(
+        policy=CheckpointPolicyConfig(checkpoint=str(ckpt)),
+        suites=["libero_spatial"],
+        output_dir=str(tmp_path / "o"),
+    )
     with pytest.raises(
         ValueError,
         match=r"\['libero_spatial', 'libero_spatial_no_noops'\].*Available keys: \['bridge_orig'\]",
     ):
-        build_openvla_policy(cfg)
+        build_policy(cfg)
     # an explicit key works; a multi-suite run checks every suite's key up front
     assert (
-        build_openvla_policy(EvalConfig(checkpoint=str(ckpt), unnorm_key="bridge_orig")).policy.unnorm_key
+        build_policy(
+            EvalConfig(policy=CheckpointPolicyConfig(checkpoint=str(ckpt), unnorm_key="bridge_orig"))
+        ).policy.unnorm_key
         == "bridge_orig"
     )
     with pytest.raises(ValueError, match="libero_object"):
-        build_openvla_policy(
-            EvalConfig(checkpoint=str(tiny_checkpoint), suites=["libero_spatial", "libero_object"])
+        build_policy(
+            EvalConfig(
+                policy=CheckpointPolicyConfig(checkpoint=str(tiny_checkpoint)),
+                suites=["libero_spatial", "libero_object"],
+            )
         )
 
 
@@ -116,15 +124,18 @@ def test_adapter_dir_is_loaded_on_the_base(tiny_checkpoint, tmp_path):
     images = [np.random.default_rng(i).integers(0, 256, (224, 224, 3), dtype=np.uint8) for i in range(2)]
     texts = ["put the bowl on the plate", "open the drawer"]
     cfg = EvalConfig(
-        checkpoint=str(tiny_checkpoint), adapter_dir=str(tmp_path / "adapter"), output_dir=str(tmp_path)
+        policy=AdapterPolicyConfig(checkpoint=str(tiny_checkpoint), adapter_dir=str(tmp_path / "adapter")),
+        output_dir=str(tmp_path),
     )
-    with_adapter = build_openvla_policy(cfg)
+    with_adapter = build_policy(cfg)
     assert with_adapter.policy.unnorm_key == "libero_spatial"
     expected = OpenVLAPolicy(adapted.vla, OpenVLAProcessor.from_pretrained(tiny_checkpoint), "libero_spatial")
     np.testing.assert_allclose(
         with_adapter.predict_batch(images, texts), expected.predict_batch(images, texts)
     )
-    plain = build_openvla_policy(EvalConfig(checkpoint=str(tiny_checkpoint), output_dir=str(tmp_path)))
+    plain = build_policy(
+        EvalConfig(policy=CheckpointPolicyConfig(checkpoint=str(tiny_checkpoint)), output_dir=str(tmp_path))
+    )
     assert not np.allclose(plain.predict_batch(images, texts), with_adapter.predict_batch(images, texts))
 
 
@@ -134,9 +145,10 @@ def test_4bit_quantized_policy_loads_and_acts(tiny_checkpoint, tmp_path):
     import bitsandbytes as bnb
 
     cfg = EvalConfig(
-        checkpoint=str(tiny_checkpoint), quantization="4bit", device="cpu", output_dir=str(tmp_path)
+        policy=CheckpointPolicyConfig(checkpoint=str(tiny_checkpoint), quantization="4bit", device="cpu"),
+        output_dir=str(tmp_path),
     )
-    policy = build_openvla_policy(cfg)
+    policy = build_policy(cfg)
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in policy.policy.model.modules())
     images = [np.zeros((224, 224, 3), dtype=np.uint8)] * 2
     actions = policy.predict_batch(images, ["open the drawer", "turn on the stove"])
@@ -153,7 +165,7 @@ def test_multi_suite_run_switches_statistics_per_suite(tiny_checkpoint, tmp_path
         json.dumps({"libero_spatial": stats, "libero_object_no_noops": wide})
     )
     cfg = EvalConfig(
-        checkpoint=str(ckpt),
+        policy=CheckpointPolicyConfig(checkpoint=str(ckpt)),
         suites=["libero_spatial", "libero_object"],
         task_ids=[0],
         num_trials_per_task=1,
@@ -163,7 +175,7 @@ def test_multi_suite_run_switches_statistics_per_suite(tiny_checkpoint, tmp_path
         progress=False,
         output_dir=str(tmp_path / "out"),
     )
-    policy = build_openvla_policy(cfg)
+    policy = build_policy(cfg)
     seen = []
     inner = policy.policy.predict_batch
 

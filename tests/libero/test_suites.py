@@ -4,6 +4,7 @@ missing resources, and the per-family summary with Wilson intervals."""
 import pytest
 
 from stamo_vla.libero.evaluation_config import EvalConfig
+from stamo_vla.libero.evaluation_policies import ScriptedPolicyConfig
 from stamo_vla.libero.results import EpisodeRecord, summarize, summary_markdown, wilson_interval
 from stamo_vla.libero.suites import resolve_suite, suite_family
 
@@ -100,10 +101,12 @@ def test_records_written_before_families_get_them_from_the_suite_name():
 
 def test_eval_config_budget_of_a_perturbed_suite_is_its_base_suites():
     pytest.importorskip("libero")
-    cfg = EvalConfig(policy="scripted", suites=["libero_spatial_swap", "libero_10_lan", "libero_goal"])
+    cfg = EvalConfig(
+        policy=ScriptedPolicyConfig(), suites=["libero_spatial_swap", "libero_10_lan", "libero_goal"]
+    )
     assert [cfg.max_steps_for(s) for s in cfg.suites] == [220, 520, 300]
     assert (
-        EvalConfig(policy="scripted", suites=["libero_spatial_task"], max_steps=7).max_steps_for(
+        EvalConfig(policy=ScriptedPolicyConfig(), suites=["libero_spatial_task"], max_steps=7).max_steps_for(
             "libero_spatial_task"
         )
         == 7
@@ -131,7 +134,7 @@ def test_unknown_and_unusable_suite_names_say_what_is_defined(E):
     with pytest.raises(
         ValueError, match=r"suites='libero_spatial_swp' is not valid; .*Did you mean 'libero_spatial_swap'"
     ):
-        EvalConfig(policy="scripted", suites=["libero_spatial_swp"])
+        EvalConfig(policy=ScriptedPolicyConfig(), suites=["libero_spatial_swp"])
     with pytest.raises(ValueError, match=r"suite='libero_mine' perturbs none of the base suites"):
         E.check_suite("libero_mine")
     with pytest.raises(ValueError, match=r"allowed: \[.*'libero_goal_swap'"):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from oft_helpers import CHUNK, RecordingPool, oft_config
 
+from stamo_vla.evaluation import AdapterPolicyConfig, CheckpointPolicyConfig, EvalConfig
 from stamo_vla.libero.evaluation import evaluate
-from stamo_vla.libero.evaluation_config import EvalConfig
 
 WAIT, MAX_STEPS, OPEN_LOOP = 2, 7, 3
 CATALOG = types.SimpleNamespace(
@@ -41,12 +41,13 @@ def oft_dirs(tmp_path_factory):
 
 @pytest.mark.slow
 def test_oft_adapter_runs_chunked_in_the_harness(oft_dirs, tmp_path):
-    from stamo_vla.evaluation import build_openvla_policy
+    from stamo_vla.evaluation import build_policy
     from stamo_vla.libero.protocol import center_crop, flip_image, postprocess_action, resize_like_rlds
 
     cfg = EvalConfig(
-        checkpoint=str(oft_dirs / "base"),
-        adapter_dir=str(oft_dirs / "adapter"),
+        policy=AdapterPolicyConfig(
+            checkpoint=str(oft_dirs / "base"), adapter_dir=str(oft_dirs / "adapter"), device="cpu"
+        ),
         suites=["libero_spatial"],
         num_trials_per_task=1,
         max_steps=MAX_STEPS,
@@ -55,11 +56,10 @@ def test_oft_adapter_runs_chunked_in_the_harness(oft_dirs, tmp_path):
         center_crop=True,
         video="none",
         num_workers=2,
-        device="cpu",
         progress=False,
         output_dir=str(tmp_path / "eval"),
     )
-    policy = build_openvla_policy(cfg)
+    policy = build_policy(cfg)
     inner = policy.policy
     assert type(inner).__name__ == "OFTPolicy" and policy.action_chunk == CHUNK and policy.uses_wrist_image
     calls, predict = [], inner.predict_batch
@@ -111,7 +111,7 @@ def test_proprio_is_normalized_with_the_training_statistics_and_clipped(oft_dirs
 @pytest.mark.slow
 def test_a_merged_oft_checkpoint_evaluates_through_the_oft_policy(oft_dirs, tmp_path):
     from stamo_vla.adapter import load_adapter, merge
-    from stamo_vla.evaluation import build_openvla_policy
+    from stamo_vla.evaluation import build_policy
     from stamo_vla.vla import OpenVLAForActionPrediction, OpenVLAProcessor
 
     processor = OpenVLAProcessor.from_pretrained(oft_dirs / "base")
@@ -120,9 +120,16 @@ def test_a_merged_oft_checkpoint_evaluates_through_the_oft_policy(oft_dirs, tmp_
     )
     merge(adapter, tmp_path / "merged", processor=processor)
     common = dict(suites=["libero_spatial"], device="cpu", progress=False, output_dir=str(tmp_path / "o"))
-    merged = build_openvla_policy(EvalConfig(checkpoint=str(tmp_path / "merged"), **common))
-    unmerged = build_openvla_policy(
-        EvalConfig(checkpoint=str(oft_dirs / "base"), adapter_dir=str(oft_dirs / "adapter"), **common)
+    merged = build_policy(
+        EvalConfig(policy=CheckpointPolicyConfig(checkpoint=str(tmp_path / "merged")), **common)
+    )
+    unmerged = build_policy(
+        EvalConfig(
+            policy=AdapterPolicyConfig(
+                checkpoint=str(oft_dirs / "base"), adapter_dir=str(oft_dirs / "adapter")
+            ),
+            **common,
+        )
     )
     assert type(merged.policy).__name__ == "OFTPolicy" and merged.action_chunk == CHUNK
     rng = np.random.default_rng(0)
@@ -146,9 +153,12 @@ def test_eval_crop_follows_the_checkpoints_record_and_an_explicit_value_wins(oft
     provenance.write_text(
         json.dumps({**json.loads(provenance.read_text()), "trained_with_image_aug": record})
     )
-    common = dict(checkpoint=str(oft_dirs / "base"), adapter_dir=str(adapter), suites=["libero_spatial"])
+    common = dict(
+        policy=AdapterPolicyConfig(checkpoint=str(oft_dirs / "base"), adapter_dir=str(adapter)),
+        suites=["libero_spatial"],
+    )
     merged = dict(
-        checkpoint=str(adapter), suites=["libero_spatial"]
+        policy=CheckpointPolicyConfig(checkpoint=str(adapter)), suites=["libero_spatial"]
     )  # a merged checkpoint carries the same record
     for cfg in (common, merged):
         if record is None:  # nothing recorded: unknown, the user says which

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from oft_helpers import CHUNK, oft_config
 
+from stamo_vla.evaluation import AdapterPolicyConfig, EvalConfig
 from stamo_vla.libero.evaluation import evaluate
-from stamo_vla.libero.evaluation_config import EvalConfig
 from stamo_vla.libero.results import ResultsStore
 
 pytestmark = [pytest.mark.sim, pytest.mark.slow]
@@ -23,9 +23,12 @@ def test_tiny_oft_adapter_short_sim_run(tmp_path):
     base, _ = build_tiny(save_dir=tmp_path / "base")
     save_adapter(attach(base, oft_config()), tmp_path / "adapter")
     cfg = EvalConfig(
-        checkpoint=str(tmp_path / "base"),
-        adapter_dir=str(tmp_path / "adapter"),
-        unnorm_key=TINY_DATASET,
+        policy=AdapterPolicyConfig(
+            checkpoint=str(tmp_path / "base"),
+            adapter_dir=str(tmp_path / "adapter"),
+            unnorm_key=TINY_DATASET,
+            device="cpu",
+        ),
         suites=["libero_spatial"],
         task_ids=[0],
         num_trials_per_task=1,
@@ -36,13 +39,12 @@ def test_tiny_oft_adapter_short_sim_run(tmp_path):
         video="none",
         # an adapter saved without training records no image augmentation: the crop is chosen here
         center_crop=False,
-        device="cpu",
         progress=False,
         output_dir=str(tmp_path / "eval"),
     )
-    from stamo_vla.evaluation import build_openvla_policy
+    from stamo_vla.evaluation import build_policy
 
-    policy = build_openvla_policy(cfg)
+    policy = build_policy(cfg)
     seen, predict = [], policy.policy.predict_batch
 
     def spy(images, instructions, **obs):

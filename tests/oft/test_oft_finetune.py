@@ -67,9 +67,8 @@ def test_preset_wires_the_data_to_the_variant(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_oft_preset_trains_and_evaluates_chunked(tmp_path, oft_data_root, oft_stamo_dir):
-    from stamo_vla.evaluation import build_openvla_policy
+    from stamo_vla.evaluation import AdapterPolicyConfig, EvalConfig, build_policy
     from stamo_vla.libero.evaluation import evaluate
-    from stamo_vla.libero.evaluation_config import EvalConfig
 
     result = finetune(oft_cfg(tmp_path, oft_data_root, oft_stamo_dir))
     metrics = load_metrics(result.run_dir)
@@ -83,9 +82,12 @@ def test_tiny_oft_preset_trains_and_evaluates_chunked(tmp_path, oft_data_root, o
     assert len(stats[OFT_DATASET]["proprio"]["q01"]) == 8
 
     cfg = EvalConfig(
-        checkpoint=str(result.run_dir / "base_model"),
-        adapter_dir=str(result.adapter_dir),
-        unnorm_key=OFT_DATASET,
+        policy=AdapterPolicyConfig(
+            checkpoint=str(result.run_dir / "base_model"),
+            adapter_dir=str(result.adapter_dir),
+            unnorm_key=OFT_DATASET,
+            device="cpu",
+        ),
         suites=["libero_spatial"],
         num_trials_per_task=1,
         max_steps=10,
@@ -93,11 +95,10 @@ def test_tiny_oft_preset_trains_and_evaluates_chunked(tmp_path, oft_data_root, o
         center_crop=False,
         video="none",
         num_workers=1,
-        device="cpu",
         progress=False,
         output_dir=str(tmp_path / "eval"),
     )
-    policy = build_openvla_policy(cfg)
+    policy = build_policy(cfg)
     calls, predict = [], policy.policy.predict_batch
     policy.policy.predict_batch = lambda *a, **kw: calls.append(1) or predict(*a, **kw)
     catalog = types.SimpleNamespace(

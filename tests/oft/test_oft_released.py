@@ -176,26 +176,24 @@ def test_run_libero_eval_runs_a_released_directory_with_ofts_protocol(released, 
 
     from oft_helpers import RecordingPool
 
-    from stamo_vla.evaluation import build_openvla_policy
+    from stamo_vla.evaluation import EvalConfig, ReleasedOFTPolicyConfig, build_policy
     from stamo_vla.libero.evaluation import evaluate
-    from stamo_vla.libero.evaluation_config import EvalConfig
     from stamo_vla.libero.protocol import postprocess_action
 
     directory, _ = released
     wait, max_steps = 2, 10
     cfg = EvalConfig(
-        checkpoint=str(directory),
+        policy=ReleasedOFTPolicyConfig(checkpoint=str(directory), device="cpu"),
         suites=["libero_spatial"],
         num_trials_per_task=1,
         max_steps=max_steps,
         num_steps_wait=wait,
         video="none",
         num_workers=2,
-        device="cpu",
         progress=False,
         output_dir=str(tmp_path / "eval"),
     )
-    policy = build_openvla_policy(cfg)
+    policy = build_policy(cfg)
     inner = policy.policy
     assert type(inner).__name__ == "OFTPolicy" and policy.action_chunk == 8 and policy.uses_wrist_image
     assert inner.uses_proprio and inner.unnorm_key == "libero_spatial_no_noops"

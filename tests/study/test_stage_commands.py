@@ -12,8 +12,8 @@ from stamo_vla.configs import parse_config
 
 def _configs() -> dict[str, tuple[type, str]]:
     from stamo_vla.adapter.cache_targets import CacheTargetsConfig
+    from stamo_vla.evaluation import EvalConfig
     from stamo_vla.libero.collect import CollectConfig
-    from stamo_vla.libero.evaluation_config import EvalConfig
     from stamo_vla.study.heldout import HeldoutConfig
     from stamo_vla.study.probe_run import ProbeConfig
     from stamo_vla.training.base_training import BaseTrainConfig
