@@ -149,10 +149,11 @@ def save_config(cfg: object, path: str | os.PathLike) -> None:
 
 
 def load_config(config_cls: type[T], path: str | os.PathLike) -> T:
-    """Load a config saved by `save_config`."""
+    """Load a config saved by `save_config`, one from an older stamo_vla with its old fields mapped
+    (`config_cls.upgrade_saved`) included."""
     import draccus
 
-    with open(path) as f:
+    with _upgraded(config_cls, Path(path)) as upgraded, open(upgraded) as f:
         return draccus.load(config_cls, f)
 
 

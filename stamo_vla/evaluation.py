@@ -128,12 +128,13 @@ class ModelPolicyConfig(PolicyConfig):
         return self.checkpoint
 
     def check_paths(self) -> None:
+        expected = {
+            "policy.checkpoint": "a model directory saved with save_pretrained",
+            "policy.adapter_dir": "an adapter directory written by save_adapter (stamo-vla finetune)",
+        }
         for name, path in self.input_dirs().items():
-            if path is not None and not Path(path).is_dir():
-                raise FileNotFoundError(
-                    f"{name}={path!r} is not a directory. Pass a directory saved with save_pretrained "
-                    f"(policy.type={self.name}: {self.__doc__.splitlines()[0]})"
-                )
+            if not Path(path).is_dir():
+                raise FileNotFoundError(f"{name}={path!r} is not a directory; pass {expected[name]}")
 
     def outcome_settings(self) -> dict[str, Any]:
         # every model kind loads an OpenVLA-family model ("openvla" in configs of earlier versions); which kind

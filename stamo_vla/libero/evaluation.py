@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from stamo_vla import fileio
-from stamo_vla.configs import save_config
+from stamo_vla.configs import load_config, save_config
 from stamo_vla.libero.evaluation_config import EvalConfig
 from stamo_vla.libero.evaluation_loop import PlannedEpisode, RolloutSettings, run_episodes
 from stamo_vla.libero.results import (
@@ -136,7 +136,7 @@ def check_resume_compatible(cfg: EvalConfig, output_dir: Path) -> None:
             "or pass --resume true to continue it"
         )
 
-    recorded, now = outcome_settings(load_eval_config(saved_path)), outcome_settings(cfg)
+    recorded, now = outcome_settings(load_config(EvalConfig, saved_path)), outcome_settings(cfg)
     diff = {f: (recorded.get(f), now.get(f)) for f in {**recorded, **now} if recorded.get(f) != now.get(f)}
     if diff:
         listed = ", ".join(f"{k}: recorded {a!r} vs now {b!r}" for k, (a, b) in diff.items())
@@ -149,15 +149,6 @@ def check_resume_compatible(cfg: EvalConfig, output_dir: Path) -> None:
 def outcome_settings(cfg: EvalConfig) -> dict[str, Any]:
     """The settings of `cfg` that change episode outcomes, by the names evaluation configs have recorded."""
     return {**cfg.policy.outcome_settings(), **{f: getattr(cfg, f) for f in OUTCOME_FIELDS}}
-
-
-def load_eval_config(path: Path) -> EvalConfig:
-    """The `EvalConfig` saved at `path`, one written before the policy was a registered choice included."""
-    import draccus
-    import yaml
-
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    return draccus.decode(EvalConfig, EvalConfig.upgrade_saved(data, Path(path).parent))
 
 
 def rendering_guard(err: BaseException) -> BaseException:
@@ -332,6 +323,6 @@ def summarize_run(output_dir: str | os.PathLike, catalog: Any | None = None) -> 
     config_path = out / CONFIG_YAML
     if not config_path.exists():
         raise FileNotFoundError(f"{config_path} not found; is {str(out)!r} an evaluation output_dir?")
-    cfg = load_eval_config(config_path)
+    cfg = load_config(EvalConfig, config_path)
     planned = plan_episodes(cfg.suites, cfg.task_ids, cfg.num_trials_per_task, catalog)
     return write_summary(out, ResultsStore(out).load(), [e.key for e in planned])

@@ -140,6 +140,40 @@ def test_adapter_dir_is_loaded_on_the_base(tiny_checkpoint, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_merged_token_checkpoint_acts_through_its_action_head(tiny_checkpoint, tmp_path):
+    import torch
+
+    from stamo_vla.adapter import StaMoAdapterConfig, attach, load_adapter, merge, save_adapter
+    from stamo_vla.vla.modeling_openvla import OpenVLAForActionPrediction
+    from stamo_vla.vla.policy import OpenVLAPolicy
+    from stamo_vla.vla.processing_openvla import OpenVLAProcessor
+
+    adapted = attach(
+        OpenVLAForActionPrediction.from_pretrained(tiny_checkpoint),
+        StaMoAdapterConfig(target="none", lora_rank=4),
+    )
+    with torch.no_grad():
+        for name, p in adapted.vla.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.5)
+    save_adapter(adapted, tmp_path / "adapter")
+    loaded = load_adapter(OpenVLAForActionPrediction.from_pretrained(tiny_checkpoint), tmp_path / "adapter")
+    merge(loaded, tmp_path / "merged", processor=OpenVLAProcessor.from_pretrained(tiny_checkpoint))
+    common = dict(suites=["libero_spatial"], output_dir=str(tmp_path / "o"))
+    merged = build_policy(
+        EvalConfig(policy=CheckpointPolicyConfig(checkpoint=str(tmp_path / "merged")), **common)
+    )
+    adapter = AdapterPolicyConfig(checkpoint=str(tiny_checkpoint), adapter_dir=str(tmp_path / "adapter"))
+    unmerged = build_policy(EvalConfig(policy=adapter, **common))
+    assert type(merged.policy) is type(unmerged.policy) is OpenVLAPolicy  # the token head's policy
+    images = [np.random.default_rng(i).integers(0, 256, (224, 224, 3), dtype=np.uint8) for i in range(2)]
+    texts = ["put the bowl on the plate", "open the drawer"]
+    np.testing.assert_allclose(
+        merged.predict_batch(images, texts), unmerged.predict_batch(images, texts), atol=1e-5
+    )
+
+
+@pytest.mark.slow
 def test_4bit_quantized_policy_loads_and_acts(tiny_checkpoint, tmp_path):
     pytest.importorskip("bitsandbytes")
     import bitsandbytes as bnb

@@ -119,14 +119,14 @@ def test_a_merged_oft_checkpoint_evaluates_through_the_oft_policy(oft_dirs, tmp_
         OpenVLAForActionPrediction.from_pretrained(oft_dirs / "base"), oft_dirs / "adapter"
     )
     merge(adapter, tmp_path / "merged", processor=processor)
-    common = dict(suites=["libero_spatial"], device="cpu", progress=False, output_dir=str(tmp_path / "o"))
+    common = dict(suites=["libero_spatial"], progress=False, output_dir=str(tmp_path / "o"))
     merged = build_policy(
-        EvalConfig(policy=CheckpointPolicyConfig(checkpoint=str(tmp_path / "merged")), **common)
+        EvalConfig(policy=CheckpointPolicyConfig(checkpoint=str(tmp_path / "merged"), device="cpu"), **common)
     )
     unmerged = build_policy(
         EvalConfig(
             policy=AdapterPolicyConfig(
-                checkpoint=str(oft_dirs / "base"), adapter_dir=str(oft_dirs / "adapter")
+                checkpoint=str(oft_dirs / "base"), adapter_dir=str(oft_dirs / "adapter"), device="cpu"
             ),
             **common,
         )
