@@ -47,7 +47,9 @@ class Policy:
         return None
 
     def set_suite(self, suite: str) -> str | None:
-        """Act for `suite` from now on (e.g. un-normalize with its statistics); returns the key used, or None."""
+        """Act for `suite` from now on (e.g. un-normalize with its statistics); returns the key used, or None.
+
+        The harness calls it before each suite's episodes (a perturbed suite passes the suite it perturbs)."""
         return None
 
     @staticmethod
