@@ -226,6 +226,13 @@ class AdapterPolicyConfig(ModelPolicyConfig):
         if self.future_video_sample_steps is not None:
             check_positive_int("policy.future_video_sample_steps", self.future_video_sample_steps)
 
+    def check_settings(self, cfg: EvalConfig) -> None:
+        if self.future_video_stamo is not None and cfg.video == "none":
+            raise ValueError(
+                f"policy.future_video_stamo={self.future_video_stamo!r} draws the predicted future state into "
+                "the rollout videos: it needs video 'all' or 'failures', got video='none'"
+            )
+
     def input_dirs(self) -> dict[str, str | None]:
         return {**super().input_dirs(), "policy.adapter_dir": self.adapter_dir}
 

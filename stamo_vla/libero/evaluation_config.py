@@ -137,11 +137,7 @@ class EvalConfig:
         check_positive_int("num_workers", self.num_workers)
         check_positive_int("video_fps", self.video_fps)
         check_positive_int("env_resolution", self.env_resolution)
-        if getattr(self.policy, "future_video_stamo", None) is not None and self.video == "none":
-            raise ValueError(
-                f"policy.future_video_stamo={self.policy.future_video_stamo!r} draws the predicted future state "
-                "into the rollout videos: it needs video 'all' or 'failures', got video='none'"
-            )
+        self.policy.check_settings(self)
 
     def _check_suites(self) -> None:
         if isinstance(self.suites, str):

@@ -46,6 +46,10 @@ class PolicyConfig(draccus.ChoiceRegistry):
         only to a kind that `reads_simulator_state`; the others are built before any worker starts)."""
         raise NotImplementedError(f"{type(self).__name__} must implement build()")
 
+    def check_settings(self, cfg: EvalConfig) -> None:
+        """Raise a ValueError naming the fields when the kind cannot run with the rest of `cfg` (called by
+        `EvalConfig.__post_init__`)."""
+
     def input_dirs(self) -> dict[str, str | None]:
         """The directories the kind reads, by field name (the output folder may not be one of them)."""
         return {}

@@ -132,6 +132,25 @@ def test_short_forms_and_an_old_flat_yaml_parse_into_policy_kinds(tmp_path):
     )
 
 
+def test_a_config_yaml_of_the_flat_layout_loads_with_the_outcome_settings_it_recorded():
+    from pathlib import Path
+
+    from stamo_vla.libero.evaluation import OUTCOME_FIELDS, outcome_settings
+
+    path = Path(__file__).parents[1] / "data" / "fixtures" / "eval_config_flat_layout.yaml"
+    recorded = yaml.safe_load(path.read_text())
+    cfg = load_config(EvalConfig, path)
+    assert cfg.policy == AdapterPolicyConfig(
+        checkpoint="runs/base/model",
+        adapter_dir="runs/arm/adapter",
+        unnorm_key="libero_spatial_no_noops",
+        quantization="4bit",
+    )
+    flat_outcome = ("policy", "checkpoint", "adapter_dir", "unnorm_key", "dtype", "quantization")
+    names = (*flat_outcome, "attn_implementation", *OUTCOME_FIELDS)
+    assert outcome_settings(cfg) == {name: recorded[name] for name in names}
+
+
 def test_a_kind_refuses_a_directory_of_another_kind(tmp_path):
     released = tmp_path / "released"
     released.mkdir()
