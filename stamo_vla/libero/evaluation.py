@@ -315,7 +315,8 @@ def summarize_run(output_dir: str | os.PathLike, catalog: Any | None = None) -> 
     """Rebuild summary.json / summary.md of an output directory from its records and saved config.
 
     Useful when a multi-rank run lost a rank before the merge: the finished episodes of every rank are
-    on disk, and this merges them without running anything.
+    on disk, and this merges them without running anything. The saved config names its policy kind: import
+    `stamo_vla.evaluation` first, which registers the kinds that load models.
     """
     if catalog is None:
         from stamo_vla.libero import env as catalog
