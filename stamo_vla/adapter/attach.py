@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from stamo_vla.adapter.configuration_adapter import StaMoAdapterConfig
+from stamo_vla.adapter.configuration_adapter import CONFIG_NAME, StaMoAdapterConfig, saved_target_shape
 from stamo_vla.adapter.heads import StateHead
 from stamo_vla.adapter.lora import lora_config
 from stamo_vla.adapter.modeling_adapter import StaMoAdapterModel, base_model_of, hidden_size_of
@@ -44,6 +44,8 @@ STATISTICS = "dataset_statistics.json"
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 ADAPTER_KIND = "adapter"
+# the target shape of a head attached without an encoder or a target_shape: a StaMo state (2 tokens x 1024 dims)
+STAMO_STATE_SHAPE = (2, 1024)
 MERGED_KIND = "merged_checkpoint"
 
 
@@ -96,12 +98,41 @@ def base_signature(model: nn.Module) -> dict:
     }
 
 
-def _build_head(model: nn.Module, cfg: StaMoAdapterConfig) -> StateHead | None:
+def _build_head(
+    model: nn.Module, cfg: StaMoAdapterConfig, target_shape: tuple[int, int] | None
+) -> StateHead | None:
     if not cfg.has_head:
         return None
-    return StateHead(
-        hidden_size_of(model), cfg.num_state_tokens, cfg.state_dim, cfg.head_depth, cfg.head_width
-    )
+    return StateHead(hidden_size_of(model), *target_shape, cfg.head_depth, cfg.head_width)
+
+
+def target_shape_of(model: nn.Module) -> tuple[int, int] | None:
+    """(num_state_tokens, state_dim) of the model's target head; None without one."""
+    head = getattr(model, "head", None)
+    return None if head is None else (int(head.num_tokens), int(head.token_dim))
+
+
+def _resolve_target_shape(
+    cfg: StaMoAdapterConfig, facts: dict | None, target_shape: tuple[int, int] | None
+) -> tuple[int, int] | None:
+    """The head's target shape: the encoder's (`facts`), else the one given (a target cache's manifest), else a
+    StaMo state's."""
+    if not cfg.has_head:
+        return None
+    if facts is not None:
+        found = (int(facts["num_state_tokens"]), int(facts["state_dim"]))
+        if target_shape is not None and tuple(target_shape) != found:
+            raise ValueError(
+                f"target_shape={tuple(target_shape)} disagrees with the target encoder, whose targets are "
+                f"{found[0]} x {found[1]}; leave target_shape unset (the encoder fixes it)."
+            )
+        return found
+    shape = tuple(target_shape) if target_shape is not None else STAMO_STATE_SHAPE
+    if len(shape) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape):
+        raise ValueError(
+            f"target_shape={target_shape!r} is not (num_state_tokens, state_dim) as two positive integers"
+        )
+    return shape
 
 
 def init_seed(seed: int, part: str) -> int:
@@ -143,6 +174,7 @@ def attach(
     stamo_decoder: nn.Module | None = None,
     provenance: Provenance | None = None,
     seed: int | None = None,
+    target_shape: tuple[int, int] | None = None,
 ) -> StaMoAdapterModel:
     """Freeze `vla`, add LoRA through peft and the target head; return the trainable model.
 
@@ -150,8 +182,7 @@ def attach(
         vla: a transformers causal VLA whose forward accepts ``input_ids, attention_mask, pixel_values`` and
             returns logits and (with ``output_hidden_states=True``) hidden states. Quantized models are prepared
             with peft's ``prepare_model_for_kbit_training`` first.
-        cfg: adapter config; not modified. The model's own copy (``model.config``) takes ``num_state_tokens`` /
-            ``state_dim`` from `stamo_encoder` when given.
+        cfg: adapter config; not modified (the model keeps its own copy, ``model.config``).
         stamo_encoder: the target's frozen per-frame encoder for on-the-fly targets: a StaMo encoder, or one of
             `stamo_vla.adapter.target_encoders` (not needed with a target cache).
         stamo_decoder: frozen StaMo decoder for the optional decoder loss and for decoding predictions.
@@ -161,14 +192,17 @@ def attach(
         seed: the run seed. When given, the LoRA weights, the target head and the action head's extra modules
             are each drawn from their own generator derived from it (`seeded_init`), so runs with the same seed
             start from the same weights wherever their shapes agree, whatever target encoder was loaded first.
+        target_shape: (num_state_tokens, state_dim) of the head's target when no `stamo_encoder` fixes it (a
+            target cache's manifest records it); None = a StaMo state's `STAMO_STATE_SHAPE`. Saved with the
+            adapter.
     """
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     cfg = dataclasses.replace(cfg)
     record = dataclasses.replace(provenance or Provenance(), base_model=base_signature(vla))
-    if stamo_encoder is not None:
-        facts = target_facts(stamo_encoder)
-        cfg.num_state_tokens, cfg.state_dim = int(facts["num_state_tokens"]), int(facts["state_dim"])
+    facts = target_facts(stamo_encoder) if stamo_encoder is not None else None
+    shape = _resolve_target_shape(cfg, facts, target_shape)
+    if facts is not None:
         record.stamo_fingerprint = facts["encoder_fingerprint"]
     if getattr(vla, "is_loaded_in_4bit", False) or getattr(vla, "is_loaded_in_8bit", False):
         vla = prepare_model_for_kbit_training(vla)
@@ -176,7 +210,7 @@ def attach(
     with seeded_init(seed, "lora"):
         peft_model = get_peft_model(vla, lora_config(vla, cfg))
     with seeded_init(seed, "target_head"):
-        head = _build_head(vla, cfg)
+        head = _build_head(vla, cfg, shape)
     if head is not None:
         head.to(next(vla.parameters()).device)
     with seeded_init(seed, "action_head"):
@@ -233,7 +267,7 @@ def save_adapter(
         if model.head is not None:
             save_weights(model.head.state_dict(), tmp / HEAD_WEIGHTS)
         model.config.action_head.save_extra(model, tmp)
-        model.config.save(tmp)
+        model.config.save(tmp, target_shape_of(model))
         write_provenance(tmp, _provenance_of(model))
         write_json_atomic(tmp / STATISTICS, stats)
     return directory
@@ -273,9 +307,15 @@ def _check_compatible(base: nn.Module, provenance: Provenance, directory: Path) 
 
 
 def _load_head(model_for_size: nn.Module, cfg: StaMoAdapterConfig, directory: Path) -> StateHead | None:
-    head = _build_head(model_for_size, cfg)
-    if head is None:
+    if not cfg.has_head:
         return None
+    shape = saved_target_shape(directory)
+    if shape is None:
+        raise ValueError(
+            f"{directory / CONFIG_NAME} has target={cfg.target!r} but records no target shape (num_state_tokens, "
+            "state_dim); copy the file again from the run that wrote the adapter."
+        )
+    head = _build_head(model_for_size, cfg, shape)
     path = directory / HEAD_WEIGHTS
     if not path.is_file():
         raise FileNotFoundError(f"{directory} has target={cfg.target!r} but no {HEAD_WEIGHTS}")
@@ -390,7 +430,7 @@ def merge(
         if model.head is not None:
             save_weights(model.head.state_dict(), tmp / HEAD_WEIGHTS)
         model.config.action_head.save_extra(model, tmp)
-        model.config.save(tmp)
+        model.config.save(tmp, target_shape_of(model))
         # the merged weights are no longer the base the LoRA weights were trained on: no base signature to check
         write_provenance(tmp, dataclasses.replace(_provenance_of(model), base_model={}))
         if stats:

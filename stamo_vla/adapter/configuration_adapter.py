@@ -22,6 +22,10 @@ LORA_TARGET_PRESETS = ("openvla-upstream", "all-linear")
 # adapter's; the provenance facts moved to provenance.json (`stamo_vla.provenance` reads them from old configs)
 REMOVED_FIELDS = ("stamo_path", *Provenance.fields())
 CONFIG_NAME = "stamo_adapter_config.json"
+# The shape of one target (N tokens x D dims; a StaMo state is 2 x 1024) is fixed by the target encoder or the
+# target cache, never chosen: `attach` reads it from them, and the adapter's saved configuration records it beside
+# the config's fields (`save`, `saved_target_shape`). Configs written before it was derived held it as fields.
+TARGET_SHAPE_FIELDS = ("num_state_tokens", "state_dim")
 
 
 @dataclass
@@ -31,7 +35,8 @@ class StaMoAdapterConfig:
     The defaults follow the paper (lambda_action = lambda_future, future loss = MSE + L1) and upstream OpenVLA's
     LoRA recipe (r=32, alpha=min(r, 16), dropout 0, gaussian init). What an adapter was trained from (encoder
     fingerprint, base-model signature, image augmentation) is not configured: it is recorded in
-    ``provenance.json`` beside this config (`stamo_vla.provenance`).
+    ``provenance.json`` beside this config (`stamo_vla.provenance`). Nor is the target's shape: the target encoder
+    or cache fixes it, and the saved configuration records it (`TARGET_SHAPE_FIELDS`).
     """
 
     # What the head predicts (`stamo_vla.adapter.targets`): "state" = StaMo state s_{t+h}; "motion" = s_{t+h} - s_t;
@@ -62,10 +67,6 @@ class StaMoAdapterConfig:
     head_depth: int = 2
     # Width of the head's hidden layers.
     head_width: int = 1024
-    # Shape of one target (N tokens x D dims; a StaMo state is 2 x 1024). Filled from the target encoder or the
-    # target cache when attached.
-    num_state_tokens: int = 2
-    state_dim: int = 1024
     # Weight of the action loss (token cross-entropy, or L1 for the continuous head).
     lambda_action: float = 1.0
     # Weight of the future loss (MSE + L1 between predicted and target state / motion).
@@ -106,8 +107,6 @@ class StaMoAdapterConfig:
             "horizon",
             "head_depth",
             "head_width",
-            "num_state_tokens",
-            "state_dim",
             "lora_rank",
             "feature_grid",
         ):
@@ -144,9 +143,10 @@ class StaMoAdapterConfig:
     def from_dict(cls, data: dict) -> StaMoAdapterConfig:
         """A config from `to_dict`'s output, or from an adapter config saved before the action head was a
         registered choice (flat ``action_head: l1``, ``action_chunk``, ``num_images``, ...) or before provenance
-        had its own file (its facts are skipped here; `stamo_vla.provenance.read_provenance` reads them)."""
+        had its own file (its facts are skipped here; `stamo_vla.provenance.read_provenance` reads them). The
+        recorded target shape is skipped too (`saved_target_shape` reads it)."""
         data = upgrade_legacy_action_head(data)
-        data = {k: v for k, v in data.items() if k not in REMOVED_FIELDS}
+        data = {k: v for k, v in data.items() if k not in (*REMOVED_FIELDS, *TARGET_SHAPE_FIELDS)}
         unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ValueError(
@@ -164,8 +164,11 @@ class StaMoAdapterConfig:
                 raise
             raise ValueError(str(cause)) from err
 
-    def save(self, directory: str | Path) -> None:
-        write_json_atomic(Path(directory) / CONFIG_NAME, self.to_dict())
+    def save(self, directory: str | Path, target_shape: tuple[int, int] | None = None) -> None:
+        """Write ``<directory>/stamo_adapter_config.json``: the fields, and the head's `target_shape`
+        ((num_state_tokens, state_dim), fixed by the target encoder or cache) when the adapter has a head."""
+        shape = dict(zip(TARGET_SHAPE_FIELDS, map(int, target_shape))) if target_shape is not None else {}
+        write_json_atomic(Path(directory) / CONFIG_NAME, {**self.to_dict(), **shape})
 
     @classmethod
     def load(cls, directory: str | Path) -> StaMoAdapterConfig:
@@ -180,3 +183,24 @@ class StaMoAdapterConfig:
             return cls.from_dict(data)
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from err
+
+
+def saved_target_shape(directory: str | Path) -> tuple[int, int] | None:
+    """The target shape (num_state_tokens, state_dim) an adapter directory's configuration records (None when it
+    records none: an adapter without a head).
+
+    Raises:
+        ValueError: a recorded value is not a positive integer (names the file and the field).
+    """
+    path = Path(directory) / CONFIG_NAME
+    data = read_json(path, "Save the adapter again, or copy the file from the run that wrote it.")
+    if not all(name in data for name in TARGET_SHAPE_FIELDS):
+        return None
+    for name in TARGET_SHAPE_FIELDS:
+        value = data[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(
+                f"{path}: field '{name}' is {value!r}; expected a positive integer (the target's shape, recorded "
+                "when the adapter was saved). Copy the file again from the run that wrote it."
+            )
+    return int(data["num_state_tokens"]), int(data["state_dim"])

@@ -267,7 +267,7 @@ def merge_checkpoint(
         _check_weight_files,
         has_lora,
     )
-    from stamo_vla.adapter.configuration_adapter import StaMoAdapterConfig
+    from stamo_vla.adapter.configuration_adapter import StaMoAdapterConfig, saved_target_shape
     from stamo_vla.data.statistics import load_dataset_statistics
     from stamo_vla.provenance import read_provenance, write_provenance
     from stamo_vla.vla import OpenVLAForActionPrediction, OpenVLAProcessor
@@ -307,7 +307,7 @@ def merge_checkpoint(
         copy_head_files(adapter_dir, tmp, skip=PEFT_WEIGHTS)
         if cfg.has_head and not (tmp / HEAD_WEIGHTS).is_file():
             raise FileNotFoundError(f"{adapter_dir} has target={cfg.target!r} but no {HEAD_WEIGHTS}")
-        cfg.save(tmp)
+        cfg.save(tmp, saved_target_shape(adapter_dir) if cfg.has_head else None)
         # the merged weights are no longer the base the LoRA weights were trained on: no base signature to check
         write_provenance(tmp, dataclasses.replace(provenance, base_model={}))
         write_json_atomic(tmp / STATISTICS, stats)

@@ -67,10 +67,9 @@ def bench_preset(name: str, vla_config, batch_size: int, repeats: int) -> dict:
         base, processor = build_tiny(config=vla_config, seed=0)
         # head width = hidden / 4, the ratio of the paper-scale preset (1024 for Llama-2-7B's 4096)
         width = max(16, base.config.text_config.hidden_size // 4)
-        cfg = StaMoAdapterConfig(
-            target=target, num_state_tokens=shape[0], state_dim=shape[1], lora_rank=8, head_width=width
-        )
-        return attach(base, cfg, stamo_encoder=encoder if with_encoder else None), processor, base
+        cfg = StaMoAdapterConfig(target=target, lora_rank=8, head_width=width)
+        encoder_or_none = encoder if with_encoder else None
+        return attach(base, cfg, stamo_encoder=encoder_or_none, target_shape=shape), processor, base
 
     plain, processor, base = adapter("none", False)
     cached, _, _ = adapter("motion", False)

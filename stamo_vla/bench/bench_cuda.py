@@ -137,15 +137,9 @@ def _attached(config, device: str, dtype: torch.dtype, state_shape: tuple[int, i
 
     base = build_model(config, device, dtype)
     width = max(16, config.text_config.hidden_size // 4)  # 1024 for Llama-2-7B, the paper-scale head
-    cfg = StaMoAdapterConfig(
-        num_state_tokens=state_shape[0],
-        state_dim=state_shape[1],
-        head_width=width,
-        lora_rank=LORA_RANK,
-        **adapter_kwargs,
-    )
+    cfg = StaMoAdapterConfig(head_width=width, lora_rank=LORA_RANK, **adapter_kwargs)
     with contextlib.redirect_stdout(None):  # the parameter summary, once per model
-        return attach(base, cfg)
+        return attach(base, cfg, target_shape=state_shape)
 
 
 def _train_step(model, batch: dict, device: str):

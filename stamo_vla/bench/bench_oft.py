@@ -33,10 +33,8 @@ def _time(fns: dict, repeats: int) -> dict:
 def _adapter(config, device: str, **adapter_kwargs):
     base, processor = build_tiny(config=config, seed=0)
     hidden = base.config.text_config.hidden_size
-    cfg = StaMoAdapterConfig(
-        target="state", num_state_tokens=2, state_dim=64, head_width=hidden, lora_rank=8, **adapter_kwargs
-    )
-    return attach(base.to(device), cfg).eval(), processor
+    cfg = StaMoAdapterConfig(target="state", head_width=hidden, lora_rank=8, **adapter_kwargs)
+    return attach(base.to(device), cfg, target_shape=(2, 64)).eval(), processor
 
 
 def _inputs(processor, batch_size: int, num_images: int, device: str) -> dict:

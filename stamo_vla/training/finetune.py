@@ -106,20 +106,19 @@ def _cache_manifests(cfg: FinetuneConfig) -> list[dict]:
     return manifests
 
 
-def _adopt_cache_shape(cfg: FinetuneConfig) -> str:
-    """Without an encoder, the head's target shape comes from the target cache; returns the encoder fingerprint
-    its manifest records (every dataset's cache must match it)."""
+def cache_target_shape(cfg: FinetuneConfig) -> tuple[int, int]:
+    """The target shape (num_state_tokens, state_dim) the first target cache's manifest records: without an
+    encoder, it fixes the head's shape (recorded with the adapter, never in the run's config)."""
     manifest = _cache_manifests(cfg)[0]
-    cfg.adapter.num_state_tokens = int(manifest["num_state_tokens"])
-    cfg.adapter.state_dim = int(manifest["state_dim"])
-    return manifest["encoder_fingerprint"]
+    return int(manifest["num_state_tokens"]), int(manifest["state_dim"])
 
 
 def target_encoder(cfg: FinetuneConfig, stamo_encoder, base, processor) -> tuple[Any, str | None]:
     """(the target's frozen per-frame encoder or None, the encoder fingerprint every target cache must have).
 
     Built before LoRA is attached (target features copies the base's vision backbone). Without an encoder (a
-    StaMo target and no stamo_path) the head's shape and the fingerprint come from the first cache. Caches of
+    StaMo target and no stamo_path) the fingerprint comes from the first cache (the head's shape too:
+    `cache_target_shape`). Caches of
     another target are refused.
     """
     encoder = None
@@ -128,7 +127,7 @@ def target_encoder(cfg: FinetuneConfig, stamo_encoder, base, processor) -> tuple
     if not (cfg.data.use_target_cache and cfg.adapter.has_head):
         return encoder, None  # None = any cache
     if encoder is None:
-        return None, _adopt_cache_shape(cfg)
+        return None, _cache_manifests(cfg)[0]["encoder_fingerprint"]
     _cache_manifests(cfg)
     return encoder, target_facts(encoder)["encoder_fingerprint"]
 
@@ -179,8 +178,15 @@ def build_model(
         model.set_stamo(encoder, decoder)
         return model
     provenance = dataclasses.replace(cfg.provenance(), stamo_fingerprint=stamo_fingerprint)
+    from_cache = encoder is None and cfg.adapter.has_head and cfg.data.use_target_cache
     return attach(
-        base, cfg.adapter, stamo_encoder=encoder, stamo_decoder=decoder, provenance=provenance, seed=cfg.seed
+        base,
+        cfg.adapter,
+        stamo_encoder=encoder,
+        stamo_decoder=decoder,
+        provenance=provenance,
+        seed=cfg.seed,
+        target_shape=cache_target_shape(cfg) if from_cache else None,
     )
 
 
@@ -277,7 +283,7 @@ def _build(cfg: FinetuneConfig, run_dir: Path, resume_from: Path | None, acceler
         targets = cache_fingerprint or facts.get("encoder_fingerprint")
         resume_config.check_fixed(
             cfg.to_dict(),
-            _checkpoint_adapter(resume_from),
+            resume_config.checkpoint_adapter_config(resume_from),
             None,
             resume_from,
             read_provenance(resume_from / "model"),
@@ -299,11 +305,6 @@ def _build(cfg: FinetuneConfig, run_dir: Path, resume_from: Path | None, acceler
     if resume_from is None:  # a resumed head keeps the statistics it was trained with
         fit_target_statistics(cfg, model, loader, accelerator)
     return model, dataset, loader
-
-
-def _checkpoint_adapter(checkpoint: Path) -> dict:
-    path = checkpoint / "model" / "stamo_adapter_config.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def load_metrics(run_dir: str | Path) -> list[dict]:

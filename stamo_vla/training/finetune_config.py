@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import draccus
 
 from stamo_vla.adapter.action_heads import upgrade_legacy_action_head
-from stamo_vla.adapter.configuration_adapter import REMOVED_FIELDS, StaMoAdapterConfig
+from stamo_vla.adapter.configuration_adapter import REMOVED_FIELDS, TARGET_SHAPE_FIELDS, StaMoAdapterConfig
 from stamo_vla.configs import check_choice, check_positive_int
 from stamo_vla.data.config import DataConfig
 from stamo_vla.provenance import Provenance
@@ -171,9 +172,12 @@ class FinetuneConfig(RunConfig):
     @classmethod
     def upgrade_saved(cls, data: dict, run_dir: str | Path | None = None) -> dict:
         """A saved config.yaml with old field names mapped (run fields, the adapter's flat action-head fields) and
-        the provenance fields older configs held dropped (provenance.json beside the adapter records them)."""
+        the provenance fields older configs held dropped (provenance.json beside the adapter records them), and
+        so the target shape they held (the target encoder or cache fixes it; the adapter records it), with a
+        deprecation note."""
         data = super().upgrade_saved(data, run_dir)
         if isinstance(data.get("adapter"), dict):
+            data["adapter"] = _drop_derived_shape(data["adapter"], run_dir)
             data["adapter"] = {
                 k: v
                 for k, v in upgrade_legacy_action_head(data["adapter"]).items()
@@ -182,3 +186,19 @@ class FinetuneConfig(RunConfig):
         if isinstance(data.get("data"), dict):
             data["data"] = {k: v for k, v in data["data"].items() if k not in REMOVED_DATA_FIELDS}
         return data
+
+
+def _drop_derived_shape(adapter: dict, run_dir: str | Path | None) -> dict:
+    """`adapter` without the target-shape fields configs saved before the shape was derived held."""
+    held = [name for name in TARGET_SHAPE_FIELDS if name in adapter]
+    if not held:
+        return adapter
+    where = f"{Path(run_dir) / 'config.yaml'}" if run_dir is not None else "the saved config"
+    warnings.warn(
+        f"{where} holds adapter.{', adapter.'.join(held)} ({', '.join(repr(adapter[n]) for n in held)}): these "
+        "are no longer config fields, as the target encoder or the target cache fixes the target's shape (the "
+        "adapter's stamo_adapter_config.json records it). They are ignored; remove them from the file.",
+        FutureWarning,
+        stacklevel=3,
+    )
+    return {k: v for k, v in adapter.items() if k not in held}

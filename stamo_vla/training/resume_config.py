@@ -19,14 +19,13 @@ import os
 import warnings
 from pathlib import Path
 
-from stamo_vla.fileio import append_jsonl, write_text_atomic
+from stamo_vla.adapter.configuration_adapter import CONFIG_NAME, TARGET_SHAPE_FIELDS
+from stamo_vla.fileio import append_jsonl, read_json, write_text_atomic
 from stamo_vla.provenance import Provenance, read_provenance
 from stamo_vla.training.finetune_config import FinetuneConfig
 
 CHANGES_FILE = "config_changes.jsonl"
 HISTORY_DIR = "config_history"
-# filled in from the StaMo encoder / target cache at run time, not chosen by the user
-DERIVED_ADAPTER_FIELDS = ("num_state_tokens", "state_dim")
 FIXED_TOP_LEVEL = ("vla_path", "load_in_4bit")
 # how to resume (not what runs) or derived from adapter fields checked above
 IGNORED = ("resume", "run_dir", "data.horizon", "data.action_chunk")
@@ -76,10 +75,12 @@ def check_fixed(
             targets.
     """
     current = _flatten(cfg_dict)
-    saved_adapter = FinetuneConfig.upgrade_saved({"adapter": checkpoint_adapter})["adapter"]
+    # the checkpoint's target shape is the record of what its encoder or cache fixed, not a config field
+    chosen = {k: v for k, v in checkpoint_adapter.items() if k not in TARGET_SHAPE_FIELDS}
+    saved_adapter = FinetuneConfig.upgrade_saved({"adapter": chosen})["adapter"]
     diffs = []
     for key, saved in _flatten(saved_adapter, "adapter.").items():
-        if key.split(".")[1] in DERIVED_ADAPTER_FIELDS or key not in current:
+        if key not in current:
             continue
         if saved != current[key]:
             diffs.append(f"{key}: checkpoint {saved!r}, now {current[key]!r}")
@@ -112,6 +113,14 @@ def _encoder_change(provenance: Provenance | None, current: str | None) -> list[
         f"StaMo encoder: the head learned the states of encoder {recorded[:12]} (stamo_fingerprint in "
         f"{provenance.source}), the targets now come from encoder {current[:12]} (stamo_path / target caches)"
     ]
+
+
+def checkpoint_adapter_config(checkpoint: Path) -> dict:
+    """The adapter configuration a training checkpoint saved (``model/stamo_adapter_config.json``; {} if none)."""
+    path = checkpoint / "model" / CONFIG_NAME
+    if not path.is_file():
+        return {}
+    return read_json(path, "The checkpoint is damaged: resume from an earlier one, or start a new run_dir.")
 
 
 def allowed_changes(cfg_dict: dict, previous: dict) -> dict[str, dict]:
@@ -155,8 +164,7 @@ def reconcile(
         The allowed changes ({} when the config is unchanged or the run has no previous config.yaml).
     """
     run_dir = Path(run_dir)
-    adapter_file = checkpoint / "model" / "stamo_adapter_config.json"
-    checkpoint_adapter = json.loads(adapter_file.read_text()) if adapter_file.is_file() else {}
+    checkpoint_adapter = checkpoint_adapter_config(checkpoint)
     config_file = run_dir / "config.yaml"
     previous = _load_yaml(config_file) if config_file.is_file() else None
     if previous is not None:  # a config saved before a field was renamed compares under the current names

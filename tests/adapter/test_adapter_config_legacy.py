@@ -61,16 +61,16 @@ def test_an_adapter_directory_with_an_old_config_loads_and_predicts_the_same(tmp
     from stamo_vla.vla.processing_openvla import build_prompt
 
     base, processor = build_tiny(seed=0)
-    model = attach(
-        base, StaMoAdapterConfig(target="state", num_state_tokens=2, state_dim=8, head_width=16, lora_rank=4)
-    )
+    model = attach(base, StaMoAdapterConfig(target="state", head_width=16, lora_rank=4), target_shape=(2, 8))
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.05)
     save_adapter(model, tmp_path / "adapter", dataset_statistics=base.norm_stats)
     path = tmp_path / "adapter" / CONFIG_NAME
-    path.write_text(json.dumps(_old_format(StaMoAdapterConfig.from_dict(json.loads(path.read_text())))))
+    saved = json.loads(path.read_text())  # old configs held the target shape among their fields, as it is saved
+    shape = {"num_state_tokens": saved["num_state_tokens"], "state_dim": saved["state_dim"]}
+    path.write_text(json.dumps(_old_format(StaMoAdapterConfig.from_dict(saved), **shape)))
 
     loaded = load_adapter(build_tiny(seed=0)[0], tmp_path / "adapter").eval()
     assert loaded.config == model.config

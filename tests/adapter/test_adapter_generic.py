@@ -72,8 +72,6 @@ def toy_batch(batch_size=3, seed=0):
 def small_cfg(**kw):
     base = dict(
         target="state",
-        num_state_tokens=2,
-        state_dim=8,
         head_width=16,
         lora_rank=4,
         lora_target_modules="all-linear",
@@ -82,7 +80,7 @@ def small_cfg(**kw):
 
 
 def test_only_lora_and_head_train_and_base_stays_bit_identical():
-    model = attach(tiny_llava(), small_cfg())
+    model = attach(tiny_llava(), small_cfg(), target_shape=(2, 8))
     before = frozen_state_digest(model.vla)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n or n.startswith("head.") for n in trainable)
@@ -108,26 +106,26 @@ def test_only_lora_and_head_train_and_base_stays_bit_identical():
 
 
 def test_loss_is_weighted_sum_of_action_and_future_losses():
-    model = attach(tiny_llava(), small_cfg(lambda_action=1.0, lambda_future=0.5))
+    model = attach(tiny_llava(), small_cfg(lambda_action=1.0, lambda_future=0.5), target_shape=(2, 8))
     loss, m = model(toy_batch())
     assert loss.item() == pytest.approx(m["loss_action"] + 0.5 * (m["future_mse"] + m["future_l1"]), rel=1e-5)
 
 
 def test_motion_target_is_future_minus_current():
-    model = attach(tiny_llava(), small_cfg(target="motion"))
+    model = attach(tiny_llava(), small_cfg(target="motion"), target_shape=(2, 8))
     batch = toy_batch()
     assert torch.equal(model.targets(batch), batch[K.FUTURE_STATE] - batch[K.STATE])
 
 
 def test_target_none_is_plain_lora_without_head():
-    model = attach(tiny_llava(), small_cfg(target="none"))
+    model = attach(tiny_llava(), small_cfg(target="none"), target_shape=(2, 8))
     assert model.head is None
     _, metrics = model(toy_batch())
     assert "future_mse" not in metrics
 
 
 def test_action_free_rows_contribute_no_action_loss():
-    model = attach(tiny_llava(), small_cfg())
+    model = attach(tiny_llava(), small_cfg(), target_shape=(2, 8))
     batch = toy_batch()
     prompt_length = torch.full((3,), batch[K.INPUT_IDS].shape[1] - 8)
     free = {**batch, K.HAS_ACTION: torch.tensor([False, False, False]), K.PROMPT_LENGTH: prompt_length}
@@ -139,7 +137,7 @@ def test_action_free_rows_contribute_no_action_loss():
 
 
 def test_readout_reads_the_position_before_the_first_action_token():
-    model = attach(tiny_llava(), small_cfg())
+    model = attach(tiny_llava(), small_cfg(), target_shape=(2, 8))
     batch = toy_batch()
     prompt_length = torch.full((3,), batch[K.INPUT_IDS].shape[1] - 8)
     # the same readout whether it is located from the labels or from the explicit prompt length
@@ -149,7 +147,7 @@ def test_readout_reads_the_position_before_the_first_action_token():
 
 
 def test_save_load_round_trip_gives_identical_outputs(tmp_path):
-    model = attach(tiny_llava(), small_cfg())
+    model = attach(tiny_llava(), small_cfg(), target_shape=(2, 8))
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:
@@ -175,7 +173,7 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path):
 def test_adapter_for_a_different_base_is_refused(tmp_path):
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-    model = attach(tiny_llava(), small_cfg())
+    model = attach(tiny_llava(), small_cfg(), target_shape=(2, 8))
     save_adapter(model, tmp_path / "adapter", dataset_statistics=STATS)
     vc = CLIPVisionConfig(
         hidden_size=32,
@@ -196,7 +194,7 @@ def test_adapter_for_a_different_base_is_refused(tmp_path):
 
 
 def test_missing_statistics_and_unknown_target_are_clear_errors(tmp_path):
-    model = attach(tiny_llava(), small_cfg())
+    model = attach(tiny_llava(), small_cfg(), target_shape=(2, 8))
     with pytest.raises(ValueError, match="dataset statistics"):
         save_adapter(model, tmp_path / "a")
     with pytest.raises(
@@ -224,7 +222,7 @@ def test_decoder_loss_trains_the_head_through_the_frozen_decoder():
     stamo = StaMoAutoencoder(tiny_config())
     model = attach(
         tiny_llava(),
-        small_cfg(state_dim=64, lambda_decoder=1.0),
+        small_cfg(lambda_decoder=1.0),
         stamo_encoder=stamo.encoder,
         stamo_decoder=stamo.decoder,
     )

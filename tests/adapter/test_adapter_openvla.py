@@ -35,10 +35,11 @@ def batch_for(processor, n=2, seed=0):
     return transform.collate_samples(samples)
 
 
+SHAPE = (2, 16)  # (num_state_tokens, state_dim) of a head attached without an encoder
+
+
 def cfg(**kw):
-    return StaMoAdapterConfig(
-        **{**dict(target="state", num_state_tokens=2, state_dim=16, head_width=16, lora_rank=4), **kw}
-    )
+    return StaMoAdapterConfig(**{**dict(target="state", head_width=16, lora_rank=4), **kw})
 
 
 def randomize_lora(model):
@@ -52,7 +53,7 @@ def test_merged_model_matches_base_plus_adapter_and_loads_with_the_policy_loader
     from stamo_vla.vla import OpenVLAForActionPrediction
 
     base, processor = tiny_openvla(tmp_path / "base")
-    model = attach(base, cfg())
+    model = attach(base, cfg(), target_shape=SHAPE)
     randomize_lora(model)
     model.eval()
     batch = batch_for(processor)
@@ -84,7 +85,7 @@ def test_merge_command_writes_the_upstream_layout(tmp_path):
     from stamo_vla.vla import OpenVLAForActionPrediction
 
     base, _ = tiny_openvla(tmp_path / "base")
-    model = attach(base, cfg())
+    model = attach(base, cfg(), target_shape=SHAPE)
     randomize_lora(model)
     save_adapter(model, tmp_path / "adapter")
     assert (
@@ -117,7 +118,7 @@ def test_frozen_base_is_bit_identical_after_training_steps():
     from stamo_vla.adapter.attach import frozen_state_digest
 
     base, processor = tiny_openvla()
-    model = attach(base, cfg(target="motion"))
+    model = attach(base, cfg(target="motion"), target_shape=SHAPE)
     batch = batch_for(processor, n=3)
     batch[K.STATE] = torch.randn(3, 2, 16)
     before = frozen_state_digest(model.vla)
@@ -139,9 +140,7 @@ def test_predict_action_is_unchanged_without_the_head_and_returns_future_states_
     torch.manual_seed(0)
     stamo = StaMoAutoencoder(tiny_config()).eval()
     base, processor = tiny_openvla()
-    model = attach(
-        base, cfg(target="motion", state_dim=64), stamo_encoder=stamo.encoder, stamo_decoder=stamo.decoder
-    )
+    model = attach(base, cfg(target="motion"), stamo_encoder=stamo.encoder, stamo_decoder=stamo.decoder)
     randomize_lora(model)
     model.eval()
     rng = np.random.default_rng(0)
@@ -169,7 +168,7 @@ def test_readout_hidden_state_matches_training_position():
     from stamo_vla.adapter.losses import readout_positions
 
     base, processor = tiny_openvla()
-    model = attach(base, cfg(target="state"))
+    model = attach(base, cfg(target="state"), target_shape=SHAPE)
     randomize_lora(model)
     model.eval()
     batch = batch_for(processor, n=2)
@@ -200,7 +199,7 @@ def test_live_stamo_encoder_stays_frozen_and_bit_identical():
     encoder = StaMoEncoder(tiny_config())
     before = fingerprint(encoder)
     base, processor = tiny_openvla()
-    model = attach(base, cfg(target="motion", state_dim=64), stamo_encoder=encoder)
+    model = attach(base, cfg(target="motion"), stamo_encoder=encoder)
     batch = batch_for(processor, n=2)
     batch.pop(K.FUTURE_STATE)
     batch[K.STAMO_PIXELS], batch[K.FUTURE_STAMO_PIXELS] = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)

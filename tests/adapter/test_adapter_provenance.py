@@ -56,8 +56,13 @@ def saved(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("provenance")
     base, processor = build_tiny(seed=0)
-    cfg = StaMoAdapterConfig(target="state", num_state_tokens=2, state_dim=8, head_width=16, lora_rank=4)
-    model = attach(base, cfg, provenance=Provenance(stamo_fingerprint="f00d", trained_with_image_aug=True))
+    cfg = StaMoAdapterConfig(target="state", head_width=16, lora_rank=4)
+    model = attach(
+        base,
+        cfg,
+        target_shape=(2, 8),
+        provenance=Provenance(stamo_fingerprint="f00d", trained_with_image_aug=True),
+    )
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:

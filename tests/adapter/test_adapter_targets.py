@@ -30,10 +30,11 @@ def _stamo_encoder(seed: int = 0):
     return StaMoEncoder(tiny_config()).eval()
 
 
+SHAPE = (2, 8)  # (num_state_tokens, state_dim) of a head attached without an encoder
+
+
 def _cfg(target: str, **kw) -> StaMoAdapterConfig:
-    return StaMoAdapterConfig(
-        **{**dict(target=target, num_state_tokens=2, state_dim=8, head_width=16, lora_rank=4), **kw}
-    )
+    return StaMoAdapterConfig(**{**dict(target=target, head_width=16, lora_rank=4), **kw})
 
 
 def _prompt(processor, seed: int = 0):
@@ -155,7 +156,7 @@ def test_same_seed_gives_every_arm_the_same_lora_and_action_head_weights():
     base, _ = build_tiny(seed=0)
     torch.manual_seed(123)
     _stamo_encoder(5)
-    unpaired = attach(base, _cfg("state", action_head=l1))
+    unpaired = attach(base, _cfg("state", action_head=l1), target_shape=SHAPE)
     lora_a = next(n for n in ref if "lora_A" in n)
     assert not torch.equal(_lora_and_heads(unpaired)[lora_a], ref[lora_a])
 
@@ -178,7 +179,7 @@ def test_standardization_round_trip_and_the_loss_sees_standardized_targets():
     from stamo_vla.vla import build_tiny
 
     base, _ = build_tiny(seed=0)
-    model = attach(base, _cfg("state"), seed=0)
+    model = attach(base, _cfg("state"), seed=0, target_shape=SHAPE)
     model.head.set_target_statistics(rng.normal(size=(2, 8)), rng.uniform(0.5, 3, (2, 8)))
     readout = torch.randn(3, model.head.mlp[0].normalized_shape[0])
     target = torch.randn(3, 2, 8)
@@ -194,7 +195,7 @@ def test_head_statistics_are_saved_loaded_and_absent_ones_mean_raw_targets(tmp_p
     from stamo_vla.vla import build_tiny
 
     base, processor = build_tiny(seed=0)
-    model = attach(base, _cfg("motion"), seed=0).eval()
+    model = attach(base, _cfg("motion"), seed=0, target_shape=SHAPE).eval()
     rng = np.random.default_rng(1)
     model.head.set_target_statistics(rng.normal(size=(2, 8)), rng.uniform(0.5, 2, (2, 8)))
     save_adapter(model, tmp_path / "a", dataset_statistics=base.norm_stats)

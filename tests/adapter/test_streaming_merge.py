@@ -27,10 +27,9 @@ def saved(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("streaming_merge")
     base, processor = build_tiny(save_dir=root / "base32", seed=0)
-    cfg = StaMoAdapterConfig(
-        target="state", num_state_tokens=2, state_dim=16, head_width=16, lora_rank=4
-    )  # lora_target_modules defaults to upstream's set: every linear, lm_head and the patch-embedding convs
-    model = attach(base, cfg)
+    # lora_target_modules defaults to upstream's set: every linear, lm_head and the patch-embedding convs
+    cfg = StaMoAdapterConfig(target="state", head_width=16, lora_rank=4)
+    model = attach(base, cfg, target_shape=(2, 16))
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:

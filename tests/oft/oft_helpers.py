@@ -9,6 +9,9 @@ from stamo_vla import keys as K
 CHUNK = 4  # small K keeps the tiny tests fast; the presets use K = 8
 
 
+STATE_SHAPE = (2, 8)  # (num_state_tokens, state_dim) of the head, attached without an encoder
+
+
 def oft_config(**overrides):
     """An l1-head adapter config; `overrides` may name fields of the adapter or of its action head."""
     import dataclasses
@@ -19,9 +22,7 @@ def oft_config(**overrides):
     head_fields = {f.name for f in dataclasses.fields(L1ActionHead)}
     head = dict(action_chunk=CHUNK, num_images=2, use_proprio=True, width=32)
     head.update({k: v for k, v in overrides.items() if k in head_fields})
-    kwargs = dict(
-        target="state", head_width=16, num_state_tokens=2, state_dim=8, lora_rank=4, lora_init="default"
-    )
+    kwargs = dict(target="state", head_width=16, lora_rank=4, lora_init="default")
     kwargs.update({k: v for k, v in overrides.items() if k not in head_fields})
     return StaMoAdapterConfig(**kwargs, action_head=L1ActionHead(**head))
 
@@ -34,7 +35,7 @@ def make_oft(seed: int = 0, **overrides):
     from stamo_vla.vla import build_tiny
 
     base, processor = build_tiny(seed=seed)
-    model = attach(base, oft_config(**overrides))
+    model = attach(base, oft_config(**overrides), target_shape=STATE_SHAPE)
     with torch.no_grad():
         gen = torch.Generator().manual_seed(seed + 1)
         for name, p in model.named_parameters():

@@ -6,7 +6,7 @@ import types
 
 import numpy as np
 import pytest
-from oft_helpers import CHUNK, RecordingPool, oft_config
+from oft_helpers import CHUNK, STATE_SHAPE, RecordingPool, oft_config
 
 from stamo_vla.evaluation import AdapterPolicyConfig, CheckpointPolicyConfig, EvalConfig
 from stamo_vla.libero.evaluation import evaluate
@@ -34,7 +34,7 @@ def oft_dirs(tmp_path_factory):
         "mean": [0.0] * 8,
         "std": [1.0] * 8,
     }
-    model = attach(base, oft_config())
+    model = attach(base, oft_config(), target_shape=STATE_SHAPE)
     save_adapter(model, root / "adapter", dataset_statistics=stats)
     return root
 

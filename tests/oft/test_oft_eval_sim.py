@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from oft_helpers import CHUNK, oft_config
+from oft_helpers import CHUNK, STATE_SHAPE, oft_config
 
 from stamo_vla.evaluation import AdapterPolicyConfig, EvalConfig
 from stamo_vla.libero.evaluation import evaluate
@@ -21,7 +21,7 @@ def test_tiny_oft_adapter_short_sim_run(tmp_path):
     from stamo_vla.vla.tiny import TINY_DATASET
 
     base, _ = build_tiny(save_dir=tmp_path / "base")
-    save_adapter(attach(base, oft_config()), tmp_path / "adapter")
+    save_adapter(attach(base, oft_config(), target_shape=STATE_SHAPE), tmp_path / "adapter")
     cfg = EvalConfig(
         policy=AdapterPolicyConfig(
             checkpoint=str(tmp_path / "base"),

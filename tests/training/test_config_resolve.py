@@ -43,6 +43,7 @@ def test_a_conflicting_user_value_names_both_fields(args, message):
 
 def test_attach_leaves_the_callers_config_alone():
     from stamo_vla.adapter import attach
+    from stamo_vla.adapter.attach import target_shape_of
     from stamo_vla.stamo import StaMoEncoder, tiny_config
     from stamo_vla.vla import build_tiny
 
@@ -51,8 +52,5 @@ def test_attach_leaves_the_callers_config_alone():
     encoder = StaMoEncoder(tiny_config())
     model = attach(build_tiny(seed=0)[0], cfg, stamo_encoder=encoder)
     assert cfg.to_dict() == before
-    assert (model.config.num_state_tokens, model.config.state_dim) == (
-        encoder.config.num_state_tokens,
-        encoder.config.state_dim,
-    )
+    assert target_shape_of(model) == (encoder.config.num_state_tokens, encoder.config.state_dim)
     assert model.provenance.base_model and model.provenance.stamo_fingerprint

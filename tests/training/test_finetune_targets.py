@@ -66,6 +66,7 @@ def test_target_caches_trains_saves_loads_and_predicts(
     tmp_path, toy_data_root, tiny_stamo_dir, base_dir, target
 ):
     from stamo_vla.adapter import load_adapter
+    from stamo_vla.adapter.attach import target_shape_of
     from stamo_vla.vla import OpenVLAForActionPrediction, OpenVLAProcessor
     from stamo_vla.vla.processing_openvla import build_prompt
 
@@ -83,10 +84,7 @@ def test_target_caches_trains_saves_loads_and_predicts(
     base = OpenVLAForActionPrediction.from_pretrained(base_dir)
     adapter = load_adapter(base, result.adapter_dir).eval()
     shape = (manifest["num_state_tokens"], manifest["state_dim"])
-    assert (
-        adapter.config.target == target
-        and (adapter.config.num_state_tokens, adapter.config.state_dim) == shape
-    )
+    assert adapter.config.target == target and target_shape_of(adapter) == shape
     assert adapter.provenance.stamo_fingerprint == manifest["encoder_fingerprint"]
     stats = target_statistics([cache_root / DATASET], cfg.adapter.horizon, difference=False)
     torch.testing.assert_close(adapter.head.target_mean, torch.from_numpy(stats["mean"]))
