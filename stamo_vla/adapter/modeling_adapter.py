@@ -108,7 +108,9 @@ class StaMoAdapterModel(nn.Module):
         return self._encode(batch[K.STAMO_PIXELS]) if current is None else current
 
     # ------------------------------------------------------------------ forward
-    def _readout(self, hidden: torch.Tensor, batch: dict, offset: int) -> torch.Tensor:
+    def readout(self, hidden: torch.Tensor, batch: dict, offset: int) -> torch.Tensor:
+        """The hidden state the head reads, (B, H), from the last-layer `hidden` (B, L, H) whose first `offset`
+        positions past BOS are inserted (vision) tokens."""
         if self.config.readout == "mean_vision":
             if offset <= 0:
                 raise ValueError(
@@ -135,7 +137,7 @@ class StaMoAdapterModel(nn.Module):
         if self.head is not None:
             hidden = outputs.hidden_states[-1]
             offset = hidden.shape[1] - batch[K.INPUT_IDS].shape[1]
-            loss = loss + self.future_terms(self._readout(hidden, batch, offset), batch, metrics)
+            loss = loss + self.future_terms(self.readout(hidden, batch, offset), batch, metrics)
         metrics["loss"] = loss.item()
         return loss, metrics
 
