@@ -1,4 +1,5 @@
-"""Test-wide settings: offline, headless rendering, small thread pools, `gpu` marker handling."""
+"""Test-wide settings (offline, headless rendering, small thread pools, `gpu` marker handling) and the fixtures
+every test folder shares."""
 
 import os
 
@@ -28,6 +29,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_stamo_dir(tmp_path_factory):
+    """A random-init tiny StaMo autoencoder (`stamo_vla.stamo.tiny_config`, torch seed 0) saved once per session;
+    read it with ``StaMoAutoencoder.from_pretrained`` or ``StaMoEncoder.from_pretrained``, never write into it."""
+    import torch
+
+    from stamo_vla.stamo import StaMoAutoencoder, tiny_config
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        path = tmp_path_factory.mktemp("stamo") / "tiny_stamo"
+        StaMoAutoencoder(tiny_config()).save_pretrained(path)
+    return path
 
 
 @pytest.fixture(autouse=True)

@@ -68,7 +68,9 @@ def test_an_adapter_directory_with_an_old_config_loads_and_predicts_the_same(tmp
                 p.normal_(0, 0.05)
     save_adapter(model, tmp_path / "adapter", dataset_statistics=base.norm_stats)
     path = tmp_path / "adapter" / CONFIG_NAME
-    saved = json.loads(path.read_text())  # old configs held the target shape among their fields, as it is saved
+    saved = json.loads(
+        path.read_text()
+    )  # old configs held the target shape among their fields, as it is saved
     shape = {"num_state_tokens": saved["num_state_tokens"], "state_dim": saved["state_dim"]}
     path.write_text(json.dumps(_old_format(StaMoAdapterConfig.from_dict(saved), **shape)))
 

@@ -1,4 +1,5 @@
-"""Fixtures of the OFT-variant tests: a toy RLDS dataset with wrist camera + proprio, and a tiny StaMo checkpoint."""
+"""Fixtures of the OFT-variant tests: a toy RLDS dataset with wrist camera + proprio (the tiny StaMo checkpoint is
+tests/conftest.py's `tiny_stamo_dir`)."""
 
 from __future__ import annotations
 
@@ -13,15 +14,3 @@ def oft_data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("oft_data")
     write_rlds_dataset((toy_episode(i) for i in range(6)), root, OFT_DATASET)
     return root
-
-
-@pytest.fixture(scope="session")
-def oft_stamo_dir(tmp_path_factory):
-    import torch
-
-    from stamo_vla.stamo import StaMoAutoencoder, tiny_config
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("oft_stamo") / "tiny_stamo"
-    StaMoAutoencoder(tiny_config()).save_pretrained(path)
-    return path

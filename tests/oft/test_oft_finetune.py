@@ -66,11 +66,11 @@ def test_preset_wires_the_data_to_the_variant(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_oft_preset_trains_and_evaluates_chunked(tmp_path, oft_data_root, oft_stamo_dir):
+def test_tiny_oft_preset_trains_and_evaluates_chunked(tmp_path, oft_data_root, tiny_stamo_dir):
     from stamo_vla.evaluation import AdapterPolicyConfig, EvalConfig, build_policy
     from stamo_vla.libero.evaluation import evaluate
 
-    result = finetune(oft_cfg(tmp_path, oft_data_root, oft_stamo_dir))
+    result = finetune(oft_cfg(tmp_path, oft_data_root, tiny_stamo_dir))
     metrics = load_metrics(result.run_dir)
     l1 = [m["train/action_l1"] for m in metrics if "train/action_l1" in m]
     assert len(l1) == STEPS

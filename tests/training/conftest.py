@@ -1,4 +1,5 @@
-"""A small RLDS dataset whose actions are visible in the frames, and a tiny StaMo checkpoint."""
+"""A small RLDS dataset whose actions are visible in the frames (the tiny StaMo checkpoint is tests/conftest.py's
+`tiny_stamo_dir`)."""
 
 from __future__ import annotations
 
@@ -42,18 +43,6 @@ def toy_data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("finetune_data")
     write_rlds_dataset((push_episode(i) for i in range(8)), root, DATASET)
     return root
-
-
-@pytest.fixture(scope="session")
-def tiny_stamo_dir(tmp_path_factory):
-    import torch
-
-    from stamo_vla.stamo import StaMoAutoencoder, tiny_config
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("stamo") / "tiny_stamo"
-    StaMoAutoencoder(tiny_config()).save_pretrained(path)
-    return path
 
 
 ACTION_FREE = "toy_push_video"

@@ -6,16 +6,13 @@ import torch
 from PIL import Image
 
 from stamo_vla.cli import main as cli_main
-from stamo_vla.stamo import StaMoAutoencoder, tiny_config
+from stamo_vla.stamo import StaMoAutoencoder
 from stamo_vla.viz.cli import render
 
 
 @pytest.fixture(scope="module")
-def stamo(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("viz") / "stamo"
-    StaMoAutoencoder(tiny_config()).save_pretrained(path)
-    return path
+def stamo(tiny_stamo_dir):
+    return tiny_stamo_dir
 
 
 @pytest.fixture()
