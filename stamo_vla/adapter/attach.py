@@ -278,8 +278,19 @@ def _provenance_of(model: nn.Module) -> Provenance:
     return getattr(model, "provenance", None) or Provenance()
 
 
-def _check_compatible(base: nn.Module, provenance: Provenance, directory: Path) -> None:
-    """Refuse a base other than the recorded one; warn when nothing is recorded (the base cannot be checked)."""
+def check_base_compatible(base: nn.Module, provenance: Provenance, directory: Path) -> None:
+    """Refuse a base other than the one an adapter records; warn when it records nothing (nothing to check).
+
+    Shared by `load_adapter` and the streaming merge (`stamo_vla.adapter.streaming_merge`).
+
+    Args:
+        base: the model the adapter is to be loaded onto or merged into (before LoRA).
+        provenance: the adapter's record (`read_provenance`); its ``base_model`` signature is compared.
+        directory: the adapter directory, named in the messages.
+
+    Raises:
+        ValueError: the base's signature differs from the recorded one (names each differing key).
+    """
     if not provenance.recorded:
         warnings.warn(
             f"{directory} has no {PROVENANCE_NAME} (nor the facts older adapters kept in their config): the base "
@@ -335,8 +346,13 @@ def _apply_statistics(base: nn.Module, directory: Path) -> None:
         base.norm_stats = stats
 
 
-def _check_weight_files(directory: Path) -> None:
-    """Name a truncated or invalid safetensors file of an adapter instead of a bare safetensors error."""
+def check_weight_files(directory: Path) -> None:
+    """Name a truncated or invalid safetensors file of an adapter directory instead of a bare safetensors error
+    (shared by `load_adapter` and the streaming merge).
+
+    Raises:
+        ValueError: naming the file, its problem and where to take an intact copy.
+    """
     for file in sorted(directory.glob("*.safetensors")):
         problem = safetensors_problem(file)
         if problem is not None:
@@ -372,7 +388,7 @@ def load_adapter(base: nn.Module, directory: str | Path, is_trainable: bool = Fa
         raise FileNotFoundError(f"adapter directory {directory} does not exist")
     cfg = StaMoAdapterConfig.load(directory)
     provenance = read_provenance(directory)
-    _check_weight_files(directory)
+    check_weight_files(directory)
     own = [
         f for f in sorted(directory.glob("*.safetensors")) if not f.name.startswith("model")
     ]  # not merged shards
@@ -381,7 +397,7 @@ def load_adapter(base: nn.Module, directory: str | Path, is_trainable: bool = Fa
     )
     _apply_statistics(base, directory)
     if has_lora(directory):
-        _check_compatible(base, provenance, directory)
+        check_base_compatible(base, provenance, directory)
         vla = PeftModel.from_pretrained(base, str(directory), is_trainable=is_trainable)
     else:  # a merged checkpoint: the LoRA weights are already inside `base`
         vla = base

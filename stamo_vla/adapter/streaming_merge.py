@@ -263,8 +263,8 @@ def merge_checkpoint(
         MERGED_KIND,
         PEFT_WEIGHTS,
         STATISTICS,
-        _check_compatible,
-        _check_weight_files,
+        check_base_compatible,
+        check_weight_files,
         has_lora,
     )
     from stamo_vla.adapter.configuration_adapter import StaMoAdapterConfig, saved_target_shape
@@ -284,14 +284,14 @@ def merge_checkpoint(
         raise FileNotFoundError(f"adapter directory {adapter_dir} does not exist")
     cfg = StaMoAdapterConfig.load(adapter_dir)
     provenance = read_provenance(adapter_dir)
-    _check_weight_files(adapter_dir)
+    check_weight_files(adapter_dir)
     stats = load_dataset_statistics(adapter_dir / STATISTICS)
     config = OpenVLAConfig.from_pretrained(str(directory))
     lora = has_lora(adapter_dir)  # without LoRA weights (a merged checkpoint's head), the base is copied
     if lora:
         # the base-model check reads shapes and a few sampled weights: the model stays memory-mapped
         base = OpenVLAForActionPrediction.from_pretrained(directory)
-        _check_compatible(base, provenance, adapter_dir)
+        check_base_compatible(base, provenance, adapter_dir)
         del base
     pairs = read_lora(adapter_dir) if lora else {}
     processor = OpenVLAProcessor.from_pretrained(directory)
