@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Protocol
 
-from stamo_vla.fileio import read_jsonl, write_text_atomic
+from stamo_vla.fileio import read_json, read_jsonl, write_text_atomic
 from stamo_vla.libero.env import SUITE_MAX_STEPS
 from stamo_vla.libero.results import package_versions
 from stamo_vla.viz.curves import plot_curves, series
@@ -49,7 +48,7 @@ def _data_section(demo: Demo) -> list[str]:
     lines = ["## 1. Scripted demonstrations", ""]
     if not manifest.is_file():
         return [*lines, "_not run_", ""]
-    episodes = json.loads(manifest.read_text())["episodes"]
+    episodes = read_json(manifest, "Restore it, or run the demo again in a new output folder.")["episodes"]
     per_task: dict[str, list[dict]] = {}
     for key, rec in episodes.items():
         per_task.setdefault(key.split(":")[0], []).append(rec)
@@ -64,7 +63,7 @@ def _data_section(demo: Demo) -> list[str]:
         lines.append(f"| {task} | {len(ok)} / {len(recs)} | {mean:.0f} | {kept:.0f} |")
     stats_file = demo.runs / "motion" / "dataset_statistics.json"
     if stats_file.is_file():
-        s = json.loads(stats_file.read_text())[demo.dataset]
+        s = read_json(stats_file, "Restore it, or run the demo again in a new output folder.")[demo.dataset]
         lines += [
             "",
             f"Dataset `{demo.dataset}`: {s['num_trajectories']} episodes, {s['num_transitions']} transitions "
@@ -201,7 +200,7 @@ def _eval_section(demo: Demo) -> list[str]:
         if not summary_file.is_file():
             continue
         found = True
-        o = json.loads(summary_file.read_text())["overall"]
+        o = read_json(summary_file, "Restore it, or run the demo again in a new output folder.")["overall"]
         videos = sorted((demo.evals / name).rglob("*.mp4"))
         link = f"[{len(videos)} videos]({_rel(videos[0].parent, demo.out)})" if videos else "-"
         lines.append(
@@ -242,7 +241,7 @@ def _times_section(demo: Demo) -> list[str]:
     lines = ["## Stage times", "", "| stage | seconds |", "|---|---:|"]
     total = 0.0
     for mark in sorted(demo.marks.glob("*.json"), key=lambda p: p.stat().st_mtime):
-        rec = json.loads(mark.read_text())
+        rec = read_json(mark, "Restore it, or run the demo again in a new output folder.")
         total += rec["seconds"]
         lines.append(f"| {rec['stage']} | {rec['seconds']:.0f} |")
     lines.append(f"| **total** | {total:.0f} |")

@@ -20,7 +20,6 @@ with another StaMo checkpoint or horizon is refused unless ``--overwrite true`` 
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import sys
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ import numpy as np
 from stamo_vla.configs import check_positive_int, parse_config
 from stamo_vla.data.episodes import EpisodeIdentities, episode_key
 from stamo_vla.data.sources import iter_episodes
-from stamo_vla.fileio import check_apart, dataset_inputs, save_weights, write_json_atomic
+from stamo_vla.fileio import check_apart, dataset_inputs, read_json, save_weights, write_json_atomic
 from stamo_vla.stamo import StaMoEncoder, fingerprint
 from stamo_vla.stamo.pixels import uint8_to_pixels
 
@@ -111,7 +110,7 @@ def label_latent_actions(
         "state_dim": int(encoder.config.state_dim),
     }
     if (out / "manifest.json").is_file():
-        existing = json.loads((out / "manifest.json").read_text())
+        existing = read_json(out / "manifest.json", "Delete the output folder's labels and label it again.")
         keys = ("format_version", "stamo_fingerprint", "horizon", "source")
         diffs = [
             f"{k}: {existing.get(k)!r} here, {manifest[k]!r} requested"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import json
 import os
 import re
 import warnings
@@ -23,6 +22,7 @@ import numpy as np
 
 from stamo_vla.data import spec
 from stamo_vla.data.tf_setup import import_tfds
+from stamo_vla.fileio import read_json
 
 _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 
@@ -132,7 +132,7 @@ def warn_if_ordered(dataset_dir: Path) -> bool:
     the dataset works here but not there. Returns whether the flag is set.
     """
     try:
-        ordered = bool(json.loads((dataset_dir / "dataset_info.json").read_text()).get("disableShuffling"))
+        ordered = bool(read_json(dataset_dir / "dataset_info.json", "").get("disableShuffling"))
     except (OSError, ValueError, AttributeError):
         return False  # a missing or damaged info file is reported by tfds, with its own message
     if ordered:

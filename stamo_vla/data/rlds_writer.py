@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 import os
 import re
 import shutil
@@ -41,7 +40,7 @@ from PIL import Image
 from stamo_vla.data import spec
 from stamo_vla.data.episodes import CONTENT_FIELDS, episode_id
 from stamo_vla.data.tf_setup import import_tfds
-from stamo_vla.fileio import atomic_dir, atomic_path, write_json_atomic
+from stamo_vla.fileio import atomic_dir, atomic_path, read_json, write_json_atomic
 
 _STAGED_RE = re.compile(r"^ep-(\d{6})-([0-9a-f]{16})\.npz$")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -352,7 +351,7 @@ def _allow_shuffled_reads(dataset_dir: Path) -> None:
     records stay in the written order, so a read with ``shuffle_files=False`` (ours) still sees that order.
     """
     info_file = dataset_dir / "dataset_info.json"
-    info = json.loads(info_file.read_text())
+    info = read_json(info_file, "Write the dataset again.")
     if info.pop("disableShuffling", None) is not None:
         write_json_atomic(info_file, info)
 

@@ -170,7 +170,7 @@ def compute_statistics(
         for path in candidates:
             if path.is_file():
                 try:
-                    cached = json.loads(path.read_text())
+                    cached = read_json(path, "")
                 except ValueError:
                     continue  # a damaged cache file is recomputed and rewritten
                 if cached.get("fingerprint") == fingerprint:

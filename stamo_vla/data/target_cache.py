@@ -37,7 +37,6 @@ Default ``--output_dir``: ``<data_root_dir>/<dataset_name>/stamo_targets`` (`def
 from __future__ import annotations
 
 import io
-import json
 import os
 import warnings
 from collections.abc import Iterable
@@ -49,7 +48,7 @@ from stamo_vla.configs import check_positive_int
 from stamo_vla.data.episodes import EpisodeIdentities, episode_id, episode_key
 from stamo_vla.data.sources import dataset_fingerprint, iter_episodes, resolve_dataset_dir
 from stamo_vla.data.transforms import future_indices
-from stamo_vla.fileio import safetensors_problem, save_weights, write_json_atomic
+from stamo_vla.fileio import read_json, safetensors_problem, save_weights, write_json_atomic
 from stamo_vla.stamo import fingerprint
 from stamo_vla.stamo.pixels import uint8_to_pixels
 
@@ -93,12 +92,11 @@ def target_facts(encoder) -> dict:
 def read_manifest(cache_dir: str | os.PathLike) -> dict:
     """A cache's manifest.json (a manifest from before target kinds were recorded reads as kind "stamo")."""
     path = Path(cache_dir) / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise StaleTargetCacheError(
-            f"{path} is not valid JSON ({err}); rebuild the cache with `stamo-vla cache-targets ... --overwrite true`"
-        ) from err
+    manifest = read_json(
+        path,
+        "Rebuild the cache with `stamo-vla cache-targets ... --overwrite true`.",
+        error=StaleTargetCacheError,
+    )
     manifest.setdefault("target_kind", LEGACY_TARGET_KIND)
     return manifest
 

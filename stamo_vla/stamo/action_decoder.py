@@ -10,7 +10,6 @@ Shapes: motion (B, N, D) float, state (B, N, D) float, actions (B, k, A) float.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 from torch import nn
 
 from stamo_vla.configs import check_positive_int
-from stamo_vla.fileio import save_weights, write_json_atomic
+from stamo_vla.fileio import read_json, save_weights, write_json_atomic
 
 CONFIG_NAME = "action_decoder_config.json"
 WEIGHTS_NAME = "action_decoder.safetensors"
@@ -153,7 +152,8 @@ class ActionDecoder(nn.Module):
         directory = Path(directory)
         if not (directory / CONFIG_NAME).is_file():
             raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}: not an action decoder directory")
-        model = cls(ActionDecoderConfig(**json.loads((directory / CONFIG_NAME).read_text())))
+        config = read_json(directory / CONFIG_NAME, "Save the action decoder again.")
+        model = cls(ActionDecoderConfig(**config))
         model.load_state_dict(load_file(str(directory / WEIGHTS_NAME)))
         return model.eval()
 

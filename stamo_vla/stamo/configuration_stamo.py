@@ -11,13 +11,12 @@ and ``decoder.vae.pretrained_path`` (diffusers model directories, e.g. ``<sd3-me
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from stamo_vla.configs import check_choice, check_range
-from stamo_vla.fileio import write_json_atomic
+from stamo_vla.fileio import read_json, write_json_atomic
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -280,8 +279,8 @@ class StaMoConfig:
                 f"No StaMo {CONFIG_NAME} in '{directory}'. Pass a directory written by "
                 "StaMoAutoencoder.save_pretrained or StaMoEncoder.save_pretrained."
             )
-        data = json.loads(path.read_text())
-        version = data.get("_stamo_format")
+        data = read_json(path, "Copy the checkpoint again from where it was written.")
+        version = data.get("_stamo_format") if isinstance(data, dict) else None
         if version != FORMAT_VERSION:
             raise ValueError(
                 f"'{path}' has _stamo_format={version!r}; this version of stamo_vla reads format {FORMAT_VERSION}. "

@@ -9,12 +9,11 @@ runs. Nothing here is typed by hand: a stage that has not run shows as missing.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stamo_vla.fileio import atomic_path, read_jsonl, write_json_atomic, write_text_atomic
+from stamo_vla.fileio import atomic_path, read_json, read_jsonl, write_json_atomic, write_text_atomic
 from stamo_vla.libero.collect import MANIFEST_NAME, check_disjoint
 from stamo_vla.study import statistics as S
 
@@ -30,7 +29,11 @@ N_BOOT = 10_000
 
 
 def _read(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    return (
+        read_json(path, "Restore it, or run the study again in a new output folder.")
+        if path.is_file()
+        else None
+    )
 
 
 def collect_evidence(study: PolicyStudy) -> dict:
@@ -215,7 +218,7 @@ def stage_times(study) -> dict[str, dict]:
     """Each stage's seconds summed over the calls that worked on it, finished stages and the running one."""
     times = {}
     for path in sorted(study.marks.glob("*.json")) + sorted(study.marks.glob("*.elapsed")):
-        rec = json.loads(path.read_text())
+        rec = read_json(path, "Restore it, or run the study again in a new output folder.")
         # marks written before calls were counted hold only the call that finished the stage
         times[path.name.split(".")[0]] = {
             "seconds": rec["seconds"],
@@ -262,7 +265,9 @@ def config_differences(study: PolicyStudy) -> list[str]:
     now = dataclasses.asdict(study.cfg)
     differ = set()
     for mark in study.marks.glob("*.json"):
-        recorded = json.loads(mark.read_text()).get("config") or {}
+        recorded = (
+            read_json(mark, "Restore it, or run the study again in a new output folder.").get("config") or {}
+        )
         differ |= {
             k for k, v in recorded.items() if k not in ("stages", "allow_mixed_commits") and now.get(k) != v
         }

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import platform
 import signal
@@ -29,7 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from stamo_vla.fileio import append_jsonl, directory_lock, read_jsonl, write_json_atomic
+from stamo_vla.fileio import append_jsonl, directory_lock, read_json, read_jsonl, write_json_atomic
 
 # the folder holding the stamo_vla package in use (a checkout or site-packages): stage commands run
 # `python -m stamo_vla.cli ...` and must import the same code as this process
@@ -201,7 +200,9 @@ class StagedRun:
         for name in self.stages:
             mark = self.marks / f"{name}.json"
             if mark.is_file() and name not in always:
-                times[name] = json.loads(mark.read_text())["seconds"]
+                times[name] = read_json(mark, "Restore it, or run the study again in a new output folder.")[
+                    "seconds"
+                ]
                 print(f"[{self.NAME}] {name}: done earlier ({times[name]:.0f} s), skipped", flush=True)
                 continue
             code = code_version()
@@ -211,7 +212,11 @@ class StagedRun:
             now = time.strftime("%Y-%m-%d %H:%M:%S")
             append_jsonl(calls, {"stage": name, "event": "start", **code, "time": now, "machine": machine()})
             elapsed = self.marks / f"{name}.elapsed"
-            earlier = json.loads(elapsed.read_text()) if elapsed.is_file() else {"seconds": 0.0, "calls": 0}
+            earlier = (
+                read_json(elapsed, "Restore it, or run the study again in a new output folder.")
+                if elapsed.is_file()
+                else {"seconds": 0.0, "calls": 0}
+            )
             start = time.perf_counter()
 
             def record(earlier=earlier, start=start, elapsed=elapsed, name=name) -> dict:

@@ -24,7 +24,6 @@ Big outputs (data, checkpoints) stay under ``output_dir``; ``results_dir`` recei
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from pathlib import Path
 from stamo_vla.configs import check_positive_int, parse_config
 from stamo_vla.data.rlds import resolve_dataset_dir
 from stamo_vla.data.stamo_frames import FramesFileSource, RLDSSource, save_frames, split_heldout, to_pixels
-from stamo_vla.fileio import follow_umask_tree, write_json_atomic
+from stamo_vla.fileio import follow_umask_tree, read_json, write_json_atomic
 from stamo_vla.libero.collect import CollectConfig, collect
 from stamo_vla.stamo.modeling_autoencoder import StaMoAutoencoder
 from stamo_vla.stamo.modeling_decoder import build_vae
@@ -181,7 +180,7 @@ class StaMoStudy(StagedRun):
         import torch
 
         data = torch.load(self.frames_file, weights_only=True)
-        split = json.loads(self.split_file.read_text())
+        split = read_json(self.split_file, "Restore it, or run the study again in a new output folder.")
         held = torch.isin(data["groups"], torch.tensor(split["heldout_group_ids"]))
         return data["images"][~held], data["images"][torch.tensor(split["eval_indices"])], split
 
@@ -295,7 +294,7 @@ class StaMoStudy(StagedRun):
         """The preset with the study's frames, split, fitted VAE and (optionally) the pretrained backbone."""
         c = self.cfg
         cfg = self.preset()
-        vae = json.loads((self.out / "vae.json").read_text())
+        vae = read_json(self.out / "vae.json", "Restore it, or run the study again in a new output folder.")
         cfg.model.decoder.vae.pretrained_path = str(self.vae_dir.resolve())
         cfg.model.decoder.vae.scaling_factor = vae["scaling_factor"]
         cfg.model.decoder.vae.shift_factor = vae["shift_factor"]

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import platform
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stamo_vla.fileio import read_jsonl, write_json_atomic, write_text_atomic
+from stamo_vla.fileio import read_json, read_jsonl, write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     from stamo_vla.study.stamo_study import StaMoStudy
@@ -18,7 +17,11 @@ GAP_TARGET_DB = 2.0  # issue 12: own - shuffled PSNR on held-out episodes
 
 
 def _read(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    return (
+        read_json(path, "Restore it, or run the study again in a new output folder.")
+        if path.is_file()
+        else None
+    )
 
 
 def plot_eval_curves(study: StaMoStudy, path: Path) -> bool:

@@ -17,7 +17,6 @@ skips a damaged newest checkpoint, with a warning naming it, in favour of the ne
 from __future__ import annotations
 
 import errno
-import json
 import os
 import re
 import shutil
@@ -33,6 +32,7 @@ from stamo_vla.fileio import (
     atomic_dir,
     check_finite_safetensors,
     check_finite_tensors,
+    read_json,
     remove_stale_temporaries,
     safetensors_problem,
     write_json_atomic,
@@ -110,10 +110,12 @@ def verify_checkpoint(path: str | os.PathLike) -> str | None:
             problem = _torch_file_problem(file)
         elif file.suffix == ".json":
             try:
-                json.loads(file.read_text())
+                read_json(file, "")
                 problem = None
-            except (OSError, ValueError) as err:
-                problem = f"{file} is not valid JSON ({err})"
+            except OSError as err:
+                problem = f"{file} is not readable ({err})"
+            except ValueError as err:
+                problem = str(err).rstrip(". ")
         else:
             continue
         if problem:
@@ -270,7 +272,9 @@ def load_checkpoint(
             "(resume=true picks the newest intact checkpoint), or start a new run."
         )
     check_finite_safetensors(sorted((path / "model").rglob("*.safetensors")), _DIVERGED_FIX)
-    info = json.loads(state_file.read_text())
+    info = read_json(
+        state_file, "Delete this checkpoint to resume from the one before it, or start a new run."
+    )
     optimizer.load_state_dict(_load_torch(path / "optimizer.pt", map_location="cpu"))
     if scheduler is not None:
         scheduler.load_state_dict(_load_torch(path / "scheduler.pt"))

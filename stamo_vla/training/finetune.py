@@ -15,7 +15,6 @@ target stops with an error instead of logging loss 0.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from stamo_vla.adapter.target_encoders import build_target_encoder
 from stamo_vla.configs import parse_config, save_config
 from stamo_vla.data.dataset import make_dataloader
 from stamo_vla.data.target_cache import StaleTargetCacheError, read_manifest, target_facts, target_statistics
-from stamo_vla.fileio import write_json_atomic, writes_directory
+from stamo_vla.fileio import read_jsonl, write_json_atomic, writes_directory
 from stamo_vla.provenance import read_provenance
 from stamo_vla.stamo import StaMoAutoencoder, StaMoEncoder
 from stamo_vla.training import resume_config
@@ -309,10 +308,7 @@ def _build(cfg: FinetuneConfig, run_dir: Path, resume_from: Path | None, acceler
 
 def load_metrics(run_dir: str | Path) -> list[dict]:
     """The run's logged metrics (``metrics.jsonl``), one dict per logged step."""
-    path = Path(run_dir) / "metrics.jsonl"
-    return (
-        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-    )
+    return read_jsonl(Path(run_dir) / "metrics.jsonl")
 
 
 def main(argv: list[str] | None = None) -> int:
