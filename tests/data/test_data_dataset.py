@@ -6,7 +6,15 @@ import types
 
 import numpy as np
 import pytest
-from conftest import ACTION_FREE, LABELED, STEP_BASE, STEP_SCALE, episode_length, make_episode, written_order
+from data_helpers import (
+    ACTION_FREE,
+    LABELED,
+    STEP_BASE,
+    STEP_SCALE,
+    episode_length,
+    make_episode,
+    written_order,
+)
 
 from stamo_vla import keys
 from stamo_vla.data import dataset as dataset_mod

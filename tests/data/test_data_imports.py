@@ -36,7 +36,7 @@ def test_staging_is_tensorflow_free(tmp_path):
     code = (
         "import sys\n"
         f"sys.path.insert(0, {here!r})\n"
-        "from conftest import make_episode\n"
+        "from data_helpers import make_episode\n"
         "from stamo_vla.data.rlds_writer import RLDSShardWriter\n"
         f"w = RLDSShardWriter({str(tmp_path)!r}, 'staged')\n"
         "print(w.add_episode(make_episode(0, length=2)), len(w), 'tensorflow' in sys.modules)\n"

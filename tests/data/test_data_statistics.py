@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import ACTION_FREE, LABELED, NUM_EPISODES, make_episode
+from data_helpers import ACTION_FREE, LABELED, NUM_EPISODES, make_episode
 
 from stamo_vla import cli
 from stamo_vla.data import statistics, transforms

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_episode
+from data_helpers import make_episode
 
 from stamo_vla.data.convert import ConvertConfig, convert, main
 from stamo_vla.data.lerobot import iter_lerobot_episodes

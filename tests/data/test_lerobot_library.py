@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_episode
+from data_helpers import make_episode
 from fixtures import make_lerobot_fixture as fx
 
 from stamo_vla.data.lerobot import iter_lerobot_episodes

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import ACTION_FREE, LABELED, NUM_EPISODES, episode_length, make_episode, written_order
+from data_helpers import ACTION_FREE, LABELED, NUM_EPISODES, episode_length, make_episode, written_order
 
 from stamo_vla.data import rlds
 

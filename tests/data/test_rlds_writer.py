@@ -10,7 +10,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import LABELED, NUM_EPISODES, episode_length, make_episode, written_order
+from data_helpers import LABELED, NUM_EPISODES, episode_length, make_episode, written_order
 
 from stamo_vla.data import spec
 from stamo_vla.data.rlds_writer import RLDSShardWriter, validate_episode, write_rlds_dataset

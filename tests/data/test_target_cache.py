@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import ACTION_FREE, episode_length
+from data_helpers import ACTION_FREE, episode_length
 
 from stamo_vla import cli, keys
 from stamo_vla.adapter.cache_targets import main_cache_targets
