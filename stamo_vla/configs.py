@@ -30,7 +30,13 @@ def available_presets(prefix: str = "", directory: Path = PRESET_DIR) -> list[st
 
 
 def resolve_preset(name_or_path: str | os.PathLike, prefix: str = "", directory: Path = PRESET_DIR) -> Path:
-    """Turn a preset name (``tiny``) or a YAML path into a path, with a helpful error when neither exists."""
+    """Turn a preset name (``tiny``) or a YAML path into a path, with a helpful error when neither exists.
+
+    Args:
+        name_or_path: a preset name (``tiny``) or a YAML file.
+        prefix: the recipe's preset prefix (``finetune_``).
+        directory: where presets live (the package's presets/).
+    """
     path = Path(name_or_path)
     if path.suffix in {".yaml", ".yml"} and path.is_file():
         return path
@@ -52,6 +58,11 @@ def parse_config(config_cls: type[T], args: Sequence[str] | None = None, prefix:
     ``--config`` picks a preset under ``stamo_vla/presets/`` (``<prefix><name>.yaml``) or any YAML file;
     every other flag overrides a field of that preset. A run's saved config.yaml from an older stamo_vla is read
     with its old fields mapped (`config_cls.upgrade_saved`), so it reproduces the run.
+
+    Args:
+        config_cls: the draccus config dataclass.
+        args: the command line (without the program name).
+        prefix: the recipe's preset prefix, so ``--config tiny`` reads ``<prefix>tiny.yaml``.
     """
     import draccus
 
@@ -174,13 +185,25 @@ def choice_word(value: object, allowed: Sequence[str]) -> object:
 
 
 def check_choice(field: str, value: object, allowed: Sequence[object]) -> None:
-    """Raise ValueError naming the field, the value and the allowed set."""
+    """Raise ValueError naming the field, the value and the allowed set.
+
+    Args:
+        field: the field's name as the user writes it.
+        value: the value given.
+        allowed: the values allowed.
+    """
     if value not in allowed:
         raise ValueError(f"{field}={value!r} is not valid; allowed: {list(allowed)}")
 
 
 def check_positive_int(field: str, value: object, allow_zero: bool = False) -> None:
-    """Raise ValueError naming the field and the value unless it is an int >= 1 (>= 0 with `allow_zero`)."""
+    """Raise ValueError naming the field and the value unless it is an int >= 1 (>= 0 with `allow_zero`).
+
+    Args:
+        field: the field's name as the user writes it.
+        value: the value given.
+        allow_zero: accept 0 too.
+    """
     low = 0 if allow_zero else 1
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         allowed = "an integer >= 0" if allow_zero else "a positive integer"

@@ -247,6 +247,12 @@ def save_adapter(
 
     `directory` must be new or empty, or (with `overwrite`) an adapter saved there before; any other
     directory is refused, never replaced.
+
+    Args:
+        model: the adapter model (from `attach` or `load_adapter`).
+        directory: where to write; new, empty, or an adapter saved there before (with `overwrite`).
+        dataset_statistics: the action / proprio statistics to save (default: the base's ``norm_stats``).
+        overwrite: replace an adapter saved in `directory` before.
     """
     directory = Path(directory)
     stats = (
@@ -380,7 +386,13 @@ def has_lora(directory: Path) -> bool:
 
 
 def load_adapter(base: nn.Module, directory: str | Path, is_trainable: bool = False) -> StaMoAdapterModel:
-    """Load an adapter saved by `save_adapter` (or the head of a merged directory) onto `base`."""
+    """Load an adapter saved by `save_adapter` (or the head of a merged directory) onto `base`.
+
+    Args:
+        base: the base VLA the adapter was trained on (its signature is checked when recorded).
+        directory: an adapter directory, or a merged checkpoint (its head and config only).
+        is_trainable: load LoRA and head with gradients on (to resume training).
+    """
     from peft import PeftModel
 
     directory = Path(directory)

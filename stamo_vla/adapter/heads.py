@@ -34,6 +34,11 @@ class StateHead(nn.Module):
     def set_target_statistics(self, mean, std, min_std: float = 1e-6) -> None:
         """Standardize targets with this per-dimension `mean` and `std` ((N, D) arrays or tensors).
 
+        Args:
+            mean: per-dimension mean of the target, (N, D).
+            std: per-dimension std of the target, (N, D).
+            min_std: floor of the std (a constant dimension is not blown up).
+
         Raises:
             ValueError: wrong shape or non-finite values (naming which).
         """

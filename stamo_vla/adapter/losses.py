@@ -14,6 +14,11 @@ def readout_positions(
 
     The text index is ``prompt_length - 1`` (the last prompt token) when the batch carries prompt lengths, else
     the position before the first supervised label. Rows with neither raise a ValueError.
+
+    Args:
+        labels: (B, T) labels, -100 where not supervised.
+        llm_length: L, the length of the LLM sequence (text plus inserted tokens).
+        prompt_length: (B,) text tokens before the first action token, when the batch has it.
     """
     offset = llm_length - labels.shape[1]
     if prompt_length is not None:

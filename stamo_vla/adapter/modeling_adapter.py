@@ -110,7 +110,13 @@ class StaMoAdapterModel(nn.Module):
     # ------------------------------------------------------------------ forward
     def readout(self, hidden: torch.Tensor, batch: dict, offset: int) -> torch.Tensor:
         """The hidden state the head reads, (B, H), from the last-layer `hidden` (B, L, H) whose first `offset`
-        positions past BOS are inserted (vision) tokens."""
+        positions past BOS are inserted (vision) tokens.
+
+        Args:
+            hidden: last-layer hidden states over the whole sequence, (B, L, H).
+            batch: the batch (its labels, or prompt_length, locate the position).
+            offset: inserted (vision) positions after BOS: ``L - T`` for T text tokens.
+        """
         if self.config.readout == "mean_vision":
             if offset <= 0:
                 raise ValueError(
@@ -143,7 +149,13 @@ class StaMoAdapterModel(nn.Module):
 
     def future_terms(self, readout: torch.Tensor, batch: dict, metrics: dict[str, float]) -> torch.Tensor:
         """lambda_future * (MSE + L1) between the head's prediction from `readout` (B, H) and the standardized
-        target, plus the optional decoder loss; their metrics are added to `metrics`."""
+        target, plus the optional decoder loss; their metrics are added to `metrics`.
+
+        Args:
+            readout: the hidden state the head reads, (B, H) (`readout`).
+            batch: the batch holding the target (cached states, or pixels for the frozen encoder).
+            metrics: updated with the future (and decoder) loss terms.
+        """
         pred = self.head(readout.float())
         target = self.head.standardize(self.targets(batch).to(pred.device))
         loss_future, future_metrics = future_loss(pred, target)
@@ -160,7 +172,13 @@ class StaMoAdapterModel(nn.Module):
     ) -> torch.Tensor:
         """Predicted future target frame (B, N, D), un-standardized, from the readout hidden state; for
         target='motion' it is s_t + motion, with s_t given or encoded from `stamo_pixels` by the attached frozen
-        encoder."""
+        encoder.
+
+        Args:
+            readout: the hidden state the head reads, (B, H).
+            current_state: s_t (B, N, D) for a motion target, or None.
+            stamo_pixels: frames (B, 3, S, S) in [0, 1] to encode s_t from when it is not given.
+        """
         pred = self.head.unstandardize(self.head(readout.float()))
         if not self.config.target_spec.difference:
             return pred
@@ -232,7 +250,13 @@ class StaMoAdapterModel(nn.Module):
     def decode_future(
         self, future_states: torch.Tensor, steps: int | None = None, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """Predicted future states (B, N, D) -> images (B, 3, S, S) in [0, 1] through the frozen DiT decoder."""
+        """Predicted future states (B, N, D) -> images (B, 3, S, S) in [0, 1] through the frozen DiT decoder.
+
+        Args:
+            future_states: predicted states (B, N, D).
+            steps: sampler steps (None = the decoder's default).
+            generator: the noise generator (for reproducible images).
+        """
         if self.decoder is None:
             raise ValueError(
                 "decode_future needs the StaMo decoder: set_stamo(decoder=StaMoAutoencoder...decoder)"

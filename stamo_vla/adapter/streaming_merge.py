@@ -96,6 +96,11 @@ def lora_delta(pair: LoraPair, weight_shape: torch.Size, device: str | torch.dev
 
     peft loads adapter factors in float32 (``autocast_adapter_dtype``), so the delta is float32 and is added to a
     bf16 / fp16 weight in place (rounded once, to the weight's dtype), exactly as ``merge_and_unload`` does.
+
+    Args:
+        pair: the LoRA factors of one weight, with their scaling.
+        weight_shape: the shape of the weight the delta is added to.
+        device: where the product is computed.
     """
     lora_a, lora_b = pair.lora_a.to(device), pair.lora_b.to(device)
     if lora_a.dtype in (torch.float16, torch.bfloat16):
@@ -153,6 +158,13 @@ def merge_tensors(
     device: str = "cpu",
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """The merged tensors `keys`, one at a time: base weight in its merged dtype plus its LoRA delta.
+
+    Args:
+        base: the base checkpoint's tensors, read lazily.
+        pairs: LoRA factors by base weight name.
+        keys: the base tensors to produce, in order.
+        dtype: the dtype of the merged tensors (None = each base tensor's own).
+        device: where each delta is computed and added.
 
     Raises:
         ValueError: a merged weight holds NaN or inf (the adapter is broken), naming the tensor.
@@ -223,7 +235,13 @@ def write_merged_weights(
 
 
 def copy_head_files(adapter_dir: Path, directory: Path, skip: tuple[str, ...]) -> list[str]:
-    """Copy the adapter's weight files other than the LoRA ones (StaMo head, OFT modules); returns their names."""
+    """Copy the adapter's weight files other than the LoRA ones (StaMo head, OFT modules); returns their names.
+
+    Args:
+        adapter_dir: the adapter directory.
+        directory: where the files are copied to.
+        skip: file names not to copy (the LoRA weights).
+    """
     copied = []
     for file in sorted(adapter_dir.glob("*.safetensors")):
         if file.name not in skip:

@@ -51,6 +51,13 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
+    """Write `obj` as JSON to `path` atomically (`write_text_atomic`).
+
+    Args:
+        path: the file to (re)place.
+        obj: what to write (JSON-able).
+        indent: JSON indentation (None = one line).
+    """
     write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
 
 

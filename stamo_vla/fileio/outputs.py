@@ -125,6 +125,11 @@ def foreign_files(path: str | os.PathLike) -> list[str]:
 def check_replaceable(path: str | os.PathLike, kind: str, overwrite: bool) -> None:
     """Refuse to replace `path` unless it is missing, empty, or a previous `kind` output and `overwrite`.
 
+    Args:
+        path: the output the command is to write.
+        kind: the output kind the command writes.
+        overwrite: whether an earlier output of the same kind may be replaced.
+
     Raises:
         ForeignDirectoryError: `path` is a file, a non-empty directory that is not a `kind` output, or a
             `kind` output holding files its marker does not list (someone else's: they would be deleted).
@@ -181,6 +186,11 @@ def atomic_dir(path: str | os.PathLike, kind: str, overwrite: bool = False) -> I
     leaves the previous `path` intact; a crash during the swap leaves either the old or the new directory
     under `path`, plus a `.old` sibling that the next call cleans up, as it does temporaries of killed
     writes to the same path.
+
+    Args:
+        path: the output directory.
+        kind: the output kind recorded in its marker.
+        overwrite: whether an earlier output of the same kind may be replaced.
     """
     path = Path(path)
     check_replaceable(path, kind, overwrite)

@@ -140,6 +140,11 @@ def keep_in_history(config_file: Path, history: Path, step: int) -> Path:
 
     Append-only: a resume that was killed after recording its change and is resumed again from the same step
     adds ``config_until_step_<step>.<n>.yaml`` beside the first copy, which is never overwritten.
+
+    Args:
+        config_file: the run's config.yaml.
+        history: the run's config_history/ folder.
+        step: the step the kept config ran until.
     """
     text = config_file.read_text()
     stem = f"config_until_step_{step:08d}"
@@ -159,6 +164,13 @@ def reconcile(
     """Refuse fixed changes; record allowed ones (with `step`) and keep the previous config.yaml.
 
     With ``write=False`` (ranks other than 0) nothing is written or logged; the decision is the same.
+
+    Args:
+        cfg_dict: the resumed config (`FinetuneConfig.to_dict`).
+        run_dir: the run directory.
+        checkpoint: the checkpoint being resumed.
+        step: its step.
+        write: record the changes (rank 0).
 
     Returns:
         The allowed changes ({} when the config is unchanged or the run has no previous config.yaml).
