@@ -10,6 +10,7 @@ the held-out images (``samples/step_*.png``).
 
 from __future__ import annotations
 
+import copy
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -112,11 +113,11 @@ def build_model(
 ):
     """A fresh autoencoder; a random-init VAE is first fitted on `train_pixels` when asked.
 
-    The fitted latent scale is written into ``cfg.model`` (the model shares that config object), so the
-    saved config.yaml describes the model that trained. Returns ``(model, vae_health)``: the fitted VAE's
+    The fitted latent scale is derived, not chosen: the model's own config records it (saved with every
+    checkpoint), and ``cfg.model`` keeps what the user chose (unset = fit it), as config.yaml records. Returns ``(model, vae_health)``: the fitted VAE's
     held-out PSNR next to the mean-frame PSNR (empty when no VAE was fitted or nothing is held out).
     """
-    model = StaMoAutoencoder(cfg.model)
+    model = StaMoAutoencoder(copy.deepcopy(cfg.model))
     health: dict = {}
     if cfg.vae_fit_steps and cfg.model.decoder.vae.pretrained_path is None:
         vae = model.decoder.vae
@@ -157,7 +158,8 @@ def loss_gap(ae, pixels: torch.Tensor, seed: int, batch_size: int = 16) -> dict[
 def check_resume_config(requested: StaMoConfig, saved: StaMoConfig, checkpoint: Path) -> None:
     """Refuse to resume a checkpoint whose model differs from the requested one.
 
-    The VAE latent scale is exempt when the request leaves it unset: a VAE fit records it in the run.
+    The VAE latent scale is exempt when the request leaves it unset: a VAE fit records it in the saved model's
+    config (the requested config is not changed).
     """
     req, got = requested.to_dict(), saved.to_dict()
     for key in ("scaling_factor", "shift_factor"):
@@ -169,8 +171,6 @@ def check_resume_config(requested: StaMoConfig, saved: StaMoConfig, checkpoint: 
             f"run_dir holds checkpoint '{checkpoint}' of a different model (fields differ: {diff}). "
             "Use a new run_dir, or pass --resume false to start over in this one."
         )
-    requested.decoder.vae.scaling_factor = saved.decoder.vae.scaling_factor
-    requested.decoder.vae.shift_factor = saved.decoder.vae.shift_factor
 
 
 class _Pixels:

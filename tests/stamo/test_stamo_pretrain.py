@@ -47,6 +47,9 @@ def test_pretrain_writes_outputs_and_resume_continues_the_same_loss_curve(tmp_pa
     assert [p.name for p in list_checkpoints(cfg.run_dir)] == ["step_00000002", "step_00000004"]
     # outputs: config that ran, metrics, tensorboard, sample sheet (3 rows: inputs, recon, interpolation)
     assert load_config(PretrainStaMoConfig, tmp_path / "run" / "config.yaml") == cfg
+    assert (
+        cfg.model.decoder.vae.scaling_factor is None
+    )  # what the user chose: fit it (the model records the fit)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert {r["step"] for r in records if "train/loss" in r} == {1, 2, 3, 4}
     keys = set().union(*(r.keys() for r in records if r["step"] == 4))
@@ -146,7 +149,7 @@ def test_resuming_a_different_model_is_refused(tmp_path):
     saved.decoder.vae.scaling_factor, saved.decoder.vae.shift_factor = 2.0, 0.1
     requested = tiny_config()
     check_resume_config(requested, saved, tmp_path)  # the VAE fit's scale is not a difference
-    assert requested.decoder.vae.scaling_factor == 2.0
+    assert requested.decoder.vae.scaling_factor is None  # derived: the saved model records it, not the config
     requested.state_dim = 32
     with pytest.raises(
         ValueError, match=r"different model \(fields differ: \['state_dim'\]\).*--resume false"
