@@ -76,3 +76,33 @@ def toy_lerobot_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("lerobot_data")
     write_lerobot_dataset((push_episode(i) for i in range(4)), root / LEROBOT_DATASET)
     return root
+
+
+@pytest.fixture
+def tiny_finetune_cfg(toy_data_root):
+    """``build(run_dir, *overrides)``: a `FinetuneConfig` of the tiny preset on the toy dataset (batch 2, a 16-frame
+    shuffle buffer), with draccus overrides appended."""
+    from stamo_vla.configs import parse_config
+    from stamo_vla.training.finetune_config import FinetuneConfig
+
+    def build(run_dir, *overrides: str):
+        args = [
+            "--config",
+            "tiny",
+            "--data.data_root_dir",
+            str(toy_data_root),
+            "--data.dataset_names",
+            f"[{DATASET}]",
+        ]
+        args += [
+            "--data.shuffle_buffer_size",
+            "16",
+            "--batch_size",
+            "2",
+            "--run_dir",
+            str(run_dir),
+            *overrides,
+        ]
+        return parse_config(FinetuneConfig, args, prefix="finetune_")
+
+    return build

@@ -6,27 +6,16 @@ import json
 
 import pytest
 
-from stamo_vla.configs import parse_config
 from stamo_vla.study.heldout import HeldoutConfig, heldout_metrics, main
 from stamo_vla.training.finetune import finetune
-from stamo_vla.training.finetune_config import FinetuneConfig
 
 DATASET = "toy_push_no_noops"  # 8 episodes of 12 steps (tests/training/conftest.py)
 
 
 @pytest.mark.slow
-def test_heldout_scores_exactly_the_validation_episodes(tmp_path, toy_data_root):
-    args = [
-        "--config",
-        "tiny",
-        "--data.data_root_dir",
-        str(toy_data_root),
-        "--data.dataset_names",
-        f"[{DATASET}]",
-    ]
-    args += ["--data.train_percent", "75", "--adapter.target", "none", "--run_dir", str(tmp_path / "run")]
-    args += ["--max_steps", "2", "--batch_size", "2", "--data.shuffle_buffer_size", "16"]
-    result = finetune(parse_config(FinetuneConfig, args, prefix="finetune_"))
+def test_heldout_scores_exactly_the_validation_episodes(tmp_path, tiny_finetune_cfg):
+    overrides = ["--data.train_percent", "75", "--adapter.target", "none", "--max_steps", "2"]
+    result = finetune(tiny_finetune_cfg(tmp_path / "run", *overrides))
     metrics = heldout_metrics(result.run_dir, batch_size=5)
     assert (
         metrics["split"] == "train[75%:]" and metrics["samples"] == 2 * 12

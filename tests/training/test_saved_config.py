@@ -20,8 +20,6 @@ from stamo_vla.training.finetune_config import FinetuneConfig
 from stamo_vla.training.resume_config import reconcile
 from stamo_vla.training.run_config import load_run_config
 
-DATASET = "toy_push_no_noops"  # written by the toy_data_root fixture (tests/training/conftest.py)
-
 
 def _old_form(config_yaml, num_state_tokens: int = 2, state_dim: int = 1024) -> None:
     """Rewrite a run's config.yaml as runs wrote it while the target shape was an adapter field."""
@@ -66,22 +64,22 @@ def test_a_recorded_target_shape_that_is_not_a_positive_integer_is_named(tmp_pat
 
 @pytest.mark.slow
 def test_the_config_yaml_of_a_finished_run_reproduces_it_and_an_old_form_resumes(
-    tmp_path, toy_data_root, tiny_stamo_dir
+    tmp_path, tiny_finetune_cfg, tiny_stamo_dir
 ):
     from stamo_vla.stamo import StaMoEncoder
     from stamo_vla.training.finetune import finetune, load_metrics
 
-    args = [
-        "--config",
-        "tiny",
-        "--data.data_root_dir",
-        str(toy_data_root),
-        "--data.dataset_names",
-        f"[{DATASET}]",
+    overrides = [
+        "--max_steps",
+        "2",
+        "--save_steps",
+        "2",
+        "--log_steps",
+        "1",
+        "--stamo_path",
+        str(tiny_stamo_dir),
     ]
-    args += ["--data.shuffle_buffer_size", "16", "--run_dir", str(tmp_path / "run"), "--batch_size", "2"]
-    args += ["--max_steps", "2", "--save_steps", "2", "--log_steps", "1", "--stamo_path", str(tiny_stamo_dir)]
-    cfg = parse_config(FinetuneConfig, args, prefix="finetune_")
+    cfg = tiny_finetune_cfg(tmp_path / "run", *overrides)
     chosen = cfg.to_dict()
     result = finetune(cfg)
     assert cfg.to_dict() == chosen  # the run changes nothing in the config it was given
