@@ -114,8 +114,9 @@ def build_model(
     """A fresh autoencoder; a random-init VAE is first fitted on `train_pixels` when asked.
 
     The fitted latent scale is derived, not chosen: the model's own config records it (saved with every
-    checkpoint), and ``cfg.model`` keeps what the user chose (unset = fit it), as config.yaml records. Returns ``(model, vae_health)``: the fitted VAE's
-    held-out PSNR next to the mean-frame PSNR (empty when no VAE was fitted or nothing is held out).
+    checkpoint), and ``cfg.model`` keeps what the user chose (unset = fit it), as config.yaml records.
+    Returns ``(model, vae_health)``: the fitted VAE's held-out PSNR next to the mean-frame PSNR (empty when no
+    VAE was fitted or nothing is held out).
     """
     model = StaMoAutoencoder(copy.deepcopy(cfg.model))
     health: dict = {}
