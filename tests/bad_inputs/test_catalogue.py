@@ -73,6 +73,7 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "horizon longer than every labeled episode: the head learns the way to the episode's end": "test_training_runs.py::test_a_horizon_longer_than_every_episode_is_refused_with_the_episode_lengths",
         "optimizer change on resume (weight decay, ...) logged but not applied": "test_resume.py::test_each_optimizer_change_on_resume_takes_effect",
         "resume with another StaMo encoder than the head learned": "test_resume.py::test_resuming_with_another_stamo_encoder_is_refused",
+        "base training resumed with another --model size kept training the checkpoint's model": "test_resume.py::test_resuming_base_training_with_another_model_size_is_refused",
         "interrupted 128 px collection never resumes (demo, study); report says 256 px": "test_resume.py::test_an_interrupted_128_px_collection_resumes_through_the_demo_command",
     },
     "unclear errors": {

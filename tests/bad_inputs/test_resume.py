@@ -127,3 +127,27 @@ def test_a_resume_killed_after_recording_its_change_never_overwrites_the_history
         json.loads(line)["changes"]["optim.lr"] for line in (run_dir / CHANGES_FILE).read_text().splitlines()
     ]
     assert records == [{"old": 0.005, "new": 0.001}, {"old": 0.001, "new": 0.002}]
+
+
+def test_resuming_base_training_with_another_model_size_is_refused(tmp_path, toy_rlds_root):
+    from stamo_vla.configs import parse_config
+    from stamo_vla.training.base_training import BaseTrainConfig, train_base
+    from stamo_vla.training.checkpoint import list_checkpoints
+    from stamo_vla.training.resume_config import ResumeConfigError
+
+    def cfg(model: str, steps: str) -> BaseTrainConfig:
+        args = ["--model", model, "--data.image_size", "224", "--data.data_root_dir", str(toy_rlds_root)]
+        args += ["--data.dataset_names", "[toy_push_no_noops]", "--data.shuffle_buffer_size", "8"]
+        args += ["--run_dir", str(tmp_path / "base"), "--batch_size", "2", "--max_steps", steps]
+        return parse_config(BaseTrainConfig, [*args, "--save_steps", "1"])
+
+    train_base(cfg("tiny", "1"))
+    saved = (tmp_path / "base" / "config.yaml").read_text()
+    checkpoints = list_checkpoints(tmp_path / "base")
+    # tiny and mid both take 224 px: only the model differs, and the checkpoint holds the tiny one
+    with pytest.raises(
+        ResumeConfigError, match=r"model: recorded 'tiny' \(in .*config.yaml\), requested 'mid'.*--model tiny"
+    ):
+        train_base(cfg("mid", "2"))
+    assert (tmp_path / "base" / "config.yaml").read_text() == saved  # nothing recorded, nothing trained
+    assert list_checkpoints(tmp_path / "base") == checkpoints
