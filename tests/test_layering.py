@@ -37,7 +37,9 @@ ALLOWED = {
     # the simulator side: TF-free, and it runs policies without building them
     "libero": (*FLOOR, "compat", "data"),
     "training": (*FLOOR, "stamo", "vla", "data", "viz", "adapter"),
-    "evaluation": (*FLOOR, "stamo", "vla", "adapter", "libero"),
+    # the policy kinds that load models (checkpoint, adapter, oft), above the harness that runs them
+    "policy_kinds": (*FLOOR, "stamo", "vla", "adapter", "libero"),
+    "evaluation": (*FLOOR, "libero", "policy_kinds"),
     "study": (
         *FLOOR,
         "stamo",
