@@ -162,42 +162,19 @@ def _probe_section(probe: dict | None, results: Path) -> list[str]:
     return [*lines, ""]
 
 
-def write_report(study: StaMoStudy) -> Path:
-    from stamo_vla.study.probe import plot
-
-    out, results = study.out, study.results
-    results.mkdir(parents=True, exist_ok=True)
-    split = _read(study.split_file) or {}
-    vae = _read(out / "vae.json")
-    backbone = _read(out / "backbone.json")
-    recon = _read(out / "reconstruction.json")
-    probe = _read(out / "probe.json")
-    stamo = {
-        study.run_name(b, s): _read(study.stamo_dir(b, s) / "result.json") or {} for b, s in study.runs()
-    }
-    if probe:
-        plot(probe, str(results / "probe.png"))
-    curves = plot_eval_curves(study, results / "own_vs_shuffled.png")
+def _seconds_per_run(study: StaMoStudy, vae: dict | None, backbone: dict | None, stamo: dict) -> dict:
+    """One run's pipeline time: the VAE (+ the backbone when it uses the pretrained one) + its StaMo pretraining."""
     pretrain_s = (vae or {}).get("seconds", 0) + (backbone or {}).get("seconds", 0)
-    per_run = {  # one run's pipeline: VAE (+ backbone when it uses the pretrained one) + its StaMo pretraining
+    return {
         study.run_name(b, s): (pretrain_s if b == "pretrained" else (vae or {}).get("seconds", 0))
         + stamo[study.run_name(b, s)].get("seconds", 0)
         for b, s in study.runs()
     }
-    summary = {
-        "config": dataclasses.asdict(study.cfg),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "split": {k: v for k, v in split.items() if k != "episode_names"},
-        "vae": vae,
-        "backbone": backbone,
-        "stamo_runs": stamo,
-        "reconstruction": recon,
-        "pretraining_seconds_per_run": per_run,
-        "probe": probe,
-    }
-    write_json_atomic(results / "stamo_study.json", summary)
+
+
+def _data_lines(study: StaMoStudy, split: dict) -> list[str]:
     c = study.cfg
-    lines = [
+    return [
         "# StaMo study: does the tiny StaMo carry the state, and are its differences latent actions?",
         "",
         "Produced by `stamo-vla stamo-study` (config in `stamo_study.json`); every number is read from the run's "
@@ -209,13 +186,26 @@ def write_report(study: StaMoStudy) -> Path:
         f"{split.get('num_frames', '?')} frames (stride {c.frame_stride}). Held out from every training stage: "
         f"{len(split.get('heldout_episodes', []))} whole episodes ({split.get('num_heldout_frames', '?')} frames).",
         "",
-        "## Stages and health gates",
-        "",
     ]
+
+
+def _stage_lines(
+    study: StaMoStudy, vae: dict | None, backbone: dict | None, stamo: dict, per_run: dict
+) -> list[str]:
+    """The stages and their health gates: VAE, backbone, each StaMo run's gap check, the time per run.
+
+    Args:
+        study: the study (its config holds the gates).
+        vae: ``vae.json`` (None: not run).
+        backbone: ``backbone.json`` (None: not run).
+        stamo: run name -> its ``result.json``.
+        per_run: run name -> pretraining seconds (`_seconds_per_run`).
+    """
+    lines = ["## Stages and health gates", ""]
     if vae:
         lines.append(
             f"- VAE: {vae['steps']} fit steps in {vae['seconds']:.0f} s; held-out PSNR {vae['psnr_heldout']:.2f} dB vs "
-            f"{vae['psnr_mean_frame']:.2f} dB for the mean training frame (gate: +{c.vae_min_gain_db} dB)."
+            f"{vae['psnr_mean_frame']:.2f} dB for the mean training frame (gate: +{study.cfg.vae_min_gain_db} dB)."
         )
     if backbone:
         h = backbone["history"]["heldout_relative_loss"]
@@ -231,14 +221,19 @@ def write_report(study: StaMoStudy) -> Path:
                 f"{gap['loss_shuffled']:.4f} (relative gap {gap['loss_gap']:+.3f})."
             )
     resumed = [n for n, rec in stamo.items() if rec.get("resumed_from_step")]
-    lines += [
+    return [
+        *lines,
         "- Total pretraining time (VAE + backbone + StaMo), per run: "
         + ", ".join(f"{n} {sec / 60:.1f} min" for n, sec in per_run.items())
         + (f" (too low for {', '.join(resumed)}: resumed, only the last call was timed)" if resumed else "")
         + ".",
         "",
     ]
-    lines += _recon_section(study, recon, stamo)
+
+
+def _figure_lines(study: StaMoStudy, results: Path, curves: bool) -> list[str]:
+    """The own-vs-shuffled curves and each run's held-out sheet and interpolation, where they were drawn."""
+    lines = []
     if curves:
         lines += [
             "Own vs shuffled held-out PSNR at every evaluation:",
@@ -260,6 +255,42 @@ def write_report(study: StaMoStudy) -> Path:
                 f"![interpolation {name}](interpolation_{name}.png)",
                 "",
             ]
+    return lines
+
+
+def write_report(study: StaMoStudy) -> Path:
+    """Write ``stamo_study.json`` and ``STAMO_STUDY.md`` (with the probe plot) from the study's files."""
+    from stamo_vla.study.probe import plot
+
+    out, results = study.out, study.results
+    results.mkdir(parents=True, exist_ok=True)
+    split = _read(study.split_file) or {}
+    vae = _read(out / "vae.json")
+    backbone = _read(out / "backbone.json")
+    recon = _read(out / "reconstruction.json")
+    probe = _read(out / "probe.json")
+    stamo = {
+        study.run_name(b, s): _read(study.stamo_dir(b, s) / "result.json") or {} for b, s in study.runs()
+    }
+    if probe:
+        plot(probe, str(results / "probe.png"))
+    curves = plot_eval_curves(study, results / "own_vs_shuffled.png")
+    per_run = _seconds_per_run(study, vae, backbone, stamo)
+    summary = {
+        "config": dataclasses.asdict(study.cfg),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "split": {k: v for k, v in split.items() if k != "episode_names"},
+        "vae": vae,
+        "backbone": backbone,
+        "stamo_runs": stamo,
+        "reconstruction": recon,
+        "pretraining_seconds_per_run": per_run,
+        "probe": probe,
+    }
+    write_json_atomic(results / "stamo_study.json", summary)
+    lines = _data_lines(study, split) + _stage_lines(study, vae, backbone, stamo, per_run)
+    lines += _recon_section(study, recon, stamo)
+    lines += _figure_lines(study, results, curves)
     lines += _probe_section(probe, results)
     path = results / "STAMO_STUDY.md"
     write_text_atomic(path, "\n".join(lines))
