@@ -17,6 +17,7 @@ import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -226,10 +227,43 @@ def iter_episodes(
         num_parallel_reads: record files read in parallel.
     """
     builder = open_builder(data_root_dir, dataset_name)
-    tf, tfds = import_tfds("reading RLDS datasets")
     sub_split = shard_split(builder, split, shard)
     if sub_split is None:
         return
+    ds = _episode_dataset(
+        builder,
+        sub_split,
+        decode_images=decode_images,
+        load_images=load_images,
+        shuffle_episodes=shuffle_episodes,
+        seed=seed,
+        num_parallel_reads=num_parallel_reads,
+    )
+    yield from _numpy_episodes(ds, builder, decode_images=decode_images, load_images=load_images)
+
+
+def _episode_dataset(
+    builder: Any,
+    sub_split: str,
+    *,
+    decode_images: bool,
+    load_images: bool,
+    shuffle_episodes: int,
+    seed: int,
+    num_parallel_reads: int,
+) -> Any:
+    """The tf.data pipeline of `iter_episodes`: one flat element per episode, its steps as (T, ...) tensors.
+
+    Args:
+        builder: the dataset's tfds builder (`open_builder`).
+        sub_split: the tfds split to read (`shard_split`).
+        decode_images: decode JPEG frames.
+        load_images: read the image features at all.
+        shuffle_episodes: episode shuffle buffer (0 = stored order).
+        seed: seed of the episode shuffle.
+        num_parallel_reads: record files read in parallel.
+    """
+    tf, tfds = import_tfds("reading RLDS datasets")
     decoders = None
     if not (decode_images and load_images):
         skip = tfds.decode.SkipDecoding()
@@ -262,7 +296,13 @@ def iter_episodes(
     ds = ds.with_options(options).map(flatten, num_parallel_calls=1, deterministic=True)
     if shuffle_episodes > 0:
         ds = ds.shuffle(shuffle_episodes, seed=seed, reshuffle_each_iteration=False)
-    ds = ds.prefetch(1)
+    return ds.prefetch(1)
+
+
+def _numpy_episodes(ds: Any, builder: Any, *, decode_images: bool, load_images: bool) -> Iterator[dict]:
+    """The episodes of `ds` as numpy dicts (strings decoded, ``has_action`` set); a record file that cannot be
+    read raises a ValueError naming the dataset and the fix."""
+    tf, _ = import_tfds("reading RLDS datasets")
     episodes = ds.as_numpy_iterator()
     while True:
         try:
