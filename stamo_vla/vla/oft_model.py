@@ -21,6 +21,7 @@ zeroed action embeddings, the L1 head reading one position before each action sl
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -120,52 +121,19 @@ class OpenVLAOFTForActionPrediction(nn.Module):
         """
         from stamo_vla.vla.modeling_openvla import OpenVLAForActionPrediction
 
-        if num_images_in_input not in (1, 2):
-            raise ValueError(f"num_images_in_input={num_images_in_input} is not valid; allowed: [1, 2]")
-        check_positive_int("action_chunk", action_chunk)
-        if kwargs.get("attn_implementation") == "flash_attention_2":
-            raise ValueError(
-                "attn_implementation='flash_attention_2' cannot take OFT's bidirectional 4-D mask; use 'sdpa' or 'eager'."
-            )
+        _check_load_arguments(num_images_in_input, action_chunk, kwargs.get("attn_implementation"))
         directory = resolve_directory(pretrained_model_name_or_path)
-        if component_files(directory, FILM_BACKBONE):
-            raise CheckpointError(
-                f"OpenVLA-OFT checkpoint {directory} holds a FiLM vision backbone ({FILM_BACKBONE}--*_checkpoint.pt, "
-                "OFT+): FiLM checkpoints are not supported by this loader."
-            )
-        head_file = find_component(directory, ACTION_HEAD, step, required=True)
-        proprio_file = find_component(directory, PROPRIO_PROJECTOR, step, required=bool(use_proprio))
-        if use_proprio is False:
-            proprio_file = None
-        check_head_files(directory, head_file, proprio_file, use_proprio)
-        head_state = read_component(head_file)
-        proprio_state = read_component(proprio_file) if proprio_file is not None else None
-
+        heads = _read_head_files(directory, step, use_proprio)
         want_info = kwargs.pop("output_loading_info", False)
         vla, loading_info = OpenVLAForActionPrediction.from_pretrained(
             directory, output_loading_info=True, **kwargs
         )
         if getattr(vla.config.text_config, "_attn_implementation", None) == "flash_attention_2":
             raise ValueError("OFT needs attn_implementation 'sdpa' or 'eager' (a 4-D mask).")
-        hidden = vla.config.text_config.hidden_size
-        action_dim, width = head_sizes(head_state, head_file, hidden)
-        oft = OFTModules(
-            vla,
-            action_chunk=action_chunk,
-            action_dim=action_dim,
-            num_images=num_images_in_input,
-            proprio_dim=proprio_dim_of(proprio_state, proprio_file) if proprio_state is not None else None,
-            head_width=width,
-        )
-        # upstream casts both heads to the model's dtype (bf16) and device
-        dtype = next(p for p in vla.parameters() if p.dtype.is_floating_point).dtype
-        oft.to(device=vla.get_input_embeddings().weight.device, dtype=dtype)
-        load_component(oft.action_head, head_state, head_file)
-        if proprio_state is not None:
-            load_component(oft.proprio_projector, proprio_state, proprio_file)
+        oft = _load_heads(vla, heads, action_chunk, num_images_in_input)
         model = cls(vla, oft).eval()
         model.requires_grad_(False)
-        model.source = {"directory": str(Path(directory)), "action_head": head_file.name}
+        model.source = {"directory": str(Path(directory)), "action_head": heads.head_file.name}
         return (model, loading_info) if want_info else model
 
     @torch.no_grad()
@@ -221,3 +189,64 @@ class OpenVLAOFTForActionPrediction(nn.Module):
         out = oft_predict(self.vla, self.oft, pixel_values, input_ids, attention_mask, proprio)
         normalized = out.actions.float().cpu().numpy().astype(np.float64)
         return unnormalize_actions(normalized, stats, OFT_UNNORM_EPS) if unnormalize else normalized
+
+
+def _check_load_arguments(
+    num_images_in_input: int, action_chunk: int, attn_implementation: str | None
+) -> None:
+    if num_images_in_input not in (1, 2):
+        raise ValueError(f"num_images_in_input={num_images_in_input} is not valid; allowed: [1, 2]")
+    check_positive_int("action_chunk", action_chunk)
+    if attn_implementation == "flash_attention_2":
+        raise ValueError(
+            "attn_implementation='flash_attention_2' cannot take OFT's bidirectional 4-D mask; use 'sdpa' or 'eager'."
+        )
+
+
+@dataclass
+class _HeadFiles:
+    """The action head's (and the proprio projector's) checkpoint file and its state dict."""
+
+    head_file: Path
+    head_state: dict
+    proprio_file: Path | None
+    proprio_state: dict | None
+
+
+def _read_head_files(directory: str | Path, step: int | None, use_proprio: bool | None) -> _HeadFiles:
+    """The head files of `step`, checked (one step, readable) and read; refuses a FiLM (OFT+) checkpoint."""
+    if component_files(directory, FILM_BACKBONE):
+        raise CheckpointError(
+            f"OpenVLA-OFT checkpoint {directory} holds a FiLM vision backbone ({FILM_BACKBONE}--*_checkpoint.pt, "
+            "OFT+): FiLM checkpoints are not supported by this loader."
+        )
+    head_file = find_component(directory, ACTION_HEAD, step, required=True)
+    proprio_file = find_component(directory, PROPRIO_PROJECTOR, step, required=bool(use_proprio))
+    if use_proprio is False:
+        proprio_file = None
+    check_head_files(directory, head_file, proprio_file, use_proprio)
+    head_state = read_component(head_file)
+    proprio_state = read_component(proprio_file) if proprio_file is not None else None
+    return _HeadFiles(head_file, head_state, proprio_file, proprio_state)
+
+
+def _load_heads(vla: nn.Module, heads: _HeadFiles, action_chunk: int, num_images: int) -> OFTModules:
+    """`OFTModules` sized from the head files, on the model's device and dtype, with their weights loaded."""
+    hidden = vla.config.text_config.hidden_size
+    action_dim, width = head_sizes(heads.head_state, heads.head_file, hidden)
+    proprio = heads.proprio_state
+    oft = OFTModules(
+        vla,
+        action_chunk=action_chunk,
+        action_dim=action_dim,
+        num_images=num_images,
+        proprio_dim=proprio_dim_of(proprio, heads.proprio_file) if proprio is not None else None,
+        head_width=width,
+    )
+    # upstream casts both heads to the model's dtype (bf16) and device
+    dtype = next(p for p in vla.parameters() if p.dtype.is_floating_point).dtype
+    oft.to(device=vla.get_input_embeddings().weight.device, dtype=dtype)
+    load_component(oft.action_head, heads.head_state, heads.head_file)
+    if proprio is not None:
+        load_component(oft.proprio_projector, proprio, heads.proprio_file)
+    return oft
