@@ -41,6 +41,7 @@ import os
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -296,10 +297,6 @@ def build_target_cache(
     Returns:
         The cache directory.
     """
-    import shutil
-
-    import torch
-
     check_positive_int("batch_size", batch_size)
     out = Path(out_dir) if out_dir else default_cache_dir(data_root_dir, dataset_name)
     manifest = {
@@ -309,17 +306,7 @@ def build_target_cache(
         **target_facts(encoder),
         "image_source": IMAGE_SOURCE,
     }
-    if (out / "manifest.json").is_file():
-        existing = read_manifest(out)
-        if existing != manifest:
-            if not overwrite:
-                _check_manifest(existing, manifest, out, data_root_dir, dataset_name)
-                raise StaleTargetCacheError(  # differs only in keys _check_manifest does not name
-                    f"StaMo target cache '{out}' has manifest {existing}, expected {manifest}. "
-                    + _rebuild_hint(out, data_root_dir, dataset_name)
-                )
-            shutil.rmtree(out)
-    write_json_atomic(out / "manifest.json", manifest)
+    _start_cache(out, manifest, overwrite, data_root_dir, dataset_name)
     cache = TargetCache(out, manifest)
     encoder = encoder.to(device).eval().requires_grad_(False)
     identities = EpisodeIdentities(f"dataset '{dataset_name}' under {data_root_dir}")
@@ -331,12 +318,7 @@ def build_target_cache(
             if problem is None:
                 continue  # finished by an earlier (interrupted) run
             warnings.warn(f"StaMo target cache: {problem}; encoding that episode again.", stacklevel=2)
-        states = []
-        with torch.no_grad():
-            for i in range(0, len(ep["image"]), batch_size):
-                pixels = _frames_to_pixels(ep["image"][i : i + batch_size]).to(device)
-                states.append(encoder.encode(pixels).float().cpu().numpy())
-        states = np.concatenate(states).astype(np.float32)
+        states = _encode_frames(encoder, ep["image"], batch_size, device)
         check_finite(states, f"{path} (episode '{identity}', not written)")
         path.parent.mkdir(parents=True, exist_ok=True)
         save_weights(
@@ -349,3 +331,45 @@ def build_target_cache(
             },
         )
     return out
+
+
+def _start_cache(
+    out: Path, manifest: dict, overwrite: bool, data_root_dir: str | os.PathLike, dataset_name: str
+) -> None:
+    """Write `manifest` into `out`: kept when it matches the cache there (a resumed build), the old cache
+    removed when it does not and `overwrite` is set, else refused naming what differs.
+
+    Args:
+        out: the cache directory.
+        manifest: the manifest of the cache being built.
+        overwrite: remove a cache that does not match instead of refusing.
+        data_root_dir: the dataset's root, for the rebuild command in the error.
+        dataset_name: the dataset, for the rebuild command in the error.
+    """
+    import shutil
+
+    if (out / "manifest.json").is_file():
+        existing = read_manifest(out)
+        if existing != manifest:
+            if not overwrite:
+                _check_manifest(existing, manifest, out, data_root_dir, dataset_name)
+                raise StaleTargetCacheError(  # differs only in keys _check_manifest does not name
+                    f"StaMo target cache '{out}' has manifest {existing}, expected {manifest}. "
+                    + _rebuild_hint(out, data_root_dir, dataset_name)
+                )
+            shutil.rmtree(out)
+    write_json_atomic(out / "manifest.json", manifest)
+
+
+def _encode_frames(
+    encoder: Any, frames: list[bytes] | np.ndarray, batch_size: int, device: str
+) -> np.ndarray:
+    """(T, ...) float32 states of one episode's frames, `batch_size` frames per encoder call."""
+    import torch
+
+    states = []
+    with torch.no_grad():
+        for i in range(0, len(frames), batch_size):
+            pixels = _frames_to_pixels(frames[i : i + batch_size]).to(device)
+            states.append(encoder.encode(pixels).float().cpu().numpy())
+    return np.concatenate(states).astype(np.float32)
