@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import string
+from typing import Any
 
 UNK, BOS, EOS, EMPTY = "<unk>", "<s>", "</s>", "▁"
 PAD = "<PAD>"
@@ -93,29 +94,13 @@ def build_tiny_tokenizer(
         A `PreTrainedTokenizerFast` with BOS=1, EOS=2, <PAD>=vocab_size, right padding, that saves to and
         loads from a directory with `AutoTokenizer`.
     """
-    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers import Tokenizer, decoders, normalizers, processors
     from tokenizers.models import BPE
-    from transformers import PreTrainedTokenizerFast
 
     vocab = _base_vocab(vocab_size, n_action_bins)
     # SentencePiece-style: a leading "▁" and every space becomes "▁" (Llama's normalizer in tokenizer.json)
     normalizer = normalizers.Sequence([normalizers.Prepend(EMPTY), normalizers.Replace(" ", EMPTY)])
-    merges: list = []
-    pre_tokenizer = None
-    if corpus:
-        # merges stay inside words: split before every "▁" (a no-op for character-level tokens)
-        pre_tokenizer = pre_tokenizers.Split(Regex(EMPTY), behavior="merged_with_next")
-        n_text = len(_text_pieces())
-        fillers = [p for p, i in vocab.items() if n_text <= i < vocab_size - n_action_bins]
-        merges = _learn_merges(
-            list(corpus),
-            {p: i for p, i in vocab.items() if p not in fillers},
-            len(fillers),
-            normalizer,
-            pre_tokenizer,
-        )
-        for (a, b), filler in zip(merges, fillers):  # merged pieces take the filler ids, in merge order
-            vocab[a + b] = vocab.pop(filler)
+    merges, pre_tokenizer = _merges_into_vocab(vocab, corpus, vocab_size, n_action_bins, normalizer)
     tok = Tokenizer(BPE(vocab=vocab, merges=merges, unk_token=UNK, fuse_unk=True))
     tok.normalizer = normalizer
     if pre_tokenizer is not None:
@@ -126,6 +111,45 @@ def build_tiny_tokenizer(
     tok.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, vocab[BOS])]
     )
+    return _fast_tokenizer(tok, vocab_size, model_max_length)
+
+
+def _merges_into_vocab(
+    vocab: dict[str, int], corpus: list[str] | None, vocab_size: int, n_action_bins: int, normalizer: Any
+) -> tuple[list, Any]:
+    """(merges, pre-tokenizer) learned on `corpus`, the merged pieces given the filler ids of `vocab` (in place).
+
+    Args:
+        vocab: the base vocabulary (`_base_vocab`); its fillers are renamed to the merged pieces.
+        corpus: texts to learn merges on; None or empty: no merges, no pre-tokenizer.
+        vocab_size: base vocabulary size (without <PAD>).
+        n_action_bins: number of action tokens (the last ids, never merged).
+        normalizer: the tokenizer's normalizer (merges are learned on normalized text).
+    """
+    from tokenizers import Regex, pre_tokenizers
+
+    if not corpus:
+        return [], None
+    # merges stay inside words: split before every "▁" (a no-op for character-level tokens)
+    pre_tokenizer = pre_tokenizers.Split(Regex(EMPTY), behavior="merged_with_next")
+    n_text = len(_text_pieces())
+    fillers = [p for p, i in vocab.items() if n_text <= i < vocab_size - n_action_bins]
+    merges = _learn_merges(
+        list(corpus),
+        {p: i for p, i in vocab.items() if p not in fillers},
+        len(fillers),
+        normalizer,
+        pre_tokenizer,
+    )
+    for (a, b), filler in zip(merges, fillers):  # merged pieces take the filler ids, in merge order
+        vocab[a + b] = vocab.pop(filler)
+    return merges, pre_tokenizer
+
+
+def _fast_tokenizer(tok: Any, vocab_size: int, model_max_length: int):
+    """`tok` as a transformers fast tokenizer with <PAD> at id `vocab_size`, right padding."""
+    from transformers import PreTrainedTokenizerFast
+
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=BOS,
