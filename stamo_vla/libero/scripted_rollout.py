@@ -104,56 +104,91 @@ def run_scripted_episodes(
         record: keep observations and actions of each step (needs camera observations).
     """
     last_task: dict[int, tuple[str, int] | None] = dict.fromkeys(range(pool.num_workers))
-    active: dict[int, dict] = {}
+    active: dict[int, dict] = {}  # slot -> the episode running there: spec, obs, t, rec, dist
     while True:
-        free = [s for s in range(pool.num_workers) if s not in active]
-        starts = {}
-        for slot in free:
-            spec = next_spec(last_task[slot])
-            if spec is not None:
-                starts[slot] = spec
-                last_task[slot] = (spec.suite, spec.task_id)
-        if starts:
-            try:
-                obs = pool.reset(starts)
-            except WorkerCrashed as err:  # slots that did not reset lost their worker
-                obs = err.completed
-            for slot, spec in starts.items():
-                if slot in obs:
-                    rec = EpisodeRecorder() if record else None
-                    dist = obs[slot].get(INIT_DISTANCE_KEY)
-                    active[slot] = {"spec": spec, "obs": obs[slot], "t": 0, "rec": rec, "dist": dist}
-                else:
-                    last_task[slot] = None
-                    yield EpisodeResult(spec, False, 0, 0, crashed=True)
+        yield from _start_episodes(pool, next_spec, last_task, active, record)
         if not active:
             return
-        try:
-            out = pool.scripted_step(list(active))
-        except WorkerCrashed as err:
-            out = err.completed
-            for slot in [s for s in active if pool.spec(s) is None]:  # replaced workers
-                ep = active.pop(slot)
-                last_task[slot] = None
-                yield EpisodeResult(ep["spec"], False, max(0, ep["t"] - NUM_STEPS_WAIT), 0, crashed=True)
-        for slot, (action, obs, _reward, done, info) in out.items():
-            ep = active[slot]
-            ep["t"] += 1
-            if ep["rec"] is not None and ep["t"] > NUM_STEPS_WAIT:
-                ep["rec"].add(ep["obs"], action)
-            ep["obs"] = obs
-            steps = ep["t"] - NUM_STEPS_WAIT
-            if done or info.get("gave_up") or steps >= max_steps:
-                del active[slot]
-                retries = int(info.get("retries", 0))
-                yield EpisodeResult(
-                    ep["spec"],
-                    bool(done),
-                    max(steps, 0),
-                    retries,
-                    recorder=ep["rec"],
-                    init_distance=ep["dist"],
-                )
+        yield from _step_episodes(pool, active, last_task, max_steps)
+
+
+def _start_episodes(
+    pool: EnvWorkerPool,
+    next_spec: Callable[[tuple[str, int] | None], EpisodeSpec | None],
+    last_task: dict[int, tuple[str, int] | None],
+    active: dict[int, dict],
+    record: bool,
+) -> Iterator[EpisodeResult]:
+    """Reset every free slot that `next_spec` gives work into `active`; yield a crashed result for each slot
+    whose worker died in the reset.
+
+    Args:
+        pool: the scripted pool.
+        next_spec: as in `run_scripted_episodes`.
+        last_task: slot -> its last (suite, task_id), updated here.
+        active: slot -> running episode, filled here.
+        record: keep observations and actions of each step.
+    """
+    starts = {}
+    for slot in [s for s in range(pool.num_workers) if s not in active]:
+        spec = next_spec(last_task[slot])
+        if spec is not None:
+            starts[slot] = spec
+            last_task[slot] = (spec.suite, spec.task_id)
+    if not starts:
+        return
+    try:
+        obs = pool.reset(starts)
+    except WorkerCrashed as err:  # slots that did not reset lost their worker
+        obs = err.completed
+    for slot, spec in starts.items():
+        if slot in obs:
+            rec = EpisodeRecorder() if record else None
+            dist = obs[slot].get(INIT_DISTANCE_KEY)
+            active[slot] = {"spec": spec, "obs": obs[slot], "t": 0, "rec": rec, "dist": dist}
+        else:
+            last_task[slot] = None
+            yield EpisodeResult(spec, False, 0, 0, crashed=True)
+
+
+def _step_episodes(
+    pool: EnvWorkerPool, active: dict[int, dict], last_task: dict[int, tuple[str, int] | None], max_steps: int
+) -> Iterator[EpisodeResult]:
+    """One scripted step of every active episode; yield (and drop from `active`) each one that finished or
+    whose worker was replaced.
+
+    Args:
+        pool: the scripted pool.
+        active: slot -> running episode, updated here.
+        last_task: slot -> its last (suite, task_id); cleared for a replaced worker.
+        max_steps: env steps allowed after the wait steps.
+    """
+    try:
+        out = pool.scripted_step(list(active))
+    except WorkerCrashed as err:
+        out = err.completed
+        for slot in [s for s in active if pool.spec(s) is None]:  # replaced workers
+            ep = active.pop(slot)
+            last_task[slot] = None
+            yield EpisodeResult(ep["spec"], False, max(0, ep["t"] - NUM_STEPS_WAIT), 0, crashed=True)
+    for slot, (action, obs, _reward, done, info) in out.items():
+        ep = active[slot]
+        ep["t"] += 1
+        if ep["rec"] is not None and ep["t"] > NUM_STEPS_WAIT:
+            ep["rec"].add(ep["obs"], action)
+        ep["obs"] = obs
+        steps = ep["t"] - NUM_STEPS_WAIT
+        if done or info.get("gave_up") or steps >= max_steps:
+            del active[slot]
+            retries = int(info.get("retries", 0))
+            yield EpisodeResult(
+                ep["spec"],
+                bool(done),
+                max(steps, 0),
+                retries,
+                recorder=ep["rec"],
+                init_distance=ep["dist"],
+            )
 
 
 def task_ids(suite: str, tasks: tuple[int, ...] | None) -> list[int]:
