@@ -56,24 +56,67 @@ def _train_step_fn(model, batch):
     return step
 
 
-def bench_preset(name: str, vla_config, batch_size: int, repeats: int) -> dict:
-    from stamo_vla.vla import build_prompt, build_tiny
+def _adapter(vla_config, encoder: StaMoEncoder, target: str, with_encoder: bool):
+    """(adapter model, processor, base) of a fresh tiny base with LoRA rank 8 and a `target` head."""
+    from stamo_vla.vla import build_tiny
 
+    base, processor = build_tiny(config=vla_config, seed=0)
+    # head width = hidden / 4, the ratio of the paper-scale preset (1024 for Llama-2-7B's 4096)
+    width = max(16, base.config.text_config.hidden_size // 4)
+    cfg = StaMoAdapterConfig(target=target, lora_rank=8, head_width=width)
+    shape = (encoder.config.num_state_tokens, encoder.config.state_dim)
+    encoder_or_none = encoder if with_encoder else None
+    return attach(base, cfg, stamo_encoder=encoder_or_none, target_shape=shape), processor, base
+
+
+def _time_predict_action(model, processor, batch_size: int, shape: tuple[int, int], repeats: int) -> dict:
+    """Seconds per `predict_action`: LoRA merged into the base vs `model` with the head off vs on.
+
+    Args:
+        model: the adapter (put in eval mode here; a deep copy is merged).
+        processor: the base's processor.
+        batch_size: observations per call.
+        shape: (tokens, dim) of a StaMo state.
+        repeats: timed rounds.
+    """
+    from stamo_vla.vla import build_prompt
+
+    model.eval()
+    merged_model = copy.deepcopy(model)
+    with torch.no_grad():  # what `stamo-vla merge` writes to disk, kept in memory here
+        merged_base = merged_model.vla.merge_and_unload()
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 255, (224, 224, 3), dtype=np.uint8) for _ in range(batch_size)]
+    inputs = processor([build_prompt("pick up the bowl and place it on the plate")] * batch_size, images)
+    args = (inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"])
+    current = torch.randn(batch_size, *shape)
+    return timed_rounds(
+        {
+            "merged_base": lambda: merged_base.predict_action(*args),
+            "adapter_head_off": lambda: model.predict_action(*args),
+            "adapter_head_on": lambda: model.predict_action(
+                *args, return_future_state=True, current_state=current
+            ),
+        },
+        repeats,
+    )
+
+
+def bench_preset(name: str, vla_config, batch_size: int, repeats: int) -> dict:
+    """Training-step and `predict_action` times of one model preset, with the overheads as ratios.
+
+    Args:
+        name: the preset's name (recorded).
+        vla_config: its OpenVLA config.
+        batch_size: samples per step and observations per call.
+        repeats: timed rounds.
+    """
     torch.manual_seed(0)
     encoder = StaMoEncoder(tiny_config()).eval()
     shape = (encoder.config.num_state_tokens, encoder.config.state_dim)
-
-    def adapter(target: str, with_encoder: bool):
-        base, processor = build_tiny(config=vla_config, seed=0)
-        # head width = hidden / 4, the ratio of the paper-scale preset (1024 for Llama-2-7B's 4096)
-        width = max(16, base.config.text_config.hidden_size // 4)
-        cfg = StaMoAdapterConfig(target=target, lora_rank=8, head_width=width)
-        encoder_or_none = encoder if with_encoder else None
-        return attach(base, cfg, stamo_encoder=encoder_or_none, target_shape=shape), processor, base
-
-    plain, processor, base = adapter("none", False)
-    cached, _, _ = adapter("motion", False)
-    live, _, _ = adapter("motion", True)
+    plain, processor, base = _adapter(vla_config, encoder, "none", False)
+    cached, _, _ = _adapter(vla_config, encoder, "motion", False)
+    live, _, _ = _adapter(vla_config, encoder, "motion", True)
     batch = _batch(processor, base, batch_size, shape)
     cache_batch = {k: v for k, v in batch.items() if k not in (K.STAMO_PIXELS, K.FUTURE_STAMO_PIXELS)}
     live_batch = {k: v for k, v in batch.items() if k not in (K.STATE, K.FUTURE_STATE)}
@@ -85,26 +128,7 @@ def bench_preset(name: str, vla_config, batch_size: int, repeats: int) -> dict:
         },
         repeats,
     )
-
-    cached.eval()
-    merged_model = copy.deepcopy(cached)
-    with torch.no_grad():  # what `stamo-vla merge` writes to disk, kept in memory here
-        merged_base = merged_model.vla.merge_and_unload()
-    rng = np.random.default_rng(1)
-    images = [rng.integers(0, 255, (224, 224, 3), dtype=np.uint8) for _ in range(batch_size)]
-    inputs = processor([build_prompt("pick up the bowl and place it on the plate")] * batch_size, images)
-    args = (inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"])
-    current = torch.randn(batch_size, *shape)
-    infer = timed_rounds(
-        {
-            "merged_base": lambda: merged_base.predict_action(*args),
-            "adapter_head_off": lambda: cached.predict_action(*args),
-            "adapter_head_on": lambda: cached.predict_action(
-                *args, return_future_state=True, current_state=current
-            ),
-        },
-        repeats,
-    )
+    infer = _time_predict_action(cached, processor, batch_size, shape, repeats)
     return {
         "preset": name,
         "batch_size": batch_size,
