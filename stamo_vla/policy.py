@@ -11,7 +11,7 @@ optionally center cropped),
 for a policy with ``uses_wrist_image``. Actions are in the *dataset* convention (gripper 1 = open, 0 = closed)
 unless ``actions_in_env_convention`` (then they go to the env unchanged). The policies: `OpenVLAPolicy`
 (`stamo_vla.vla.policy`), `OFTPolicy` and `FutureFramePolicy` (`stamo_vla.adapter`), the scripted oracle
-(`stamo_vla.libero`) and the suite-keyed wrapper (`stamo_vla.evaluation`). Light on purpose: importing it imports
+(`stamo_vla.libero`) and the suite-keyed wrapper (`stamo_vla.policy_kinds`). Light on purpose: importing it imports
 numpy only.
 """
 
