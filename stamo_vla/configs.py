@@ -52,6 +52,21 @@ def resolve_preset(name_or_path: str | os.PathLike, prefix: str = "", directory:
     )
 
 
+def _config_flag(args: list[str], prefix: str) -> tuple[Path | None, list[str]]:
+    """(the preset or YAML file ``--config`` names, or None; the other arguments)."""
+    for flag in ("--config", "--config_path", "--config-path"):
+        if flag in args:
+            i = args.index(flag)
+            if i + 1 >= len(args):
+                raise ValueError(f"{flag} needs a value: a preset name or a .yaml path")
+            return resolve_preset(args[i + 1], prefix), args[:i] + args[i + 2 :]
+        eq = [a for a in args if a.startswith(flag + "=")]
+        if eq:
+            args.remove(eq[0])
+            return resolve_preset(eq[0].split("=", 1)[1], prefix), args
+    return None, args
+
+
 def parse_config(config_cls: type[T], args: Sequence[str] | None = None, prefix: str = "") -> T:
     """Parse ``--config NAME_OR_PATH`` plus draccus overrides (``--field value``) into `config_cls`.
 
@@ -66,21 +81,7 @@ def parse_config(config_cls: type[T], args: Sequence[str] | None = None, prefix:
     """
     import draccus
 
-    args = list(args or [])
-    config_path = None
-    for flag in ("--config", "--config_path", "--config-path"):
-        if flag in args:
-            i = args.index(flag)
-            if i + 1 >= len(args):
-                raise ValueError(f"{flag} needs a value: a preset name or a .yaml path")
-            config_path = resolve_preset(args[i + 1], prefix)
-            args = args[:i] + args[i + 2 :]
-            break
-        eq = [a for a in args if a.startswith(flag + "=")]
-        if eq:
-            config_path = resolve_preset(eq[0].split("=", 1)[1], prefix)
-            args.remove(eq[0])
-            break
+    config_path, args = _config_flag(list(args or []), prefix)
     with _upgraded(config_cls, config_path) as config_path:
         parser = draccus.argparsing.ArgumentParser(
             config_class=config_cls,
