@@ -276,27 +276,43 @@ def merge_checkpoint(
         overwrite: replace an earlier merge output.
         max_shard_size: the most tensor data per shard file ("5GB", "500MB" or bytes).
     """
-    from stamo_vla.adapter.attach import (
-        HEAD_WEIGHTS,
-        MERGED_KIND,
-        PEFT_WEIGHTS,
-        STATISTICS,
-        check_base_compatible,
-        check_weight_files,
-        has_lora,
-    )
-    from stamo_vla.adapter.configuration_adapter import StaMoAdapterConfig, saved_target_shape
-    from stamo_vla.data.statistics import load_dataset_statistics
-    from stamo_vla.provenance import read_provenance, write_provenance
-    from stamo_vla.vla import OpenVLAForActionPrediction, OpenVLAProcessor
-    from stamo_vla.vla.configuration_openvla import OpenVLAConfig
-    from stamo_vla.vla.loading import prepare_load, weight_files
+    from stamo_vla.adapter.attach import MERGED_KIND
 
     base_dir, adapter_dir, out_dir = Path(base_dir), Path(adapter_dir), Path(out_dir)
     check_apart({"output_dir": out_dir}, {"vla_path": base_dir, "adapter_dir": adapter_dir})
     check_replaceable(out_dir, MERGED_KIND, overwrite)
     max_shard_bytes = shard_bytes(max_shard_size)
     torch_dtype = getattr(torch, dtype) if dtype else None
+    inputs = _read_inputs(base_dir, adapter_dir)
+    with atomic_dir(out_dir, kind=MERGED_KIND, overwrite=overwrite) as tmp:
+        write_merged_weights(tmp, inputs.weight_files, inputs.pairs, torch_dtype, device, max_shard_bytes)
+        _write_merged_files(tmp, adapter_dir, inputs, torch_dtype)
+    return out_dir
+
+
+@dataclasses.dataclass
+class _MergeInputs:
+    """What a merge reads from the base and the adapter, checked before anything is written."""
+
+    weight_files: list[Path]  # the base's weight files
+    pairs: dict  # the LoRA factor pairs (empty: the adapter has no LoRA weights, the base is copied)
+    cfg: object  # the adapter's StaMoAdapterConfig
+    provenance: object  # the adapter's provenance
+    stats: dict  # the adapter's dataset statistics
+    config: object  # the base's OpenVLAConfig
+    processor: object  # the base's OpenVLAProcessor
+
+
+def _read_inputs(base_dir: Path, adapter_dir: Path) -> _MergeInputs:
+    """Read and check the base checkpoint and the adapter (the base stays memory-mapped)."""
+    from stamo_vla.adapter.attach import STATISTICS, check_base_compatible, check_weight_files, has_lora
+    from stamo_vla.adapter.configuration_adapter import StaMoAdapterConfig
+    from stamo_vla.data.statistics import load_dataset_statistics
+    from stamo_vla.provenance import read_provenance
+    from stamo_vla.vla import OpenVLAForActionPrediction, OpenVLAProcessor
+    from stamo_vla.vla.configuration_openvla import OpenVLAConfig
+    from stamo_vla.vla.loading import prepare_load, weight_files
+
     directory, _, _ = prepare_load(base_dir, {})  # checks config, weights and every tensor's shape
     if not adapter_dir.is_dir():
         raise FileNotFoundError(f"adapter directory {adapter_dir} does not exist")
@@ -313,20 +329,27 @@ def merge_checkpoint(
         del base
     pairs = read_lora(adapter_dir) if lora else {}
     processor = OpenVLAProcessor.from_pretrained(directory)
-    with atomic_dir(out_dir, kind=MERGED_KIND, overwrite=overwrite) as tmp:
-        write_merged_weights(tmp, weight_files(directory), pairs, torch_dtype, device, max_shard_bytes)
-        config.norm_stats = stats
-        if torch_dtype is not None:
-            config.dtype = torch_dtype
-        if config.dtype is not None:  # from_pretrained records the dtype it loaded in both configs
-            config.text_config.dtype = config.dtype
-        config.save_pretrained(str(tmp))
-        processor.save_pretrained(tmp)
-        copy_head_files(adapter_dir, tmp, skip=PEFT_WEIGHTS)
-        if cfg.has_head and not (tmp / HEAD_WEIGHTS).is_file():
-            raise FileNotFoundError(f"{adapter_dir} has target={cfg.target!r} but no {HEAD_WEIGHTS}")
-        cfg.save(tmp, saved_target_shape(adapter_dir) if cfg.has_head else None)
-        # the merged weights are no longer the base the LoRA weights were trained on: no base signature to check
-        write_provenance(tmp, dataclasses.replace(provenance, base_model={}))
-        write_json_atomic(tmp / STATISTICS, stats)
-    return out_dir
+    return _MergeInputs(weight_files(directory), pairs, cfg, provenance, stats, config, processor)
+
+
+def _write_merged_files(tmp: Path, adapter_dir: Path, inputs: _MergeInputs, torch_dtype) -> None:
+    """Everything of a merge output but the weights: config, processor, head files, adapter config, provenance."""
+    from stamo_vla.adapter.attach import HEAD_WEIGHTS, PEFT_WEIGHTS, STATISTICS
+    from stamo_vla.adapter.configuration_adapter import saved_target_shape
+    from stamo_vla.provenance import write_provenance
+
+    config, cfg = inputs.config, inputs.cfg
+    config.norm_stats = inputs.stats
+    if torch_dtype is not None:
+        config.dtype = torch_dtype
+    if config.dtype is not None:  # from_pretrained records the dtype it loaded in both configs
+        config.text_config.dtype = config.dtype
+    config.save_pretrained(str(tmp))
+    inputs.processor.save_pretrained(tmp)
+    copy_head_files(adapter_dir, tmp, skip=PEFT_WEIGHTS)
+    if cfg.has_head and not (tmp / HEAD_WEIGHTS).is_file():
+        raise FileNotFoundError(f"{adapter_dir} has target={cfg.target!r} but no {HEAD_WEIGHTS}")
+    cfg.save(tmp, saved_target_shape(adapter_dir) if cfg.has_head else None)
+    # the merged weights are no longer the base the LoRA weights were trained on: no base signature to check
+    write_provenance(tmp, dataclasses.replace(inputs.provenance, base_model={}))
+    write_json_atomic(tmp / STATISTICS, inputs.stats)
