@@ -31,6 +31,7 @@ from stamo_vla.training.distributed import seed_everything, setup_accelerator
 from stamo_vla.training.logger import TrainLogger
 from stamo_vla.training.loop import Hooks, Training, loader_batches, resume_point, train_loop
 from stamo_vla.training.optim import OptimizerConfig
+from stamo_vla.training.resume_config import reconcile_run
 from stamo_vla.training.run_config import RunConfig
 from stamo_vla.training.supervision import FinetuneCollator, SupervisionCheck
 from stamo_vla.vla import ActionTokenizer, OpenVLAForActionPrediction, OpenVLAProcessor, build_tiny, tiny
@@ -42,6 +43,8 @@ logger = logging.getLogger(__name__)
 MODEL_PRESETS = ("tiny", "small", "mid")
 MODEL_DIR = "model"
 PROCESSOR_DIR = "processor"
+# what a checkpoint fixes: its architecture and action tokens, its input size, its data and tokenizer merges
+RESUME_FIXED = ("model", "data.format", "data.dataset_names", "data.image_size", "tokenizer_datasets")
 
 
 def _base_optim() -> OptimizerConfig:
@@ -181,6 +184,8 @@ def train_base(cfg: BaseTrainConfig) -> Path:
     accelerator = setup_accelerator(cfg.mixed_precision)
     run_dir = cfg.run_path()
     resume_from = resume_point(cfg, run_dir, accelerator.is_main_process)
+    if resume_from is not None:  # before the model is loaded: a changed model is refused, not trained
+        reconcile_run(cfg, run_dir, resume_from, RESUME_FIXED, write=accelerator.is_main_process)
     seed_everything(cfg.seed)
     vla, processor = _load_or_build(cfg, run_dir, resume_from)
     model = FullTraining(vla.to(accelerator.device))
@@ -192,6 +197,7 @@ def train_base(cfg: BaseTrainConfig) -> Path:
         model.parameters(), cfg.optim, cfg.max_steps, resume_from, accelerator
     )
     ddp_model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.wait_for_everyone()  # every rank has read the previous config.yaml before it is replaced
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")

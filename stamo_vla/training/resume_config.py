@@ -1,15 +1,19 @@
-"""What may change when a fine-tuning run resumes, and the record of what did.
+"""What may change when a run resumes, and the record of what did: one mechanism for every recipe.
 
-A checkpoint fixes the model it holds: the base checkpoint and every adapter setting that shapes or defines
-the trained modules (LoRA rank and targets, head, target kind, horizon, ...). Changing one of those on resume
-is refused (`ResumeConfigError`), since the checkpoint would silently keep training the old model while the
-run's config said otherwise. So is a change of data.image_aug when the checkpoint's provenance records that
-its images were (or were not) augmented, and a StaMo encoder other than the one whose states the head learned.
-Everything else (lr and schedule, batch size, step counts, logging, data settings) may change: each change is
-written to ``<run_dir>/config_changes.jsonl`` with the step it took effect, and the previous ``config.yaml`` is
-kept under ``<run_dir>/config_history/`` before the new one is written (append-only: a copy is never
-overwritten). The optimizer follows the current config on resume (`stamo_vla.training.optim.apply_optim_config`),
-so each recorded change is the change that took effect.
+A checkpoint fixes the model it holds, so a resumed config that changes what defines it is refused
+(`ResumeConfigError`, naming the field, the recorded and the requested value): the checkpoint would silently
+keep training the old model while the run's config said otherwise. Each recipe names its fixed fields
+(`reconcile_run`'s ``fixed``): base training the model size, image size, datasets and tokenizer data
+(`base_training.RESUME_FIXED`), StaMo pretraining the StaMo model, image source and held-out split
+(`stamo_pretrain.RESUME_FIXED`). Fine-tuning (`reconcile`) checks the checkpoint itself: the base checkpoint,
+every adapter setting that shapes the trained modules (LoRA rank and targets, head, target kind, horizon, ...),
+data.image_aug when the checkpoint's provenance records it, and the StaMo encoder whose states the head learned.
+
+Everything else (lr and schedule, batch size, step counts, logging, data settings) may change, in every recipe
+alike (`record_changes`): each change is written to ``<run_dir>/config_changes.jsonl`` with the step it took
+effect, and the previous ``config.yaml`` is kept under ``<run_dir>/config_history/`` before the new one is
+written (append-only: a copy is never overwritten). The optimizer follows the current config on resume
+(`stamo_vla.training.optim.apply_optim_config`), so each recorded change is the change that took effect.
 """
 
 from __future__ import annotations
@@ -17,18 +21,22 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 from stamo_vla.adapter.configuration_adapter import CONFIG_NAME, TARGET_SHAPE_FIELDS
 from stamo_vla.fileio import append_jsonl, read_json, write_text_atomic
 from stamo_vla.provenance import Provenance, read_provenance
+from stamo_vla.training.checkpoint import STATE_FILE
 from stamo_vla.training.finetune_config import FinetuneConfig
 
 CHANGES_FILE = "config_changes.jsonl"
 HISTORY_DIR = "config_history"
 FIXED_TOP_LEVEL = ("vla_path", "load_in_4bit")
-# how to resume (not what runs) or derived from adapter fields checked above
-IGNORED = ("resume", "run_dir", "data.horizon", "data.action_chunk")
+# how to resume, not what runs: never a recorded change
+RUN_LOCATION = ("resume", "run_dir")
+# fine-tuning: derived from the adapter fields `check_fixed` checks
+IGNORED = (*RUN_LOCATION, "data.horizon", "data.action_chunk")
 
 
 class ResumeConfigError(ValueError):
@@ -97,12 +105,7 @@ def check_fixed(
             f"{provenance.source}), now {current['data.image_aug']!r}"
         )
     diffs += _encoder_change(provenance, stamo_fingerprint)
-    if diffs:
-        raise ResumeConfigError(
-            f"resume=true cannot change what checkpoint {checkpoint} fixes: "
-            + "; ".join(diffs)
-            + ". Resume with the original values, or start a new run (another run_dir) for the new model."
-        )
+    refuse(diffs, checkpoint)
 
 
 def _encoder_change(provenance: Provenance | None, current: str | None) -> list[str]:
@@ -123,12 +126,25 @@ def checkpoint_adapter_config(checkpoint: Path) -> dict:
     return read_json(path, "The checkpoint is damaged: resume from an earlier one, or start a new run_dir.")
 
 
-def allowed_changes(cfg_dict: dict, previous: dict) -> dict[str, dict]:
-    """{dotted field: {"old", "new"}} for every field that differs (fixed ones are checked beforehand)."""
+def _within(key: str, fields: Sequence[str]) -> bool:
+    """Whether dotted `key` is one of `fields` or lies inside one of them."""
+    return any(key == name or key.startswith(name + ".") for name in fields)
+
+
+def allowed_changes(
+    cfg_dict: dict, previous: dict, ignored: Sequence[str] = (*IGNORED, "adapter")
+) -> dict[str, dict]:
+    """{dotted field: {"old", "new"}} for every field that differs (fixed ones are checked beforehand).
+
+    Args:
+        cfg_dict: the resumed config, as saved.
+        previous: the run's previous config.yaml.
+        ignored: fields (with everything inside them) never recorded: how to resume, or checked elsewhere.
+    """
     old, new = _flatten(previous), _flatten(cfg_dict)
     changes = {}
     for key in sorted(set(old) | set(new)):
-        if key in IGNORED or key.startswith("adapter."):
+        if _within(key, ignored):
             continue
         if old.get(key) != new.get(key):
             changes[key] = {"old": old.get(key), "new": new.get(key)}
@@ -158,10 +174,107 @@ def keep_in_history(config_file: Path, history: Path, step: int) -> Path:
     return kept
 
 
+def fixed_changes(cfg_dict: dict, previous: dict, fixed: Sequence[str]) -> list[str]:
+    """``"<field>: checkpoint <recorded>, now <requested>"`` for every field in (or inside) `fixed` that differs.
+
+    Args:
+        cfg_dict: the resumed config, as saved.
+        previous: the run's previous config.yaml (what the checkpoint was trained with).
+        fixed: the fields the recipe's checkpoint fixes (a section fixes every field inside it).
+    """
+    old, new = _flatten(previous), _flatten(cfg_dict)
+    keys = sorted(k for k in set(old) | set(new) if _within(k, fixed))
+    return [f"{k}: checkpoint {old.get(k)!r}, now {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+def refuse(diffs: list[str], checkpoint: Path) -> None:
+    """Raise `ResumeConfigError` naming every fixed change in `diffs` (nothing when there is none)."""
+    if diffs:
+        raise ResumeConfigError(
+            f"resume=true cannot change what checkpoint {checkpoint} fixes: "
+            + "; ".join(diffs)
+            + ". Resume with the original values, or start a new run (another run_dir) for the new model."
+        )
+
+
+def previous_config(run_dir: Path, config_cls: type) -> dict | None:
+    """The run's previous config.yaml under the current field names (`config_cls.upgrade_saved`); None if none."""
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        return None
+    return config_cls.upgrade_saved(_load_yaml(config_file), run_dir)
+
+
+def record_changes(
+    cfg_dict: dict, previous: dict, run_dir: Path, step: int, ignored: Sequence[str], write: bool = True
+) -> dict[str, dict]:
+    """Record the allowed changes: the previous config.yaml kept in the history, the changes appended to
+    ``config_changes.jsonl`` with `step`, and a warning naming them. Every recipe resumes through this.
+
+    Args:
+        cfg_dict: the resumed config, as saved.
+        previous: the run's previous config.yaml (as `previous_config` reads it).
+        run_dir: the run directory.
+        step: the step resumed from.
+        ignored: fields never recorded (`allowed_changes`).
+        write: record and warn (rank 0); other ranks only compute the changes.
+
+    Returns:
+        The changes, {dotted field: {"old", "new"}}.
+    """
+    changes = allowed_changes(cfg_dict, previous, ignored)
+    if changes and write:
+        kept = keep_in_history(run_dir / "config.yaml", run_dir / HISTORY_DIR, step)
+        append_jsonl(run_dir / CHANGES_FILE, {"step": step, "changes": changes})
+        described = ", ".join(f"{k}: {v['old']!r} -> {v['new']!r}" for k, v in changes.items())
+        warnings.warn(
+            f"resuming at step {step} with a changed config ({described}); the changes take effect from "
+            f"step {step + 1}, are recorded in {run_dir / CHANGES_FILE}, and the previous config is kept "
+            f"as {kept}.",
+            stacklevel=3,
+        )
+    return changes
+
+
+def reconcile_run(
+    cfg: object, run_dir: str | os.PathLike, checkpoint: Path, fixed: Sequence[str], write: bool = True
+) -> dict[str, dict]:
+    """Refuse a change of the `fixed` fields; record every other change (`record_changes`) at the
+    checkpoint's step. Call it before the checkpoint's model is loaded, so that a changed model is refused.
+
+    Base training and StaMo pretraining resume through this; fine-tuning through `reconcile`, which checks the
+    checkpoint's adapter and provenance too.
+
+    Args:
+        cfg: the resumed config (a draccus dataclass with ``upgrade_saved``, such as a `RunConfig`).
+        run_dir: the run directory.
+        checkpoint: the checkpoint being resumed (`stamo_vla.training.loop.resume_point`).
+        fixed: the fields the checkpoint fixes (a section fixes every field inside it).
+        write: record the changes (rank 0).
+
+    Returns:
+        The allowed changes ({} when the config is unchanged or the run has no previous config.yaml).
+    """
+    import draccus
+
+    run_dir = Path(run_dir)
+    cfg_dict = draccus.encode(cfg)
+    previous = previous_config(run_dir, type(cfg))
+    if previous is None:
+        return {}
+    refuse(fixed_changes(cfg_dict, previous, fixed), checkpoint)
+    step = int(
+        read_json(checkpoint / STATE_FILE, "Resume from an earlier checkpoint, or start a new run_dir.")[
+            "step"
+        ]
+    )
+    return record_changes(cfg_dict, previous, run_dir, step, (*RUN_LOCATION, *fixed), write)
+
+
 def reconcile(
     cfg_dict: dict, run_dir: str | os.PathLike, checkpoint: Path, step: int, write: bool = True
 ) -> dict[str, dict]:
-    """Refuse fixed changes; record allowed ones (with `step`) and keep the previous config.yaml.
+    """Fine-tuning's resume: refuse fixed changes (`check_fixed`); record allowed ones (`record_changes`).
 
     With ``write=False`` (ranks other than 0) nothing is written or logged; the decision is the same.
 
@@ -176,23 +289,9 @@ def reconcile(
         The allowed changes ({} when the config is unchanged or the run has no previous config.yaml).
     """
     run_dir = Path(run_dir)
+    previous = previous_config(run_dir, FinetuneConfig)  # a config saved before a rename compares as now
     checkpoint_adapter = checkpoint_adapter_config(checkpoint)
-    config_file = run_dir / "config.yaml"
-    previous = _load_yaml(config_file) if config_file.is_file() else None
-    if previous is not None:  # a config saved before a field was renamed compares under the current names
-        previous = FinetuneConfig.upgrade_saved(previous, run_dir)
     check_fixed(cfg_dict, checkpoint_adapter, previous, checkpoint, read_provenance(checkpoint / "model"))
     if previous is None:
         return {}
-    changes = allowed_changes(cfg_dict, previous)
-    if changes and write:
-        kept = keep_in_history(config_file, run_dir / HISTORY_DIR, step)
-        append_jsonl(run_dir / CHANGES_FILE, {"step": step, "changes": changes})
-        described = ", ".join(f"{k}: {v['old']!r} -> {v['new']!r}" for k, v in changes.items())
-        warnings.warn(
-            f"resuming at step {step} with a changed config ({described}); the changes take effect from "
-            f"step {step + 1}, are recorded in {run_dir / CHANGES_FILE}, and the previous config is kept "
-            f"as {kept}.",
-            stacklevel=2,
-        )
-    return changes
+    return record_changes(cfg_dict, previous, run_dir, step, (*IGNORED, "adapter"), write)

@@ -29,9 +29,13 @@ from stamo_vla.training.distributed import seed_everything, setup_accelerator
 from stamo_vla.training.logger import TrainLogger
 from stamo_vla.training.loop import Hooks, Training, resume_point, train_loop
 from stamo_vla.training.optim import OptimizerConfig
+from stamo_vla.training.resume_config import reconcile_run
 from stamo_vla.training.run_config import RunConfig
 from stamo_vla.training.vae_fit import fit_vae, latent_statistics, vae_health
 from stamo_vla.viz.reconstruction import derangement, evaluate, save_sample_sheet
+
+# what a checkpoint fixes: the StaMo model, the images it trains on and the held-out split
+RESUME_FIXED = ("model", "source", "num_heldout", "heldout_groups", "split_seed")
 
 
 @dataclass
@@ -291,10 +295,13 @@ def pretrain(cfg: PretrainStaMoConfig) -> dict:
     acc = setup_accelerator(cfg.mixed_precision)
     run_dir, main = cfg.run_path(), acc.is_main_process
     latest = resume_point(cfg, run_dir, main)  # past a damaged newest one
+    if latest is not None:  # before the model is loaded: a changed model is refused, not trained
+        reconcile_run(cfg, run_dir, latest, RESUME_FIXED, write=main)
     train_u8, heldout_u8, split = _split_images(cfg)
     seed_everything(cfg.seed)
     health: dict = {"warnings": []}
     model = _model(cfg, latest, (train_u8, heldout_u8), health).to(acc.device)
+    acc.wait_for_everyone()  # every rank has read the previous config.yaml before it is replaced
     if main:
         save_config(cfg, run_dir / "config.yaml")
         write_json_atomic(run_dir / "heldout.json", split)

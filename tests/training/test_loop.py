@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from test_base_training import base_cfg
 from test_finetune import tiny_cfg
 
@@ -36,25 +39,32 @@ def _train_base(tmp_path, data_root, batch_size: int, max_steps: int):
     return cfg.run_dir
 
 
-def _pretrain(tmp_path, data_root, batch_size: int, max_steps: int):
+def _pretrain_cfg(tmp_path, batch_size: int, max_steps: int, lr: float = 1e-3, state_dim: int | None = None):
     from stamo_vla.data.stamo_frames import SyntheticSource
     from stamo_vla.stamo.configuration_stamo import tiny_config
-    from stamo_vla.training.optim import OptimizerConfig
-    from stamo_vla.training.stamo_pretrain import PretrainStaMoConfig, pretrain
+    from stamo_vla.training.stamo_pretrain import PretrainStaMoConfig
 
-    cfg = PretrainStaMoConfig(
-        model=tiny_config(),
+    model = tiny_config()
+    model.state_dim = state_dim or model.state_dim
+    return PretrainStaMoConfig(
+        model=model,
         source=SyntheticSource(num_images=12),  # 10 training images, 2 held out
         num_heldout=2,
         run_dir=str(tmp_path / "pretrain"),
         max_steps=max_steps,
         batch_size=batch_size,
-        optim=OptimizerConfig(lr=1e-3, warmup_steps=1),
+        optim=OptimizerConfig(lr=lr, warmup_steps=1),
         log_steps=1,
         save_steps=2,
         eval_sample_steps=1,
         interpolation_frames=3,
     )
+
+
+def _pretrain(tmp_path, data_root, batch_size: int, max_steps: int):
+    from stamo_vla.training.stamo_pretrain import pretrain
+
+    cfg = _pretrain_cfg(tmp_path, batch_size, max_steps)
     pretrain(cfg)
     return cfg.run_dir
 
@@ -84,6 +94,69 @@ def test_every_recipe_resumes_with_a_changed_batch_size_the_same_way(recipe, tmp
     assert state["step"] == 3 and state["data_state"]["batch_size"] == 3
     assert _next_sample(state["data_state"]) == 9  # samples 6, 7 and 8 made step 3
     assert [m["step"] for m in load_metrics(run_dir) if "train/loss" in m] == [1, 2, 3]
+
+
+def _changed_finetune(tmp_path, data_root, max_steps: int, lr: float, fixed_change: bool):
+    from stamo_vla.training.finetune import finetune
+
+    args = ["--adapter.target", "none", "--save_steps", "2", "--resume", "true", "--optim.lr", str(lr)]
+    args += ["--max_steps", str(max_steps), *(["--adapter.lora_rank", "4"] if fixed_change else [])]
+    return tiny_cfg(tmp_path, data_root, *args), finetune
+
+
+def _changed_train_base(tmp_path, data_root, max_steps: int, lr: float, fixed_change: bool):
+    from stamo_vla.training.base_training import train_base
+
+    args = ["--save_steps", "2", "--max_steps", str(max_steps), "--optim.lr", str(lr)]
+    return base_cfg(
+        tmp_path, data_root, "base", *args, *(["--model", "mid"] if fixed_change else [])
+    ), train_base
+
+
+def _changed_pretrain(tmp_path, data_root, max_steps: int, lr: float, fixed_change: bool):
+    from stamo_vla.training.stamo_pretrain import pretrain
+
+    return _pretrain_cfg(tmp_path, 2, max_steps, lr, state_dim=32 if fixed_change else None), pretrain
+
+
+# recipe -> (its config and entry point, a field its checkpoint fixes)
+CHANGED = {
+    "finetune": (_changed_finetune, "adapter.lora_rank"),
+    "train-base": (_changed_train_base, "model"),
+    "pretrain": (_changed_pretrain, "model.state_dim"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", sorted(CHANGED))
+def test_every_recipe_refuses_a_fixed_change_and_records_allowed_ones_the_same_way(
+    recipe, tmp_path, toy_data_root
+):
+    from stamo_vla.training.resume_config import CHANGES_FILE, HISTORY_DIR, ResumeConfigError
+
+    build, fixed = CHANGED[recipe]
+    first, run = build(tmp_path, toy_data_root, 2, 0.005, fixed_change=False)
+    run(first)
+    run_dir = Path(first.run_dir)
+    old_config = (run_dir / "config.yaml").read_text()
+    changed, _ = build(tmp_path, toy_data_root, 3, 0.005, fixed_change=True)
+    recorded, requested = attrgetter(fixed)(first), attrgetter(fixed)(changed)
+    with pytest.raises(
+        ResumeConfigError, match=re.escape(f"{fixed}: checkpoint {recorded!r}, now {requested!r}")
+    ):
+        run(changed)
+    assert (run_dir / "config.yaml").read_text() == old_config  # nothing was recorded or overwritten
+    assert not (run_dir / CHANGES_FILE).exists()
+    with pytest.warns(UserWarning, match=r"optim\.lr: 0\.005 -> 0\.001"):
+        run(build(tmp_path, toy_data_root, 3, 0.001, fixed_change=False)[0])
+    changes = [json.loads(line) for line in (run_dir / CHANGES_FILE).read_text().splitlines()]
+    assert changes == [
+        {"step": 2, "changes": {"max_steps": {"old": 2, "new": 3}, "optim.lr": {"old": 0.005, "new": 0.001}}}
+    ]
+    assert (run_dir / HISTORY_DIR / "config_until_step_00000002.yaml").read_text() == old_config
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["optim"]["lr"] == 0.001
+    lrs = {m["step"]: m["train/lr"] for m in load_metrics(run_dir) if "train/lr" in m}
+    assert lrs[3] == pytest.approx(0.001)  # the change took effect at step 3
 
 
 def test_a_position_in_another_batch_size_resumes_at_the_first_unseen_sample(caplog):
