@@ -38,7 +38,13 @@ class Policy:
     image_size: tuple[int, int] = (224, 224)
 
     def predict_batch(self, images: list[np.ndarray], instructions: list[str], **obs: Any) -> np.ndarray:
-        """(B, K, 7) float actions for B observations (see the module docstring)."""
+        """(B, K, 7) float actions for B observations (see the module docstring).
+
+        Args:
+            images: one upright (H, W, 3) uint8 RGB image per observation.
+            instructions: the task instruction of each observation.
+            **obs: further observation fields a policy may use (``wrist_images``, ``proprio``, ...).
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement predict_batch()")
 
     def future_frames(self) -> list[np.ndarray | None] | None:
@@ -57,6 +63,12 @@ class Policy:
         images: Sequence[np.ndarray], num_rows: int, size: tuple[int, int], name: str = "images"
     ) -> None:
         """The shared input check: one upright (H, W, 3) uint8 RGB image per row, at least one row.
+
+        Args:
+            images: the images received.
+            num_rows: the number of instructions, which the images must match (one per row).
+            size: the (H, W) each image must have.
+            name: the argument's name in the message.
 
         Raises:
             ValueError: naming the count, or the first image with the wrong shape or dtype.

@@ -61,7 +61,15 @@ class ActionHeadConfig(draccus.ChoiceRegistry):
     def build_model(
         self, vla: nn.Module, base: nn.Module, cfg: StaMoAdapterConfig, head: nn.Module | None
     ) -> StaMoAdapterModel:
-        """The adapter model over `vla` (peft-wrapped or merged `base`), with fresh extra modules."""
+        """The adapter model over `vla` (peft-wrapped or merged `base`), with fresh extra modules.
+
+        Args:
+            vla: the VLA the adapter trains through: peft-wrapped for training, or `base` with the LoRA
+                merged.
+            base: the base VLA under the adapter (its vision backbone and LLM).
+            cfg: the adapter configuration.
+            head: the StaMo state head, or None when the adapter has no StaMo target.
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement build_model()")
 
     def batch_transform(self, processor: Any, action_tokenizer: Any) -> Any:
@@ -69,14 +77,26 @@ class ActionHeadConfig(draccus.ChoiceRegistry):
         raise NotImplementedError(f"{type(self).__name__} must implement batch_transform()")
 
     def policy(self, adapter: StaMoAdapterModel, processor: Any, unnorm_key: str | None) -> Any:
-        """The evaluation policy that acts with `adapter`."""
+        """The evaluation policy that acts with `adapter`.
+
+        Args:
+            adapter: the adapter model the policy acts with.
+            processor: the base's processor (prompt and image preprocessing).
+            unnorm_key: the dataset whose action statistics un-normalize the actions (None: the only one).
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement policy()")
 
     def save_extra(self, model: StaMoAdapterModel, directory: Path) -> None:
         """Write the head's extra trainable modules (none by default)."""
 
     def load_extra(self, model: StaMoAdapterModel, directory: Path, is_trainable: bool) -> None:
-        """Load what `save_extra` wrote into `model`'s freshly built extra modules (none by default)."""
+        """Load what `save_extra` wrote into `model`'s freshly built extra modules (none by default).
+
+        Args:
+            model: the adapter model whose extra modules were just built.
+            directory: the adapter directory `save_extra` wrote into.
+            is_trainable: load the modules for further training (else frozen, for inference).
+        """
 
 
 @ActionHeadConfig.register_subclass("tokens")
@@ -85,6 +105,14 @@ class TokenActionHead(ActionHeadConfig):
     """OpenVLA's 7 autoregressive action tokens with cross-entropy (one step per call, one camera)."""
 
     def build_model(self, vla, base, cfg, head):
+        """OpenVLA's adapter model: the token head needs no extra modules.
+
+        Args:
+            vla: the VLA the adapter trains through (`ActionHeadConfig.build_model`).
+            base: the base VLA (unused: the tokens come from its LLM head).
+            cfg: the adapter configuration.
+            head: the StaMo state head, or None.
+        """
         from stamo_vla.adapter.modeling_adapter import StaMoAdapterModel
 
         return StaMoAdapterModel(vla, cfg, head)
@@ -95,6 +123,13 @@ class TokenActionHead(ActionHeadConfig):
         return OpenVLABatchTransform(processor, action_tokenizer)
 
     def policy(self, adapter, processor, unnorm_key):
+        """OpenVLA's policy: 7 action tokens decoded greedily per step.
+
+        Args:
+            adapter: the adapter model the policy acts with.
+            processor: the base's processor.
+            unnorm_key: the dataset whose action statistics un-normalize the actions (None: the only one).
+        """
         from stamo_vla.vla.policy import OpenVLAPolicy
 
         return OpenVLAPolicy(adapter.vla, processor, unnorm_key=unnorm_key)
@@ -138,6 +173,15 @@ class L1ActionHead(ActionHeadConfig):
         return f"l1-K{self.action_chunk}-img{self.num_images}"
 
     def build_model(self, vla, base, cfg, head):
+        """The OFT adapter model: this head's L1 action MLP (and proprio projector) over the LLM's hidden
+        states.
+
+        Args:
+            vla: the VLA the adapter trains through (`ActionHeadConfig.build_model`).
+            base: the base VLA; its vision backbone must be present (the extra image and FiLM read it).
+            cfg: the adapter configuration.
+            head: the StaMo state head, or None.
+        """
         from stamo_vla.adapter.oft_adapter import StaMoOFTAdapterModel
         from stamo_vla.vla.oft_forward import OFTModules
 
@@ -176,6 +220,13 @@ class L1ActionHead(ActionHeadConfig):
         )
 
     def policy(self, adapter, processor, unnorm_key):
+        """The OFT policy: a chunk of actions from the L1 head in one pass.
+
+        Args:
+            adapter: the OFT adapter model the policy acts with.
+            processor: the base's processor.
+            unnorm_key: the dataset whose action statistics un-normalize the actions (None: the only one).
+        """
         from stamo_vla.adapter.oft_policy import OFTPolicy  # chunked actions from the L1 head, one pass
 
         return OFTPolicy(adapter, processor, unnorm_key=unnorm_key)
@@ -186,6 +237,13 @@ class L1ActionHead(ActionHeadConfig):
         save_weights(model.oft.state_dict(), Path(directory) / OFT_WEIGHTS)
 
     def load_extra(self, model, directory, is_trainable):
+        """Load the OFT modules `save_extra` wrote (``OFT_WEIGHTS``) into `model`.
+
+        Args:
+            model: the OFT adapter model whose modules were just built.
+            directory: the adapter directory.
+            is_trainable: leave the modules trainable (resume) instead of frozen (inference).
+        """
         from safetensors.torch import load_file
 
         path = Path(directory) / OFT_WEIGHTS

@@ -56,7 +56,13 @@ class FutureFramePolicy(Policy):
 
     @torch.no_grad()
     def predict_batch(self, images: list[np.ndarray], instructions: list[str], **obs: Any) -> np.ndarray:
-        """(B, 1, 7) dataset-convention actions; the decoded future frames are kept for `future_frames`."""
+        """(B, 1, 7) dataset-convention actions; the decoded future frames are kept for `future_frames`.
+
+        Args:
+            images: one upright (H, W, 3) uint8 RGB image per observation.
+            instructions: the task instruction of each observation.
+            **obs: further observation fields (wrist images, proprio), unused by this policy.
+        """
         from PIL import Image
 
         inputs = self.inner.model_inputs(images, instructions)

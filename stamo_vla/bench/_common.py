@@ -11,7 +11,13 @@ def timed_rounds(
     fns: dict[str, Callable[[], object]], repeats: int, reduce: str = "median"
 ) -> dict[str, float]:
     """Seconds per call of each function: one warm-up call each, then `repeats` rounds in which the variants
-    alternate, so load changes on a shared machine hit all of them alike; reduced by "median" or "min"."""
+    alternate, so load changes on a shared machine hit all of them alike; reduced by "median" or "min".
+
+    Args:
+        fns: the variants to time, by name (each called with no argument).
+        repeats: timed rounds.
+        reduce: how the rounds are reduced: "median" or "min".
+    """
     for fn in fns.values():
         fn()  # warm-up (allocator, kernels, caches)
     times: dict[str, list[float]] = {name: [] for name in fns}

@@ -202,7 +202,13 @@ def peak_rss_gib() -> float:
 
 
 def run_step(step: str, work: Path, shape: str) -> dict:
-    """Run one step in this process; adds its peak RSS (GiB) and the peak it had before the step."""
+    """Run one step in this process; adds its peak RSS (GiB) and the peak it had before the step.
+
+    Args:
+        step: build | load | attach | predict_action | merge | merge_streaming.
+        work: the working directory the steps share.
+        shape: the shape of the base checkpoint (its preset name).
+    """
     import torch
 
     torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
@@ -227,7 +233,13 @@ def run_step(step: str, work: Path, shape: str) -> dict:
 
 
 def measure(step: str, work: Path, shape: str) -> dict:
-    """`run_step` in a fresh Python process (its own peak RSS); raises with the child's output on failure."""
+    """`run_step` in a fresh Python process (its own peak RSS); raises with the child's output on failure.
+
+    Args:
+        step: build | load | attach | predict_action | merge | merge_streaming.
+        work: the working directory the steps share.
+        shape: the shape of the base checkpoint (its preset name).
+    """
     cmd = [sys.executable, "-m", "stamo_vla.bench.bench_big", step, str(work), shape]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT)]

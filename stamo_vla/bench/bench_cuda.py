@@ -43,7 +43,13 @@ def no_gpu_message() -> str | None:
 
 
 def build_model(config, device: str, dtype: torch.dtype):
-    """A random-init OpenVLA built directly on `device` in `dtype` (a 7B model never passes through fp32 RAM)."""
+    """A random-init OpenVLA built directly on `device` in `dtype` (a 7B model never passes through fp32 RAM).
+
+    Args:
+        config: the OpenVLA config to build.
+        device: the device the weights are created on.
+        dtype: the weights' dtype.
+    """
     from stamo_vla.vla import OpenVLAForActionPrediction
 
     previous = torch.get_default_dtype()
@@ -82,7 +88,15 @@ def _inputs(processor, batch_size: int, device: str, dtype: torch.dtype) -> dict
 
 
 def bench_batched_predict(model, processor, device: str, repeats: int, batch_size: int = BATCH) -> dict:
-    """Seconds for `batch_size` observations: one batched `predict_action` vs one call per observation."""
+    """Seconds for `batch_size` observations: one batched `predict_action` vs one call per observation.
+
+    Args:
+        model: the OpenVLA model.
+        processor: its processor.
+        device: the device the model runs on.
+        repeats: timed rounds.
+        batch_size: observations per batch.
+    """
     inputs = _inputs(processor, batch_size, device, model.dtype)
     rows = [{k: v[i : i + 1] for k, v in inputs.items()} for i in range(batch_size)]
     with torch.inference_mode():
@@ -106,7 +120,15 @@ def bench_batched_predict(model, processor, device: str, repeats: int, batch_siz
 
 
 def bench_attention(model, processor, device: str, repeats: int, batch_size: int = BATCH) -> dict:
-    """Batched `predict_action` with the LLM on SDPA vs flash-attention 2 (skipped without flash-attn)."""
+    """Batched `predict_action` with the LLM on SDPA vs flash-attention 2 (skipped without flash-attn).
+
+    Args:
+        model: the OpenVLA model.
+        processor: its processor.
+        device: the device the model runs on.
+        repeats: timed rounds.
+        batch_size: observations per batch.
+    """
     from stamo_vla.optional import is_available
 
     if not device.startswith("cuda") or not is_available("flash_attn"):
@@ -168,7 +190,17 @@ def _train_batch(processor, model, device: str, state_shape: tuple[int, int], ba
 def bench_stamo_head(
     config, processor, device: str, dtype, state_shape, repeats: int, batch_size: int = BATCH
 ):
-    """StaMo head overhead: LoRA training step with cached targets vs plain LoRA; inference head on vs off."""
+    """StaMo head overhead: LoRA training step with cached targets vs plain LoRA; inference head on vs off.
+
+    Args:
+        config: the OpenVLA config of the base.
+        processor: its processor.
+        device: the device the models run on.
+        dtype: the models' dtype.
+        state_shape: (num_state_tokens, state_dim) of the StaMo targets.
+        repeats: timed rounds.
+        batch_size: samples per batch.
+    """
     plain = _attached(config, device, dtype, state_shape, target="none").train()
     stamo = _attached(config, device, dtype, state_shape, target="motion").train()
     batch = _train_batch(processor, stamo, device, state_shape, batch_size=max(1, batch_size // 2))
@@ -203,7 +235,18 @@ def bench_stamo_head(
 def bench_oft(
     config, processor, tokens_model, device: str, dtype, state_shape, repeats: int, batch_size: int = BATCH
 ) -> dict:
-    """Actions/s: OFT parallel decoding (8 actions, one pass) vs the token adapter's 7 tokens per action."""
+    """Actions/s: OFT parallel decoding (8 actions, one pass) vs the token adapter's 7 tokens per action.
+
+    Args:
+        config: the OpenVLA config of the base.
+        processor: its processor.
+        tokens_model: the token adapter model compared against.
+        device: the device the models run on.
+        dtype: the models' dtype.
+        state_shape: (num_state_tokens, state_dim) of the StaMo targets.
+        repeats: timed rounds.
+        batch_size: observations per batch.
+    """
     from stamo_vla.adapter.action_heads import L1ActionHead
 
     chunk = 8

@@ -41,6 +41,13 @@ class HoldPolicy(Policy):
     action_chunk = 1
 
     def predict_batch(self, images, instructions, **obs):
+        """Zero arm motion and an open gripper for every row.
+
+        Args:
+            images: one image per observation (only counted).
+            instructions: the task instructions (unused).
+            **obs: further observation fields (unused).
+        """
         out = np.zeros((len(images), 1, 7))
         out[:, :, 6] = 1.0
         return out
@@ -52,6 +59,13 @@ class ChunkHoldPolicy(HoldPolicy):
     action_chunk = 8
 
     def predict_batch(self, images, instructions, **obs):
+        """The hold action repeated `action_chunk` times per row.
+
+        Args:
+            images: one image per observation (only counted).
+            instructions: the task instructions (unused).
+            **obs: further observation fields (unused).
+        """
         return np.repeat(super().predict_batch(images, instructions, **obs), self.action_chunk, axis=1)
 
 
@@ -63,6 +77,13 @@ class TimedPolicy(Policy):
         self.action_chunk, self.uses_wrist_image = policy.action_chunk, policy.uses_wrist_image
 
     def predict_batch(self, images, instructions, **obs):
+        """The wrapped policy's actions; its wall time is added to ``seconds``.
+
+        Args:
+            images: one image per observation.
+            instructions: the task instruction of each observation.
+            **obs: further observation fields, passed on.
+        """
         start = time.perf_counter()
         out = self.policy.predict_batch(images, instructions, **obs)
         self.seconds += time.perf_counter() - start

@@ -58,7 +58,15 @@ def _inputs(processor, batch_size: int, num_images: int, device: str) -> dict:
 
 
 def bench_preset(name: str, config, batch_size: int = 8, repeats: int = 3, device: str = "cpu") -> dict:
-    """Actions/s of the token and OFT adapters on one preset, plus the StaMo head's overhead for OFT."""
+    """Actions/s of the token and OFT adapters on one preset, plus the StaMo head's overhead for OFT.
+
+    Args:
+        name: the preset's name in the report.
+        config: the OpenVLA config of the preset.
+        batch_size: observations per batch.
+        repeats: timed rounds.
+        device: the device the models run on.
+    """
     tokens, processor = _adapter(config, device)
     oft, _ = _adapter(config, device, action_head=L1ActionHead(action_chunk=CHUNK))
     full, _ = _adapter(

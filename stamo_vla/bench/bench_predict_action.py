@@ -47,7 +47,15 @@ def _time(fn, repeats: int) -> float:
 
 
 def bench_preset(name: str, config, batch_size: int = 8, repeats: int = 3, device: str = "cpu") -> dict:
-    """Seconds per batch of `batch_size` observations, batched and serial, for one preset."""
+    """Seconds per batch of `batch_size` observations, batched and serial, for one preset.
+
+    Args:
+        name: the preset's name in the report.
+        config: the OpenVLA config of the preset.
+        batch_size: observations per batch.
+        repeats: timed rounds.
+        device: the device the model runs on.
+    """
     model, processor = build_tiny(config=config)
     model = model.to(device)
     inputs = _inputs(processor, batch_size)

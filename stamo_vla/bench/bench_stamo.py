@@ -26,7 +26,16 @@ def _time(fn, repeats: int) -> float:
 
 
 def bench_preset(name: str, config, batch_size: int, steps: int, repeats: int, device: str) -> dict:
-    """Encoder images/s and decoder seconds per image for one config."""
+    """Encoder images/s and decoder seconds per image for one config.
+
+    Args:
+        name: the config's name in the report.
+        config: the StaMo model config.
+        batch_size: images per batch.
+        steps: Euler steps of the decoder.
+        repeats: timed rounds.
+        device: the device the model runs on.
+    """
     torch.manual_seed(0)
     model = StaMoAutoencoder(config).to(device).eval()
     images = torch.rand(batch_size, 3, config.image_size, config.image_size, device=device)

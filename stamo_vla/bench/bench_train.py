@@ -41,7 +41,13 @@ INSTRUCTIONS = ("put the black bowl on the plate", "pick up the black bowl next 
 
 # ---------------------------------------------------------------------------------------------- setup
 def write_data(root: Path, episodes: int, length: int) -> str:
-    """A synthetic LIBERO-spec RLDS dataset (smooth moving frames, two cameras, two instructions)."""
+    """A synthetic LIBERO-spec RLDS dataset (smooth moving frames, two cameras, two instructions).
+
+    Args:
+        root: the data root the dataset is written under.
+        episodes: episodes to write.
+        length: steps per episode.
+    """
     from stamo_vla.bench.bench_rlds_loader import _episode
     from stamo_vla.data.rlds_writer import write_rlds_dataset
 
@@ -140,7 +146,15 @@ class Trainer:
 
 
 def finetune_trainer(root: str, dataset: str, base_dir: str, variant: str, quick: bool) -> Trainer:
-    """The study's fine-tuning (preset finetune_study_small, target none) on `base_dir`, as one variant."""
+    """The study's fine-tuning (preset finetune_study_small, target none) on `base_dir`, as one variant.
+
+    Args:
+        root: the data root directory.
+        dataset: the dataset name under `root`.
+        base_dir: the base checkpoint the adapter is fine-tuned on.
+        variant: the variant's name ("old", "new", ...).
+        quick: a short run (smoke test of the benchmark).
+    """
     from stamo_vla.configs import parse_config
     from stamo_vla.training.checkpoint import optimization_state
     from stamo_vla.training.distributed import setup_accelerator
@@ -169,7 +183,14 @@ def finetune_trainer(root: str, dataset: str, base_dir: str, variant: str, quick
 
 
 def base_trainer(root: str, dataset: str, variant: str, quick: bool) -> Trainer:
-    """Full training of the ``small`` base (``stamo-vla train-base`` defaults), as one variant."""
+    """Full training of the ``small`` base (``stamo-vla train-base`` defaults), as one variant.
+
+    Args:
+        root: the data root directory.
+        dataset: the dataset name under `root`.
+        variant: the variant's name ("old", "new", ...).
+        quick: a short run (smoke test of the benchmark).
+    """
     from stamo_vla.data.config import DataConfig
     from stamo_vla.training.base_training import BaseTrainConfig, FullTraining, _dataloader, _load_or_build
     from stamo_vla.training.checkpoint import optimization_state
@@ -202,7 +223,15 @@ def base_trainer(root: str, dataset: str, variant: str, quick: bool) -> Trainer:
 
 # ------------------------------------------------------------------------------------------- measure
 def matmul_peak(m: int, k: int, n: int, dtype: torch.dtype, repeats: int) -> float:
-    """Measured FLOP/s of an (m, k) @ (k, n) matmul in `dtype` (the best of `repeats`)."""
+    """Measured FLOP/s of an (m, k) @ (k, n) matmul in `dtype` (the best of `repeats`).
+
+    Args:
+        m: rows of the left matrix.
+        k: the shared dimension.
+        n: columns of the right matrix.
+        dtype: the matrices' dtype.
+        repeats: timed runs; the best counts.
+    """
     a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
     a @ b
     best = float("inf")
@@ -218,6 +247,12 @@ def compare(trainers: dict[str, Trainer], warm_batches: int, rounds: int, steps:
 
     Every variant first draws `warm_batches` batches (one pass over the data: the new path's frames are then
     decoded once, as in a run's later epochs) and trains one step (allocator, first-call costs).
+
+    Args:
+        trainers: the variants, by name.
+        warm_batches: batches each variant draws before timing.
+        rounds: timed rounds.
+        steps: steps per variant and round.
     """
     for trainer in trainers.values():
         for _ in range(warm_batches):
@@ -235,7 +270,14 @@ def compare(trainers: dict[str, Trainer], warm_batches: int, rounds: int, steps:
 
 
 def roofline(trainer: Trainer, step_s: float, llm_config, quick: bool) -> dict:
-    """Counted FLOP of a step, achieved FLOP/s, and the matmul peak at the LLM's MLP shape in fp32 and bf16."""
+    """Counted FLOP of a step, achieved FLOP/s, and the matmul peak at the LLM's MLP shape in fp32 and bf16.
+
+    Args:
+        trainer: the variant measured.
+        step_s: its seconds per step.
+        llm_config: the LLM config (its MLP shape sets the matmul measured).
+        quick: a short run (smaller matmuls).
+    """
     flop, tokens = trainer.count_flop()
     m, k, n = tokens, llm_config.hidden_size, llm_config.intermediate_size
     repeats = 2 if quick else 10
@@ -254,7 +296,15 @@ def roofline(trainer: Trainer, step_s: float, llm_config, quick: bool) -> dict:
 
 
 def bench_recipe(name: str, make, batch_size: int, quick: bool, warm_batches: int) -> dict:
-    """Old vs new (vs new + bf16) of one recipe: samples/s, ratios, per-stage seconds and the roofline."""
+    """Old vs new (vs new + bf16) of one recipe: samples/s, ratios, per-stage seconds and the roofline.
+
+    Args:
+        name: the recipe ("finetune" or "train-base").
+        make: builds one variant's trainer from its name.
+        batch_size: samples per batch.
+        quick: a short run (smoke test of the benchmark).
+        warm_batches: batches each variant draws before timing.
+    """
     trainers = {variant: make(variant) for variant in VARIANTS}
     rounds, steps = (1, 1) if quick else (2, 2)
     stages = compare(trainers, warm_batches, rounds, steps)

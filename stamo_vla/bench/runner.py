@@ -84,6 +84,13 @@ def machine() -> dict:
 
 
 def flatten(prefix: str, value, rows: list) -> None:
+    """Append a (dotted name, value) row to `rows` for every number, string, bool or None inside `value`.
+
+    Args:
+        prefix: the dotted name of `value` ("" at the top).
+        value: a result: a dict (walked) or a leaf.
+        rows: the rows appended to.
+    """
     if isinstance(value, dict):
         for k, v in value.items():
             flatten(f"{prefix}.{k}" if prefix else str(k), v, rows)

@@ -251,7 +251,13 @@ class RLDSFrameDataset(IterableDataset):
         return [sample_params(rng, self.cfg.aug) for _ in range(1 if ep.wrist is None else 2)]
 
     def make_sample(self, ep: _Episode, t: int, rng: np.random.Generator) -> dict:
-        """Decode and assemble the sample of step `t` of `ep`."""
+        """Decode and assemble the sample of step `t` of `ep`.
+
+        Args:
+            ep: the episode.
+            t: the step within it.
+            rng: the generator of this sample's image augmentation.
+        """
         size, tf, decode = self.cfg.image_size, int(ep.future[t]), self.frames.decode
         images = {keys.IMAGE: decode(ep.image[t], size), keys.FUTURE_IMAGE: decode(ep.image[tf], size)}
         if ep.wrist is not None:
@@ -353,6 +359,12 @@ def build_dataset(
 
     The returned dataset has ``dataset_statistics`` ({name: block}, the upstream dataset_statistics.json
     content) to save next to checkpoints.
+
+    Args:
+        cfg: the data configuration.
+        rank: this process's rank (None: the accelerator's, or 0).
+        world_size: the number of ranks (None: the accelerator's, or 1).
+        encoder_fingerprint: see `DataConfig.build`.
     """
     given = load_dataset_statistics(cfg.statistics_path) if cfg.statistics_path else {}
     datasets = []
@@ -380,6 +392,13 @@ def make_dataloader(
 
     Forking a process whose TF runtime has started can deadlock the child's TF thread pools, so once TF is
     loaded (e.g. statistics were just computed) workers are spawned fresh instead.
+
+    Args:
+        dataset: the sample stream.
+        batch_size: samples per batch.
+        num_workers: worker processes (0: load in this process).
+        collate_fn: turns a list of samples into a batch (None: the default collation).
+        **kwargs: further `torch.utils.data.DataLoader` arguments.
     """
     if num_workers > 0 and "tensorflow" in sys.modules and "multiprocessing_context" not in kwargs:
         kwargs["multiprocessing_context"] = "spawn"

@@ -128,7 +128,13 @@ def split_range(split: str, num_episodes: int) -> tuple[int, int]:
 
 
 def shard_range(lo: int, hi: int, shard: tuple[int, int] | None) -> tuple[int, int]:
-    """Block ``index`` of ``count`` contiguous, disjoint, covering blocks of ``[lo, hi)`` (as the RLDS reader)."""
+    """Block ``index`` of ``count`` contiguous, disjoint, covering blocks of ``[lo, hi)`` (as the RLDS reader).
+
+    Args:
+        lo: the first index of the range.
+        hi: one past its last index.
+        shard: (index, count) of the block to take, or None for the whole range.
+    """
     if shard is None:
         return lo, hi
     index, count = shard
@@ -283,6 +289,11 @@ class LeRobotReader:
 
         ``decode_images=False`` gives `LazyFrames` (decoded per access) instead of arrays, so a shuffle buffer
         holding many episodes keeps them compressed, as the RLDS reader keeps JPEG bytes.
+
+        Args:
+            position: the episode's position in episode_index order.
+            load_images: read the camera frames (False: actions, states and instructions only).
+            decode_images: decode them now (False: `LazyFrames`).
         """
         meta = self.episodes[position]
         index = int(meta["episode_index"])
@@ -360,6 +371,11 @@ class LazyFrames(Sequence):
 
 def decode_video_frames(path: str | os.PathLike, timestamps: np.ndarray, fps: float) -> np.ndarray:
     """Frames of an MP4 nearest to `timestamps` (seconds, ascending) as (N, H, W, 3) uint8 RGB (PyAV).
+
+    Args:
+        path: the MP4 file.
+        timestamps: the times (seconds, ascending) of the wanted frames.
+        fps: the video's frame rate.
 
     Raises:
         FileNotFoundError: the video is missing.

@@ -98,7 +98,19 @@ def label_latent_actions(
     overwrite: bool = False,
     device: str = "cpu",
 ) -> Path:
-    """Encode every frame once and write per-episode latent actions; returns the output directory."""
+    """Encode every frame once and write per-episode latent actions; returns the output directory.
+
+    Args:
+        episodes: (episode name, (T, H, W, 3) uint8 frames) pairs.
+        encoder: the StaMo encoder that gives each frame its state.
+        out_dir: the directory the labels are written into.
+        horizon: steps between the two states of a latent action.
+        source: where the episodes came from, recorded in the manifest.
+        stamo_path: the StaMo checkpoint of `encoder`, recorded in the manifest.
+        batch_size: frames per encoder call.
+        overwrite: replace labels this function wrote into `out_dir` before.
+        device: the device the encoder runs on.
+    """
     out = Path(out_dir)
     manifest = {
         "format_version": FORMAT_VERSION,

@@ -38,7 +38,13 @@ def _format(data_root_dir, dataset_name: str, fmt: str | None) -> str:
 
 
 def resolve_dataset_dir(data_root_dir: str | os.PathLike, dataset_name: str, fmt: str | None = None) -> Path:
-    """The directory holding one dataset (RLDS: ``<root>/<name>/<version>``; LeRobot: its root)."""
+    """The directory holding one dataset (RLDS: ``<root>/<name>/<version>``; LeRobot: its root).
+
+    Args:
+        data_root_dir: the directory holding the datasets.
+        dataset_name: the dataset's name under it.
+        fmt: rlds | lerobot (None: told apart by the directory's content).
+    """
     if _format(data_root_dir, dataset_name, fmt) == "lerobot":
         return lerobot.resolve_lerobot_dir(data_root_dir, dataset_name)
     from stamo_vla.data import rlds
@@ -66,6 +72,13 @@ def iter_episodes(
     """Episodes of a dataset of either format (arguments: `stamo_vla.data.rlds.iter_episodes`).
 
     LeRobot episodes carry decoded frames even with ``decode_images=False``.
+
+    Args:
+        data_root_dir: the directory holding the datasets.
+        dataset_name: the dataset's name under it.
+        split: the split to read.
+        fmt: rlds | lerobot (None: told apart by the directory's content).
+        **kwargs: passed to the format's reader (`stamo_vla.data.rlds.iter_episodes`).
     """
     if _format(data_root_dir, dataset_name, fmt) == "lerobot":
         return lerobot.iter_lerobot_episodes(data_root_dir, dataset_name, split, **kwargs)

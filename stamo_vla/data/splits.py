@@ -6,7 +6,13 @@ import numpy as np
 
 
 def split_episodes(n: int, test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Deterministic episode-level split; at least one episode on each side."""
+    """Deterministic episode-level split; at least one episode on each side.
+
+    Args:
+        n: the number of episodes.
+        test_fraction: the fraction of them held out.
+        seed: the seed of the split.
+    """
     if n < 2:
         raise ValueError(f"the probe needs at least 2 episodes (one to train, one to test); got {n}")
     order = np.random.default_rng(seed).permutation(n).tolist()

@@ -188,7 +188,14 @@ class FramesFileSource(ImageSourceConfig):
 
 
 def save_frames(path: str | Path, images: torch.Tensor, groups: torch.Tensor, names: list[str]) -> None:
-    """Write frames for `FramesFileSource`: uint8 (N, 3, S, S), episode ids (N,), episode names."""
+    """Write frames for `FramesFileSource`: uint8 (N, 3, S, S), episode ids (N,), episode names.
+
+    Args:
+        path: the file written.
+        images: uint8 frames (N, 3, S, S).
+        groups: the episode id of each frame (N,).
+        names: the episode names, by id.
+    """
     with atomic_path(path) as tmp:
         torch.save({"images": images, "groups": groups, "names": list(names)}, tmp)
 
@@ -205,6 +212,13 @@ def split_heldout(
     Groups (episodes) are drawn in a seeded random order: `heldout_groups` of them, or when None the fewest
     that hold `num_heldout` images. Every frame of a held-out group leaves the training set; `num_heldout`
     evaluation images are spread evenly over the held-out frames. ``groups=None``: each image is a group.
+
+    Args:
+        images: the images (N, ...).
+        num_heldout: evaluation images to hold out.
+        seed: the seed of the split.
+        groups: the group id of each image (N,), or None.
+        heldout_groups: the number of groups held out, or None.
     """
     groups = torch.arange(len(images)) if groups is None else torch.as_tensor(groups)
     if groups.shape != (len(images),):

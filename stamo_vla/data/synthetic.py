@@ -25,6 +25,11 @@ def shapes(n: int, size: int = 64, seed: int = 0) -> torch.Tensor:
 
     Shape, colour and position vary with the index (cycling through colours, alternating shapes) and with
     `seed` (jittered centres and radii), so the images are pairwise distinct.
+
+    Args:
+        n: the number of images.
+        size: their side in pixels.
+        seed: jitters centres and radii.
     """
     if n < 1 or size < 8:
         raise ValueError(f"need n >= 1 and size >= 8; got n={n}, size={size}")

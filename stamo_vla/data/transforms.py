@@ -59,7 +59,13 @@ def chunk_indices(length: int, chunk: int) -> np.ndarray:
 
 
 def action_chunk(actions: np.ndarray, t: int, chunk: int) -> np.ndarray:
-    """(chunk, A) actions ``a[t] .. a[t+chunk-1]``; `t` must be an anchor (the chunk is never padded)."""
+    """(chunk, A) actions ``a[t] .. a[t+chunk-1]``; `t` must be an anchor (the chunk is never padded).
+
+    Args:
+        actions: the episode's actions (T, A).
+        t: the anchor step.
+        chunk: actions per chunk.
+    """
     if not 0 <= t < num_chunk_anchors(len(actions), chunk):
         raise ValueError(
             f"step {t} of an episode of {len(actions)} steps starts no full chunk of {chunk} actions; "

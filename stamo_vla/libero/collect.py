@@ -98,7 +98,13 @@ class CollectConfig:
 
 # ------------------------------------------------------------------------------------------- collect
 def placement_seed(seed: int, task: int, attempt: int) -> int:
-    """The placement seed of a fresh-init episode: distinct per (collection seed, task, attempt)."""
+    """The placement seed of a fresh-init episode: distinct per (collection seed, task, attempt).
+
+    Args:
+        seed: the collection seed.
+        task: the task id.
+        attempt: the attempt at that task.
+    """
     return 1_000_000 + seed * 100_000 + task * 1_000 + attempt
 
 
@@ -197,6 +203,11 @@ def check_resumable(manifest: dict, manifest_path: Path, cfg: CollectConfig) -> 
     Manifests written before the render size was recorded do not say it: those episodes are taken to have been
     rendered at ``cfg.render_resolution`` (the demo and the study always pass the same value), with a warning, and
     the value is recorded from then on.
+
+    Args:
+        manifest: the collection's manifest.
+        manifest_path: where it was read from (named in errors).
+        cfg: the collection configuration that resumes.
     """
     if not manifest:
         return

@@ -121,7 +121,13 @@ def plan_episodes(
 
 
 def shard(episodes: Sequence[PlannedEpisode], rank: int, world_size: int) -> list[PlannedEpisode]:
-    """Deterministic round-robin share of `episodes` for `rank` (balances long and short suites)."""
+    """Deterministic round-robin share of `episodes` for `rank` (balances long and short suites).
+
+    Args:
+        episodes: every planned episode.
+        rank: this worker's rank.
+        world_size: the number of ranks.
+    """
     return list(episodes[rank::world_size])
 
 

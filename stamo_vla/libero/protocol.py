@@ -147,7 +147,14 @@ _center_crop = center_crop
 def prepare_image(
     raw_obs_image: np.ndarray, size: int = POLICY_IMAGE_SIZE, center_crop: bool = False
 ) -> np.ndarray:
-    """Raw env frame -> the upright (size, size, 3) uint8 image a policy sees (flip, resize, optional crop)."""
+    """Raw env frame -> the upright (size, size, 3) uint8 image a policy sees (flip, resize, optional crop).
+
+    Args:
+        raw_obs_image: the simulator's frame (upside down).
+        size: the side of the image the policy sees.
+        center_crop: crop the centre and resize back, as upstream does for models trained with image
+            augmentation.
+    """
     img = resize_like_rlds(flip_image(raw_obs_image), size)
     return _center_crop(img) if center_crop else img
 

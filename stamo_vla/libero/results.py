@@ -341,7 +341,13 @@ def write_summary(
     records: Iterable[EpisodeRecord],
     expected: Iterable[EpisodeKey] | None = None,
 ) -> dict[str, Any]:
-    """Compute the summary and write ``summary.json`` and ``summary.md`` atomically; returns the summary."""
+    """Compute the summary and write ``summary.json`` and ``summary.md`` atomically; returns the summary.
+
+    Args:
+        output_dir: the evaluation's output directory.
+        records: every episode's record.
+        expected: the episodes planned (None: those recorded); missing ones are named in the summary.
+    """
     summary = summarize(records, expected)
     fileio.write_json_atomic(Path(output_dir) / SUMMARY_JSON, summary)
     fileio.write_text_atomic(Path(output_dir) / SUMMARY_MD, summary_markdown(summary))

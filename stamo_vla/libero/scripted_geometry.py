@@ -65,7 +65,14 @@ def _frame(yaw: float) -> tuple[np.ndarray, np.ndarray]:
 def hits_obstacles(
     point: np.ndarray, yaw: float, obstacles: np.ndarray, finger_u_min: float = FINGER_U_MIN
 ) -> bool:
-    """Whether the open hand or fingers at (point, yaw) would touch any obstacle point (N, 3)."""
+    """Whether the open hand or fingers at (point, yaw) would touch any obstacle point (N, 3).
+
+    Args:
+        point: the grasp point (3,).
+        yaw: the hand's yaw (radians).
+        obstacles: the points (N, 3) the hand must not touch.
+        finger_u_min: the closest the fingers reach along the hand's axis.
+    """
     if len(obstacles) == 0:
         return False
     u_axis, v_axis = _frame(yaw)
@@ -89,6 +96,11 @@ def plan_pinch(points: np.ndarray, body_pos: np.ndarray, obstacles: np.ndarray) 
 
     Prefers the home yaw (90 deg: least wrist rotation) and centred grasps. Returns None when no yaw
     makes the object narrow enough to pinch (bowls: use `plan_rim`).
+
+    Args:
+        points: the object's surface points (N, 3).
+        body_pos: the object's body position (3,).
+        obstacles: the points (M, 3) the hand must not touch.
     """
     z = grasp_height(points)
     best: tuple[float, Grasp] | None = None
@@ -121,6 +133,13 @@ def plan_rim(
 
     Reach (horizontal distance from the robot base) is penalised at the pick and at the place pose:
     far poses stall the arm near its joint limits (docs/reference/libero_scripted.md §3.4).
+
+    Args:
+        points: the bowl's surface points (N, 3).
+        body_pos: the bowl's body position (3,).
+        obstacles: the points (M, 3) the hand must not touch.
+        base_xy: the robot base's (x, y).
+        place_xy: the (x, y) where the bowl is placed.
     """
     centre = (points[:, :2].min(axis=0) + points[:, :2].max(axis=0)) / 2
     best: tuple[float, Grasp] | None = None

@@ -107,7 +107,14 @@ def suite_family(name: str) -> str:
 
 
 def unknown_suite_error(name: str, known: Iterable[str], source: str, field: str = "suite") -> ValueError:
-    """The error for a suite name that `source` does not define, with close matches and every known name."""
+    """The error for a suite name that `source` does not define, with close matches and every known name.
+
+    Args:
+        name: the unknown name.
+        known: every suite name `source` defines.
+        source: what was searched (a benchmark, a suite file), named in the message.
+        field: the option that held `name`.
+    """
     known = sorted(known)
     close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.6)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""

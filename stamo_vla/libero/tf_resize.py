@@ -101,6 +101,11 @@ def lanczos3_resize_f32(img: np.ndarray, height: int, width: int) -> np.ndarray:
 
     Rows first (into a (height, W, C) buffer), then columns, as TF's CPU kernel does; the column pass
     runs on the transposed buffer so that both passes gather whole contiguous rows.
+
+    Args:
+        img: the (H, W, C) image.
+        height: the output height.
+        width: the output width.
     """
     x = np.asarray(img).astype(np.float32)
     rows = _gather_sum(x, *_spans(x.shape[0], height))

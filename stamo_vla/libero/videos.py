@@ -17,7 +17,16 @@ from stamo_vla.optional import require
 
 
 def video_name(suite: str, task_id: int, init_index: int, success: bool, instruction: str) -> str:
-    """File name in the spirit of upstream: ``<suite>--task=<t>--init=<i>--success=<b>--<instruction>.mp4``."""
+    """File name in the spirit of upstream: ``<suite>--task=<t>--init=<i>--success=<b>--<instruction>.mp4``.
+
+    Args:
+        suite: the task suite.
+        task_id: the task's index in the suite.
+        init_index: the initial state's index.
+        success: whether the episode succeeded.
+        instruction: the task instruction (lower-cased, non-alphanumerics as underscores, first 50
+            characters).
+    """
     slug = re.sub(r"[^a-z0-9]+", "_", instruction.lower()).strip("_")[:50]
     return f"{suite}--task={task_id}--init={init_index}--success={success}--{slug}.mp4"
 

@@ -25,7 +25,15 @@ WEIGHTS_NAME = "action_decoder.safetensors"
 
 
 def mlp(in_dim: int, out_dim: int, hidden: int, layers: int, dropout: float = 0.0) -> nn.Sequential:
-    """The probe MLP: Linear -> GELU (-> Dropout) repeated `layers - 1` times, then a Linear."""
+    """The probe MLP: Linear -> GELU (-> Dropout) repeated `layers - 1` times, then a Linear.
+
+    Args:
+        in_dim: input features.
+        out_dim: output features.
+        hidden: hidden width.
+        layers: Linear layers (>= 1).
+        dropout: dropout after each hidden activation (0: none).
+    """
     mods: list[nn.Module] = []
     dim = in_dim
     for _ in range(layers - 1):
@@ -103,6 +111,11 @@ class ActionDecoder(nn.Module):
 
         The floor keeps features that are near-constant in training (e.g. a collapsed state dimension) from
         being multiplied by ~1e6 on new data.
+
+        Args:
+            motion: training latent actions (B, N, D).
+            state: training states (B, N, D) when the decoder also reads the current state, else None.
+            floor: the std floor, as a fraction of the mean std.
         """
         x = self._inputs(motion, state)
         std = x.std(0) if len(x) > 1 else torch.zeros(x.shape[1])
@@ -117,7 +130,13 @@ class ActionDecoder(nn.Module):
     def loss(
         self, motion: torch.Tensor, actions: torch.Tensor, state: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """MSE between predicted and target chunks (the paper's probe metric, Eq. 4)."""
+        """MSE between predicted and target chunks (the paper's probe metric, Eq. 4).
+
+        Args:
+            motion: latent actions (B, N, D).
+            actions: target action chunks (B, k, A).
+            state: current states (B, N, D) when the decoder reads them, else None.
+        """
         pred = self(motion, state)
         if actions.shape != pred.shape:
             raise ValueError(f"actions must be {tuple(pred.shape)} (B, k, A); got {tuple(actions.shape)}")
@@ -168,7 +187,18 @@ def fit(
     weight_decay: float = 1e-4,
     seed: int = 0,
 ) -> list[float]:
-    """Train `model(*inputs) -> targets` with MSE and AdamW; deterministic given `seed`. Returns the loss curve."""
+    """Train `model(*inputs) -> targets` with MSE and AdamW; deterministic given `seed`. Returns the loss curve.
+
+    Args:
+        model: the model trained in place.
+        inputs: its positional inputs, each (N, ...).
+        targets: the targets (N, ...).
+        steps: optimizer steps.
+        lr: the AdamW learning rate.
+        batch_size: samples per step.
+        weight_decay: the AdamW weight decay.
+        seed: seeds the initial shuffle and the batches.
+    """
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     n = targets.shape[0]

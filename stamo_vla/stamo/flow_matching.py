@@ -22,7 +22,14 @@ def _draw(
 def sample_sigmas(
     batch: int, cfg: FlowMatchingConfig, device: torch.device, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Training noise levels (B,) in (0, 1): logit-normal (SD3) or uniform."""
+    """Training noise levels (B,) in (0, 1): logit-normal (SD3) or uniform.
+
+    Args:
+        batch: the number of levels.
+        cfg: the flow-matching configuration (its sigma distribution).
+        device: the device of the result.
+        generator: fixes the draw (None: the global generator).
+    """
     if cfg.sigma_sampling == "logit_normal":
         return torch.sigmoid(_draw("normal", (batch,), generator, device) * cfg.logit_std + cfg.logit_mean)
     return _draw("uniform", (batch,), generator, device)
@@ -33,7 +40,13 @@ def sample_noise(like: torch.Tensor, generator: torch.Generator | None = None) -
 
 
 def interpolate_noise(z0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
-    """z_t = (1 - sigma) z0 + sigma * noise, with sigma (B,) broadcast over the latent dims."""
+    """z_t = (1 - sigma) z0 + sigma * noise, with sigma (B,) broadcast over the latent dims.
+
+    Args:
+        z0: clean latents (B, ...).
+        noise: Gaussian noise of the same shape.
+        sigmas: noise levels (B,).
+    """
     s = sigmas.view(-1, *([1] * (z0.ndim - 1))).to(z0.dtype)
     return (1 - s) * z0 + s * noise
 

@@ -17,7 +17,13 @@ def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
-    """Peak signal-to-noise ratio in dB for peak value 1."""
+    """Peak signal-to-noise ratio in dB for peak value 1.
+
+    Args:
+        a: images (B, C, H, W) in [0, 1].
+        b: images of the same shape.
+        eps: added to the MSE (identical images give a finite value).
+    """
     _check_pair(a, b)
     mse = ((a.float() - b.float()) ** 2).flatten(1).mean(dim=1)
     return 10 * torch.log10(1.0 / (mse + eps))
@@ -31,7 +37,14 @@ def _gaussian_window(size: int, sigma: float, channels: int, device: torch.devic
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, window_size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Structural similarity (mean over the valid region and channels), data range 1."""
+    """Structural similarity (mean over the valid region and channels), data range 1.
+
+    Args:
+        a: images (B, C, H, W) in [0, 1].
+        b: images of the same shape.
+        window_size: the side of the Gaussian window.
+        sigma: the Gaussian window's standard deviation.
+    """
     _check_pair(a, b)
     a, b = a.float(), b.float()
     c = a.shape[1]

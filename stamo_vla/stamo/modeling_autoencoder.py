@@ -46,7 +46,13 @@ class StaMoAutoencoder(nn.Module):
     def decode(
         self, states: torch.Tensor, steps: int | None = None, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """(B, N, D) -> (B, 3, S, S) float32 in [0, 1] (S = config.image_size)."""
+        """(B, N, D) -> (B, 3, S, S) float32 in [0, 1] (S = config.image_size).
+
+        Args:
+            states: states (B, N, D).
+            steps: Euler steps (None: decoder.flow.sample_steps).
+            generator: fixes the sampling noise (None: the global generator).
+        """
         expected = (self.config.num_state_tokens, self.config.state_dim)
         if states.ndim != 3 or tuple(states.shape[1:]) != expected:
             raise ValueError(

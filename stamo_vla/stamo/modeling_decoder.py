@@ -51,7 +51,13 @@ def build_vae(cfg: VAEConfig, image_size: int) -> nn.Module:
 
 
 def build_transformer(cfg: TransformerConfig, latent_channels: int, load_weights: bool = True) -> nn.Module:
-    """A diffusers ``SD3Transformer2DModel``; `load_weights=False` builds a pretrained path's architecture only."""
+    """A diffusers ``SD3Transformer2DModel``; `load_weights=False` builds a pretrained path's architecture only.
+
+    Args:
+        cfg: the transformer configuration.
+        latent_channels: the VAE's latent channels (the transformer's input and output channels).
+        load_weights: load a pretrained path's weights (False: its architecture only).
+    """
     from diffusers import SD3Transformer2DModel
 
     if cfg.pretrained_path is None:
@@ -162,7 +168,13 @@ class StaMoDecoder(nn.Module):
 
     # ---- model ---------------------------------------------------------------------------------------
     def velocity(self, latents: torch.Tensor, sigmas: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-        """Predicted velocity (B, C, h, w) at noise levels `sigmas` (B,), conditioned on `states` (B, N, D)."""
+        """Predicted velocity (B, C, h, w) at noise levels `sigmas` (B,), conditioned on `states` (B, N, D).
+
+        Args:
+            latents: noisy scaled latents (B, C, h, w).
+            sigmas: their noise levels (B,).
+            states: the conditioning states (B, N, D).
+        """
         context = self.context_proj(states) + self.context_pos
         pooled = self.pooled_proj(states.flatten(1))
         timestep = sigmas * self.config.decoder.flow.num_train_timesteps
@@ -177,7 +189,13 @@ class StaMoDecoder(nn.Module):
     def loss(
         self, latents: torch.Tensor, states: torch.Tensor, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Flow-matching velocity MSE on clean scaled latents; `generator` fixes noise and sigmas."""
+        """Flow-matching velocity MSE on clean scaled latents; `generator` fixes noise and sigmas.
+
+        Args:
+            latents: clean scaled latents (B, C, h, w).
+            states: the conditioning states (B, N, D).
+            generator: fixes noise and sigmas (None: the global generator).
+        """
         cfg = self.config.decoder.flow
         sigmas = fm.sample_sigmas(latents.shape[0], cfg, latents.device, generator)
         noise = fm.sample_noise(latents, generator)
@@ -228,7 +246,13 @@ class StaMoDecoder(nn.Module):
     def sample(
         self, states: torch.Tensor, steps: int | None = None, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """Decode states (B, N, D) to images (B, 3, S, S) float32 in [0, 1]."""
+        """Decode states (B, N, D) to images (B, 3, S, S) float32 in [0, 1].
+
+        Args:
+            states: states (B, N, D).
+            steps: Euler steps (None: flow.sample_steps).
+            generator: fixes the initial noise (None: the global generator).
+        """
         return self.latents_to_images(self.sample_latents(states, steps, generator))
 
     def weights_to_save(self) -> dict[str, torch.Tensor]:

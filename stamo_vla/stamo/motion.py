@@ -22,7 +22,13 @@ def motion(s_t: torch.Tensor, s_th: torch.Tensor) -> torch.Tensor:
 
 
 def interpolate(s_a: torch.Tensor, s_b: torch.Tensor, n: int) -> torch.Tensor:
-    """`n` states evenly spaced from `s_a` to `s_b`, endpoints included: shape (n, *s_a.shape)."""
+    """`n` states evenly spaced from `s_a` to `s_b`, endpoints included: shape (n, *s_a.shape).
+
+    Args:
+        s_a: the first state.
+        s_b: the last state.
+        n: the number of states (>= 2).
+    """
     _same_shape("s_a", s_a, "s_b", s_b)
     if n < 2:
         raise ValueError(f"n={n} is not valid; interpolation needs n >= 2 (both endpoints)")
@@ -31,7 +37,13 @@ def interpolate(s_a: torch.Tensor, s_b: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def transfer(src_a: torch.Tensor, src_b: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
-    """Apply the motion src_a -> src_b to `tgt` (= tgt + src_b - src_a; the paper's tokens(3) + tokens(2) - tokens(1))."""
+    """Apply the motion src_a -> src_b to `tgt` (= tgt + src_b - src_a; the paper's tokens(3) + tokens(2) - tokens(1)).
+
+    Args:
+        src_a: the source's first state.
+        src_b: the source's second state.
+        tgt: the state the motion is applied to.
+    """
     _same_shape("src_a", src_a, "src_b", src_b)
     _same_shape("src_a", src_a, "tgt", tgt)
     return tgt + motion(src_a, src_b)

@@ -38,6 +38,12 @@ def select(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tenso
 def load_strict(module: nn.Module, state: dict[str, torch.Tensor], expected: set[str], where: str) -> None:
     """Load `state` into `module`, requiring exactly the keys in `expected` with matching shapes.
 
+    Args:
+        module: the module loaded into.
+        state: the state dict read.
+        expected: the keys `state` must hold.
+        where: the file or model named in the message.
+
     Raises:
         ValueError: missing or unexpected keys, or shape mismatches, listed in the message.
     """

@@ -66,7 +66,13 @@ def heldout_config(run_dir: Path, dataset_name: str | None = None):
 @torch.no_grad()
 def heldout_metrics(run_dir: str | Path, batch_size: int = 32, dataset_name: str | None = None) -> dict:
     """Average every metric of ``model(batch)`` over the held-out samples of the run in `run_dir` (its val split,
-    or every episode of `dataset_name`)."""
+    or every episode of `dataset_name`).
+
+    Args:
+        run_dir: the fine-tuning run.
+        batch_size: samples per batch.
+        dataset_name: a dataset whose every episode is held out (None: the run's val split).
+    """
     from stamo_vla.training.finetune import BASE_MODEL_DIR, build_dataloader, load_stamo
     from stamo_vla.vla import OpenVLAForActionPrediction, OpenVLAProcessor
 

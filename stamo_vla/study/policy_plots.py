@@ -14,7 +14,13 @@ if TYPE_CHECKING:
 
 def plot_seeds(study: PolicyStudy, runs: list[dict], path: Path) -> None:
     """One panel per evaluation (standard, perturbed): each run a dot at its success rate, each arm's mean a bar;
-    collapsed runs drawn as open circles."""
+    collapsed runs drawn as open circles.
+
+    Args:
+        study: the study.
+        runs: the results of every run (`run_results`).
+        path: the PNG written.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,7 +52,13 @@ def plot_seeds(study: PolicyStudy, runs: list[dict], path: Path) -> None:
 
 
 def plot_training_curves(study: PolicyStudy, runs: list[dict], path: Path) -> bool:
-    """Training losses of every run (and the base); False when no run has logged anything."""
+    """Training losses of every run (and the base); False when no run has logged anything.
+
+    Args:
+        study: the study.
+        runs: the results of every run (`run_results`).
+        path: the PNG written.
+    """
     panels: dict[str, list] = {"train/loss_action (L1)": [], "train/loss_future (target)": []}
     for r in runs:
         label = study.run_id(r["arm"], r["seed"])

@@ -70,7 +70,13 @@ def episode_records(eval_dir: Path) -> list[dict] | None:
 
 
 def standard_records(study: PolicyStudy, arm: str, seed: int) -> list[dict] | None:
-    """A run's standard episodes (evaluated tasks, first trials_per_task initial states), by task and state."""
+    """A run's standard episodes (evaluated tasks, first trials_per_task initial states), by task and state.
+
+    Args:
+        study: the study.
+        arm: the run's arm.
+        seed: the run's seed.
+    """
     records = episode_records(study.evals / study.run_id(arm, seed) / "standard")
     if records is None:
         return None
@@ -84,7 +90,13 @@ def standard_records(study: PolicyStudy, arm: str, seed: int) -> list[dict] | No
 
 
 def standard_outcomes(study: PolicyStudy, arm: str, seed: int) -> list[int] | None:
-    """0/1 successes of a run's standard evaluation, in the order of `standard_records`."""
+    """0/1 successes of a run's standard evaluation, in the order of `standard_records`.
+
+    Args:
+        study: the study.
+        arm: the run's arm.
+        seed: the run's seed.
+    """
     records = standard_records(study, arm, seed)
     return None if records is None else [int(bool(r["success"])) for r in records]
 
@@ -107,7 +119,13 @@ def _per_task(records: list[dict]) -> dict[str, dict]:
 def perturbed_outcomes(study: PolicyStudy, arm: str, seed: int) -> dict[str, list[int]] | None:
     """0/1 successes of a run's perturbed evaluation per perturbation family (the record's ``family`` where the
     harness writes one, else its suite), over the evaluated tasks: a record's ``base_task_id`` (the base task it
-    perturbs) where written, else its task id (the LIBERO-PRO spatial suites list the tasks in the base order)."""
+    perturbs) where written, else its task id (the LIBERO-PRO spatial suites list the tasks in the base order).
+
+    Args:
+        study: the study.
+        arm: the run's arm.
+        seed: the run's seed.
+    """
     records = episode_records(study.evals / study.run_id(arm, seed) / "perturbed")
     if records is None:
         return None
@@ -122,7 +140,13 @@ def perturbed_outcomes(study: PolicyStudy, arm: str, seed: int) -> dict[str, lis
 
 
 def run_results(study: PolicyStudy, arm: str, seed: int) -> dict:
-    """Training, held-out and evaluation numbers of one run (missing parts are None)."""
+    """Training, held-out and evaluation numbers of one run (missing parts are None).
+
+    Args:
+        study: the study.
+        arm: the run's arm.
+        seed: the run's seed.
+    """
     from stamo_vla.study.heldout import HELDOUT_METRICS
 
     name = study.run_id(arm, seed)
@@ -183,7 +207,14 @@ VERDICT_RULE = (
 
 
 def verdict(arm: str, ci: tuple[float, float], p: float, alpha: float = 0.05) -> str:
-    """The verdict the fixed rule (`VERDICT_RULE`) gives one comparison of `arm` against another."""
+    """The verdict the fixed rule (`VERDICT_RULE`) gives one comparison of `arm` against another.
+
+    Args:
+        arm: the arm compared.
+        ci: the confidence interval of its difference in mean success to the other arm.
+        p: the permutation test's p-value.
+        alpha: the significance level.
+    """
     if p < alpha and ci[0] > 0:
         return f"`{arm}` helps"
     if p < alpha and ci[1] < 0:

@@ -269,7 +269,13 @@ def _evidence(study: PolicyStudy, data: dict) -> list[str]:
 
 
 def markdown(study: PolicyStudy, data: dict, figures: list[str]) -> str:
-    """REPORT.md: provenance, the seed rule (before any result), verdict, tables, figures, diagnosis."""
+    """REPORT.md: provenance, the seed rule (before any result), verdict, tables, figures, diagnosis.
+
+    Args:
+        study: the study.
+        data: the report's numbers (runs, comparisons, power).
+        figures: the figure files written beside the report.
+    """
     lines = _header(study, data) + _power(data) + _verdict(data) + _arm_table(data) + _families(data)
     if "seeds.png" in figures:
         lines += ["![every seed a dot](seeds.png)", ""]

@@ -347,7 +347,13 @@ class PolicyStudy(StagedRun):
                     )
 
     def finetune_args(self, arm: str, seed: int, run_dir: Path | None = None) -> list[str]:
-        """The ``stamo-vla finetune`` options of one run (into `run_dir`, default its place in the study)."""
+        """The ``stamo-vla finetune`` options of one run (into `run_dir`, default its place in the study).
+
+        Args:
+            arm: the run's arm.
+            seed: the run's seed.
+            run_dir: where the run writes (None: its place in the study).
+        """
         c = self.cfg
         target, precision = arm_parts(arm)
         run_dir = run_dir or self.finetune_root / self.run_id(arm, seed)
@@ -375,7 +381,14 @@ class PolicyStudy(StagedRun):
         return args
 
     def eval_args(self, arm: str, seed: int, suites: list[str], output_dir: Path) -> list[str]:
-        """The ``stamo-vla eval`` options of one run on `suites` (the evaluated tasks of each)."""
+        """The ``stamo-vla eval`` options of one run on `suites` (the evaluated tasks of each).
+
+        Args:
+            arm: the run's arm.
+            seed: the run's seed.
+            suites: the suites evaluated.
+            output_dir: where the evaluation writes.
+        """
         c = self.cfg
         args = ["--policy.type", "adapter", "--policy.checkpoint", str(self.base_run / "model")]
         args += ["--policy.adapter_dir", str(self.finetune_root / self.run_id(arm, seed) / "adapter")]

@@ -161,6 +161,13 @@ def load_rlds_episodes(
 
     Actions are normalized with the dataset's q01/q99 statistics (gripper in the dataset convention); the
     task of each episode is its language instruction (for leave-one-task-out).
+
+    Args:
+        data_root_dir: the directory holding the dataset.
+        dataset_name: the RLDS dataset.
+        feature_fn: images (T, H, W, 3) -> {input name: (T, F) features}.
+        max_episodes: read at most this many episodes (0: all).
+        proprio: add the proprio difference oracle.
     """
     stats = compute_statistics(data_root_dir, dataset_name)["action"]
     episodes = []
@@ -187,7 +194,13 @@ def load_rlds_episodes(
 
 # ------------------------------------------------------------------------------------------- splits
 def random_splits(n: int, test_fraction: float, seeds: Sequence[int]) -> list[Split]:
-    """One seeded episode split per seed."""
+    """One seeded episode split per seed.
+
+    Args:
+        n: the number of episodes.
+        test_fraction: the fraction held out.
+        seeds: one split per seed.
+    """
     return [Split(f"seed{s}", *split_episodes(n, test_fraction, s), seed=s) for s in seeds]
 
 
@@ -214,6 +227,11 @@ def standardizer(x: torch.Tensor, floor: float, clip: float) -> Callable[[torch.
 
     The floor is relative to the input's own scale, so near-constant features are not blown up (the old
     ``std.clamp(1e-6)`` turned pixels that never change in training into 1e5-sized inputs on test).
+
+    Args:
+        x: the features (N, F) the statistics come from.
+        floor: the std floor, as a fraction of the mean std.
+        clip: the bound of the standardized values.
     """
     mean, std = x.mean(0), x.std(0) if len(x) > 1 else torch.zeros(x.shape[1])
     scale = std.mean()
@@ -239,6 +257,15 @@ def fit_probe(
 
     The output layer starts at the mean predictor (zero weights, bias `y_mean`); the model kept is the
     one with the lowest validation MSE among the evaluated steps, step 0 included.
+
+    Args:
+        x_fit: training inputs (N, F).
+        y_fit: training targets (N, A).
+        x_val: validation inputs.
+        y_val: validation targets.
+        y_mean: the training targets' mean, the output layer's initial bias.
+        cfg: the fit configuration.
+        seed: seeds the initialization and batches.
     """
     norm = standardizer(x_fit, cfg.std_floor, cfg.clip)
     xf, xv = norm(x_fit), norm(x_val)
@@ -294,7 +321,14 @@ def _validation_split(train: list[int], fraction: float, seed: int) -> tuple[lis
 def evaluate_split(
     episodes: Sequence[EpisodeFeatures], split: Split, k: int, cfg: FitConfig
 ) -> tuple[dict[str, float], dict]:
-    """Held-out MSE of every input and reference row for one split and horizon."""
+    """Held-out MSE of every input and reference row for one split and horizon.
+
+    Args:
+        episodes: every episode.
+        split: the train/test partition.
+        k: the horizon (steps between the states of a latent action).
+        cfg: the fit configuration.
+    """
     fit_idx, val_idx = _validation_split(split.train, cfg.val_fraction, split.seed)
     parts = {
         name: [windows(episodes[i], k) for i in idx]
@@ -341,6 +375,15 @@ def run_probe(
 
     Protocols: ``random_episode_split`` (one split per seed) and, when episodes carry >= 2 tasks,
     ``leave_one_task_out``. ``results["mse"]`` is the random-split mean (one number per k and input).
+
+    Args:
+        episodes: every episode.
+        horizons: the horizons k probed.
+        test_fraction: the fraction of episodes held out in a random split.
+        seeds: one random split per seed.
+        fit: the fit configuration (None: the defaults).
+        leave_one_task: add the leave-one-task-out protocol when there are >= 2 tasks.
+        log: progress lines go here (None: nowhere).
     """
     fit = fit or FitConfig()
     if not episodes:

@@ -78,7 +78,13 @@ class ProbeConfig:
 
 
 def write_outputs(results: dict, output_dir: str | Path, title: str) -> str:
-    """probe.json, probe.md (one table per protocol) and probe.png under `output_dir`; returns the markdown."""
+    """probe.json, probe.md (one table per protocol) and probe.png under `output_dir`; returns the markdown.
+
+    Args:
+        results: the probe's results (`run_probe`).
+        output_dir: the directory written into.
+        title: the report's title.
+    """
     from stamo_vla.study.probe import markdown_table, plot
 
     out = Path(output_dir)

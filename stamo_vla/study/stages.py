@@ -120,6 +120,11 @@ class StagedRun:
         """Run a command with output appended to <out>/logs/<log_name>.log; raise StageFailed with the tail.
 
         The command runs in this process's working directory, so relative paths mean the same in both.
+
+        Args:
+            args: the command and its arguments.
+            log_name: the log file's name (without .log).
+            env: the environment (None: this process's).
         """
         log_dir = self.out / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -289,6 +294,11 @@ def run_child(args: list[str], env: dict, stdout) -> int:
     ranks). SIGTERM or Ctrl-C to the driver is passed on to that whole group, which gets `STOP_GRACE_S` to save
     its state (training writes a checkpoint on SIGTERM) before it is killed; the driver then exits with 143
     (130 for Ctrl-C). If the driver itself is killed, the command gets SIGTERM from the kernel (Linux).
+
+    Args:
+        args: the command and its arguments.
+        env: its environment.
+        stdout: the open file its output goes to.
     """
     proc = subprocess.Popen(
         _dies_with_parent(args), env=env, stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True
@@ -335,6 +345,12 @@ def stamo_vla_cli(command: str, *args: str) -> list[str]:
 
 
 def torchrun(nproc: int, command: str, *args: str) -> list[str]:
-    """``torchrun --standalone --nproc-per-node <nproc> -m stamo_vla.cli <command> ...`` with this interpreter."""
+    """``torchrun --standalone --nproc-per-node <nproc> -m stamo_vla.cli <command> ...`` with this interpreter.
+
+    Args:
+        nproc: processes (ranks) to start.
+        command: the ``stamo-vla`` command.
+        *args: its options.
+    """
     run = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
     return python(*run, "-m", "stamo_vla.cli", command, *args)

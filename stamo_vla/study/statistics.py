@@ -87,7 +87,14 @@ def _draw_means(runs: dict[int, np.ndarray], idx: np.ndarray, rng: np.random.Gen
 
 def arm_bootstrap(arm: Arm, n_boot: int = 10_000, seed: int = 0, level: float = 0.95) -> dict:
     """Mean run success of one arm with the percentile interval of the two-level bootstrap (seeds, then
-    episodes within each drawn run)."""
+    episodes within each drawn run).
+
+    Args:
+        arm: the arm.
+        n_boot: bootstrap resamples.
+        seed: seeds the resampling.
+        level: the interval's confidence level.
+    """
     runs = _outcomes(arm, "arm")
     rng = np.random.default_rng(seed)
     means = _draw_means(runs, rng.integers(0, len(runs), size=(n_boot, len(runs))), rng)
@@ -140,6 +147,11 @@ def permutation_test(a: Arm, b: Arm, seed: int = 0) -> dict:
     Paired (the arms have the same seeds): every sign flip of the per-seed differences. Unpaired: every
     reassignment of the runs to the two arms with the arms' sizes. The statistic is |mean difference|; p counts
     the arrangements at least as extreme as the observed one (the observed one included).
+
+    Args:
+        a: the first arm.
+        b: the second arm.
+        seed: seeds the sampled arrangements when there are too many to enumerate.
 
     Returns:
         ``{"p", "paired", "exact", "arrangements"}``.
@@ -277,7 +289,14 @@ def collapse_fisher(a: dict, b: dict) -> float:
 
 
 def compare(a: Arm, b: Arm, n_boot: int = 10_000, seed: int = 0) -> dict:
-    """The bootstrap, the permutation test and the mixed model of arm a against arm b."""
+    """The bootstrap, the permutation test and the mixed model of arm a against arm b.
+
+    Args:
+        a: the first arm.
+        b: the second arm.
+        n_boot: bootstrap resamples.
+        seed: seeds the resampling and the permutation test.
+    """
     return {
         "bootstrap": hierarchical_bootstrap(a, b, n_boot=n_boot, seed=seed),
         "permutation": permutation_test(a, b, seed=seed),
@@ -286,7 +305,14 @@ def compare(a: Arm, b: Arm, n_boot: int = 10_000, seed: int = 0) -> dict:
 
 
 def t_test_power(n: int, effect: float, sd: float, alpha: float = 0.05) -> float:
-    """Power of the two-sided two-sample t-test with n runs per arm (noncentral t)."""
+    """Power of the two-sided two-sample t-test with n runs per arm (noncentral t).
+
+    Args:
+        n: runs per arm.
+        effect: the true difference in mean success.
+        sd: the standard deviation of a run's success.
+        alpha: the significance level.
+    """
     stats = _scipy("stats")
     df = 2 * n - 2
     nc = effect / (sd * math.sqrt(2 / n))

@@ -124,7 +124,14 @@ def _shift(pixels: torch.Tensor, max_shift: int, g: torch.Generator) -> torch.Te
 
 @torch.no_grad()
 def relative_loss(model: MaskedImageModel, pixels: torch.Tensor, ratio: float, seed: int = 0) -> float:
-    """Held-out masked-patch MSE over the MSE of predicting zeros (1.0 = nothing learned)."""
+    """Held-out masked-patch MSE over the MSE of predicting zeros (1.0 = nothing learned).
+
+    Args:
+        model: the masked image model.
+        pixels: held-out images (B, 3, S, S).
+        ratio: the fraction of patches masked.
+        seed: fixes the masks.
+    """
     model.eval()
     p = model.backbone.config.patch_size
     g = torch.Generator().manual_seed(seed)

@@ -28,6 +28,12 @@ def resumed_position(consumed: int, saved_batch_size: int | None, batch_size: in
 
     When the batch size changed and the consumed samples are not a whole number of new batches, the stream
     resumes at the next whole batch, and a warning names the sample it resumes at.
+
+    Args:
+        consumed: batches consumed, of `saved_batch_size` samples each.
+        saved_batch_size: the batch size the checkpoint recorded (None: an old checkpoint, taken as
+            unchanged).
+        batch_size: the current batch size.
     """
     saved = batch_size if saved_batch_size is None else int(saved_batch_size)
     if saved == batch_size:

@@ -298,7 +298,15 @@ def optimization_state(
     params, optim_cfg: OptimizerConfig, max_steps: int, resume_from: Path | None, accelerator: Accelerator
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, TrainerState]:
     """A fresh optimizer and schedule over `params`, and the trainer state: restored (with the optimizer and
-    schedule) from `resume_from` when given, else step 0."""
+    schedule) from `resume_from` when given, else step 0.
+
+    Args:
+        params: the parameters trained.
+        optim_cfg: the optimizer and schedule configuration.
+        max_steps: the schedule's length in steps.
+        resume_from: the checkpoint to restore, or None for a fresh start.
+        accelerator: the run's accelerator (its rank picks the RNG state restored).
+    """
     optimizer = build_optimizer(params, optim_cfg)
     scheduler = build_scheduler(optimizer, optim_cfg, max_steps)
     state = TrainerState()

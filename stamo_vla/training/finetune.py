@@ -50,7 +50,13 @@ STATISTICS_BATCHES = 16  # batches that estimate the target statistics when targ
 
 # ---------------------------------------------------------------------------------------------- model
 def load_base(cfg: FinetuneConfig, run_dir: Path, accelerator) -> tuple[Any, Any]:
-    """The frozen base VLA and its processor, from a checkpoint directory or the embedded tiny preset."""
+    """The frozen base VLA and its processor, from a checkpoint directory or the embedded tiny preset.
+
+    Args:
+        cfg: the fine-tuning configuration.
+        run_dir: the run directory.
+        accelerator: the run's accelerator (device and precision).
+    """
     path = cfg.vla_path
     if path == "tiny":
         path = str(run_dir / BASE_MODEL_DIR)
@@ -119,6 +125,12 @@ def target_encoder(cfg: FinetuneConfig, stamo_encoder, base, processor) -> tuple
     StaMo target and no stamo_path) the fingerprint comes from the first cache (the head's shape too:
     `cache_target_shape`). Caches of
     another target are refused.
+
+    Args:
+        cfg: the fine-tuning configuration.
+        stamo_encoder: the StaMo encoder (None: no stamo_path).
+        base: the frozen base VLA.
+        processor: its processor.
     """
     encoder = None
     if cfg.adapter.has_head and (stamo_encoder is not None or not cfg.adapter.target_spec.needs_stamo):
@@ -134,7 +146,14 @@ def target_encoder(cfg: FinetuneConfig, stamo_encoder, base, processor) -> tuple
 def fit_target_statistics(cfg: FinetuneConfig, model, loader, accelerator) -> None:
     """Set the head's target standardization (``adapter.target_norm='dataset'``): per-dimension mean and std over
     every cached frame of the training datasets, or, with targets computed on the fly, over the first
-    `STATISTICS_BATCHES` batches of the training stream (summed over ranks)."""
+    `STATISTICS_BATCHES` batches of the training stream (summed over ranks).
+
+    Args:
+        cfg: the fine-tuning configuration.
+        model: the adapter model whose head is standardized.
+        loader: the training DataLoader.
+        accelerator: the run's accelerator (the sums are reduced over its ranks).
+    """
     if model.head is None or cfg.adapter.target_norm != "dataset":
         return
     spec = cfg.adapter.target_spec
@@ -171,6 +190,14 @@ def build_model(
     """Attach a fresh adapter, or load the one saved in a checkpoint (trainable, with its provenance) to resume.
 
     `stamo_fingerprint`: the encoder of the target caches, recorded when no encoder is loaded.
+
+    Args:
+        cfg: the fine-tuning configuration.
+        base: the frozen base VLA.
+        encoder: the target's frozen per-frame encoder, or None.
+        decoder: the StaMo decoder that renders predicted future frames, or None.
+        resume_from: the checkpoint to resume, or None for a fresh adapter.
+        stamo_fingerprint: the encoder of the target caches, recorded when no encoder is loaded.
     """
     if resume_from is not None:
         model = load_adapter(base, resume_from / "model", is_trainable=True)
@@ -202,6 +229,15 @@ def build_dataloader(
     """The rank's sample stream (its own shard) and a DataLoader that yields model batches.
 
     `encoder_fingerprint`: the StaMo encoder every target cache must have been built with (None = any).
+
+    Args:
+        cfg: the fine-tuning configuration.
+        base: the base VLA (its action tokenizer and image size).
+        processor: its processor.
+        live_targets: targets are computed on the fly from a future frame (no cache).
+        rank: this process's rank.
+        world_size: the number of ranks.
+        encoder_fingerprint: the StaMo encoder every target cache must have been built with (None = any).
     """
     dataset = cfg.data.build(rank=rank, world_size=world_size, encoder_fingerprint=encoder_fingerprint)
     action_tokenizer = ActionTokenizer(base.action_vocab_size, bins=base.config.n_action_bins)

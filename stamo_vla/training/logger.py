@@ -68,7 +68,13 @@ class TrainLogger:
             )
 
     def log(self, step: int, metrics: dict[str, float], prefix: str = "train") -> None:
-        """Record `metrics` at `step` under ``<prefix>/<name>``; train losses advance the progress bar."""
+        """Record `metrics` at `step` under ``<prefix>/<name>``; train losses advance the progress bar.
+
+        Args:
+            step: the optimizer step.
+            metrics: {name: value}.
+            prefix: the group of the metrics (train, eval, health, ...).
+        """
         if not self.enabled:
             return
         from stamo_vla.fileio import append_jsonl

@@ -64,7 +64,13 @@ class Training:
 
 
 def resume_point(cfg: RunConfig, run_dir: Path, main: bool = True) -> Path | None:
-    """The checkpoint to resume from: the newest intact one when ``cfg.resume`` is set, else None."""
+    """The checkpoint to resume from: the newest intact one when ``cfg.resume`` is set, else None.
+
+    Args:
+        cfg: the run's configuration.
+        run_dir: the run directory.
+        main: this is rank 0 (only it logs).
+    """
     if not cfg.resume:
         return None
     found = find_resumable_checkpoint(run_dir)
@@ -74,7 +80,14 @@ def resume_point(cfg: RunConfig, run_dir: Path, main: bool = True) -> Path | Non
 
 
 def loader_batches(cfg: RunConfig, dataset, loader, state: TrainerState) -> LoaderBatches:
-    """The batches of a recipe that reads ``cfg.data`` (a `DataConfig`) through `loader`, from ``state``'s position."""
+    """The batches of a recipe that reads ``cfg.data`` (a `DataConfig`) through `loader`, from ``state``'s position.
+
+    Args:
+        cfg: the run's configuration.
+        dataset: the sample stream `loader` reads.
+        loader: the DataLoader.
+        state: the trainer state (its data position).
+    """
     data = cfg.data
     source = f"data.split={data.split!r} of {list(data.dataset_names)} under {data.data_root_dir}"
     return LoaderBatches(dataset, loader, cfg.batch_size, state.data_state, source)

@@ -76,7 +76,13 @@ def apply_optim_config(
 ) -> None:
     """Make a restored optimizer and schedule follow `cfg` (a resumed run's current config), not the values the
     checkpoint stored: lr (and its place on the schedule), weight decay, betas and eps. Unchanged values are
-    set to what they already were, so an unchanged resume stays bit-exact."""
+    set to what they already were, so an unchanged resume stays bit-exact.
+
+    Args:
+        optimizer: the restored optimizer.
+        scheduler: its restored schedule, or None.
+        cfg: the current optimizer configuration.
+    """
     for group in optimizer.param_groups:
         decayed = all(p.ndim >= 2 for p in group["params"])  # as `build_optimizer` grouped them
         group["weight_decay"] = cfg.weight_decay if decayed else 0.0
@@ -92,7 +98,13 @@ def apply_optim_config(
 
 
 def lr_factor(step: int, cfg: OptimizerConfig, total_steps: int) -> float:
-    """Multiplier of cfg.lr at optimizer step `step` (0-based)."""
+    """Multiplier of cfg.lr at optimizer step `step` (0-based).
+
+    Args:
+        step: the optimizer step (0-based).
+        cfg: the optimizer configuration (warm-up and decay).
+        total_steps: the schedule's length.
+    """
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     after = step - cfg.warmup_steps
@@ -108,5 +120,11 @@ def lr_factor(step: int, cfg: OptimizerConfig, total_steps: int) -> float:
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: OptimizerConfig, total_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step schedule following `lr_factor`."""
+    """Per-step schedule following `lr_factor`.
+
+    Args:
+        optimizer: the optimizer scheduled.
+        cfg: the optimizer configuration (warm-up and decay).
+        total_steps: the schedule's length.
+    """
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg, total_steps))

@@ -121,6 +121,11 @@ def build_model(
     checkpoint), and ``cfg.model`` keeps what the user chose (unset = fit it), as config.yaml records.
     Returns ``(model, vae_health)``: the fitted VAE's held-out PSNR next to the mean-frame PSNR (empty when no
     VAE was fitted or nothing is held out).
+
+    Args:
+        cfg: the pretraining configuration.
+        train_pixels: training images (N, 3, S, S) in [0, 1], which a random-init VAE is fitted on.
+        heldout_pixels: held-out images for the VAE's health check (None: no check).
     """
     model = StaMoAutoencoder(copy.deepcopy(cfg.model))
     health: dict = {}
@@ -144,7 +149,14 @@ def build_model(
 
 @torch.no_grad()
 def loss_gap(ae, pixels: torch.Tensor, seed: int, batch_size: int = 16) -> dict[str, float]:
-    """Flow loss from own vs shuffled (randomly paired) states on `pixels`, same noise: the cheap health check."""
+    """Flow loss from own vs shuffled (randomly paired) states on `pixels`, same noise: the cheap health check.
+
+    Args:
+        ae: the autoencoder.
+        pixels: images (B >= 2, 3, S, S) in [0, 1].
+        seed: fixes noise, sigmas and the pairing.
+        batch_size: images per forward pass.
+    """
     was_training = ae.training
     ae.eval()
     device = next(ae.parameters()).device
@@ -165,6 +177,11 @@ def check_resume_config(requested: StaMoConfig, saved: StaMoConfig, checkpoint: 
 
     The VAE latent scale is exempt when the request leaves it unset: a VAE fit records it in the saved model's
     config (the requested config is not changed).
+
+    Args:
+        requested: the model this run asks for.
+        saved: the model the checkpoint holds.
+        checkpoint: the checkpoint (named in the error).
     """
     req, got = requested.to_dict(), saved.to_dict()
     for key in ("scaling_factor", "shift_factor"):

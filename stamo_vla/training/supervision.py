@@ -45,6 +45,11 @@ class FinetuneCollator:
 
         A future frame clamped onto the current one (``FUTURE_STEP == STEP``: the episode ended before the
         horizon) makes a trivial StaMo target (zero motion, the current state).
+
+        Args:
+            samples: the batch's samples.
+            has_head: the adapter has a StaMo head.
+            horizon: the head's horizon (steps to the future frame).
         """
         ahead = [int(s.get(K.FUTURE_STEP, 1)) - int(s.get(K.STEP, 0)) for s in samples]
         clamped = [s for s, a in zip(samples, ahead) if has_head and a < horizon]

@@ -26,6 +26,15 @@ def fit_vae(
     """Train `vae` in place to reconstruct `images` (N, 3, S, S) in [0, 1]; returns the loss per step.
 
     The VAE is frozen again (eval, requires_grad False) on return.
+
+    Args:
+        vae: the VAE trained.
+        images: training images (N, 3, S, S) in [0, 1].
+        steps: optimizer steps.
+        batch_size: images per step.
+        lr: the learning rate.
+        kl_weight: the weight of the KL term.
+        seed: seeds the batches.
     """
     g = torch.Generator().manual_seed(seed)
     device = next(vae.parameters()).device
@@ -52,7 +61,13 @@ def fit_vae(
 
 @torch.no_grad()
 def latent_statistics(vae: nn.Module, images: torch.Tensor, batch_size: int = 64) -> tuple[float, float]:
-    """(scaling_factor, shift_factor) that give the latents of `images` zero mean and unit variance."""
+    """(scaling_factor, shift_factor) that give the latents of `images` zero mean and unit variance.
+
+    Args:
+        vae: the VAE.
+        images: images (N, 3, S, S) in [0, 1].
+        batch_size: images per encoder call.
+    """
     device = next(vae.parameters()).device
     latents = torch.cat(
         [
@@ -70,6 +85,12 @@ def vae_health(vae: nn.Module, train: torch.Tensor, heldout: torch.Tensor, batch
 
     A useful VAE must beat the mean frame clearly, or a decoder that ignores its state looks as good as one
     that uses it. Images are (N, 3, S, S) in [0, 1].
+
+    Args:
+        vae: the VAE.
+        train: training images (N, 3, S, S) in [0, 1] (their mean is the floor's prediction).
+        heldout: held-out images.
+        batch_size: images per VAE call.
     """
     device = next(vae.parameters()).device
     recon = []

@@ -42,7 +42,17 @@ def load_images(paths: list[str], size: int):
 
 
 def render(mode: str, model, images, steps: int = 8, sample_steps: int | None = None, seed: int = 0) -> list:
-    """Rows of images for `mode` (each row (n, 3, S, S) in [0, 1]); deterministic given `seed`."""
+    """Rows of images for `mode` (each row (n, 3, S, S) in [0, 1]); deterministic given `seed`.
+
+    Args:
+        mode: reconstruct | interpolate (two images) | transfer (three images: the motion 0 -> 1 applied to
+            2).
+        model: the StaMo autoencoder.
+        images: the input images (B, 3, S, S) in [0, 1].
+        steps: states in an interpolation.
+        sample_steps: Euler steps when decoding (None: the model's default).
+        seed: fixes the sampling noise.
+    """
     import torch
 
     need = {"reconstruct": (1, None), "interpolate": (2, 2), "transfer": (3, 3)}[mode]

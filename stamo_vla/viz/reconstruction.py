@@ -41,6 +41,13 @@ def evaluate(
     ``psnr_vae`` (the frozen VAE's own round trip: the ceiling), ``psnr_mean_frame`` (the mean of these images
     as the prediction: the floor a decoder that ignores its state reaches), ``latent_mse`` /
     ``latent_mse_shuffled`` (sampled vs true latents), and the spread measures of `state_spread_metrics`.
+
+    Args:
+        model: the StaMo autoencoder.
+        pixels: images (B >= 2, 3, H, W) in [0, 1].
+        steps: Euler steps when decoding (None: the model's default).
+        seed: fixes noise and the pairing.
+        batch_size: images per forward pass.
     """
     if pixels.shape[0] < 2:
         raise ValueError(f"evaluate needs at least 2 images for the shuffled baseline; got {pixels.shape[0]}")
@@ -114,7 +121,16 @@ def save_sample_sheet(
     seed: int = 0,
 ) -> None:
     """PNG with rows: originals | decoded from their own states | decoded from a randomly paired image's state
-    (the shuffled baseline of `evaluate`, same noise) | interpolation from image 0 to image 1 (`num_interp` states)."""
+    (the shuffled baseline of `evaluate`, same noise) | interpolation from image 0 to image 1 (`num_interp` states).
+
+    Args:
+        model: the StaMo autoencoder.
+        pixels: images (B >= 2, 3, H, W) in [0, 1].
+        path: the PNG written.
+        steps: Euler steps when decoding (None: the model's default).
+        num_interp: states in the interpolation row.
+        seed: fixes noise and the pairing.
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

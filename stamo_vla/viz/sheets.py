@@ -18,7 +18,13 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 def grid(rows: list[torch.Tensor], pad: int = 2, label_width: int = 0) -> np.ndarray:
-    """Stack rows of (n_i, 3, H, W) images into one (rows*H, max_n*W, 3) uint8 canvas (white padding)."""
+    """Stack rows of (n_i, 3, H, W) images into one (rows*H, max_n*W, 3) uint8 canvas (white padding).
+
+    Args:
+        rows: rows of images, each (n_i, 3, H, W) in [0, 1].
+        pad: white pixels between images.
+        label_width: blank pixels left of each row for a label.
+    """
     if not rows:
         raise ValueError("grid needs at least one row of images")
     h, w = rows[0].shape[-2:]
@@ -34,7 +40,13 @@ def grid(rows: list[torch.Tensor], pad: int = 2, label_width: int = 0) -> np.nda
 
 
 def save_sheet(rows: list[torch.Tensor], path: str | os.PathLike, labels: list[str] | None = None) -> None:
-    """Write `rows` as a PNG (atomically), with an optional text label left of each row."""
+    """Write `rows` as a PNG (atomically), with an optional text label left of each row.
+
+    Args:
+        rows: rows of images, each (n_i, 3, H, W) in [0, 1].
+        path: the PNG written.
+        labels: one label per row (None: no labels).
+    """
     from PIL import Image, ImageDraw
 
     if labels is not None and len(labels) != len(rows):

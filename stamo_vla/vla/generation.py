@@ -44,6 +44,11 @@ def unnormalize_actions(normalized: np.ndarray, action_stats: dict, eps: float =
     """BOUNDS_Q99: `where(mask, 0.5 * (a + 1) * (q99 - q01 + eps) + q01, a)`.
 
     OpenVLA uses no epsilon; OpenVLA-OFT's `_unnormalize_actions` adds ``eps = 1e-8``.
+
+    Args:
+        normalized: normalized actions in [-1, 1] (..., A).
+        action_stats: the dataset's action statistics (q01, q99, mask).
+        eps: added to the q99 - q01 range.
     """
     q01, q99 = np.asarray(action_stats["q01"]), np.asarray(action_stats["q99"])
     mask = np.asarray(action_stats.get("mask", np.ones_like(q01, dtype=bool)), dtype=bool)
@@ -53,7 +58,14 @@ def unnormalize_actions(normalized: np.ndarray, action_stats: dict, eps: float =
 def pack_left(
     model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, pixel_values: torch.Tensor
 ):
-    """Multimodal prefill inputs, left padded: (embeds, mask, position_ids), each (B, S[, D])."""
+    """Multimodal prefill inputs, left padded: (embeds, mask, position_ids), each (B, S[, D]).
+
+    Args:
+        model: the OpenVLA model.
+        input_ids: prompt ids (B, T).
+        attention_mask: their mask (B, T), or None (no padding).
+        pixel_values: the processor's images.
+    """
     empty_id = model.config.empty_token_id
     pad_id = model.config.pad_token_id
     if attention_mask is None:
@@ -91,6 +103,14 @@ def greedy_decode(
 
     With `return_hidden`, also the last-layer hidden state (B, D) at the last prompt position (the one that
     predicts the first action token), taken from the prefill pass at no extra LLM cost.
+
+    Args:
+        model: the OpenVLA model.
+        embeds: prefill embeddings (B, S, D) (`pack_left`).
+        attention_mask: their mask (B, S).
+        position_ids: their positions (B, S).
+        num_tokens: ids to decode per row.
+        return_hidden: also return the prefill's last hidden state.
     """
     from transformers import DynamicCache
 

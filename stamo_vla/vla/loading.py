@@ -147,7 +147,13 @@ def expected_shapes(config: Any) -> dict[str, tuple[int, ...]]:
 
 
 def check_state_dict(expected: dict, found: dict, where: str) -> None:
-    """Raise `CheckpointError` naming missing/unexpected keys and shape mismatches (first few of each)."""
+    """Raise `CheckpointError` naming missing/unexpected keys and shape mismatches (first few of each).
+
+    Args:
+        expected: the model's state dict (or its shapes).
+        found: the checkpoint's.
+        where: the checkpoint named in the error.
+    """
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     mismatched = [
@@ -193,7 +199,14 @@ def quantization_kwargs(
     load_in_8bit: bool = False,
     device_map: Any = None,
 ) -> dict:
-    """from_pretrained kwargs for bitsandbytes loading; placement goes through device_map (never `.to()`)."""
+    """from_pretrained kwargs for bitsandbytes loading; placement goes through device_map (never `.to()`).
+
+    Args:
+        quantization_config: a transformers quantization config (None: from the flags).
+        load_in_4bit: load 4-bit (bitsandbytes).
+        load_in_8bit: load 8-bit (bitsandbytes).
+        device_map: where the quantized weights are placed.
+    """
     if load_in_4bit and load_in_8bit:
         raise ValueError("load_in_4bit and load_in_8bit are exclusive; pass one of them.")
     if quantization_config is None and not (load_in_4bit or load_in_8bit):
@@ -312,6 +325,13 @@ def save_checkpoint(
     Adds `generation_config.json` and `dataset_statistics.json` (from `model.norm_stats`) like upstream.
     `save_dir` must be new or empty, or (with `overwrite`) a checkpoint written here before: any other
     directory is refused, never replaced (`stamo_vla.fileio.atomic_dir`).
+
+    Args:
+        model: the OpenVLA model.
+        processor: its processor.
+        save_dir: the checkpoint directory.
+        max_shard_size: the largest weights file.
+        overwrite: replace a checkpoint this function wrote there before.
     """
     save_dir = Path(save_dir)
     with atomic_dir(save_dir, kind="openvla_checkpoint", overwrite=overwrite) as tmp:

@@ -21,7 +21,13 @@ def action_bin_centers(n_bins: int = 256, device=None) -> torch.Tensor:
 
 
 def decode_action_tokens(token_ids: torch.Tensor, vocab_size: int, n_bins: int = 256) -> torch.Tensor:
-    """Upstream ActionTokenizer decoding in torch: clip(vocab_size - id - 1, 0, n_bins - 2) -> bin centre."""
+    """Upstream ActionTokenizer decoding in torch: clip(vocab_size - id - 1, 0, n_bins - 2) -> bin centre.
+
+    Args:
+        token_ids: action token ids (any shape).
+        vocab_size: the LLM's vocabulary size.
+        n_bins: action bins.
+    """
     centers = action_bin_centers(n_bins, token_ids.device)
     idx = torch.clamp(vocab_size - token_ids - 1, 0, n_bins - 2)
     return centers[idx]

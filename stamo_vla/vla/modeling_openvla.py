@@ -92,6 +92,11 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
         quantized models goes through `device_map`. `attn_implementation` defaults to "sdpa";
         "flash_attention_2" falls back to sdpa with a warning when unavailable. A
         `dataset_statistics.json` beside the weights replaces `config.norm_stats`.
+
+        Args:
+            pretrained_model_name_or_path: the checkpoint directory.
+            *args: passed to transformers' ``from_pretrained``.
+            **kwargs: passed to transformers' ``from_pretrained``, with the extra keywords above.
         """
         directory, kwargs, stats = prepare_load(pretrained_model_name_or_path, kwargs)
         loaded = super().from_pretrained(str(directory), *args, **kwargs)
@@ -141,7 +146,14 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> MultimodalInputs:
-        """Embed text, run vision backbone + projector, and insert the image tokens after BOS."""
+        """Embed text, run vision backbone + projector, and insert the image tokens after BOS.
+
+        Args:
+            input_ids: prompt ids (B, T).
+            pixel_values: the processor's images.
+            attention_mask: the prompt's mask (B, T), or None.
+            labels: training labels (B, T), or None; the image positions get IGNORE_INDEX.
+        """
         self._check_pixels(pixel_values, input_ids.shape[0])
         text = self.get_input_embeddings()(input_ids)
         patches = self.vision_backbone(pixel_values)
@@ -159,7 +171,13 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
         return MultimodalInputs(embeds, mask, mm_labels, projected)
 
     def run_language_model(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs):
-        """Run the Llama LM on prepared embeddings (kwargs: position_ids, cache, use_cache, ...)."""
+        """Run the Llama LM on prepared embeddings (kwargs: position_ids, cache, use_cache, ...).
+
+        Args:
+            inputs_embeds: the multimodal embeddings (B, S, D).
+            attention_mask: their mask (B, S), or None.
+            **kwargs: passed to the Llama model (position_ids, cache, use_cache, ...).
+        """
         return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
 
     def forward(
@@ -262,6 +280,13 @@ class OpenVLAForActionPrediction(OpenVLAPreTrainedModel):
         """Batched greedy decoding of one action per row, un-normalized with the BOUNDS_Q99 stats.
 
         See `stamo_vla.vla.generation.predict_action` for the arguments.
+
+        Args:
+            pixel_values: the processor's images.
+            input_ids: prompt ids (B, T).
+            attention_mask: their mask (B, T), or None.
+            unnorm_key: the dataset whose statistics un-normalize the actions (None: the only one).
+            **kwargs: see `stamo_vla.vla.generation.predict_action`.
         """
         if not bool(torch.isfinite(pixel_values).all()):
             raise ValueError(

@@ -127,6 +127,16 @@ class OFTModules(nn.Module):
         `film_over_padding`: FiLM's language condition averages the embeddings of every non-action text position,
         padding included, as upstream training does (True); inference passes False so that a padded batch gives
         each row what the row alone (upstream's batch of one) gives.
+
+        Args:
+            base: the base VLA.
+            input_ids: OFT ids (B, T), right padded (`oft_inference_ids` at inference).
+            attention_mask: their mask (B, T).
+            pixel_values: the processor's images.
+            prompt_length: each row's prompt length (B,).
+            proprio: proprio states (B, P), or None.
+            film_over_padding: FiLM's language average includes the padding (training), or skips it
+                (inference).
         """
         device = base.get_input_embeddings().weight.device
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device).bool()
@@ -192,7 +202,17 @@ class OFTModules(nn.Module):
         proprio: torch.Tensor | None = None,
         film_over_padding: bool = True,
     ) -> OFTOutput:
-        """One LLM pass: normalized actions (B, K, A) and the readout hidden state (B, D)."""
+        """One LLM pass: normalized actions (B, K, A) and the readout hidden state (B, D).
+
+        Args:
+            base: the base VLA.
+            input_ids: OFT ids (B, T), right padded.
+            attention_mask: their mask (B, T).
+            pixel_values: the processor's images.
+            prompt_length: each row's prompt length (B,).
+            proprio: proprio states (B, P), or None.
+            film_over_padding: see `build_inputs`.
+        """
         inputs = self.build_inputs(
             base, input_ids, attention_mask, pixel_values, prompt_length, proprio, film_over_padding
         )
@@ -226,6 +246,14 @@ def oft_inference_ids(
 
     Each row becomes ``prompt + ["▁" if missing] + num_action_positions placeholders + [EOS]``. The placeholder
     ids are never seen by the model (their embeddings are zeroed); "▁" is used.
+
+    Args:
+        input_ids: prompt ids (B, T), any padding.
+        attention_mask: their mask, or None (no padding).
+        num_action_positions: placeholder positions per row (chunk x action dim).
+        empty_token_id: the id of "▁".
+        eos_token_id: the EOS id.
+        pad_token_id: the padding id.
 
     Returns:
         (ids (B, T'), attention_mask (B, T') bool, prompt_length (B,) long).
@@ -267,6 +295,14 @@ def oft_predict(
 
     Each row is laid out as upstream's batch of one (prompt + "▁" + placeholders + EOS, right padded), FiLM's
     language average skips the padding, and bidirectional attention ignores it, so a batch equals its rows.
+
+    Args:
+        base: the base VLA.
+        oft: the OFT modules (action head, proprio projector, FiLM).
+        pixel_values: the processor's images.
+        input_ids: prompt ids (B, T), any padding.
+        attention_mask: their mask, or None.
+        proprio: proprio states (B, P), or None.
     """
     config = base.config
     eos = getattr(config.text_config, "eos_token_id", None)

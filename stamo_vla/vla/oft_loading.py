@@ -50,7 +50,14 @@ def is_oft_directory(directory: str | Path) -> bool:
 
 
 def find_component(directory: Path, component: str, step: int | None, required: bool) -> Path | None:
-    """The one ``<component>--<step>_checkpoint.pt`` file (`step` picks one when several steps are present)."""
+    """The one ``<component>--<step>_checkpoint.pt`` file (`step` picks one when several steps are present).
+
+    Args:
+        directory: the OFT checkpoint directory.
+        component: the component's name (action_head, proprio_projector, ...).
+        step: the training step wanted (None: the only one).
+        required: raise when the file is missing (else None).
+    """
     files = component_files(directory, component)
     if step is not None:
         if step in files:
@@ -88,6 +95,13 @@ def check_head_files(
 
     Upstream saves both files at every checkpoint step, so two steps mean files of two checkpoints (or runs) side
     by side; a missing projector is either a checkpoint trained without proprio or an interrupted download.
+
+    Args:
+        directory: the OFT checkpoint directory.
+        head_file: the action head's file.
+        proprio_file: the proprio projector's file, or None.
+        use_proprio: whether the model uses proprio (None: not known; a missing projector is then warned
+            about).
     """
     if proprio_file is not None:
         head_step, proprio_step = step_of(head_file, ACTION_HEAD), step_of(proprio_file, PROPRIO_PROJECTOR)
@@ -143,7 +157,13 @@ def read_component(path: Path) -> dict[str, torch.Tensor]:
 
 
 def head_sizes(state: dict[str, torch.Tensor], path: Path, hidden_size: int) -> tuple[int, int]:
-    """(action_dim, MLP width) of an L1 head state dict, checked against the LLM hidden size."""
+    """(action_dim, MLP width) of an L1 head state dict, checked against the LLM hidden size.
+
+    Args:
+        state: the head's state dict.
+        path: its file (named in errors).
+        hidden_size: the LLM's hidden size.
+    """
     weight = state.get("model.fc1.weight")
     out = state.get("model.fc2.weight")
     if weight is None or out is None or weight.ndim != 2 or out.ndim != 2:
@@ -171,7 +191,13 @@ def proprio_dim_of(state: dict[str, torch.Tensor], path: Path) -> int:
 
 
 def load_component(module: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    """Copy `state` into `module` (dtype and device of the module); any missing, extra or mis-shaped key fails."""
+    """Copy `state` into `module` (dtype and device of the module); any missing, extra or mis-shaped key fails.
+
+    Args:
+        module: the module loaded into.
+        state: the state dict read.
+        path: its file (named in errors).
+    """
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

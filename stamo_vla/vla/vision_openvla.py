@@ -43,7 +43,14 @@ def _use_scale_factor(model: nn.Module) -> None:
 def build_featurizer(
     timm_id: str, image_size: int, act_layer: str | None, overrides: dict | None
 ) -> nn.Module:
-    """Build a timm ViT the way upstream does (random init, no head), plus test-size overrides."""
+    """Build a timm ViT the way upstream does (random init, no head), plus test-size overrides.
+
+    Args:
+        timm_id: the timm model name.
+        image_size: the input size.
+        act_layer: the activation override (None: timm's default).
+        overrides: further timm arguments (test-size models), or None.
+    """
     import timm
 
     kwargs: dict[str, Any] = {
