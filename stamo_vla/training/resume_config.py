@@ -174,26 +174,34 @@ def keep_in_history(config_file: Path, history: Path, step: int) -> Path:
     return kept
 
 
-def fixed_changes(cfg_dict: dict, previous: dict, fixed: Sequence[str]) -> list[str]:
-    """``"<field>: checkpoint <recorded>, now <requested>"`` for every field in (or inside) `fixed` that differs.
+def fixed_changes(cfg_dict: dict, previous: dict, fixed: Sequence[str], config_file: Path) -> list[str]:
+    """``"<field>: recorded <value> (in <config_file>), requested <value>"`` for every field in (or inside)
+    `fixed` that differs.
 
     Args:
         cfg_dict: the resumed config, as saved.
         previous: the run's previous config.yaml (what the checkpoint was trained with).
         fixed: the fields the recipe's checkpoint fixes (a section fixes every field inside it).
+        config_file: the previous config's file, named in each difference.
     """
     old, new = _flatten(previous), _flatten(cfg_dict)
-    keys = sorted(k for k in set(old) | set(new) if _within(k, fixed))
-    return [f"{k}: checkpoint {old.get(k)!r}, now {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+    keys = sorted(k for k in set(old) | set(new) if _within(k, fixed) and old.get(k) != new.get(k))
+    return [f"{k}: recorded {old.get(k)!r} (in {config_file}), requested {new.get(k)!r}" for k in keys]
 
 
-def refuse(diffs: list[str], checkpoint: Path) -> None:
-    """Raise `ResumeConfigError` naming every fixed change in `diffs` (nothing when there is none)."""
+def refuse(diffs: list[str], checkpoint: Path, fix: str = "the original values") -> None:
+    """Raise `ResumeConfigError` naming every fixed change in `diffs` (nothing when there is none).
+
+    Args:
+        diffs: one line per changed fixed setting (`fixed_changes`, `check_fixed`).
+        checkpoint: the checkpoint being resumed.
+        fix: what to resume with instead, named in the message.
+    """
     if diffs:
         raise ResumeConfigError(
             f"resume=true cannot change what checkpoint {checkpoint} fixes: "
             + "; ".join(diffs)
-            + ". Resume with the original values, or start a new run (another run_dir) for the new model."
+            + f". Resume with {fix}, or start a new run (another run_dir) for the new model."
         )
 
 
@@ -262,13 +270,19 @@ def reconcile_run(
     previous = previous_config(run_dir, type(cfg))
     if previous is None:
         return {}
-    refuse(fixed_changes(cfg_dict, previous, fixed), checkpoint)
-    step = int(
-        read_json(checkpoint / STATE_FILE, "Resume from an earlier checkpoint, or start a new run_dir.")[
-            "step"
-        ]
-    )
+    diffs = fixed_changes(cfg_dict, previous, fixed, run_dir / "config.yaml")
+    refuse(diffs, checkpoint, _original_flags(cfg_dict, previous, fixed))
+    state = read_json(checkpoint / STATE_FILE, "Resume from an earlier checkpoint, or start a new run_dir.")
+    step = int(state["step"])
     return record_changes(cfg_dict, previous, run_dir, step, (*RUN_LOCATION, *fixed), write)
+
+
+def _original_flags(cfg_dict: dict, previous: dict, fixed: Sequence[str]) -> str:
+    """The command-line flags that restore the changed `fixed` fields to what `previous` recorded."""
+    old, new = _flatten(previous), _flatten(cfg_dict)
+    changed = sorted(k for k in old if _within(k, fixed) and old[k] != new.get(k))
+    flags = [f"--{k} {v if isinstance(v, str) else json.dumps(v)}" for k in changed for v in [old[k]]]
+    return f"the original values ({' '.join(flags)})" if flags else "the original values"
 
 
 def reconcile(

@@ -141,9 +141,11 @@ def test_every_recipe_refuses_a_fixed_change_and_records_allowed_ones_the_same_w
     old_config = (run_dir / "config.yaml").read_text()
     changed, _ = build(tmp_path, toy_data_root, 3, 0.005, fixed_change=True)
     recorded, requested = attrgetter(fixed)(first), attrgetter(fixed)(changed)
-    with pytest.raises(
-        ResumeConfigError, match=re.escape(f"{fixed}: checkpoint {recorded!r}, now {requested!r}")
-    ):
+    expected = f"{fixed}: checkpoint {recorded!r}, now {requested!r}"  # fine-tuning compares with the adapter
+    if recipe != "finetune":  # the others with the recorded config, and name the flag that restores it
+        expected = f"{fixed}: recorded {recorded!r} (in {run_dir / 'config.yaml'}), requested {requested!r}"
+        expected += f". Resume with the original values (--{fixed} {recorded})"
+    with pytest.raises(ResumeConfigError, match=re.escape(expected)):
         run(changed)
     assert (run_dir / "config.yaml").read_text() == old_config  # nothing was recorded or overwritten
     assert not (run_dir / CHANGES_FILE).exists()
