@@ -174,7 +174,15 @@ def keep_in_history(config_file: Path, history: Path, step: int) -> Path:
     return kept
 
 
-def fixed_changes(cfg_dict: dict, previous: dict, fixed: Sequence[str], config_file: Path) -> list[str]:
+def _changed_fixed(old: dict, new: dict, fixed: Sequence[str], derived: Sequence[str]) -> list[str]:
+    """The flat keys in (or inside) `fixed` that differ; a `derived` key left unset (None) matches any value."""
+    keys = sorted(k for k in set(old) | set(new) if _within(k, fixed) and old.get(k) != new.get(k))
+    return [k for k in keys if not (k in derived and new.get(k) is None)]
+
+
+def fixed_changes(
+    cfg_dict: dict, previous: dict, fixed: Sequence[str], config_file: Path, derived: Sequence[str] = ()
+) -> list[str]:
     """``"<field>: recorded <value> (in <config_file>), requested <value>"`` for every field in (or inside)
     `fixed` that differs.
 
@@ -183,9 +191,11 @@ def fixed_changes(cfg_dict: dict, previous: dict, fixed: Sequence[str], config_f
         previous: the run's previous config.yaml (what the checkpoint was trained with).
         fixed: the fields the recipe's checkpoint fixes (a section fixes every field inside it).
         config_file: the previous config's file, named in each difference.
+        derived: fixed fields whose unset value (None) means "derive it": unset, they match what an older
+            config.yaml recorded of the derivation.
     """
     old, new = _flatten(previous), _flatten(cfg_dict)
-    keys = sorted(k for k in set(old) | set(new) if _within(k, fixed) and old.get(k) != new.get(k))
+    keys = _changed_fixed(old, new, fixed, derived)
     return [f"{k}: recorded {old.get(k)!r} (in {config_file}), requested {new.get(k)!r}" for k in keys]
 
 
@@ -245,7 +255,12 @@ def record_changes(
 
 
 def reconcile_run(
-    cfg: object, run_dir: str | os.PathLike, checkpoint: Path, fixed: Sequence[str], write: bool = True
+    cfg: object,
+    run_dir: str | os.PathLike,
+    checkpoint: Path,
+    fixed: Sequence[str],
+    write: bool = True,
+    derived: Sequence[str] = (),
 ) -> dict[str, dict]:
     """Refuse a change of the `fixed` fields; record every other change (`record_changes`) at the
     checkpoint's step. Call it before the checkpoint's model is loaded, so that a changed model is refused.
@@ -259,6 +274,7 @@ def reconcile_run(
         checkpoint: the checkpoint being resumed (`stamo_vla.training.loop.resume_point`).
         fixed: the fields the checkpoint fixes (a section fixes every field inside it).
         write: record the changes (rank 0).
+        derived: fixed fields that, left unset, are derived by the run (`fixed_changes`).
 
     Returns:
         The allowed changes ({} when the config is unchanged or the run has no previous config.yaml).
@@ -270,18 +286,18 @@ def reconcile_run(
     previous = previous_config(run_dir, type(cfg))
     if previous is None:
         return {}
-    diffs = fixed_changes(cfg_dict, previous, fixed, run_dir / "config.yaml")
-    refuse(diffs, checkpoint, _original_flags(cfg_dict, previous, fixed))
+    diffs = fixed_changes(cfg_dict, previous, fixed, run_dir / "config.yaml", derived)
+    refuse(diffs, checkpoint, _original_flags(cfg_dict, previous, fixed, derived))
     state = read_json(checkpoint / STATE_FILE, "Resume from an earlier checkpoint, or start a new run_dir.")
     step = int(state["step"])
     return record_changes(cfg_dict, previous, run_dir, step, (*RUN_LOCATION, *fixed), write)
 
 
-def _original_flags(cfg_dict: dict, previous: dict, fixed: Sequence[str]) -> str:
+def _original_flags(cfg_dict: dict, previous: dict, fixed: Sequence[str], derived: Sequence[str]) -> str:
     """The command-line flags that restore the changed `fixed` fields to what `previous` recorded."""
-    old, new = _flatten(previous), _flatten(cfg_dict)
-    changed = sorted(k for k in old if _within(k, fixed) and old[k] != new.get(k))
-    flags = [f"--{k} {v if isinstance(v, str) else json.dumps(v)}" for k in changed for v in [old[k]]]
+    old = _flatten(previous)
+    keys = _changed_fixed(old, _flatten(cfg_dict), fixed, derived)
+    flags = [f"--{k} {v if isinstance(v, str) else json.dumps(v)}" for k in keys for v in [old.get(k)]]
     return f"the original values ({' '.join(flags)})" if flags else "the original values"
 
 

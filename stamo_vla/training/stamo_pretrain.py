@@ -36,6 +36,8 @@ from stamo_vla.viz.reconstruction import derangement, evaluate, save_sample_shee
 
 # what a checkpoint fixes: the StaMo model, the images it trains on and the held-out split
 RESUME_FIXED = ("model", "source", "num_heldout", "heldout_groups", "split_seed")
+# fitted when unset: a config.yaml written before the fit stayed out of it may record the fitted values
+DERIVED = ("model.decoder.vae.scaling_factor", "model.decoder.vae.shift_factor")
 
 
 @dataclass
@@ -313,7 +315,7 @@ def pretrain(cfg: PretrainStaMoConfig) -> dict:
     run_dir, main = cfg.run_path(), acc.is_main_process
     latest = resume_point(cfg, run_dir, main)  # past a damaged newest one
     if latest is not None:  # before the model is loaded: a changed model is refused, not trained
-        reconcile_run(cfg, run_dir, latest, RESUME_FIXED, write=main)
+        reconcile_run(cfg, run_dir, latest, RESUME_FIXED, write=main, derived=DERIVED)
     train_u8, heldout_u8, split = _split_images(cfg)
     seed_everything(cfg.seed)
     health: dict = {"warnings": []}

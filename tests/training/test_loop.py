@@ -274,3 +274,30 @@ def test_the_loop_calls_the_hooks_in_order_and_resumes_exactly(tmp_path):
     _toy_run(tmp_path / "run", resumed)
     assert [e[1] for e in resumed if e[0] == "step"] == [3, 4, 5]
     assert [e[2] for e in resumed if e[0] == "step"] == losses[2:]  # bitwise: the run continued exactly
+
+
+def test_a_vae_scale_an_older_pretraining_config_recorded_is_no_change_when_left_to_the_fit(tmp_path):
+    from stamo_vla.configs import save_config
+    from stamo_vla.training.resume_config import ResumeConfigError, reconcile_run
+    from stamo_vla.training.stamo_pretrain import DERIVED, RESUME_FIXED
+
+    old = _pretrain_cfg(tmp_path, 2, 2)
+    old.model.decoder.vae.scaling_factor, old.model.decoder.vae.shift_factor = (
+        0.5,
+        0.1,
+    )  # the fit, as recorded
+    run_dir = Path(old.run_dir)
+    run_dir.mkdir()
+    save_config(old, run_dir / "config.yaml")
+    checkpoint = run_dir / "checkpoints" / "step_00000002"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"step": 2}))
+    cfg = _pretrain_cfg(tmp_path, 2, 3)  # the scale unset: fitted
+    with pytest.warns(UserWarning, match="max_steps: 2 -> 3"):
+        changes = reconcile_run(cfg, run_dir, checkpoint, RESUME_FIXED, derived=DERIVED)
+    assert changes == {"max_steps": {"old": 2, "new": 3}}
+    cfg.model.decoder.vae.scaling_factor = 0.25  # chosen: another model than the checkpoint's
+    with pytest.raises(
+        ResumeConfigError, match=r"model\.decoder\.vae\.scaling_factor: recorded 0\.5 .* requested 0\.25"
+    ):
+        reconcile_run(cfg, run_dir, checkpoint, RESUME_FIXED, derived=DERIVED)
