@@ -142,35 +142,9 @@ def instructions(data_root_dir: str, dataset_names: list[str]) -> list[str]:
     return list(seen)
 
 
-def check_resumed_model(cfg: BaseTrainConfig, run_dir: Path, checkpoint: Path) -> None:
-    """Refuse to resume with another ``model`` than the run's ``config.yaml`` recorded: the checkpoint would
-    silently keep training its own model while the run's config said otherwise."""
-    from stamo_vla.training.resume_config import ResumeConfigError
-
-    path = run_dir / "config.yaml"
-    if not path.is_file():  # nothing recorded (a run from before config.yaml was written): nothing to compare
-        return
-    import yaml
-
-    try:
-        recorded = (yaml.safe_load(path.read_text()) or {}).get("model")
-    except (OSError, yaml.YAMLError, AttributeError) as err:
-        raise ResumeConfigError(
-            f"cannot read the run's previous config {path} ({err}); restore it, or start a new run "
-            "(another run_dir) instead of resuming."
-        ) from err
-    if recorded is not None and recorded != cfg.model:
-        raise ResumeConfigError(
-            f"resume=true cannot change what checkpoint {checkpoint} fixes: model: recorded {recorded!r} "
-            f"(in {path}), requested {cfg.model!r}. Resume with --model {recorded}, or start a new run "
-            f"(another run_dir) for the {cfg.model!r} model."
-        )
-
-
 def _load_or_build(cfg: BaseTrainConfig, run_dir: Path, resume_from: Path | None):
     """Random init from the preset (tokenizer merges learned on the instructions), or the run being resumed."""
     if resume_from is not None:
-        check_resumed_model(cfg, run_dir, resume_from)
         vla = OpenVLAForActionPrediction.from_pretrained(resume_from / MODEL_DIR)
         return vla, OpenVLAProcessor.from_pretrained(run_dir / PROCESSOR_DIR)
     names = list(dict.fromkeys([*cfg.data.dataset_names, *cfg.tokenizer_datasets]))
