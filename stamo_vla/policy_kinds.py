@@ -62,7 +62,13 @@ class SuiteKeyedPolicy(Policy):
         return self.policy.unnorm_key
 
     def predict_batch(self, images: list[np.ndarray], instructions: list[str], **obs: Any) -> np.ndarray:
-        """(B, K, 7) dataset-convention actions from the wrapped policy."""
+        """(B, K, 7) dataset-convention actions from the wrapped policy.
+
+        Args:
+            images: one observation image per row.
+            instructions: one instruction per row.
+            **obs: other observation fields (wrist image, proprio, slots) passed through.
+        """
         return self.policy.predict_batch(images, instructions, **obs)
 
 
@@ -156,6 +162,13 @@ class CheckpointPolicyConfig(ModelPolicyConfig):
     """Our OpenVLA-compatible checkpoint: upstream, a full fine-tune, or a merged adapter (tokens or L1 head)."""
 
     def build(self, cfg: EvalConfig, device_index: int = 0, pool: Any = None) -> Policy:
+        """Our checkpoint (a merged adapter's head acts through the action-head registry) as a `Policy`.
+
+        Args:
+            cfg: the whole evaluation config (suites and crop).
+            device_index: the CUDA device of this evaluation process.
+            pool: unused (the model kinds are built before any env worker starts).
+        """
         from stamo_vla.adapter.configuration_adapter import CONFIG_NAME
         from stamo_vla.vla.modeling_openvla import OpenVLAForActionPrediction
         from stamo_vla.vla.policy import OpenVLAPolicy
@@ -215,6 +228,13 @@ class AdapterPolicyConfig(ModelPolicyConfig):
         return {**super().outcome_settings(), "adapter_dir": self.adapter_dir}
 
     def build(self, cfg: EvalConfig, device_index: int = 0, pool: Any = None) -> Policy:
+        """The adapter on its base checkpoint as a `Policy` (optionally writing the future-state video).
+
+        Args:
+            cfg: the whole evaluation config (suites and crop).
+            device_index: the CUDA device of this evaluation process.
+            pool: unused (the model kinds are built before any env worker starts).
+        """
         from stamo_vla.vla.modeling_openvla import OpenVLAForActionPrediction
         from stamo_vla.vla.processing_openvla import OpenVLAProcessor
 
@@ -252,6 +272,13 @@ class ReleasedOFTPolicyConfig(ModelPolicyConfig):
     open loop unless open_loop_steps says otherwise)."""
 
     def build(self, cfg: EvalConfig, device_index: int = 0, pool: Any = None) -> Policy:
+        """A released OpenVLA-OFT directory as a `Policy`.
+
+        Args:
+            cfg: the whole evaluation config (suites and crop).
+            device_index: the CUDA device of this evaluation process.
+            pool: unused (the model kinds are built before any env worker starts).
+        """
         from stamo_vla.adapter.oft_policy import OFTPolicy
         from stamo_vla.vla.oft_model import OpenVLAOFTForActionPrediction
         from stamo_vla.vla.processing_openvla import OpenVLAProcessor

@@ -54,6 +54,11 @@ def resolve_dataset_dir(
 ) -> Path:
     """Return ``<data_root_dir>/<dataset_name>/<version>`` (latest version unless given), or explain what is wrong.
 
+    Args:
+        data_root_dir: the folder that holds the dataset folders.
+        dataset_name: the dataset's folder name.
+        version: the version folder (None: the latest).
+
     Raises:
         DatasetNotFoundError: the root is missing, is the wrong level, or has no such dataset; the message
             lists the datasets found and the arguments to use instead.
@@ -150,6 +155,11 @@ def warn_if_ordered(dataset_dir: Path) -> bool:
 def open_builder(data_root_dir: str | os.PathLike, dataset_name: str, version: str | None = None):
     """Open a dataset as a tfds ReadOnlyBuilder and check it has every feature of the LIBERO spec.
 
+    Args:
+        data_root_dir: the folder that holds the dataset folders.
+        dataset_name: the dataset's folder name.
+        version: the version folder (None: the latest).
+
     Raises:
         DatasetNotFoundError: see `resolve_dataset_dir`.
         ValueError: a required feature is missing or has the wrong shape (named in the message).
@@ -176,6 +186,11 @@ def open_builder(data_root_dir: str | os.PathLike, dataset_name: str, version: s
 
 def shard_split(builder, split: str, shard: tuple[int, int] | None) -> str | None:
     """The tfds split string for shard ``(index, count)`` of `split`: contiguous, disjoint, covering blocks.
+
+    Args:
+        builder: the dataset's tfds builder (its split sizes).
+        split: a tfds split spec, e.g. ``train`` or ``train[:90%]``.
+        shard: ``(index, count)``, or None for the whole split.
 
     Returns None when the shard is empty (more shards than episodes).
     """

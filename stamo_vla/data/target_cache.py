@@ -143,6 +143,13 @@ class TargetCache:
     ) -> TargetCache:
         """Open a cache and check it against the dataset on disk (and the encoder and target kind, when given).
 
+        Args:
+            cache_dir: the cache folder.
+            data_root_dir: the folder that holds the dataset the cache was built from.
+            dataset_name: that dataset's folder name.
+            encoder_fingerprint: the target encoder's fingerprint to match (None: not checked).
+            target_kind: the target kind to match (None: not checked).
+
         Raises:
             FileNotFoundError: no cache there (with the command that builds it).
             StaleTargetCacheError: fingerprints differ (what differs, how to rebuild).
@@ -219,6 +226,11 @@ def target_statistics(cache_dirs: Iterable[str | os.PathLike], horizon: int, dif
     The target of step t is ``f(t+h)`` (or ``f(t+h) - f(t)`` with `difference`), with t+h clamped at the episode
     end as in the sample stream; every step of every cached episode counts once (like upstream's action
     statistics, computed over the whole dataset). Accumulated in float64.
+
+    Args:
+        cache_dirs: the target cache folders.
+        horizon: h, the offset of the target frame.
+        difference: the target is ``f(t+h) - f(t)`` (motion) instead of ``f(t+h)`` (state).
 
     Returns:
         ``{"mean": (N, D) float32, "std": (N, D) float32, "count": steps}``.

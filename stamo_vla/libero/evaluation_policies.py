@@ -42,8 +42,14 @@ class PolicyConfig(draccus.ChoiceRegistry):
         return PolicyConfig.get_choice_name(type(self))
 
     def build(self, cfg: EvalConfig, device_index: int = 0, pool: Any = None) -> Policy:
-        """The `Policy` the harness runs for `cfg` on CUDA device `device_index` (``pool``: the env workers, given
-        only to a kind that `reads_simulator_state`; the others are built before any worker starts)."""
+        """The `Policy` the harness runs for `cfg`.
+
+        Args:
+            cfg: the whole evaluation config (the suites, the crop and the video settings some kinds read).
+            device_index: the CUDA device of this evaluation process.
+            pool: the env workers, given only to a kind that `reads_simulator_state`; the others are built
+                before any worker starts.
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement build()")
 
     def check_settings(self, cfg: EvalConfig) -> None:
@@ -75,6 +81,13 @@ class ScriptedPolicyConfig(PolicyConfig):
     reads_simulator_state = True
 
     def build(self, cfg: EvalConfig, device_index: int = 0, pool: Any = None) -> Policy:
+        """The oracle over the started env workers.
+
+        Args:
+            cfg: the evaluation config (unused: the oracle needs no model).
+            device_index: unused (no model).
+            pool: the started env worker pool, whose workers compute the controller's actions.
+        """
         if pool is None:
             raise ValueError(
                 "policy.type=scripted reads the simulator: build it with the started env worker pool"
@@ -102,7 +115,14 @@ class ScriptedOraclePolicy(Policy):
     def predict_batch(
         self, images: list[np.ndarray], instructions: list[str], slots: Sequence[int] = (), **obs: Any
     ) -> np.ndarray:
-        """Ask each row's worker for its controller action; returns (B, 1, 7) env actions."""
+        """Ask each row's worker for its controller action; returns (B, 1, 7) env actions.
+
+        Args:
+            images: one observation image per row (only their number is used).
+            instructions: one instruction per row (the controller ignores language).
+            slots: the env worker slot of each row.
+            **obs: other observation fields (unused).
+        """
         if len(slots) != len(images):
             raise ValueError(
                 f"ScriptedOraclePolicy needs one worker slot per image, got {len(slots)} slots for "

@@ -23,7 +23,13 @@ NOOP_THRESHOLD = 1e-4
 
 
 def is_noop(action: np.ndarray, prev_kept: np.ndarray | None, threshold: float = NOOP_THRESHOLD) -> bool:
-    """Upstream no-op test: tiny arm command and (if a step was kept before) an unchanged gripper."""
+    """Upstream no-op test: tiny arm command and (if a step was kept before) an unchanged gripper.
+
+    Args:
+        action: the 7-D env action.
+        prev_kept: the last action kept in the episode (None: none kept yet).
+        threshold: the largest arm-command norm that counts as no motion.
+    """
     small = float(np.linalg.norm(np.asarray(action)[:-1])) < threshold
     if prev_kept is None:
         return small
@@ -66,7 +72,13 @@ class EpisodeRecorder:
         return len(self.steps["action"])
 
     def episode(self, instruction: str, file_path: str, action_free: bool = False) -> dict:
-        """The episode dict (``action`` all-NaN when `action_free`)."""
+        """The episode dict (``action`` all-NaN when `action_free`).
+
+        Args:
+            instruction: the task's language instruction.
+            file_path: the episode's ``file_path`` (its name in the dataset).
+            action_free: write NaN actions (a video-only episode).
+        """
         ep = {k: np.stack(v) for k, v in self.steps.items()}
         if action_free:
             ep["action"] = np.full_like(ep["action"], np.nan)
@@ -209,6 +221,15 @@ def controller_report(
     noise_std: float = 0.05,
 ) -> dict[int, dict]:
     """Run the scripted controller from init states 0..episodes-1 of each task; nothing is written.
+
+    Args:
+        suite: the LIBERO suite.
+        tasks: task ids (None: every task of the suite).
+        episodes: initial states per task (the first ones of the suite's fixed states).
+        workers: simulator worker processes.
+        cameras: render camera observations (off is faster; the controller reads simulator state only).
+        max_steps: step budget per episode (None: the suite's).
+        noise_std: standard deviation of the controller's action noise.
 
     Returns:
         ``{task_id: {"successes", "episodes", "success_rate", "mean_steps", "mean_steps_success",
