@@ -252,7 +252,7 @@ class Demo(StagedRun):
                 str(self.probe),
                 "--horizons",
                 _ids(c.probe_horizons),
-                "--steps",
+                "--max_steps",
                 str(c.probe_steps),
                 "--seeds",
                 _ids(c.probe_seeds),

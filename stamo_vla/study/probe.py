@@ -71,7 +71,7 @@ class FitConfig:
     # Windows per minibatch.
     batch_size: int = 256
     # Validation MSE is measured every this many steps (step 0 included: the mean predictor).
-    eval_every: int = 25
+    eval_steps: int = 25
     # Stop when validation has not improved for this many steps.
     patience: int = 200
     # Share of the training episodes held out for validation (at least one episode).
@@ -82,7 +82,7 @@ class FitConfig:
     clip: float = 5.0
 
     def __post_init__(self) -> None:
-        for name in ("hidden_size", "num_layers", "max_steps", "batch_size", "eval_every", "patience"):
+        for name in ("hidden_size", "num_layers", "max_steps", "batch_size", "eval_steps", "patience"):
             check_positive_int(f"fit.{name}", getattr(self, name))
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"fit.val_fraction={self.val_fraction} is not valid; it must be in (0, 1)")
@@ -293,7 +293,7 @@ def fit_probe(
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if step % cfg.eval_every == 0:
+        if step % cfg.eval_steps == 0:
             current = val_mse()
             if current < best:
                 best, best_step, best_state = current, step, copy.deepcopy(net.state_dict())

@@ -47,7 +47,7 @@ class ProbeConfig:
     # linear layers of the probe MLP
     num_layers: int = 2
     # most optimizer steps per fit (early stopping on the validation episodes usually stops sooner)
-    steps: int = 1000
+    max_steps: int = 1000
     # learning rate
     lr: float = 1e-3
     # AdamW weight decay of the probe
@@ -62,7 +62,7 @@ class ProbeConfig:
             raise ValueError(f"test_fraction={self.test_fraction} must be in (0, 1)")
         if not self.seeds:
             raise ValueError(f"seeds={self.seeds} must name at least one split seed")
-        for name in ("hidden_size", "num_layers", "steps"):
+        for name in ("hidden_size", "num_layers", "max_steps"):
             check_positive_int(name, getattr(self, name))
 
     def fit_config(self):
@@ -71,7 +71,7 @@ class ProbeConfig:
         return FitConfig(
             hidden_size=self.hidden_size,
             num_layers=self.num_layers,
-            max_steps=self.steps,
+            max_steps=self.max_steps,
             lr=self.lr,
             weight_decay=self.weight_decay,
         )

@@ -87,7 +87,7 @@ class StaMoStudyConfig:
     vae_min_gain_db: float = 3.0
     # Self-supervised pretraining of the tiny DINOv2 backbone.
     backbone_pretrain: BackbonePretrainConfig = field(
-        default_factory=lambda: BackbonePretrainConfig(steps=1000, batch_size=32)
+        default_factory=lambda: BackbonePretrainConfig(max_steps=1000, batch_size=32)
     )
     # Which backbones StaMo is pretrained with: random (random-init, frozen) and/or pretrained (stage 4).
     backbones: list[str] = field(default_factory=lambda: list(BACKBONES))
@@ -96,7 +96,7 @@ class StaMoStudyConfig:
     # StaMo pretraining seeds (each backbone x each seed is one run).
     stamo_seeds: list[int] = field(default_factory=lambda: [0])
     # Evaluate (own vs shuffled, spread) every this many StaMo steps.
-    stamo_eval_every: int = 2000
+    stamo_eval_steps: int = 2000
     # Probe horizons k (frames between the two images = actions per chunk).
     probe_horizons: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     # Seeds of the probe's random episode splits (mean +- std over them).
@@ -307,8 +307,8 @@ class StaMoStudy(StagedRun):
         cfg.seed = seed
         cfg.vae_fit_steps = 0
         cfg.max_steps = c.stamo_steps
-        cfg.eval_steps = c.stamo_eval_every
-        cfg.save_steps = c.stamo_eval_every
+        cfg.eval_steps = c.stamo_eval_steps
+        cfg.save_steps = c.stamo_eval_steps
         cfg.run_dir = str(self.stamo_dir(backbone, seed))
         return cfg
 

@@ -39,7 +39,7 @@ class TrainActionDecoderConfig:
     hidden_size: int = 512
     num_layers: int = 3
     # optimizer steps, learning rate, minibatch size
-    steps: int = 2000
+    max_steps: int = 2000
     lr: float = 1e-3
     batch_size: int = 256
     # fraction of episodes held out, and the seed of split, init and minibatches
@@ -49,7 +49,7 @@ class TrainActionDecoderConfig:
     output_dir: str = "runs/action_decoder"
 
     def __post_init__(self) -> None:
-        for name in ("horizon", "hidden_size", "num_layers", "steps", "batch_size"):
+        for name in ("horizon", "hidden_size", "num_layers", "max_steps", "batch_size"):
             check_positive_int(name, getattr(self, name))
         check_range("lr", self.lr, low=0, low_open=True)
         check_range("test_fraction", self.test_fraction, low=0, high=1, low_open=True, high_open=True)
@@ -112,7 +112,7 @@ def train(cfg: TrainActionDecoderConfig) -> dict:
         decoder,
         (cat(train_idx, 0), state),
         cat(train_idx, 2),
-        cfg.steps,
+        cfg.max_steps,
         cfg.lr,
         cfg.batch_size,
         seed=cfg.seed,

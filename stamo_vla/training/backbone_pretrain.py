@@ -32,7 +32,7 @@ class BackbonePretrainConfig:
     """Masked-image pretraining of the DINOv2 backbone."""
 
     # Optimizer steps.
-    steps: int = 1500
+    max_steps: int = 1500
     # Images per step.
     batch_size: int = 64
     # Peak AdamW learning rate (linear warmup, cosine decay to 10%).
@@ -48,16 +48,16 @@ class BackbonePretrainConfig:
     # Seed of init, masks, batches and augmentation.
     seed: int = 0
     # Evaluate the held-out relative loss every this many steps (0: only at the end).
-    eval_every: int = 250
+    eval_steps: int = 250
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size"):
+        for name in ("max_steps", "batch_size"):
             check_positive_int(f"backbone_pretrain.{name}", getattr(self, name))
         if not 0 < self.mask_ratio < 1:
             raise ValueError(
                 f"backbone_pretrain.mask_ratio={self.mask_ratio} is not valid; it must be in (0, 1)"
             )
-        for name in ("lr", "weight_decay", "warmup_steps", "max_shift", "eval_every"):
+        for name in ("lr", "weight_decay", "warmup_steps", "max_shift", "eval_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(
                     f"backbone_pretrain.{name}={getattr(self, name)} is not valid; it must be >= 0"
@@ -149,7 +149,7 @@ def _lr_at(cfg: BackbonePretrainConfig, step: int) -> float:
     """The rate of 0-based `step`: linear warm-up, then cosine decay to a tenth of ``cfg.lr``."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    t = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
@@ -187,7 +187,7 @@ def pretrain_backbone(
     }
     log(f"backbone step 0: held-out relative masked loss {history['heldout_relative_loss'][-1]:.4f}")
     model.train()
-    for step in range(cfg.steps):
+    for step in range(cfg.max_steps):
         for group in opt.param_groups:
             group["lr"] = _lr_at(cfg, step)
         idx = torch.randint(len(train), (min(cfg.batch_size, len(train)),), generator=g)
@@ -200,7 +200,7 @@ def pretrain_backbone(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         done = step + 1
-        if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
+        if (cfg.eval_steps and done % cfg.eval_steps == 0) or done == cfg.max_steps:
             history["step"].append(done)
             history["heldout_relative_loss"].append(relative_loss(model, heldout, cfg.mask_ratio, cfg.seed))
             log(

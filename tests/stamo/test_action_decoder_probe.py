@@ -21,7 +21,7 @@ from stamo_vla.study.probe import (
     standardizer,
 )
 
-FAST = FitConfig(hidden_size=32, max_steps=150, eval_every=10, patience=60)
+FAST = FitConfig(hidden_size=32, max_steps=150, eval_steps=10, patience=60)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_probe_runs_deterministically_with_reference_rows_and_both_protocols(enc
         episodes.append(
             EpisodeFeatures(episode_features(encoder, frames), torch.from_numpy(actions), task=f"t{i % 2}")
         )
-    fit = FitConfig(hidden_size=16, max_steps=20, eval_every=10, patience=20)
+    fit = FitConfig(hidden_size=16, max_steps=20, eval_steps=10, patience=20)
     a = run_probe(episodes, horizons=(2,), test_fraction=0.34, seeds=(0, 1), fit=fit)
     assert (
         evaluate_split(episodes, Split("s", [0, 1, 2, 3], [4, 5], seed=1), 2, fit)[0]
@@ -139,7 +139,7 @@ def test_a_truly_predictive_feature_beats_noise_features():
             "noise": torch.randn(len(actions), 16),
         }
 
-    fit = FitConfig(hidden_size=32, max_steps=300, lr=3e-3, eval_every=20, patience=100)
+    fit = FitConfig(hidden_size=32, max_steps=300, lr=3e-3, eval_steps=20, patience=100)
     res = run_probe(_episodes(rng, 8, feats), horizons=(1,), seeds=(0, 1), fit=fit, leave_one_task=False)
     row = res["mse"]["1"]
     assert row["signal"] < 0.3 * row["noise"]

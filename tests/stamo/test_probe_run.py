@@ -45,7 +45,7 @@ def test_probe_writes_json_table_and_plot(tmp_path):
         stamo_path=str(tmp_path / "stamo"),
         output_dir=str(tmp_path / "probe"),
         horizons=[1, 2],
-        steps=50,
+        max_steps=50,
         hidden_size=32,
     )
     results = run(cfg)
@@ -79,7 +79,7 @@ def test_action_decoder_recipe_trains_saves_and_decodes(tmp_path):
         dataset_name="toy_dec",
         stamo_path=str(tmp_path / "stamo"),
         horizon=2,
-        steps=30,
+        max_steps=30,
         hidden_size=32,
         num_layers=2,
         output_dir=str(tmp_path / "dec"),

@@ -54,7 +54,7 @@ def test_study_runs_every_stage_resumably_and_writes_small_outputs(tmp_path):
         num_eval_images=4,
         vae_fit_steps=3,
         vae_min_gain_db=-100.0,
-        backbone_pretrain=BackbonePretrainConfig(steps=2, batch_size=4, eval_every=0),
+        backbone_pretrain=BackbonePretrainConfig(max_steps=2, batch_size=4, eval_steps=0),
         stamo_steps=4,
         stamo_eval_every=2,
         probe_horizons=[1, 2],
