@@ -58,7 +58,8 @@ def test_no_entry_point_parses_outside_parse_config():
         str(p.relative_to(root))
         for d in ("stamo_vla", "recipes", "eval")
         for p in (root / d).rglob("*.py")
-        if "import argparse" in p.read_text() or "draccus.parse(" in p.read_text()
+        if ("import argparse" in p.read_text() or "draccus.parse(" in p.read_text())
+        and p != root / "stamo_vla" / "configs.py"  # parse_config itself, the one place that parses
     ]
     assert offenders == []
 

@@ -209,8 +209,11 @@ def _stage_lines(
         )
     if backbone:
         h = backbone["history"]["heldout_relative_loss"]
+        steps = backbone["config"].get(
+            "max_steps", backbone["config"].get("steps")
+        )  # `steps` before the rename
         lines.append(
-            f"- DINOv2 backbone, masked-image pretraining: {backbone['config']['steps']} steps in "
+            f"- DINOv2 backbone, masked-image pretraining: {steps} steps in "
             f"{backbone['seconds']:.0f} s; held-out masked-patch loss relative to predicting zeros {h[0]:.3f} → {h[-1]:.3f}."
         )
     for name, rec in stamo.items():

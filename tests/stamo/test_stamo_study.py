@@ -56,7 +56,7 @@ def test_study_runs_every_stage_resumably_and_writes_small_outputs(tmp_path):
         vae_min_gain_db=-100.0,
         backbone_pretrain=BackbonePretrainConfig(max_steps=2, batch_size=4, eval_steps=0),
         stamo_steps=4,
-        stamo_eval_every=2,
+        stamo_eval_steps=2,
         probe_horizons=[1, 2],
         probe_seeds=[0, 1],
         probe_max_steps=10,
