@@ -30,7 +30,7 @@ from pathlib import Path
 
 from stamo_vla.configs import check_positive_int, parse_config
 from stamo_vla.data.rlds_writer import RLDSShardWriter
-from stamo_vla.fileio import write_json_atomic, writes_directory
+from stamo_vla.fileio import read_json, write_json_atomic, writes_directory
 from stamo_vla.libero.env import SAME_STATE_TOLERANCE, check_suite, get_task, init_states, task_instruction
 from stamo_vla.libero.scripted_rollout import (  # noqa: F401  (re-exported: the collection API in one place)
     NOOP_THRESHOLD,
@@ -249,7 +249,8 @@ def collect(cfg: CollectConfig) -> dict:
     tasks = task_ids(cfg.suite, cfg.task_ids)
     writer = RLDSShardWriter(cfg.data_root_dir, cfg.dataset_name, order_seed=cfg.seed)
     manifest_path = Path(cfg.data_root_dir) / cfg.dataset_name / MANIFEST_NAME
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    fix = "It records which episodes are done: restore it, or delete the dataset folder to collect again."
+    manifest = read_json(manifest_path, fix) if manifest_path.exists() else {}
     check_resumable(manifest, manifest_path, cfg)
     done = manifest.get("episodes", {})
     _write_manifest(manifest_path, cfg, done)  # an older manifest gains the render size now
