@@ -107,3 +107,39 @@ def test_finished_stages_are_skipped(tmp_path, capsys):
 def test_unknown_stage_is_refused():
     with pytest.raises(ValueError, match=r"stages=\['train'\] are not valid"):
         DemoConfig(stages=["train"])
+
+
+def test_every_command_the_demo_runs_parses_with_its_command_config(tmp_path, monkeypatch):
+    """The demo's stage commands are built offline (nothing runs) and each parses as its command would parse it:
+    a renamed flag anywhere breaks this test, not a newcomer's first `make demo`."""
+    import stamo_vla.evaluation  # noqa: F401  (registers the model policy kinds)
+    from stamo_vla.adapter.cache_targets import CacheTargetsConfig
+    from stamo_vla.configs import parse_config
+    from stamo_vla.libero.collect import CollectConfig
+    from stamo_vla.libero.evaluation_config import EvalConfig
+    from stamo_vla.study.probe_run import ProbeConfig
+    from stamo_vla.training.finetune_config import FinetuneConfig
+    from stamo_vla.training.stamo_pretrain import PretrainStaMoConfig
+
+    configs = {
+        "collect": (CollectConfig, ""),
+        "pretrain": (PretrainStaMoConfig, ""),
+        "cache-targets": (CacheTargetsConfig, ""),
+        "finetune": (FinetuneConfig, "finetune_"),
+        "eval": (EvalConfig, ""),
+        "probe": (ProbeConfig, ""),
+    }
+    commands = []
+    demo = Demo(DemoConfig(output_dir=str(tmp_path / "demo")))
+    monkeypatch.setattr(Demo, "run", lambda self, args, log, env=None: commands.append(args))
+    monkeypatch.setattr(Demo, "stamo_model", lambda self: tmp_path / "stamo")
+    for stage in ("collect", "pretrain", "cache", "finetune", "evaluate", "probe"):
+        demo.stage_fn(stage)()
+    seen = []
+    for args in commands:
+        command, rest = args[args.index("stamo_vla.cli") + 1], args[args.index("stamo_vla.cli") + 2 :]
+        cls, prefix = configs[command]
+        parse_config(cls, rest, prefix=prefix)  # raises naming the flag when the demo spells one wrong
+        seen.append(command)
+    assert sorted(set(seen)) == sorted(configs)
+    assert seen.count("finetune") == 3 and seen.count("eval") == 4  # three arms, and the oracle
