@@ -259,17 +259,26 @@ def stage_times(study) -> dict[str, dict]:
     return times
 
 
+def _stages_by_version(starts: list[dict]) -> dict[str, list[str]]:
+    """The stages of `starts` (stage-call start records) grouped by the code version each call ran from."""
+    from stamo_vla.study.stages import version_key
+
+    versions: dict[str, list[str]] = {}
+    for c in starts:
+        stages = versions.setdefault(version_key(c), [])
+        if c["stage"] not in stages:
+            stages.append(c["stage"])
+    return versions
+
+
 def provenance(study: PolicyStudy) -> dict:
     """The code versions and machines of every stage call, and whether the study mixes code versions."""
-    from stamo_vla.study.stages import CALLS_NAME, version_key
+    from stamo_vla.study.stages import CALLS_NAME
 
     starts = [c for c in study.stage_calls() if c.get("event") == "start"]
-    versions: dict[str, list[str]] = {}
+    versions = _stages_by_version(starts)
     machines = []
     for c in starts:
-        versions.setdefault(version_key(c), [])
-        if c["stage"] not in versions[version_key(c)]:
-            versions[version_key(c)].append(c["stage"])
         if c.get("machine") and c["machine"] not in machines:
             machines.append(c["machine"])
     started = {c["stage"] for c in starts}
@@ -280,12 +289,8 @@ def provenance(study: PolicyStudy) -> dict:
     out = {"versions": versions, "mixed": len(run_versions) > 1, "machines": machines, "calls": len(starts)}
     if study.cfg.inputs_from:  # the stages whose output this study reads from an earlier study
         reused = read_jsonl(study.inputs / ".stages" / CALLS_NAME)
-        inputs: dict[str, list[str]] = {}
-        for c in reused:
-            if c.get("event") == "start" and c["stage"] in REUSED_STAGES:
-                stages = inputs.setdefault(version_key(c), [])
-                stages += [] if c["stage"] in stages else [c["stage"]]
-        out["inputs_from"] = {"output_dir": str(study.inputs), "versions": inputs}
+        starts = [c for c in reused if c.get("event") == "start" and c["stage"] in REUSED_STAGES]
+        out["inputs_from"] = {"output_dir": str(study.inputs), "versions": _stages_by_version(starts)}
     return out
 
 

@@ -20,6 +20,11 @@ def _p(p: float) -> str:
     return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
 
 
+def _versions(versions: dict[str, list[str]]) -> str:
+    """Code versions and the stages each ran, as one phrase."""
+    return ", ".join(f"`{k}` ({', '.join(v)})" for k, v in versions.items()) or "none recorded"
+
+
 def _header(study: PolicyStudy, data: dict) -> list[str]:
     cfg, prov = study.cfg, data["provenance"]
     lines = [
@@ -33,8 +38,7 @@ def _header(study: PolicyStudy, data: dict) -> list[str]:
         same = len(set(data["commands"])) == 1
         how = "with the same command" if same else "(every command line is in `study.json`)"
         lines.append(f"It was resumed {len(data['commands']) - 1} time(s) {how}.")
-    versions = ", ".join(f"`{k}` ({', '.join(v)})" for k, v in prov["versions"].items()) or "none recorded"
-    lines.append(f"Code: {versions}.")
+    lines.append(f"Code: {_versions(prov['versions'])}.")
     if prov["mixed"]:
         lines.append(
             "**Mixed run: the stages ran from more than one version of the code (`--allow_mixed_commits true`); "
@@ -42,10 +46,9 @@ def _header(study: PolicyStudy, data: dict) -> list[str]:
         )
     if prov.get("inputs_from"):
         reused = prov["inputs_from"]
-        where = ", ".join(f"`{k}` ({', '.join(v)})" for k, v in reused["versions"].items()) or "none recorded"
         lines.append(
             f"Inputs (demonstrations, StaMo model, base, target caches) are read from the study in "
-            f"`{reused['output_dir']}`, whose stages ran from {where}."
+            f"`{reused['output_dir']}`, whose stages ran from {_versions(reused['versions'])}."
         )
     if any(k.endswith("+dirty") for k in prov["versions"]):
         lines.append("Some calls ran from a tree with uncommitted changes to tracked files (`+dirty`).")

@@ -313,6 +313,13 @@ class PolicyStudy(StagedRun):
         """The target cache root of a cache kind (None: the datasets' default place)."""
         return None if kind == "state" else self.inputs / "target_cache" / kind
 
+    def cache_dir(self, kind: str, dataset: str) -> Path:
+        """The target cache of a cache kind for one dataset."""
+        from stamo_vla.data.target_cache import default_cache_dir
+
+        root = self.cache_root(kind)
+        return default_cache_dir(self.data, dataset) if root is None else root / dataset
+
     def stage_targets(self) -> None:
         """Every target cache the arms read, of the fine-tuning and the held-out data (after the base: the
         features target is made of the base's frozen backbone). Reused ones must hold every cache the arms read."""
@@ -325,7 +332,7 @@ class PolicyStudy(StagedRun):
             for dataset in (self.dataset(FINETUNE_DATASET), self.dataset(HELDOUT_DATASET)):
                 args = ["--data_root_dir", str(self.data), "--dataset_name", dataset]
                 if kind != "state":  # the StaMo-state cache is the command's default target
-                    args += ["--target", kind, "--output_dir", str(self.cache_root(kind) / dataset)]
+                    args += ["--target", kind, "--output_dir", str(self.cache_dir(kind, dataset))]
                 if kind == "features":
                     args += ["--vla_path", str(self.base_run / "model")]
                 else:
@@ -334,12 +341,9 @@ class PolicyStudy(StagedRun):
 
     def check_reused_caches(self, kinds: list[str]) -> None:
         """Every target cache of `kinds` exists in ``inputs_from`` (the earlier study may have had other arms)."""
-        from stamo_vla.data.target_cache import default_cache_dir
-
         for kind in kinds:
             for dataset in (self.dataset(FINETUNE_DATASET), self.dataset(HELDOUT_DATASET)):
-                root = self.cache_root(kind)
-                where = default_cache_dir(self.data, dataset) if root is None else root / dataset
+                where = self.cache_dir(kind, dataset)
                 if not where.is_dir():
                     raise FileNotFoundError(
                         f"inputs_from={self.cfg.inputs_from} has no {kind} target cache of {dataset} ({where}): that "
