@@ -227,7 +227,7 @@ def verdict(arm: str, ci: tuple[float, float], p: float, alpha: float = 0.05) ->
 def comparisons(runs: list[dict], arms: dict[str, dict | None]) -> list[dict]:
     """Every fixed comparison whose two arms have evaluated runs: standard (bootstrap, permutation, mixed model),
     perturbed (bootstrap), collapse (Fisher), and the verdict the standard interval supports."""
-    from stamo_vla.study.policy_study import arm_parts
+    from stamo_vla.study.policy_study_config import arm_parts
 
     # the fixed comparisons of targets, then every arm trained under another precision against its float32 arm
     precision = [(a, arm_parts(a)[0]) for a in arms if arm_parts(a)[1] is not None]
